@@ -1,0 +1,32 @@
+"""Installs the gemmascope package: JumpReLU SAEs on every site of a language model, in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="gemmascope",
+    version="0.1.0",
+    description="Train, evaluate and read JumpReLU sparse autoencoders on every layer of an LM (JAX).",
+    packages=find_packages(include=["gemmascope", "gemmascope.*"]),
+    package_data={"gemmascope.data": ["corpus/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=[
+        "jax",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "transformers",
+        "tokenizers",
+        "tensorstore",
+        "ml_collections",
+        "absl-py",
+        "chex",
+        "numpy",
+        "gguf",
+        "matplotlib",
+    ],
+    extras_require={
+        # torch is test-only (parity with transformers); pinned so pip takes the CPU wheel.
+        "test": ["pytest", "torch==2.13.0", "accelerate", "scipy"],
+        "datasets": ["datasets"],
+    },
+)
