@@ -1,0 +1,199 @@
+"""Configuration: the Gemma Scope defaults, ``arg`` strings, and validation before any compute.
+
+Every experiment config (``configs/*.py``) starts from :func:`base_config`, which holds every
+field the code reads, with the defaults of the Gemma Scope recipe (SPEC.md section 1). The
+returned ConfigDict is locked, so an override of an unknown field (``--config.lamdas=...``)
+fails at once naming the field; :func:`validate` then checks values and names the field of the
+first bad one. Both happen before any model, store or device work.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+SITES = ("res", "att", "mlp", "toy")
+ARCHS = ("jumprelu",)
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the field."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # The sweep: every (site, layer, width) is one location; all lambdas of a location train
+    # together on the same batches (stacked parameters, one compiled step).
+    c.sites = ("res",)
+    c.layers = (0,)
+    c.widths = (16384,)
+    c.lambdas = (6e-4,)
+
+    c.sae = ml_collections.ConfigDict()
+    c.sae.arch = "jumprelu"
+    c.sae.bandwidth = 0.001  # eps of the rectangle kernel, in normalised units
+    c.sae.threshold_init = 0.001
+    c.sae.threshold_param = "log"  # "log" (reference code) or "direct" (kept >= threshold_min)
+    c.sae.threshold_min = 1e-6
+    c.sae.pre_encoder_bias = True
+
+    # Optimiser (Adam with b1 = 0 stores no first moment).
+    c.lr = 7e-5
+    c.lr_warmup_steps = 1000
+    c.lr_decay = "constant"  # "constant" (paper default, not stated after warm-up) or "cosine"
+    c.lr_final_fraction = 0.0
+    c.adam_b1 = 0.0
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-8
+    c.lambda_warmup_steps = 10_000
+    c.project_decoder_grads = True
+
+    c.batch_size = 4096
+    c.num_tokens = 4_000_000_000  # training tokens per SAE; total_steps = ceil(num_tokens / batch)
+    c.norm_sample_rows = 65_536  # rows used to estimate the normalisation constant C
+    c.eval_rows = 65_536  # held-out rows for the L0 / FVU written into metadata.json
+    c.dead_window_tokens = 10_000_000  # a latent is dead if it has not fired in this window
+
+    c.log_every = 100
+    c.checkpoint_every = 1000
+    c.max_checkpoints = 2
+
+    c.source = "toy"  # "toy" | "store" | "online"
+    c.toy = ml_collections.ConfigDict()
+    c.toy.d_in = 64
+    c.toy.n_features = 256
+    c.toy.mean_active = 4.0  # expected number of active ground-truth features per example
+    c.toy.noise_std = 0.0
+
+    c.runlocal = False
+    return c
+
+
+def lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    c.lock()
+    return c
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """``"layer=12,site=res,width=16k"`` -> typed fields, with the types of ``defaults``.
+
+    Widths accept ``16k``/``1m`` suffixes (powers of two: 16k = 16384, 1m = 2**20).
+    """
+    out = ml_collections.ConfigDict(defaults)
+    if not arg:
+        return out
+    for item in arg.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ConfigError(f"config arg {item!r}: expected key=value")
+        k, v = (s.strip() for s in item.split("=", 1))
+        if k not in defaults:
+            raise ConfigError(f"config arg {k!r}: unknown key (known: {sorted(defaults)})")
+        d = defaults[k]
+        if isinstance(d, bool):
+            out[k] = v.lower() in ("1", "true", "yes")
+        elif isinstance(d, int):
+            out[k] = parse_width(v) if k.startswith("width") else int(v)
+        elif isinstance(d, float):
+            out[k] = float(v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_width(v: Any) -> int:
+    """``16384``, ``"16k"`` (=16384), ``"1m"`` (=2**20) -> int."""
+    if isinstance(v, int):
+        return v
+    s = str(v).strip().lower()
+    if s.endswith("k"):
+        return int(s[:-1]) * 1024
+    if s.endswith("m"):
+        return int(s[:-1]) * 1024 * 1024
+    return int(s)
+
+
+def _require(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config.{field}: {msg}")
+
+
+def _positive_int(c, field: str) -> None:
+    v = _get(c, field)
+    _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, field, f"must be a positive integer, got {v!r}")
+
+
+def _nonneg_number(c, field: str) -> None:
+    v = _get(c, field)
+    _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0, field,
+             f"must be a finite number >= 0, got {v!r}")
+
+
+def _get(c, field: str):
+    obj = c
+    for part in field.split("."):
+        obj = obj[part]
+    return obj
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Raises :class:`ConfigError` naming the first invalid field; returns the config."""
+    base = base_config()
+    _check_no_unknown(c, base, "")
+    _require(isinstance(c.sites, (tuple, list)) and len(c.sites) > 0, "sites", f"must be a non-empty list, got {c.sites!r}")
+    for s in c.sites:
+        _require(s in SITES, "sites", f"unknown site {s!r} (known: {list(SITES)})")
+    _require(isinstance(c.layers, (tuple, list)) and len(c.layers) > 0, "layers", f"must be a non-empty list, got {c.layers!r}")
+    for layer in c.layers:
+        _require(isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0, "layers",
+                 f"every layer must be an integer >= 0, got {layer!r}")
+    _require(isinstance(c.widths, (tuple, list)) and len(c.widths) > 0, "widths", f"must be a non-empty list, got {c.widths!r}")
+    for w in c.widths:
+        _require(isinstance(w, int) and not isinstance(w, bool) and w > 0, "widths",
+                 f"every width must be a positive integer, got {w!r}")
+    _require(isinstance(c.lambdas, (tuple, list)) and len(c.lambdas) > 0, "lambdas", f"must be a non-empty list, got {c.lambdas!r}")
+    for lam in c.lambdas:
+        _require(isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam >= 0,
+                 "lambdas", f"every sparsity coefficient must be a finite number >= 0, got {lam!r}")
+    _require(c.sae.arch in ARCHS, "sae.arch", f"unknown architecture {c.sae.arch!r} (known: {list(ARCHS)})")
+    _require(c.sae.threshold_param in ("log", "direct"), "sae.threshold_param",
+             f"must be 'log' or 'direct', got {c.sae.threshold_param!r}")
+    for f in ("sae.bandwidth", "sae.threshold_init", "sae.threshold_min", "lr"):
+        v = _get(c, f)
+        _require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f, f"must be a number > 0, got {v!r}")
+    for f in ("lr_warmup_steps", "lambda_warmup_steps"):
+        v = _get(c, f)
+        _require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
+    _require(c.lr_decay in ("constant", "cosine"), "lr_decay", f"must be 'constant' or 'cosine', got {c.lr_decay!r}")
+    _require(0.0 <= c.adam_b1 < 1.0, "adam_b1", f"must be in [0, 1), got {c.adam_b1!r}")
+    _require(0.0 < c.adam_b2 < 1.0, "adam_b2", f"must be in (0, 1), got {c.adam_b2!r}")
+    _require(c.adam_eps > 0, "adam_eps", f"must be > 0, got {c.adam_eps!r}")
+    for f in ("batch_size", "num_tokens", "norm_sample_rows", "eval_rows", "dead_window_tokens", "log_every",
+              "checkpoint_every", "max_checkpoints"):
+        _positive_int(c, f)
+    _nonneg_number(c, "lr_final_fraction")
+    _require(c.source in ("toy", "store", "online"), "source", f"must be 'toy', 'store' or 'online', got {c.source!r}")
+    if c.source == "toy":
+        for f in ("toy.d_in", "toy.n_features"):
+            _positive_int(c, f)
+        _require(0 < c.toy.mean_active <= c.toy.n_features, "toy.mean_active",
+                 f"must be in (0, n_features={c.toy.n_features}], got {c.toy.mean_active!r}")
+        _nonneg_number(c, "toy.noise_std")
+        _require(tuple(c.sites) == ("toy",), "sites", f"the toy source has the single site 'toy', got {tuple(c.sites)}")
+    return c
+
+
+def _check_no_unknown(c, base, prefix: str) -> None:
+    """Fields a config added that the code never reads (configs built without base_config)."""
+    for k in c.keys():
+        if k not in base:
+            raise ConfigError(f"config.{prefix}{k}: unknown field")
+        if isinstance(c[k], ml_collections.ConfigDict) and isinstance(base[k], ml_collections.ConfigDict):
+            _check_no_unknown(c[k], base[k], f"{prefix}{k}.")
+
+
+def total_steps(c: ml_collections.ConfigDict) -> int:
+    return max(1, -(-int(c.num_tokens) // int(c.batch_size)))

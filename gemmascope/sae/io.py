@@ -1,0 +1,145 @@
+"""SAE files: the Gemma Scope ``params.npz`` layout in and out, and normalisation folding.
+
+Training sees ``x / C`` (C fixed so that ``E||x/C||^2 = 1``) and a pre-encoder bias. Export
+folds both away so that the file works on raw activations with the plain forward
+``pre = x @ W_enc + b_enc``:
+
+    trained, on x/C:  pre  = (x/C - b_dec) @ W_enc + b_enc
+    exported, on x:   pre' = x @ W_enc + b_enc'  with  b_enc' = C * (b_enc - b_dec @ W_enc)
+                      => pre' = C * pre; with threshold' = C * threshold the codes mask is the same,
+                      f' = C * f and x_hat' = f' @ W_dec + C * b_dec = C * x_hat.
+
+So ``b_enc' = C (b_enc - b_dec W_enc)``, ``b_dec' = C b_dec``, ``threshold' = C threshold`` and
+``W_enc``, ``W_dec`` unchanged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+import numpy as np
+
+from gemmascope.sae.jumprelu import LAYOUT_KEYS
+
+class SAEFileError(ValueError):
+    """A malformed SAE file; the message names the file and the key."""
+
+
+def fold_normalisation(params: Mapping[str, Any], scale: float, pre_encoder_bias: bool = True) -> dict[str, np.ndarray]:
+    """Layout params trained on ``x / scale`` (with pre-encoder bias) -> raw-unit layout params."""
+    p = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    b_enc = p["b_enc"] - p["b_dec"] @ p["W_enc"] if pre_encoder_bias else p["b_enc"]
+    return {
+        "W_enc": p["W_enc"],
+        "W_dec": p["W_dec"],
+        "b_enc": (scale * b_enc).astype(np.float32),
+        "b_dec": (scale * p["b_dec"]).astype(np.float32),
+        "threshold": (scale * p["threshold"]).astype(np.float32),
+    }
+
+
+def _atomic_write(path: str, write_fn) -> None:
+    """Writes via a temp file in the same folder and renames, so a kill never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write_fn(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_params(path: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> None:
+    """Writes ``params.npz`` (fp32, layout keys) and, if given, ``metadata.json`` beside it."""
+    arrays = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    validate_params(arrays, source=path)
+    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+    if metadata is not None:
+        meta_path = os.path.join(os.path.dirname(path), "metadata.json")
+        text = json.dumps(dict(metadata), indent=2, sort_keys=True, default=_json_default).encode()
+        _atomic_write(meta_path, lambda fh: fh.write(text))
+
+
+def _json_default(o):
+    if isinstance(o, (np.generic,)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def validate_params(params: Mapping[str, np.ndarray], source: str = "<params>") -> tuple[int, int]:
+    """Checks keys, shapes, dtype-finiteness and threshold > 0; returns ``(d_in, d_sae)``."""
+    for key in LAYOUT_KEYS:
+        if key not in params:
+            raise SAEFileError(f"{source}: missing key {key!r} (expected keys {list(LAYOUT_KEYS)})")
+    w_enc = params["W_enc"]
+    if np.ndim(w_enc) != 2:
+        raise SAEFileError(f"{source}: key 'W_enc' must be 2-D [d_in, d_sae], got shape {np.shape(w_enc)}")
+    d_in, d_sae = np.shape(w_enc)
+    expected = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for key, shape in expected.items():
+        if tuple(np.shape(params[key])) != shape:
+            raise SAEFileError(
+                f"{source}: key {key!r} has shape {tuple(np.shape(params[key]))}, expected {shape} "
+                f"(from W_enc [d_in={d_in}, d_sae={d_sae}])"
+            )
+    for key in LAYOUT_KEYS:
+        if not np.all(np.isfinite(params[key])):
+            raise SAEFileError(f"{source}: key {key!r} holds NaN or inf values")
+    thr = np.asarray(params["threshold"])
+    if np.any(thr <= 0):
+        bad = int(np.argmin(thr))
+        raise SAEFileError(
+            f"{source}: key 'threshold' must be > 0 everywhere; latent {bad} has {float(thr[bad])!r}"
+        )
+    return int(d_in), int(d_sae)
+
+
+def load_params(path: str) -> dict[str, np.ndarray]:
+    """Loads a ``params.npz``: ours or a released Gemma Scope file (same layout, raw units).
+
+    ``path`` may be the file or the folder holding it. Raises :class:`SAEFileError` naming the
+    problem (missing file, missing key, wrong shape, non-positive threshold, NaN).
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, "params.npz")
+    if not os.path.exists(path):
+        raise SAEFileError(f"{path}: no such SAE file (expected a Gemma Scope params.npz)")
+    try:
+        with np.load(path) as npz:
+            arrays = {k: np.asarray(npz[k], np.float32) for k in npz.files}
+    except Exception as e:  # zipfile / pickle errors come in many types
+        raise SAEFileError(f"{path}: not a readable .npz file ({e})") from e
+    validate_params(arrays, source=path)
+    return {k: arrays[k] for k in LAYOUT_KEYS}
+
+
+def load_metadata(path: str) -> dict[str, Any]:
+    """Reads the ``metadata.json`` beside a params.npz (or in a folder); {} for released files."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    meta = os.path.join(folder, "metadata.json")
+    if not os.path.exists(meta):
+        return {}
+    with open(meta) as fh:
+        return json.load(fh)
+
+
+def width_name(width: int) -> str:
+    """Gemma Scope folder names: 16384 -> '16k', 65536 -> '65k', 131072 -> '131k', 2**20 -> '1m'."""
+    if width >= 1 << 20 and width % (1 << 20) == 0:
+        return f"{width >> 20}m"
+    if width >= 1000:
+        return f"{width // 1000}k"
+    return str(width)
+
+
+def sae_dir(root: str, site: str, layer: int, width: int, l0: float) -> str:
+    """``root/<site>/layer_<L>/width_<W>/average_l0_<N>`` (the Hugging Face Gemma Scope layout)."""
+    return os.path.join(root, site, f"layer_{layer}", f"width_{width_name(width)}", f"average_l0_{int(round(l0))}")

@@ -1,0 +1,100 @@
+"""The training recipe's transforms and schedules."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gemmascope.train import optim
+
+
+def test_decoder_projection_removes_parallel_component():
+    key = jax.random.PRNGKey(0)
+    w = jax.random.normal(key, (16, 8))
+    w = w / jnp.linalg.norm(w, axis=1, keepdims=True) * 1.7  # not unit norm: projection must still be exact
+    g = jax.random.normal(jax.random.PRNGKey(1), (16, 8))
+    tx = optim.project_out_decoder_parallel()
+    (out, _) = tx.update({"W_dec": g, "b": jnp.ones(3)}, tx.init(None), {"W_dec": w, "b": jnp.ones(3)})
+    np.testing.assert_allclose(jnp.sum(out["W_dec"] * w, axis=1), 0.0, atol=1e-5)
+    # Perpendicular part is untouched: g - out is parallel to w.
+    diff = g - out["W_dec"]
+    cos = jnp.sum(diff * w, axis=1) / (jnp.linalg.norm(diff, axis=1) * jnp.linalg.norm(w, axis=1))
+    np.testing.assert_allclose(jnp.abs(cos), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(out["b"], 1.0)
+
+
+def test_renormalise_decoder_rows():
+    w = jax.random.normal(jax.random.PRNGKey(2), (10, 4)) * 3.0
+    out = optim.renormalise_decoder({"W_dec": w})
+    np.testing.assert_allclose(jnp.linalg.norm(out["W_dec"], axis=1), 1.0, rtol=1e-6)
+
+
+def test_adam_without_momentum_stores_no_first_moment_and_matches_adam_b1_0():
+    params = {"a": jnp.ones((5, 3)), "b": jnp.zeros(7)}
+    ours = optim.scale_by_adam_no_momentum(b2=0.999, eps=1e-8)
+    ref = optax.scale_by_adam(b1=0.0, b2=0.999, eps=1e-8)
+    s_ours, s_ref = ours.init(params), ref.init(params)
+    n_param = sum(x.size for x in jax.tree.leaves(params))
+    n_ours = sum(x.size for x in jax.tree.leaves(s_ours))
+    n_ref = sum(x.size for x in jax.tree.leaves(s_ref))
+    assert n_ours == n_param + 1  # nu and a step count: no first-moment buffer
+    assert n_ref == 2 * n_param + 1
+    for i in range(5):
+        g = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(i), p.shape), params)
+        u_ours, s_ours = ours.update(g, s_ours)
+        u_ref, s_ref = ref.update(g, s_ref)
+        for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_make_optimizer_state_has_no_first_moment():
+    cfg = dict(adam_b1=0.0, adam_b2=0.999, adam_eps=1e-8, lr=7e-5, lr_warmup_steps=1000)
+    params = {"W_dec": jnp.ones((4, 3)), "b_dec": jnp.ones(3)}
+    state = optim.make_optimizer(cfg).init(params)
+    n_param = sum(x.size for x in jax.tree.leaves(params))
+    # nu (one buffer the size of the params) + Adam count + schedule count.
+    assert sum(x.size for x in jax.tree.leaves(state)) == n_param + 2
+
+
+def test_lr_schedule_cosine_warmup_then_constant():
+    s = optim.lr_schedule(dict(lr=7e-5, lr_warmup_steps=1000))
+    np.testing.assert_allclose(s(0), 7e-6, rtol=1e-6)  # 0.1 * lr
+    np.testing.assert_allclose(s(500), 7e-5 * (0.1 + 0.9 * 0.5), rtol=1e-5)  # half-way on the cosine
+    np.testing.assert_allclose(s(250), 7e-5 * (0.1 + 0.9 * 0.5 * (1 - np.cos(np.pi / 4))), rtol=1e-5)
+    np.testing.assert_allclose(s(1000), 7e-5, rtol=1e-6)
+    np.testing.assert_allclose(s(10**6), 7e-5, rtol=1e-6)
+    d = optim.lr_schedule(dict(lr=1.0, lr_warmup_steps=10, lr_decay="cosine", total_steps=110, lr_final_fraction=0.1))
+    np.testing.assert_allclose(d(60), 0.1 + 0.9 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(d(110), 0.1, rtol=1e-6)
+
+
+def test_sparsity_schedule_linear_warmup():
+    s = optim.sparsity_schedule(10_000)
+    np.testing.assert_allclose([s(0), s(2500), s(10_000), s(50_000)], [0.0, 0.25, 1.0, 1.0])
+    np.testing.assert_allclose(optim.sparsity_schedule(0)(0), 1.0)
+
+
+def test_clamp_threshold_only_direct():
+    p = optim.clamp_threshold({"threshold": jnp.asarray([-1.0, 0.5])}, 1e-6)
+    np.testing.assert_allclose(p["threshold"], [1e-6, 0.5])
+    q = {"log_threshold": jnp.asarray([-20.0])}
+    assert optim.clamp_threshold(q, 1e-6) is q
+
+
+@pytest.mark.parametrize("param", ["direct", "log"])
+def test_one_recipe_update_keeps_decoder_unit_norm(param):
+    from gemmascope import config as config_lib
+    from gemmascope.train import step as step_lib
+
+    c = config_lib.base_config()
+    c.sae.threshold_param = param
+    c.batch_size = 64
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 2, norm_scale=2.0)
+    train_step = step_lib.make_train_step(c, dead_window_steps=10)
+    x = jax.random.normal(jax.random.PRNGKey(1), (64, 8)) * 2.0
+    new, metrics = train_step(state, x, jnp.asarray([1e-3, 1e-2]))
+    np.testing.assert_allclose(jnp.linalg.norm(new["params"]["W_dec"], axis=-1), 1.0, rtol=1e-5)
+    assert int(new["step"]) == 1 and metrics["l0"].shape == (2,)
+    # lr at step 0 is 0.1 * lr; the first Adam step moves each changed weight by about that much.
+    delta = jnp.abs(new["params"]["b_dec"] - state["params"]["b_dec"])
+    np.testing.assert_allclose(jnp.max(delta), 0.1 * c.lr, rtol=1e-2)
