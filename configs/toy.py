@@ -3,7 +3,8 @@ r"""Toy sweep: synthetic activations with known sparse ground truth, trained in 
     python launch/train.py --config=configs/toy.py --workdir=/tmp/toy
     python launch/train.py --config=configs/toy.py --workdir=/tmp/toy --config.lambdas=0.01,0.03
 
-Ground truth: 256 unit directions in 64 dimensions (4x superposition), about 4 active per example.
+Ground truth: 128 unit directions in 64 dimensions (2x superposition), about 4 active per example,
+learned by 256-wide SAEs.
 The run writes ``toy_features.npy`` ([n_features, d_in]) so recovery can be checked; the
 training recipe is the Gemma Scope one with a larger learning rate and shorter warm-ups, since
 the toy run is about 2,000 steps rather than a million.
@@ -18,15 +19,15 @@ def get_config(arg=None):
     c = config_lib.base_config()
     c.sites = ("toy",)
     c.layers = (0,)
-    c.widths = (512,)
-    c.lambdas = (0.003, 0.01, 0.03, 0.1)
+    c.widths = (256,)
+    c.lambdas = (0.002, 0.01, 0.03, 0.1)
     c.source = "toy"
     c.toy.d_in = 64
-    c.toy.n_features = 256
+    c.toy.n_features = 128
     c.toy.mean_active = 4.0
     c.batch_size = 1024
     c.num_tokens = a.steps * c.batch_size
-    c.lr = 2e-3
+    c.lr = 5e-3
     c.lr_warmup_steps = 100
     c.lambda_warmup_steps = 500
     c.norm_sample_rows = 16_384

@@ -4,7 +4,7 @@ State is a plain dict (big_vision style), every SAE-specific leaf stacked on a l
 
     {"params": {...[K, ...]}, "opt": optimiser state [K, ...], "step": int32 [],
      "norm_scale": float32 [] (C: training sees x / C), "last_fired": int32 [K, d_sae],
-     "bad_step": int32 [K] (first step whose loss was NaN/inf, -1 if none)}
+     "bad_step": int32 [K] (first step, counted from 1, whose loss was NaN/inf; -1 if none)}
 
 One compiled step (``jax.vmap`` over K) serves every lambda; lambdas are an argument, so a new
 grid does not recompile.
@@ -76,7 +76,7 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
         )
         last_fired = jnp.where(aux["fired"], step + 1, state["last_fired"])
         bad = ~jnp.isfinite(loss)
-        bad_step = jnp.where((state["bad_step"] < 0) & bad, step, state["bad_step"])
+        bad_step = jnp.where((state["bad_step"] < 0) & bad, step + 1, state["bad_step"])
         total_var = jnp.sum((x - jnp.mean(x, axis=0)) ** 2)
         thr = jax.vmap(lambda p: jumprelu.layout_params(p)["threshold"])(params)
         metrics = {
