@@ -1,0 +1,359 @@
+"""Decoder-only transformers (Gemma 2, Llama) in JAX, with activation capture and splicing.
+
+Parameters are a plain pytree (``x @ W`` convention), per-layer weights stacked on a leading
+layer axis so the blocks between hook layers run under ``lax.scan`` (fast compile, one copy of
+the weights). Shapes, with ``L`` layers, ``H`` query heads, ``K`` kv heads, ``D`` head_dim,
+``F`` d_mlp, ``V`` vocab::
+
+    {"embed": [V, d], "final_norm": [d], ("lm_head": [d, V] when not tied),
+     "layers": {"attn_norm": [L, d], "q": [L, d, H*D], "k": [L, d, K*D], "v": [L, d, K*D],
+                "o": [L, H*D, d], "mlp_norm": [L, d], "gate": [L, d, F], "up": [L, d, F],
+                "down": [L, F, d],
+                gemma2 only: "post_attn_norm": [L, d], "post_mlp_norm": [L, d]}}
+
+Norm weights are stored as in the Hugging Face checkpoints: Gemma 2 scales by ``1 + w``, Llama
+by ``w``.
+
+Why plain functions rather than Flax modules: capture, splicing and stopping at an arbitrary
+(layer, site) are ordinary Python control flow here, the loaders map checkpoint names straight
+onto the pytree, and ``jax.eval_shape(init_params, ...)`` gives the shapes without allocating.
+
+Sites (see :data:`gemmascope.lm.config.SITES`): ``res`` = block output, ``att`` = per-head
+attention outputs concatenated before ``o`` ([B, T, H*D]), ``mlp`` = MLP output (Gemma 2:
+after the post-feed-forward norm). A capture records the activation as computed (before any
+splice at the same site).
+
+Attention is causal over the whole packed sequence (documents joined with EOS see earlier
+documents, as in packed pre-training), optionally with a key mask for padding; positions are
+``0..T-1`` in every row (every packed row starts with BOS at position 0).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gemmascope.lm.config import SITES, LMConfig, embed_scale
+
+Params = dict[str, Any]
+Site = tuple[int, str]
+SpliceFn = Callable[[jax.Array], jax.Array]
+
+_BIG_WINDOW = 1 << 30
+
+
+class LMOutput(NamedTuple):
+    """logits: [B, T, V] or None when the forward stopped early; captures: {(layer, site): [B, T, d]}."""
+
+    logits: jax.Array | None
+    captures: dict[Site, jax.Array]
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def init_params(key: jax.Array, cfg: LMConfig, std: float = 0.02) -> Params:
+    """Random parameters (normal(0, std) matrices; norms at identity scale). Use with
+    ``jax.eval_shape(functools.partial(init_params, cfg=cfg), key)`` for shapes only."""
+    dt = jnp.dtype(cfg.dtype)
+    d, L, H, K, D, F, V = (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+                           cfg.d_mlp, cfg.vocab_size)
+    ks = jax.random.split(key, 9)
+
+    def normal(k, shape):
+        return (jax.random.normal(k, shape, jnp.float32) * std).astype(dt)
+
+    # Gemma 2 norms scale by (1 + w): identity at w = 0; Llama's scale by w: identity at 1.
+    norm = (lambda shape: jnp.zeros(shape, dt)) if cfg.arch == "gemma2" else (lambda shape: jnp.ones(shape, dt))
+    layers = {
+        "attn_norm": norm((L, d)),
+        "q": normal(ks[0], (L, d, H * D)),
+        "k": normal(ks[1], (L, d, K * D)),
+        "v": normal(ks[2], (L, d, K * D)),
+        "o": normal(ks[3], (L, H * D, d)),
+        "mlp_norm": norm((L, d)),
+        "gate": normal(ks[4], (L, d, F)),
+        "up": normal(ks[5], (L, d, F)),
+        "down": normal(ks[6], (L, F, d)),
+    }
+    if cfg.arch == "gemma2":
+        layers["post_attn_norm"] = norm((L, d))
+        layers["post_mlp_norm"] = norm((L, d))
+    params = {"embed": normal(ks[7], (V, d)), "final_norm": norm((d,)), "layers": layers}
+    if not cfg.tie_embeddings:
+        params["lm_head"] = normal(ks[8], (d, V))
+    return params
+
+
+def param_shapes(cfg: LMConfig) -> Params:
+    """The parameter pytree as ``jax.ShapeDtypeStruct`` leaves, without allocating anything."""
+    return jax.eval_shape(functools.partial(init_params, cfg=cfg), jax.random.key(0))
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float, plus_one: bool) -> jax.Array:
+    """[..., d] -> [..., d]. Normalised in float32; scale ``1 + w`` (Gemma 2, applied in float32)
+    or ``w`` (Llama, applied after casting back, as transformers does)."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    if plus_one:
+        return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+    return w * y.astype(x.dtype)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos, sin: [T, head_dim // 2] float32 (angles ``pos * theta ** (-2i / head_dim)``)."""
+    inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    ang = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)[None, :]
+    return jnp.cos(ang), jnp.sin(ang)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """[B, T, N, D] -> same, rotating the first and second halves of D (transformers' rotate_half)."""
+    half = x.shape[-1] // 2
+    c = cos[None, :, None, :].astype(x.dtype)
+    s = sin[None, :, None, :].astype(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, cfg: LMConfig, window: Any,
+              key_mask: jax.Array | None = None) -> jax.Array:
+    """Grouped-query causal attention.
+
+    q: [B, T, H, D]; k, v: [B, T, K, D]; window: int (static or traced); key_mask: [B, T] bool
+    (False keys are never attended). Returns [B, T, H*D] (head h uses kv head h // (H/K)).
+    """
+    B, T, H, D = q.shape
+    K = k.shape[2]
+    G = H // K
+    qg = q.reshape(B, T, K, G, D)
+    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * cfg.query_scale
+    if cfg.attn_softcap is not None:
+        s = jnp.tanh(s / cfg.attn_softcap) * cfg.attn_softcap
+    qi = jnp.arange(T)[:, None]
+    ki = jnp.arange(T)[None, :]
+    allowed = (ki <= qi) & (ki > qi - window)  # [T, S]
+    if key_mask is not None:
+        allowed = allowed[None, None, None] & key_mask[:, None, None, None, :]
+    s = jnp.where(allowed, s, jnp.finfo(jnp.float32).min)
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    o = jnp.einsum("bkgts,bskd->btkgd", p, v)
+    return o.reshape(B, T, H * D)
+
+
+def _block(lp: Params, h: jax.Array, cfg: LMConfig, window: Any, cos: jax.Array, sin: jax.Array,
+           key_mask: jax.Array | None, hooks: Mapping[str, SpliceFn | None] | None = None,
+           caps: dict | None = None, layer: int | None = None) -> jax.Array:
+    """One decoder block: [B, T, d] -> [B, T, d]. ``hooks`` maps the sites of this layer to a
+    splice function (or None to only capture); captured values go into ``caps``."""
+    gem = cfg.arch == "gemma2"
+    eps = cfg.norm_eps
+    B, T, _ = h.shape
+
+    def hook(site, a):
+        if hooks is None or site not in hooks:
+            return a
+        if caps is not None:
+            caps[(layer, site)] = a
+        fn = hooks[site]
+        if fn is not None:
+            a2 = fn(a)
+            if a2.shape != a.shape:
+                raise ValueError(f"splice at {(layer, site)} returned shape {a2.shape}, expected {a.shape}")
+            a = a2.astype(a.dtype)
+        return a
+
+    x = rms_norm(h, lp["attn_norm"], eps, gem)
+    q = (x @ lp["q"]).reshape(B, T, cfg.n_heads, cfg.head_dim)
+    k = (x @ lp["k"]).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+    v = (x @ lp["v"]).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+    q = apply_rope(q, cos, sin)
+    k = apply_rope(k, cos, sin)
+    a = hook("att", attention(q, k, v, cfg, window, key_mask))
+    o = a @ lp["o"]
+    if gem:
+        o = rms_norm(o, lp["post_attn_norm"], eps, True)
+    h = h + o
+    x = rms_norm(h, lp["mlp_norm"], eps, gem)
+    act = functools.partial(jax.nn.gelu, approximate=True) if gem else jax.nn.silu
+    m = (act(x @ lp["gate"]) * (x @ lp["up"])) @ lp["down"]
+    if gem:
+        m = rms_norm(m, lp["post_mlp_norm"], eps, True)
+    m = hook("mlp", m)
+    h = h + m
+    return hook("res", h)
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def _canon_capture(capture: Iterable[Site]) -> tuple[Site, ...]:
+    out = []
+    for item in capture:
+        layer, site = item
+        out.append((int(layer), str(site)))
+    return tuple(sorted(set(out)))
+
+
+def _canon_splice(splice: Mapping[Site, SpliceFn] | Iterable[tuple[Site, SpliceFn]] | None) -> tuple:
+    if not splice:
+        return ()
+    items = splice.items() if isinstance(splice, Mapping) else splice
+    return tuple(sorted((((int(l), str(s)), fn) for (l, s), fn in items), key=lambda kv: kv[0]))
+
+
+def _windows(cfg: LMConfig) -> np.ndarray:
+    return np.array([cfg.sliding_window if cfg.is_sliding(i) else _BIG_WINDOW for i in range(cfg.n_layers)],
+                    dtype=np.int32)
+
+
+def forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterable[Site] = (),
+            stop_after: int | None = None,
+            splice: Mapping[Site, SpliceFn] | Iterable[tuple[Site, SpliceFn]] | None = None,
+            key_mask: jax.Array | None = None, scan_layers: bool = True) -> LMOutput:
+    """Run the model on ``tokens`` [B, T] int32.
+
+    capture: (layer, site) pairs to record; returned as ``captures[(layer, site)]``: [B, T, d].
+    stop_after: run layers ``0..stop_after`` only and return ``logits=None`` (the cheap way to
+      read activations: nothing after the last needed layer is computed). None: the full model,
+      logits [B, T, V] (final soft-cap applied).
+    splice: {(layer, site): fn} with ``fn(act [B, T, d]) -> [B, T, d]`` replacing the activation
+      (SAE reconstruction, ablation, steering). Under ``jax.jit`` write the closure inside the
+      jitted function so SAE parameters are traced arguments, not baked-in constants.
+    key_mask: [B, T] bool, False at keys no query may attend (e.g. padding). Packed rows need none.
+    scan_layers: run runs of hook-free layers under ``lax.scan`` (default) or unrolled.
+
+    Pure and traceable: jit it with ``cfg``/``capture``/``stop_after``/``splice`` static (see
+    :func:`jit_forward`).
+    """
+    capture = _canon_capture(capture)
+    splice_t = _canon_splice(splice)
+    for (layer, site) in list(capture) + [k for k, _ in splice_t]:
+        if site not in SITES:
+            raise ValueError(f"unknown site {site!r} (known: {list(SITES)})")
+        if not 0 <= layer < cfg.n_layers:
+            raise ValueError(f"layer {layer} out of range for a {cfg.n_layers}-layer model")
+    last = cfg.n_layers - 1 if stop_after is None else int(stop_after)
+    if not 0 <= last < cfg.n_layers:
+        raise ValueError(f"stop_after={stop_after} out of range for a {cfg.n_layers}-layer model")
+    hooks: dict[int, dict[str, SpliceFn | None]] = {}
+    for layer, site in capture:
+        hooks.setdefault(layer, {})[site] = None
+    for (layer, site), fn in splice_t:
+        hooks.setdefault(layer, {})[site] = fn
+    bad = [l for l in hooks if l > last]
+    if bad:
+        raise ValueError(f"capture/splice at layer(s) {sorted(bad)} but stop_after={stop_after}")
+
+    dt = jnp.dtype(cfg.dtype)
+    tokens = jnp.asarray(tokens, jnp.int32)
+    B, T = tokens.shape
+    emb = params["embed"]
+    h = jnp.take(emb, tokens, axis=0).astype(dt)
+    scale = embed_scale(cfg)
+    if scale != 1.0:
+        h = h * jnp.asarray(scale, dt)
+    cos, sin = rope_tables(T, cfg.head_dim, cfg.rope_theta)
+    windows = _windows(cfg)
+    layers = params["layers"]
+    caps: dict[Site, jax.Array] = {}
+
+    def layer_params(i):
+        return jax.tree_util.tree_map(lambda x: x[i], layers)
+
+    def run_plain(h, start, stop):  # layers start..stop-1, no hooks
+        if stop - start <= 0:
+            return h
+        if not scan_layers or stop - start == 1:
+            for i in range(start, stop):
+                h = _block(layer_params(i), h, cfg, int(windows[i]), cos, sin, key_mask)
+            return h
+        win = jnp.asarray(windows)
+
+        def body(h, i):
+            lp = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), layers)
+            return _block(lp, h, cfg, win[i], cos, sin, key_mask), None
+
+        h, _ = jax.lax.scan(body, h, jnp.arange(start, stop, dtype=jnp.int32))
+        return h
+
+    i = 0
+    for hl in sorted(hooks):
+        h = run_plain(h, i, hl)
+        h = _block(layer_params(hl), h, cfg, int(windows[hl]), cos, sin, key_mask, hooks[hl], caps, hl)
+        i = hl + 1
+    h = run_plain(h, i, last + 1)
+    if stop_after is not None:
+        return LMOutput(None, caps)
+    h = rms_norm(h, params["final_norm"], cfg.norm_eps, cfg.arch == "gemma2")
+    if cfg.tie_embeddings:
+        logits = jnp.einsum("btd,vd->btv", h, emb.astype(dt))
+    else:
+        logits = h @ params["lm_head"]
+    if cfg.final_softcap is not None:
+        logits = jnp.tanh(logits / cfg.final_softcap) * cfg.final_softcap
+    return LMOutput(logits, caps)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "capture", "stop_after", "splice", "scan_layers"))
+def _forward_jit(params, tokens, key_mask, cfg, capture, stop_after, splice, scan_layers):
+    return forward(params, tokens, cfg, capture=capture, stop_after=stop_after, splice=splice,
+                   key_mask=key_mask, scan_layers=scan_layers)
+
+
+def jit_forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterable[Site] = (),
+                stop_after: int | None = None, splice=None, key_mask: jax.Array | None = None,
+                scan_layers: bool = True) -> LMOutput:
+    """:func:`forward` compiled once per (cfg, capture, stop_after, splice functions, shapes).
+    Splice functions are static: pass the same function objects to reuse the compilation."""
+    return _forward_jit(params, tokens, key_mask, cfg, _canon_capture(capture), stop_after,
+                        _canon_splice(splice), scan_layers)
+
+
+def capture_activations(params: Params, tokens: jax.Array, cfg: LMConfig, sites: Iterable[Site],
+                        key_mask: jax.Array | None = None, jit: bool = True) -> dict[Site, jax.Array]:
+    """{(layer, site): [B, T, d]} for ``sites``, stopping after the deepest requested layer."""
+    sites = _canon_capture(sites)
+    if not sites:
+        return {}
+    last = max(l for l, _ in sites)
+    f = jit_forward if jit else forward
+    return f(params, tokens, cfg, capture=sites, stop_after=last, key_mask=key_mask).captures
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Next-token cross-entropy (float32).
+
+    logits [B, T, V], tokens [B, T], mask [B, T] bool (True at real tokens; None = all).
+    Returns (mean CE over positions t whose TARGET ``tokens[:, t+1]`` is real, i.e.
+    ``mask[:, t+1]``; per-token CE [B, T-1] for every position, masked or not).
+    """
+    lg = logits[:, :-1].astype(jnp.float32)
+    tgt = jnp.asarray(tokens)[:, 1:].astype(jnp.int32)
+    lse = jax.nn.logsumexp(lg, axis=-1)
+    picked = jnp.take_along_axis(lg, tgt[..., None], axis=-1)[..., 0]
+    ce = lse - picked
+    if mask is None:
+        return jnp.mean(ce), ce
+    w = jnp.asarray(mask)[:, 1:].astype(jnp.float32)
+    return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0), ce
+
+
+def lm_loss(params: Params, tokens: jax.Array, mask: jax.Array | None, cfg: LMConfig, *,
+            splice=None, capture: Iterable[Site] = ()) -> tuple[jax.Array, jax.Array, LMOutput]:
+    """(mean next-token loss, per-token CE [B, T-1], LMOutput) with optional splices: the clean
+    loss with ``splice=None``, the spliced loss otherwise (delta LM loss = difference)."""
+    out = forward(params, tokens, cfg, capture=capture, splice=splice)
+    loss, ce = next_token_loss(out.logits, tokens, mask)
+    return loss, ce, out
