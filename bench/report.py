@@ -1,0 +1,37 @@
+"""Shared by the benchmarks: the machine in words, and appending rows to BENCHMARKS.md."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+
+import jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PATH = os.path.join(ROOT, "BENCHMARKS.md")
+HEADER = "# Benchmarks\n\nRatios measured within one run on the machine named in each row (absolute numbers on a shared\n2-core CPU are noise; the ratios are the result). Rows are appended by the scripts under `bench/`.\n"
+
+
+def machine() -> str:
+    dev = jax.devices()[0]
+    kind = getattr(dev, "device_kind", dev.platform)
+    return f"{platform.machine()} {os.cpu_count()} cores, {dev.platform}:{kind}, jax {jax.__version__}"
+
+
+def append_rows(section: str, table_header: str, rows: list[str]) -> None:
+    """Appends ``rows`` under ``## section`` (creating the file, section and table header if absent)."""
+    text = open(PATH).read() if os.path.exists(PATH) else HEADER
+    stamp = datetime.date.today().isoformat()
+    rows = [r.rstrip() + f" {stamp} |" if not r.rstrip().endswith(stamp + " |") else r for r in rows]
+    head = f"\n## {section}\n\n{table_header.splitlines()[0]} date |\n{table_header.splitlines()[1]}---|\n"
+    if f"## {section}\n" not in text:
+        text = text.rstrip("\n") + "\n" + head
+        text += "\n".join(rows) + "\n"
+    else:
+        start = text.index(f"## {section}\n")
+        nxt = text.find("\n## ", start + 1)
+        end = len(text) if nxt < 0 else nxt
+        block = text[start:end].rstrip("\n") + "\n" + "\n".join(rows) + "\n"
+        text = text[:start] + block + text[end:]
+    with open(PATH, "w") as fh:
+        fh.write(text)
