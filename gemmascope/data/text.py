@@ -252,6 +252,8 @@ def iter_packed(tokenizer, texts: Iterable[str], seq_len: int, bos_id: int, eos_
     buf: list[np.ndarray] = []  # pieces of the stream not yet cut into rows
     buf_len = 0
     for ids in _encode_batches(tokenizer, texts):
+        if len(ids) == 0:
+            continue  # an empty document would only add a lone EOS
         buf.append(np.asarray(list(ids) + [eos_id], np.int32))
         buf_len += len(ids) + 1
         if buf_len < body:
