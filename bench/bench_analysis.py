@@ -17,6 +17,7 @@ import argparse
 import datetime
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -26,9 +27,9 @@ from gemmascope.analysis.enrichment import default_token_sets, token_set_enrichm
 from gemmascope.analysis.logit_lens import iter_logit_weights, logit_lens
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTION = "## Analysis"
-TABLE_HEAD = ("| date | machine | benchmark | d_sae x d_in x vocab | chunk | seconds | ratio |\n"
-              "|---|---|---|---|---|---|---|\n")
+SECTION = "Analysis"
+TABLE_HEAD = ("| machine | benchmark | d_sae x d_in x vocab | chunk | seconds | ratio |\n"
+              "|---|---|---|---|---|---|\n")
 
 
 def synthetic_vocab(vocab: int, seed: int = 0) -> list[str]:
@@ -52,24 +53,35 @@ def synthetic_vocab(vocab: int, seed: int = 0) -> list[str]:
     return out
 
 
-def machine() -> str:
+def _machine() -> str:
     dev = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    return f"{dev.platform}:{dev.device_kind} ({os.cpu_count()} cores, {cpu})".replace("|", "/")
+    kind = getattr(dev, "device_kind", dev.platform)
+    return f"{platform.machine()} {os.cpu_count()} cores, {dev.platform}:{kind}, jax {jax.__version__}"
 
 
-def append_rows(rows: list[str], path: str) -> None:
-    """Appends table rows at the end of the '## Analysis' section (creating file/section if absent)."""
+def _append_rows(section: str, table_header: str, rows: list[str]) -> None:
+    """Fallback writer (same format as ``bench/report.py``): rows, dated, at the end of ``## section``."""
+    path = os.path.join(REPO, "BENCHMARKS.md")
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{TABLE_HEAD}"
-    start = text.index(SECTION)
-    nxt = text.find("\n## ", start + len(SECTION))
-    end = len(text) if nxt < 0 else nxt + 1
-    section = text[start:end].rstrip("\n") + "\n" + "".join(r + "\n" for r in rows)
-    text = text[:start] + section + ("\n" + text[end:] if nxt >= 0 else "")
-    with open(path, "w") as f:
-        f.write(text)
+    stamp = datetime.date.today().isoformat()
+    rows = [r.rstrip() + f" {stamp} |" for r in rows]
+    h1, h2 = table_header.splitlines()[:2]
+    if f"## {section}\n" not in text:
+        text = text.rstrip("\n") + f"\n\n## {section}\n\n{h1} date |\n{h2}---|\n" + "\n".join(rows) + "\n"
+    else:
+        start = text.index(f"## {section}\n")
+        nxt = text.find("\n## ", start + 1)
+        end = len(text) if nxt < 0 else nxt
+        text = text[:start] + text[start:end].rstrip("\n") + "\n" + "\n".join(rows) + "\n" + text[end:]
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+try:  # the shared writer, when present, so every section of BENCHMARKS.md has one format
+    sys.path.insert(0, REPO)
+    from bench.report import append_rows, machine  # noqa: E402
+except ImportError:
+    append_rows, machine = _append_rows, _machine
 
 
 def main() -> None:
@@ -122,17 +134,16 @@ def main() -> None:
 
     if args.no_write:
         return
-    date = datetime.date.today().isoformat()
     m = machine()
     rows = [
-        f"| {date} | {m} | logit_lens (stats, top/bottom-10, classes), random weights | {shape} | "
+        f"| {m} | logit_lens (stats, top/bottom-10, classes), random weights | {shape} | "
         f"{args.chunk} | {t_ll:.1f} | {t_ll / t_mm:.2f}x bare chunked matmul ({t_mm:.1f} s, "
         f"{flops / t_mm / 1e9:.0f} GFLOP/s) |",
-        f"| {date} | {m} | token_set_enrichment, {len(sets)} default sets on a synthetic vocab, "
+        f"| {m} | token_set_enrichment, {len(sets)} default sets on a synthetic vocab, "
         f"{n_en} latents | {shape} | {args.enrich_chunk} | {t_en:.1f} | "
         f"{t_en / n_en * args.d_sae / t_ll:.2f}x logit_lens per latent; {t_en / n_en * 1e3:.2f} ms/latent |",
     ]
-    append_rows(rows, os.path.join(REPO, "BENCHMARKS.md"))
+    append_rows(SECTION, TABLE_HEAD, rows)
     print("appended to BENCHMARKS.md:\n" + "\n".join(rows))
 
 

@@ -25,7 +25,7 @@ Applied in this order, the first match wins:
    Bimodal: the latent promotes about half of the vocabulary and suppresses the rest
    (e.g. tokens with vs. without a leading space). A two-point mixture with mass p on one side has
    kurtosis ``1 / (p (1 - p)) - 3``: 1 at p = 1/2, < 2 for p in (0.28, 0.72); two Gaussian bumps
-   at ``+-delta`` (unit width) fall below 2 once ``delta`` > ~1.5 sd. (A uniform distribution, 1.8,
+   at ``+-delta`` (unit width) fall below 2 once ``delta`` exceeds about 1.55. (A uniform distribution, 1.8,
    also passes: it is the limit of a flat, "half up, half down" split.)
 2. ``prediction``:  ``kurtosis > heavy_tail_min_kurtosis`` (4.0) **and** ``skew > min_abs_skew`` (0.5).
    Heavy right tail: a small set of tokens is strongly promoted.
