@@ -38,10 +38,12 @@ Reading (shuffled, prefetched, resumable)::
 The shuffled stream of one process is defined by pure functions of ``(seed, epoch, window)``:
 epoch ``e`` permutes all inner chunks of the site with ``rng(seed, e)``; process ``p`` of ``P``
 takes every ``P``-th chunk of that permutation (``perm[p::P]``, disjoint and covering); those are
-cut into windows of ``window_chunks`` consecutive chunks (the shuffle buffer); the rows of a
-window are permuted with ``rng(seed, e, w, p)``. The stream is the concatenation of all windows of
-all epochs, and batches are consecutive ``batch_size`` slices of it (a batch may span windows and
-epochs). So the position is three integers ``(epoch, window, row)`` and resuming is exact.
+cut into windows of ``window_chunks`` consecutive chunks (the shuffle buffer), each read in
+chunk-index order into one buffer; the rows of a window are permuted with ``rng(seed, e, w, p)``.
+The stream is the concatenation of all windows of all epochs, and batches are consecutive
+``batch_size`` slices of it (a batch may span windows and epochs). So the position is three
+integers ``(epoch, window, row)`` and resuming is exact. The next window loads (tensorstore's own
+threads) while the current one is served; a background thread prepares ``prefetch`` batches.
 """
 from __future__ import annotations
 
@@ -533,8 +535,8 @@ def _incomplete_message(root: str, kv: _Root) -> str:
     progress = kv.read_json(PROGRESS_JSON) or {}
     done = int(progress.get("batches_done", 0))
     return (f"activation store at {root} is incomplete (no {COMPLETE} marker; {done} batches recorded in "
-            f"{PROGRESS_JSON}): its writer was killed or has not finished. Finish it by rerunning the "
-            f"generate command that created it; it resumes from batch {done}")
+            f"{PROGRESS_JSON}): its writer was killed or has not finished. To finish it, rerun the "
+            f"generate command that created it (same arguments); it resumes from batch {done}")
 
 
 def open_store(root: str) -> StoreInfo:
@@ -655,8 +657,10 @@ class ActivationReader:
         return -(-len(epoch_chunks) // self.window_chunks)
 
     def _window_chunks(self, epoch: int, window: int) -> np.ndarray:
+        """The chunks of one window, in index order (its rows are permuted anyway; sorted reads are
+        closer to sequential and neighbours in a shard can be coalesced)."""
         c = self.epoch_chunks(epoch)
-        return c[window * self.window_chunks:(window + 1) * self.window_chunks]
+        return np.sort(c[window * self.window_chunks:(window + 1) * self.window_chunks])
 
     def _chunk_range(self, c: int) -> tuple[int, int]:
         return c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n_rows)
