@@ -82,6 +82,11 @@ def test_kvstore_spec(path, spec):
     assert st.kvstore_spec(path) == spec
 
 
+def test_default_chunk_rows():
+    # ~2 MiB inner chunks: d_in 576 -> 1024 rows, 2304 -> 256, 3584 -> 128.
+    assert [st.default_chunk_rows(d) for d in (576, 2304, 3584, 4608)] == [1024, 256, 128, 128]
+
+
 def test_kvstore_spec_relative_and_bad(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert st.kvstore_spec("acts") == {"driver": "file", "path": str(tmp_path / "acts") + "/"}
@@ -220,6 +225,28 @@ def test_exception_mid_way_then_rerun(tmp_path):
         w.write_batch(12, batch(12))
 
 
+def test_killed_inside_finalize_then_rerun(tmp_path, monkeypatch):
+    root = str(tmp_path / "acts")
+    w = st.ActivationWriter(root, SITES, META, chunk_rows=4, chunks_per_shard=3)
+    for b in range(12):
+        w.write_batch(b, batch(b))
+
+    def die(*a, **k):
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(st.ActivationWriter, "_site_metadata", die)  # after the arrays were resized
+    with pytest.raises(KeyboardInterrupt):
+        w.finalize()
+    monkeypatch.undo()
+    with pytest.raises(st.StoreError, match="incomplete"):
+        st.open_store(root)
+    w = st.ActivationWriter(root, SITES, META, chunk_rows=4, chunks_per_shard=3)
+    assert w.resume_from_batch == 12 and not w.complete
+    info = w.finalize()
+    assert info.sites["res_L3"]["n_rows"] == N_ROWS
+    np.testing.assert_array_equal(stored_rows(root, "res_L3"), expected(12, "res_L3"))
+
+
 def test_rerun_with_other_sites_or_metadata_refused(tmp_path):
     root = str(tmp_path / "acts")
     w = st.ActivationWriter(root, SITES, META, chunk_rows=4)
@@ -347,3 +374,23 @@ def test_reader_detects_nan_on_disk(tmp_path):
     with pytest.raises(st.StoreError) as e:
         read_all(r)
     assert "res_L3" in str(e.value) and "rows 13..14" in str(e.value) and "[12, 16)" in str(e.value)
+
+
+def test_dropped_reader_stops_its_thread(store):
+    import gc
+    import threading
+    import time
+
+    def alive():
+        return [t for t in threading.enumerate() if t.name == "ActivationReader[res_L3]" and t.is_alive()]
+
+    before = len(alive())
+    r = st.ActivationReader(store, "res_L3", 3, seed=0, prefetch=1)
+    next(r)
+    assert len(alive()) == before + 1
+    del r
+    gc.collect()
+    deadline = time.time() + 5
+    while len(alive()) > before and time.time() < deadline:
+        time.sleep(0.02)
+    assert len(alive()) == before

@@ -54,6 +54,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -703,9 +704,13 @@ class ActivationReader:
         return epoch + 1, 0
 
     # -- background production ---------------------------------------------------------------------
-    def _produce(self, start: tuple[int, int, int], q: queue.Queue, stop: threading.Event) -> None:
+    @staticmethod
+    def _produce(ref: "weakref.ref[ActivationReader]", start: tuple[int, int, int], q: queue.Queue,
+                 stop: threading.Event) -> None:
+        """The background thread. It holds the reader only weakly between batches, so a reader
+        that is dropped without ``close()`` is collected and its thread ends."""
         def put(item) -> bool:
-            while not stop.is_set():
+            while not stop.is_set() and ref() is not None:
                 try:
                     q.put(item, timeout=0.05)
                     return True
@@ -714,30 +719,40 @@ class ActivationReader:
             return False
 
         try:
+            r = ref()
+            if r is None:
+                return
             epoch, window, row = start
-            if self.epochs is not None and epoch >= self.epochs:
+            if r.epochs is not None and epoch >= r.epochs:
+                del r
                 put(_END)
                 return
-            pending = self._start_window(epoch, window)
-            data, perm = self._finish_window(pending)
-            nxt = self._next_window(epoch, window)
-            pending = self._start_window(*nxt) if nxt else None
+            pending = r._start_window(epoch, window)
+            data, perm = r._finish_window(pending)
+            nxt = r._next_window(epoch, window)
+            pending = r._start_window(*nxt) if nxt else None
+            del r
             while not stop.is_set():
-                parts, need = [], self.batch_size
+                r = ref()
+                if r is None:
+                    return
+                parts, need = [], r.batch_size
                 while need:
                     if row >= len(perm):
                         if nxt is None:
                             break
                         (epoch, window), row = nxt, 0
-                        data, perm = self._finish_window(pending)
-                        nxt = self._next_window(epoch, window)
-                        pending = self._start_window(*nxt) if nxt else None
+                        data, perm = r._finish_window(pending)
+                        nxt = r._next_window(epoch, window)
+                        pending = r._start_window(*nxt) if nxt else None
                         continue
                     take = min(need, len(perm) - row)
                     parts.append(data[perm[row:row + take]])
                     row += take
                     need -= take
-                if need and (not parts or self.drop_remainder):
+                drop = r.drop_remainder
+                del r
+                if need and (not parts or drop):
                     put(_END)
                     return
                 batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -749,20 +764,23 @@ class ActivationReader:
                 if not put((batch, pos)):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            r = None
             put(_Failure(e))
 
     def _ensure_started(self) -> None:
         if self._thread is None:
             self._queue = queue.Queue(maxsize=self.prefetch)
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._produce, args=(self._pos, self._queue, self._stop),
+            self._thread = threading.Thread(target=ActivationReader._produce,
+                                            args=(weakref.ref(self), self._pos, self._queue, self._stop),
                                             name=f"ActivationReader[{self.site}]", daemon=True)
             self._thread.start()
 
     def _halt(self) -> None:
         if self._thread is not None:
             self._stop.set()
-            self._thread.join()
+            if self._thread is not threading.current_thread():
+                self._thread.join()
             self._thread = self._queue = self._stop = None
 
     # -- the consumer's interface ----------------------------------------------------------------
