@@ -394,3 +394,24 @@ def test_dropped_reader_stops_its_thread(store):
     while len(alive()) > before and time.time() < deadline:
         time.sleep(0.02)
     assert len(alive()) == before
+
+
+def test_finalize_removes_stale_rows_past_the_end(tmp_path):
+    """Rows an earlier, killed run left beyond the final row count do not survive finalize."""
+    root = tmp_path / "acts"
+    w = st.ActivationWriter(str(root), SITES, META, chunk_rows=4, chunks_per_shard=3)
+    for b in range(3):
+        w.write_batch(b, batch(b))
+    n = sum(w.rows_written().values()) // 2
+    arr = w._sites["res_L3"].array
+    arr[n:n + 2].write(np.ones((2, 8), np.float32)).result()  # same shard as the last rows
+    arr[60:62].write(np.ones((2, 8), np.float32)).result()  # a later shard (rows 60..71)
+    assert (root / "res_L3" / "c" / "5" / "0").exists()
+    w.finalize()
+    assert not (root / "res_L3" / "c" / "5" / "0").exists()
+    shards = sorted(int(p.parent.name) for p in (root / "res_L3" / "c").glob("*/0"))
+    assert shards == list(range(-(-n // 12)))
+    arr = ts.open(st._Root(str(root)).array_spec("res_L3"), open=True, context=st._CONTEXT).result()
+    assert arr.shape == (n, 8)
+    grown = arr.resize(exclusive_max=[-(-n // 12) * 12, None], resize_metadata_only=True).result()
+    assert not grown[n:].read().result().any()  # the padded tail of the last shard is zeros

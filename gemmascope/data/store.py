@@ -591,8 +591,8 @@ class ActivationReader:
       process_index, process_count: this process's disjoint slice of the chunks (multi-host).
       state: a ``get_state()`` dict to continue from.
 
-    Every row of the process's slice appears exactly once per epoch. Batches are read-only views
-    or fresh arrays; copy before modifying.
+    Every row of the process's slice appears exactly once per epoch. Each batch is a fresh array
+    (gathered in shuffled order), the caller's to keep or modify.
     """
 
     def __init__(self, root: str, site: str, batch_size: int, seed: int, *, shuffle_buffer_rows: int | None = None,
@@ -615,6 +615,8 @@ class ActivationReader:
             raise StoreError(f"site {site} of activation store {root} has no rows")
         if batch_size < 1:
             raise StoreError(f"{root}: batch_size must be >= 1, got {batch_size}")
+        if int(seed) < 0:
+            raise StoreError(f"{root}: seed must be >= 0, got {seed}")
         if not (0 <= process_index < process_count):
             raise StoreError(f"{root}: process_index {process_index} not in [0, {process_count})")
         if process_count > self.n_chunks:
