@@ -846,8 +846,10 @@ class ActivationReader:
         n_rows = min(int(n_rows), self.n_rows)
         rng = np.random.default_rng([int(seed), 2])
         order = rng.permutation(self.n_chunks)
-        # Several chunks per requested chunk-worth of rows, for rows from more sequences.
-        k = min(self.n_chunks, max(4 * -(-n_rows // self.chunk_rows), 1))
+        # Up to 4 chunks per requested chunk-worth of rows (rows from more sequences), while the
+        # chunks read stay under ~256 MiB.
+        factor = max(1, min(4, (256 << 20) // max(1, n_rows * self.d_in * 4)))
+        k = min(self.n_chunks, max(factor * -(-n_rows // self.chunk_rows), 1))
         while True:
             ranges = [self._chunk_range(int(c)) for c in order[:k]]
             if sum(b - a for a, b in ranges) >= n_rows or k == self.n_chunks:
@@ -863,7 +865,7 @@ class ActivationReader:
                                  f"{_ranges(bad + a)} (chunk rows [{a}, {b})); the store is corrupt: regenerate it")
             blocks.append(x)
         rows = np.concatenate(blocks)
-        return rows[np.sort(rng.choice(rows.shape[0], n_rows, replace=False))]
+        return rows[rng.choice(rows.shape[0], n_rows, replace=False)]
 
     def close(self) -> None:
         """Stops the background thread."""
