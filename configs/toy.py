@@ -35,9 +35,8 @@ def get_config(arg=None):
     c.dead_window_tokens = 200_000
     c.log_every = 200
     c.checkpoint_every = 500
-    if a.runlocal:
-        c.runlocal = True
-        c.num_tokens = 300 * c.batch_size
-        c.log_every = 50
-        c.checkpoint_every = 100
+    c.runlocal_overrides.num_tokens = 300 * c.batch_size
+    c.runlocal_overrides.log_every = 50
+    c.runlocal_overrides.checkpoint_every = 100
+    c.runlocal = bool(a.runlocal)
     return config_lib.lock(c)

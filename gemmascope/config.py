@@ -69,7 +69,41 @@ def base_config() -> ml_collections.ConfigDict:
     c.toy.mean_active = 4.0  # expected number of active ground-truth features per example
     c.toy.noise_std = 0.0
 
+    # The language model and text behind "store" and "online" sources.
+    c.lm = ml_collections.ConfigDict()
+    c.lm.checkpoint = "embedded"  # "embedded" (SmolLM2-135M GGUF), a .gguf file, or a HF checkpoint dir
+    c.lm.dtype = "float32"
+    c.lm.context_length = 128  # tokens per packed sequence, BOS first (BOS/EOS/pad never stored)
+    c.lm.batch_sequences = 32  # sequences per LM forward
+    # Rows whose norm exceeds this many times the batch's median norm are dropped (and counted in
+    # the store metadata); 0 keeps everything. SmolLM2's residual stream has attention-sink
+    # tokens right after BOS (e.g. a leading "."), with norms ~140x the median, which would
+    # otherwise dominate the normalisation constant and the reconstruction loss.
+    c.lm.outlier_norm_factor = 10.0
+
+    c.text = ml_collections.ConfigDict()
+    c.text.kind = "embedded"  # "embedded" | "hf" (datasets, streaming) | "files" (txt/jsonl/parquet)
+    c.text.name = ""  # HF dataset name
+    c.text.config = ""  # HF dataset config
+    c.text.split = "train"
+    c.text.text_column = "text"
+    c.text.paths = ()  # local files or globs
+    c.text.doc_separator = ""  # for .txt files: a line holding only this separates documents
+    c.text.heldout_fraction = 0.05  # documents (by keyed hash) kept out of training for evaluation
+    c.text.max_documents = 0  # 0 = all
+
+    # The activation store (source = "store"): written once by launch/generate_activations.py.
+    c.store = ml_collections.ConfigDict()
+    c.store.path = ""  # local path or gs:// / s3:// URL; "" = <workdir>/activations
+    c.store.sites = ("res",)  # sites written at every layer of config.layers (one LM pass)
+    c.store.max_tokens = 0  # stop generating after this many stored rows per location (0 = corpus)
+    c.store.heldout_rows = 65_536  # held-out rows stored per location for evaluation
+    c.store.shuffle_buffer_rows = 262_144
+
+    # runlocal=True applies runlocal_overrides (same structure as the config) at the start of
+    # every entry point, so ``--config.runlocal=True`` shrinks any config to a CPU-sized run.
     c.runlocal = False
+    c.runlocal_overrides = ml_collections.ConfigDict()
     return c
 
 
@@ -185,12 +219,59 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                  f"must be in (0, n_features={c.toy.n_features}], got {c.toy.mean_active!r}")
         _nonneg_number(c, "toy.noise_std")
         _require(tuple(c.sites) == ("toy",), "sites", f"the toy source has the single site 'toy', got {tuple(c.sites)}")
+    else:
+        for s in c.sites:
+            _require(s in ("res", "att", "mlp"), "sites", f"LM sites are 'res', 'att', 'mlp', got {s!r}")
+        _positive_int(c, "lm.context_length")
+        _require(c.lm.context_length >= 2, "lm.context_length", f"must be >= 2, got {c.lm.context_length}")
+        _positive_int(c, "lm.batch_sequences")
+        _nonneg_number(c, "lm.outlier_norm_factor")
+        _require(c.lm.dtype in ("float32", "bfloat16"), "lm.dtype", f"must be 'float32' or 'bfloat16', got {c.lm.dtype!r}")
+        _require(c.text.kind in ("embedded", "hf", "files"), "text.kind",
+                 f"must be 'embedded', 'hf' or 'files', got {c.text.kind!r}")
+        if c.text.kind == "hf":
+            _require(bool(c.text.name), "text.name", "a Hugging Face dataset name is needed when text.kind='hf'")
+        if c.text.kind == "files":
+            _require(len(c.text.paths) > 0, "text.paths", "at least one file is needed when text.kind='files'")
+        _require(0.0 < c.text.heldout_fraction < 1.0, "text.heldout_fraction",
+                 f"must be in (0, 1), got {c.text.heldout_fraction!r}")
+        for s in c.store.sites:
+            _require(s in ("res", "att", "mlp"), "store.sites", f"LM sites are 'res', 'att', 'mlp', got {s!r}")
+        if c.source == "store":
+            missing = [s for s in c.sites if s not in c.store.sites]
+            _require(not missing, "store.sites", f"must include every trained site; missing {missing}")
+        for f in ("store.max_tokens", "text.max_documents"):
+            v = _get(c, f)
+            _require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
+        _positive_int(c, "store.heldout_rows")
+        _positive_int(c, "store.shuffle_buffer_rows")
     return c
+
+
+def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of ``c`` with ``runlocal_overrides`` applied when ``c.runlocal`` is True."""
+    out = ml_collections.ConfigDict(c.to_dict())
+    if not c.runlocal:
+        return out
+
+    def apply(dst, src, prefix):
+        for k in src.keys():
+            if k not in dst:
+                raise ConfigError(f"config.runlocal_overrides.{prefix}{k}: unknown field")
+            if isinstance(src[k], ml_collections.ConfigDict):
+                apply(dst[k], src[k], f"{prefix}{k}.")
+            else:
+                dst[k] = src[k]
+
+    apply(out, c.runlocal_overrides, "")
+    return out
 
 
 def _check_no_unknown(c, base, prefix: str) -> None:
     """Fields a config added that the code never reads (configs built without base_config)."""
     for k in c.keys():
+        if k == "runlocal_overrides":
+            continue
         if k not in base:
             raise ConfigError(f"config.{prefix}{k}: unknown field")
         if isinstance(c[k], ml_collections.ConfigDict) and isinstance(base[k], ml_collections.ConfigDict):

@@ -18,7 +18,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     config = _CONFIG.value
     try:
-        config_lib.validate(config)
+        config = config_lib.validate(config_lib.resolve(config))
     except config_lib.ConfigError as e:
         raise app.UsageError(str(e))
     from gemmascope.train.loop import train_and_evaluate  # imports JAX only after validation

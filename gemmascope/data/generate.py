@@ -1,0 +1,124 @@
+"""Generate the activation store once: one LM pass writes every configured (layer, site).
+
+Two stores under the root: ``train`` (the training split of the text, or its first
+``store.max_tokens`` rows) and ``heldout`` (``store.heldout_rows`` rows of the held-out split, for
+evaluation). Each is crash safe: a killed run, rerun with the same command, skips the batches it
+already wrote and finishes with every row present exactly once (see
+:class:`gemmascope.data.store.ActivationWriter`). BOS, EOS and padding positions are never
+stored. The norm distribution of what is stored (percentiles of ``||x||``) goes into each
+site's metadata and is printed, since a few early positions can carry huge norms.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from gemmascope import config as config_lib
+from gemmascope.data import store as store_lib
+from gemmascope.data.activations import LMActivations
+
+
+def store_root(config, workdir: str) -> str:
+    return config.store.path or os.path.join(workdir, "activations")
+
+
+def part_root(root: str, part: str) -> str:
+    if "://" in root:
+        return root.rstrip("/") + "/" + part
+    return os.path.join(root, part)
+
+
+def store_sites(config) -> list[tuple[int, str]]:
+    return [(int(layer), site) for layer in config.layers for site in config.store.sites]
+
+
+def _metadata(config, lm: LMActivations, part: str) -> dict[str, Any]:
+    return {
+        "model": lm.model_name,
+        "checkpoint": config.lm.checkpoint,
+        "tokenizer": lm.tokenizer_name,
+        "context_length": int(config.lm.context_length),
+        "batch_sequences": int(config.lm.batch_sequences),
+        "corpus": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.text.to_dict().items()},
+        "split": part,
+        "special_tokens_excluded": {"bos": lm.lm_cfg.bos_id, "eos": lm.lm_cfg.eos_id, "pad": lm.lm_cfg.pad_id},
+        "lm_dtype": config.lm.dtype,
+    }
+
+
+def _norm_summary(norms: np.ndarray) -> dict[str, float]:
+    if len(norms) == 0:
+        return {}
+    q = np.percentile(norms, [0, 1, 50, 99, 99.9, 100])
+    return {"norm_min": float(q[0]), "norm_p1": float(q[1]), "norm_median": float(q[2]), "norm_p99": float(q[3]),
+            "norm_p999": float(q[4]), "norm_max": float(q[5]), "norm_max_over_median": float(q[5] / max(q[2], 1e-12))}
+
+
+def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | None, log=print) -> dict:
+    """Writes one split's store (resuming a killed run); returns its StoreInfo.sites."""
+    path = part_root(root, part)
+    writer = store_lib.ActivationWriter(path, lm.dims, _metadata(config, lm, part))
+    if writer.complete:
+        log(f"[generate:{part}] {path} is already complete; skipping")
+        return store_lib.open_store(path).sites
+    start = writer.resume_from_batch
+    if start:
+        log(f"[generate:{part}] resuming {path} at batch {start}")
+    norms: dict[str, list[np.ndarray]] = {k: [] for k in lm.dims}
+    dropped: dict[str, dict] = {}
+    rows_total, t0, done_tokens = 0, time.time(), 0
+    target = max_rows or None
+    for i, (toks, mask) in enumerate(lm.packed_batches(part)):
+        n = int(mask.sum())
+        if target is not None and rows_total >= target:
+            break
+        rows_total += n
+        if i < start:
+            continue
+        acts = lm.activations(toks, mask, dropped)
+        for k, v in acts.items():
+            norms[k].append(np.linalg.norm(v, axis=-1).astype(np.float32))
+        writer.write_batch(i, acts)
+        done_tokens += n
+        if (i - start) % 10 == 0:
+            dt = max(time.time() - t0, 1e-9)
+            eta = f" ETA {_fmt((target - rows_total) * dt / done_tokens)}" if target else ""
+            log(f"[generate:{part}] batch {i}: {rows_total:,} tokens ({done_tokens / dt:,.0f} tok/s){eta}")
+    summaries = {k: _norm_summary(np.concatenate(v)) if v else {} for k, v in norms.items()}
+    info = writer.finalize({"norm_summary_this_run": summaries, "tokens_this_run": done_tokens,
+                            "outlier_norm_factor": float(config.lm.outlier_norm_factor),
+                            "norm_outliers_dropped_this_run": dropped, "resumed_from_batch": start})
+    for k, meta in info.sites.items():
+        s = summaries.get(k) or {}
+        extra_txt = (f" |x| median {s['norm_median']:.1f}, p99 {s['norm_p99']:.1f}, max {s['norm_max']:.1f}"
+                     if s else "")
+        log(f"[generate:{part}] {k}: {meta['n_rows']:,} rows, d_in {meta['d_in']}, C={meta['norm_scale']:.4g}{extra_txt}")
+        if k in dropped:
+            d = dropped[k]
+            top = sorted(d["dropped_at_position"].items(), key=lambda kv: -kv[1])[:3]
+            log(f"[generate:{part}] {k}: dropped {d['dropped_rows']} rows with norm > "
+                f"{config.lm.outlier_norm_factor:g}x the batch median (positions, count: {top})")
+        if s and s["norm_max_over_median"] > 50:
+            log(f"[generate:{part}] warning: {k} has rows with norm {s['norm_max_over_median']:.0f}x the median")
+    return info.sites
+
+
+def _fmt(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}:{(s % 3600) // 60:02d}:{s % 60:02d}"
+
+
+def generate(config, workdir: str, log=print) -> str:
+    """Validates the config, then writes the held-out and train stores; returns the root."""
+    config = config_lib.validate(config_lib.resolve(config))
+    if config.source == "toy":
+        raise config_lib.ConfigError("config.source: the toy source needs no activation store")
+    root = store_root(config, workdir)
+    lm = LMActivations(config, store_sites(config), log=log)
+    write_part(config, lm, root, "heldout", int(config.store.heldout_rows), log)
+    write_part(config, lm, root, "train", int(config.store.max_tokens) or None, log)
+    log(f"[generate] activation store complete at {root}")
+    return root
