@@ -2,8 +2,8 @@
 
 Nothing here imports torch. Safetensors are read with the ``safetensors`` numpy API, GGUF
 tensors are dequantised with ``gguf.quants.dequantize``. Both loaders return
-``(LMConfig, params)`` with params in the layout of :mod:`gemmascope.lm.model` as numpy arrays
-(``jax.device_put`` them, or let the first jitted call do it).
+``(LMConfig, params)`` with params in the layout of :mod:`gemmascope.lm.model`: jax arrays on the
+default device, or numpy arrays with ``to_device=False`` (to place or shard them yourself).
 
 GGUF specifics handled here (the same fixes transformers applies when it reads GGUF):
 - llama.cpp's converter permutes the rows of the Llama q/k projections so that RoPE rotates
@@ -53,6 +53,14 @@ def _empty_params(cfg: LMConfig, dtype) -> dict[str, Any]:
     if not cfg.tie_embeddings:
         params["lm_head"] = np.empty((d, V), dtype)
     return params
+
+
+def _maybe_device(params, to_device: bool):
+    if not to_device:
+        return params
+    import jax
+
+    return jax.device_put(params)
 
 
 def _np_dtype(dtype: str):
@@ -142,8 +150,11 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> LMConfig:
                     bos_id=tok("bos_token_id", 1), eos_id=eos, pad_id=tok("pad_token_id", eos), **common)
 
 
-def load_hf_checkpoint(path: str, dtype: str = "float32") -> tuple[LMConfig, dict[str, Any]]:
-    """(cfg, params as numpy) from a Hugging Face directory holding config.json + *.safetensors."""
+def load_hf_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -> tuple[LMConfig, dict[str, Any]]:
+    """(cfg, params) from a Hugging Face directory holding config.json + *.safetensors.
+
+    Params are jax arrays on the default device (``to_device``) or numpy arrays (to shard them
+    yourself)."""
     from safetensors import safe_open
 
     cfg_path = os.path.join(path, "config.json")
@@ -188,7 +199,7 @@ def load_hf_checkpoint(path: str, dtype: str = "float32") -> tuple[LMConfig, dic
                         continue
                     filled.add(("layers", key, i))
     _check_filled(params, filled, path)
-    return cfg, params
+    return cfg, _maybe_device(params, to_device)
 
 
 # ----------------------------------------------------------------------------- GGUF
@@ -257,8 +268,10 @@ _GGUF_LAYER = {"attn_norm": "attn_norm", "attn_q": "q", "attn_k": "k", "attn_v":
                "post_attention_norm": "post_attn_norm", "post_ffw_norm": "post_mlp_norm"}
 
 
-def load_gguf(path: str, dtype: str = "float32") -> tuple[LMConfig, dict[str, Any]]:
-    """(cfg, params as numpy) from a GGUF file (llama or gemma2), every tensor dequantised."""
+def load_gguf(path: str, dtype: str = "float32", to_device: bool = True) -> tuple[LMConfig, dict[str, Any]]:
+    """(cfg, params) from a GGUF file (llama or gemma2), every tensor dequantised.
+
+    Params are jax arrays on the default device (``to_device``) or numpy arrays."""
     import gguf
 
     if not os.path.isfile(path):
@@ -299,7 +312,7 @@ def load_gguf(path: str, dtype: str = "float32") -> tuple[LMConfig, dict[str, An
             params["layers"][key][i] = w if w.ndim == 1 else w.T
             filled.add(("layers", key, i))
     _check_filled(params, filled, path)
-    return cfg, params
+    return cfg, _maybe_device(params, to_device)
 
 
 # ----------------------------------------------------------------------------- embedded default
@@ -367,20 +380,21 @@ def load_tokenizer(path: str, cache: bool = True):
     raise CheckpointError(f"no tokenizer at {path!r}: expected a checkpoint directory or a .gguf file")
 
 
-def load_checkpoint(path: str, dtype: str = "float32") -> tuple[LMConfig, dict[str, Any]]:
+def load_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -> tuple[LMConfig, dict[str, Any]]:
     """Dispatch: a ``.gguf`` file, a Hugging Face directory, or ``"embedded"``."""
     if path in ("embedded", "", None):
-        return load_gguf(embedded_gguf_path(), dtype)
+        cfg, params = load_gguf(embedded_gguf_path(), dtype, to_device)
+        return cfg.replace(**embedded_special_ids()), params
     if os.path.isfile(path) and path.endswith(".gguf"):
-        return load_gguf(path, dtype)
+        return load_gguf(path, dtype, to_device)
     if os.path.isdir(path):
-        return load_hf_checkpoint(path, dtype)
+        return load_hf_checkpoint(path, dtype, to_device)
     raise CheckpointError(
         f"checkpoint {path!r} not found: expected 'embedded', a .gguf file, or a Hugging Face directory "
         f"(config.json + *.safetensors). {EMBEDDED_HINT.format(file=EMBEDDED_GGUF)}")
 
 
-def load_embedded(dtype: str = "float32"):
+def load_embedded(dtype: str = "float32", to_device: bool = True):
     """(cfg, params, tokenizer) of the embedded default, SmolLM2-135M-Instruct (Q4_1 GGUF).
 
     cfg.bos_id / eos_id are SmolLM2's ``<|endoftext|>`` (id 0), the document separator of its
@@ -388,7 +402,7 @@ def load_embedded(dtype: str = "float32"):
     (ids 1 and 2); see :func:`embedded_special_ids`.
     """
     path = embedded_gguf_path()
-    cfg, params = load_gguf(path, dtype)
+    cfg, params = load_gguf(path, dtype, to_device)
     cfg = cfg.replace(**embedded_special_ids())
     return cfg, params, load_tokenizer(path)
 
