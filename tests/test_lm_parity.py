@@ -188,3 +188,21 @@ def test_tiny_configs_exercise_each_feature(setup):
     for what, c in variants.items():
         lg = np.asarray(model.jit_forward(params, tokens, c).logits)
         assert np.abs(lg - ref_logits).max() > 1e-3, f"{what} does not change the logits"
+
+
+def test_key_mask_and_no_retrace(setup):
+    arch, m, cfg, params, tokens, ref_logits, ref_caps = setup
+    if arch != "llama":
+        pytest.skip("one architecture is enough for the mask plumbing")
+    km = np.ones((B, T), bool)
+    km[:, -3:] = False  # right padding: real positions cannot see it anyway (causal)
+    out = model.jit_forward(params, tokens, cfg, key_mask=km)
+    np.testing.assert_allclose(np.asarray(out.logits)[:, :-3], ref_logits[:, :-3], atol=ATOL, rtol=0)
+    km2 = np.ones((B, T), bool)
+    km2[:, 2] = False  # hiding a key in the middle changes every later position
+    lg2 = np.asarray(model.jit_forward(params, tokens, cfg, key_mask=km2).logits)
+    np.testing.assert_allclose(lg2[:, :2], ref_logits[:, :2], atol=ATOL, rtol=0)
+    assert (np.abs(lg2[:, 2:] - ref_logits[:, 2:]).max(axis=-1) > 1e-4).all()
+    n = model._forward_jit._cache_size()
+    model.jit_forward(params, tokens + 1, cfg, key_mask=km2)
+    assert model._forward_jit._cache_size() == n  # same shapes and statics: no recompilation
