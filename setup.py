@@ -22,11 +22,14 @@ setup(
         "chex",
         "numpy",
         "gguf",
+        "safetensors",
+        "pyarrow",
+        "scipy",
         "matplotlib",
     ],
     extras_require={
         # torch is test-only (parity with transformers); pinned so pip takes the CPU wheel.
-        "test": ["pytest", "torch==2.13.0", "accelerate", "scipy"],
+        "test": ["pytest", "torch==2.13.0", "accelerate"],
         "datasets": ["datasets"],
     },
 )

@@ -99,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.store.max_tokens = 0  # stop generating after this many stored rows per location (0 = corpus)
     c.store.heldout_rows = 65_536  # held-out rows stored per location for evaluation
     c.store.shuffle_buffer_rows = 262_144
+    c.store.rows_per_flush = 0  # rows buffered per site before a durable write (0 = one shard); a kill loses at most this
 
     # runlocal=True applies runlocal_overrides (same structure as the config) at the start of
     # every entry point, so ``--config.runlocal=True`` shrinks any config to a CPU-sized run.
@@ -245,6 +246,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             _require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
         _positive_int(c, "store.heldout_rows")
         _positive_int(c, "store.shuffle_buffer_rows")
+        _require(isinstance(c.store.rows_per_flush, int) and c.store.rows_per_flush >= 0, "store.rows_per_flush",
+                 f"must be an integer >= 0, got {c.store.rows_per_flush!r}")
     return c
 
 

@@ -59,8 +59,8 @@ def test_embedded_config(embedded):
 
 def test_embedded_loss_matches_transformers_reading_the_same_gguf(embedded):
     """Mean next-token loss within 1e-3 (and logits within 2e-3) of transformers' GGUF loader."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     cfg, params, tok = embedded
     ids = tok(PASSAGE, add_special_tokens=False).input_ids
     tokens = np.array([[cfg.bos_id] + ids], np.int32)
@@ -172,8 +172,8 @@ def _write_gguf(path, arch, hf_model, hf_cfg):
 def test_tiny_gguf_written_like_llama_cpp_matches_transformers(arch, tmp_path):
     """A random model -> GGUF (f32) with llama.cpp's conventions -> our loader: logits within 1e-4
     of the original transformers model (fails if the q/k un-permutation or the norm shift is wrong)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     torch.manual_seed(0)
     if arch == "llama":
         hf_cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=40, num_hidden_layers=2,

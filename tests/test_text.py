@@ -122,7 +122,7 @@ def test_local_files(tmp_path):
 
 
 def test_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
     pq.write_table(pa.table({"content": ["p1", None, "p2", "p3"], "n": [1, 2, 3, 4]}), tmp_path / "c.parquet",
                    row_group_size=2)

@@ -60,7 +60,8 @@ def _norm_summary(norms: np.ndarray) -> dict[str, float]:
 def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | None, log=print) -> dict:
     """Writes one split's store (resuming a killed run); returns its StoreInfo.sites."""
     path = part_root(root, part)
-    writer = store_lib.ActivationWriter(path, lm.dims, _metadata(config, lm, part))
+    writer = store_lib.ActivationWriter(path, lm.dims, _metadata(config, lm, part),
+                                        rows_per_flush=int(config.store.rows_per_flush) or None)
     if writer.complete:
         log(f"[generate:{part}] {path} is already complete; skipping")
         return store_lib.open_store(path).sites

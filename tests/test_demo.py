@@ -1,0 +1,134 @@
+"""The demo pipeline on the embedded default (SmolLM2-135M + embedded corpus), at runlocal size:
+generate the store, train from it, export; resume of generation; online mode; missing store."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gemmascope import config as config_lib
+from gemmascope.data import store as store_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from configs import demo  # noqa: E402
+
+
+def _run(script, *args, timeout=900):
+    r = subprocess.run([sys.executable, os.path.join(REPO, "launch", script), f"--config={REPO}/configs/demo.py",
+                        *args], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def demo_workdir(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("demo"))
+    gen = _run("generate_activations.py", f"--workdir={wd}", "--config.runlocal=True")
+    train = _run("train.py", f"--workdir={wd}", "--config.runlocal=True")
+    return wd, gen, train
+
+
+def test_demo_store_has_every_site_and_no_special_tokens(demo_workdir):
+    wd, gen, _ = demo_workdir
+    info = store_lib.open_store(os.path.join(wd, "activations", "train"))
+    assert sorted(info.sites) == ["att_L15", "mlp_L15", "res_L15"]
+    cfg = demo.get_config()
+    for name, meta in info.sites.items():
+        assert meta["d_in"] == 576  # SmolLM2: d_model 576, 9 heads x 64
+        assert meta["model"].startswith("SmolLM2-135M")
+        # Every stored row is a real text token: at most 127 per 128-token sequence (BOS first).
+        assert meta["n_rows"] <= meta["n_batches"] * cfg.lm.batch_sequences * (cfg.lm.context_length - 1)
+        assert meta["n_rows"] >= 40_000 - 1000  # max_tokens of runlocal, less dropped outliers
+    res = info.sites["res_L15"]
+    s = res["norm_summary_this_run"]["res_L15"]
+    # With BOS excluded and sink outliers dropped, no stored row is far from the median norm.
+    assert s["norm_max"] <= 10 * s["norm_median"] * 1.5
+    assert 100 < res["norm_scale"] < 300  # C near the median norm (~170), not dragged up by outliers
+    assert "tok/s" in gen
+
+
+def test_demo_trains_from_store_and_exports(demo_workdir):
+    wd, _, train = demo_workdir
+    assert "tok/s" in train and "ETA" in train
+    metas = [json.load(open(p)) for p in glob.glob(os.path.join(wd, "saes", "res", "layer_15", "width_1k", "*",
+                                                                "metadata.json"))]
+    metas.sort(key=lambda m: m["sparsity_coefficient"])
+    assert len(metas) == 4
+    l0 = [m["l0"] for m in metas]
+    assert all(a > b for a, b in zip(l0, l0[1:])), l0
+    for m in metas:
+        assert m["model"].startswith("SmolLM2-135M") and m["site"] == "res" and m["layer"] == 15
+        assert 0 < m["fvu"] < 1
+    from gemmascope.sae import io as sae_io
+
+    p = sae_io.load_params(os.path.dirname(glob.glob(os.path.join(wd, "saes", "**", "params.npz"), recursive=True)[0]))
+    assert p["W_enc"].shape == (576, 1024)
+
+
+def test_train_without_store_says_how_to_create_it(tmp_path):
+    c = demo.get_config()
+    from gemmascope.train.loop import train_and_evaluate
+
+    with pytest.raises(store_lib.StoreError, match="generate_activations.py"):
+        train_and_evaluate(c, str(tmp_path / "empty"), log=lambda *a: None)
+
+
+def test_generation_resumes_after_a_crash_with_every_row_once(tmp_path, monkeypatch):
+    from gemmascope.data import activations, generate
+
+    def small():
+        c = demo.get_config()
+        with c.unlocked():
+            c.store.max_tokens, c.store.heldout_rows = 12_000, 1000
+            c.lm.batch_sequences = 16
+            c.store.rows_per_flush = 1024  # durable after every batch
+        return c
+
+    ref = str(tmp_path / "ref")
+    generate.generate(small(), ref, log=lambda *a: None)
+
+    real = activations.LMActivations.activations
+    calls = {"n": 0}
+
+    def crashing(self, tokens, mask, stats=None):  # unit-test mock: the 3rd train batch dies
+        calls["n"] += 1
+        if calls["n"] == 4:  # 1 held-out batch, then train batches 0, 1, 2
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, tokens, mask, stats)
+
+    wd = str(tmp_path / "crash")
+    monkeypatch.setattr(activations.LMActivations, "activations", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        generate.generate(small(), wd, log=lambda *a: None)
+    with pytest.raises(store_lib.StoreError, match="incomplete"):
+        store_lib.open_store(os.path.join(wd, "activations", "train"))
+    monkeypatch.setattr(activations.LMActivations, "activations", real)
+    logs = []
+    generate.generate(small(), wd, log=logs.append)
+    assert any("already complete" in line for line in logs)  # the held-out store was finished before
+    assert any("resuming" in line and "at batch 2" in line for line in logs), logs
+    for site in ("res_L15", "att_L15"):
+        a = store_lib.ActivationReader(os.path.join(ref, "activations", "train"), site, 1, 0)
+        b = store_lib.ActivationReader(os.path.join(wd, "activations", "train"), site, 1, 0)
+        assert a.n_rows == b.n_rows
+        np.testing.assert_array_equal(a._array.read().result(), b._array.read().result())
+
+
+def test_online_mode_trains_straight_from_the_lm(tmp_path):
+    from gemmascope.train.loop import train_and_evaluate
+
+    c = demo.get_config()
+    with c.unlocked():
+        c.source = "online"
+        c.layers, c.widths, c.lambdas = (3,), (128,), (1e-3, 1e-2)
+        c.lm.context_length, c.lm.batch_sequences = 32, 8
+        c.batch_size, c.num_tokens = 256, 256 * 12
+        c.norm_sample_rows = c.eval_rows = 512
+        c.log_every, c.checkpoint_every = 6, 6
+    recs = train_and_evaluate(c, str(tmp_path / "online"), log=lambda *a: None)
+    assert len(recs) == 2 and all(r["model"].startswith("SmolLM2") for r in recs)
+    assert all(np.isfinite(r["fvu"]) for r in recs)
