@@ -125,7 +125,10 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         if not item.strip():
             continue
         if "=" not in item:
-            raise ConfigError(f"config arg {item!r}: expected key=value")
+            if isinstance(defaults.get(item.strip()), bool):  # a bare flag: "runlocal"
+                item = item.strip() + "=true"
+            else:
+                raise ConfigError(f"config arg {item!r}: expected key=value")
         k, v = (s.strip() for s in item.split("=", 1))
         if k not in defaults:
             raise ConfigError(f"config arg {k!r}: unknown key (known: {sorted(defaults)})")
