@@ -165,3 +165,24 @@ def test_params_npz_round_trip_and_errors(tmp_path):
 
 def test_width_names_match_gemma_scope():
     assert [sae_io.width_name(2**k) for k in range(14, 21)] == ["16k", "32k", "65k", "131k", "262k", "524k", "1m"]
+
+
+def test_fused_jumprelu_and_l0_matches_separate_functions():
+    """The fused op used by the loss has exactly the values and pseudo-gradients of the two parts."""
+    z = jax.random.uniform(jax.random.PRNGKey(5), (64, 16), minval=0.098, maxval=0.102)
+    t = jnp.full((16,), T)
+    lam = 0.37
+
+    def separate(z, t):
+        return jnp.sum(jumprelu.jumprelu(z, t, EPS) ** 2) + lam * jnp.sum(jumprelu.step(z, t, EPS))
+
+    def fused(z, t):
+        f, l0 = jumprelu.jumprelu_and_l0(z, t, EPS)
+        return jnp.sum(f**2) + lam * jnp.sum(l0)
+
+    np.testing.assert_allclose(fused(z, t), separate(z, t), rtol=1e-6)
+    gs = jax.grad(separate, argnums=(0, 1))(z, t)
+    gf = jax.grad(fused, argnums=(0, 1))(z, t)
+    assert np.any(np.asarray(gs[1]) != 0)  # the window is populated
+    for a, b in zip(gf, gs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -91,6 +91,35 @@ def _step_bwd(eps, res, g):
 step.defvjp(_step_fwd, _step_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def jumprelu_and_l0(z: jax.Array, threshold: jax.Array, eps: float) -> tuple[jax.Array, jax.Array]:
+    """``(jumprelu(z, t), sum_i step(z_i, t_i))`` with both pseudo-derivatives in one backward pass.
+
+    Same values and gradients as :func:`jumprelu` and :func:`step` (tested); one fused pass over
+    ``[batch, d_sae]`` instead of two in the backward, which is most of the step's non-matmul time.
+    z ``[batch, d_sae]`` -> ``([batch, d_sae], [batch])``.
+    """
+    mask = (z > threshold).astype(z.dtype)
+    return z * mask, jnp.sum(mask, axis=-1)
+
+
+def _jumprelu_and_l0_fwd(z, threshold, eps):
+    return jumprelu_and_l0(z, threshold, eps), (z, threshold)
+
+
+def _jumprelu_and_l0_bwd(eps, res, g):
+    z, threshold = res
+    g_f, g_l0 = g
+    mask = (z > threshold).astype(z.dtype)
+    k = rectangle((z - threshold) / eps)
+    dz = g_f * mask
+    dt = k * (g_f * (-(threshold / eps)) + g_l0[..., None] * (-1.0 / eps))
+    return dz, _sum_to_shape(dt, threshold.shape)
+
+
+jumprelu_and_l0.defvjp(_jumprelu_and_l0_fwd, _jumprelu_and_l0_bwd)
+
+
 # ----------------------------------------------------------------------------------------------
 # Parameters
 
@@ -159,10 +188,9 @@ def loss(
     eps = float(cfg["bandwidth"])
     p = layout_params(params)
     pre = pre_activations(p, x, bool(cfg["pre_encoder_bias"]))
-    f = jumprelu(pre, p["threshold"], eps)
+    f, l0_per_example = jumprelu_and_l0(pre, p["threshold"], eps)
     x_hat = f @ p["W_dec"] + p["b_dec"]
     sq_err = jnp.sum((x - x_hat) ** 2, axis=-1)
-    l0_per_example = jnp.sum(step(pre, p["threshold"], eps), axis=-1)
     mse = jnp.mean(sq_err)
     l0 = jnp.mean(l0_per_example)
     sparsity = sparsity_coefficient * l0

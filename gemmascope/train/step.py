@@ -71,9 +71,7 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
     def train_step(state, x_raw, lambdas):
         step = state["step"]
         x = x_raw.astype(jnp.float32) / state["norm_scale"]
-        params, opt, loss, aux, lam_t = jax.vmap(one, in_axes=(0, 0, None, 0, None))(
-            state["params"], state["opt"], x, lambdas, step
-        )
+        params, opt, loss, aux, lam_t = _per_sae(one, state["params"], state["opt"], x, lambdas, step)
         last_fired = jnp.where(aux["fired"], step + 1, state["last_fired"])
         bad = ~jnp.isfinite(loss)
         bad_step = jnp.where((state["bad_step"] < 0) & bad, step + 1, state["bad_step"])
@@ -102,6 +100,20 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
         return new_state, metrics
 
     return train_step
+
+
+def _per_sae(one, params, opt, x, lambdas, step):
+    """Applies ``one`` to each SAE of the stack and restacks the results.
+
+    An unrolled loop rather than ``jax.vmap``: on XLA:CPU the vmapped step ran its matmuls as
+    batched dot-generals at about half the speed of plain 2-D matmuls (measured: 0.85 s against
+    0.42 s for one 4096 x 576 x 4096 gradient). K is small (a lambda grid), so unrolling costs
+    little compile time.
+    """
+    k = lambdas.shape[0]
+    outs = [one(jax.tree.map(lambda a: a[i], params), jax.tree.map(lambda a: a[i], opt), x, lambdas[i], step)
+            for i in range(k)]
+    return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
 
 def _total_steps(config) -> int:
