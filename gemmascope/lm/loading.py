@@ -21,6 +21,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -375,18 +376,53 @@ def load_tokenizer(path: str, cache: bool = True):
             except OSError:
                 pass  # read-only home or a concurrent writer: the tokenizer is still fine
         return tok
+    hub_dir = resolve_hub_id(path)
+    if hub_dir is not None:
+        path = hub_dir
     if os.path.isdir(path):
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     raise CheckpointError(f"no tokenizer at {path!r}: expected a checkpoint directory or a .gguf file")
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def resolve_hub_id(path: str) -> str | None:
+    """A Hugging Face hub id (``"google/gemma-2-2b"``) -> its local snapshot directory.
+
+    Uses the hub cache (``HF_HUB_CACHE`` / ``HF_HOME``) first; with a network and without
+    ``HF_HUB_OFFLINE`` it downloads config, tokenizer and safetensors files into that cache.
+    Returns None when ``path`` is not of the form ``org/name`` or is an existing local path.
+    """
+    if not isinstance(path, str) or os.path.exists(path) or not _HUB_ID.match(path):
+        return None
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "special_tokens_map.json"]
+    try:
+        return snapshot_download(path, allow_patterns=patterns, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached: try the network below
+        pass
+    try:
+        return snapshot_download(path, allow_patterns=patterns)
+    except Exception as e:  # noqa: BLE001 - offline, gated or unknown repo
+        raise CheckpointError(
+            f"checkpoint {path!r}: not in the Hugging Face cache and could not be downloaded ({type(e).__name__}: "
+            f"{e}). With a network, accept the model's licence on the hub and run `huggingface-cli login`; "
+            f"offline, pass a local directory holding config.json and *.safetensors.") from None
+
+
 def load_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -> tuple[LMConfig, dict[str, Any]]:
-    """Dispatch: a ``.gguf`` file, a Hugging Face directory, or ``"embedded"``."""
+    """Dispatch: a ``.gguf`` file, a Hugging Face directory, a hub id (``org/name``, through the
+    hub cache), or ``"embedded"``."""
     if path in ("embedded", "", None):
         cfg, params = load_gguf(embedded_gguf_path(), dtype, to_device)
         return cfg.replace(**embedded_special_ids()), params
     if os.path.isfile(path) and path.endswith(".gguf"):
         return load_gguf(path, dtype, to_device)
+    hub_dir = resolve_hub_id(path)
+    if hub_dir is not None:
+        return load_hf_checkpoint(hub_dir, dtype, to_device)
     if os.path.isdir(path):
         return load_hf_checkpoint(path, dtype, to_device)
     raise CheckpointError(
