@@ -1,0 +1,47 @@
+r"""Generate text with our LM while adding ``alpha * W_dec[latent]`` at the SAE's site.
+
+    python launch/steer.py --sae=workdirs/demo/saes/res/layer_15/width_4k/average_l0_63 \
+        --latent=123 --alpha=8 --prompt="The best thing about" --max_new_tokens=30
+
+The layer and site come from the SAE's metadata.json (override with --layer/--site, e.g. for a
+released Gemma Scope file). ``--alphas=0,4,8`` prints one continuation per alpha.
+"""
+from absl import app, flags
+
+_SAE = flags.DEFINE_string("sae", None, "params.npz or the folder holding it.")
+_LATENT = flags.DEFINE_integer("latent", None, "Latent whose decoder row is added.")
+_ALPHAS = flags.DEFINE_list("alphas", ["0", "8"], "Steering strengths (raw activation units).")
+_PROMPT = flags.DEFINE_string("prompt", "I think that", "Prompt text (BOS is prepended).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "embedded", "LM: 'embedded', a .gguf, a HF dir or hub id.")
+_LAYER = flags.DEFINE_integer("layer", None, "Override the SAE's layer.")
+_SITE = flags.DEFINE_enum("site", None, ["res", "att", "mlp"], "Override the SAE's site.")
+_NEW = flags.DEFINE_integer("max_new_tokens", 30, "Tokens to generate.")
+_TEMP = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
+flags.mark_flags_as_required(["sae", "latent"])
+
+
+def main(argv):
+    del argv
+    from gemmascope.analysis.steering import steer_text
+    from gemmascope.lm import loading
+    from gemmascope.sae import io as sae_io
+
+    sae = sae_io.load_params(_SAE.value)
+    meta = sae_io.load_metadata(_SAE.value)
+    layer = _LAYER.value if _LAYER.value is not None else meta.get("layer")
+    site = _SITE.value or meta.get("site")
+    if layer is None or site is None:
+        raise app.UsageError(f"{_SAE.value}: no metadata.json with layer/site; pass --layer and --site")
+    if _CHECKPOINT.value == "embedded":
+        cfg, params, tok = loading.load_embedded()
+    else:
+        cfg, params = loading.load_checkpoint(_CHECKPOINT.value)
+        tok = loading.load_tokenizer(_CHECKPOINT.value)
+    for a in _ALPHAS.value:
+        text = steer_text(params, cfg, tok, _PROMPT.value, sae, _LATENT.value, float(a), int(layer), site,
+                          max_new_tokens=_NEW.value, temperature=_TEMP.value)
+        print(f"alpha={float(a):g}: {_PROMPT.value}{text}")
+
+
+if __name__ == "__main__":
+    app.run(main)
