@@ -132,3 +132,21 @@ def test_online_mode_trains_straight_from_the_lm(tmp_path):
     recs = train_and_evaluate(c, str(tmp_path / "online"), log=lambda *a: None)
     assert len(recs) == 2 and all(r["model"].startswith("SmolLM2") for r in recs)
     assert all(np.isfinite(r["fvu"]) for r in recs)
+
+
+def test_evaluate_writes_eval_json_table_plots_and_resumes(demo_workdir):
+    wd, _, _ = demo_workdir
+    out = _run("evaluate.py", f"--workdir={wd}", "--config.runlocal=True", "--max_tokens=1000")
+    evals = [json.load(open(p)) for p in glob.glob(os.path.join(wd, "saes", "**", "eval.json"), recursive=True)]
+    assert len(evals) == 4
+    for e in evals:
+        assert e["ce_clean"] < e["ce_sae"] < e["ce_zero"]  # a trained SAE sits between clean and ablated
+        assert 0 < e["fvu"] < 1 and e["l0"] > 0 and e["n_tokens"] >= 1000
+        assert e["err_by_position"][0] is None  # BOS is never evaluated
+    table = open(os.path.join(wd, "eval", "table.md")).read()
+    assert table.count("| jumprelu |") == 4
+    for png in ("l0_vs_delta_loss.png", "l0_vs_fvu.png"):
+        assert open(os.path.join(wd, "eval", png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    again = _run("evaluate.py", f"--workdir={wd}", "--config.runlocal=True", "--max_tokens=1000")
+    assert again.count("already evaluated") == 4
+    assert "delta loss" in out

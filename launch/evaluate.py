@@ -1,0 +1,33 @@
+r"""Evaluates every exported SAE under ``<workdir>/saes`` on held-out text of the config's LM.
+
+    python launch/evaluate.py --config=configs/demo.py --workdir=workdirs/demo
+
+Writes eval.json beside each params.npz (rerunning skips finished SAEs), and
+``<workdir>/eval/{table.csv,table.md,l0_vs_delta_loss.png,l0_vs_fvu.png}``.
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gemmascope import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config naming the LM and text (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir holding saes/.")
+_TOKENS = flags.DEFINE_integer("max_tokens", 100_000, "Held-out tokens per SAE.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    try:
+        config = config_lib.validate(config_lib.resolve(_CONFIG.value))
+    except config_lib.ConfigError as e:
+        raise app.UsageError(str(e))
+    from gemmascope.eval.evaluate import evaluate_workdir
+
+    evaluate_workdir(config, _WORKDIR.value, _TOKENS.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

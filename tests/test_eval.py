@@ -1,0 +1,95 @@
+"""Evaluation metrics at a site: identity and zero SAEs, and L0/FVU against a NumPy reference."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gemmascope.eval import metrics
+from gemmascope.lm import model
+from gemmascope.lm.config import LMConfig
+
+CFG = LMConfig(arch="llama", vocab_size=40, d_model=16, n_layers=3, n_heads=2, n_kv_heads=1, head_dim=8, d_mlp=24,
+               attn_softcap=None, final_softcap=None, query_pre_attn_scalar=None, sliding_window=None,
+               tie_embeddings=True, bos_id=1, eos_id=2, pad_id=0)
+D = CFG.d_model
+
+
+@pytest.fixture(scope="module")
+def lm():
+    params = model.init_params(jax.random.PRNGKey(0), CFG, std=0.4)
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(2):
+        toks = rng.integers(3, CFG.vocab_size, size=(4, 12)).astype(np.int32)
+        toks[:, 0] = CFG.bos_id
+        toks[1, 6] = CFG.eos_id
+        batches.append((toks, (toks != CFG.bos_id) & (toks != CFG.eos_id)))
+    return params, batches
+
+
+def identity_sae():
+    eye = np.eye(D, dtype=np.float32)
+    return {"W_enc": np.concatenate([eye, -eye], 1), "W_dec": np.concatenate([eye, -eye], 0),
+            "b_enc": np.zeros(2 * D, np.float32), "b_dec": np.zeros(D, np.float32),
+            "threshold": np.full(2 * D, 1e-12, np.float32)}
+
+
+def test_identity_sae_has_fvu_0_and_delta_loss_0(lm):
+    params, batches = lm
+    r = metrics.evaluate_sae(params, CFG, batches, identity_sae(), layer=1, site="res", outlier_norm_factor=0)
+    assert r["fvu"] < 1e-10
+    assert abs(r["delta_loss"]) < 1e-6
+    assert abs(r["ce_zero"] - r["ce_clean"]) > 1e-3  # ablation changes the loss (random model: either way)
+    assert r["n_tokens"] == sum(int(m.sum()) for _, m in batches)
+    np.testing.assert_allclose(r["l0"], D, atol=0.01)  # every coordinate is + or - (never exactly 0)
+
+
+def test_zero_sae_gives_zero_ablation_loss_and_mean_sae_gives_fvu_1(lm):
+    params, batches = lm
+    zero = {"W_enc": np.zeros((D, 8), np.float32), "W_dec": np.zeros((8, D), np.float32),
+            "b_enc": np.zeros(8, np.float32), "b_dec": np.zeros(D, np.float32), "threshold": np.ones(8, np.float32)}
+    r = metrics.evaluate_sae(params, CFG, batches, zero, layer=1, site="mlp", outlier_norm_factor=0)
+    np.testing.assert_allclose(r["ce_sae"], r["ce_zero"], rtol=1e-6)
+    assert r["l0"] == 0 and r["dead_fraction"] == 1.0
+    # An SAE that always outputs the dataset mean explains no variance: FVU = 1.
+    xs = np.concatenate([np.asarray(model.forward(params, t, CFG, capture=[(1, "mlp")]).captures[(1, "mlp")])[m]
+                         for t, m in batches])
+    mean_sae = dict(zero, b_dec=xs.mean(0).astype(np.float32))
+    r = metrics.evaluate_sae(params, CFG, batches, mean_sae, layer=1, site="mlp", outlier_norm_factor=0)
+    np.testing.assert_allclose(r["fvu"], 1.0, rtol=1e-4)
+
+
+def test_l0_fvu_and_positions_match_numpy(lm):
+    params, batches = lm
+    rng = np.random.default_rng(1)
+    sae = {"W_enc": rng.standard_normal((D, 24)).astype(np.float32) * 0.3,
+           "W_dec": rng.standard_normal((24, D)).astype(np.float32) * 0.3,
+           "b_enc": rng.standard_normal(24).astype(np.float32) * 0.1,
+           "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1,
+           "threshold": rng.uniform(0.05, 0.5, 24).astype(np.float32)}
+    r = metrics.evaluate_sae(params, CFG, batches, sae, layer=2, site="att", outlier_norm_factor=0)
+    xs, pos = [], []
+    for t, m in batches:
+        a = np.asarray(model.forward(params, t, CFG, capture=[(2, "att")]).captures[(2, "att")], np.float64)
+        xs.append(a[m])
+        pos.append(np.nonzero(m)[1])
+    x, pos = np.concatenate(xs), np.concatenate(pos)
+    pre = x @ sae["W_enc"] + sae["b_enc"]
+    f = np.where(pre > sae["threshold"], pre, 0.0)
+    x_hat = f @ sae["W_dec"] + sae["b_dec"]
+    err = ((x - x_hat) ** 2).sum(1)
+    np.testing.assert_allclose(r["l0"], (f != 0).sum(1).mean(), rtol=1e-6)
+    np.testing.assert_allclose(r["fvu"], err.sum() / ((x - x.mean(0)) ** 2).sum(), rtol=1e-4)
+    np.testing.assert_array_equal(r["fire_counts"], (f != 0).sum(0))
+    for p in (1, 5, 11):
+        np.testing.assert_allclose(r["err_by_position"][p], err[pos == p].mean(), rtol=1e-4)
+    assert np.isnan(r["err_by_position"][0])  # BOS is never evaluated
+    counts, edges, dead = metrics.firing_histogram(r["fire_counts"], r["n_tokens"])
+    assert counts.sum() + dead == 24 and dead == int((r["fire_counts"] == 0).sum())
+
+
+def test_outlier_positions_keep_their_activation():
+    act = jnp.asarray([[[100.0, 0], [1.0, 0], [1.2, 0], [0.9, 0]]])
+    mask = jnp.asarray([[True, True, True, True]])
+    sel = metrics.splice_positions(act, mask, 10.0)
+    np.testing.assert_array_equal(sel, [[False, True, True, True]])
