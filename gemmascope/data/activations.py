@@ -141,6 +141,7 @@ class OnlineSource:
         self._epoch, self._lm_batch, self._offset = 0, 0, 0
         self._iter = None
         self._rows = np.zeros((0, self.d_in), np.float32)
+        self._cached: tuple[int, int] | None = None  # (epoch, lm_batch) that self._rows holds
 
     def get_state(self) -> dict[str, Any]:
         return {"kind": "online", "key": self.key, "epoch": self._epoch, "lm_batch": self._lm_batch,
@@ -171,7 +172,7 @@ class OnlineSource:
     def __next__(self) -> np.ndarray:
         out, need = [], self.batch_size
         while need:
-            if self._rows is None or self._offset >= len(self._rows) or self._cached != (self._epoch, self._lm_batch):
+            if self._cached != (self._epoch, self._lm_batch):
                 rows = self._load(self._epoch, self._lm_batch)
                 if rows is None:  # end of the corpus: next epoch
                     if self._lm_batch == 0:
@@ -186,8 +187,6 @@ class OnlineSource:
             if self._offset >= len(self._rows):
                 self._lm_batch, self._offset = self._lm_batch + 1, 0
         return np.concatenate(out)
-
-    _cached: tuple[int, int] | None = None
 
     def sample(self, n_rows: int) -> np.ndarray:
         rows, got = [], 0
