@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-from gemmascope import config as config_lib
 from gemmascope.data import store as store_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

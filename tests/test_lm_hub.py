@@ -1,5 +1,4 @@
 """Loading a checkpoint by Hugging Face hub id through the hub cache (no network here)."""
-import os
 
 import huggingface_hub.constants as hub_constants
 import numpy as np
