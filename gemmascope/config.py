@@ -14,7 +14,10 @@ from typing import Any
 import ml_collections
 
 SITES = ("res", "att", "mlp", "toy")
-ARCHS = ("jumprelu",)
+ARCHS = ("jumprelu", "relu", "topk", "gated")
+# Architectures whose sweep axis is ``config.sae.topk_ks`` (latents kept per token) rather than
+# ``config.lambdas`` (sparsity coefficients).
+K_ARCHS = ("topk",)
 
 
 class ConfigError(ValueError):
@@ -40,6 +43,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.sae.threshold_param = "direct"
     c.sae.threshold_min = 1e-6
     c.sae.pre_encoder_bias = True
+    # Baselines (SPEC.md section 4; arch "relu", "topk", "gated").
+    c.sae.topk_ks = (32,)  # arch "topk": the sweep axis, latents kept per token (lambdas unused)
+    c.sae.auxk_k = 512  # arch "topk": latents in the AuxK reconstruction of the residual
+    c.sae.auxk_coefficient = 1.0 / 32  # arch "topk": weight of the AuxK loss
+    c.sae.auxk_dead_tokens = 10_000_000  # arch "topk": a latent is dead for AuxK after this many tokens unfired
 
     # Optimiser (Adam with b1 = 0 stores no first moment).
     c.lr = 7e-5
@@ -61,6 +69,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every = 100
     c.checkpoint_every = 1000
     c.max_checkpoints = 2
+
+    # Device mesh (tensor parallel over latents on "model", batches over "data"); data * model
+    # devices are used. sweep: the stacked-lambda axis K is "replicated" or "sharded" over "data".
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.model = 1
+    c.mesh.sweep = "replicated"
+    # Multi-host: jax.distributed.initialize() arguments ("" / 0 / -1 = from the environment).
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
 
     c.source = "toy"  # "toy" | "store" | "online"
     c.toy = ml_collections.ConfigDict()
@@ -199,6 +219,17 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam >= 0,
                  "lambdas", f"every sparsity coefficient must be a finite number >= 0, got {lam!r}")
     _require(c.sae.arch in ARCHS, "sae.arch", f"unknown architecture {c.sae.arch!r} (known: {list(ARCHS)})")
+    if c.sae.arch in K_ARCHS:
+        ks = c.sae.topk_ks
+        _require(isinstance(ks, (tuple, list)) and len(ks) > 0, "sae.topk_ks", f"must be a non-empty list, got {ks!r}")
+        for k in ks:
+            _require(isinstance(k, int) and not isinstance(k, bool) and k > 0, "sae.topk_ks",
+                     f"every k must be a positive integer, got {k!r}")
+            for w in c.widths:
+                _require(k <= w, "sae.topk_ks", f"k={k} exceeds width {w}")
+        _positive_int(c, "sae.auxk_k")
+        _nonneg_number(c, "sae.auxk_coefficient")
+        _positive_int(c, "sae.auxk_dead_tokens")
     _require(c.sae.threshold_param in ("log", "direct"), "sae.threshold_param",
              f"must be 'log' or 'direct', got {c.sae.threshold_param!r}")
     for f in ("sae.bandwidth", "sae.threshold_init", "sae.threshold_min", "lr"):
@@ -282,6 +313,13 @@ def _check_no_unknown(c, base, prefix: str) -> None:
             raise ConfigError(f"config.{prefix}{k}: unknown field")
         if isinstance(c[k], ml_collections.ConfigDict) and isinstance(base[k], ml_collections.ConfigDict):
             _check_no_unknown(c[k], base[k], f"{prefix}{k}.")
+
+
+def sweep_values(c: ml_collections.ConfigDict) -> list[float]:
+    """The stacked sweep axis: ``sae.topk_ks`` for TopK, ``lambdas`` otherwise (one SAE each)."""
+    if c.sae.arch in K_ARCHS:
+        return [float(k) for k in c.sae.topk_ks]
+    return [float(v) for v in c.lambdas]
 
 
 def total_steps(c: ml_collections.ConfigDict) -> int:
