@@ -99,11 +99,11 @@ def _check_finite(state, step: int, lambdas, name: str) -> None:
 
 def evaluate_exported(params: dict[str, np.ndarray], x: np.ndarray) -> dict[str, float]:
     """L0 and FVU of a raw-unit SAE on raw held-out rows ``[n, d_in]`` (dataset-mean FVU)."""
-    from gemmascope.sae import jumprelu
+    from gemmascope.sae import model as sae_model
 
     x = jnp.asarray(x, jnp.float32)
-    f = jumprelu.encode(params, x)
-    x_hat = jumprelu.decode(params, f)
+    f = sae_model.encode(params, x)
+    x_hat = sae_model.decode(params, f)
     l0 = float(jnp.mean(jnp.sum(f != 0, axis=-1)))
     fvu = float(jnp.sum((x - x_hat) ** 2) / jnp.sum((x - x.mean(0)) ** 2))
     return {"l0": l0, "fvu": fvu}
@@ -122,7 +122,7 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
 
     source = make_source(config, workdir, site, layer)
     d_in = int(source.d_in)
-    lambdas = [float(v) for v in config.lambdas]
+    lambdas = config_lib.sweep_values(config)  # sparsity coefficients, or k for TopK
     k = len(lambdas)
     total = config_lib.total_steps(config)
     dead_window_steps = max(1, math.ceil(config.dead_window_tokens / config.batch_size))
