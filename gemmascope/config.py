@@ -282,7 +282,34 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _positive_int(c, "store.shuffle_buffer_rows")
         _require(isinstance(c.store.rows_per_flush, int) and c.store.rows_per_flush >= 0, "store.rows_per_flush",
                  f"must be an integer >= 0, got {c.store.rows_per_flush!r}")
+    _validate_mesh(c)
     return c
+
+
+def _validate_mesh(c: ml_collections.ConfigDict) -> None:
+    """Mesh and multi-host fields; the shapes the mesh must split (the device count is checked
+    when the mesh is built, :func:`gemmascope.train.sharding.make_mesh`)."""
+    _positive_int(c, "mesh.data")
+    _positive_int(c, "mesh.model")
+    _require(c.mesh.sweep in ("replicated", "sharded"), "mesh.sweep",
+             f"must be 'replicated' or 'sharded', got {c.mesh.sweep!r}")
+    data, model = int(c.mesh.data), int(c.mesh.model)
+    for w in c.widths:
+        _require(w % model == 0, "mesh.model", f"width {w} is not divisible by mesh.model={model} (latents are split "
+                 f"over 'model'; {w} % {model} = {w % model})")
+    _require(c.batch_size % data == 0, "mesh.data", f"batch_size {c.batch_size} is not divisible by mesh.data={data} "
+             f"(batches are split over 'data'; {c.batch_size} % {data} = {c.batch_size % data})")
+    if c.mesh.sweep == "sharded":
+        k = len(sweep_values(c))
+        _require(k % data == 0, "mesh.sweep", f"'sharded' splits the K={k} SAEs of the sweep over mesh.data={data}, "
+                 f"but {k} % {data} = {k % data}; use 'replicated' or a mesh.data dividing {k}")
+    _require(isinstance(c.distributed.coordinator_address, str), "distributed.coordinator_address",
+             f"must be a string ('' = from the environment, 'auto' = detect), got {c.distributed.coordinator_address!r}")
+    for f, lo in (("distributed.num_processes", 0), ("distributed.process_id", -1)):
+        v = _get(c, f)
+        _require(isinstance(v, int) and not isinstance(v, bool) and v >= lo, f, f"must be an integer >= {lo}, got {v!r}")
+    n, pid = int(c.distributed.num_processes), int(c.distributed.process_id)
+    _require(n == 0 or pid < n, "distributed.process_id", f"must be < num_processes={n}, got {pid}")
 
 
 def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

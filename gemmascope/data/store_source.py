@@ -11,7 +11,12 @@ from gemmascope.data.generate import part_root, store_root
 
 class StoreSource:
     """Shuffled, resumable batches of one location from ``<store>/train``; held-out rows from
-    ``<store>/heldout``. A missing or incomplete store is an error that says how to create it."""
+    ``<store>/heldout``. A missing or incomplete store is an error that says how to create it.
+
+    Multi-host: with ``process_count = n > 1`` this process reads its own disjoint slice of the
+    store's chunks (slice ``process_index``) and yields ``batch_size / n`` rows per step, its
+    share of the global batch.
+    """
 
     def __init__(self, config, workdir: str, key: str, expected_d_in: int | None = None,
                  process_index: int = 0, process_count: int = 1):
@@ -28,11 +33,14 @@ class StoreSource:
         if key not in info.sites:
             raise store_lib.StoreError(f"activation store at {self.train_root} has no location {key!r} "
                                        f"(it has {sorted(info.sites)}); regenerate it with this config's layers/sites")
+        if int(config.batch_size) % int(process_count):
+            raise store_lib.StoreError(f"batch_size {int(config.batch_size)} is not divisible by {int(process_count)} "
+                                       f"processes feeding the batch")
         self.key = key
         self.meta = info.sites[key]
         self.model_name = self.meta.get("model", "unknown")
         self.reader = store_lib.ActivationReader(
-            self.train_root, key, batch_size=int(config.batch_size), seed=int(config.seed),
+            self.train_root, key, batch_size=int(config.batch_size) // int(process_count), seed=int(config.seed),
             shuffle_buffer_rows=int(config.store.shuffle_buffer_rows), expected_d_in=expected_d_in,
             process_index=process_index, process_count=process_count)
         self.d_in = self.reader.d_in

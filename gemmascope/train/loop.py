@@ -1,7 +1,8 @@
 """The sweep trainer: ``train_and_evaluate(config, workdir)``.
 
 For every location ``(site, layer, width)`` of the config, all lambdas train together (one
-compiled, vmapped step on the same batches). Per-SAE metrics go to ``workdir/metrics.jsonl``,
+compiled step on the same batches, sharded over the
+config's device mesh). Per-SAE metrics go to ``workdir/metrics.jsonl``,
 a progress line shows tokens/s and ETA, orbax checkpoints hold the state and the data position,
 and at the end every SAE is exported in the Gemma Scope layout under ``workdir/saes``. Rerunning
 the same command on the same workdir resumes: finished locations are skipped, an unfinished one
@@ -38,27 +39,53 @@ def location_name(site: str, layer: int, width: int) -> str:
     return f"{site}_layer{layer}_width{sae_io.width_name(width)}"
 
 
-def make_source(config, workdir: str, site: str, layer: int):
+def make_source(config, workdir: str, site: str, layer: int, slot: int = 0, n_slots: int = 1):
     """The activation stream for one location (``get_state``/``set_state``/``__next__``,
-    ``sample(n)``, ``heldout(n)``, ``d_in``)."""
+    ``sample(n)``, ``heldout(n)``, ``d_in``).
+
+    With several processes (``n_slots > 1``) each yields only its rows of every global batch:
+    rows ``[slot * B / n_slots, (slot + 1) * B / n_slots)``. The store reads a disjoint slice of
+    its chunks per slot; the toy and online sources compute the global batch and keep their rows
+    (the toy batch is a pure function of its index, so the union equals the one-process batch).
+    """
     if config.source == "toy":
         from gemmascope.data.toy import ToySource
 
         src = ToySource(config.toy.d_in, config.toy.n_features, config.toy.mean_active, config.batch_size,
                         seed=config.seed, noise_std=config.toy.noise_std)
-        src.save_ground_truth(workdir)
-        return src
+        if jax.process_index() == 0:
+            src.save_ground_truth(workdir)
+        return _RowSlice(src, slot, n_slots) if n_slots > 1 else src
     if config.source == "online":
         from gemmascope.data.activations import LMActivations, OnlineSource, location_key
 
         lm = LMActivations(config, [(layer, site)])
-        return OnlineSource(lm, location_key(site, layer), config.batch_size, config.seed)
+        src = OnlineSource(lm, location_key(site, layer), config.batch_size, config.seed)
+        return _RowSlice(src, slot, n_slots) if n_slots > 1 else src
     if config.source == "store":
         from gemmascope.data.activations import location_key
         from gemmascope.data.store_source import StoreSource
 
-        return StoreSource(config, workdir, location_key(site, layer))
+        return StoreSource(config, workdir, location_key(site, layer), process_index=slot, process_count=n_slots)
     raise config_lib.ConfigError(f"config.source: unknown source {config.source!r}")
+
+
+class _RowSlice:
+    """This process's rows of every batch of a source that yields whole global batches."""
+
+    def __init__(self, source, slot: int, n_slots: int):
+        self.source, self.slot, self.n_slots = source, int(slot), int(n_slots)
+
+    def __getattr__(self, name):  # d_in, model_name, get_state, set_state, sample, heldout
+        return getattr(self.source, name)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        x = next(self.source)
+        n = x.shape[0] // self.n_slots
+        return x[self.slot * n:(self.slot + 1) * n]
 
 
 class Progress:
@@ -88,7 +115,7 @@ def _fmt_time(s: float) -> str:
 
 
 def _check_finite(state, step: int, lambdas, name: str) -> None:
-    bad = np.asarray(jax.device_get(state["bad_step"]))
+    bad = np.asarray(_fetch(state["bad_step"]))
     if np.any(bad >= 0):
         k = int(np.argmax(bad >= 0))
         raise NonFiniteError(
@@ -109,8 +136,17 @@ def evaluate_exported(params: dict[str, np.ndarray], x: np.ndarray) -> dict[str,
     return {"l0": l0, "fvu": fvu}
 
 
-def train_location(config, workdir: str, site: str, layer: int, width: int, log=print) -> list[dict[str, Any]]:
-    """Trains all lambdas at one location; returns the export records (path, metrics) per SAE."""
+def train_location(config, workdir: str, site: str, layer: int, width: int, log=print,
+                   mesh=None) -> list[dict[str, Any]]:
+    """Trains all lambdas at one location; returns the export records (path, metrics) per SAE.
+
+    ``mesh``: the ``("data", "model")`` device mesh (default: from ``config.mesh``). With several
+    processes every process runs this; process 0 alone writes metrics, progress and exports.
+    """
+    from gemmascope.train import distributed, sharding
+
+    main = distributed.is_main()
+    log = log if main else (lambda *a, **k: None)
     name = location_name(site, layer, width)
     run_dir = os.path.join(workdir, "runs", name)
     done_marker = os.path.join(run_dir, "exported.json")
@@ -120,7 +156,9 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
         log(f"[{name}] already trained and exported; skipping ({len(records)} SAEs)")
         return records
 
-    source = make_source(config, workdir, site, layer)
+    mesh = sharding.make_mesh(config) if mesh is None else mesh
+    slot, n_slots = sharding.process_rows(mesh, int(config.batch_size))
+    source = make_source(config, workdir, site, layer, slot, n_slots)
     d_in = int(source.d_in)
     lambdas = config_lib.sweep_values(config)  # sparsity coefficients, or k for TopK
     k = len(lambdas)
@@ -129,50 +167,111 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
     ckpt = Checkpoints(os.path.join(run_dir, "checkpoints"), max_to_keep=config.max_checkpoints)
 
     key = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, 1.0))
-    restored = ckpt.restore_latest(abstract)
+    shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, 1.0))
+    sweep = sharding.ShardedSweep(config, mesh, shapes, d_in, width)
+    restored = ckpt.restore_latest(sweep.abstract_state())
     if restored is None:
         sample = np.asarray(source.sample(config.norm_sample_rows), np.float32)
         _require_finite(sample, f"[{name}] normalisation sample")
         norm_scale = float(np.sqrt(np.mean(np.sum(sample.astype(np.float64) ** 2, axis=-1))))
-        state = step_lib.init_state(key, config, d_in, width, k, norm_scale)
+        norm_scale = distributed.broadcast_float(norm_scale)  # one C for every process
+        state = sweep.init(lambda: step_lib.init_state(key, config, d_in, width, k, norm_scale))
         start = 0
         log(f"[{name}] {k} SAEs d_in={d_in} d_sae={width}, {total} steps of {config.batch_size}; "
-            f"normalisation C={norm_scale:.6g} from {len(sample)} rows")
+            f"normalisation C={norm_scale:.6g} from {len(sample)} rows; mesh data={mesh.shape['data']} "
+            f"model={mesh.shape['model']} sweep={config.mesh.sweep} over {jax.process_count()} process(es)")
     else:
         start, state, data_state = restored
-        source.set_state(data_state)
-        log(f"[{name}] resumed from step {start} (C={float(state['norm_scale']):.6g})")
+        source.set_state(_own_data_state(data_state))
+        log(f"[{name}] resumed from step {start} (C={_scalar(state['norm_scale']):.6g})")
 
-    train_step = jax.jit(step_lib.make_train_step(config, dead_window_steps), donate_argnums=(0,))
-    lam_arr = jnp.asarray(lambdas, jnp.float32)
+    train_step = sweep.jit_step(step_lib.make_train_step(config, dead_window_steps))
+    lam_arr = sweep.put_values(lambdas)
     progress = Progress(name, total, start, config.batch_size)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     step = start
-    with open(metrics_path, "a") as mfile:
+    with open(metrics_path, "a") if main else _NullFile() as mfile:
         for step in range(start + 1, total + 1):
-            x = next(source)
+            x = sweep.put_batch(next(source))
             state, metrics = train_step(state, x, lam_arr)
             if step % config.log_every == 0 or step == total:
                 _check_finite(state, step, lambdas, name)
-                m = jax.device_get(metrics)
+                m = _fetch(metrics)
                 for i in range(k):
                     row = {"location": name, "site": site, "layer": layer, "width": width, "sae": i,
                            "lambda": lambdas[i], "step": step, "tokens": step * config.batch_size}
                     row.update({mk: float(mv[i]) for mk, mv in m.items()})
                     mfile.write(json.dumps(row) + "\n")
                 mfile.flush()
-                progress.report(step, m["l0"], m["fvu"])
+                if main:
+                    progress.report(step, m["l0"], m["fvu"])
             if step % config.checkpoint_every == 0 and step != total:
-                ckpt.save(step, state, source.get_state())
+                ckpt.save(step, state, _all_data_states(source))
     _check_finite(state, step, lambdas, name)
-    ckpt.save(total, state, source.get_state(), force=True)
+    ckpt.save(total, state, _all_data_states(source), force=True)
     ckpt.close()
-    records = export_location(config, workdir, state, source, site, layer, width, lambdas, total, log)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(done_marker, "w") as fh:
-        json.dump(records, fh, indent=2)
+    if main:
+        records = export_location(config, workdir, distributed.host_view(state), source, site, layer, width,
+                                  lambdas, total, log)
+    else:  # same collectives as process 0 (one SAE gathered at a time), files to a scratch dir
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            export_location(config, scratch, distributed.host_view(state), source, site, layer, width, lambdas,
+                            total, log)
+        records = []
+    if main:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(done_marker, "w") as fh:
+            json.dump(records, fh, indent=2)
+    records = distributed.allgather_json(records)[0]  # every process returns process 0's records
     return records
+
+
+class _NullFile:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, _):
+        pass
+
+    def flush(self):
+        pass
+
+
+def _fetch(tree):
+    """Device arrays -> numpy on this host (a collective when several processes share them)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def _scalar(a) -> float:
+    return float(np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a)
+
+
+def _all_data_states(source) -> dict[str, Any]:
+    """The data position to checkpoint: this source's state, or every process's when several."""
+    from gemmascope.train import distributed
+
+    if jax.process_count() == 1:
+        return source.get_state()
+    return {"per_process": distributed.allgather_json(source.get_state())}
+
+
+def _own_data_state(data_state: dict[str, Any]) -> dict[str, Any]:
+    if "per_process" not in data_state:
+        return data_state
+    states = data_state["per_process"]
+    if len(states) != jax.process_count():
+        raise ValueError(f"checkpointed data state is for {len(states)} processes, this run has "
+                         f"{jax.process_count()}; resume with the same process count")
+    return states[jax.process_index()]
 
 
 def _require_finite(x: np.ndarray, what: str) -> None:
@@ -218,14 +317,20 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
 
 
 def train_and_evaluate(config, workdir: str, log=print) -> list[dict[str, Any]]:
-    """Validates the config (before any compute), trains every location, exports every SAE."""
+    """Validates the config (before any compute), starts the multi-process runtime when launched
+    that way, checks the mesh against the devices, trains every location, exports every SAE."""
+    from gemmascope.train import distributed, sharding
+
     config = config_lib.validate(config_lib.resolve(config))
+    distributed.maybe_initialize(config)
+    mesh = sharding.make_mesh(config)  # data * model must equal the devices: fails before compute
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as fh:
-        fh.write(config.to_json_best_effort(indent=2))
+    if distributed.is_main():
+        with open(os.path.join(workdir, "config.json"), "w") as fh:
+            fh.write(config.to_json_best_effort(indent=2))
     records = []
     for site, layer, width in locations(config):
-        records += train_location(config, workdir, site, layer, width, log=log)
+        records += train_location(config, workdir, site, layer, width, log=log, mesh=mesh)
     return records
 
 

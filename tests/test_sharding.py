@@ -1,0 +1,218 @@
+"""Sharded sweep step: equals the single-device step on 8 fake CPU devices for every mesh shape,
+checkpoints move between meshes, the partition rule covers every architecture's leaves, and bad
+meshes fail before compute naming the field and the numbers.
+
+The 8-device part runs in one subprocess (XLA_FLAGS must be set before JAX starts). Tolerance:
+every state leaf and metric after 3 steps within 1e-5, absolute for values below 1 and relative
+above (``|a - b| / max(1, |b|)``; the loss and L0 metrics are 10-60 here). The sharded step only
+reorders fp32 sums (the batch mean over "data", the decoder contraction over "model").
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from gemmascope import config as config_lib
+from gemmascope.train import sharding
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = 1e-5
+
+SCRIPT = r"""
+import os, sys, json, tempfile
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+sys.path.insert(0, %(repo)r)
+import numpy as np, jax, jax.numpy as jnp
+from gemmascope import config as config_lib
+from gemmascope.train import sharding, step as step_lib
+from gemmascope.train.checkpoint import Checkpoints
+
+K, D_IN, D_SAE, B, STEPS = 2, 16, 64, 32, 3
+def cfg(data, model, sweep):
+    c = config_lib.base_config()
+    c.sites, c.widths, c.lambdas, c.batch_size = ("toy",), (D_SAE,), (1e-3, 3e-2), B
+    c.lr, c.lr_warmup_steps, c.lambda_warmup_steps = 2e-2, 1, 1
+    c.mesh.data, c.mesh.model, c.mesh.sweep = data, model, sweep
+    return config_lib.validate(c)
+
+rng = np.random.default_rng(0)
+xs = [(rng.standard_normal((B, D_IN)) * 3.0).astype(np.float32) for _ in range(STEPS)]
+lams = [1e-3, 3e-2]
+key = jax.random.PRNGKey(0)
+
+# Reference: today's single-device path (plain jit on the default device).
+c1 = cfg(1, 1, "replicated")
+init = lambda c: step_lib.init_state(key, c, D_IN, D_SAE, K, 2.5)
+state0 = jax.device_get(init(c1))
+ref_fn = jax.jit(step_lib.make_train_step(c1, 5))
+ref, ref_m, ref_states = state0, None, []
+for x in xs:
+    ref, ref_m = ref_fn(ref, jnp.asarray(x), jnp.asarray(lams))
+    ref_states.append(jax.device_get(ref))
+ref, ref_m = jax.device_get((ref, ref_m))
+
+def maxdiff(a, b):  # |a - b| / max(1, |b|): absolute below 1, relative above (loss, L0 reach ~10-60)
+    def d(u, v):
+        u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+        return float(np.max(np.abs(u - v) / np.maximum(1.0, np.abs(v))))
+    return max(jax.tree.leaves(jax.tree.map(d, a, b)))
+
+def run(data, model, sweep, state=None, steps=range(STEPS)):
+    c = cfg(data, model, sweep)
+    mesh = sharding.make_mesh(c)
+    sw = sharding.ShardedSweep(c, mesh, jax.eval_shape(lambda: init(c)), D_IN, D_SAE)
+    st = sw.init(lambda: init(c)) if state is None else state
+    fn = sw.jit_step(step_lib.make_train_step(c, 5))
+    vals = sw.put_values(lams)
+    for i in steps:
+        st, m = fn(st, sw.put_batch(xs[i]), vals)
+    return sw, st, m
+
+out = {"n_devices": len(jax.devices()), "meshes": {},
+       "moved": maxdiff(ref["params"], state0["params"])}
+for data, model, sweep in [(8, 1, "replicated"), (4, 2, "replicated"), (2, 4, "replicated"), (1, 8, "replicated"),
+                           (2, 4, "sharded"), (2, 1, "sharded")]:
+    if data * model != 8:
+        continue
+    sw, st, m = run(data, model, sweep)
+    w = st["params"]["W_enc"]; wd = st["params"]["W_dec"]; nu = st["opt"][1].nu["W_dec"]
+    out["meshes"][f"{data}x{model}/{sweep}"] = {
+        "state": maxdiff(jax.device_get(st), ref), "metrics": maxdiff(jax.device_get(m), ref_m),
+        "W_enc_shard": list(w.addressable_shards[0].data.shape), "W_dec_shard": list(wd.addressable_shards[0].data.shape),
+        "nu_W_dec_spec": str(nu.sharding.spec), "last_fired_shard": list(st["last_fired"].addressable_shards[0].data.shape),
+        "b_dec_shard": list(st["params"]["b_dec"].addressable_shards[0].data.shape),
+        "unit_rows": float(np.max(np.abs(np.linalg.norm(np.asarray(wd), axis=-1) - 1.0))),
+    }
+
+# Checkpoint: save after 2 steps under 4x2 (replicated sweep), restore under 2x4 (sharded sweep).
+with tempfile.TemporaryDirectory() as d:
+    sw_a, st_a, _ = run(4, 2, "replicated", steps=range(2))
+    saved = jax.device_get(st_a)
+    ck = Checkpoints(os.path.join(d, "ck")); ck.save(2, st_a, {"kind": "toy", "next_batch": 2}); ck.close()
+    c_b = cfg(2, 4, "sharded")
+    sw_b = sharding.ShardedSweep(c_b, sharding.make_mesh(c_b), jax.eval_shape(lambda: init(c_b)), D_IN, D_SAE)
+    ck = Checkpoints(os.path.join(d, "ck"))
+    step, st_b, data_state = ck.restore_latest(sw_b.abstract_state())
+    ck.close()
+    out["restore"] = {
+        "step": step, "data": data_state, "vs_saved": maxdiff(jax.device_get(st_b), saved), "saved_vs_ref": maxdiff(saved, ref_states[1]),
+        "W_enc_spec": str(st_b["params"]["W_enc"].sharding.spec),
+        "mesh": dict(st_b["params"]["W_enc"].sharding.mesh.shape),
+    }
+    _, st_c, _ = run(2, 4, "sharded", state=st_b, steps=range(2, 3))
+    out["restore"]["continued"] = maxdiff(jax.device_get(st_c), ref)
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def eight_devices():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", SCRIPT % {"repo": REPO}], capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_sharded_step_equals_single_device(eight_devices):
+    out = eight_devices
+    assert out["n_devices"] == 8
+    assert out["moved"] > 1e-3  # three steps really changed the params (the comparison is not vacuous)
+    assert set(out["meshes"]) == {"8x1/replicated", "4x2/replicated", "2x4/replicated", "1x8/replicated",
+                                  "2x4/sharded"}
+    for name, r in out["meshes"].items():
+        assert r["state"] <= TOL, (name, r)
+        assert r["metrics"] <= TOL, (name, r)
+        assert r["unit_rows"] < 1e-5, (name, r)  # renormalisation ran inside the sharded step
+
+
+@pytest.mark.parametrize("mesh,k_local,latents", [
+    ("8x1/replicated", 2, 64), ("4x2/replicated", 2, 32), ("2x4/replicated", 2, 16), ("1x8/replicated", 2, 8),
+    ("2x4/sharded", 1, 16)])
+def test_each_device_holds_its_slice(eight_devices, mesh, k_local, latents):
+    r = eight_devices["meshes"][mesh]
+    assert r["W_enc_shard"] == [k_local, 16, latents]
+    assert r["W_dec_shard"] == [k_local, latents, 16]
+    assert r["last_fired_shard"] == [k_local, latents]
+    assert r["b_dec_shard"] == [k_local, 16]  # d_in leaves are never split
+    k_axis = "'data'" if mesh.endswith("sharded") else "None"
+    assert r["nu_W_dec_spec"] == f"P({k_axis}, 'model', None)"
+
+
+def test_checkpoint_moves_between_meshes(eight_devices):
+    r = eight_devices["restore"]
+    assert r["step"] == 2 and r["data"] == {"kind": "toy", "next_batch": 2}
+    assert r["vs_saved"] == 0.0  # restore is exact
+    assert r["saved_vs_ref"] <= TOL
+    assert r["mesh"] == {"data": 2, "model": 4}
+    assert r["W_enc_spec"] == "P('data', None, 'model')"
+    assert r["continued"] <= TOL  # one more step under the new mesh lands on the reference
+
+
+def test_partition_rule_covers_every_architecture():
+    """Leaf names of jumprelu (both threshold forms), relu/topk and gated, plus optimiser moments."""
+    k, d_in, d_sae = 3, 8, 32
+    s = jax.ShapeDtypeStruct
+    params = {"W_enc": s((k, d_in, d_sae), np.float32), "W_dec": s((k, d_sae, d_in), np.float32),
+              "b_enc": s((k, d_sae), np.float32), "b_dec": s((k, d_in), np.float32),
+              "threshold": s((k, d_sae), np.float32), "log_threshold": s((k, d_sae), np.float32),
+              "r_mag": s((k, d_sae), np.float32), "b_gate": s((k, d_sae), np.float32),
+              "b_mag": s((k, d_sae), np.float32)}
+    state = {"params": params, "opt": ({"count": s((k,), np.int32), "mu": params, "nu": params},),
+             "step": s((), np.int32), "norm_scale": s((), np.float32), "last_fired": s((k, d_sae), np.int32),
+             "bad_step": s((k,), np.int32)}
+    for sweep, ka in (("replicated", None), ("sharded", "data")):
+        specs = sharding.state_specs(state, d_sae, sweep)
+        for tree in (specs["params"], specs["opt"][0]["mu"], specs["opt"][0]["nu"]):
+            assert tree["W_enc"] == P(ka, None, "model")
+            assert tree["W_dec"] == P(ka, "model", None)
+            assert tree["b_dec"] == P(ka, None)
+            for name in ("b_enc", "threshold", "log_threshold", "r_mag", "b_gate", "b_mag"):
+                assert tree[name] == P(ka, "model"), name
+        assert specs["opt"][0]["count"] == P(ka)
+        assert specs["last_fired"] == P(ka, "model") and specs["bad_step"] == P(ka)
+        assert specs["step"] == P() and specs["norm_scale"] == P()
+
+
+def _cfg(**mesh):
+    c = config_lib.base_config()
+    c.sites, c.widths, c.lambdas, c.batch_size = ("toy",), (96,), (1e-3, 1e-2, 3e-2), 48
+    for k, v in mesh.items():
+        c.mesh[k] = v
+    return c
+
+
+@pytest.mark.parametrize("mesh,message", [
+    (dict(model=64), "config.mesh.model: width 96 is not divisible by mesh.model=64"),
+    (dict(data=5), "config.mesh.data: batch_size 48 is not divisible by mesh.data=5"),
+    (dict(data=2, sweep="sharded"), "config.mesh.sweep: 'sharded' splits the K=3 SAEs of the sweep over mesh.data=2"),
+    (dict(sweep="tiled"), "config.mesh.sweep: must be 'replicated' or 'sharded'"),
+    (dict(data=0), "config.mesh.data: must be a positive integer, got 0"),
+])
+def test_bad_mesh_fails_in_validation(mesh, message):
+    with pytest.raises(config_lib.ConfigError) as e:
+        config_lib.validate(_cfg(**mesh))
+    assert message in str(e.value)
+
+
+def test_mesh_larger_than_devices_fails_before_compute(tmp_path):
+    from gemmascope.train import loop
+
+    n = len(jax.devices())
+    c = _cfg(data=2 * n, model=2)
+    c.batch_size = 16 * n
+    with pytest.raises(config_lib.ConfigError) as e:
+        loop.train_and_evaluate(config_lib.lock(c), str(tmp_path / "w"), log=lambda *a: None)
+    assert f"data * model = {2 * n} * 2 = {4 * n} devices, but {n} cpu devices are available" in str(e.value)
+    assert not (tmp_path / "w").exists()  # nothing was written or computed
+
+
+def test_single_process_feeds_whole_batch():
+    mesh = sharding.make_mesh(_cfg())
+    assert sharding.process_rows(mesh, 48) == (0, 1)
