@@ -30,13 +30,13 @@ import numpy as np
 
 from gemmascope.lm.config import LMConfig
 from gemmascope.lm.model import forward, next_token_loss
-from gemmascope.sae import jumprelu
+from gemmascope.sae import model as sae_model
 
 
 def reconstruct(sae: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Raw-unit JumpReLU SAE: ``x [..., d] -> (x_hat [..., d], codes [..., d_sae])``."""
-    f = jumprelu.encode(sae, x)
-    return jumprelu.decode(sae, f), f
+    f = sae_model.encode(sae, x)
+    return sae_model.decode(sae, f), f
 
 
 def splice_positions(act: jax.Array, mask: jax.Array, outlier_norm_factor: float) -> jax.Array:

@@ -10,7 +10,13 @@ folds both away so that the file works on raw activations with the plain forward
                       f' = C * f and x_hat' = f' @ W_dec + C * b_dec = C * x_hat.
 
 So ``b_enc' = C (b_enc - b_dec W_enc)``, ``b_dec' = C b_dec``, ``threshold' = C threshold`` and
-``W_enc``, ``W_dec`` unchanged.
+``W_enc``, ``W_dec`` unchanged. The same folding serves ReLU and TopK SAEs (no threshold; a
+positive scale of ``pre`` keeps the ReLU and the top-k choice), and ``k`` is copied.
+
+Three file layouts (see :mod:`gemmascope.sae.model`), named in ``metadata.json``'s
+``architecture`` and told apart by their keys: ``jumprelu`` (the released Gemma Scope layout;
+also Gated SAEs), ``relu`` (no threshold), ``topk`` (a scalar ``k`` instead of a threshold). A
+file without metadata (a released Gemma Scope file) must be a JumpReLU.
 """
 from __future__ import annotations
 
@@ -23,6 +29,11 @@ import numpy as np
 
 from gemmascope.sae.jumprelu import LAYOUT_KEYS
 
+BASE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
+FILE_KEYS = {"jumprelu": LAYOUT_KEYS, "relu": BASE_KEYS, "topk": BASE_KEYS + ("k",)}
+# metadata.json "architecture" -> file layout (Gated SAEs export as JumpReLU, exactly)
+ARCH_FILE_LAYOUT = {"jumprelu": "jumprelu", "gated": "jumprelu", "relu": "relu", "topk": "topk"}
+
 class SAEFileError(ValueError):
     """A malformed SAE file; the message names the file and the key."""
 
@@ -31,13 +42,17 @@ def fold_normalisation(params: Mapping[str, Any], scale: float, pre_encoder_bias
     """Layout params trained on ``x / scale`` (with pre-encoder bias) -> raw-unit layout params."""
     p = {k: np.asarray(v, np.float32) for k, v in params.items()}
     b_enc = p["b_enc"] - p["b_dec"] @ p["W_enc"] if pre_encoder_bias else p["b_enc"]
-    return {
+    out = {
         "W_enc": p["W_enc"],
         "W_dec": p["W_dec"],
         "b_enc": (scale * b_enc).astype(np.float32),
         "b_dec": (scale * p["b_dec"]).astype(np.float32),
-        "threshold": (scale * p["threshold"]).astype(np.float32),
     }
+    if "threshold" in p:
+        out["threshold"] = (scale * p["threshold"]).astype(np.float32)
+    if "k" in p:
+        out["k"] = p["k"]
+    return out
 
 
 def _atomic_write(path: str, write_fn) -> None:
@@ -58,7 +73,8 @@ def _atomic_write(path: str, write_fn) -> None:
 def save_params(path: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> None:
     """Writes ``params.npz`` (fp32, layout keys) and, if given, ``metadata.json`` beside it."""
     arrays = {k: np.asarray(v, np.float32) for k, v in params.items()}
-    validate_params(arrays, source=path)
+    layout = file_layout(metadata, path)
+    validate_params(arrays, source=path, layout=layout)
     _atomic_write(path, lambda fh: np.savez(fh, **arrays))
     if metadata is not None:
         meta_path = os.path.join(os.path.dirname(path), "metadata.json")
@@ -74,25 +90,43 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def validate_params(params: Mapping[str, np.ndarray], source: str = "<params>") -> tuple[int, int]:
-    """Checks keys, shapes, dtype-finiteness and threshold > 0; returns ``(d_in, d_sae)``."""
-    for key in LAYOUT_KEYS:
+def file_layout(metadata: Mapping[str, Any] | None, source: str = "<params>") -> str:
+    """The file layout named by ``metadata["architecture"]`` (JumpReLU when there is none)."""
+    arch = (metadata or {}).get("architecture", "jumprelu")
+    if arch not in ARCH_FILE_LAYOUT:
+        raise SAEFileError(f"{source}: metadata.json architecture {arch!r} unknown (known: {sorted(ARCH_FILE_LAYOUT)})")
+    return ARCH_FILE_LAYOUT[arch]
+
+
+def validate_params(params: Mapping[str, np.ndarray], source: str = "<params>", layout: str = "jumprelu"
+                    ) -> tuple[int, int]:
+    """Checks keys, shapes, finiteness, threshold > 0 (JumpReLU) and ``k`` (TopK); returns ``(d_in, d_sae)``."""
+    keys = FILE_KEYS[layout]
+    for key in keys:
         if key not in params:
-            raise SAEFileError(f"{source}: missing key {key!r} (expected keys {list(LAYOUT_KEYS)})")
+            raise SAEFileError(f"{source}: missing key {key!r} (expected keys {list(keys)} for a {layout} SAE)")
     w_enc = params["W_enc"]
     if np.ndim(w_enc) != 2:
         raise SAEFileError(f"{source}: key 'W_enc' must be 2-D [d_in, d_sae], got shape {np.shape(w_enc)}")
     d_in, d_sae = np.shape(w_enc)
-    expected = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    expected = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,), "k": ()}
+    expected = {k: v for k, v in expected.items() if k in keys}
     for key, shape in expected.items():
         if tuple(np.shape(params[key])) != shape:
             raise SAEFileError(
                 f"{source}: key {key!r} has shape {tuple(np.shape(params[key]))}, expected {shape} "
                 f"(from W_enc [d_in={d_in}, d_sae={d_sae}])"
             )
-    for key in LAYOUT_KEYS:
+    for key in keys:
         if not np.all(np.isfinite(params[key])):
             raise SAEFileError(f"{source}: key {key!r} holds NaN or inf values")
+    if layout == "topk":
+        k = float(np.asarray(params["k"]))
+        if k != int(k) or not 1 <= k <= d_sae:
+            raise SAEFileError(f"{source}: key 'k' must be an integer in [1, d_sae={d_sae}], got {k!r}")
+        return int(d_in), int(d_sae)
+    if layout != "jumprelu":
+        return int(d_in), int(d_sae)
     thr = np.asarray(params["threshold"])
     if np.any(thr <= 0):
         bad = int(np.argmin(thr))
@@ -103,10 +137,12 @@ def validate_params(params: Mapping[str, np.ndarray], source: str = "<params>") 
 
 
 def load_params(path: str) -> dict[str, np.ndarray]:
-    """Loads a ``params.npz``: ours or a released Gemma Scope file (same layout, raw units).
+    """Loads a ``params.npz``: ours (any architecture) or a released Gemma Scope file (raw units).
 
-    ``path`` may be the file or the folder holding it. Raises :class:`SAEFileError` naming the
+    ``path`` may be the file or the folder holding it. The layout comes from the
+    ``metadata.json`` beside it (JumpReLU without one). Raises :class:`SAEFileError` naming the
     problem (missing file, missing key, wrong shape, non-positive threshold, NaN).
+    Encode the result with :func:`gemmascope.sae.model.encode`.
     """
     if os.path.isdir(path):
         path = os.path.join(path, "params.npz")
@@ -117,8 +153,9 @@ def load_params(path: str) -> dict[str, np.ndarray]:
             arrays = {k: np.asarray(npz[k], np.float32) for k in npz.files}
     except Exception as e:  # zipfile / pickle errors come in many types
         raise SAEFileError(f"{path}: not a readable .npz file ({e})") from e
-    validate_params(arrays, source=path)
-    return {k: arrays[k] for k in LAYOUT_KEYS}
+    layout = file_layout(load_metadata(path), path)
+    validate_params(arrays, source=path, layout=layout)
+    return {k: arrays[k] for k in FILE_KEYS[layout]}
 
 
 def load_metadata(path: str) -> dict[str, Any]:

@@ -154,10 +154,17 @@ def layout_params(params: Mapping[str, jax.Array]) -> Params:
 
 
 def pre_activations(params: Mapping[str, jax.Array], x: jax.Array, pre_encoder_bias: bool = True) -> jax.Array:
-    """``[batch, d_in] -> [batch, d_sae]``: ``(x - b_dec) @ W_enc + b_enc`` (or without ``- b_dec``)."""
+    """``[batch, d_in] -> [batch, d_sae]``: ``(x - b_dec) @ W_enc + b_enc`` (or without ``- b_dec``).
+
+    Computed as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same value, but the gradient to
+    ``b_dec`` through the encoder is then a vector-matrix product, not a sixth
+    ``[batch, d_sae] x [d_sae, d_in]`` matmul (measured: a third off the gradient's time at
+    4096 x 576 x 4096).
+    """
+    b = params["b_enc"]
     if pre_encoder_bias:
-        x = x - params["b_dec"]
-    return x @ params["W_enc"] + params["b_enc"]
+        b = b - params["b_dec"] @ params["W_enc"]
+    return x @ params["W_enc"] + b
 
 
 def encode(params: Mapping[str, jax.Array], x: jax.Array, cfg: Mapping[str, Any] | None = None) -> jax.Array:
@@ -177,14 +184,30 @@ def decode(params: Mapping[str, jax.Array], f: jax.Array, cfg: Mapping[str, Any]
     return f @ params["W_dec"] + params["b_dec"]
 
 
+NAME = "jumprelu"
+UNIT_NORM_DECODER = True  # rows renormalised after each update, gradients projected
+
+
+def export_layout(params: Mapping[str, jax.Array], cfg: Mapping[str, Any], sparsity: Any = None) -> Params:
+    """The released layout, still in training units (see :func:`gemmascope.sae.io.fold_normalisation`)."""
+    return layout_params(params)
+
+
+def thresholds(params: Mapping[str, jax.Array]) -> jax.Array:
+    return layout_params(params)["threshold"]
+
+
 def loss(
-    params: Mapping[str, jax.Array], x: jax.Array, cfg: Mapping[str, Any], sparsity_coefficient: jax.Array
+    params: Mapping[str, jax.Array], x: jax.Array, cfg: Mapping[str, Any], sparsity_coefficient: jax.Array,
+    dead: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean over the batch of ``||x - x_hat||^2 + lambda * L0``; x ``[batch, d_in]`` normalised.
 
     Returns ``(loss, aux)``; aux holds per-batch scalars ``mse`` (summed over d_in, mean over
-    batch), ``l0``, ``sparsity_loss``, and ``fired [d_sae]`` (bool: latent fired in the batch).
+    batch), ``l0``, ``sparsity_loss``, ``sq_err_sum``, and ``fired [d_sae]`` (bool: latent fired
+    in the batch). ``dead`` is unused (the common signature of :mod:`gemmascope.sae.archs`).
     """
+    del dead
     eps = float(cfg["bandwidth"])
     p = layout_params(params)
     pre = pre_activations(p, x, bool(cfg["pre_encoder_bias"]))

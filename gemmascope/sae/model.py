@@ -29,10 +29,25 @@ def arch_of(params: Mapping[str, jax.Array]) -> str:
     return "relu"
 
 
-def topk_mask(pre: jax.Array, k: int) -> jax.Array:
-    """Bool mask of the ``k`` largest entries of each row of ``pre [..., d_sae]``."""
-    kth = jax.lax.top_k(pre, k)[0][..., -1:]
-    return pre >= kth
+def topk_mask(pre: jax.Array, k) -> jax.Array:
+    """Bool mask of the ``k`` largest entries of each row of ``pre [..., d_sae]``.
+
+    ``k`` a Python int uses ``lax.top_k``; a traced scalar (an exported file's ``k`` passed into
+    a jitted function) falls back to a full sort.
+    """
+    try:
+        k = int(k)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        srt = jnp.sort(pre, axis=-1)
+        idx = (pre.shape[-1] - jnp.asarray(k).astype(jnp.int32)).reshape((1,) * pre.ndim)
+        kth = jnp.take_along_axis(srt, jnp.broadcast_to(idx, pre.shape[:-1] + (1,)), axis=-1)
+        return pre >= kth
+    # Built from the indices: on XLA:CPU a top_k whose indices go unused is rewritten into a
+    # full sort (measured 15-20x slower at 1024 x 256).
+    flat = pre.reshape(-1, pre.shape[-1])
+    _, idx = jax.lax.top_k(flat, k)
+    mask = jnp.zeros(flat.shape, bool).at[jnp.arange(flat.shape[0])[:, None], idx].set(True)
+    return mask.reshape(pre.shape)
 
 
 def encode(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
@@ -42,8 +57,7 @@ def encode(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
     if arch == "jumprelu":
         return pre * (pre > params["threshold"]).astype(pre.dtype)
     if arch == "topk":
-        k = int(jnp.asarray(params["k"]).reshape(()))
-        return jnp.where(topk_mask(pre, k), jax.nn.relu(pre), 0.0)
+        return jnp.where(topk_mask(pre, params["k"]), jax.nn.relu(pre), 0.0)
     return jax.nn.relu(pre)
 
 

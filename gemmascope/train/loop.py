@@ -285,7 +285,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
     heldout = np.asarray(source.heldout(config.eval_rows), np.float32)
     records, used = [], set()
     for i, lam in enumerate(lambdas):
-        params = step_lib.export_params(state, i, bool(config.sae.pre_encoder_bias))
+        params = step_lib.export_params(state, i, config)
         ev = evaluate_exported(params, heldout)
         folder = sae_io.sae_dir(os.path.join(workdir, "saes"), site, layer, width, ev["l0"])
         if folder in used:  # two lambdas landed on the same rounded L0
@@ -298,7 +298,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
             "site": site,
             "layer": int(layer),
             "model": getattr(source, "model_name", "toy"),
-            "sparsity_coefficient": float(lam),
+            **({"k": int(lam)} if config.sae.arch in config_lib.K_ARCHS else {"sparsity_coefficient": float(lam)}),
             "normalisation_constant": float(state["norm_scale"]),
             "tokens_trained": int(total * config.batch_size),
             "steps": int(total),
@@ -311,7 +311,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
         }
         path = os.path.join(folder, "params.npz")
         sae_io.save_params(path, params, meta)
-        log(f"[export] lambda={lam:g}: L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
+        log(f"[export] {config.sae.arch} {'k' if config.sae.arch in config_lib.K_ARCHS else 'lambda'}={lam:g}: L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
         records.append({"path": path, **meta})
     return records
 
