@@ -29,7 +29,8 @@ setup(
     ],
     extras_require={
         # torch is test-only (parity with transformers); pinned so pip takes the CPU wheel.
-        "test": ["pytest", "torch==2.13.0", "accelerate"],
+        # selenium drives the system's headless Chromium (dashboards); nbclient/nbformat/ipykernel run colabs/.
+        "test": ["pytest", "torch==2.13.0", "accelerate", "selenium", "nbclient", "nbformat", "ipykernel"],
         "datasets": ["datasets"],
     },
 )

@@ -1,0 +1,47 @@
+r"""Writes a static, offline HTML dashboard of an SAE's latents.
+
+    python launch/analyze.py --sae=workdirs/demo/saes/res/layer_15/width_4k/average_l0_63 --out=workdirs/dash
+
+Scans held-out text of the embedded corpus with the LM (BOS/EOS/padding and norm outliers never
+encoded), then writes ``<out>/index.html`` (searchable, sortable list of latents with firing
+frequency and logit-lens class and tokens), ``<out>/latents/<i>.html`` (top contexts shaded by
+activation, activation histogram, logit-lens top/bottom tokens, token-set enrichment) and
+``<out>/summary.json``. Open ``index.html`` in any browser; nothing is fetched from the network.
+
+The layer and site come from the SAE's metadata.json (a released Gemma Scope params.npz has
+none: pass --layer and --site, and --checkpoint for its model).
+"""
+from absl import app, flags
+
+_SAE = flags.DEFINE_string("sae", None, "Exported SAE folder or its params.npz (metadata.json beside it).")
+_OUT = flags.DEFINE_string("out", None, "Output folder for the HTML site.")
+_TOKENS = flags.DEFINE_integer("tokens", 50_000, "Text tokens to scan (the embedded held-out split has ~29k).")
+_LATENTS = flags.DEFINE_string("latents", "all", "Latents to list and give pages: 'all' or e.g. '0-99,512'.")
+_CONTEXTS = flags.DEFINE_integer("contexts", 12, "Top activating contexts per latent.")
+_SPLIT = flags.DEFINE_enum("split", "heldout", ["heldout", "train", "all"], "Documents of the embedded corpus.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "embedded", "LM: 'embedded', a .gguf, a HF dir or hub id.")
+_LAYER = flags.DEFINE_integer("layer", None, "Override the SAE's layer.")
+_SITE = flags.DEFINE_enum("site", None, ["res", "att", "mlp"], "Override the SAE's site.")
+_SEQ = flags.DEFINE_integer("context_length", 128, "Packed sequence length (BOS first).")
+_BATCH = flags.DEFINE_integer("batch_sequences", 32, "Sequences per LM batch.")
+_ENRICH = flags.DEFINE_bool("enrichment", True, "Token-set enrichment of the listed latents' logit weights.")
+flags.mark_flags_as_required(["sae", "out"])
+
+
+def main(argv):
+    del argv
+    from gemmascope.analysis.dashboard import DashboardInputError, build_dashboard
+    from gemmascope.sae.io import SAEFileError
+
+    if _TOKENS.value <= 0 or _CONTEXTS.value <= 0:
+        raise app.UsageError("--tokens and --contexts must be positive")
+    try:
+        build_dashboard(_SAE.value, _OUT.value, n_tokens=_TOKENS.value, latents=_LATENTS.value, layer=_LAYER.value,
+                        site=_SITE.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value, seq_len=_SEQ.value,
+                        batch_sequences=_BATCH.value, k=_CONTEXTS.value, enrichment=_ENRICH.value)
+    except (DashboardInputError, SAEFileError) as e:
+        raise app.UsageError(str(e))
+
+
+if __name__ == "__main__":
+    app.run(main)

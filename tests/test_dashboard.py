@@ -1,0 +1,351 @@
+"""Dashboards, checked in headless Chromium for what a person sees.
+
+Two sites are built:
+
+* a synthetic one (no LM): hand-made token strings with HTML-special characters, newlines and
+  leading spaces, codes that fire on known tokens, and logit weights built to fall in known
+  logit-lens classes; it checks escaping, document boundaries, search, class filter and sorting;
+* a real one: a constructed 64-latent JumpReLU SAE in the Gemma Scope layout at the embedded
+  SmolLM2's layer 15 residual stream (d_model 576), scanned over one batch (~4k tokens) of the
+  held-out corpus. An independent oracle (our LM's captured activations encoded with plain numpy)
+  gives every latent's firing frequency, the top contexts' values and positions and the
+  histogram totals that the pages must show.
+
+Tolerances: values on the pages are printed with 3-4 significant digits (frequencies with 6), so
+they are compared at that precision (rtol 1e-3 for 4 digits, 5e-3 for the 3-digit context values; 1e-5 for
+frequencies); the oracle and the scan use the same fp32 activations, so larger differences would
+be bugs. The browser is required: the tests fail (not skip) without /usr/bin/chromium and
+/usr/bin/chromedriver (``apt-get install -y chromium chromium-driver``; ``.ci/run`` does it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gemmascope.analysis import dashboard as dash
+from gemmascope.analysis import logit_lens as ll
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROME_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-dev-shm-usage", "--window-size=1200,900")
+
+
+# ----------------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    if missing:
+        pytest.fail(f"the dashboard tests need headless Chromium, but {', '.join(missing)} is missing: "
+                    "install it with `apt-get install -y chromium chromium-driver` (.ci/run does this)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("the dashboard tests need selenium: pip install -e '.[test]'")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in CHROME_ARGS:
+        opts.add_argument(a)
+    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}")
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _open(driver, path):
+    driver.get("file://" + os.path.abspath(path))
+    return driver
+
+
+def _css(driver, sel):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, sel)
+
+
+def _visible_rows(driver):
+    return [int(r.find_elements("css selector", "td")[0].text) for r in _css(driver, "#latents tbody tr")
+            if r.is_displayed()]
+
+
+def _bar_total(driver) -> int:
+    """Sum of the histogram bars' counts, read from their hover titles ("lo to hi: count")."""
+    titles = [b.get_attribute("textContent") for b in _css(driver, "svg.hist rect.bar title")]
+    return sum(int(t.rsplit(":", 1)[1]) for t in titles)
+
+
+def _typed_search_matches(summary, q):
+    """Rows the search box should leave: the index, class, top-5 logit-lens tokens, the 3 tokens it
+    fires on most and the enriched set names, lower-cased, contain the query."""
+    out = []
+    for s in summary["latents"]:
+        hay = " ".join([str(s["latent"]), s["class"]] + s["top_tokens"][:5] + [t for t, _ in s["fires_on"][:3]]
+                       + [e[0] for e in s["enrichment"]]).lower()
+        if q.lower() in hay:
+            out.append(s["latent"])
+    return out
+
+
+# ----------------------------------------------------------------------------------- synthetic site
+
+SPECIAL = ["<|endoftext|>", "<b>bold</b>", " &amp;", "\n", " leading", "a\tb", "x<y", "'q\""]
+VOCAB = SPECIAL + [f"w{i}" for i in range(40 - len(SPECIAL))]
+BOLD, AMP, NL, LEAD = 1, 2, 3, 4
+
+
+def _synthetic_logits(V: int) -> np.ndarray:
+    """Rows: prediction, suppression, partition, other (symmetric heavy tails), prediction, partition."""
+    pred = np.zeros(V)
+    pred[[BOLD, 20]] = 10.0                                   # 2 of 40 tokens strongly promoted: skew ~4, kurt ~18
+    split = np.where(np.arange(V) % 2 == 0, 1.0, -1.0)        # 50/50 two-point: kurtosis 1
+    sym = np.zeros(V)
+    sym[[10, 11]], sym[[12, 13]] = 5.0, -5.0                   # skew 0, kurtosis 10: neither class
+    pred2 = np.zeros(V)
+    pred2[[LEAD, 30]] = 8.0
+    return np.stack([pred, -pred, split, sym, pred2, -split])
+
+
+@pytest.fixture(scope="module")
+def synthetic_site(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("synthetic_site"))
+    S, T, d_sae = 6, 12, 6
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(5, len(VOCAB), (S, T)).astype(np.int32)
+    tokens[:, 0] = 0                                          # BOS
+    tokens[0, 5] = 0                                          # a document boundary (EOS) inside row 0
+    tokens[0, 6], tokens[0, 3] = BOLD, BOLD
+    tokens[1, 4], tokens[1, 5], tokens[1, 6] = AMP, NL, BOLD
+    tokens[2, 2], tokens[2, 8] = LEAD, BOLD
+    mask = tokens != 0
+    codes = np.zeros((S, T, d_sae), np.float32)
+    codes[..., 0] = np.where(tokens == BOLD, 5.0, 0.0) + np.where(tokens == AMP, 1.0, 0.0)
+    codes[..., 1] = np.where(tokens == LEAD, 2.5, 0.0)
+    codes[..., 3] = np.where(tokens % 3 == 0, 0.5 + tokens / 10.0, 0.0)
+    codes[..., 4] = np.where(tokens == NL, 3.0, 0.0)
+    codes[..., 5] = np.where(tokens > 20, 1.0, 0.0)
+    # latent 2 never fires
+    res = dash.scan_codes(tokens, mask, codes, k=4)
+    q, r = np.linalg.qr(np.random.default_rng(2).standard_normal((d_sae, d_sae)))
+    L = _synthetic_logits(len(VOCAB))
+    lens = ll.logit_lens(q.astype(np.float32), (q.T @ L).astype(np.float32), k=5)
+    summary = dash.write_site(out, res, lens, VOCAB, list(range(d_sae)),
+                              info=dash.SiteInfo(title="synthetic <SAE> & co", text="hand-made rows"), log=None)
+    return out, res, lens, summary, tokens, codes
+
+
+def test_synthetic_classes_are_the_designed_ones(synthetic_site):
+    _, _, lens, summary, _, _ = synthetic_site
+    assert list(lens.feature_class) == ["prediction", "suppression", "partition", "other", "prediction", "partition"]
+    assert summary["class_counts"] == {"partition": 2, "prediction": 2, "suppression": 1, "other": 1}
+
+
+def test_index_lists_searches_filters_and_sorts(browser, synthetic_site):
+    out, res, _, summary, _, _ = synthetic_site
+    d = _open(browser, os.path.join(out, "index.html"))
+    assert d.title == "synthetic <SAE> & co - latents"                       # escaped in <title>, read back as text
+    assert _visible_rows(d) == [0, 1, 2, 3, 4, 5]
+    assert _css(d, "#count")[0].text == "6 of 6 latents"
+    # class filter
+    from selenium.webdriver.support.ui import Select
+
+    Select(_css(d, "#cls")[0]).select_by_value("prediction")
+    assert _visible_rows(d) == [0, 4]
+    assert _css(d, "#count")[0].text == "2 of 6 latents"
+    Select(_css(d, "#cls")[0]).select_by_value("")
+    # typing in the search box filters rows; the query holds HTML-special characters
+    box = _css(d, "#search")[0]
+    box.send_keys("<b>")
+    want = _typed_search_matches(summary, "<b>")
+    assert 0 in want and len(want) < 6                                        # latent 0 fires on "<b>bold</b>"
+    assert _visible_rows(d) == want
+    assert _css(d, "#count")[0].text == f"{len(want)} of 6 latents"
+    box.clear()
+    box.send_keys("partition")
+    assert _visible_rows(d) == [2, 5]
+    box.clear()
+    box.send_keys("x")                                                       # clear() sends no input event
+    box.send_keys("\b")
+    assert len(_visible_rows(d)) == 6
+    # sorting: click "frequency" once -> descending frequency
+    [th] = [h for h in _css(d, "#latents th") if h.text.startswith("frequency")]
+    th.click()
+    order = _visible_rows(d)
+    freq = res.frequency
+    assert [freq[i] for i in order] == sorted(freq, reverse=True)
+    th.click()
+    assert [freq[i] for i in _visible_rows(d)] == sorted(freq)
+    # tokens shown as chips: markup as text, leading spaces visible
+    rows = {int(r.find_elements("css selector", "td")[0].text): r for r in _css(d, "#latents tbody tr")}
+    assert rows[0].find_elements("css selector", "td")[-1].find_elements("css selector", ".tok")[0].text == "<b>bold</b>"
+    assert not _css(d, "#latents b")
+    assert rows[4].find_elements("css selector", "td")[-2].find_elements("css selector", ".tok")[0].text == "\u2423leading"
+
+
+def test_latent_page_escapes_and_stays_within_documents(browser, synthetic_site):
+    out, res, _, _, tokens, codes = synthetic_site
+    d = _open(browser, os.path.join(out, "latents", "0.html"))
+    ctx = _css(d, "#contexts .ctx")
+    # latent 0 fires (5.0) on "<b>bold</b>" in rows 0, 1, 2 and (1.0) on " &amp;" in row 1: one context per row
+    assert len(ctx) == 3
+    assert [float(c.find_element("css selector", ".v").text) for c in ctx] == [5.0, 5.0, 5.0]
+    text = "\n".join(c.text for c in ctx)
+    assert "<b>bold</b>" in text and not _css(d, "#contexts b")             # shown as text, never as markup
+    assert "<|endoftext|>" not in text                                       # BOS / EOS never shown
+    assert "\u21b5" in text and " &amp;" in text                              # newline visible; & kept literally
+    focus = _css(d, "#contexts span.t.focus")
+    assert len(focus) == 3 and all(f.text == "<b>bold</b>" for f in focus)
+    assert all(f.get_attribute("title") == "'<b>bold</b>' \u2192 5" for f in focus)
+    # row 0: BOLD at 3 and 6 with an EOS at 5 -> the top context (first max, position 3) stops before the EOS
+    first = ctx[0].find_elements("css selector", "span.t")
+    assert [s.text for s in first] == [VOCAB[t] for t in tokens[0, 1:5]]
+    shaded = [s for s in _css(d, "#contexts span.t") if "background" in (s.get_attribute("style") or "")]
+    assert {float(s.get_attribute("data-act")) for s in shaded} == {5.0, 1.0}
+    assert _bar_total(d) == int(res.fire_counts[0]) == int((codes[..., 0][tokens != 0] > 0).sum())
+    # the logit-lens chips show the leading space of " leading" visibly on latent 4's page
+    d = _open(browser, os.path.join(out, "latents", "4.html"))
+    chips = [c.text for c in _css(d, ".tok.pos")]
+    assert chips[0] == "\u2423leading"
+    assert "\u21b5" in " ".join(c.text for c in _css(d, "#contexts .ctx"))
+
+
+def test_dead_latent_page_says_so(browser, synthetic_site):
+    out, _, _, _, _, _ = synthetic_site
+    d = _open(browser, os.path.join(out, "latents", "2.html"))
+    body = d.find_element("css selector", "main").text
+    assert "never fired" in body and "no activating context" in body
+    assert not _css(d, "svg.hist") and not _css(d, "#contexts .ctx")
+
+
+# ----------------------------------------------------------------------------------- real LM site
+
+D_SAE = 64
+DEAD = 7
+
+
+def _constructed_sae(d_in: int = 576) -> dict[str, np.ndarray]:
+    """Random unit directions as encoder/decoder, thresholds spread so frequencies span decades;
+    latent DEAD has a huge negative bias and never fires."""
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((D_SAE, d_in)).astype(np.float32)
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    b_enc = np.zeros(D_SAE, np.float32)
+    b_enc[DEAD] = -1e4
+    return {"W_enc": W.T.copy(), "W_dec": W, "b_enc": b_enc, "b_dec": np.zeros(d_in, np.float32),
+            "threshold": np.linspace(2.0, 30.0, D_SAE).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def real_site(tmp_path_factory):
+    from gemmascope.data import text as text_lib
+    from gemmascope.lm import loading
+    from gemmascope.lm.model import capture_activations
+    from gemmascope.sae import io as sae_io
+
+    root = tmp_path_factory.mktemp("real_site")
+    sae = _constructed_sae()
+    sae_dir = str(root / "sae")
+    sae_io.save_params(os.path.join(sae_dir, "params.npz"), sae,
+                       {"site": "res", "layer": 15, "model": "SmolLM2-135M (test)", "d_sae": D_SAE})
+    cfg, params, tok = loading.load_embedded()
+    out = str(root / "site")
+    summary = dash.build_dashboard(sae_dir, out, n_tokens=3000, lm=(cfg, params, tok), log=None)
+    # Oracle: the first 32 packed held-out rows, our LM's layer-15 residual, numpy JumpReLU.
+    tokens, mask = text_lib.pack(tok, text_lib.iter_texts({"kind": "embedded", "split_part": "heldout"}), 128,
+                                 cfg.bos_id, cfg.eos_id, cfg.pad_id, max_sequences=32)
+    x = np.asarray(capture_activations(params, tokens, cfg, [(15, "res")])[(15, "res")], np.float32)
+    norms = np.linalg.norm(x, axis=-1)
+    valid = mask & (norms <= 10.0 * np.median(norms[mask]))
+    pre = x @ sae["W_enc"] + sae["b_enc"]
+    f = np.where((pre > sae["threshold"]) & valid[..., None], pre, 0.0)
+    return out, summary, tokens, valid, f, tok
+
+
+def test_real_index_shows_every_latent_with_oracle_frequencies(browser, real_site):
+    out, summary, _, valid, f, _ = real_site
+    assert summary["n_tokens"] == int(valid.sum()) and summary["n_latents"] == D_SAE
+    d = _open(browser, os.path.join(out, "index.html"))
+    assert _visible_rows(d) == list(range(D_SAE))
+    assert _css(d, "#count")[0].text == f"{D_SAE} of {D_SAE} latents"
+    freq_cells = [float(r.find_elements("css selector", "td")[1].get_attribute("data-v"))
+                  for r in _css(d, "#latents tbody tr")]
+    want = (f > 0).sum(axis=(0, 1)) / valid.sum()
+    np.testing.assert_allclose(freq_cells, want, rtol=1e-5)
+    assert freq_cells[DEAD] == 0
+    assert re.search(rf"{summary['n_tokens']:,} tokens of the embedded corpus", d.find_element("css selector", "header").text)
+    # the search box narrows the real list too
+    box = _css(d, "#search")[0]
+    box.send_keys(" the")
+    want_rows = _typed_search_matches(summary, " the")
+    assert _visible_rows(d) == want_rows and len(want_rows) < D_SAE
+
+
+def test_real_latent_page_matches_the_oracle(browser, real_site):
+    out, summary, tokens, valid, f, tok = real_site
+    counts = (f > 0).sum(axis=(0, 1))
+    seq_fired = (f > 0).any(axis=1).sum(axis=0)                             # sequences where each latent fired
+    lat = int(np.flatnonzero((counts >= 30) & (seq_fired > 12))[-1])        # a selective latent with > k contexts
+    d = _open(browser, os.path.join(out, "latents", f"{lat}.html"))
+    ctx = _css(d, "#contexts .ctx")
+    per_seq = np.sort(f[..., lat].max(axis=1))[::-1][:12]
+    assert len(ctx) == 12
+    np.testing.assert_allclose([float(c.find_element("css selector", ".v").text) for c in ctx], per_seq, rtol=5e-3)
+    focus = _css(d, "#contexts span.t.focus")
+    assert len(focus) == 12
+    np.testing.assert_allclose([float(s.get_attribute("data-act")) for s in focus], per_seq, rtol=1e-3)
+    # the outlined token of the top context is the token at the oracle's argmax
+    s0 = int(np.argmax(f[..., lat].max(axis=1)))
+    p0 = int(np.argmax(f[s0, :, lat]))
+    assert focus[0].get_attribute("title").startswith(repr(tok.decode([int(tokens[s0, p0])])))
+    shaded = [s for s in _css(d, "#contexts span.t") if "background" in (s.get_attribute("style") or "")]
+    assert len(shaded) >= 12
+    text = "\n".join(c.text for c in ctx)
+    assert "<|endoftext|>" not in text                                       # BOS never shown
+    assert _bar_total(d) == int(counts[lat])
+    stats = d.find_element("css selector", ".stats").text
+    assert f"({int(counts[lat]):,} of {int(valid.sum()):,})" in stats
+    assert summary["latents"][lat]["class"] in stats
+    assert len(_css(d, ".tok.pos")) == 10 and len(_css(d, ".tok.neg")) == 10  # logit-lens top / bottom tokens
+    d = _open(browser, os.path.join(out, "latents", f"{DEAD}.html"))
+    assert "never fired" in d.find_element("css selector", "main").text
+
+
+# ----------------------------------------------------------------------------------- errors
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(dash.DashboardInputError, match="no such SAE file"):
+        dash.build_dashboard(str(tmp_path / "nope"), str(tmp_path / "out"), log=None)
+    with pytest.raises(dash.DashboardInputError, match="latent 64 out of range: the SAE has 64 latents"):
+        dash.parse_latents("0-10,64", 64)
+    with pytest.raises(dash.DashboardInputError, match="cannot read 'a-b'"):
+        dash.parse_latents("a-b", 64)
+    assert dash.parse_latents("3,1-2,3", 64) == [3, 1, 2]
+    from gemmascope.sae import io as sae_io
+
+    sae_io.save_params(str(tmp_path / "bare" / "params.npz"), _constructed_sae())      # no metadata.json
+    with pytest.raises(dash.DashboardInputError, match="no metadata.json with 'layer' and 'site'"):
+        dash.build_dashboard(str(tmp_path / "bare"), str(tmp_path / "out"), log=None)
+    # the CLI reports the bad latent before loading any model
+    r = subprocess.run([sys.executable, os.path.join(REPO, "launch", "analyze.py"), f"--sae={tmp_path / 'bare'}",
+                        f"--out={tmp_path / 'out'}", "--latents=5,99", "--layer=15", "--site=res"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "latent 99 out of range: the SAE has 64 latents" in r.stderr + r.stdout
+
+
+def test_token_display_helpers():
+    assert dash.chip_text(" the") == "\u2423the"
+    assert dash.chip_text("") == "\u2205"
+    assert dash.context_text("a\nb\tc\x0c") == "a\u21b5b\u21e5c\\x0c"
+    assert dash.esc("<a href=\"x\">&</a>") == "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
