@@ -177,6 +177,10 @@ def width_name(width: int) -> str:
     return str(width)
 
 
-def sae_dir(root: str, site: str, layer: int, width: int, l0: float) -> str:
-    """``root/<site>/layer_<L>/width_<W>/average_l0_<N>`` (the Hugging Face Gemma Scope layout)."""
-    return os.path.join(root, site, f"layer_{layer}", f"width_{width_name(width)}", f"average_l0_{int(round(l0))}")
+def sae_dir(root: str, site: str, layer: int, width: int, l0: float, arch: str = "jumprelu") -> str:
+    """``root/<site>/layer_<L>/width_<W>/average_l0_<N>`` (the Hugging Face Gemma Scope layout);
+    other architectures than JumpReLU get a folder of their own above ``average_l0_<N>``."""
+    parts = [root, site, f"layer_{layer}", f"width_{width_name(width)}"]
+    if arch != "jumprelu":
+        parts.append(arch)
+    return os.path.join(*parts, f"average_l0_{int(round(l0))}")

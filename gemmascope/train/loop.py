@@ -35,8 +35,10 @@ def locations(config) -> list[tuple[str, int, int]]:
     return [(s, int(l), int(w)) for s in config.sites for l in config.layers for w in config.widths]
 
 
-def location_name(site: str, layer: int, width: int) -> str:
-    return f"{site}_layer{layer}_width{sae_io.width_name(width)}"
+def location_name(site: str, layer: int, width: int, arch: str = "jumprelu") -> str:
+    """``res_layer15_width4k`` (JumpReLU) or ``res_layer15_width4k_topk`` (other architectures)."""
+    base = f"{site}_layer{layer}_width{sae_io.width_name(width)}"
+    return base if arch == "jumprelu" else f"{base}_{arch}"
 
 
 def make_source(config, workdir: str, site: str, layer: int, slot: int = 0, n_slots: int = 1):
@@ -147,7 +149,7 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
 
     main = distributed.is_main()
     log = log if main else (lambda *a, **k: None)
-    name = location_name(site, layer, width)
+    name = location_name(site, layer, width, config.sae.arch)
     run_dir = os.path.join(workdir, "runs", name)
     done_marker = os.path.join(run_dir, "exported.json")
     if os.path.exists(done_marker):
@@ -198,7 +200,7 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
                 _check_finite(state, step, lambdas, name)
                 m = _fetch(metrics)
                 for i in range(k):
-                    row = {"location": name, "site": site, "layer": layer, "width": width, "sae": i,
+                    row = {"location": name, "arch": config.sae.arch, "site": site, "layer": layer, "width": width, "sae": i,
                            "lambda": lambdas[i], "step": step, "tokens": step * config.batch_size}
                     row.update({mk: float(mv[i]) for mk, mv in m.items()})
                     mfile.write(json.dumps(row) + "\n")
@@ -287,7 +289,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
     for i, lam in enumerate(lambdas):
         params = step_lib.export_params(state, i, config)
         ev = evaluate_exported(params, heldout)
-        folder = sae_io.sae_dir(os.path.join(workdir, "saes"), site, layer, width, ev["l0"])
+        folder = sae_io.sae_dir(os.path.join(workdir, "saes"), site, layer, width, ev["l0"], config.sae.arch)
         if folder in used:  # two lambdas landed on the same rounded L0
             folder = f"{folder}_sae{i}"
         used.add(folder)
