@@ -165,12 +165,22 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 
 def parse_width(v: Any) -> int:
-    """``16384``, ``"16k"`` (=16384), ``"1m"`` (=2**20) -> int."""
+    """``16384``, ``"16k"`` (=16384), ``"1m"`` (=2**20) -> int.
+
+    Gemma Scope's names round powers of two down to thousands (``sae.io.width_name``): ``"65k"``
+    is 65536, ``"131k"`` 131072, ``"262k"`` 262144, ``"524k"`` 524288, so ``Nk`` is the power of two
+    whose thousands are N when ``N * 1024`` is not a power of two itself.
+    """
     if isinstance(v, int):
         return v
     s = str(v).strip().lower()
     if s.endswith("k"):
-        return int(s[:-1]) * 1024
+        n = int(s[:-1])
+        if n > 0 and (n * 1024) & (n * 1024 - 1):
+            p = 1 << (n * 1000 - 1).bit_length()
+            if p // 1000 == n:
+                return p
+        return n * 1024
     if s.endswith("m"):
         return int(s[:-1]) * 1024 * 1024
     return int(s)

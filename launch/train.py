@@ -2,7 +2,18 @@ r"""Trains a sweep of SAEs: ``python launch/train.py --config=configs/toy.py --w
 
 Overrides: ``--config.lambdas=0.01,0.03 --config.num_tokens=1000000``. Rerun the same command on
 the same workdir to resume after a kill.
+
+Devices: ``--config.mesh.data=D --config.mesh.model=M`` (D * M devices; see README "Scaling out").
+Several processes (multi-host): start one per host (or per GPU) with ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set (or ``--config.distributed.*``); see
+``launch/tpu_pod.sh`` and ``launch/multi_gpu.sh``.
+
+``--dry_run``: compile the real-size sharded step on ``D * M`` fake CPU devices with abstract
+shapes and print per-device memory and FLOPs; needs no LM, no store and no workdir.
 """
+import os
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -10,7 +21,9 @@ from gemmascope import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exported SAEs go.")
-flags.mark_flags_as_required(["config", "workdir"])
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the sharded step on fake CPU devices and print memory/FLOPs.")
+_DEVICE_GB = flags.DEFINE_float("device_memory_gb", 95.0, "Per-device memory the dry run checks against.")
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -21,9 +34,27 @@ def main(argv):
         config = config_lib.validate(config_lib.resolve(config))
     except config_lib.ConfigError as e:
         raise app.UsageError(str(e))
+    if _DRY_RUN.value:
+        n = int(config.mesh.data) * int(config.mesh.model)
+        os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX starts its backend: D * M fake devices
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip()
+        from gemmascope.train import dryrun
+
+        try:
+            reports = dryrun.dry_run(config, device_memory_gb=_DEVICE_GB.value)
+        except config_lib.ConfigError as e:
+            raise app.UsageError(str(e))
+        if not all(r["fits"] for r in reports):
+            sys.exit(1)
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required (except with --dry_run)")
     from gemmascope.train.loop import train_and_evaluate  # imports JAX only after validation
 
-    train_and_evaluate(config, _WORKDIR.value)
+    try:
+        train_and_evaluate(config, _WORKDIR.value)
+    except config_lib.ConfigError as e:  # e.g. mesh.data * mesh.model != the devices present
+        raise app.UsageError(str(e))
 
 
 if __name__ == "__main__":

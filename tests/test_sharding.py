@@ -216,3 +216,74 @@ def test_mesh_larger_than_devices_fails_before_compute(tmp_path):
 def test_single_process_feeds_whole_batch():
     mesh = sharding.make_mesh(_cfg())
     assert sharding.process_rows(mesh, 48) == (0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep configs (SPEC.md section 2 coverage) and the dry run
+
+
+def _load_config(name: str, arg: str | None):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+@pytest.mark.parametrize("model,n_layers,expected", [
+    ("2b", 26, 26 * 3 * 2 + 4 + 3),  # every layer/site at 16k, 65k; layer 12 at 32k,131k,262k,524k; 3 layers at 1m
+    ("9b", 42, 42 * 3 * 2 + 4 + 3),  # every layer/site at 16k, 131k; layer 20 at 32k,65k,262k,524k; 3 at 1m
+    ("27b", 46, 3),                  # layers 10, 22, 34 at 131k
+])
+def test_sweep_configs_cover_gemma_scope(model, n_layers, expected):
+    from gemmascope import coverage
+
+    got = set()
+    for job in coverage.jobs(model):
+        c = config_lib.validate(config_lib.resolve(_load_config(f"sweep_{model}", job)))
+        assert len(c.lambdas) == 6 and c.batch_size == 4096
+        assert all(0 <= layer < n_layers for layer in c.layers)
+        w = c.widths[0]
+        assert c.num_tokens == (4e9 if w == 2**14 else 16e9 if w == 2**20 else 8e9)
+        got |= {(s, layer, w) for s in c.sites for layer in c.layers for w in c.widths}
+    assert len(got) == expected == len(coverage.locations(model))
+    if model != "27b":
+        mid = {"2b": 12, "9b": 20}[model]
+        assert ("att", n_layers - 1, 2**14) in got and ("mlp", 0, 2**14) in got
+        assert {("res", mid, 2**e) for e in range(14, 21)} <= got  # 16k .. 1m at the middle layer
+        assert ("att", mid, 2**20) not in got
+    one = _load_config(f"sweep_{model}", f"width={'131k' if model == '27b' else '1m'},layer={ {'2b': 19, '9b': 31, '27b': 34}[model]}")
+    assert one.sites == ("res",) and len(one.layers) == 1
+    with pytest.raises(config_lib.ConfigError, match="not covered|no .* SAEs of that width"):
+        _load_config(f"sweep_{model}", "width=1m,layer=0,site=att")
+
+
+def _dry_run(arg: str, *extra: str):
+    r = subprocess.run([sys.executable, os.path.join(REPO, "launch/train.py"), f"--config={REPO}/configs/{arg}",
+                        "--dry_run", *extra], capture_output=True, text=True, timeout=300)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_dry_run_1m_width_on_16_fake_devices():
+    """2B width 1m: 16 fake devices (2 data groups of 3 SAEs x 8 latent shards), nothing allocated.
+
+    The state per device is checked against the shapes: 3 SAEs x (params + Adam nu), latent-sized
+    leaves split 8 ways, d_in-sized ones whole."""
+    rc, out = _dry_run("sweep_2b.py:width=1m,layer=12")
+    assert rc == 0, out[-3000:]
+    assert "mesh data=2 x model=8 (16 fake cpu devices), sweep=sharded, K=6" in out
+    import re
+
+    m = re.search(r"per device state ([\d.]+) GB.*= peak ([\d.]+) GB -> fits 95 GB; step ([\d.]+) TFLOP", out)
+    assert m, out[-2000:]
+    d, w, k_local, model = 2304, 2**20, 3, 8
+    per_sae = 2 * (2 * d * w + 2 * w) // model * 4 + 2 * d * 4 + w // model * 4 + 4 + 4 + 4  # params+nu, last_fired, counts, bad_step
+    assert abs(float(m.group(1)) - k_local * per_sae / 1e9) < 0.01
+    assert float(m.group(1)) < float(m.group(2)) < 95
+    assert abs(float(m.group(3)) - 10 * 4096 * d * w * 6 / 1e12) < 0.01
+
+
+def test_dry_run_reports_a_mesh_too_small():
+    rc, out = _dry_run("sweep_9b.py:width=1m,layer=20,data=2,model=4", "--device_memory_gb=95")
+    assert rc == 1 and "DOES NOT FIT 95 GB" in out and "mesh data=2 x model=4 (8 fake cpu devices)" in out
