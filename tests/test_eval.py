@@ -93,3 +93,46 @@ def test_outlier_positions_keep_their_activation():
     mask = jnp.asarray([[True, True, True, True]])
     sel = metrics.splice_positions(act, mask, 10.0)
     np.testing.assert_array_equal(sel, [[False, True, True, True]])
+
+
+def test_several_saes_in_one_pass_and_cached_baselines_match_one_at_a_time(lm):
+    """evaluate_saes (shared LM prefix, one clean and one zero-ablation run for all SAEs, cached
+    baselines on a second pass) gives what evaluating each SAE alone gives; TopK and ReLU files
+    included."""
+    params, batches = lm
+    rng = np.random.default_rng(3)
+
+    def rand(n, **extra):
+        return {"W_enc": rng.standard_normal((D, n)).astype(np.float32) * 0.3,
+                "W_dec": rng.standard_normal((n, D)).astype(np.float32) * 0.3,
+                "b_enc": rng.standard_normal(n).astype(np.float32) * 0.1,
+                "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1, **extra}
+
+    saes = [rand(24, threshold=rng.uniform(0.05, 0.5, 24).astype(np.float32)), rand(32, k=np.float32(5)), rand(16)]
+    alone = [metrics.evaluate_sae(params, CFG, batches, s, layer=2, site="res", outlier_norm_factor=0) for s in saes]
+    cache: dict = {}
+    together = metrics.evaluate_saes(params, CFG, batches, saes, layer=2, site="res", outlier_norm_factor=0,
+                                     baseline_cache=cache)
+    assert len(cache) == len(batches)
+    again = metrics.evaluate_saes(params, CFG, batches, saes[1:], layer=2, site="res", outlier_norm_factor=0,
+                                  baseline_cache=cache)
+    for a, b in zip(alone, together):
+        for key in ("l0", "fvu", "ce_clean", "ce_sae", "ce_zero", "delta_loss"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_array_equal(b["fire_counts"], a["fire_counts"])
+    for a, b in zip(alone[1:], again):
+        for key in ("ce_clean", "ce_zero", "delta_loss", "l0"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert alone[1]["l0"] <= 5.0  # TopK keeps at most k
+
+
+def test_forward_resumed_from_a_layer_equals_the_full_forward(lm):
+    params, batches = lm
+    toks = jnp.asarray(batches[0][0])
+    full = model.forward(params, toks, CFG, capture=[(0, "res"), (2, "mlp")])
+    resumed = model.forward(params, toks, CFG, capture=[(2, "mlp")], start_layer=1, h_in=full.captures[(0, "res")])
+    np.testing.assert_allclose(np.asarray(resumed.logits), np.asarray(full.logits), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(resumed.captures[(2, "mlp")]), np.asarray(full.captures[(2, "mlp")]),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="before start_layer"):
+        model.forward(params, toks, CFG, capture=[(0, "mlp")], start_layer=1, h_in=full.captures[(0, "res")])

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from gemmascope.data.activations import LMActivations
-from gemmascope.eval.metrics import evaluate_sae, firing_histogram
+from gemmascope.eval.metrics import evaluate_saes, firing_histogram
 from gemmascope.sae import io as sae_io
 
-COLUMNS = ("architecture", "site", "layer", "d_sae", "sparsity_coefficient", "l0", "fvu", "delta_loss", "ce_clean",
+COLUMNS = ("architecture", "site", "layer", "d_sae", "sparsity_coefficient", "k", "l0", "fvu", "delta_loss", "ce_clean",
            "ce_sae", "ce_zero", "dead_fraction", "n_tokens", "path")
 
 
@@ -27,43 +27,84 @@ def find_saes(workdir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(workdir, "saes", "**", "params.npz"), recursive=True))
 
 
-def evaluate_workdir(config, workdir: str, max_tokens: int, log=print) -> list[dict[str, Any]]:
+def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_pass: int = 4) -> list[dict[str, Any]]:
+    """Evaluates every SAE under ``workdir/saes`` that has no ``eval.json`` yet.
+
+    SAEs at the same (layer, site) are evaluated ``saes_per_pass`` at a time in one pass over the
+    held-out batches (the LM runs once up to the site); the clean and zero-ablation losses of
+    each batch are cached in ``workdir/eval/baseline_cache.json`` and reused by later passes and
+    later runs.
+    """
     paths = find_saes(workdir)
     if not paths:
         raise FileNotFoundError(f"no SAEs under {os.path.join(workdir, 'saes')} (train first: launch/train.py)")
-    rows, lm = [], None
-    for i, path in enumerate(paths):
+    rows, pending = {}, {}
+    for path in paths:
         out = os.path.join(os.path.dirname(path), "eval.json")
-        meta = sae_io.load_metadata(path)
         if os.path.exists(out):
             with open(out) as fh:
-                rows.append(json.load(fh))
-            log(f"[eval {i + 1}/{len(paths)}] {path}: already evaluated")
+                rows[path] = json.load(fh)
             continue
+        meta = sae_io.load_metadata(path)
         if "layer" not in meta or "site" not in meta:
             raise ValueError(f"{path}: metadata.json must give 'layer' and 'site' to evaluate it")
+        pending.setdefault((int(meta["layer"]), meta["site"]), []).append((path, meta))
+    log(f"[eval] {len(paths)} SAEs under {workdir}/saes: {len(rows)} already evaluated, "
+        f"{sum(len(v) for v in pending.values())} to go")
+    cache_path = os.path.join(workdir, "eval", "baseline_cache.json")
+    cache = _read_json(cache_path, {})
+    lm = None
+    done = len(rows)
+    for (layer, site), items in sorted(pending.items()):
         if lm is None:
-            lm = LMActivations(config, [(int(meta["layer"]), meta["site"])], log=log)
-        sae = sae_io.load_params(path)
-        r = evaluate_sae(lm.params, lm.lm_cfg, lm.packed_batches("heldout"), sae, int(meta["layer"]), meta["site"],
-                         float(config.lm.outlier_norm_factor), max_tokens=max_tokens,
-                         log=lambda s, i=i: log(f"[eval {i + 1}/{len(paths)}] {s}"))
-        counts, edges, dead = firing_histogram(r["fire_counts"], r["n_tokens"])
-        row = {k: meta.get(k) for k in ("architecture", "site", "layer", "d_sae", "sparsity_coefficient")}
-        row.update({k: r[k] for k in ("l0", "fvu", "delta_loss", "ce_clean", "ce_sae", "ce_zero", "dead_fraction",
-                                      "n_tokens", "n_outliers_kept_clean")})
-        row.update({"path": path, "model": lm.model_name, "dead_window_tokens": r["n_tokens"],
-                    "err_by_position": [None if np.isnan(v) else float(v) for v in r["err_by_position"]],
-                    "firing_log10_histogram": {"counts": counts.tolist(), "edges": edges.tolist(), "never_fired": dead}})
-        tmp = out + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(row, fh, indent=2)
-        os.replace(tmp, out)
-        log(f"[eval {i + 1}/{len(paths)}] L0 {r['l0']:.1f} FVU {r['fvu']:.4f} delta loss {r['delta_loss']:.4f} "
-            f"(clean {r['ce_clean']:.4f}, zero-ablation {r['ce_zero']:.4f})")
-        rows.append(row)
+            lm = LMActivations(config, [(layer, site)], log=log)
+        ckey = f"{lm.model_name}|layer={layer}|site={site}|outliers={float(config.lm.outlier_norm_factor)}"
+        site_cache = cache.setdefault(ckey, {})
+        for start in range(0, len(items), saes_per_pass):
+            chunk = items[start:start + saes_per_pass]
+            saes = [sae_io.load_params(path) for path, _ in chunk]
+            label = f"[eval {done + 1}-{done + len(chunk)}/{len(paths)}] layer {layer} {site}"
+            results = evaluate_saes(lm.params, lm.lm_cfg, lm.packed_batches("heldout"), saes, layer, site,
+                                    float(config.lm.outlier_norm_factor), max_tokens=max_tokens,
+                                    log=lambda s, label=label: log(f"{label} {s}"), baseline_cache=site_cache)
+            _write_json(cache_path, cache)
+            for (path, meta), r in zip(chunk, results):
+                row = _row(path, meta, r, lm.model_name)
+                _write_json(os.path.join(os.path.dirname(path), "eval.json"), row)
+                log(f"{label} {os.path.relpath(path, workdir)}: L0 {r['l0']:.1f} FVU {r['fvu']:.4f} "
+                    f"delta loss {r['delta_loss']:.4f} (clean {r['ce_clean']:.4f}, zero-ablation {r['ce_zero']:.4f})")
+                rows[path] = row
+            done += len(chunk)
+    rows = [rows[p] for p in paths]
     write_table_and_plots(rows, os.path.join(workdir, "eval"))
     return rows
+
+
+def _row(path: str, meta: dict[str, Any], r: dict[str, Any], model_name: str) -> dict[str, Any]:
+    counts, edges, dead = firing_histogram(r["fire_counts"], r["n_tokens"])
+    row = {k: meta.get(k) for k in ("architecture", "site", "layer", "d_sae", "sparsity_coefficient", "k")}
+    row.update({k: r[k] for k in ("l0", "fvu", "delta_loss", "ce_clean", "ce_sae", "ce_zero", "dead_fraction",
+                                  "n_tokens", "n_outliers_kept_clean", "tokens_per_second")})
+    row.update({"path": path, "model": model_name, "dead_window_tokens": r["n_tokens"],
+                "err_by_position": [None if np.isnan(v) else float(v) for v in r["err_by_position"]],
+                "firing_log10_histogram": {"counts": counts.tolist(), "edges": edges.tolist(), "never_fired": dead}})
+    return row
+
+
+def _read_json(path: str, default):
+    if not os.path.exists(path):
+        return default
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _write_json(path: str, obj) -> None:
+    """Atomic: a stopped run never leaves half a file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+    os.replace(tmp, path)
 
 
 def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:

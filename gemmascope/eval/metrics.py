@@ -15,14 +15,21 @@ activation, as in training, where they were never seen; so do the norm outliers 
 also never saw (``outlier_norm_factor`` times the batch median of real tokens; counted in the
 result). Zero ablation replaces the same positions.
 
-The SAE enters through :func:`reconstruct` on raw-unit layout params (``params.npz``), the same
-function for our exports and released Gemma Scope files.
+The SAE enters through :func:`reconstruct` on raw-unit params (``params.npz``, any
+architecture: :mod:`gemmascope.sae.model`), the same function for our exports and released
+Gemma Scope files.
+
+Speed: the SAEs of one site are evaluated together. The LM runs once up to the site's layer;
+the clean, zero-ablation and per-SAE runs each start from there. The clean and zero-ablation
+losses depend only on the LM, site and tokens, so they can be cached across SAEs and runs
+(``baseline_cache``).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +41,7 @@ from gemmascope.sae import model as sae_model
 
 
 def reconstruct(sae: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Raw-unit JumpReLU SAE: ``x [..., d] -> (x_hat [..., d], codes [..., d_sae])``."""
+    """Raw-unit SAE (any architecture): ``x [..., d] -> (x_hat [..., d], codes [..., d_sae])``."""
     f = sae_model.encode(sae, x)
     return sae_model.decode(sae, f), f
 
@@ -48,82 +55,158 @@ def splice_positions(act: jax.Array, mask: jax.Array, outlier_norm_factor: float
     return mask & (norms <= outlier_norm_factor * med)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "layer", "site", "outlier_norm_factor", "sae_fn"))
-def _batch_metrics(lm_params, sae, tokens, mask, cfg: LMConfig, layer: int, site: str,
-                   outlier_norm_factor: float, sae_fn: Callable = reconstruct):
+def _sae_arrays(sae: dict[str, Any]) -> tuple[dict[str, jax.Array], int | None]:
+    """Arrays for a jit argument, with TopK's ``k`` split off as a static int."""
+    arrays = {k: jnp.asarray(v, jnp.float32) for k, v in sae.items() if k != "k"}
+    return arrays, (int(np.asarray(sae["k"])) if "k" in sae else None)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "layer", "site", "outlier_norm_factor", "ks", "baselines"))
+def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, site: str,
+                   outlier_norm_factor: float, ks: tuple, baselines: bool):
+    """One batch, every SAE of ``saes`` (a list at one site), sharing the LM up to ``layer``.
+
+    The residual stream entering ``layer`` is computed once; each run (clean, zero-ablation when
+    ``baselines``, one per SAE) starts from it. Returns ``(common, [per-SAE])`` sums.
+    """
     key = (layer, site)
-    clean = forward(lm_params, tokens, cfg, capture=[key])
-    x = clean.captures[key].astype(jnp.float32)
-    sel = splice_positions(x, mask, outlier_norm_factor)
-    x_hat, f = sae_fn(sae, x)
-    sel3 = sel[..., None]
-    spliced = forward(lm_params, tokens, cfg,
-                      splice={key: lambda a: jnp.where(sel3, sae_fn(sae, a.astype(jnp.float32))[0].astype(a.dtype), a)})
-    zeroed = forward(lm_params, tokens, cfg, splice={key: lambda a: jnp.where(sel3, jnp.zeros_like(a), a)})
+    if layer > 0:
+        h_in = forward(lm_params, tokens, cfg, capture=[(layer - 1, "res")], stop_after=layer - 1
+                       ).captures[(layer - 1, "res")]
+    else:
+        h_in = None
+
+    def run(fn=None):
+        return forward(lm_params, tokens, cfg, capture=[key], splice={key: fn} if fn is not None else None,
+                       start_layer=layer if h_in is not None else 0, h_in=h_in)
+
+    def splice_with(fn):
+        def apply(a):
+            sel = splice_positions(a.astype(jnp.float32), mask, outlier_norm_factor)[..., None]
+            return jnp.where(sel, fn(a.astype(jnp.float32)).astype(a.dtype), a)
+        return apply
+
     w = mask[:, 1:].astype(jnp.float32)  # targets that are real tokens
-    _, ce_clean = next_token_loss(clean.logits, tokens, mask)
-    _, ce_sae = next_token_loss(spliced.logits, tokens, mask)
-    _, ce_zero = next_token_loss(zeroed.logits, tokens, mask)
-    err = jnp.sum((x - x_hat) ** 2, axis=-1)  # [B, T]
-    fired = (f != 0) & sel3
+    common = {"n_targets": jnp.sum(w)}
+    x = None
+    if baselines:
+        clean = run()
+        x = clean.captures[key].astype(jnp.float32)
+        common["ce_clean"] = jnp.sum(next_token_loss(clean.logits, tokens, mask)[1] * w)
+        zeroed = run(splice_with(jnp.zeros_like))
+        common["ce_zero"] = jnp.sum(next_token_loss(zeroed.logits, tokens, mask)[1] * w)
+    per_sae = []
+    for sae, k in zip(saes, ks):
+        p = dict(sae, k=k) if k is not None else sae
+        spliced = run(splice_with(lambda a, p=p: sae_model.reconstruct(p, a)))
+        if x is None:
+            x = spliced.captures[key].astype(jnp.float32)
+        x_hat, f = reconstruct(p, x)
+        sel = splice_positions(x, mask, outlier_norm_factor)
+        s = sel.astype(jnp.float32)
+        err = jnp.sum((x - x_hat) ** 2, axis=-1)  # [B, T]
+        fired = (f != 0) & sel[..., None]
+        per_sae.append({
+            "ce_sae": jnp.sum(next_token_loss(spliced.logits, tokens, mask)[1] * w),
+            "l0_sum": jnp.sum(fired),
+            "err_sum": jnp.sum(err * s),
+            "fire_counts": jnp.sum(fired, axis=(0, 1)),
+            "err_by_pos": jnp.sum(err * s, axis=0),
+        })
+    sel = splice_positions(x, mask, outlier_norm_factor)
     s = sel.astype(jnp.float32)
-    return {
-        "ce_clean": jnp.sum(ce_clean * w), "ce_sae": jnp.sum(ce_sae * w), "ce_zero": jnp.sum(ce_zero * w),
-        "n_targets": jnp.sum(w),
+    common.update({
         "n_tokens": jnp.sum(s), "n_outliers": jnp.sum(mask) - jnp.sum(s),
-        "l0_sum": jnp.sum(fired),
-        "err_sum": jnp.sum(err * s),
         "x_sum": jnp.sum(x * s[..., None], axis=(0, 1)),  # summed again in float64 across batches
         "x_sq_sum": jnp.sum(jnp.sum(x * x, axis=-1) * s),
-        "fire_counts": jnp.sum(fired, axis=(0, 1)),
-        "err_by_pos": jnp.sum(err * s, axis=0), "count_by_pos": jnp.sum(s, axis=0),
-    }
+        "count_by_pos": jnp.sum(s, axis=0),
+    })
+    return common, per_sae
+
+
+def _batch_key(tokens: np.ndarray, mask: np.ndarray) -> str:
+    h = hashlib.blake2b(np.ascontiguousarray(tokens, np.int32).tobytes(), digest_size=16)
+    h.update(np.ascontiguousarray(mask, bool).tobytes())
+    return h.hexdigest()
+
+
+def _add(acc: dict[str, Any], out: dict[str, Any]) -> None:
+    for k, v in out.items():
+        v = np.asarray(v, np.float64)
+        acc[k] = acc[k] + v if k in acc else v
+
+
+def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                  saes: Sequence[dict[str, Any]], layer: int, site: str, outlier_norm_factor: float = 10.0,
+                  max_tokens: int | None = None, log: Callable | None = None,
+                  baseline_cache: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
+    """Metrics of several SAEs at one site, in one pass over the batches (see module doc).
+
+    ``baseline_cache`` (batch content hash -> ``[ce_clean_sum, ce_zero_sum]``) skips the clean and
+    zero-ablation runs of batches seen before (they depend only on the LM, the site and the
+    tokens); new entries are added to it. Each result has the keys of :func:`evaluate_sae`.
+    """
+    arrays, ks = zip(*(_sae_arrays(s) for s in saes))
+    arrays, ks = list(arrays), tuple(ks)
+    common: dict[str, Any] = {}
+    accs: list[dict[str, Any]] = [{} for _ in saes]
+    t0 = time.time()
+    for tokens, mask in batches:
+        bkey = _batch_key(tokens, mask)
+        cached = baseline_cache.get(bkey) if baseline_cache is not None else None
+        c_out, outs = jax.device_get(_batch_metrics(
+            lm_params, arrays, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask), cfg, int(layer), site,
+            float(outlier_norm_factor), ks, cached is None))
+        if cached is None:
+            cached = [float(c_out["ce_clean"]), float(c_out["ce_zero"])]
+            if baseline_cache is not None:
+                baseline_cache[bkey] = cached
+        c_out = dict(c_out, ce_clean=cached[0], ce_zero=cached[1])
+        _add(common, c_out)
+        for acc, out in zip(accs, outs):
+            _add(acc, out)
+        n_tok = int(common["n_tokens"])
+        if log:
+            dt = max(time.time() - t0, 1e-9)
+            log(f"[eval] {n_tok:,} tokens x {len(saes)} SAE(s) ({n_tok / dt:,.0f} tok/s)")
+        if max_tokens is not None and n_tok >= max_tokens:
+            break
+    if not common or common["n_tokens"] == 0:
+        raise ValueError("evaluate_saes: the batches held no real-text tokens")
+    n = common["n_tokens"]
+    mean = common["x_sum"] / n
+    total_var = common["x_sq_sum"] - n * float(mean @ mean)
+    nt = common["n_targets"]
+    tps = float(n / max(time.time() - t0, 1e-9))
+    results = []
+    for acc in accs:
+        res = {
+            "l0": float(acc["l0_sum"] / n),
+            "fvu": float(acc["err_sum"] / total_var),
+            "ce_clean": float(common["ce_clean"] / nt), "ce_sae": float(acc["ce_sae"] / nt),
+            "ce_zero": float(common["ce_zero"] / nt),
+            "n_tokens": int(n), "n_targets": int(nt), "n_outliers_kept_clean": int(common["n_outliers"]),
+            "fire_counts": acc["fire_counts"].astype(np.int64),
+            "err_by_position": np.where(common["count_by_pos"] > 0,
+                                        acc["err_by_pos"] / np.maximum(common["count_by_pos"], 1), np.nan),
+            "tokens_per_second": tps,
+        }
+        res["delta_loss"] = res["ce_sae"] - res["ce_clean"]
+        res["dead_fraction"] = float(np.mean(res["fire_counts"] == 0))
+        results.append(res)
+    return results
 
 
 def evaluate_sae(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, np.ndarray]], sae: dict[str, Any],
                  layer: int, site: str, outlier_norm_factor: float = 10.0, max_tokens: int | None = None,
-                 sae_fn: Callable = reconstruct, log: Callable | None = None) -> dict[str, Any]:
+                 log: Callable | None = None) -> dict[str, Any]:
     """Streams ``(tokens [B, T], mask [B, T])`` batches and returns the metrics (see module doc).
 
     Result keys: l0, fvu, ce_clean, ce_sae, ce_zero, delta_loss, n_tokens, n_targets,
     n_outliers_kept_clean, fire_counts [d_sae], dead_fraction, err_by_position [T] (mean squared
     error per position, NaN where no token), tokens_per_second.
     """
-    sae = {k: jnp.asarray(v, jnp.float32) for k, v in sae.items()}
-    acc: dict[str, Any] = {}
-    t0, n_tok = time.time(), 0
-    for tokens, mask in batches:
-        out = jax.device_get(_batch_metrics(lm_params, sae, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask), cfg,
-                                            int(layer), site, float(outlier_norm_factor), sae_fn))
-        for k, v in out.items():
-            v = np.asarray(v, np.float64)
-            acc[k] = acc[k] + v if k in acc else v
-        n_tok = int(acc["n_tokens"])
-        if log:
-            dt = max(time.time() - t0, 1e-9)
-            log(f"[eval] {n_tok:,} tokens ({n_tok / dt:,.0f} tok/s)")
-        if max_tokens is not None and n_tok >= max_tokens:
-            break
-    if not acc or acc["n_tokens"] == 0:
-        raise ValueError("evaluate_sae: the batches held no real-text tokens")
-    n = acc["n_tokens"]
-    mean = acc["x_sum"] / n
-    total_var = acc["x_sq_sum"] - n * float(mean @ mean)
-    nt = acc["n_targets"]
-    res = {
-        "l0": float(acc["l0_sum"] / n),
-        "fvu": float(acc["err_sum"] / total_var),
-        "ce_clean": float(acc["ce_clean"] / nt), "ce_sae": float(acc["ce_sae"] / nt),
-        "ce_zero": float(acc["ce_zero"] / nt),
-        "n_tokens": int(n), "n_targets": int(nt), "n_outliers_kept_clean": int(acc["n_outliers"]),
-        "fire_counts": acc["fire_counts"].astype(np.int64),
-        "err_by_position": np.where(acc["count_by_pos"] > 0, acc["err_by_pos"] / np.maximum(acc["count_by_pos"], 1),
-                                    np.nan),
-        "tokens_per_second": float(n / max(time.time() - t0, 1e-9)),
-    }
-    res["delta_loss"] = res["ce_sae"] - res["ce_clean"]
-    res["dead_fraction"] = float(np.mean(res["fire_counts"] == 0))
-    return res
+    return evaluate_saes(lm_params, cfg, batches, [sae], layer, site, outlier_norm_factor, max_tokens, log)[0]
 
 
 def firing_histogram(fire_counts: np.ndarray, n_tokens: int, bins: int = 40) -> tuple[np.ndarray, np.ndarray, int]:

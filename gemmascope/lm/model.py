@@ -217,7 +217,8 @@ def _windows(cfg: LMConfig) -> np.ndarray:
 def forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterable[Site] = (),
             stop_after: int | None = None,
             splice: Mapping[Site, SpliceFn] | Iterable[tuple[Site, SpliceFn]] | None = None,
-            key_mask: jax.Array | None = None, scan_layers: bool = True) -> LMOutput:
+            key_mask: jax.Array | None = None, scan_layers: bool = True,
+            start_layer: int = 0, h_in: jax.Array | None = None) -> LMOutput:
     """Run the model on ``tokens`` [B, T] int32.
 
     capture: (layer, site) pairs to record; returned as ``captures[(layer, site)]``: [B, T, d].
@@ -229,6 +230,9 @@ def forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterab
       jitted function so SAE parameters are traced arguments, not baked-in constants.
     key_mask: [B, T] bool, False at keys no query may attend (e.g. padding). Packed rows need none.
     scan_layers: run runs of hook-free layers under ``lax.scan`` (default) or unrolled.
+    start_layer, h_in: resume from the residual stream ``h_in [B, T, d]`` entering layer
+      ``start_layer`` (the ``(start_layer - 1, "res")`` capture of an earlier call), skipping the
+      embedding and the layers before: several splices at one site share the prefix this way.
 
     Pure and traceable: jit it with ``cfg``/``capture``/``stop_after``/``splice`` static (see
     :func:`jit_forward`).
@@ -251,15 +255,27 @@ def forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterab
     bad = [l for l in hooks if l > last]
     if bad:
         raise ValueError(f"capture/splice at layer(s) {sorted(bad)} but stop_after={stop_after}")
+    start_layer = int(start_layer)
+    if (h_in is None) != (start_layer == 0) or not 0 <= start_layer <= last:
+        raise ValueError(f"start_layer={start_layer} needs h_in (and h_in needs start_layer >= 1), "
+                         f"within the {cfg.n_layers}-layer model and stop_after={stop_after}")
+    early = [l for l in hooks if l < start_layer]
+    if early:
+        raise ValueError(f"capture/splice at layer(s) {sorted(early)} before start_layer={start_layer}")
 
     dt = jnp.dtype(cfg.dtype)
     tokens = jnp.asarray(tokens, jnp.int32)
     B, T = tokens.shape
     emb = params["embed"]
-    h = jnp.take(emb, tokens, axis=0).astype(dt)
-    scale = embed_scale(cfg)
-    if scale != 1.0:
-        h = h * jnp.asarray(scale, dt)
+    if h_in is None:
+        h = jnp.take(emb, tokens, axis=0).astype(dt)
+        scale = embed_scale(cfg)
+        if scale != 1.0:
+            h = h * jnp.asarray(scale, dt)
+    else:
+        if tuple(h_in.shape) != (B, T, cfg.d_model):
+            raise ValueError(f"h_in has shape {tuple(h_in.shape)}, expected {(B, T, cfg.d_model)}")
+        h = h_in.astype(dt)
     cos, sin = rope_tables(T, cfg.head_dim, cfg.rope_theta)
     windows = _windows(cfg)
     layers = params["layers"]
@@ -284,7 +300,7 @@ def forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterab
         h, _ = jax.lax.scan(body, h, jnp.arange(start, stop, dtype=jnp.int32))
         return h
 
-    i = 0
+    i = start_layer
     for hl in sorted(hooks):
         h = run_plain(h, i, hl)
         h = _block(layer_params(hl), h, cfg, int(windows[hl]), cos, sin, key_mask, hooks[hl], caps, hl)
