@@ -349,3 +349,72 @@ def test_token_display_helpers():
     assert dash.chip_text("") == "\u2205"
     assert dash.context_text("a\nb\tc\x0c") == "a\u21b5b\u21e5c\\x0c"
     assert dash.esc("<a href=\"x\">&</a>") == "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+
+
+# ----------------------------------------------------------------------------------- scan vs oracle
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "topk"])
+def test_scan_matches_a_numpy_oracle_over_several_batches(arch):
+    """A tiny random Llama, three batches: counts, maxima, the top contexts merged across batches,
+    the sparse entries and the norm-outlier rule all equal a dense numpy computation. Values agree to
+    rtol 1e-4 / atol 1e-4: XLA and numpy sum the fp32 products in different orders (observed ~2e-5)."""
+    import jax
+
+    from gemmascope.lm import model
+    from gemmascope.lm.config import LMConfig
+
+    cfg = LMConfig(arch="llama", vocab_size=50, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8,
+                   d_mlp=24, attn_softcap=None, final_softcap=None, query_pre_attn_scalar=None,
+                   sliding_window=None, tie_embeddings=True, bos_id=1, eos_id=2, pad_id=0)
+    params = model.init_params(jax.random.PRNGKey(0), cfg, std=0.5)
+    rng = np.random.default_rng(0)
+    d_sae, k_ctx = 24, 5
+    W = rng.standard_normal((d_sae, 16)).astype(np.float32)
+    sae = {"W_enc": W.T.copy(), "W_dec": W, "b_enc": rng.normal(0, 0.3, d_sae).astype(np.float32),
+           "b_dec": np.zeros(16, np.float32)}
+    if arch == "jumprelu":
+        sae["threshold"] = rng.uniform(0.5, 2.0, d_sae).astype(np.float32)
+    else:
+        sae["k"] = np.asarray(3, np.float32)
+    batches = []
+    for _ in range(3):
+        toks = rng.integers(3, 50, (4, 10)).astype(np.int32)
+        toks[:, 0] = 1
+        toks[1, 6] = 2                                                  # an EOS inside a row
+        batches.append((toks, toks >= 3))
+    res = dash.scan(params, cfg, sae, 1, "res", batches, k=k_ctx, outlier_norm_factor=1.15, log=None)
+    f_all, valid_all = [], []
+    for toks, mask in batches:                                          # the oracle, batch by batch
+        x = np.asarray(model.forward(params, toks, cfg, capture=[(1, "res")]).captures[(1, "res")], np.float32)
+        n = np.linalg.norm(x, axis=-1)
+        valid = mask & (n <= 1.15 * np.median(n[mask]))
+        pre = x @ sae["W_enc"] + sae["b_enc"]
+        if arch == "jumprelu":
+            f = np.where(pre > sae["threshold"], pre, 0.0)
+        else:
+            kth = np.sort(pre, axis=-1)[..., -3][..., None]
+            f = np.where(pre >= kth, np.maximum(pre, 0.0), 0.0)
+        f_all.append(np.where(valid[..., None], f, 0.0))
+        valid_all.append(valid)
+    f = np.concatenate(f_all)                                           # [12, 10, d_sae]
+    valid = np.concatenate(valid_all)
+    assert res.n_tokens == valid.sum() and 0 < res.n_dropped == sum(m.sum() for _, m in batches) - valid.sum()
+    np.testing.assert_array_equal(res.fire_counts, (f > 0).sum(axis=(0, 1)))
+    np.testing.assert_allclose(res.act_max, f.max(axis=(0, 1)), rtol=1e-4)
+    per_seq = f.max(axis=1)                                             # [12, d_sae]
+    for i in range(d_sae):
+        want = np.sort(per_seq[:, i])[::-1][:k_ctx]
+        got = res.top_values[i]
+        np.testing.assert_allclose(got[got > 0], want[want > 0], rtol=1e-4)
+        for v, s, p in zip(res.top_values[i], res.top_seq[i], res.top_pos[i]):
+            if v > 0:
+                assert f[s, p, i] == pytest.approx(v, rel=1e-4) and per_seq[s, i] == pytest.approx(v, rel=1e-4)
+        np.testing.assert_allclose(res.activations_at(i, np.arange(f.shape[0] * f.shape[1])),
+                                   f[..., i].reshape(-1), rtol=1e-4, atol=1e-4)
+    counts, upper = dash.histogram(res, list(range(d_sae)))
+    np.testing.assert_array_equal(counts.sum(axis=1), res.fire_counts)
+    # max_tokens stops after the batch that reaches it
+    part = dash.scan(params, cfg, sae, 1, "res", batches, k=k_ctx, outlier_norm_factor=1.15, log=None,
+                     max_tokens=int(valid_all[0].sum()) + 1)
+    assert part.tokens.shape[0] == 8 and part.n_tokens == valid_all[0].sum() + valid_all[1].sum()
