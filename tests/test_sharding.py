@@ -33,8 +33,9 @@ from gemmascope.train import sharding, step as step_lib
 from gemmascope.train.checkpoint import Checkpoints
 
 K, D_IN, D_SAE, B, STEPS = 2, 16, 64, 32, 3
-def cfg(data, model, sweep):
+def cfg(data, model, sweep, arch="jumprelu"):
     c = config_lib.base_config()
+    c.sae.arch, c.sae.topk_ks, c.sae.auxk_k = arch, (4, 8), 16
     c.sites, c.widths, c.lambdas, c.batch_size = ("toy",), (D_SAE,), (1e-3, 3e-2), B
     c.lr, c.lr_warmup_steps, c.lambda_warmup_steps = 2e-2, 1, 1
     c.mesh.data, c.mesh.model, c.mesh.sweep = data, model, sweep
@@ -106,6 +107,19 @@ with tempfile.TemporaryDirectory() as d:
     }
     _, st_c, _ = run(2, 4, "sharded", state=st_b, steps=range(2, 3))
     out["restore"]["continued"] = maxdiff(jax.device_get(st_c), ref)
+# TopK (k static per SAE index): a sharded sweep takes the plain partitioned jit, same result.
+ct = cfg(1, 1, "replicated", "topk")
+st_t = jax.device_get(step_lib.init_state(key, ct, D_IN, D_SAE, K, 2.5))
+ref_t, fn_t = st_t, jax.jit(step_lib.make_train_step(ct, 5))
+for x in xs:
+    ref_t, _ = fn_t(ref_t, jnp.asarray(x), jnp.asarray([4.0, 8.0]))
+c2 = cfg(2, 4, "sharded", "topk")
+sw = sharding.ShardedSweep(c2, sharding.make_mesh(c2), jax.eval_shape(lambda: st_t), D_IN, D_SAE)
+st, fn = sw.init(lambda: step_lib.init_state(key, c2, D_IN, D_SAE, K, 2.5)), sw.jit_step(step_lib.make_train_step(c2, 5))
+for x in xs:
+    st, m = fn(st, sw.put_batch(x), sw.put_values([4.0, 8.0]))
+out["topk_sharded"] = {"state": maxdiff(jax.device_get(st), jax.device_get(ref_t)), "l0": jax.device_get(m["l0"]).tolist(),
+                       "moved": maxdiff(jax.device_get(ref_t)["params"], st_t["params"])}
 print("RESULT " + json.dumps(out))
 """
 
@@ -143,6 +157,12 @@ def test_each_device_holds_its_slice(eight_devices, mesh, k_local, latents):
     assert r["b_dec_shard"] == [k_local, 16]  # d_in leaves are never split
     k_axis = "'data'" if mesh.endswith("sharded") else "None"
     assert r["nu_W_dec_spec"] == f"P({k_axis}, 'model', None)"
+
+
+def test_topk_sweep_sharded_over_data(eight_devices):
+    r = eight_devices["topk_sharded"]
+    assert r["moved"] > 1e-3 and r["state"] <= TOL, r
+    assert r["l0"] == [4.0, 8.0]  # each SAE kept its own k although the stack is split over "data"
 
 
 def test_checkpoint_moves_between_meshes(eight_devices):
