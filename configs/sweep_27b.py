@@ -4,9 +4,9 @@ One config is one width (its sites and layers, six lambdas, its token budget and
 ``gemmascope/coverage.py`` for the table, the lambda grid and the meshes. The jobs that cover the
 model: ``gemmascope.coverage.jobs("27b")``.
 
-    python launch/train.py --config=configs/sweep_27b.py:width=131k,layer=22 --dry_run   # compile on fake devices, print memory
-    python launch/generate_activations.py --config=configs/sweep_27b.py:width=16k --workdir=gs://BUCKET/27b
-    python launch/train.py --config=configs/sweep_27b.py:width=16k --workdir=gs://BUCKET/27b
+    python launch/train.py --config=configs/sweep_27b.py:width=131k,layer=22 --dry_run  # memory, no TPU
+    python launch/generate_activations.py --config=configs/sweep_27b.py:width=131k --workdir=gs://BUCKET/27b
+    python launch/train.py --config=configs/sweep_27b.py:width=131k --workdir=gs://BUCKET/27b
 
 ``arg``: ``width=16k`` (default: the smallest covered), ``layer=N``, ``site=res|att|mlp``, ``data=``,
 ``model=``, ``sweep=replicated|sharded`` (mesh), ``runlocal``.

@@ -101,7 +101,8 @@ with tempfile.TemporaryDirectory() as d:
     step, st_b, data_state = ck.restore_latest(sw_b.abstract_state())
     ck.close()
     out["restore"] = {
-        "step": step, "data": data_state, "vs_saved": maxdiff(jax.device_get(st_b), saved), "saved_vs_ref": maxdiff(saved, ref_states[1]),
+        "step": step, "data": data_state, "vs_saved": maxdiff(jax.device_get(st_b), saved),
+        "saved_vs_ref": maxdiff(saved, ref_states[1]),
         "W_enc_spec": str(st_b["params"]["W_enc"].sharding.spec),
         "mesh": dict(st_b["params"]["W_enc"].sharding.mesh.shape),
     }
@@ -273,7 +274,8 @@ def test_sweep_configs_cover_gemma_scope(model, n_layers, expected):
         assert ("att", n_layers - 1, 2**14) in got and ("mlp", 0, 2**14) in got
         assert {("res", mid, 2**e) for e in range(14, 21)} <= got  # 16k .. 1m at the middle layer
         assert ("att", mid, 2**20) not in got
-    one = _load_config(f"sweep_{model}", f"width={'131k' if model == '27b' else '1m'},layer={ {'2b': 19, '9b': 31, '27b': 34}[model]}")
+    width, layer = {"2b": ("1m", 19), "9b": ("1m", 31), "27b": ("131k", 34)}[model]
+    one = _load_config(f"sweep_{model}", f"width={width},layer={layer}")
     assert one.sites == ("res",) and len(one.layers) == 1
     with pytest.raises(config_lib.ConfigError, match="not covered|no .* SAEs of that width"):
         _load_config(f"sweep_{model}", "width=1m,layer=0,site=att")
@@ -298,7 +300,8 @@ def test_dry_run_1m_width_on_16_fake_devices():
     m = re.search(r"per device state ([\d.]+) GB.*= peak ([\d.]+) GB -> fits 95 GB; step ([\d.]+) TFLOP", out)
     assert m, out[-2000:]
     d, w, k_local, model = 2304, 2**20, 3, 8
-    per_sae = 2 * (2 * d * w + 2 * w) // model * 4 + 2 * d * 4 + w // model * 4 + 4 + 4 + 4  # params+nu, last_fired, counts, bad_step
+    # params + nu (W_enc, W_dec, b_enc, threshold split; b_dec whole), last_fired, 2 counts, bad_step
+    per_sae = 2 * (2 * d * w + 2 * w) // model * 4 + 2 * d * 4 + w // model * 4 + 4 + 4 + 4
     assert abs(float(m.group(1)) - k_local * per_sae / 1e9) < 0.01
     assert float(m.group(1)) < float(m.group(2)) < 95
     assert abs(float(m.group(3)) - 10 * 4096 * d * w * 6 / 1e12) < 0.01
