@@ -319,6 +319,11 @@ def test_real_latent_page_matches_the_oracle(browser, real_site):
     assert len(_css(d, ".tok.pos")) == 10 and len(_css(d, ".tok.neg")) == 10  # logit-lens top / bottom tokens
     d = _open(browser, os.path.join(out, "latents", f"{DEAD}.html"))
     assert "never fired" in d.find_element("css selector", "main").text
+    # token-set enrichment is listed only beyond the random-direction floor, and significant
+    floor = summary["enrichment_floor"]
+    assert floor and all(v > 0 for v in floor.values()) and "leading_space" in floor
+    for s in summary["latents"]:
+        assert all(abs(score) > floor[name] and q < 0.05 for name, score, q in s["enrichment"])
 
 
 # ----------------------------------------------------------------------------------- errors

@@ -594,6 +594,7 @@ class SiteInfo:
 
 def write_site(out_dir: str, res: ScanResult, lens, tokens: Sequence[str], latents: Sequence[int],
                sae: Mapping[str, Any] | None = None, info: SiteInfo | None = None, enrichment=None,
+               enrichment_floor: Mapping[str, float] | None = None,
                contexts_before: int = 24, contexts_after: int = 8, hist_bins: int = 32,
                log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Writes ``index.html``, ``latents/<i>.html``, ``style.css`` and ``summary.json`` into ``out_dir``.
@@ -607,6 +608,10 @@ def write_site(out_dir: str, res: ScanResult, lens, tokens: Sequence[str], laten
       sae: the SAE params (for the JumpReLU threshold on the histograms), optional.
       info: labels; enrichment: an :class:`~gemmascope.analysis.enrichment.EnrichmentResult` over
         ``latents`` (rows in that order), optional.
+      enrichment_floor: ``{set name: |score|}``; a set is listed for a latent only when its q-value is
+        below 0.05 *and* its ``|score|`` exceeds the floor (e.g. the 99th percentile over random
+        unit directions, :func:`random_direction_floor`: the embedding's geometry alone makes most
+        sets "significant" for any direction).
 
     Returns the summary written to ``summary.json``.
     """
@@ -647,7 +652,11 @@ def write_site(out_dir: str, res: ScanResult, lens, tokens: Sequence[str], laten
         bot_ids, bot_vals = lens.bottom_ids[r], lens.bottom_values[r]
         fires = firing_tokens(res, i)
         ctxs = latent_contexts(res, i, contexts_before, contexts_after, bounds)
-        enr = enrichment.top_sets(n_page, k=4, alpha=0.05) if enrichment is not None else []
+        enr = []
+        if enrichment is not None:
+            floor = enrichment_floor or {}
+            enr = [e for e in enrichment.top_sets(n_page, k=len(enrichment.set_names), alpha=0.05)
+                   if abs(e[1]) > floor.get(e[0], 0.0)][:4]
         prev_i = latents[n_page - 1] if n_page > 0 else None
         next_i = latents[n_page + 1] if n_page + 1 < len(latents) else None
         nav = " ".join(x for x in [
@@ -677,8 +686,11 @@ def write_site(out_dir: str, res: ScanResult, lens, tokens: Sequence[str], laten
             + "".join(_chip(tokens[t], "neg", f"{v:+.3g}") for t, v in zip(bot_ids, bot_vals)) + "</div>")
         fires_html = ("".join(_chip(tokens[t], "", f"{c} times, mean {m:.3g}") + f'<small class="muted">&times;{c}</small> '
                               for t, c, m in fires) or '<span class="muted">none</span>')
-        enr_html = ("".join(f'<div>{esc(name)}: score {s:+.2f} <span class="muted">(q={q:.1e})</span></div>'
-                            for name, s, q in enr) or '<span class="muted">no significant token set</span>') \
+        floor_note = " beyond random directions" if enrichment_floor else ""
+        enr_html = ("".join(f'<div>{esc(name)}: score {s:+.2f} <span class="muted">(q={q:.1e}'
+                            + (f', random p99 {enrichment_floor[name]:.2f}' if enrichment_floor else "")
+                            + ')</span></div>' for name, s, q in enr)
+                    or f'<span class="muted">no significant token set{floor_note}</span>') \
             if enrichment is not None else '<span class="muted">not computed</span>'
         scale = float(res.act_max[i])
         ctx_html = "".join(_context_html(c, tok_text, tok_title, scale) for c in ctxs) or \
@@ -755,6 +767,7 @@ def write_site(out_dir: str, res: ScanResult, lens, tokens: Sequence[str], laten
         "d_sae": res.d_sae, "n_tokens": res.n_tokens, "n_dropped_outliers": res.n_dropped, "l0": res.l0,
         "scan_seconds": res.seconds, "tokens_per_second": res.tokens_per_second,
         "class_counts": class_counts, "n_latents": len(latents), "n_fired": alive,
+        "enrichment_floor": dict(enrichment_floor) if enrichment_floor else None,
         "latents": summary_latents,
     }
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as fh:
@@ -762,6 +775,18 @@ def write_site(out_dir: str, res: ScanResult, lens, tokens: Sequence[str], laten
     if log:
         log(f"[pages] wrote {len(latents)} latent pages in {time.time() - t0:.1f}s -> {os.path.join(out_dir, 'index.html')}")
     return summary
+
+
+def random_direction_floor(W_U: Any, d_in: int, token_sets: Mapping[str, Any], n: int = 256, q: float = 99.0,
+                           seed: int = 0) -> dict[str, float]:
+    """``{set: percentile q of |enrichment score|}`` over ``n`` random unit directions ``[n, d_in]``
+    read through ``W_U``: how strong an enrichment any direction shows, the baseline a latent must beat."""
+    from gemmascope.analysis import enrichment as enrichment_lib
+
+    r = np.random.default_rng(seed).standard_normal((n, d_in)).astype(np.float32)
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    res = enrichment_lib.token_set_enrichment(r, W_U, token_sets, correction="none")
+    return {name: float(np.percentile(np.abs(res.score[:, j]), q)) for j, name in enumerate(res.set_names)}
 
 
 # ----------------------------------------------------------------------------------- one call
@@ -818,7 +843,8 @@ def build_dashboard(sae_path: str, out_dir: str, *, n_tokens: int = 50_000, late
         loaded ``(cfg, params, tokenizer)`` instead (notebooks, tests).
       split: ``"heldout"`` (default), ``"train"`` or ``"all"`` documents of the embedded corpus.
       seq_len, batch_sequences: packing of the scanned text (BOS first in every row).
-      k: top contexts per latent; enrichment: also run token-set enrichment of the listed latents.
+      k: top contexts per latent; enrichment: also run token-set enrichment of the listed latents
+        (shown when beyond the 99th percentile of 256 random directions, :func:`random_direction_floor`).
     """
     from gemmascope.analysis import enrichment as enrichment_lib
     from gemmascope.analysis.logit_lens import logit_lens
@@ -860,17 +886,19 @@ def build_dashboard(sae_path: str, out_dir: str, *, n_tokens: int = 50_000, late
     W_U = lm_params["lm_head"] if "lm_head" in lm_params else jnp.asarray(lm_params["embed"]).T
     lens = logit_lens(sae, W_U, k=10)
     toks = token_strings(tokenizer, cfg.vocab_size)
-    enr = None
+    enr = floor = None
     if enrichment:
         sets = enrichment_lib.default_token_sets(toks)
         enr = enrichment_lib.token_set_enrichment({"W_dec": np.asarray(sae["W_dec"])[chosen]}, W_U, sets)
+        floor = random_direction_floor(W_U, int(np.shape(sae["W_dec"])[1]), sets)
     if log:
         log(f"[lens] logit lens{' and enrichment' if enrichment else ''} in {time.time() - t1:.1f}s: "
             + ", ".join(f"{c} {n}" for c, n in lens.class_counts().items()))
     info = SiteInfo(title=f"SAE {os.path.basename(os.path.dirname(os.path.abspath(params_path)))}",
                     sae_path=params_path, model=str(meta.get("model", checkpoint)), layer=int(layer), site=str(site),
                     text=f"the embedded corpus ({split} split)" if split != "all" else "the embedded corpus")
-    summary = write_site(out_dir, res, lens, toks, chosen, sae=sae, info=info, enrichment=enr, log=log)
+    summary = write_site(out_dir, res, lens, toks, chosen, sae=sae, info=info, enrichment=enr, enrichment_floor=floor,
+                         log=log)
     summary["class_counts_all_latents"] = lens.class_counts()
     summary["total_seconds"] = time.time() - t_start
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as fh:
