@@ -34,8 +34,7 @@ THRESHOLD_FLOOR = 1e-6
 
 
 def init(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> dict[str, jax.Array]:
-    p = jumprelu.init(key, d_in, d_sae, {**dict(cfg), "threshold_param": "direct"})
-    del p["threshold"]
+    p = jumprelu.init_without_threshold(key, d_in, d_sae, cfg)
     del p["b_enc"]
     z = jnp.zeros((d_sae,), jnp.float32)
     return {**p, "b_gate": z, "b_mag": z, "r_mag": z}

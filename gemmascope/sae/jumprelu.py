@@ -146,6 +146,13 @@ def init(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> Param
     return params
 
 
+def init_without_threshold(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> Params:
+    """The same initialisation for SAEs without a threshold (ReLU, TopK, and Gated's base)."""
+    p = init(key, d_in, d_sae, {**dict(cfg), "threshold_param": "direct"})
+    del p["threshold"]
+    return p
+
+
 def layout_params(params: Mapping[str, jax.Array]) -> Params:
     """Training params (either threshold parametrisation) -> the released layout."""
     out = {k: params[k] for k in ("W_enc", "W_dec", "b_enc", "b_dec")}

@@ -21,10 +21,7 @@ NAME = "relu"
 UNIT_NORM_DECODER = False
 
 
-def init(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> dict[str, jax.Array]:
-    p = jumprelu.init(key, d_in, d_sae, {**dict(cfg), "threshold_param": "direct"})
-    del p["threshold"]
-    return p
+init = jumprelu.init_without_threshold
 
 
 def encode(params: Mapping[str, jax.Array], x: jax.Array, cfg: Mapping[str, Any]) -> jax.Array:

@@ -15,7 +15,6 @@ unit norm with the parallel gradient removed, as in the paper. Exported files ca
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,10 +27,7 @@ NAME = "topk"
 UNIT_NORM_DECODER = True
 
 
-def init(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> dict[str, jax.Array]:
-    p = jumprelu.init(key, d_in, d_sae, {**dict(cfg), "threshold_param": "direct"})
-    del p["threshold"]
-    return p
+init = jumprelu.init_without_threshold
 
 
 def encode(params, x, cfg, k: int) -> jax.Array:
