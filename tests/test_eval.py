@@ -136,3 +136,19 @@ def test_forward_resumed_from_a_layer_equals_the_full_forward(lm):
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="before start_layer"):
         model.forward(params, toks, CFG, capture=[(0, "mlp")], start_layer=1, h_in=full.captures[(0, "res")])
+
+
+def test_matched_l0_interpolates_in_log_l0_and_never_extrapolates():
+    from gemmascope.eval.evaluate import matched_l0, matched_l0_markdown
+
+    rows = [{"architecture": "jumprelu", "l0": 10.0, "delta_loss": 1.0, "fvu": 0.5},
+            {"architecture": "jumprelu", "l0": 100.0, "delta_loss": 0.1, "fvu": 0.2},
+            {"architecture": "topk", "l0": 16.0, "delta_loss": 1.2, "fvu": 0.6},
+            {"architecture": "topk", "l0": 64.0, "delta_loss": 0.3, "fvu": 0.3}]
+    m = matched_l0(rows, (10 ** 1.5, 80.0))
+    assert m["jumprelu"][10 ** 1.5]["delta_loss"] == pytest.approx(0.55)  # halfway in log L0
+    assert m["topk"][80.0]["fvu"] is None  # beyond TopK's largest L0
+    md = matched_l0_markdown(rows, (32.0,))
+    topk_32 = 1.2 + (0.3 - 1.2) * np.log(2.0) / np.log(4.0)
+    jr_32 = 1.0 + (0.1 - 1.0) * np.log(3.2)
+    assert f"{topk_32:.4g} ({topk_32 / jr_32:.2f}x)" in md

@@ -120,6 +120,9 @@ def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS[:-1]) + " |")
     with open(os.path.join(out_dir, "table.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(out_dir, "matched_l0.md"), "w") as fh:
+        fh.write("Metrics at matched L0 (linear in log L0 between each architecture's two nearest SAEs; "
+                 "n/a outside its range; ratios to JumpReLU)\n\n" + matched_l0_markdown(rows))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,6 +143,44 @@ def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, name))
         plt.close(fig)
+
+
+def matched_l0(rows: list[dict[str, Any]], l0s=(20.0, 40.0, 80.0), keys=("delta_loss", "fvu")
+               ) -> dict[str, dict[float, dict[str, float | None]]]:
+    """Each architecture's metrics interpolated at common L0 values (linear in log L0 between its
+    two nearest SAEs; None outside its measured range, never extrapolated)."""
+    out: dict[str, dict[float, dict[str, float | None]]] = {}
+    for arch in sorted({str(r.get("architecture")) for r in rows}):
+        pts = sorted((r["l0"], r) for r in rows if str(r.get("architecture")) == arch and r["l0"] > 0)
+        xs = np.log([p[0] for p in pts])
+        out[arch] = {}
+        for l0 in l0s:
+            x = np.log(l0)
+            if len(pts) < 2 or x < xs[0] or x > xs[-1]:
+                out[arch][l0] = {k: None for k in keys}
+                continue
+            out[arch][l0] = {k: float(np.interp(x, xs, [p[1][k] for p in pts])) for k in keys}
+    return out
+
+
+def matched_l0_markdown(rows: list[dict[str, Any]], l0s=(20.0, 40.0, 80.0), ref: str = "jumprelu") -> str:
+    """A table of :func:`matched_l0` with each architecture's ratio to ``ref``."""
+    m = matched_l0(rows, l0s)
+    head = "| architecture | " + " | ".join(f"delta loss @ L0 {l0:g} | FVU @ L0 {l0:g}" for l0 in l0s) + " |"
+    lines = [head, "|---|" + "---|---|" * len(l0s)]
+    for arch, by in m.items():
+        cells = []
+        for l0 in l0s:
+            for k in ("delta_loss", "fvu"):
+                v, r = by[l0][k], (m.get(ref) or {}).get(l0, {}).get(k)
+                if v is None:
+                    cells.append("n/a")
+                elif arch != ref and r:
+                    cells.append(f"{v:.4g} ({v / r:.2f}x)")
+                else:
+                    cells.append(f"{v:.4g}")
+        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(v) -> str:
