@@ -150,5 +150,5 @@ def test_matched_l0_interpolates_in_log_l0_and_never_extrapolates():
     assert m["topk"][80.0]["fvu"] is None  # beyond TopK's largest L0
     md = matched_l0_markdown(rows, (32.0,))
     topk_32 = 1.2 + (0.3 - 1.2) * np.log(2.0) / np.log(4.0)
-    jr_32 = 1.0 + (0.1 - 1.0) * np.log(3.2)
+    jr_32 = 1.0 + (0.1 - 1.0) * np.log(3.2) / np.log(10.0)
     assert f"{topk_32:.4g} ({topk_32 / jr_32:.2f}x)" in md
