@@ -152,3 +152,25 @@ def test_matched_l0_interpolates_in_log_l0_and_never_extrapolates():
     topk_32 = 1.2 + (0.3 - 1.2) * np.log(2.0) / np.log(4.0)
     jr_32 = 1.0 + (0.1 - 1.0) * np.log(3.2) / np.log(10.0)
     assert f"{topk_32:.4g} ({topk_32 / jr_32:.2f}x)" in md
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_chunked_cross_entropy_matches_the_full_logits(arch):
+    """next_token_ce_from_residual (vocabulary in chunks, running log-sum-exp; the last chunk
+    padded) equals next_token_loss on forward's logits, with Gemma 2's soft-cap and an untied head."""
+    cfg = CFG if arch == "llama" else LMConfig(
+        arch="gemma2", vocab_size=41, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8, d_mlp=24,
+        final_softcap=3.0, tie_embeddings=False, bos_id=1, eos_id=2, pad_id=0)
+    params = model.init_params(jax.random.PRNGKey(1), cfg, std=0.5)
+    toks = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, size=(3, 9)), jnp.int32)
+    out = model.forward(params, toks, cfg, capture=[(cfg.n_layers - 1, "res")])
+    ref = model.next_token_loss(out.logits, toks)[1]
+    for n in (1, 3, 8):
+        got = model.next_token_ce_from_residual(params, out.captures[(cfg.n_layers - 1, "res")], toks, cfg, n_chunks=n)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_splicing_the_last_layer_residual_changes_the_loss(lm):
+    params, batches = lm
+    ident = metrics.evaluate_sae(params, CFG, batches, identity_sae(), layer=2, site="res", outlier_norm_factor=0)
+    assert abs(ident["delta_loss"]) < 1e-6 and abs(ident["ce_zero"] - ident["ce_clean"]) > 1e-3

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.lm.config import LMConfig
-from gemmascope.lm.model import forward, next_token_loss
+from gemmascope.lm.model import forward, next_token_ce_from_residual
 from gemmascope.sae import model as sae_model
 
 
@@ -76,9 +76,17 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
     else:
         h_in = None
 
+    last = (cfg.n_layers - 1, "res")
+
     def run(fn=None):
-        return forward(lm_params, tokens, cfg, capture=[key], splice={key: fn} if fn is not None else None,
-                       start_layer=layer if h_in is not None else 0, h_in=h_in)
+        """``(activation at the site, per-token CE [B, T-1])`` with the site spliced by ``fn``."""
+        out = forward(lm_params, tokens, cfg, capture=sorted({key, last}),
+                      splice={key: fn} if fn is not None else None, stop_after=cfg.n_layers - 1,
+                      start_layer=layer if h_in is not None else 0, h_in=h_in)
+        h_last = out.captures[last]
+        if key == last and fn is not None:  # the capture holds the site's value before the splice
+            h_last = fn(h_last)
+        return out.captures[key], next_token_ce_from_residual(lm_params, h_last, tokens, cfg)
 
     def splice_with(fn):
         def apply(a):
@@ -90,24 +98,23 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
     common = {"n_targets": jnp.sum(w)}
     x = None
     if baselines:
-        clean = run()
-        x = clean.captures[key].astype(jnp.float32)
-        common["ce_clean"] = jnp.sum(next_token_loss(clean.logits, tokens, mask)[1] * w)
-        zeroed = run(splice_with(jnp.zeros_like))
-        common["ce_zero"] = jnp.sum(next_token_loss(zeroed.logits, tokens, mask)[1] * w)
+        x, ce = run()
+        x = x.astype(jnp.float32)
+        common["ce_clean"] = jnp.sum(ce * w)
+        common["ce_zero"] = jnp.sum(run(splice_with(jnp.zeros_like))[1] * w)
     per_sae = []
     for sae, k in zip(saes, ks):
         p = dict(sae, k=k) if k is not None else sae
-        spliced = run(splice_with(lambda a, p=p: sae_model.reconstruct(p, a)))
+        x_site, ce_sae = run(splice_with(lambda a, p=p: sae_model.reconstruct(p, a)))
         if x is None:
-            x = spliced.captures[key].astype(jnp.float32)
+            x = x_site.astype(jnp.float32)
         x_hat, f = reconstruct(p, x)
         sel = splice_positions(x, mask, outlier_norm_factor)
         s = sel.astype(jnp.float32)
         err = jnp.sum((x - x_hat) ** 2, axis=-1)  # [B, T]
         fired = (f != 0) & sel[..., None]
         per_sae.append({
-            "ce_sae": jnp.sum(next_token_loss(spliced.logits, tokens, mask)[1] * w),
+            "ce_sae": jnp.sum(ce_sae * w),
             "l0_sum": jnp.sum(fired),
             "err_sum": jnp.sum(err * s),
             "fire_counts": jnp.sum(fired, axis=(0, 1)),
