@@ -98,3 +98,25 @@ def test_one_recipe_update_keeps_decoder_unit_norm(param):
     # lr at step 0 is 0.1 * lr; the first Adam step moves each changed weight by about that much.
     delta = jnp.abs(new["params"]["b_dec"] - state["params"]["b_dec"])
     np.testing.assert_allclose(jnp.max(delta), 0.1 * c.lr, rtol=1e-2)
+
+
+def test_the_train_step_optimiser_follows_the_cosine_decay_to_the_end():
+    """The step's optimiser knows total_steps: with lr_decay=cosine the update shrinks to
+    lr * lr_final_fraction by the last step (Adam-normalised updates have size ~ lr)."""
+    from gemmascope import config as config_lib
+    from gemmascope.sae import archs
+    from gemmascope.train import step as step_lib
+
+    c = config_lib.base_config()
+    c.lr, c.lr_warmup_steps, c.lr_decay, c.lr_final_fraction = 1e-2, 2, "cosine", 0.1
+    c.batch_size, c.num_tokens = 10, 10 * 20  # 20 steps
+    tx = step_lib.optimizer(c, archs.get("relu"))  # relu: no decoder projection in the chain
+    params = {"w": jnp.ones((3,))}
+    state = tx.init(params)
+    sizes = []
+    for _ in range(20):
+        upd, state = tx.update({"w": jnp.ones((3,))}, state, params)
+        sizes.append(float(jnp.abs(upd["w"]).max()))
+    assert sizes[3] > 0.9e-2  # after warm-up, near lr
+    assert abs(sizes[-1] - 1e-3 * (1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 17 / 18)))) < 2e-4  # step 19 of 2..20
+    assert sizes[-1] < 0.15 * sizes[3]
