@@ -66,68 +66,57 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
                    outlier_norm_factor: float, ks: tuple, baselines: bool):
     """One batch, every SAE of ``saes`` (a list at one site), sharing the LM up to ``layer``.
 
-    The residual stream entering ``layer`` is computed once; each run (clean, zero-ablation when
-    ``baselines``, one per SAE) starts from it. Returns ``(common, [per-SAE])`` sums.
+    The residual stream entering ``layer`` and the site's activation ``x`` are computed once;
+    each SAE encodes and decodes ``x`` once, and each run (clean, zero-ablation when
+    ``baselines``, one per SAE) resumes from ``layer`` with the site replaced at the selected
+    positions. Returns ``(common, [per-SAE])`` sums.
     """
-    key = (layer, site)
+    key, last = (layer, site), (cfg.n_layers - 1, "res")
+    start = dict(start_layer=0, h_in=None)
     if layer > 0:
         h_in = forward(lm_params, tokens, cfg, capture=[(layer - 1, "res")], stop_after=layer - 1
                        ).captures[(layer - 1, "res")]
-    else:
-        h_in = None
+        start = dict(start_layer=layer, h_in=h_in)
+    x = forward(lm_params, tokens, cfg, capture=[key], stop_after=layer, **start).captures[key].astype(jnp.float32)
+    sel = splice_positions(x, mask, outlier_norm_factor)
+    s = sel.astype(jnp.float32)
 
-    last = (cfg.n_layers - 1, "res")
-
-    def run(fn=None):
-        """``(activation at the site, per-token CE [B, T-1])`` with the site spliced by ``fn``."""
-        out = forward(lm_params, tokens, cfg, capture=sorted({key, last}),
-                      splice={key: fn} if fn is not None else None, stop_after=cfg.n_layers - 1,
-                      start_layer=layer if h_in is not None else 0, h_in=h_in)
+    def ce_with(replacement=None):
+        """Per-token CE ``[B, T-1]`` with the site set to ``replacement`` at the selected positions."""
+        fn = None
+        if replacement is not None:
+            fn = lambda a: jnp.where(sel[..., None], replacement.astype(a.dtype), a)  # noqa: E731
+        out = forward(lm_params, tokens, cfg, capture=[last], splice={key: fn} if fn is not None else None,
+                      stop_after=cfg.n_layers - 1, **start)
         h_last = out.captures[last]
         if key == last and fn is not None:  # the capture holds the site's value before the splice
             h_last = fn(h_last)
-        return out.captures[key], next_token_ce_from_residual(lm_params, h_last, tokens, cfg)
-
-    def splice_with(fn):
-        def apply(a):
-            sel = splice_positions(a.astype(jnp.float32), mask, outlier_norm_factor)[..., None]
-            return jnp.where(sel, fn(a.astype(jnp.float32)).astype(a.dtype), a)
-        return apply
+        return next_token_ce_from_residual(lm_params, h_last, tokens, cfg)
 
     w = mask[:, 1:].astype(jnp.float32)  # targets that are real tokens
-    common = {"n_targets": jnp.sum(w)}
-    x = None
+    common = {
+        "n_targets": jnp.sum(w),
+        "n_tokens": jnp.sum(s), "n_outliers": jnp.sum(mask) - jnp.sum(s),
+        "x_sum": jnp.sum(x * s[..., None], axis=(0, 1)),  # summed again in float64 across batches
+        "x_sq_sum": jnp.sum(jnp.sum(x * x, axis=-1) * s),
+        "count_by_pos": jnp.sum(s, axis=0),
+    }
     if baselines:
-        x, ce = run()
-        x = x.astype(jnp.float32)
-        common["ce_clean"] = jnp.sum(ce * w)
-        common["ce_zero"] = jnp.sum(run(splice_with(jnp.zeros_like))[1] * w)
+        common["ce_clean"] = jnp.sum(ce_with() * w)
+        common["ce_zero"] = jnp.sum(ce_with(jnp.zeros_like(x)) * w)
     per_sae = []
     for sae, k in zip(saes, ks):
         p = dict(sae, k=k) if k is not None else sae
-        x_site, ce_sae = run(splice_with(lambda a, p=p: sae_model.reconstruct(p, a)))
-        if x is None:
-            x = x_site.astype(jnp.float32)
         x_hat, f = reconstruct(p, x)
-        sel = splice_positions(x, mask, outlier_norm_factor)
-        s = sel.astype(jnp.float32)
         err = jnp.sum((x - x_hat) ** 2, axis=-1)  # [B, T]
         fired = (f != 0) & sel[..., None]
         per_sae.append({
-            "ce_sae": jnp.sum(ce_sae * w),
+            "ce_sae": jnp.sum(ce_with(x_hat) * w),
             "l0_sum": jnp.sum(fired),
             "err_sum": jnp.sum(err * s),
             "fire_counts": jnp.sum(fired, axis=(0, 1)),
             "err_by_pos": jnp.sum(err * s, axis=0),
         })
-    sel = splice_positions(x, mask, outlier_norm_factor)
-    s = sel.astype(jnp.float32)
-    common.update({
-        "n_tokens": jnp.sum(s), "n_outliers": jnp.sum(mask) - jnp.sum(s),
-        "x_sum": jnp.sum(x * s[..., None], axis=(0, 1)),  # summed again in float64 across batches
-        "x_sq_sum": jnp.sum(jnp.sum(x * x, axis=-1) * s),
-        "count_by_pos": jnp.sum(s, axis=0),
-    })
     return common, per_sae
 
 

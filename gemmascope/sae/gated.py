@@ -42,8 +42,9 @@ def init(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> dict[
 
 def paths(params, x, cfg) -> tuple[jax.Array, jax.Array]:
     """``(pi_gate, pi_mag)``, each ``[batch, d_sae]``."""
-    g = jumprelu.pre_activations({"W_enc": params["W_enc"], "b_dec": params["b_dec"],
-                                  "b_enc": jnp.zeros_like(params["b_gate"])}, x, bool(cfg["pre_encoder_bias"]))
+    g = x @ params["W_enc"]
+    if cfg["pre_encoder_bias"]:  # (x - b_dec) @ W, folded as in jumprelu.pre_activations
+        g = g - params["b_dec"] @ params["W_enc"]
     return g + params["b_gate"], jnp.exp(params["r_mag"]) * g + params["b_mag"]
 
 
