@@ -88,6 +88,38 @@ def test_l0_fvu_and_positions_match_numpy(lm):
     assert counts.sum() + dead == 24 and dead == int((r["fire_counts"] == 0).sum())
 
 
+@pytest.mark.parametrize("layer,site", [(1, "res"), (2, "res"), (0, "mlp"), (2, "att")])
+def test_losses_match_full_forwards_with_the_splice(lm, layer, site):
+    """Clean, zero-ablation and SAE losses from evaluate_sae (shared prefix; for ``res`` resuming
+    after the site's layer; chunked cross-entropy) equal three whole forwards of the LM with the
+    splice applied at the real-text positions, scored by next_token_loss on the full logits."""
+    params, batches = lm
+    rng = np.random.default_rng(4)
+    n = 24
+    sae = {"W_enc": rng.standard_normal((D, n)).astype(np.float32) * 0.3,
+           "W_dec": rng.standard_normal((n, D)).astype(np.float32) * 0.3,
+           "b_enc": rng.standard_normal(n).astype(np.float32) * 0.1,
+           "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1,
+           "threshold": rng.uniform(0.05, 0.5, n).astype(np.float32)}
+    r = metrics.evaluate_sae(params, CFG, batches, sae, layer=layer, site=site, outlier_norm_factor=0)
+    jsae = {k: jnp.asarray(v) for k, v in sae.items()}
+    sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    n_targets = 0
+    for toks, mask in batches:
+        m = jnp.asarray(mask)[..., None]
+        splices = {"clean": None,
+                   "sae": {(layer, site): lambda a, m=m: jnp.where(m, metrics.reconstruct(jsae, a)[0], a)},
+                   "zero": {(layer, site): lambda a, m=m: jnp.where(m, 0.0, a)}}
+        w = mask[:, 1:].astype(np.float64)
+        for name, sp in splices.items():
+            ce = model.next_token_loss(model.forward(params, toks, CFG, splice=sp).logits, toks)[1]
+            sums[name] += float((np.asarray(ce, np.float64) * w).sum())
+        n_targets += w.sum()
+    for name in sums:
+        np.testing.assert_allclose(r[f"ce_{name}"], sums[name] / n_targets, rtol=1e-5)
+    assert abs(r["ce_sae"] - r["ce_clean"]) > 1e-3 and abs(r["ce_zero"] - r["ce_clean"]) > 1e-3
+
+
 def test_outlier_positions_keep_their_activation():
     act = jnp.asarray([[[100.0, 0], [1.0, 0], [1.2, 0], [0.9, 0]]])
     mask = jnp.asarray([[True, True, True, True]])
@@ -157,7 +189,7 @@ def test_matched_l0_interpolates_in_log_l0_and_never_extrapolates():
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_chunked_cross_entropy_matches_the_full_logits(arch):
     """next_token_ce_from_residual (vocabulary in chunks, running log-sum-exp; the last chunk
-    padded) equals next_token_loss on forward's logits, with Gemma 2's soft-cap and an untied head."""
+    padded; positions in blocks, the last block padded) equals next_token_loss on forward's logits, with Gemma 2's soft-cap and an untied head."""
     cfg = CFG if arch == "llama" else LMConfig(
         arch="gemma2", vocab_size=41, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8, d_mlp=24,
         final_softcap=3.0, tie_embeddings=False, bos_id=1, eos_id=2, pad_id=0)
@@ -165,8 +197,9 @@ def test_chunked_cross_entropy_matches_the_full_logits(arch):
     toks = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, size=(3, 9)), jnp.int32)
     out = model.forward(params, toks, cfg, capture=[(cfg.n_layers - 1, "res")])
     ref = model.next_token_loss(out.logits, toks)[1]
-    for n in (1, 3, 8):
-        got = model.next_token_ce_from_residual(params, out.captures[(cfg.n_layers - 1, "res")], toks, cfg, n_chunks=n)
+    for n, tb in ((1, 1024), (3, 5), (8, 1), (8, 24)):  # 24 = 3 x (9 - 1) positions: one block
+        got = model.next_token_ce_from_residual(params, out.captures[(cfg.n_layers - 1, "res")], toks, cfg,
+                                                n_chunks=n, token_block=tb)
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 

@@ -69,7 +69,7 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
     The residual stream entering ``layer`` and the site's activation ``x`` are computed once;
     each SAE encodes and decodes ``x`` once, and each run (clean, zero-ablation when
     ``baselines``, one per SAE) resumes from ``layer`` with the site replaced at the selected
-    positions. Returns ``(common, [per-SAE])`` sums.
+    positions (from ``layer + 1`` for ``res``, whose replaced value is the next layer's input). Returns ``(common, [per-SAE])`` sums.
     """
     key, last = (layer, site), (cfg.n_layers - 1, "res")
     start = dict(start_layer=0, h_in=None)
@@ -77,21 +77,27 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
         h_in = forward(lm_params, tokens, cfg, capture=[(layer - 1, "res")], stop_after=layer - 1
                        ).captures[(layer - 1, "res")]
         start = dict(start_layer=layer, h_in=h_in)
-    x = forward(lm_params, tokens, cfg, capture=[key], stop_after=layer, **start).captures[key].astype(jnp.float32)
+    x_raw = forward(lm_params, tokens, cfg, capture=[key], stop_after=layer, **start).captures[key]
+    x = x_raw.astype(jnp.float32)
     sel = splice_positions(x, mask, outlier_norm_factor)
     s = sel.astype(jnp.float32)
 
     def ce_with(replacement=None):
         """Per-token CE ``[B, T-1]`` with the site set to ``replacement`` at the selected positions."""
+        if site == "res":
+            # The block output is the residual entering the next layer: resume there, so the
+            # site's layer runs once per batch instead of once per run.
+            h = x_raw if replacement is None else jnp.where(sel[..., None], replacement.astype(x_raw.dtype), x_raw)
+            if layer < cfg.n_layers - 1:
+                h = forward(lm_params, tokens, cfg, capture=[last], stop_after=cfg.n_layers - 1,
+                            start_layer=layer + 1, h_in=h).captures[last]
+            return next_token_ce_from_residual(lm_params, h, tokens, cfg)
         fn = None
         if replacement is not None:
             fn = lambda a: jnp.where(sel[..., None], replacement.astype(a.dtype), a)  # noqa: E731
         out = forward(lm_params, tokens, cfg, capture=[last], splice={key: fn} if fn is not None else None,
                       stop_after=cfg.n_layers - 1, **start)
-        h_last = out.captures[last]
-        if key == last and fn is not None:  # the capture holds the site's value before the splice
-            h_last = fn(h_last)
-        return next_token_ce_from_residual(lm_params, h_last, tokens, cfg)
+        return next_token_ce_from_residual(lm_params, out.captures[last], tokens, cfg)
 
     w = mask[:, 1:].astype(jnp.float32)  # targets that are real tokens
     common = {

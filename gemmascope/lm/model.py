@@ -129,23 +129,31 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, cfg: LMConfig, window: A
 
     q: [B, T, H, D]; k, v: [B, T, K, D]; window: int (static or traced); key_mask: [B, T] bool
     (False keys are never attended). Returns [B, T, H*D] (head h uses kv head h // (H/K)).
+
+    Layout: the G = H/K query heads sharing a kv head are stacked on the query axis, so both
+    products are plain batched matmuls over (batch, kv head): ``[B, K, G*T, D] x [B, K, D, S]``.
+    On XLA:CPU this runs 3x faster than contracting the grouped 5-D einsum directly (19 ms against
+    62 ms at SmolLM2's 9/3 heads, 32 x 128 tokens).
     """
     B, T, H, D = q.shape
     K = k.shape[2]
     G = H // K
-    qg = q.reshape(B, T, K, G, D)
-    s = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * cfg.query_scale
+    qt = q.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
+    kt = k.transpose(0, 2, 1, 3)  # [B, K, S, D]
+    vt = v.transpose(0, 2, 1, 3)
+    s = jnp.einsum("bkqd,bksd->bkqs", qt, kt, preferred_element_type=jnp.float32) * cfg.query_scale
     if cfg.attn_softcap is not None:
         s = jnp.tanh(s / cfg.attn_softcap) * cfg.attn_softcap
     qi = jnp.arange(T)[:, None]
     ki = jnp.arange(T)[None, :]
-    allowed = (ki <= qi) & (ki > qi - window)  # [T, S]
+    allowed = jnp.tile((ki <= qi) & (ki > qi - window), (G, 1))  # [G*T, S], query row g*T + t
     if key_mask is not None:
-        allowed = allowed[None, None, None] & key_mask[:, None, None, None, :]
-    s = jnp.where(allowed, s, jnp.finfo(jnp.float32).min)
+        allowed = allowed[None, None] & key_mask[:, None, None, :]
+    # Additive mask: a row with no allowed key gets a uniform softmax instead of NaN.
+    s = s + jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bkgts,bskd->btkgd", p, v)
-    return o.reshape(B, T, H * D)
+    o = jnp.einsum("bkqs,bksd->bkqd", p, vt)  # [B, K, G*T, D]
+    return o.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
 
 
 def _block(lp: Params, h: jax.Array, cfg: LMConfig, window: Any, cos: jax.Array, sin: jax.Array,
@@ -348,44 +356,53 @@ def capture_activations(params: Params, tokens: jax.Array, cfg: LMConfig, sites:
 
 
 def next_token_ce_from_residual(params: Params, h: jax.Array, tokens: jax.Array, cfg: LMConfig,
-                                n_chunks: int = 8) -> jax.Array:
+                                n_chunks: int = 8, token_block: int = 1024) -> jax.Array:
     """Per-token next-token cross-entropy ``[B, T-1]`` from the last block's output ``h [B, T, d]``
     (the ``(n_layers - 1, "res")`` capture), without materialising the ``[B, T, V]`` logits.
 
-    Final norm, unembedding and soft-cap as in :func:`forward`, over ``n_chunks`` slices of the
+    Final norm, unembedding and soft-cap as in :func:`forward`. The ``B * (T-1)`` positions go in
+    blocks of ``token_block`` rows (``lax.map``), and each block over ``n_chunks`` slices of the
     vocabulary with a running log-sum-exp (``lax.scan``): the same numbers as
-    ``next_token_loss(forward(...).logits, ...)[1]`` (tested), about half the time on CPU, where
-    writing and re-reading the full logits dominates (measured 0.77 s against 1.64 s for
-    4,096 tokens x 49,152 vocabulary).
+    ``next_token_loss(forward(...).logits, ...)[1]`` (tested). Each ``[token_block, V / n_chunks]``
+    logits tile (6.3M floats for SmolLM2) stays in the last-level cache, so the unembedding runs
+    at the machine's plain matmul rate. Measured at 4,096 tokens x 49,152 vocabulary on 2 cores:
+    1.64 s for the full logits, 1.67 s for vocabulary chunks alone, 1.45-1.5 s blocked.
     """
     dt = jnp.dtype(cfg.dtype)
     x = rms_norm(h, params["final_norm"], cfg.norm_eps, cfg.arch == "gemma2")[:, :-1]
     B, T1, d = x.shape
-    x = x.reshape(B * T1, d)
-    tgt = jnp.asarray(tokens)[:, 1:].astype(jnp.int32).reshape(-1)
+    n = B * T1
+    tb = max(1, min(int(token_block), n))
+    nb = -(-n // tb)
+    x = jnp.pad(x.reshape(n, d), ((0, nb * tb - n), (0, 0))).reshape(nb, tb, d)
+    tgt = jnp.pad(jnp.asarray(tokens)[:, 1:].astype(jnp.int32).reshape(-1), (0, nb * tb - n)).reshape(nb, tb)
     w = params["embed"].astype(dt) if cfg.tie_embeddings else params["lm_head"].T  # [V, d]
     V = w.shape[0]
     size = -(-V // n_chunks)
     w = jnp.pad(w, ((0, size * n_chunks - V), (0, 0))).reshape(n_chunks, size, d)
 
-    def body(carry, i):
-        m, s, picked = carry
-        lg = (x @ w[i].T).astype(jnp.float32)
-        if cfg.final_softcap is not None:
-            lg = jnp.tanh(lg / cfg.final_softcap) * cfg.final_softcap
-        col = i * size + jnp.arange(size)
-        lg = jnp.where(col < V, lg, -jnp.inf)
-        m_new = jnp.maximum(m, lg.max(-1))
-        s = s * jnp.exp(m - m_new) + jnp.exp(lg - m_new[:, None]).sum(-1)
-        loc = tgt - i * size
-        inside = (loc >= 0) & (loc < size)
-        hit = jnp.take_along_axis(lg, jnp.clip(loc, 0, size - 1)[:, None], axis=-1)[:, 0]
-        return (m_new, s, picked + jnp.where(inside, hit, 0.0)), None
+    def block(args):
+        xb, tg = args  # [tb, d], [tb]
 
-    n = B * T1
-    init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32))
-    (m, s, picked), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
-    return (m + jnp.log(s) - picked).reshape(B, T1)
+        def body(carry, i):
+            m, s, picked = carry
+            lg = (xb @ w[i].T).astype(jnp.float32)
+            if cfg.final_softcap is not None:
+                lg = jnp.tanh(lg / cfg.final_softcap) * cfg.final_softcap
+            col = i * size + jnp.arange(size)
+            lg = jnp.where(col < V, lg, -jnp.inf)
+            m_new = jnp.maximum(m, lg.max(-1))
+            s = s * jnp.exp(m - m_new) + jnp.exp(lg - m_new[:, None]).sum(-1)
+            loc = tg - i * size
+            inside = (loc >= 0) & (loc < size)
+            hit = jnp.take_along_axis(lg, jnp.clip(loc, 0, size - 1)[:, None], axis=-1)[:, 0]
+            return (m_new, s, picked + jnp.where(inside, hit, 0.0)), None
+
+        init = (jnp.full((tb,), -jnp.inf, jnp.float32), jnp.zeros((tb,), jnp.float32), jnp.zeros((tb,), jnp.float32))
+        (m, s, picked), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
+        return m + jnp.log(s) - picked
+
+    return jax.lax.map(block, (x, tgt)).reshape(-1)[:n].reshape(B, T1)
 
 
 def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None = None
