@@ -158,6 +158,29 @@ def test_several_saes_in_one_pass_and_cached_baselines_match_one_at_a_time(lm):
     assert alone[1]["l0"] <= 5.0  # TopK keeps at most k
 
 
+def test_clean_loss_is_shared_across_sites(lm):
+    """A site never evaluated before takes the clean loss from ``clean_cache`` (filled at another
+    site) and gives the same metrics as a cold evaluation; the compiled pass it runs has no clean
+    run (the cached entry would otherwise be recomputed, not reused: a poisoned entry shows it)."""
+    params, batches = lm
+    sae = identity_sae()
+    clean_cache: dict = {}
+    r_res = metrics.evaluate_saes(params, CFG, batches, [sae], layer=1, site="res", outlier_norm_factor=0,
+                                  baseline_cache={}, clean_cache=clean_cache)[0]
+    assert len(clean_cache) == len(batches)
+    cold = metrics.evaluate_sae(params, CFG, batches, sae, layer=2, site="res", outlier_norm_factor=0)
+    site_cache: dict = {}
+    shared = metrics.evaluate_saes(params, CFG, batches, [sae], layer=2, site="res", outlier_norm_factor=0,
+                                   baseline_cache=site_cache, clean_cache=clean_cache)[0]
+    for key in ("ce_clean", "ce_zero", "ce_sae", "delta_loss", "fvu"):
+        np.testing.assert_allclose(shared[key], cold[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    np.testing.assert_allclose(r_res["ce_clean"], cold["ce_clean"], rtol=1e-6)
+    poisoned = {k: v + 1000.0 for k, v in clean_cache.items()}
+    r = metrics.evaluate_saes(params, CFG, batches, [sae], layer=0, site="mlp", outlier_norm_factor=0,
+                              baseline_cache={}, clean_cache=poisoned)[0]
+    np.testing.assert_allclose(r["ce_clean"] - cold["ce_clean"], 1000.0 * len(batches) / r["n_targets"], rtol=1e-5)
+
+
 def test_forward_resumed_from_a_layer_equals_the_full_forward(lm):
     params, batches = lm
     toks = jnp.asarray(batches[0][0])

@@ -33,7 +33,7 @@ def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_
     SAEs at the same (layer, site) are evaluated ``saes_per_pass`` at a time in one pass over the
     held-out batches (the LM runs once up to the site); the clean and zero-ablation losses of
     each batch are cached in ``workdir/eval/baseline_cache.json`` and reused by later passes and
-    later runs.
+    later runs (the clean loss by every site: it does not depend on the site).
     """
     paths = find_saes(workdir)
     if not paths:
@@ -60,13 +60,15 @@ def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_
             lm = LMActivations(config, [(layer, site)], log=log)
         ckey = f"{lm.model_name}|layer={layer}|site={site}|outliers={float(config.lm.outlier_norm_factor)}"
         site_cache = cache.setdefault(ckey, {})
+        clean_cache = cache.setdefault(f"{lm.model_name}|clean", {})
         for start in range(0, len(items), saes_per_pass):
             chunk = items[start:start + saes_per_pass]
             saes = [sae_io.load_params(path) for path, _ in chunk]
             label = f"[eval {done + 1}-{done + len(chunk)}/{len(paths)}] layer {layer} {site}"
             results = evaluate_saes(lm.params, lm.lm_cfg, lm.packed_batches("heldout"), saes, layer, site,
                                     float(config.lm.outlier_norm_factor), max_tokens=max_tokens,
-                                    log=lambda s, label=label: log(f"{label} {s}"), baseline_cache=site_cache)
+                                    log=lambda s, label=label: log(f"{label} {s}"), baseline_cache=site_cache,
+                                    clean_cache=clean_cache)
             _write_json(cache_path, cache)
             for (path, meta), r in zip(chunk, results):
                 row = _row(path, meta, r, lm.model_name)

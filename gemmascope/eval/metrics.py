@@ -22,7 +22,8 @@ Gemma Scope files.
 Speed: the SAEs of one site are evaluated together. The LM runs once up to the site's layer;
 the clean, zero-ablation and per-SAE runs each start from there. The clean and zero-ablation
 losses depend only on the LM, site and tokens, so they can be cached across SAEs and runs
-(``baseline_cache``).
+(``baseline_cache``); the clean loss does not depend on the site either, so it is shared
+across sites (``clean_cache``).
 """
 from __future__ import annotations
 
@@ -63,11 +64,11 @@ def _sae_arrays(sae: dict[str, Any]) -> tuple[dict[str, jax.Array], int | None]:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "site", "outlier_norm_factor", "ks", "baselines"))
 def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, site: str,
-                   outlier_norm_factor: float, ks: tuple, baselines: bool):
+                   outlier_norm_factor: float, ks: tuple, baselines: tuple[str, ...]):
     """One batch, every SAE of ``saes`` (a list at one site), sharing the LM up to ``layer``.
 
     The residual stream entering ``layer`` and the site's activation ``x`` are computed once;
-    each SAE encodes and decodes ``x`` once, and each run (clean, zero-ablation when
+    each SAE encodes and decodes ``x`` once, and each run (clean and zero-ablation when named in
     ``baselines``, one per SAE) resumes from ``layer`` with the site replaced at the selected
     positions (from ``layer + 1`` for ``res``, whose replaced value is the next layer's input). Returns ``(common, [per-SAE])`` sums.
     """
@@ -107,8 +108,9 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
         "x_sq_sum": jnp.sum(jnp.sum(x * x, axis=-1) * s),
         "count_by_pos": jnp.sum(s, axis=0),
     }
-    if baselines:
+    if "clean" in baselines:
         common["ce_clean"] = jnp.sum(ce_with() * w)
+    if "zero" in baselines:
         common["ce_zero"] = jnp.sum(ce_with(jnp.zeros_like(x)) * w)
     per_sae = []
     for sae, k in zip(saes, ks):
@@ -141,12 +143,15 @@ def _add(acc: dict[str, Any], out: dict[str, Any]) -> None:
 def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, np.ndarray]],
                   saes: Sequence[dict[str, Any]], layer: int, site: str, outlier_norm_factor: float = 10.0,
                   max_tokens: int | None = None, log: Callable | None = None,
-                  baseline_cache: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
+                  baseline_cache: dict[str, list[float]] | None = None,
+                  clean_cache: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Metrics of several SAEs at one site, in one pass over the batches (see module doc).
 
-    ``baseline_cache`` (batch content hash -> ``[ce_clean_sum, ce_zero_sum]``) skips the clean and
-    zero-ablation runs of batches seen before (they depend only on the LM, the site and the
-    tokens); new entries are added to it. Each result has the keys of :func:`evaluate_sae`.
+    ``baseline_cache`` (batch content hash -> ``[ce_clean_sum, ce_zero_sum]``, for this LM and
+    site) skips the clean and zero-ablation runs of batches seen before; ``clean_cache`` (batch
+    content hash -> ``ce_clean_sum``, for this LM, any site: the clean loss does not depend on the
+    site) skips the clean run at a site that is new but whose text was evaluated at another site.
+    New entries are added to both. Each result has the keys of :func:`evaluate_sae`.
     """
     arrays, ks = zip(*(_sae_arrays(s) for s in saes))
     arrays, ks = list(arrays), tuple(ks)
@@ -156,13 +161,21 @@ def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, 
     for tokens, mask in batches:
         bkey = _batch_key(tokens, mask)
         cached = baseline_cache.get(bkey) if baseline_cache is not None else None
+        clean = clean_cache.get(bkey) if clean_cache is not None else None
+        if cached is not None:
+            need: tuple[str, ...] = ()
+        else:
+            need = ("zero",) if clean is not None else ("clean", "zero")
         c_out, outs = jax.device_get(_batch_metrics(
             lm_params, arrays, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask), cfg, int(layer), site,
-            float(outlier_norm_factor), ks, cached is None))
+            float(outlier_norm_factor), ks, need))
         if cached is None:
-            cached = [float(c_out["ce_clean"]), float(c_out["ce_zero"])]
+            clean = float(c_out["ce_clean"]) if clean is None else clean
+            cached = [clean, float(c_out["ce_zero"])]
             if baseline_cache is not None:
                 baseline_cache[bkey] = cached
+            if clean_cache is not None:
+                clean_cache[bkey] = clean
         c_out = dict(c_out, ce_clean=cached[0], ce_zero=cached[1])
         _add(common, c_out)
         for acc, out in zip(accs, outs):
