@@ -131,6 +131,10 @@ def main():
     ap.add_argument("--workloads", default="seed,cold,cached,four",
                     help="comma-separated subset of seed, cold, cached, four")
     args = ap.parse_args()
+    work = set(args.workloads.split(","))
+    if not work <= {"seed", "cold", "cached", "four"}:
+        ap.error(f"--workloads: unknown {sorted(work - {'seed', 'cold', 'cached', 'four'})} "
+                 "(known: seed, cold, cached, four)")
 
     from gemmascope import config as config_lib
     from gemmascope.data.activations import LMActivations
@@ -147,7 +151,6 @@ def main():
     n_tok = sum(int(m.sum()) for _, m in batches[1:])
     print(f"{n_tok:,} tokens in {len(batches) - 1} batches of {c.lm.batch_sequences} x {c.lm.context_length}")
 
-    work = set(args.workloads.split(","))
     cfg, T = lm.lm_cfg, c.lm.context_length
     rate = matmul_rate(cfg.d_model, cfg.d_mlp)
     print(f"matmul [4096, {cfg.d_model}] x [{cfg.d_model}, {cfg.d_mlp}]: {rate / 1e9:,.0f} GFLOP/s")

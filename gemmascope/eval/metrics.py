@@ -70,7 +70,8 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
     The residual stream entering ``layer`` and the site's activation ``x`` are computed once;
     each SAE encodes and decodes ``x`` once, and each run (clean and zero-ablation when named in
     ``baselines``, one per SAE) resumes from ``layer`` with the site replaced at the selected
-    positions (from ``layer + 1`` for ``res``, whose replaced value is the next layer's input). Returns ``(common, [per-SAE])`` sums.
+    positions (from ``layer + 1`` for ``res``, whose replaced value is the next layer's input).
+    Returns ``(common, [per-SAE])`` sums.
     """
     key, last = (layer, site), (cfg.n_layers - 1, "res")
     start = dict(start_layer=0, h_in=None)
@@ -85,17 +86,17 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
 
     def ce_with(replacement=None):
         """Per-token CE ``[B, T-1]`` with the site set to ``replacement`` at the selected positions."""
+        fn = None
+        if replacement is not None:
+            fn = lambda a: jnp.where(sel[..., None], replacement.astype(a.dtype), a)  # noqa: E731
         if site == "res":
             # The block output is the residual entering the next layer: resume there, so the
             # site's layer runs once per batch instead of once per run.
-            h = x_raw if replacement is None else jnp.where(sel[..., None], replacement.astype(x_raw.dtype), x_raw)
+            h = x_raw if fn is None else fn(x_raw)
             if layer < cfg.n_layers - 1:
                 h = forward(lm_params, tokens, cfg, capture=[last], stop_after=cfg.n_layers - 1,
                             start_layer=layer + 1, h_in=h).captures[last]
             return next_token_ce_from_residual(lm_params, h, tokens, cfg)
-        fn = None
-        if replacement is not None:
-            fn = lambda a: jnp.where(sel[..., None], replacement.astype(a.dtype), a)  # noqa: E731
         out = forward(lm_params, tokens, cfg, capture=[last], splice={key: fn} if fn is not None else None,
                       stop_after=cfg.n_layers - 1, **start)
         return next_token_ce_from_residual(lm_params, out.captures[last], tokens, cfg)
