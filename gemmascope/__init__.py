@@ -1,0 +1,61 @@
+"""gemmascope: JumpReLU sparse autoencoders (and baselines) on every site of a language model, in JAX.
+
+The public API, in the order a researcher meets it::
+
+    import gemmascope as gs
+
+    lm = gs.load_lm("embedded")                        # LM(cfg, params, tokenizer, name)
+    acts = gs.capture(lm, tokens, mask, [(15, "res")], outlier_norm_factor=10.0)
+    sae = gs.load_sae("workdirs/demo/saes/res/layer_15/width_4k/average_l0_63")
+    f = gs.encode(sae, x)                              # [..., d_in] -> [..., d_sae], raw units
+    x_hat = gs.decode(sae, f)
+    gs.train(gs.get_config("configs/demo.py"), "workdirs/demo")
+    gs.evaluate(config, "workdirs/demo", max_tokens=100_000)
+
+Names resolve lazily (importing ``gemmascope.config`` does not load JAX models). Layout of the
+package: ``lm/`` models and sites, ``sae/`` architectures and files, ``data/`` text, sites,
+sources and the activation store, ``train/`` the sweep trainer, ``eval/`` metrics and frontier,
+``analysis/`` logit lens, enrichment, dashboards and steering.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> (module, attribute)
+_API = {
+    "load_lm": ("gemmascope.data.sites", "load_lm"),
+    "LM": ("gemmascope.data.sites", "LM"),
+    "capture": ("gemmascope.data.sites", "capture"),
+    "site_rows": ("gemmascope.data.sites", "site_rows"),
+    "packed_batches": ("gemmascope.data.sites", "packed_batches"),
+    "load_sae": ("gemmascope.sae.io", "load_params"),
+    "save_sae": ("gemmascope.sae.io", "save_params"),
+    "load_sae_metadata": ("gemmascope.sae.io", "load_metadata"),
+    "encode": ("gemmascope.sae.model", "encode"),
+    "decode": ("gemmascope.sae.model", "decode"),
+    "reconstruct": ("gemmascope.sae.model", "reconstruct"),
+    "base_config": ("gemmascope.config", "base_config"),
+    "get_config": ("gemmascope.config", "load_config_file"),
+    "train": ("gemmascope.train.loop", "train_and_evaluate"),
+    "evaluate": ("gemmascope.eval.evaluate", "evaluate_workdir"),
+    "evaluate_saes": ("gemmascope.eval.metrics", "evaluate_saes"),
+    "build_dashboard": ("gemmascope.analysis.dashboard", "build_dashboard"),
+    "logit_lens": ("gemmascope.analysis.logit_lens", "logit_lens"),
+    "steer_text": ("gemmascope.analysis.steering", "steer_text"),
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'gemmascope' has no attribute {name!r}")
+    module, attr = _API[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -361,3 +361,18 @@ def sweep_values(c: ml_collections.ConfigDict) -> list[float]:
 
 def total_steps(c: ml_collections.ConfigDict) -> int:
     return max(1, -(-int(c.num_tokens) // int(c.batch_size)))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of a config file: ``"configs/demo.py"`` or ``"configs/demo.py:runlocal=True"``
+    (the same ``path[:arg]`` form as ``--config=`` on the command line)."""
+    import importlib.util
+    import os
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found")
+    mod_spec = importlib.util.spec_from_file_location(f"_gemmascope_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

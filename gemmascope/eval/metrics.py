@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.data import sites as sites_lib
 from gemmascope.lm.config import LMConfig
 from gemmascope.lm.model import forward, next_token_ce_from_residual
 from gemmascope.sae import model as sae_model
@@ -47,13 +48,8 @@ def reconstruct(sae: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, jax
     return sae_model.decode(sae, f), f
 
 
-def splice_positions(act: jax.Array, mask: jax.Array, outlier_norm_factor: float) -> jax.Array:
-    """``[B, T]`` bool: real-text positions that are not norm outliers (see module doc)."""
-    norms = jnp.linalg.norm(act.astype(jnp.float32), axis=-1)
-    if outlier_norm_factor <= 0:
-        return mask
-    med = jnp.nanmedian(jnp.where(mask, norms, jnp.nan))
-    return mask & (norms <= outlier_norm_factor * med)
+# Real-text positions that are not norm outliers: the filter the store applied (one implementation).
+splice_positions = sites_lib.keep_mask
 
 
 def _sae_arrays(sae: dict[str, Any]) -> tuple[dict[str, jax.Array], int | None]:

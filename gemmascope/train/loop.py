@@ -10,18 +10,22 @@ continues from its last checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gemmascope import config as config_lib
+from gemmascope.common import fmt_duration, fvu
+from gemmascope.data.sources import make_source
 from gemmascope.sae import io as sae_io
 from gemmascope.train import step as step_lib
 from gemmascope.train.checkpoint import Checkpoints
@@ -41,55 +45,6 @@ def location_name(site: str, layer: int, width: int, arch: str = "jumprelu") -> 
     return base if arch == "jumprelu" else f"{base}_{arch}"
 
 
-def make_source(config, workdir: str, site: str, layer: int, slot: int = 0, n_slots: int = 1):
-    """The activation stream for one location (``get_state``/``set_state``/``__next__``,
-    ``sample(n)``, ``heldout(n)``, ``d_in``).
-
-    With several processes (``n_slots > 1``) each yields only its rows of every global batch:
-    rows ``[slot * B / n_slots, (slot + 1) * B / n_slots)``. The store reads a disjoint slice of
-    its chunks per slot; the toy and online sources compute the global batch and keep their rows
-    (the toy batch is a pure function of its index, so the union equals the one-process batch).
-    """
-    if config.source == "toy":
-        from gemmascope.data.toy import ToySource
-
-        src = ToySource(config.toy.d_in, config.toy.n_features, config.toy.mean_active, config.batch_size,
-                        seed=config.seed, noise_std=config.toy.noise_std)
-        if jax.process_index() == 0:
-            src.save_ground_truth(workdir)
-        return _RowSlice(src, slot, n_slots) if n_slots > 1 else src
-    if config.source == "online":
-        from gemmascope.data.activations import LMActivations, OnlineSource, location_key
-
-        lm = LMActivations(config, [(layer, site)])
-        src = OnlineSource(lm, location_key(site, layer), config.batch_size, config.seed)
-        return _RowSlice(src, slot, n_slots) if n_slots > 1 else src
-    if config.source == "store":
-        from gemmascope.data.activations import location_key
-        from gemmascope.data.store_source import StoreSource
-
-        return StoreSource(config, workdir, location_key(site, layer), process_index=slot, process_count=n_slots)
-    raise config_lib.ConfigError(f"config.source: unknown source {config.source!r}")
-
-
-class _RowSlice:
-    """This process's rows of every batch of a source that yields whole global batches."""
-
-    def __init__(self, source, slot: int, n_slots: int):
-        self.source, self.slot, self.n_slots = source, int(slot), int(n_slots)
-
-    def __getattr__(self, name):  # d_in, model_name, get_state, set_state, sample, heldout
-        return getattr(self.source, name)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> np.ndarray:
-        x = next(self.source)
-        n = x.shape[0] // self.n_slots
-        return x[self.slot * n:(self.slot + 1) * n]
-
-
 class Progress:
     """One line per report: step, tokens/s, ETA, and the L0 of each SAE."""
 
@@ -106,14 +61,9 @@ class Progress:
         l0s = " ".join(f"{v:.1f}" for v in l0)
         fv = " ".join(f"{v:.3f}" for v in fvu)
         line = (f"[{self.name}] step {step}/{self.total} ({100 * step / self.total:.0f}%) "
-                f"{tok_s:,.0f} tok/s ETA {_fmt_time(eta)} | L0 {l0s} | FVU {fv}")
+                f"{tok_s:,.0f} tok/s ETA {fmt_duration(eta)} | L0 {l0s} | FVU {fv}")
         print(line, file=self.stream, flush=True)
         return line
-
-
-def _fmt_time(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}:{(s % 3600) // 60:02d}:{s % 60:02d}"
 
 
 def _check_finite(state, step: int, lambdas, name: str) -> None:
@@ -134,24 +84,45 @@ def evaluate_exported(params: dict[str, np.ndarray], x: np.ndarray) -> dict[str,
     f = sae_model.encode(params, x)
     x_hat = sae_model.decode(params, f)
     l0 = float(jnp.mean(jnp.sum(f != 0, axis=-1)))
-    fvu = float(jnp.sum((x - x_hat) ** 2) / jnp.sum((x - x.mean(0)) ** 2))
-    return {"l0": l0, "fvu": fvu}
+    return {"l0": l0, "fvu": float(fvu(jnp.sum((x - x_hat) ** 2), x))}
+
+
+@dataclasses.dataclass
+class _Location:
+    """What the three phases of one location share: names, the stream, the sweep and checkpoints."""
+
+    config: Any
+    workdir: str
+    site: str
+    layer: int
+    width: int
+    name: str
+    source: Any
+    sweep: Any
+    ckpt: Checkpoints
+    key: jax.Array
+    d_in: int
+    values: list  # the sweep values: sparsity coefficients, or k for TopK
+    total: int
+    log: Callable
 
 
 def train_location(config, workdir: str, site: str, layer: int, width: int, log=print,
                    mesh=None) -> list[dict[str, Any]]:
     """Trains all lambdas at one location; returns the export records (path, metrics) per SAE.
 
+    Three phases: :func:`_init_or_restore` (fresh state with the normalisation constant, or the
+    latest checkpoint and data position), :func:`_run` (the steps, metrics and checkpoints) and
+    :func:`_export_and_mark` (files for every SAE and the ``exported.json`` marker).
+
     ``mesh``: the ``("data", "model")`` device mesh (default: from ``config.mesh``). With several
     processes every process runs this; process 0 alone writes metrics, progress and exports.
     """
     from gemmascope.train import distributed, sharding
 
-    main = distributed.is_main()
-    log = log if main else (lambda *a, **k: None)
+    log = log if distributed.is_main() else (lambda *a, **k: None)
     name = location_name(site, layer, width, config.sae.arch)
-    run_dir = os.path.join(workdir, "runs", name)
-    done_marker = os.path.join(run_dir, "exported.json")
+    done_marker = os.path.join(workdir, "runs", name, "exported.json")
     if os.path.exists(done_marker):
         with open(done_marker) as fh:
             records = json.load(fh)
@@ -162,86 +133,101 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
     slot, n_slots = sharding.process_rows(mesh, int(config.batch_size))
     source = make_source(config, workdir, site, layer, slot, n_slots)
     d_in = int(source.d_in)
-    lambdas = config_lib.sweep_values(config)  # sparsity coefficients, or k for TopK
-    k = len(lambdas)
-    total = config_lib.total_steps(config)
-    dead_window_steps = max(1, math.ceil(config.dead_window_tokens / config.batch_size))
-    ckpt = Checkpoints(os.path.join(run_dir, "checkpoints"), max_to_keep=config.max_checkpoints)
-
+    values = config_lib.sweep_values(config)
     key = jax.random.PRNGKey(config.seed)
+    k = len(values)
     shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, 1.0))
-    sweep = sharding.ShardedSweep(config, mesh, shapes, d_in, width)
-    restored = ckpt.restore_latest(sweep.abstract_state())
-    if restored is None:
-        sample = np.asarray(source.sample(config.norm_sample_rows), np.float32)
-        _require_finite(sample, f"[{name}] normalisation sample")
-        norm_scale = float(np.sqrt(np.mean(np.sum(sample.astype(np.float64) ** 2, axis=-1))))
-        norm_scale = distributed.broadcast_float(norm_scale)  # one C for every process
-        state = sweep.init(lambda: step_lib.init_state(key, config, d_in, width, k, norm_scale))
-        start = 0
-        log(f"[{name}] {k} SAEs d_in={d_in} d_sae={width}, {total} steps of {config.batch_size}; "
+    loc = _Location(config, workdir, site, layer, width, name, source,
+                    sharding.ShardedSweep(config, mesh, shapes, d_in, width),
+                    Checkpoints(os.path.join(workdir, "runs", name, "checkpoints"),
+                                max_to_keep=config.max_checkpoints),
+                    key, d_in, values, config_lib.total_steps(config), log)
+    start, state = _init_or_restore(loc, mesh)
+    state = _run(loc, start, state)
+    return _export_and_mark(loc, state, done_marker)
+
+
+def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
+    """``(start_step, state)``: the latest checkpoint (and its data position), else a fresh state
+    whose normalisation constant ``C = sqrt(E||x||^2)`` comes from ``config.norm_sample_rows``."""
+    from gemmascope.train import distributed
+
+    config, k = loc.config, len(loc.values)
+    restored = loc.ckpt.restore_latest(loc.sweep.abstract_state())
+    if restored is not None:
+        start, state, data_state = restored
+        loc.source.set_state(_own_data_state(data_state))
+        loc.log(f"[{loc.name}] resumed from step {start} (C={_scalar(state['norm_scale']):.6g})")
+        return start, state
+    sample = np.asarray(loc.source.sample(config.norm_sample_rows), np.float32)
+    _require_finite(sample, f"[{loc.name}] normalisation sample")
+    norm_scale = float(np.sqrt(np.mean(np.sum(sample.astype(np.float64) ** 2, axis=-1))))
+    norm_scale = distributed.broadcast_float(norm_scale)  # one C for every process
+    state = loc.sweep.init(lambda: step_lib.init_state(loc.key, config, loc.d_in, loc.width, k, norm_scale))
+    loc.log(f"[{loc.name}] {k} SAEs d_in={loc.d_in} d_sae={loc.width}, {loc.total} steps of {config.batch_size}; "
             f"normalisation C={norm_scale:.6g} from {len(sample)} rows; mesh data={mesh.shape['data']} "
             f"model={mesh.shape['model']} sweep={config.mesh.sweep} over {jax.process_count()} process(es)")
-    else:
-        start, state, data_state = restored
-        source.set_state(_own_data_state(data_state))
-        log(f"[{name}] resumed from step {start} (C={_scalar(state['norm_scale']):.6g})")
+    return 0, state
 
-    train_step = sweep.jit_step(step_lib.make_train_step(config, dead_window_steps))
-    lam_arr = sweep.put_values(lambdas)
-    progress = Progress(name, total, start, config.batch_size)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+
+def _run(loc: _Location, start: int, state: Any) -> Any:
+    """Steps ``start + 1 .. total``: metrics every ``log_every`` steps (process 0 writes them),
+    a NaN/inf check, checkpoints every ``checkpoint_every`` steps and a final one."""
+    from gemmascope.train import distributed
+
+    config, values, name = loc.config, loc.values, loc.name
+    main = distributed.is_main()
+    dead_window_steps = max(1, math.ceil(config.dead_window_tokens / config.batch_size))
+    train_step = loc.sweep.jit_step(step_lib.make_train_step(config, dead_window_steps))
+    lam_arr = loc.sweep.put_values(values)
+    progress = Progress(name, loc.total, start, config.batch_size)
+    metrics_path = os.path.join(loc.workdir, "metrics.jsonl")
     step = start
-    with open(metrics_path, "a") if main else _NullFile() as mfile:
-        for step in range(start + 1, total + 1):
-            x = sweep.put_batch(next(source))
+    with open(metrics_path, "a") if main else contextlib.nullcontext() as mfile:
+        for step in range(start + 1, loc.total + 1):
+            x = loc.sweep.put_batch(next(loc.source))
             state, metrics = train_step(state, x, lam_arr)
-            if step % config.log_every == 0 or step == total:
-                _check_finite(state, step, lambdas, name)
+            if step % config.log_every == 0 or step == loc.total:
+                _check_finite(state, step, values, name)
                 m = _fetch(metrics)
-                for i in range(k):
-                    row = {"location": name, "arch": config.sae.arch, "site": site, "layer": layer, "width": width, "sae": i,
-                           "lambda": lambdas[i], "step": step, "tokens": step * config.batch_size}
-                    row.update({mk: float(mv[i]) for mk, mv in m.items()})
-                    mfile.write(json.dumps(row) + "\n")
-                mfile.flush()
                 if main:
+                    for i in range(len(values)):
+                        row = {"location": name, "arch": config.sae.arch, "site": loc.site, "layer": loc.layer,
+                               "width": loc.width, "sae": i, "lambda": values[i], "step": step,
+                               "tokens": step * config.batch_size}
+                        row.update({mk: float(mv[i]) for mk, mv in m.items()})
+                        mfile.write(json.dumps(row) + "\n")
+                    mfile.flush()
                     progress.report(step, m["l0"], m["fvu"])
-            if step % config.checkpoint_every == 0 and step != total:
-                ckpt.save(step, state, _all_data_states(source))
-    _check_finite(state, step, lambdas, name)
-    ckpt.save(total, state, _all_data_states(source), force=True)
-    ckpt.close()
-    if main:
-        records = export_location(config, workdir, distributed.host_view(state), source, site, layer, width,
-                                  lambdas, total, log)
+            if step % config.checkpoint_every == 0 and step != loc.total:
+                loc.ckpt.save(step, state, _all_data_states(loc.source))
+    _check_finite(state, step, values, name)
+    loc.ckpt.save(loc.total, state, _all_data_states(loc.source), force=True)
+    loc.ckpt.close()
+    return state
+
+
+def _export_and_mark(loc: _Location, state: Any, done_marker: str) -> list[dict[str, Any]]:
+    """Exports every SAE (process 0 to ``workdir/saes``; other processes run the same collectives
+    into a scratch folder), writes the ``exported.json`` marker, returns process 0's records."""
+    from gemmascope.train import distributed
+
+    def export_to(root: str) -> list[dict[str, Any]]:
+        return export_location(loc.config, root, distributed.host_view(state), loc.source, loc.site, loc.layer,
+                               loc.width, loc.values, loc.total, loc.log)
+
+    if distributed.is_main():
+        records = export_to(loc.workdir)
+        os.makedirs(os.path.dirname(done_marker), exist_ok=True)
+        with open(done_marker, "w") as fh:
+            json.dump(records, fh, indent=2)
     else:  # same collectives as process 0 (one SAE gathered at a time), files to a scratch dir
         import tempfile
 
         with tempfile.TemporaryDirectory() as scratch:
-            export_location(config, scratch, distributed.host_view(state), source, site, layer, width, lambdas,
-                            total, log)
+            export_to(scratch)
         records = []
-    if main:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(done_marker, "w") as fh:
-            json.dump(records, fh, indent=2)
-    records = distributed.allgather_json(records)[0]  # every process returns process 0's records
-    return records
-
-
-class _NullFile:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def write(self, _):
-        pass
-
-    def flush(self):
-        pass
+    return distributed.allgather_json(records)[0]  # every process returns process 0's records
 
 
 def _fetch(tree):
@@ -334,9 +320,3 @@ def train_and_evaluate(config, workdir: str, log=print) -> list[dict[str, Any]]:
     for site, layer, width in locations(config):
         records += train_location(config, workdir, site, layer, width, log=log, mesh=mesh)
     return records
-
-
-def iter_metrics(workdir: str) -> Iterator[dict[str, Any]]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as fh:
-        for line in fh:
-            yield json.loads(line)

