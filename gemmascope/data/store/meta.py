@@ -71,7 +71,9 @@ def open_store(root: str) -> StoreInfo:
     config = kv.read_json(STORE_JSON)
     if config is None:
         raise StoreError(f"no activation store at {root}: {_join(root, STORE_JSON)} does not exist",
-                         path=_join(root, STORE_JSON), fault="missing store")
+                         path=_join(root, STORE_JSON), fault="missing store",
+                         fix="check the path, or create the store with the generate command; if this is a copy "
+                             "whose store.json was lost, copy it again from its source")
     check_store_json(root, config)
     done = kv.read_json(COMPLETE)
     if done is None:
