@@ -8,12 +8,15 @@ finiteness. Prints a summary (rows, sites, bytes, rate) or every fault; exits 1 
 (see :func:`gemmascope.data.store.repair_store`); the generate command, rerun, rewrites only what
 follows. The logic is :func:`gemmascope.data.store.verify_store`.
 """
+
 import sys
 
 from absl import app, flags
 
 _STORE = flags.DEFINE_string("store", None, "Root of one store (e.g. <workdir>/activations/train).")
-_REPAIR = flags.DEFINE_bool("repair", False, "Roll a damaged store back so that generation rewrites the rest.")
+_REPAIR = flags.DEFINE_bool(
+    "repair", False, "Roll a damaged store back so that generation rewrites the rest."
+)
 flags.mark_flags_as_required(["store"])
 
 

@@ -4,6 +4,7 @@ named error (or recovers as specified) and never returns changed data.
 Store faults on the small stores of test_store (d_in 8/12, chunks of 4 rows, shards of 3 chunks);
 checkpoint faults on a tiny state; export faults on a tiny SAE; kill loops in subprocesses.
 """
+
 from __future__ import annotations
 
 import glob
@@ -76,6 +77,7 @@ def flip(path, offset, bit=1):
 
 # -- chunk data, shard index, truncation, missing shard -------------------------------------------
 
+
 @pytest.mark.parametrize("seed", range(6))
 def test_byte_flip_in_chunk_data(copy, seed):
     rng = np.random.default_rng(seed)
@@ -130,6 +132,7 @@ def test_chunk_missing_inside_a_shard(copy):
 
 
 # -- metadata files --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["store.json", "COMPLETE", "res_L3/site.json"])
 @pytest.mark.parametrize("damage", ["delete", "garble", "edit"])
@@ -195,6 +198,7 @@ def test_store_without_chunk_checksums_is_read_with_a_warning(tmp_path):
 
 # -- repair: roll back, rerun, bitwise ---------------------------------------------------------
 
+
 def test_repair_then_rerun_rewrites_only_what_follows(copy):
     flip(shard_path(copy, "att_L3", 5), 7)  # rows 60..71 of att_L3
     report = st.verify_store(copy)
@@ -208,6 +212,19 @@ def test_repair_then_rerun_rewrites_only_what_follows(copy):
     for b in range(resume, 12):
         w.write_batch(b, batch(b))
     w.finalize()
+    assert st.verify_store(copy).ok
+    for site in SITES:
+        np.testing.assert_array_equal(stored_rows(copy, site), expected(12, site))
+
+
+def test_garbled_zarr_json_then_repair(copy):
+    path = os.path.join(copy, "att_L3", "zarr.json")
+    open(path, "w").write('{"zarr_format": 3, "shape": [')
+    with pytest.raises(st.StoreError) as e:
+        st.ActivationReader(copy, "att_L3", 4, seed=0)
+    assert e.value.fault == "malformed metadata" and e.value.path == path
+    assert st.repair_store(copy, st.verify_store(copy), log=lambda *a: None) == 12  # only metadata to redo
+    write_store(copy)  # the rerun: every batch durable, so it only finalizes
     assert st.verify_store(copy).ok
     for site in SITES:
         np.testing.assert_array_equal(stored_rows(copy, site), expected(12, site))
@@ -280,10 +297,13 @@ def test_writer_killed_at_random_points_ends_bitwise_equal(tmp_path, clean):
         assert info.sites[site]["n_rows"] == N_ROWS
         np.testing.assert_array_equal(stored_rows(root, site), stored_rows(clean, site))  # bitwise
         assert info.sites[site]["norm_scale"] == st.open_store(clean).sites[site]["norm_scale"]
-    assert sorted(read_all(st.ActivationReader(root, "att_L3", 5, seed=0, epochs=1))[:, 0]) == list(range(N_ROWS))
+    assert sorted(read_all(st.ActivationReader(root, "att_L3", 5, seed=0, epochs=1))[:, 0]) == list(
+        range(N_ROWS)
+    )
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
+
 
 def tiny_state(v):
     return {"w": jnp.arange(300, dtype=jnp.float32) * v, "step": jnp.int32(v), "ok": jnp.ones(3, bool)}
@@ -311,8 +331,11 @@ def restore(d):
 
 
 def damage_files(step_dir, how, rng):
-    files = sorted(p for p in glob.glob(os.path.join(step_dir, "**", "*"), recursive=True)
-                   if os.path.isfile(p) and not p.endswith("commit_success.txt"))
+    files = sorted(
+        p
+        for p in glob.glob(os.path.join(step_dir, "**", "*"), recursive=True)
+        if os.path.isfile(p) and not p.endswith("commit_success.txt")
+    )
     if how == "flip_all":  # one random byte in every file of the step
         for p in files:
             if os.path.getsize(p):
@@ -334,7 +357,9 @@ def damage_files(step_dir, how, rng):
             flip(big, int(off), 1 << int(rng.integers(0, 8)))
 
 
-@pytest.mark.parametrize("how", ["flip_all", "truncate_data", "delete_state", "edit_position", "flip_state_values"])
+@pytest.mark.parametrize(
+    "how", ["flip_all", "truncate_data", "delete_state", "edit_position", "flip_state_values"]
+)
 def test_corrupted_latest_checkpoint_falls_back(tmp_path, how):
     d = saved(tmp_path)
     damage_files(os.path.join(d, "30"), how, np.random.default_rng(0))
@@ -358,7 +383,12 @@ def test_checkpoint_whose_values_differ_from_its_digest_is_refused(tmp_path, mon
     c.close()
     monkeypatch.undo()
     (step, state, _), logs = restore(d)
-    assert step == 30 and "does not match its digest" in logs and "['w']" in logs and "fell back to step 30" in logs
+    assert (
+        step == 30
+        and "does not match its digest" in logs
+        and "['w']" in logs
+        and "fell back to step 30" in logs
+    )
 
 
 def test_state_digest_sees_every_single_bit_flip():
@@ -389,13 +419,19 @@ def test_no_usable_checkpoint_is_a_named_error(tmp_path):
 
 # -- exports -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("how", ["truncate", "flip", "flip_no_metadata"])
 def test_corrupted_export_is_a_named_error(tmp_path, how):
     from gemmascope.sae import io as sae_io
 
     rng = np.random.default_rng(1)
-    p = {"W_enc": rng.standard_normal((6, 10)).astype(np.float32), "W_dec": rng.standard_normal((10, 6)).astype(np.float32),
-         "b_enc": np.zeros(10, np.float32), "b_dec": np.zeros(6, np.float32), "threshold": np.full(10, 0.5, np.float32)}
+    p = {
+        "W_enc": rng.standard_normal((6, 10)).astype(np.float32),
+        "W_dec": rng.standard_normal((10, 6)).astype(np.float32),
+        "b_enc": np.zeros(10, np.float32),
+        "b_dec": np.zeros(6, np.float32),
+        "threshold": np.full(10, 0.5, np.float32),
+    }
     path = str(tmp_path / "sae" / "params.npz")
     sae_io.save_params(path, p, {"architecture": "jumprelu"})
     assert json.load(open(tmp_path / "sae" / "metadata.json"))["params_sha256"]
@@ -443,10 +479,13 @@ TRAIN_CHILD = textwrap.dedent("""
 def train_config():
     from tests.test_train import tiny_config
 
-    return tiny_config(num_tokens=64 * 120, checkpoint_every=20, log_every=40)
+    return tiny_config(num_tokens=64 * 80, checkpoint_every=20, log_every=40)
 
 
-def test_training_killed_at_random_points_with_a_corrupted_checkpoint_ends_bitwise_equal(tmp_path):
+def test_training_killed_at_random_points_with_a_corrupted_checkpoint_ends_bitwise_equal(tmp_path, capsys):
+    """Two SIGKILLed runs (one after its third save, one at a random save, before or while it is
+    written) with the latest checkpoint damaged in between, then a clean rerun: the exported
+    parameters equal an uninterrupted run's bit for bit."""
     from gemmascope.train import loop
     from tests.test_train import _final_params
 
@@ -456,22 +495,30 @@ def test_training_killed_at_random_points_with_a_corrupted_checkpoint_ends_bitwi
     wd = str(tmp_path / "killed")
     ckpt_dir = os.path.join(wd, "runs", "toy_layer0_width32", "checkpoints")
     rng = np.random.default_rng(3)
-    # Save 3 completed ("after"): steps 40 and 60 kept. Then the latest is damaged, and the next
-    # run is killed at a random save, before or while it is written.
-    plan = [(3, "after"), (int(rng.integers(1, 4)), str(rng.choice(["before", "during"]))), (0, "")]
+    # Saves at steps 20, 40, 60 and 80 (the last one forced). Save 3 completed: steps 40 and 60
+    # kept (max 2). Then 60 is damaged; the next run falls back to 40 and is killed at save 1 (step
+    # 60) or 2 (step 80), before or while it is written.
+    plan = [(3, "after"), (int(rng.integers(1, 3)), str(rng.choice(["before", "during"])))]
     outputs = []
     for i, (kill_save, where) in enumerate(plan):
         code = TRAIN_CHILD.format(repo=REPO, kill_save=kill_save, where=where, wd=wd)
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        outputs.append(r.stdout)
-        assert r.returncode == (0 if kill_save == 0 else -signal.SIGKILL), r.stderr[-3000:]
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        outputs.append(r.stdout + r.stderr)
+        assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
         if i == 0:
             steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
             assert steps == [40, 60], steps
             damage_files(os.path.join(ckpt_dir, "60"), "flip_state_values", rng)
     assert "fell back to step 40" in outputs[1] and "resumed from step 40" in outputs[1], outputs[1][-2000:]
     assert "Traceback" not in "".join(outputs)
+    loop.train_and_evaluate(train_config(), wd)  # the last rerun, in this process
+    assert "resumed from step" in capsys.readouterr().out
     got = _final_params(wd)
     assert sorted(got) == sorted(ref)
     for lam in ref:

@@ -11,6 +11,7 @@ and a sha256 of the data state's JSON. Restore recomputes both; a checkpoint tha
 whose digest differs is moved aside to ``<directory>.corrupt/`` and the previous one is tried,
 saying which. Only when no checkpoint is usable does restore raise :class:`CheckpointError`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,12 +54,17 @@ def _leaf_digests(tree) -> list[jax.Array]:
 
 def state_digest(state: Any) -> list[int]:
     """The per-leaf digests of a state pytree, as Python ints (same on every process)."""
-    return [int(np.asarray(d.addressable_data(0) if isinstance(d, jax.Array) else d))
-            for d in _leaf_digests(state)]
+    return [
+        int(np.asarray(d.addressable_data(0) if isinstance(d, jax.Array) else d))
+        for d in _leaf_digests(state)
+    ]
 
 
 def json_digest(obj: Any) -> str:
-    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return (
+        "sha256:"
+        + hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    )
 
 
 class Checkpoints:
@@ -82,8 +88,11 @@ class Checkpoints:
         digest = {"state": state_digest(state), "data": json_digest(data_state)}
         self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-                                    digest=ocp.args.JsonSave(digest)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                digest=ocp.args.JsonSave(digest),
+            ),
             force=force,
         )
 
@@ -99,8 +108,10 @@ class Checkpoints:
         restored = self.manager.restore(step, args=ocp.args.Composite(**args))
         state, data = restored["state"], dict(restored["data"])
         if not has_digest:
-            self.log(f"[checkpoint] step {step} in {self.directory} has no digest (written before digests); "
-                     "restored unchecked")
+            self.log(
+                f"[checkpoint] step {step} in {self.directory} has no digest (written before digests); "
+                "restored unchecked"
+            )
             return state, data
         digest = dict(restored["digest"])
         if json_digest(data) != digest.get("data"):
@@ -124,7 +135,8 @@ class Checkpoints:
         if not steps:
             return None
         target = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)), abstract_state
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
+            abstract_state,
         )
         refused = []
         for step in steps:
@@ -132,19 +144,25 @@ class Checkpoints:
                 state, data = self._restore_step(step, target)
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore/json raise many types
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-                self.log(f"[checkpoint] step {step} in {self.directory} is unusable ({reason}); "
-                         f"trying the previous one")
+                self.log(
+                    f"[checkpoint] step {step} in {self.directory} is unusable ({reason}); "
+                    f"trying the previous one"
+                )
                 refused.append((step, reason))
                 continue
             if refused:
                 self._move_aside([s for s, _ in refused])
-                self.log(f"[checkpoint] fell back to step {step} (refused: "
-                         f"{', '.join(str(s) for s, _ in refused)}; moved to {self.directory}.corrupt/)")
+                self.log(
+                    f"[checkpoint] fell back to step {step} (refused: "
+                    f"{', '.join(str(s) for s, _ in refused)}; moved to {self.directory}.corrupt/)"
+                )
             return step, state, data
         listing = "; ".join(f"step {s}: {r}" for s, r in refused)
-        raise CheckpointError(f"{self.directory}: no usable checkpoint ({listing}). If the run's config "
-                              f"changed, use a new workdir; otherwise delete {self.directory} to train this "
-                              "location from the start")
+        raise CheckpointError(
+            f"{self.directory}: no usable checkpoint ({listing}). If the run's config "
+            f"changed, use a new workdir; otherwise delete {self.directory} to train this "
+            "location from the start"
+        )
 
     def _move_aside(self, steps: list[int]) -> None:
         """Moves refused step folders out of the manager's directory (a later save of the same

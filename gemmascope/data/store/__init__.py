@@ -56,11 +56,34 @@ threads) while the current one is served; a background thread prepares ``prefetc
 Modules: :mod:`.layout` (paths, kvstore specs, file and array formats, errors), :mod:`.meta`
 (opening with every file cross-checked; rollback), :mod:`.writer`, :mod:`.reader`, :mod:`.verify`.
 """
+
 from gemmascope.data.store.layout import (  # noqa: F401 - the package's public names
-    _CONTEXT, _RESERVED_NAMES, _SITE_KEYS, COMPLETE, DEFAULT_CAPACITY_ROWS, DEFAULT_CHUNK_BYTES,
-    DEFAULT_CHUNKS_PER_SHARD, DEFAULT_SHUFFLE_BUFFER_BYTES, FORMAT, PROGRESS_JSON, SITE_JSON, STORE_JSON, VERSION,
-    StoreError, StoreWarning, _array_metadata, _check_finite, _join, _ranges, _Root, chunks_checksummed,
-    default_chunk_rows, json_checksum, kvstore_spec, shard_key)
+    _CONTEXT,
+    _RESERVED_NAMES,
+    _SITE_KEYS,
+    COMPLETE,
+    DEFAULT_CAPACITY_ROWS,
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_CHUNKS_PER_SHARD,
+    DEFAULT_SHUFFLE_BUFFER_BYTES,
+    FORMAT,
+    PROGRESS_JSON,
+    SITE_JSON,
+    STORE_JSON,
+    VERSION,
+    StoreError,
+    StoreWarning,
+    _array_metadata,
+    _check_finite,
+    _join,
+    _ranges,
+    _Root,
+    chunks_checksummed,
+    default_chunk_rows,
+    json_checksum,
+    kvstore_spec,
+    shard_key,
+)
 from gemmascope.data.store.meta import StoreInfo, open_store, rollback  # noqa: F401
 from gemmascope.data.store.reader import ActivationReader, estimate_norm_scale  # noqa: F401
 from gemmascope.data.store.verify import VerifyReport, repair_store, verify_store  # noqa: F401

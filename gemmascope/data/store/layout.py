@@ -4,6 +4,7 @@ Everything here is shared by the writer, the reader and ``verify``: one definiti
 of the zarr array format (``crc32c`` over every inner chunk and over the shard index) and of the
 error a storage fault raises (:class:`StoreError`, carrying path, site, rows and what to do).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,11 +24,11 @@ STORE_JSON = "store.json"
 PROGRESS_JSON = "progress.json"
 COMPLETE = "COMPLETE"
 SITE_JSON = "site.json"
-CHECKSUM_KEY = "checksum"              # in every JSON file we write: sha256 of the rest, canonical
+CHECKSUM_KEY = "checksum"  # in every JSON file we write: sha256 of the rest, canonical
 
-DEFAULT_CHUNK_BYTES = 2 << 20          # inner chunk ~2 MiB: one read unit
-DEFAULT_CHUNKS_PER_SHARD = 16          # shard ~32 MiB: one write unit, one file/object
-DEFAULT_CAPACITY_ROWS = 1 << 40        # the array is made this long and resized on finalize
+DEFAULT_CHUNK_BYTES = 2 << 20  # inner chunk ~2 MiB: one read unit
+DEFAULT_CHUNKS_PER_SHARD = 16  # shard ~32 MiB: one write unit, one file/object
+DEFAULT_CAPACITY_ROWS = 1 << 40  # the array is made this long and resized on finalize
 DEFAULT_SHUFFLE_BUFFER_BYTES = 256 << 20
 
 # One context for every open: in-process ``memory://`` stores persist between opens (tests), and
@@ -39,9 +40,24 @@ _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _SITE_PARTS = re.compile(r"^(?P<kind>[A-Za-z]+)_L(?P<layer>\d+)$")
 _RESERVED_NAMES = {STORE_JSON, PROGRESS_JSON, COMPLETE, "c"}
 # Keys computed by the writer for site.json; caller metadata may not use them.
-_SITE_KEYS = ("format", "version", "site", "kind", "layer", "d_in", "dtype", "n_rows", "n_tokens",
-              "n_batches", "norm_scale", "mean_squared_norm", "chunk_rows", "shard_rows", "array",
-              CHECKSUM_KEY)
+_SITE_KEYS = (
+    "format",
+    "version",
+    "site",
+    "kind",
+    "layer",
+    "d_in",
+    "dtype",
+    "n_rows",
+    "n_tokens",
+    "n_batches",
+    "norm_scale",
+    "mean_squared_norm",
+    "chunk_rows",
+    "shard_rows",
+    "array",
+    CHECKSUM_KEY,
+)
 
 
 class StoreError(ValueError):
@@ -53,9 +69,24 @@ class StoreError(ValueError):
     ``fault`` (a short kind: "corrupt chunk", "missing shard", "metadata", ...).
     """
 
-    def __init__(self, message: str, *, path: str | None = None, site: str | None = None,
-                 rows: tuple[int, int] | None = None, fix: str | None = None, fault: str | None = None):
-        self.message, self.path, self.site, self.rows, self.fix, self.fault = message, path, site, rows, fix, fault
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        site: str | None = None,
+        rows: tuple[int, int] | None = None,
+        fix: str | None = None,
+        fault: str | None = None,
+    ):
+        self.message, self.path, self.site, self.rows, self.fix, self.fault = (
+            message,
+            path,
+            site,
+            rows,
+            fix,
+            fault,
+        )
         lines = [message]
         if fault is not None:
             lines.append(f"  fault: {fault}")
@@ -76,15 +107,18 @@ class StoreWarning(UserWarning):
 
 def repair_fix(root: str) -> str:
     """What to do about damaged data or metadata in a store (the text every fault carries)."""
-    return (f"run `python launch/verify_store.py --store={root} --repair` (lists every fault, then rolls the "
-            "store back to its last durable point before the first damaged shard), then rerun the generate "
-            "command that created the store: it resumes there and rewrites only what follows. If the store "
-            "is a copy, copy it again from its source instead")
+    return (
+        f"run `python launch/verify_store.py --store={root} --repair` (lists every fault, then rolls the "
+        "store back to its last durable point before the first damaged shard), then rerun the generate "
+        "command that created the store: it resumes there and rewrites only what follows. If the store "
+        "is a copy, copy it again from its source instead"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Paths
 # ------------------------------------------------------------------------------------------------
+
 
 def kvstore_spec(path: str) -> dict[str, Any]:
     """Maps a root (local path or URL) to a tensorstore kvstore spec whose ``path`` ends in ``/``.
@@ -114,8 +148,10 @@ def kvstore_spec(path: str) -> dict[str, Any]:
             return {"driver": "gcs" if scheme == "gs" else "s3", "bucket": bucket, "path": folder(p)}
         if scheme == "memory":
             return {"driver": "memory", "path": folder(rest)}
-        raise StoreError(f"{path}: unsupported URL scheme {scheme!r} (use a local path, file://, gs://, "
-                         "s3:// or memory://)")
+        raise StoreError(
+            f"{path}: unsupported URL scheme {scheme!r} (use a local path, file://, gs://, "
+            "s3:// or memory://)"
+        )
     return {"driver": "file", "path": folder(os.path.abspath(os.path.expanduser(path)))}
 
 
@@ -155,16 +191,30 @@ class _Root:
         try:
             obj = json.loads(res.value.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
-            raise StoreError(f"{path}: not valid JSON ({e})", path=path, site=site, fault="malformed metadata",
-                             fix=repair_fix(self.root)) from None
+            raise StoreError(
+                f"{path}: not valid JSON ({e})",
+                path=path,
+                site=site,
+                fault="malformed metadata",
+                fix=repair_fix(self.root),
+            ) from None
         if not isinstance(obj, dict):
-            raise StoreError(f"{path}: holds a {type(obj).__name__}, not a JSON object", path=path, site=site,
-                             fault="malformed metadata", fix=repair_fix(self.root))
+            raise StoreError(
+                f"{path}: holds a {type(obj).__name__}, not a JSON object",
+                path=path,
+                site=site,
+                fault="malformed metadata",
+                fix=repair_fix(self.root),
+            )
         if CHECKSUM_KEY in obj:
             if obj[CHECKSUM_KEY] != json_checksum(obj):
-                raise StoreError(f"{path}: its content does not match its checksum (changed after it was "
-                                 "written)", path=path, site=site, fault="corrupt metadata",
-                                 fix=repair_fix(self.root))
+                raise StoreError(
+                    f"{path}: its content does not match its checksum (changed after it was written)",
+                    path=path,
+                    site=site,
+                    fault="corrupt metadata",
+                    fix=repair_fix(self.root),
+                )
             obj = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
         return obj
 
@@ -194,14 +244,18 @@ class _Root:
         every written chunk is stored (also all-zero ones), so a missing chunk is always a fault."""
         kv = dict(self.spec)
         kv["path"] = kv["path"] + site + "/"
-        return {"driver": "zarr3", "kvstore": kv, "fill_missing_data_reads": False,
-                "store_data_equal_to_fill_value": True}
+        return {
+            "driver": "zarr3",
+            "kvstore": kv,
+            "fill_missing_data_reads": False,
+            "store_data_equal_to_fill_value": True,
+        }
 
     def shard_list(self, site: str) -> set[int]:
         """Indices of the shard files present for a site."""
         out = set()
         for key in self.list(site + "/c/"):
-            parts = key[len(site) + 3:].split("/")
+            parts = key[len(site) + 3 :].split("/")
             if len(parts) == 2 and parts[0].isdigit():
                 out.add(int(parts[0]))
         return out
@@ -211,14 +265,16 @@ class _Root:
 # The array format
 # ------------------------------------------------------------------------------------------------
 
+
 def default_chunk_rows(d_in: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Rows per inner chunk: the power of two nearest ``chunk_bytes / (4 d_in)`` (576 -> 1024)."""
     rows = chunk_bytes / (4.0 * d_in)
     return int(2 ** max(0, round(math.log2(rows)))) if rows >= 1 else 1
 
 
-def _array_metadata(d_in: int, chunk_rows: int, shard_rows: int, capacity: int,
-                    checksums: bool = True) -> dict[str, Any]:
+def _array_metadata(
+    d_in: int, chunk_rows: int, shard_rows: int, capacity: int, checksums: bool = True
+) -> dict[str, Any]:
     """zarr v3 metadata: shards of ``shard_rows`` rows holding inner chunks of ``chunk_rows`` rows,
     raw little-endian fp32 followed by a ``crc32c`` of each chunk (``checksums=False``: the format
     of stores written before per-chunk checksums, kept for tests and the benchmark)."""
@@ -227,12 +283,17 @@ def _array_metadata(d_in: int, chunk_rows: int, shard_rows: int, capacity: int,
         "shape": [capacity, d_in],
         "data_type": "float32",
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [shard_rows, d_in]}},
-        "codecs": [{"name": "sharding_indexed", "configuration": {
-            "chunk_shape": [chunk_rows, d_in],
-            "codecs": raw + ([{"name": "crc32c"}] if checksums else []),
-            "index_codecs": raw + [{"name": "crc32c"}],
-            "index_location": "end",
-        }}],
+        "codecs": [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": [chunk_rows, d_in],
+                    "codecs": raw + ([{"name": "crc32c"}] if checksums else []),
+                    "index_codecs": raw + [{"name": "crc32c"}],
+                    "index_location": "end",
+                },
+            }
+        ],
         "fill_value": 0.0,
         "dimension_names": ["row", "feature"],
     }
@@ -248,10 +309,14 @@ def chunks_checksummed(array) -> bool:
 
 def warn_unchecked(root: str, site: str) -> None:
     """The warning for a site written before per-chunk checksums (read anyway)."""
-    warnings.warn(f"{_join(root, site)}: this store was written before per-chunk checksums (its zarr.json has "
-                  "no crc32c in the chunk codecs), so a corrupted byte inside its chunk data cannot be detected; "
-                  "missing shards and a damaged shard index still are. Reading it anyway. Regenerate it (into a "
-                  "new root) to get checksums", StoreWarning, stacklevel=3)
+    warnings.warn(
+        f"{_join(root, site)}: this store was written before per-chunk checksums (its zarr.json has "
+        "no crc32c in the chunk codecs), so a corrupted byte inside its chunk data cannot be detected; "
+        "missing shards and a damaged shard index still are. Reading it anyway. Regenerate it (into a "
+        "new root) to get checksums",
+        StoreWarning,
+        stacklevel=3,
+    )
 
 
 def open_site_array(kv: _Root, site: str, n_rows: int, d_in: int):
@@ -260,13 +325,23 @@ def open_site_array(kv: _Root, site: str, n_rows: int, d_in: int):
     try:
         arr = ts.open(kv.array_spec(site), open=True, read=True, context=_CONTEXT).result()
     except ValueError as e:
-        raise StoreError(f"{path}/zarr.json: cannot open the site's array ({e})", path=f"{path}/zarr.json",
-                         site=site, fault="malformed metadata", fix=repair_fix(kv.root)) from None
+        raise StoreError(
+            f"{path}/zarr.json: cannot open the site's array ({e})",
+            path=f"{path}/zarr.json",
+            site=site,
+            fault="malformed metadata",
+            fix=repair_fix(kv.root),
+        ) from None
     if arr.dtype != ts.float32 or tuple(arr.shape) != (n_rows, d_in):
-        raise StoreError(f"{path}: array is {arr.dtype} {tuple(arr.shape)}, site.json says float32 "
-                         f"{(n_rows, d_in)}; the store is corrupt", path=f"{path}/zarr.json", site=site,
-                         rows=(min(n_rows, int(arr.shape[0])), max(n_rows, int(arr.shape[0]))),
-                         fault="row count mismatch", fix=repair_fix(kv.root))
+        raise StoreError(
+            f"{path}: array is {arr.dtype} {tuple(arr.shape)}, site.json says float32 "
+            f"{(n_rows, d_in)}; the store is corrupt",
+            path=f"{path}/zarr.json",
+            site=site,
+            rows=(min(n_rows, int(arr.shape[0])), max(n_rows, int(arr.shape[0]))),
+            fault="row count mismatch",
+            fix=repair_fix(kv.root),
+        )
     if not chunks_checksummed(arr):
         warn_unchecked(kv.root, site)
     return arr
@@ -278,12 +353,19 @@ def check_shards(kv: _Root, site: str, n_rows: int, shard_rows: int) -> None:
     missing = sorted(want - kv.shard_list(site))
     if missing:
         i = missing[0]
-        more = f" ({len(missing)} of {len(want)} shards missing: {_ranges(np.array(missing))})" \
-            if len(missing) > 1 else ""
-        raise StoreError(f"site {site} of activation store {kv.root}: shard file {shard_key(site, i)} is "
-                         f"missing{more}", path=_join(kv.root, shard_key(site, i)), site=site,
-                         rows=(i * shard_rows, min((i + 1) * shard_rows, n_rows)), fault="missing shard",
-                         fix=repair_fix(kv.root))
+        more = (
+            f" ({len(missing)} of {len(want)} shards missing: {_ranges(np.array(missing))})"
+            if len(missing) > 1
+            else ""
+        )
+        raise StoreError(
+            f"site {site} of activation store {kv.root}: shard file {shard_key(site, i)} is missing{more}",
+            path=_join(kv.root, shard_key(site, i)),
+            site=site,
+            rows=(i * shard_rows, min((i + 1) * shard_rows, n_rows)),
+            fault="missing shard",
+            fix=repair_fix(kv.root),
+        )
 
 
 def read_error(exc: Exception, kv: _Root, site: str, rows: tuple[int, int], shard_rows: int) -> StoreError:
@@ -301,8 +383,14 @@ def read_error(exc: Exception, kv: _Root, site: str, rows: tuple[int, int], shar
         fault, what = "corrupt chunk", "holds a corrupt chunk (checksum mismatch)"
     else:
         fault, what = "corrupt shard", "cannot be decoded (truncated or corrupt)"
-    return StoreError(f"site {site} of activation store {kv.root}: shard file {key} {what}; tensorstore: {text}",
-                      path=_join(kv.root, key), site=site, rows=rows, fault=fault, fix=repair_fix(kv.root))
+    return StoreError(
+        f"site {site} of activation store {kv.root}: shard file {key} {what}; tensorstore: {text}",
+        path=_join(kv.root, key),
+        site=site,
+        rows=rows,
+        fault=fault,
+        fix=repair_fix(kv.root),
+    )
 
 
 def _check_finite(x: np.ndarray) -> np.ndarray | None:
@@ -313,15 +401,22 @@ def _check_finite(x: np.ndarray) -> np.ndarray | None:
     return bad if bad.size else None  # the sum overflowed on finite values
 
 
-def nonfinite_error(kv: _Root, site: str, x: np.ndarray, a: int, b: int, shard_rows: int) -> StoreError | None:
+def nonfinite_error(
+    kv: _Root, site: str, x: np.ndarray, a: int, b: int, shard_rows: int
+) -> StoreError | None:
     """StoreError if chunk rows ``x = rows [a, b)`` hold a NaN or inf, else None."""
     bad = _check_finite(x)
     if bad is None:
         return None
-    return StoreError(f"site {site} of activation store {kv.root}: NaN or inf in rows {_ranges(bad + a)} "
-                      f"(chunk rows [{a}, {b})); the store is corrupt", site=site, rows=(a, b),
-                      path=_join(kv.root, shard_key(site, a // shard_rows)), fault="non-finite values",
-                      fix=repair_fix(kv.root))
+    return StoreError(
+        f"site {site} of activation store {kv.root}: NaN or inf in rows {_ranges(bad + a)} "
+        f"(chunk rows [{a}, {b})); the store is corrupt",
+        site=site,
+        rows=(a, b),
+        path=_join(kv.root, shard_key(site, a // shard_rows)),
+        fault="non-finite values",
+        fix=repair_fix(kv.root),
+    )
 
 
 def _ranges(rows: np.ndarray) -> str:

@@ -1,14 +1,30 @@
 """Opening a complete store (every metadata file checked against the others) and rolling a damaged
 store back to its last durable point before the damage, so that the generate command rewrites
 only what follows."""
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from gemmascope.data.store.layout import (COMPLETE, FORMAT, PROGRESS_JSON, SITE_JSON, STORE_JSON, VERSION,
-                                          StoreError, _array_metadata, _join, _Root, repair_fix, shard_key)
+import tensorstore as ts
+
+from gemmascope.data.store.layout import (
+    _CONTEXT,
+    COMPLETE,
+    FORMAT,
+    PROGRESS_JSON,
+    SITE_JSON,
+    STORE_JSON,
+    VERSION,
+    StoreError,
+    _array_metadata,
+    _join,
+    _Root,
+    repair_fix,
+    shard_key,
+)
 
 
 @dataclass(frozen=True)
@@ -33,8 +49,10 @@ def check_store_json(root: str, config: dict) -> dict:
     where = _join(root, STORE_JSON)
     try:
         if config.get("format") != FORMAT or config.get("version") != VERSION:
-            raise StoreError(f"{where}: not a version-{VERSION} activation store "
-                             f"(format {config.get('format')!r}, version {config.get('version')!r})")
+            raise StoreError(
+                f"{where}: not a version-{VERSION} activation store "
+                f"(format {config.get('format')!r}, version {config.get('version')!r})"
+            )
         sites = config.get("sites")
         if not isinstance(sites, dict) or not sites:
             raise StoreError(f"{where}: field 'sites' must be a non-empty object, got {sites!r}")
@@ -47,18 +65,24 @@ def check_store_json(root: str, config: dict) -> dict:
                 raise StoreError(f"{where}: sites.{name}: shard_rows is not a multiple of chunk_rows")
         _int(config, "capacity_rows", where, 1)
     except StoreError as e:
-        raise StoreError(e.message, path=where, fault="malformed metadata",
-                         fix=f"store.json defines the layout and cannot be rebuilt: delete {root} and rerun the "
-                             "generate command (or copy the store again from its source)") from None
+        raise StoreError(
+            e.message,
+            path=where,
+            fault="malformed metadata",
+            fix=f"store.json defines the layout and cannot be rebuilt: delete {root} and rerun the "
+            "generate command (or copy the store again from its source)",
+        ) from None
     return config
 
 
 def _incomplete_message(root: str, kv: _Root) -> str:
     progress = kv.read_json(PROGRESS_JSON) or {}
     done = int(progress.get("batches_done", 0))
-    return (f"activation store at {root} is incomplete (no {COMPLETE} marker; {done} batches recorded in "
-            f"{PROGRESS_JSON}): its writer was killed or has not finished. To finish it, rerun the "
-            f"generate command that created it (same arguments); it resumes from batch {done}")
+    return (
+        f"activation store at {root} is incomplete (no {COMPLETE} marker; {done} batches recorded in "
+        f"{PROGRESS_JSON}): its writer was killed or has not finished. To finish it, rerun the "
+        f"generate command that created it (same arguments); it resumes from batch {done}"
+    )
 
 
 def open_store(root: str) -> StoreInfo:
@@ -70,10 +94,13 @@ def open_store(root: str) -> StoreInfo:
     kv = _Root(root)
     config = kv.read_json(STORE_JSON)
     if config is None:
-        raise StoreError(f"no activation store at {root}: {_join(root, STORE_JSON)} does not exist",
-                         path=_join(root, STORE_JSON), fault="missing store",
-                         fix="check the path, or create the store with the generate command; if this is a copy "
-                             "whose store.json was lost, copy it again from its source")
+        raise StoreError(
+            f"no activation store at {root}: {_join(root, STORE_JSON)} does not exist",
+            path=_join(root, STORE_JSON),
+            fault="missing store",
+            fix="check the path, or create the store with the generate command; if this is a copy "
+            "whose store.json was lost, copy it again from its source",
+        )
     check_store_json(root, config)
     done = kv.read_json(COMPLETE)
     if done is None:
@@ -81,9 +108,13 @@ def open_store(root: str) -> StoreInfo:
     where = _join(root, COMPLETE)
     recorded = done.get("sites")
     if not isinstance(recorded, dict) or set(recorded) != set(config["sites"]):
-        raise StoreError(f"{where}: records sites {sorted(recorded) if isinstance(recorded, dict) else recorded!r}, "
-                         f"store.json has {sorted(config['sites'])}", path=where, fault="malformed metadata",
-                         fix=repair_fix(root))
+        raise StoreError(
+            f"{where}: records sites {sorted(recorded) if isinstance(recorded, dict) else recorded!r}, "
+            f"store.json has {sorted(config['sites'])}",
+            path=where,
+            fault="malformed metadata",
+            fix=repair_fix(root),
+        )
     try:
         progress = kv.read_json(PROGRESS_JSON) or {}
     except StoreError:
@@ -93,28 +124,46 @@ def open_store(root: str) -> StoreInfo:
         key = f"{name}/{SITE_JSON}"
         meta = kv.read_json(key, site=name)
         if meta is None:
-            raise StoreError(f"{_join(root, key)} is missing although the store is marked complete",
-                             path=_join(root, key), site=name, fault="missing metadata", fix=repair_fix(root))
+            raise StoreError(
+                f"{_join(root, key)} is missing although the store is marked complete",
+                path=_join(root, key),
+                site=name,
+                fault="missing metadata",
+                fix=repair_fix(root),
+            )
         try:
             n = _int(meta, "n_rows", _join(root, key))
             for field in ("d_in", "chunk_rows", "shard_rows"):
                 if meta.get(field) != lay[field]:
-                    raise StoreError(f"{_join(root, key)}: {field} {meta.get(field)!r}, store.json says "
-                                     f"{lay[field]!r}")
+                    raise StoreError(
+                        f"{_join(root, key)}: {field} {meta.get(field)!r}, store.json says {lay[field]!r}"
+                    )
         except StoreError as e:
-            raise StoreError(e.message, path=_join(root, key), site=name, fault="malformed metadata",
-                             fix=repair_fix(root)) from None
-        counts = {COMPLETE: (recorded[name] or {}).get("rows") if isinstance(recorded[name], dict) else None,
-                  PROGRESS_JSON: ((progress.get("sites") or {}).get(name) or {}).get("rows", n)}
+            raise StoreError(
+                e.message, path=_join(root, key), site=name, fault="malformed metadata", fix=repair_fix(root)
+            ) from None
+        counts = {
+            COMPLETE: (recorded[name] or {}).get("rows") if isinstance(recorded[name], dict) else None,
+            PROGRESS_JSON: ((progress.get("sites") or {}).get(name) or {}).get("rows", n),
+        }
         for fname, rows in counts.items():
             if rows != n:
-                raise StoreError(f"site {name} of activation store {root}: {fname} records {rows!r} rows but "
-                                 f"site.json records {n}", path=_join(root, fname), site=name,
-                                 rows=(min(n, rows), max(n, rows)) if isinstance(rows, int) else None,
-                                 fault="row count mismatch", fix=repair_fix(root))
+                raise StoreError(
+                    f"site {name} of activation store {root}: {fname} records {rows!r} rows but "
+                    f"site.json records {n}",
+                    path=_join(root, fname),
+                    site=name,
+                    rows=(min(n, rows), max(n, rows)) if isinstance(rows, int) else None,
+                    fault="row count mismatch",
+                    fix=repair_fix(root),
+                )
         sites[name] = meta
-    return StoreInfo(root=root, sites=sites, metadata=config.get("metadata", {}),
-                     n_batches=int(done.get("batches_done", 0)))
+    return StoreInfo(
+        root=root,
+        sites=sites,
+        metadata=config.get("metadata", {}),
+        n_batches=int(done.get("batches_done", 0)),
+    )
 
 
 def _durable_point(kv: _Root, log) -> dict | None:
@@ -144,8 +193,11 @@ def rollback(root: str, first_bad_row: Mapping[str, int] | None = None, log=prin
     kv = _Root(root)
     config = kv.read_json(STORE_JSON)
     if config is None:
-        raise StoreError(f"no activation store at {root}: nothing to repair", path=_join(root, STORE_JSON),
-                         fault="missing store")
+        raise StoreError(
+            f"no activation store at {root}: nothing to repair",
+            path=_join(root, STORE_JSON),
+            fault="missing store",
+        )
     check_store_json(root, config)
     layout = config["sites"]
     names = sorted(layout)
@@ -155,9 +207,13 @@ def rollback(root: str, first_bad_row: Mapping[str, int] | None = None, log=prin
     if point is not None:
         for b, rows, sum_sq in point.get("history", []):
             candidates.append((b, dict(zip(names, rows)), dict(zip(names, sum_sq))))
-        candidates.append((int(point.get("batches_done", 0)),
-                           {n: int(point["sites"].get(n, {}).get("rows", 0)) for n in names},
-                           {n: float(point["sites"].get(n, {}).get("sum_sq", 0.0)) for n in names}))
+        candidates.append(
+            (
+                int(point.get("batches_done", 0)),
+                {n: int(point["sites"].get(n, {}).get("rows", 0)) for n in names},
+                {n: float(point["sites"].get(n, {}).get("sum_sq", 0.0)) for n in names},
+            )
+        )
     chosen = (0, {n: 0 for n in names}, {n: 0.0 for n in names})
     for cand in sorted(candidates, key=lambda c: c[0]):
         b, rows, _ = cand
@@ -166,8 +222,15 @@ def rollback(root: str, first_bad_row: Mapping[str, int] | None = None, log=prin
     b, rows, sum_sq = chosen
     history = [h for h in (point or {}).get("history", []) if h[0] <= b]
     kv.delete(COMPLETE)
-    kv.write_json(PROGRESS_JSON, {"format": FORMAT, "batches_done": b, "history": history,
-                                  "sites": {n: {"rows": rows[n], "sum_sq": sum_sq[n]} for n in names}})
+    kv.write_json(
+        PROGRESS_JSON,
+        {
+            "format": FORMAT,
+            "batches_done": b,
+            "history": history,
+            "sites": {n: {"rows": rows[n], "sum_sq": sum_sq[n]} for n in names},
+        },
+    )
     for n in names:
         keep = -(-rows[n] // layout[n]["shard_rows"])  # shards below this hold durable rows
         for i in sorted(kv.shard_list(n)):
@@ -175,22 +238,26 @@ def rollback(root: str, first_bad_row: Mapping[str, int] | None = None, log=prin
                 kv.delete(shard_key(n, i))
         kv.delete(f"{n}/{SITE_JSON}")
         _rewrite_zarr_json_if_unreadable(kv, n, layout[n], config)
-    log(f"[repair] {root}: rolled back to batch {b} (rows {rows}); rerun the generate command that created "
-        f"the store: it resumes at batch {b} and rewrites only what follows")
+    log(
+        f"[repair] {root}: rolled back to batch {b} (rows {rows}); rerun the generate command that created "
+        f"the store: it resumes at batch {b} and rewrites only what follows"
+    )
     return b
 
 
 def _rewrite_zarr_json_if_unreadable(kv: _Root, site: str, lay: dict, config: dict) -> None:
-    import tensorstore as ts
-
-    from gemmascope.data.store.layout import _CONTEXT
-
+    """A site's ``zarr.json`` is a pure function of ``store.json``: rewritten when it cannot be opened."""
     try:
         ts.open(kv.array_spec(site), open=True, context=_CONTEXT).result()
         return
     except ValueError:
         pass
-    meta = _array_metadata(lay["d_in"], lay["chunk_rows"], lay["shard_rows"], int(config["capacity_rows"]),
-                           checksums=config.get("chunk_checksum") == "crc32c")
+    meta = _array_metadata(
+        lay["d_in"],
+        lay["chunk_rows"],
+        lay["shard_rows"],
+        int(config["capacity_rows"]),
+        checksums=config.get("chunk_checksum") == "crc32c",
+    )
     meta.update({"zarr_format": 3, "node_type": "array", "chunk_key_encoding": {"name": "default"}})
     kv.kv.write(f"{site}/zarr.json", json.dumps(meta).encode("utf-8")).result()

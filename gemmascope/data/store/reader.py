@@ -1,4 +1,5 @@
 """Reading the activation store: a shuffled, prefetched, resumable stream of batches of one site."""
+
 from __future__ import annotations
 
 import queue
@@ -7,11 +8,19 @@ import weakref
 from typing import Any, Iterator, Mapping
 
 import numpy as np
-
 import tensorstore as ts
 
-from gemmascope.data.store.layout import (_CONTEXT, DEFAULT_SHUFFLE_BUFFER_BYTES, VERSION, StoreError, _Root,
-                                          check_shards, nonfinite_error, open_site_array, read_error)
+from gemmascope.data.store.layout import (
+    _CONTEXT,
+    DEFAULT_SHUFFLE_BUFFER_BYTES,
+    VERSION,
+    StoreError,
+    _Root,
+    check_shards,
+    nonfinite_error,
+    open_site_array,
+    read_error,
+)
 from gemmascope.data.store.meta import open_store
 
 _END = object()
@@ -42,10 +51,22 @@ class ActivationReader:
     (gathered in shuffled order), the caller's to keep or modify.
     """
 
-    def __init__(self, root: str, site: str, batch_size: int, seed: int, *, shuffle_buffer_rows: int | None = None,
-                 expected_d_in: int | None = None, epochs: int | None = None, prefetch: int = 2,
-                 process_index: int = 0, process_count: int = 1, state: Mapping[str, Any] | None = None,
-                 drop_remainder: bool = False):
+    def __init__(
+        self,
+        root: str,
+        site: str,
+        batch_size: int,
+        seed: int,
+        *,
+        shuffle_buffer_rows: int | None = None,
+        expected_d_in: int | None = None,
+        epochs: int | None = None,
+        prefetch: int = 2,
+        process_index: int = 0,
+        process_count: int = 1,
+        state: Mapping[str, Any] | None = None,
+        drop_remainder: bool = False,
+    ):
         info = open_store(root)
         if site not in info.sites:
             raise StoreError(f"activation store at {root} has no site {site!r}; it has {sorted(info.sites)}")
@@ -53,8 +74,10 @@ class ActivationReader:
         self.root, self.site, self.info, self.meta = root, site, info, meta
         self.d_in = int(meta["d_in"])
         if expected_d_in is not None and int(expected_d_in) != self.d_in:
-            raise StoreError(f"site {site} of activation store {root} has d_in {self.d_in}, but "
-                             f"expected_d_in is {int(expected_d_in)}")
+            raise StoreError(
+                f"site {site} of activation store {root} has d_in {self.d_in}, but "
+                f"expected_d_in is {int(expected_d_in)}"
+            )
         self.n_rows = int(meta["n_rows"])
         self.chunk_rows = int(meta["chunk_rows"])
         self.n_chunks = -(-self.n_rows // self.chunk_rows)
@@ -67,8 +90,10 @@ class ActivationReader:
         if not (0 <= process_index < process_count):
             raise StoreError(f"{root}: process_index {process_index} not in [0, {process_count})")
         if process_count > self.n_chunks:
-            raise StoreError(f"site {site} of {root} has {self.n_chunks} chunks, fewer than "
-                             f"{process_count} processes; each process needs at least one")
+            raise StoreError(
+                f"site {site} of {root} has {self.n_chunks} chunks, fewer than "
+                f"{process_count} processes; each process needs at least one"
+            )
         if epochs is not None and epochs < 1:
             raise StoreError(f"{root}: epochs must be None or >= 1, got {epochs}")
         self.batch_size = int(batch_size)
@@ -86,7 +111,7 @@ class ActivationReader:
         self._array = open_site_array(self._kv, site, self.n_rows, self.d_in)
         check_shards(self._kv, site, self.n_rows, self.shard_rows)  # a missing shard fails here, early
 
-        self._pos = (0, 0, 0)        # (epoch, window, row) of the next row handed to the consumer
+        self._pos = (0, 0, 0)  # (epoch, window, row) of the next row handed to the consumer
         self._batches = 0
         self._rows = 0
         self._thread: threading.Thread | None = None
@@ -100,7 +125,7 @@ class ActivationReader:
     def epoch_chunks(self, epoch: int) -> np.ndarray:
         """This process's chunk indices in epoch ``epoch``, in read order."""
         perm = np.random.default_rng([self.seed, 0, epoch]).permutation(self.n_chunks)
-        return perm[self.process_index::self.process_count]
+        return perm[self.process_index :: self.process_count]
 
     def _n_windows(self, epoch_chunks: np.ndarray) -> int:
         return -(-len(epoch_chunks) // self.window_chunks)
@@ -109,7 +134,7 @@ class ActivationReader:
         """The chunks of one window, in index order (its rows are permuted anyway; sorted reads are
         closer to sequential and neighbours in a shard can be coalesced)."""
         c = self.epoch_chunks(epoch)
-        return np.sort(c[window * self.window_chunks:(window + 1) * self.window_chunks])
+        return np.sort(c[window * self.window_chunks : (window + 1) * self.window_chunks])
 
     def _chunk_range(self, c: int) -> tuple[int, int]:
         return c * self.chunk_rows, min((c + 1) * self.chunk_rows, self.n_rows)
@@ -126,7 +151,7 @@ class ActivationReader:
         dst = ts.array(buf, copy=False, write=True, context=_CONTEXT)
         futures, off = [], 0
         for a, b in ranges:
-            futures.append(dst[off:off + b - a].write(self._array[a:b]))
+            futures.append(dst[off : off + b - a].write(self._array[a:b]))
             off += b - a
         return epoch, window, ranges, buf, futures
 
@@ -135,7 +160,7 @@ class ActivationReader:
         off = 0
         for (a, b), f in zip(ranges, futures):
             self._result(f, a, b)
-            err = nonfinite_error(self._kv, self.site, buf[off:off + b - a], a, b, self.shard_rows)
+            err = nonfinite_error(self._kv, self.site, buf[off : off + b - a], a, b, self.shard_rows)
             if err is not None:  # checked per chunk as it is loaded
                 raise err
             off += b - a
@@ -158,10 +183,15 @@ class ActivationReader:
 
     # -- background production ---------------------------------------------------------------------
     @staticmethod
-    def _produce(ref: "weakref.ref[ActivationReader]", start: tuple[int, int, int], q: queue.Queue,
-                 stop: threading.Event) -> None:
+    def _produce(
+        ref: "weakref.ref[ActivationReader]",
+        start: tuple[int, int, int],
+        q: queue.Queue,
+        stop: threading.Event,
+    ) -> None:
         """The background thread. It holds the reader only weakly between batches, so a reader
         that is dropped without ``close()`` is collected and its thread ends."""
+
         def put(item) -> bool:
             while not stop.is_set() and ref() is not None:
                 try:
@@ -200,7 +230,7 @@ class ActivationReader:
                         pending = r._start_window(*nxt) if nxt else None
                         continue
                     take = min(need, len(perm) - row)
-                    parts.append(data[perm[row:row + take]])
+                    parts.append(data[perm[row : row + take]])
                     row += take
                     need -= take
                 drop = r.drop_remainder
@@ -224,9 +254,12 @@ class ActivationReader:
         if self._thread is None:
             self._queue = queue.Queue(maxsize=self.prefetch)
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=ActivationReader._produce,
-                                            args=(weakref.ref(self), self._pos, self._queue, self._stop),
-                                            name=f"ActivationReader[{self.site}]", daemon=True)
+            self._thread = threading.Thread(
+                target=ActivationReader._produce,
+                args=(weakref.ref(self), self._pos, self._queue, self._stop),
+                name=f"ActivationReader[{self.site}]",
+                daemon=True,
+            )
             self._thread.start()
 
     def _halt(self) -> None:
@@ -266,10 +299,20 @@ class ActivationReader:
         restore) or counts what was consumed (informative). Independent of ``batch_size``.
         """
         epoch, window, row = self._pos
-        return {"version": VERSION, "site": self.site, "seed": self.seed, "process_index": self.process_index,
-                "process_count": self.process_count, "window_chunks": self.window_chunks,
-                "n_rows": self.n_rows, "epoch": int(epoch), "window": int(window), "row": int(row),
-                "batches": self._batches, "rows": self._rows}
+        return {
+            "version": VERSION,
+            "site": self.site,
+            "seed": self.seed,
+            "process_index": self.process_index,
+            "process_count": self.process_count,
+            "window_chunks": self.window_chunks,
+            "n_rows": self.n_rows,
+            "epoch": int(epoch),
+            "window": int(window),
+            "row": int(row),
+            "batches": self._batches,
+            "rows": self._rows,
+        }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Continues from a ``get_state()`` dict: the next batches are those the saved reader would
@@ -279,8 +322,10 @@ class ActivationReader:
             if key not in state:
                 raise StoreError(f"{self.root}: reader state lacks {key!r}: {dict(state)}")
             if state[key] != mine[key]:
-                raise StoreError(f"{self.root}: reader state has {key}={state[key]!r} but this reader has "
-                                 f"{key}={mine[key]!r}; it belongs to a different stream")
+                raise StoreError(
+                    f"{self.root}: reader state has {key}={state[key]!r} but this reader has "
+                    f"{key}={mine[key]!r}; it belongs to a different stream"
+                )
         self._halt()
         self._pos = (int(state["epoch"]), int(state["window"]), int(state["row"]))
         self._batches, self._rows = int(state.get("batches", 0)), int(state.get("rows", 0))

@@ -1,5 +1,6 @@
 """Checking a whole store after copying it: every chunk of every site read, checksums, row counts,
 finiteness; and the repair that rolls a damaged store back so that generation rewrites the rest."""
+
 from __future__ import annotations
 
 import time
@@ -7,13 +8,28 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from gemmascope.data.store.layout import (PROGRESS_JSON, StoreError, StoreWarning, _Root, check_shards,
-                                          chunks_checksummed, nonfinite_error, open_site_array, read_error)
+from gemmascope.data.store.layout import (
+    PROGRESS_JSON,
+    StoreError,
+    StoreWarning,
+    _Root,
+    check_shards,
+    chunks_checksummed,
+    nonfinite_error,
+    open_site_array,
+    read_error,
+)
 from gemmascope.data.store.meta import open_store, rollback
 
 # Faults that damage rows (the rollback must go back before them); the others damage metadata only.
-DATA_FAULTS = ("corrupt chunk", "corrupt shard", "missing shard", "missing chunk", "non-finite values",
-               "row count mismatch")
+DATA_FAULTS = (
+    "corrupt chunk",
+    "corrupt shard",
+    "missing shard",
+    "missing chunk",
+    "non-finite values",
+    "row count mismatch",
+)
 
 
 @dataclass
@@ -36,12 +52,16 @@ class VerifyReport:
     def summary(self) -> str:
         lines = []
         for name, s in sorted(self.sites.items()):
-            lines.append(f"  {name}: {s['rows']:,} rows x {s['d_in']} fp32, {s['shards']} shards, "
-                         f"{s['bytes'] / 1e9:.3f} GB, chunk checksums: "
-                         f"{'crc32c' if s['checksummed'] else 'NONE (written before checksums)'}")
+            lines.append(
+                f"  {name}: {s['rows']:,} rows x {s['d_in']} fp32, {s['shards']} shards, "
+                f"{s['bytes'] / 1e9:.3f} GB, chunk checksums: "
+                f"{'crc32c' if s['checksummed'] else 'NONE (written before checksums)'}"
+            )
         rate = self.bytes_read / max(self.seconds, 1e-9) / 1e9
-        head = (f"{self.root}: {len(self.sites)} sites, {sum(s['rows'] for s in self.sites.values()):,} rows, "
-                f"{self.bytes_read / 1e9:.3f} GB read in {self.seconds:.1f} s ({rate:.2f} GB/s)")
+        head = (
+            f"{self.root}: {len(self.sites)} sites, {sum(s['rows'] for s in self.sites.values()):,} rows, "
+            f"{self.bytes_read / 1e9:.3f} GB read in {self.seconds:.1f} s ({rate:.2f} GB/s)"
+        )
         if self.ok:
             return "\n".join([f"OK {head}"] + lines)
         faults = [f"FAULT {i + 1}/{len(self.faults)}: {e}" for i, e in enumerate(self.faults)]

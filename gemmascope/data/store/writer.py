@@ -1,4 +1,5 @@
 """Writing the activation store: batches in, whole shards out, crash safe and resumable."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,32 @@ from typing import Any, Mapping
 import numpy as np
 import tensorstore as ts
 
-from gemmascope.data.store.layout import (_CONTEXT, _RESERVED_NAMES, _SITE_KEYS, _SITE_NAME, _SITE_PARTS, COMPLETE,
-                                          DEFAULT_CAPACITY_ROWS, DEFAULT_CHUNKS_PER_SHARD, FORMAT, PROGRESS_JSON,
-                                          SITE_JSON, STORE_JSON, VERSION, StoreError, _array_metadata,
-                                          _check_finite, _join, _ranges, _Root, chunks_checksummed,
-                                          default_chunk_rows, read_error, warn_unchecked)
+from gemmascope.data.store.layout import (
+    _CONTEXT,
+    _RESERVED_NAMES,
+    _SITE_KEYS,
+    _SITE_NAME,
+    _SITE_PARTS,
+    COMPLETE,
+    DEFAULT_CAPACITY_ROWS,
+    DEFAULT_CHUNKS_PER_SHARD,
+    FORMAT,
+    PROGRESS_JSON,
+    SITE_JSON,
+    STORE_JSON,
+    VERSION,
+    StoreError,
+    _array_metadata,
+    _check_finite,
+    _join,
+    _ranges,
+    _Root,
+    chunks_checksummed,
+    default_chunk_rows,
+    read_error,
+    repair_fix,
+    warn_unchecked,
+)
 from gemmascope.data.store.meta import StoreInfo, check_store_json, open_store
 
 
@@ -25,10 +47,10 @@ class _SiteBuffer:
     chunk_rows: int
     shard_rows: int
     array: Any = None
-    buf_start: int = 0                  # shard-aligned row where the in-memory tail starts
+    buf_start: int = 0  # shard-aligned row where the in-memory tail starts
     parts: list = field(default_factory=list)
     buf_rows: int = 0
-    sum_sq: float = 0.0                 # sum of ||x||^2 over all rows appended (float64)
+    sum_sq: float = 0.0  # sum of ||x||^2 over all rows appended (float64)
     durable_rows: int = 0
     durable_sum_sq: float = 0.0
 
@@ -71,10 +93,18 @@ class ActivationWriter:
     (:func:`gemmascope.data.store.rollback`) and the rerun rewrites only what follows.
     """
 
-    def __init__(self, root: str, sites: Mapping[str, int], metadata: Mapping[str, Any] | None = None, *,
-                 rows_per_flush: int | None = None, chunk_rows: int | Mapping[str, int] | None = None,
-                 chunks_per_shard: int = DEFAULT_CHUNKS_PER_SHARD, capacity_rows: int = DEFAULT_CAPACITY_ROWS,
-                 chunk_checksums: bool = True):
+    def __init__(
+        self,
+        root: str,
+        sites: Mapping[str, int],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        rows_per_flush: int | None = None,
+        chunk_rows: int | Mapping[str, int] | None = None,
+        chunks_per_shard: int = DEFAULT_CHUNKS_PER_SHARD,
+        capacity_rows: int = DEFAULT_CAPACITY_ROWS,
+        chunk_checksums: bool = True,
+    ):
         self.root = root
         self._kv = _Root(root)
         if not sites:
@@ -101,10 +131,19 @@ class ActivationWriter:
             for name, d_in in sites.items():
                 cr = chunk_rows.get(name) if isinstance(chunk_rows, Mapping) else chunk_rows
                 cr = int(cr) if cr else default_chunk_rows(int(d_in))
-                layout[name] = {"d_in": int(d_in), "chunk_rows": cr, "shard_rows": cr * int(chunks_per_shard),
-                                "dtype": "float32"}
-            self._config = {"format": FORMAT, "version": VERSION, "sites": layout, "metadata": metadata,
-                            "capacity_rows": int(capacity_rows)}
+                layout[name] = {
+                    "d_in": int(d_in),
+                    "chunk_rows": cr,
+                    "shard_rows": cr * int(chunks_per_shard),
+                    "dtype": "float32",
+                }
+            self._config = {
+                "format": FORMAT,
+                "version": VERSION,
+                "sites": layout,
+                "metadata": metadata,
+                "capacity_rows": int(capacity_rows),
+            }
             if chunk_checksums:
                 self._config["chunk_checksum"] = "crc32c"
             self._kv.write_json(STORE_JSON, self._config)
@@ -136,11 +175,15 @@ class ActivationWriter:
         have = {k: v["d_in"] for k, v in stored["sites"].items()}
         want = {k: int(v) for k, v in sites.items()}
         if have != want:
-            raise StoreError(f"{where}: the existing store has sites {have}, this run asks for {want}; "
-                             "rerun with the same command, or write to a new root")
+            raise StoreError(
+                f"{where}: the existing store has sites {have}, this run asks for {want}; "
+                "rerun with the same command, or write to a new root"
+            )
         if stored.get("metadata") != metadata:
-            raise StoreError(f"{where}: the existing store was started with metadata {stored.get('metadata')}, "
-                             f"this run passes {metadata}; rerun with the same command, or write to a new root")
+            raise StoreError(
+                f"{where}: the existing store was started with metadata {stored.get('metadata')}, "
+                f"this run passes {metadata}; rerun with the same command, or write to a new root"
+            )
         return stored
 
     def _open_arrays(self) -> None:
@@ -152,7 +195,7 @@ class ActivationWriter:
             s.buf_start = (s.durable_rows // s.shard_rows) * s.shard_rows
             if s.durable_rows > s.buf_start:
                 try:
-                    tail = s.array[s.buf_start:s.durable_rows].read().result()
+                    tail = s.array[s.buf_start : s.durable_rows].read().result()
                 except ValueError as e:
                     raise read_error(e, self._kv, name, (s.buf_start, s.durable_rows), s.shard_rows) from None
                 s.parts, s.buf_rows = [tail], tail.shape[0]
@@ -162,18 +205,33 @@ class ActivationWriter:
         try:
             arr = ts.open(spec, open=True, context=_CONTEXT).result()
         except ValueError:  # not created yet (NOT_FOUND surfaces as ValueError)
-            spec["metadata"] = _array_metadata(s.d_in, s.chunk_rows, s.shard_rows, capacity,
-                                               checksums=self._config.get("chunk_checksum") == "crc32c")
-            return ts.open(spec, create=True, open=True, context=_CONTEXT).result()
+            spec["metadata"] = _array_metadata(
+                s.d_in,
+                s.chunk_rows,
+                s.shard_rows,
+                capacity,
+                checksums=self._config.get("chunk_checksum") == "crc32c",
+            )
+            try:
+                return ts.open(spec, create=True, open=True, context=_CONTEXT).result()
+            except ValueError as e:  # a zarr.json that exists but cannot be parsed
+                path = _join(self.root, f"{name}/zarr.json")
+                raise StoreError(f"{path}: cannot open or create the site's array ({e})", path=path,
+                                 site=name, fault="malformed metadata", fix=repair_fix(self.root)) from None
         if not chunks_checksummed(arr):
             warn_unchecked(self.root, name)
         layout = arr.chunk_layout
-        if (arr.dtype != ts.float32 or arr.shape[1] != s.d_in
-                or list(layout.read_chunk.shape) != [s.chunk_rows, s.d_in]
-                or list(layout.write_chunk.shape) != [s.shard_rows, s.d_in]):
-            raise StoreError(f"{_join(self.root, name)}: existing array (dtype {arr.dtype}, shape {arr.shape}, "
-                             f"chunks {layout.read_chunk.shape}/{layout.write_chunk.shape}) does not match "
-                             f"store.json; delete the store and regenerate it")
+        if (
+            arr.dtype != ts.float32
+            or arr.shape[1] != s.d_in
+            or list(layout.read_chunk.shape) != [s.chunk_rows, s.d_in]
+            or list(layout.write_chunk.shape) != [s.shard_rows, s.d_in]
+        ):
+            raise StoreError(
+                f"{_join(self.root, name)}: existing array (dtype {arr.dtype}, shape {arr.shape}, "
+                f"chunks {layout.read_chunk.shape}/{layout.write_chunk.shape}) does not match "
+                f"store.json; delete the store and regenerate it"
+            )
         if arr.shape[0] < capacity:  # killed inside finalize, after the resize: grow it back
             arr = arr.resize(exclusive_max=[capacity, None], resize_metadata_only=True).result()
         return arr
@@ -204,29 +262,41 @@ class ActivationWriter:
         if batch_index < self._next_batch:
             return False
         if self.complete:
-            raise StoreError(f"{self.root}: the store is complete ({self._durable_batches} batches); "
-                             f"batch {batch_index} cannot be added. Write to a new root to regenerate")
+            raise StoreError(
+                f"{self.root}: the store is complete ({self._durable_batches} batches); "
+                f"batch {batch_index} cannot be added. Write to a new root to regenerate"
+            )
         if batch_index > self._next_batch:
-            raise StoreError(f"{self.root}: batches must be written in order; expected batch "
-                             f"{self._next_batch}, got {batch_index}")
+            raise StoreError(
+                f"{self.root}: batches must be written in order; expected batch "
+                f"{self._next_batch}, got {batch_index}"
+            )
         missing = sorted(set(self._sites) - set(activations))
         extra = sorted(set(activations) - set(self._sites))
         if missing or extra:
-            raise StoreError(f"{self.root}: batch {batch_index} has sites missing {missing} / unknown {extra}; "
-                             f"the store's sites are {sorted(self._sites)}")
+            raise StoreError(
+                f"{self.root}: batch {batch_index} has sites missing {missing} / unknown {extra}; "
+                f"the store's sites are {sorted(self._sites)}"
+            )
         checked = {}
         for name, s in self._sites.items():
             x = np.asarray(activations[name])
             if not (x.dtype.kind == "f" or "float" in x.dtype.name):
-                raise StoreError(f"{self.root}: site {name}, batch {batch_index}: dtype {x.dtype} is not a float type")
+                raise StoreError(
+                    f"{self.root}: site {name}, batch {batch_index}: dtype {x.dtype} is not a float type"
+                )
             if x.ndim != 2 or x.shape[1] != s.d_in:
-                raise StoreError(f"{self.root}: site {name}, batch {batch_index}: shape {x.shape}, "
-                                 f"expected [n_rows, {s.d_in}]")
+                raise StoreError(
+                    f"{self.root}: site {name}, batch {batch_index}: shape {x.shape}, "
+                    f"expected [n_rows, {s.d_in}]"
+                )
             x = np.array(x, dtype=np.float32, order="C", copy=True)  # the caller may reuse its buffer
             bad = _check_finite(x)
             if bad is not None:
-                raise StoreError(f"{self.root}: site {name}, batch {batch_index}: NaN or inf in rows "
-                                 f"{_ranges(bad)} of the batch; refusing to store them")
+                raise StoreError(
+                    f"{self.root}: site {name}, batch {batch_index}: NaN or inf in rows "
+                    f"{_ranges(bad)} of the batch; refusing to store them"
+                )
             checked[name] = x
         for name, x in checked.items():
             s = self._sites[name]
@@ -247,8 +317,11 @@ class ActivationWriter:
         for s in self._sites.values():
             if s.rows == s.durable_rows and not _final:
                 continue
-            data = np.concatenate(s.parts) if len(s.parts) > 1 else (s.parts[0] if s.parts else
-                                                                      np.zeros((0, s.d_in), np.float32))
+            data = (
+                np.concatenate(s.parts)
+                if len(s.parts) > 1
+                else (s.parts[0] if s.parts else np.zeros((0, s.d_in), np.float32))
+            )
             s.parts = [data]
             end = s.buf_start + data.shape[0]
             if _final and end % s.shard_rows:
@@ -257,15 +330,18 @@ class ActivationWriter:
                 pad = s.shard_rows - end % s.shard_rows
                 data = np.concatenate([data, np.zeros((pad, s.d_in), np.float32)])
             if data.shape[0]:
-                writes.append(s.array[s.buf_start:s.buf_start + data.shape[0]].write(data))
+                writes.append(s.array[s.buf_start : s.buf_start + data.shape[0]].write(data))
         for w in writes:
             w.result()  # resolves once committed (fsynced for files)
         for s in self._sites.values():
             s.durable_rows, s.durable_sum_sq = s.rows, s.sum_sq
         self._durable_batches = self._next_batch
         names = sorted(self._sites)
-        entry = [self._durable_batches, [self._sites[n].durable_rows for n in names],
-                 [self._sites[n].durable_sum_sq for n in names]]
+        entry = [
+            self._durable_batches,
+            [self._sites[n].durable_rows for n in names],
+            [self._sites[n].durable_sum_sq for n in names],
+        ]
         if not self._history or self._history[-1] != entry:
             self._history.append(entry)
         self._write_progress()
@@ -273,14 +349,20 @@ class ActivationWriter:
             keep_from = (s.rows // s.shard_rows) * s.shard_rows
             if keep_from > s.buf_start:
                 data = s.parts[0]
-                tail = data[keep_from - s.buf_start:]
+                tail = data[keep_from - s.buf_start :]
                 s.parts = [tail.copy()] if tail.shape[0] else []
                 s.buf_rows, s.buf_start = tail.shape[0], keep_from
 
     def _progress(self) -> dict[str, Any]:
         # history: [batches_done, [rows], [sum_sq]] per flush, sites in sorted order (for rollback)
-        return {"format": FORMAT, "batches_done": self._durable_batches, "history": self._history,
-                "sites": {n: {"rows": s.durable_rows, "sum_sq": s.durable_sum_sq} for n, s in self._sites.items()}}
+        return {
+            "format": FORMAT,
+            "batches_done": self._durable_batches,
+            "history": self._history,
+            "sites": {
+                n: {"rows": s.durable_rows, "sum_sq": s.durable_sum_sq} for n, s in self._sites.items()
+            },
+        }
 
     def _write_progress(self) -> None:
         self._kv.write_json(PROGRESS_JSON, self._progress())
@@ -292,7 +374,9 @@ class ActivationWriter:
             extra = json.loads(json.dumps(dict(extra_metadata or {})))
             clash = sorted(set(extra) & set(_SITE_KEYS))
             if clash:
-                raise StoreError(f"{self.root}: metadata keys {clash} are reserved (the writer computes them)")
+                raise StoreError(
+                    f"{self.root}: metadata keys {clash} are reserved (the writer computes them)"
+                )
             self.flush(_final=True)
             for name, s in self._sites.items():
                 n = s.durable_rows
@@ -313,13 +397,25 @@ class ActivationWriter:
         m = _SITE_PARTS.match(name)
         n = s.durable_rows
         mean_sq = s.durable_sum_sq / n if n else 0.0
-        return {**self._config["metadata"], **extra,
-                "format": FORMAT, "version": VERSION, "site": name,
-                "kind": m.group("kind") if m else name, "layer": int(m.group("layer")) if m else None,
-                "d_in": s.d_in, "dtype": "float32", "n_rows": n, "n_tokens": n,
-                "n_batches": self._durable_batches,
-                "mean_squared_norm": mean_sq, "norm_scale": math.sqrt(mean_sq),
-                "chunk_rows": s.chunk_rows, "shard_rows": s.shard_rows, "array": name + "/"}
+        return {
+            **self._config["metadata"],
+            **extra,
+            "format": FORMAT,
+            "version": VERSION,
+            "site": name,
+            "kind": m.group("kind") if m else name,
+            "layer": int(m.group("layer")) if m else None,
+            "d_in": s.d_in,
+            "dtype": "float32",
+            "n_rows": n,
+            "n_tokens": n,
+            "n_batches": self._durable_batches,
+            "mean_squared_norm": mean_sq,
+            "norm_scale": math.sqrt(mean_sq),
+            "chunk_rows": s.chunk_rows,
+            "shard_rows": s.shard_rows,
+            "array": name + "/",
+        }
 
     def close(self) -> None:
         """Flushes buffered batches without finalizing (the store stays resumable)."""
@@ -336,4 +432,3 @@ class ActivationWriter:
                 self.flush()
             except Exception:  # noqa: BLE001 - never mask the original error
                 pass
-
