@@ -175,6 +175,10 @@ class Checkpoints:
                 src = os.path.join(self.directory, str(s))
                 if os.path.exists(src):
                     os.replace(src, os.path.join(aside, f"{s}-{int(time.time())}"))
+        if jax.process_count() > 1:  # every process reopens after the move
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("gemmascope_checkpoint_move_aside")
         self.manager.close()
         self.manager = self._manager(self.max_to_keep)
 

@@ -57,10 +57,8 @@ Modules: :mod:`.layout` (paths, kvstore specs, file and array formats, errors), 
 (opening with every file cross-checked; rollback), :mod:`.writer`, :mod:`.reader`, :mod:`.verify`.
 """
 
-from gemmascope.data.store.layout import (  # noqa: F401 - the package's public names
+from gemmascope.data.store.layout import (  # noqa: F401 - the public names (_Root, _CONTEXT: tests)
     _CONTEXT,
-    _RESERVED_NAMES,
-    _SITE_KEYS,
     COMPLETE,
     DEFAULT_CAPACITY_ROWS,
     DEFAULT_CHUNK_BYTES,
@@ -73,10 +71,6 @@ from gemmascope.data.store.layout import (  # noqa: F401 - the package's public 
     VERSION,
     StoreError,
     StoreWarning,
-    _array_metadata,
-    _check_finite,
-    _join,
-    _ranges,
     _Root,
     chunks_checksummed,
     default_chunk_rows,
