@@ -217,6 +217,16 @@ def test_repair_then_rerun_rewrites_only_what_follows(copy):
         np.testing.assert_array_equal(stored_rows(copy, site), expected(12, site))
 
 
+def test_verify_reports_non_finite_rows(copy):
+    import tensorstore as ts
+
+    arr = ts.open(st._Root(copy).array_spec("res_L3"), open=True, context=st._CONTEXT).result()
+    arr[25, 3].write(np.float32(np.inf)).result()  # a valid chunk (checksum rewritten) holding an inf
+    faults = st.verify_store(copy).faults
+    assert [(f.fault, f.rows) for f in faults] == [("non-finite values", (24, 28))]
+    assert "rows 25 " in str(faults[0])
+
+
 def test_garbled_zarr_json_then_repair(copy):
     path = os.path.join(copy, "att_L3", "zarr.json")
     open(path, "w").write('{"zarr_format": 3, "shape": [')

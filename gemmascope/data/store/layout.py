@@ -373,7 +373,13 @@ def read_error(exc: Exception, kv: _Root, site: str, rows: tuple[int, int], shar
     shard = rows[0] // shard_rows
     key = shard_key(site, shard)
     text = str(exc)
-    if not kv.exists(key):
+    fix = repair_fix(kv.root)
+    access = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED", "UNAUTHENTICATED",
+              "RESOURCE_EXHAUSTED")
+    if any(code in text for code in access):  # the bytes could not be fetched: nothing known to be damaged
+        fault, what = "read failed", "could not be read (access or network)"
+        fix = "check access to the store (credentials, network, disk) and retry; nothing is known damaged"
+    elif not kv.exists(key):
         fault, what = "missing shard", "is missing"
     elif "NOT_FOUND" in text:
         fault, what = "missing chunk", "lacks a chunk (its index records no data for these rows)"
@@ -389,7 +395,7 @@ def read_error(exc: Exception, kv: _Root, site: str, rows: tuple[int, int], shar
         site=site,
         rows=rows,
         fault=fault,
-        fix=repair_fix(kv.root),
+        fix=fix,
     )
 
 
