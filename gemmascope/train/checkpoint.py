@@ -179,8 +179,7 @@ class Checkpoints:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("gemmascope_checkpoint_move_aside")
-        self.manager.close()
-        self.manager = self._manager(self.max_to_keep)
+        self.manager.reload()  # re-reads the steps on disk
 
     def close(self) -> None:
         self.manager.wait_until_finished()
