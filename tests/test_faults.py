@@ -240,6 +240,20 @@ def test_garbled_zarr_json_then_repair(copy):
         np.testing.assert_array_equal(stored_rows(copy, site), expected(12, site))
 
 
+def test_verify_incomplete_store_says_so(copy):
+    os.remove(os.path.join(copy, "COMPLETE"))
+    report = st.verify_store(copy)
+    assert (
+        report.incomplete
+        and report.summary().startswith("INCOMPLETE")
+        and "rerun the generate" in report.summary()
+    )
+    assert (
+        st.repair_store(copy, report) is None
+        and st.ActivationWriter(copy, SITES, META).resume_from_batch == 12
+    )
+
+
 def test_verify_command(clean, copy):
     cmd = [sys.executable, os.path.join(REPO, "launch", "verify_store.py")]
     env = {**os.environ, "PYTHONPATH": REPO}

@@ -65,7 +65,13 @@ class VerifyReport:
         if self.ok:
             return "\n".join([f"OK {head}"] + lines)
         faults = [f"FAULT {i + 1}/{len(self.faults)}: {e}" for i, e in enumerate(self.faults)]
-        return "\n".join([f"DAMAGED {head}; {len(self.faults)} fault(s)"] + lines + faults)
+        word = "INCOMPLETE" if self.incomplete else "DAMAGED"
+        return "\n".join([f"{word} {head}; {len(self.faults)} fault(s)"] + lines + faults)
+
+    @property
+    def incomplete(self) -> bool:
+        """True when the only fault is an unfinished writer (rerun generation; nothing to repair)."""
+        return bool(self.faults) and all(f.fault == "incomplete" for f in self.faults)
 
 
 def verify_store(root: str, max_faults: int = 100) -> VerifyReport:
@@ -126,8 +132,9 @@ def verify_store(root: str, max_faults: int = 100) -> VerifyReport:
 def repair_store(root: str, report: VerifyReport, log=print) -> int | None:
     """Rolls a damaged store back to before its first damaged shard per site (see
     :func:`gemmascope.data.store.rollback`); returns the batch to resume from, or None when the
-    report holds no fault. StoreError if the store cannot be rolled back (its ``store.json``)."""
-    if report.ok:
+    report holds no fault or only says the writer has not finished. StoreError if the store
+    cannot be rolled back (its ``store.json``)."""
+    if report.ok or report.incomplete:
         return None
     first_bad: dict[str, int] = {}
     for e in report.faults:
