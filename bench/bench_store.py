@@ -11,6 +11,11 @@ the same files and in the same run:
 * reader: one epoch of :class:`ActivationReader` (shuffled chunk order, shuffle buffer, the
   per-chunk NaN/inf check, batches gathered in shuffled order, prefetch thread), consumer idle.
 
+The same rows are written twice: with a ``crc32c`` over every inner chunk (the format the writer
+produces) and without (the format of stores written before per-chunk checksums), and the reader is
+timed on both, interleaved, so the cost of verifying every chunk's checksum is a ratio within one
+run (section "Activation store: chunk checksums").
+
 Each is timed with the files in the page cache ("warm", best of ``--repeats``) and, where
 ``posix_fadvise(DONTNEED)`` can evict them, from the disk ("cold", once each). The ratio
 reader / raw is the result; rows/s is for comparison with a trainer's consumption. Appends rows to
@@ -83,11 +88,13 @@ def reader_read(root: str, batch: int, seed: int, prefetch: int, buffer_rows: in
     return dt, rows
 
 
-def write_store(root: str, rows: int, d_in: int, batch_rows: int) -> tuple[float, int]:
+def write_store(root: str, rows: int, d_in: int, batch_rows: int,
+                checksums: bool = True) -> tuple[float, int]:
     rng = np.random.default_rng(0)
     block = rng.standard_normal((batch_rows, d_in), dtype=np.float32)  # generation is not timed
     t = time.perf_counter()
-    with st.ActivationWriter(root, {SITE: d_in}, {"model": "bench", "corpus": "random normal"}) as w:
+    with st.ActivationWriter(root, {SITE: d_in}, {"model": "bench", "corpus": "random normal"},
+                             chunk_checksums=checksums) as w:
         done = 0
         for b in range(-(-rows // batch_rows)):
             n = min(batch_rows, rows - done)
@@ -112,8 +119,11 @@ def main() -> None:
 
     parent = tempfile.mkdtemp(prefix="bench_store_", dir=args.dir)
     root = os.path.join(parent, "acts")
+    plain = os.path.join(parent, "acts_no_checksums")
     try:
         wt, n = write_store(root, args.rows, args.d_in, batch_rows=8192)
+        write_store(plain, args.rows, args.d_in, batch_rows=8192, checksums=False)
+        plain_files = store_files(plain)
         files = store_files(root)
         size = sum(os.path.getsize(f) for f in files)
         info = st.open_store(root).sites[SITE]
@@ -124,17 +134,20 @@ def main() -> None:
         window_rows = reader.window_chunks * reader.chunk_rows
         reader.close()
 
-        results = {}
-        cold = evict(files)
+        results, unchecked = {}, {}
+        cold = evict(files) and evict(plain_files)
         if cold:
             results["cold"] = (raw_read(files), None)
             evict(files)
             results["cold"] = (results["cold"][0], reader_read(root, args.batch, 0, args.prefetch, args.buffer_rows))
-        raws, reads = [], []
-        for i in range(args.repeats):
+            unchecked["cold"] = reader_read(plain, args.batch, 0, args.prefetch, args.buffer_rows)
+        raws, reads, plain_reads = [], [], []
+        for i in range(args.repeats):  # interleaved: both formats see the same machine load
             raws.append(raw_read(files))
             reads.append(reader_read(root, args.batch, i, args.prefetch, args.buffer_rows))
+            plain_reads.append(reader_read(plain, args.batch, i, args.prefetch, args.buffer_rows))
         results["warm"] = (min(raws), min(reads))
+        unchecked["warm"] = min(plain_reads)
 
         rows_out = []
         for cache, ((raw_t, raw_b), (rd_t, rd_rows)) in results.items():
@@ -150,7 +163,22 @@ def main() -> None:
                 f"shard {info['shard_rows']} rows | batch {args.batch}, shuffle buffer {window_rows:,} rows, "
                 f"prefetch {args.prefetch} | {cache} | {raw_gbs:.2f} | {rd_gbs:.2f} | {rd_gbs / raw_gbs:.2f} "
                 f"| {rows_s:,.0f} | {size / wt / 1e9:.2f} |")
+        crc_rows = []
+        for cache, (_, (rd_t, rd_rows)) in results.items():
+            pl_t, pl_rows = unchecked[cache]
+            with_gbs, without_gbs = rd_rows * args.d_in * 4 / rd_t / 1e9, pl_rows * args.d_in * 4 / pl_t / 1e9
+            print(f"{cache:>4}: reader with chunk crc32c {with_gbs:.3f} GB/s, "
+                  f"without {without_gbs:.3f} GB/s; ratio {with_gbs / without_gbs:.2f}")
+            crc_rows.append(
+                f"| {machine()} | {n:,} x {args.d_in} fp32, chunk {info['chunk_rows']} / "
+                f"shard {info['shard_rows']} rows | batch {args.batch}, prefetch {args.prefetch} | {cache} "
+                f"| {with_gbs:.2f} | {without_gbs:.2f} | {with_gbs / without_gbs:.2f} "
+                f"| {rd_rows / rd_t:,.0f} |")
         if not args.no_report:
+            append_rows("Activation store: chunk checksums (bench/bench_store.py)",
+                        "| machine | store | reader | page cache | reader GB/s, crc32c per chunk "
+                        "| reader GB/s, no chunk checksum | with / without | reader rows/s with crc32c |\n"
+                        "|---|---|---|---|---|---|---|---|", crc_rows)
             append_rows("Activation store",
                         "| machine | store | reader | page cache | raw read GB/s | reader GB/s | reader / raw "
                         "| reader rows/s | write GB/s |\n"

@@ -4,7 +4,9 @@ Two stores under the root: ``train`` (the training split of the text, or its fir
 ``store.max_tokens`` rows) and ``heldout`` (``store.heldout_rows`` rows of the held-out split, for
 evaluation). Each is crash safe: a killed run, rerun with the same command, skips the batches it
 already wrote and finishes with every row present exactly once (see
-:class:`gemmascope.data.store.ActivationWriter`). BOS, EOS and padding positions are never
+:class:`gemmascope.data.store.ActivationWriter`); a damaged store rolled back by
+``launch/verify_store.py --repair`` is resumed the same way, rewriting only what follows the
+damage. BOS, EOS and padding positions are never
 stored. The norm distribution of what is stored (percentiles of ``||x||``) goes into each
 site's metadata and is printed, since a few early positions can carry huge norms.
 """
@@ -63,7 +65,8 @@ def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | 
     writer = store_lib.ActivationWriter(path, lm.dims, _metadata(config, lm, part),
                                         rows_per_flush=int(config.store.rows_per_flush) or None)
     if writer.complete:
-        log(f"[generate:{part}] {path} is already complete; skipping")
+        log(f"[generate:{part}] {path} is already complete; skipping (to check every chunk: "
+            f"python launch/verify_store.py --store={path})")
         return store_lib.open_store(path).sites
     start = writer.resume_from_batch
     if start:

@@ -26,6 +26,8 @@ class StoreSource:
             info = store_lib.open_store(self.train_root)
             store_lib.open_store(self.heldout_root)
         except store_lib.StoreError as e:
+            if e.fault not in ("missing store", "incomplete"):
+                raise  # a damaged store: the error says what to do
             raise store_lib.StoreError(
                 f"{e}\nCreate the activation store first (it resumes if interrupted):\n"
                 f"  python launch/generate_activations.py --config=<the same config and overrides> --workdir={workdir}\n"

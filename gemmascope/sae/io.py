@@ -20,6 +20,8 @@ file without metadata (a released Gemma Scope file) must be a JumpReLU.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -71,14 +73,20 @@ def _atomic_write(path: str, write_fn) -> None:
 
 
 def save_params(path: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> None:
-    """Writes ``params.npz`` (fp32, layout keys) and, if given, ``metadata.json`` beside it."""
+    """Writes ``params.npz`` (fp32, layout keys) and, if given, ``metadata.json`` beside it, with
+    the file's sha256 as ``params_sha256`` (checked by :func:`load_params`; the zip's own CRC-32
+    per array catches damage in files without metadata)."""
     arrays = {k: np.asarray(v, np.float32) for k, v in params.items()}
     layout = file_layout(metadata, path)
     validate_params(arrays, source=path, layout=layout)
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    _atomic_write(path, lambda fh: fh.write(data))
     if metadata is not None:
         meta_path = os.path.join(os.path.dirname(path), "metadata.json")
-        text = json.dumps(dict(metadata), indent=2, sort_keys=True, default=_json_default).encode()
+        metadata = {**dict(metadata), "params_sha256": hashlib.sha256(data).hexdigest()}
+        text = json.dumps(metadata, indent=2, sort_keys=True, default=_json_default).encode()
         _atomic_write(meta_path, lambda fh: fh.write(text))
 
 
@@ -141,19 +149,27 @@ def load_params(path: str) -> dict[str, np.ndarray]:
 
     ``path`` may be the file or the folder holding it. The layout comes from the
     ``metadata.json`` beside it (JumpReLU without one). Raises :class:`SAEFileError` naming the
-    problem (missing file, missing key, wrong shape, non-positive threshold, NaN).
+    problem (missing file, missing key, wrong shape, non-positive threshold, NaN, a file that does
+    not match the ``params_sha256`` in its metadata, a zip CRC error).
     Encode the result with :func:`gemmascope.sae.model.encode`.
     """
     if os.path.isdir(path):
         path = os.path.join(path, "params.npz")
     if not os.path.exists(path):
         raise SAEFileError(f"{path}: no such SAE file (expected a Gemma Scope params.npz)")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    metadata = load_metadata(path)
+    want = metadata.get("params_sha256")
+    if want is not None and hashlib.sha256(data).hexdigest() != want:
+        raise SAEFileError(f"{path}: the file's sha256 does not match params_sha256 in metadata.json (the "
+                           "file is truncated or corrupt, or was replaced); export the SAE again or copy it again")
     try:
-        with np.load(path) as npz:
+        with np.load(io.BytesIO(data)) as npz:
             arrays = {k: np.asarray(npz[k], np.float32) for k in npz.files}
-    except Exception as e:  # zipfile / pickle errors come in many types
+    except Exception as e:  # zipfile (CRC, truncation) / pickle errors come in many types
         raise SAEFileError(f"{path}: not a readable .npz file ({e})") from e
-    layout = file_layout(load_metadata(path), path)
+    layout = file_layout(metadata, path)
     validate_params(arrays, source=path, layout=layout)
     return {k: arrays[k] for k in FILE_KEYS[layout]}
 
@@ -164,8 +180,11 @@ def load_metadata(path: str) -> dict[str, Any]:
     meta = os.path.join(folder, "metadata.json")
     if not os.path.exists(meta):
         return {}
-    with open(meta) as fh:
-        return json.load(fh)
+    try:
+        with open(meta) as fh:
+            return json.load(fh)
+    except ValueError as e:
+        raise SAEFileError(f"{meta}: not valid JSON ({e})") from None
 
 
 def width_name(width: int) -> str:
