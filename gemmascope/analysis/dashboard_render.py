@@ -89,8 +89,10 @@ def _pct(freq: float) -> str:
 
 
 def _environment() -> jinja2.Environment:
+    # auto_reload off: templates are read once per process (no stat per page, one version per site).
     env = jinja2.Environment(loader=jinja2.PackageLoader("gemmascope.analysis", "dashboard_templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+                             autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             auto_reload=False)
     env.filters.update(num=format, sig=_sig, pct=_pct, chip=chip_text)
     return env
 
