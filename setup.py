@@ -6,7 +6,9 @@ setup(
     version="0.1.0",
     description="Train, evaluate and read JumpReLU sparse autoencoders on every layer of an LM (JAX).",
     packages=find_packages(include=["gemmascope", "gemmascope.*"]),
-    package_data={"gemmascope.data": ["corpus/*"]},
+    # The dashboard's Jinja2 templates and static CSS/JS (gemmascope/analysis/dashboard_render.py).
+    package_data={"gemmascope.data": ["corpus/*"],
+                  "gemmascope.analysis": ["dashboard_templates/*.html", "dashboard_static/*"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=[
@@ -26,6 +28,7 @@ setup(
         "pyarrow",
         "scipy",
         "matplotlib",
+        "jinja2",
     ],
     extras_require={
         # torch is test-only (parity with transformers); pinned so pip takes the CPU wheel.

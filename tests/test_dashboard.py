@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -354,6 +355,138 @@ def test_token_display_helpers():
     assert dash.chip_text("") == "\u2205"
     assert dash.context_text("a\nb\tc\x0c") == "a\u21b5b\u21e5c\\x0c"
     assert dash.esc("<a href=\"x\">&</a>") == "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+
+
+# ----------------------------------------------------------------------------------- templates
+
+
+HOSTILE = ["<|bos|>", "<script>alert(1)</script>", "{{ 7*7 }}", '" onmouseover="x', "</div><b>", "a&amp;b",
+           "{% raw %}", "'", ""]
+
+
+class _PageParser(HTMLParser):
+    """Tags, attribute values and text of a page, entities decoded (what a browser's DOM holds)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags, self.classes, self.attrs, self.text, self.scripts = [], [], [], [], []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.classes.append(dict(attrs).get("class"))
+        self.attrs.extend(v for _, v in attrs if v is not None)
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        self._in_script = False
+
+    def handle_data(self, data):
+        (self.scripts if self._in_script else self.text).append(data)
+
+
+def _parse(path):
+    p = _PageParser()
+    with open(path, encoding="utf-8") as fh:
+        p.feed(fh.read())
+    p.close()
+    return p
+
+
+def test_templates_autoescape_every_string(tmp_path):
+    """Token strings, labels and set names holding markup or template syntax come out as text: no
+    element is added and each string reads back unchanged (no browser needed)."""
+    from gemmascope.analysis.enrichment import EnrichmentResult
+
+    V, S, T, d_sae = len(HOSTILE) + 4, 3, 16, 3
+    vocab = HOSTILE + [f" w{i}" for i in range(4)]
+    tokens = np.arange(S * T).reshape(S, T) % (V - 1) + 1                      # every row holds most tokens
+    tokens[:, 0] = 0
+    codes = np.zeros((S, T, d_sae), np.float32)
+    codes[..., 0] = np.where(tokens <= len(HOSTILE) - 1, 1.0 + tokens, 0.0)    # fires on the hostile tokens
+    codes[..., 1] = np.where(tokens == V - 1, 1.0, 0.0)                        # fires on " w3" only
+    # one hostile token is never encoded (a dropped norm outlier): every span kind shows hostile text
+    res = dash.scan_codes(tokens, tokens != 0, codes, k=3, valid=tokens != 4)      # 4: "</div><b>"
+    rng = np.random.default_rng(0)
+    lens = ll.logit_lens(rng.standard_normal((d_sae, 6)).astype(np.float32),
+                         rng.standard_normal((6, V)).astype(np.float32), k=V // 2)
+    set_name = "<img src=x onerror=alert(1)> & {{ set }}"
+    enr = EnrichmentResult(set_names=[set_name], set_sizes=np.array([3]), score=np.full((d_sae, 1), 0.9),
+                           pvalue=np.full((d_sae, 1), 1e-9), qvalue=np.full((d_sae, 1), 1e-9),
+                           correction="bh")
+    info = dash.SiteInfo(title="T <i>x</i> {{ t }}", model='m "q" <b>', layer=2, site="res",
+                         text="<u>text</u>")
+    out = str(tmp_path / "site")
+    dash.write_site(out, res, lens, vocab, list(range(d_sae)), info=info, enrichment=enr,
+                    enrichment_floor={set_name: 0.5}, log=None)
+    allowed = {"html", "head", "meta", "title", "link", "body", "header", "main", "div", "h1", "h2", "span",
+               "small", "a", "p", "b", "svg", "line", "rect", "text", "input", "select", "option", "table",
+               "thead", "tbody", "tr", "th", "td", "script"}
+    pages = [os.path.join(out, "index.html")]
+    pages += [os.path.join(out, "latents", f"{i}.html") for i in range(d_sae)]
+    for path in pages:
+        page = _parse(path)
+        assert set(page.tags) <= allowed, (path, set(page.tags) - allowed)
+        text, attrs = "".join(page.text), " ".join(page.attrs)
+        assert page.tags.count("b") == page.classes.count("stat")                # <b> only in the stat boxes
+        assert "T <i>x</i> {{ t }}" in text                                  # the title, read back as text
+        if path.endswith("index.html"):
+            assert page.tags.count("script") == 1                                # our script, and only ours
+            assert "".join(page.scripts) == dash.static_text("index.js")
+            assert 'm "q" <b> \u00b7 layer 2 \u00b7 site res' in text
+            assert set_name.lower() in attrs                                     # search text of every row
+        else:
+            assert page.tags.count("script") == 0
+            assert "<u>text</u>" in text
+    for i in (0, 1):                                 # fired (0), not fired (1) and dropped (both) contexts
+        page = _parse(os.path.join(out, "latents", f"{i}.html"))
+        text, attrs = "".join(page.text), " ".join(page.attrs)
+        assert f"{set_name}: score +0.90" in text                                # enrichment, listed as text
+        assert page.classes.count("t drop") >= 1 and page.classes.count("t focus") == 3
+        for tok in HOSTILE[1:-2]:                    # contexts: tokens as text, repr(token) in the hover title
+            assert dash.context_text(tok) in text and repr(tok) in attrs
+    with open(os.path.join(out, "style.css"), encoding="utf-8") as fh:
+        assert fh.read() == dash.static_text("style.css")
+
+
+def test_histogram_geometry_by_hand():
+    """Counts [0, 2, 1, 0] over [0, 4] in the default 420x150 box: plot area x 40..400, y 8..122
+    (height 114); bars only for the non-empty bins, heights 114 * count / 2; threshold 1 at x = 130."""
+    svg = str(dash.histogram_svg(np.array([0, 2, 1, 0]), 0.0, 4.0, threshold=1.0))
+    bars = re.findall(r'<rect class="bar" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"[^>]*>'
+                      r"<title>([^<]*)</title>", svg)
+    assert bars == [("130.5", "8.0", "89.0", "114.0", "1 to 2: 2"),
+                    ("220.5", "65.0", "89.0", "57.0", "2 to 3: 1")]
+    assert '<line x1="130.0" y1="8" x2="130.0" y2="122" stroke="#24303f"' in svg
+    assert "<title>threshold 1</title>" in svg
+    assert re.findall(r'text-anchor="middle">([^<]*)</text>', svg) == ["0", "2", "4", "activation"]
+    assert '<text x="36" y="17" text-anchor="end">2</text>' in svg             # the y axis: max count ...
+    assert '<text x="36" y="122" text-anchor="end">0</text>' in svg            # ... and 0
+    # a threshold outside (lo, hi] is not drawn; an empty histogram has no bars and y max 1
+    assert "threshold" not in str(dash.histogram_svg(np.array([1, 1]), 0.0, 4.0, threshold=5.0))
+    empty = str(dash.histogram_svg(np.zeros(4, int), 0.0, 1.0))
+    assert "<rect" not in empty and '<text x="36" y="17" text-anchor="end">1</text>' in empty
+
+
+def test_package_data_ships_the_templates_and_static_files():
+    """Every file of dashboard_templates/ and dashboard_static/ matches a package_data pattern of
+    setup.py (an installed package must render), and the templates the renderer loads are there."""
+    import ast
+    import fnmatch
+
+    with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as fh:
+        call = next(n for n in ast.walk(ast.parse(fh.read())) if isinstance(n, ast.Call)
+                    and getattr(n.func, "id", "") == "setup")
+    package_data = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_data"))
+    patterns = package_data["gemmascope.analysis"]
+    root = os.path.join(REPO, "gemmascope", "analysis")
+    files = [os.path.relpath(os.path.join(d, f), root) for sub in ("dashboard_templates", "dashboard_static")
+             for d, _, fs in os.walk(os.path.join(root, sub)) for f in fs if "__pycache__" not in d]
+    assert {"dashboard_templates/latent.html", "dashboard_templates/index.html",
+            "dashboard_static/style.css", "dashboard_static/index.js"} <= set(files)
+    assert all(any(fnmatch.fnmatchcase(f, p) for p in patterns) for f in files), (files, patterns)
+    with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as fh:
+        assert '"jinja2"' in fh.read()
 
 
 # ----------------------------------------------------------------------------------- scan vs oracle
