@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.data import sites as sites_lib
 from gemmascope.analysis.dashboard_render import (SiteInfo, chip_text, context_text, context_view, esc,
                                                   histogram_svg, histogram_view, static_text, token_strings,
                                                   write_site)
@@ -133,13 +134,8 @@ def build_dashboard(sae_path: str, out_dir: str, *, n_tokens: int = 50_000,
     if split not in ("heldout", "train", "all"):
         raise DashboardInputError(f"split must be 'heldout', 'train' or 'all', got {split!r}")
     if lm is None:
-        from gemmascope.lm import loading
-
-        if checkpoint in ("", "embedded"):
-            lm = loading.load_embedded()
-        else:
-            cfg, params = loading.load_checkpoint(checkpoint)
-            lm = (cfg, params, loading.load_tokenizer(checkpoint))
+        loaded = sites_lib.load_lm(checkpoint)
+        lm = (loaded.cfg, loaded.params, loaded.tokenizer)
     cfg, lm_params, tokenizer = lm
     if not 0 <= int(layer) < cfg.n_layers:
         raise DashboardInputError(f"layer {layer} out of range: the model has {cfg.n_layers} layers")

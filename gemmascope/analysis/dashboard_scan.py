@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.data import sites as sites_lib
 from gemmascope.sae import model as sae_model
 
 
@@ -104,13 +105,6 @@ class ScanResult:
         return np.where(r[i] == rows, v[i], 0.0).astype(np.float32)
 
 
-def _sae_arrays(sae: Mapping[str, Any]) -> tuple[dict[str, jax.Array], int | None]:
-    """Array params on the device, and TopK's ``k`` as a static Python int (None otherwise)."""
-    k = int(np.asarray(sae["k"]).reshape(())) if "k" in sae else None
-    arrays = {n: jnp.asarray(v, jnp.float32) for n, v in sae.items() if n != "k"}
-    return arrays, k
-
-
 @partial(jax.jit, static_argnames=("topk",))
 def _encode_batch(arrays: dict[str, jax.Array], x: jax.Array, valid: jax.Array, topk: int | None
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -124,16 +118,6 @@ def _encode_batch(arrays: dict[str, jax.Array], x: jax.Array, valid: jax.Array, 
     f = jnp.where(valid.reshape(B * T, 1), f, 0.0)
     f3 = f.reshape(B, T, -1)
     return f, jnp.max(f3, axis=1), jnp.argmax(f3, axis=1).astype(jnp.int32)
-
-
-@partial(jax.jit, static_argnames=("cfg", "layer", "site"))
-def _capture(lm_params, tokens: jax.Array, cfg, layer: int, site: str) -> tuple[jax.Array, jax.Array]:
-    """The site's activations ``[B, T, d]`` and their norms ``[B, T]`` (the LM stops at ``layer``)."""
-    from gemmascope.lm.model import forward
-
-    a = forward(lm_params, tokens, cfg, capture=[(layer, site)], stop_after=layer).captures[(layer, site)]
-    a = a.astype(jnp.float32)
-    return a, jnp.sqrt(jnp.sum(a * a, axis=-1))
 
 
 def _merge_top(vals: np.ndarray, seqs: np.ndarray, poss: np.ndarray, k: int
@@ -236,21 +220,19 @@ def scan(lm_params, lm_cfg, sae: Mapping[str, Any], layer: int, site: str,
       log: progress lines (tokens/s), or None.
     """
     d_in = int(np.shape(sae["W_enc"])[0])
-    arrays, topk = _sae_arrays(sae)
+    lm = sites_lib.LM(lm_cfg, lm_params, None, "")
+    arrays, topk = sae_model.split_static_k(sae)
     acc = _Accumulator(int(arrays["W_enc"].shape[1]), k)
     t0 = time.time()
     for tokens, mask in batches:
         tokens = np.asarray(tokens, np.int32)
         mask = np.asarray(mask, bool)
-        x, norms = _capture(lm_params, jnp.asarray(tokens), lm_cfg, int(layer), site)
+        x, keep = sites_lib.capture(lm, tokens, mask, [(int(layer), site)], outlier_norm_factor)[(int(layer), site)]
         if x.shape[-1] != d_in:
             raise DashboardInputError(
                 f"the SAE reads d_in={d_in} but {site!r} at layer {layer} of this model has "
                 f"width {x.shape[-1]}: wrong model, layer or site for this SAE")
-        valid = mask.copy()
-        if outlier_norm_factor > 0 and mask.any():
-            n = np.asarray(norms)
-            valid &= n <= outlier_norm_factor * np.median(n[mask])
+        valid = np.asarray(keep)
         f, smax, sarg = _encode_batch(arrays, x, jnp.asarray(valid), topk)
         acc.add(tokens, mask, valid, np.asarray(f), np.asarray(smax), np.asarray(sarg))
         if log:
@@ -269,20 +251,9 @@ def scan(lm_params, lm_cfg, sae: Mapping[str, Any], layer: int, site: str,
 
 def text_batches(tokenizer, lm_cfg, texts: Iterable[str], seq_len: int = 128, batch_sequences: int = 32
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Packed ``(tokens [batch_sequences, seq_len], mask)`` batches with BOS first; the last batch is
-    padded with fully masked rows so every batch has one shape."""
-    from gemmascope.data import text as text_lib
-
-    bos, eos, pad = lm_cfg.bos_id, lm_cfg.eos_id, lm_cfg.pad_id
-    packed = text_lib.iter_packed(tokenizer, texts, seq_len, bos, eos, pad, batch_size=batch_sequences)
-    for toks, mask in packed:
-        if len(toks) < batch_sequences:
-            extra = batch_sequences - len(toks)
-            filler = np.full((extra, seq_len), pad, np.int32)
-            filler[:, 0] = bos
-            toks = np.concatenate([toks, filler])
-            mask = np.concatenate([mask, np.zeros((extra, seq_len), bool)])
-        yield toks, mask
+    """Packed ``(tokens [batch_sequences, seq_len], mask)`` batches with BOS first, the last one
+    padded: the store's batches (:func:`gemmascope.data.sites.packed_batches`)."""
+    return sites_lib.packed_batches(tokenizer, lm_cfg, texts, seq_len, batch_sequences)
 
 
 # ----------------------------------------------------------------------------------- contexts

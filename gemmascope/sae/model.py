@@ -14,10 +14,11 @@ with ``pre = x @ W_enc + b_enc`` and ``x_hat = f @ W_dec + b_dec`` throughout.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def arch_of(params: Mapping[str, jax.Array]) -> str:
@@ -68,3 +69,10 @@ def decode(params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
 
 def reconstruct(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
     return decode(params, encode(params, x))
+
+
+def split_static_k(sae: Mapping[str, Any]) -> tuple[dict[str, jax.Array], int | None]:
+    """``(float32 device arrays, k)``: exported params ready to pass to a jitted function, with
+    TopK's scalar ``k`` split off as a static Python int (``None`` for other layouts)."""
+    k = int(np.asarray(sae["k"]).reshape(())) if "k" in sae else None
+    return {n: jnp.asarray(v, jnp.float32) for n, v in sae.items() if n != "k"}, k
