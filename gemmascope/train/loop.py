@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope import config as config_lib
+from gemmascope.sae import formats as sae_formats
 from gemmascope.sae import io as sae_io
 from gemmascope.train import step as step_lib
 from gemmascope.train.checkpoint import Checkpoints
@@ -313,6 +314,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
         }
         path = os.path.join(folder, "params.npz")
         sae_io.save_params(path, params, meta)
+        sae_formats.export_layouts(config.export.layouts, workdir, folder, heldout, log=log)  # other layouts
         log(f"[export] {config.sae.arch} {'k' if config.sae.arch in config_lib.K_ARCHS else 'lambda'}={lam:g}: L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
         records.append({"path": path, **meta})
     return records
