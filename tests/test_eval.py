@@ -299,3 +299,25 @@ def test_chunked_kl_matches_the_full_logits(arch):
         for i in range(2):
             np.testing.assert_allclose(np.asarray(ce[i]), ref_ce[i + 1], rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(np.asarray(kl[i]), ref_kl[i], rtol=1e-4, atol=1e-5)
+
+
+def test_eval_rows_and_table_carry_the_saebench_core_metrics(tmp_path):
+    """eval.json rows hold every SAEBench core metric (undefined ones as JSON null, not NaN) and the
+    table gains their columns."""
+    import json
+
+    from gemmascope.eval import evaluate
+
+    r = {"l0": 3.0, "fvu": 0.25, "delta_loss": 0.5, "ce_clean": 2.0, "ce_sae": 2.5, "ce_zero": 4.0,
+         "dead_fraction": 0.5, "n_tokens": 10, "n_outliers_kept_clean": 0, "tokens_per_second": 1.0,
+         "fire_counts": np.array([0, 5, 1, 0]), "err_by_position": np.array([np.nan, 1.0]),
+         "ce_loss_score": 0.75, "kl_div_with_sae": 0.1, "explained_variance": 0.75, "cossim": 0.9, "l2_ratio": 0.8,
+         "relative_reconstruction_bias": float("nan"), "frac_alive": 0.5, "freq_over_1_percent": 0.5,
+         "freq_over_10_percent": 0.25}
+    row = evaluate._row("s/params.npz", {"architecture": "jumprelu", "site": "res", "layer": 1}, r, "toy")
+    assert json.loads(json.dumps(row, allow_nan=False))["relative_reconstruction_bias"] is None
+    assert all(k in row for k in evaluate.SAEBENCH_CORE) and row["ce_loss_score"] == 0.75
+    evaluate.write_table_and_plots([row], str(tmp_path))
+    head = open(tmp_path / "table.md").read().splitlines()[0]
+    assert "| ce_loss_score | kl_div_with_sae | explained_variance | cossim | l2_ratio |" in head
+    assert "| 0.75 | 0.1 | 0.75 | 0.9 | 0.8 |  | 0.5 | 0.5 | 0.25 |" in open(tmp_path / "table.md").read()
