@@ -307,7 +307,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require("gemma_scope_2" not in c.export.layouts or c.sae.arch in ("jumprelu", "gated"), "export.layouts",
              f"the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones), not {c.sae.arch!r}")
     _require("gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") for s in c.sites),
-             "export.layouts", f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)}")
+             "export.layouts",
+             f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)}")
     return c
 
 

@@ -9,6 +9,7 @@ r"""Writes an SAE folder in another file layout.
 carry ``sparsity.safetensors`` when the SAE was evaluated (``fire_counts.npy`` beside it).
 The logic lives in :mod:`gemmascope.sae.formats`.
 """
+
 from absl import app, flags
 
 _SAE = flags.DEFINE_string("sae", None, "SAE folder (params.npz, params.safetensors or cfg.json inside).")

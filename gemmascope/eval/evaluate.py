@@ -1,9 +1,9 @@
 """Evaluate every exported SAE under ``workdir/saes`` on held-out text.
 
 Writes ``eval.json`` (and ``fire_counts.npy``, each latent's firing count) beside each
-``params.npz`` (skipping SAEs that already have one, so a stopped run continues where it was), then ``workdir/eval/table.{csv,md}`` and the frontier plots
-``workdir/eval/l0_vs_delta_loss.png`` and ``l0_vs_fvu.png`` (log-scaled L0, one series per
-architecture).
+``params.npz`` (skipping SAEs that already have one, so a stopped run continues where it was),
+then ``workdir/eval/table.{csv,md}`` and the frontier plots ``workdir/eval/l0_vs_delta_loss.png``
+and ``l0_vs_fvu.png`` (log-scaled L0, one series per architecture).
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ running maximum ``m_a`` grows. Positions go in blocks of ``token_block`` rows (`
 :func:`gemmascope.lm.model.next_token_ce_from_residual` does, and the clean logits of each tile are
 computed once for all spliced runs (one stacked matmul of ``K + 1`` residuals).
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,8 +25,15 @@ from gemmascope.lm.config import LMConfig
 from gemmascope.lm.model import rms_norm
 
 
-def next_token_ce_and_kl(params, h_clean: jax.Array, h_spliced: jax.Array, tokens: jax.Array, cfg: LMConfig,
-                         n_chunks: int = 8, token_block: int = 1024) -> tuple[jax.Array, jax.Array, jax.Array]:
+def next_token_ce_and_kl(
+    params,
+    h_clean: jax.Array,
+    h_spliced: jax.Array,
+    tokens: jax.Array,
+    cfg: LMConfig,
+    n_chunks: int = 8,
+    token_block: int = 1024,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(ce_clean [B, T-1], ce [K, B, T-1], kl [K, B, T-1])`` from ``h_clean [B, T, d]`` and the
     ``K`` spliced runs ``h_spliced [K, B, T, d]`` (each the ``(n_layers - 1, "res")`` capture).
 
@@ -38,7 +46,11 @@ def next_token_ce_and_kl(params, h_clean: jax.Array, h_spliced: jax.Array, token
     n = B * T1
     tb = max(1, min(int(token_block), n))
     nb = -(-n // tb)
-    x = jnp.pad(x.reshape(R, n, d), ((0, 0), (0, nb * tb - n), (0, 0))).reshape(R, nb, tb, d).transpose(1, 0, 2, 3)
+    x = (
+        jnp.pad(x.reshape(R, n, d), ((0, 0), (0, nb * tb - n), (0, 0)))
+        .reshape(R, nb, tb, d)
+        .transpose(1, 0, 2, 3)
+    )
     tgt = jnp.pad(jnp.asarray(tokens)[:, 1:].astype(jnp.int32).reshape(-1), (0, nb * tb - n)).reshape(nb, tb)
     w = params["embed"].astype(dt) if cfg.tie_embeddings else params["lm_head"].T  # [V, d]
     V = w.shape[0]
@@ -63,12 +75,17 @@ def next_token_ce_and_kl(params, h_clean: jax.Array, h_spliced: jax.Array, token
             t = t * jnp.exp(m[0] - m_new[0]) + jnp.sum(e[:1] * diff, axis=-1)
             loc = tg - i * size
             inside = (loc >= 0) & (loc < size)
-            hit = jnp.take_along_axis(lg, jnp.broadcast_to(jnp.clip(loc, 0, size - 1)[None, :, None], (R, tb, 1)),
-                                      axis=-1)[..., 0]
+            hit = jnp.take_along_axis(
+                lg, jnp.broadcast_to(jnp.clip(loc, 0, size - 1)[None, :, None], (R, tb, 1)), axis=-1
+            )[..., 0]
             return (m_new, s, picked + jnp.where(inside, hit, 0.0), t), None
 
-        init = (jnp.full((R, tb), -jnp.inf, jnp.float32), jnp.zeros((R, tb), jnp.float32),
-                jnp.zeros((R, tb), jnp.float32), jnp.zeros((R - 1, tb), jnp.float32))
+        init = (
+            jnp.full((R, tb), -jnp.inf, jnp.float32),
+            jnp.zeros((R, tb), jnp.float32),
+            jnp.zeros((R, tb), jnp.float32),
+            jnp.zeros((R - 1, tb), jnp.float32),
+        )
         (m, s, picked, t), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
         lse = m + jnp.log(s)
         return lse - picked, t / s[0] - lse[0] + lse[1:]

@@ -108,7 +108,7 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
     s = sel.astype(jnp.float32)
 
     def final_residual(replacement=None):
-        """Last block's output ``[B, T, d]`` with the site set to ``replacement`` at the selected positions."""
+        """Last block's output ``[B, T, d]``, the site set to ``replacement`` at the selected positions."""
         fn = None
         if replacement is not None:
             fn = lambda a: jnp.where(sel[..., None], replacement.astype(a.dtype), a)  # noqa: E731
@@ -191,8 +191,8 @@ def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, 
     """
     for s in saes:
         if "affine_skip_connection" in s:
-            raise ValueError("evaluate_saes: an affine transcoder (key 'affine_skip_connection') reads one site and "
-                             "writes another; evaluating transcoders is not supported here yet")
+            raise ValueError("evaluate_saes: an affine transcoder (key 'affine_skip_connection') reads one "
+                             "site and writes another; evaluating transcoders is not supported here yet")
     arrays, ks = zip(*(_sae_arrays(s) for s in saes))
     arrays, ks = list(arrays), tuple(ks)
     common: dict[str, Any] = {}

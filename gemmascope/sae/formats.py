@@ -25,6 +25,7 @@ Site names: ours ``res``/``mlp``/``att`` are Gemma Scope 2's ``resid_post``/``ml
 ``attn_out`` and TransformerLens's ``blocks.<L>.hook_resid_post``/``hook_mlp_out``/
 ``attn.hook_z`` (``att`` is the per-head output before ``o``, i.e. ``hook_z`` flattened).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,10 +44,20 @@ SAE_LENS_ARCH = {"jumprelu": "jumprelu", "relu": "standard", "topk": "topk"}
 FROM_SAE_LENS_ARCH = {v: k for k, v in SAE_LENS_ARCH.items()}
 GS2_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_out", "mlp_in": "transcoder_all"}
 FROM_GS2_SITES = {v: k for k, v in GS2_SITES.items()}
-TL_HOOKS = {"res": "blocks.{layer}.hook_resid_post", "mlp": "blocks.{layer}.hook_mlp_out",
-            "att": "blocks.{layer}.attn.hook_z", "mlp_in": "blocks.{layer}.ln2.hook_normalized"}
-GS2_KEYS = {"W_enc": "w_enc", "W_dec": "w_dec", "b_enc": "b_enc", "b_dec": "b_dec", "threshold": "threshold",
-            "affine_skip_connection": "affine_skip_connection"}
+TL_HOOKS = {
+    "res": "blocks.{layer}.hook_resid_post",
+    "mlp": "blocks.{layer}.hook_mlp_out",
+    "att": "blocks.{layer}.attn.hook_z",
+    "mlp_in": "blocks.{layer}.ln2.hook_normalized",
+}
+GS2_KEYS = {
+    "W_enc": "w_enc",
+    "W_dec": "w_dec",
+    "b_enc": "b_enc",
+    "b_dec": "b_dec",
+    "threshold": "threshold",
+    "affine_skip_connection": "affine_skip_connection",
+}
 SKIP = "affine_skip_connection"
 _GS2_NAME = re.compile(r"^layer_(\d+)_width_(\d+[km]?)_l0_([a-z]+|\d+)(_affine)?$")
 
@@ -56,17 +67,32 @@ def layout_of(folder: str) -> str:
     (params.safetensors) or ``sae_lens`` (cfg.json); an error naming the folder otherwise."""
     if os.path.isfile(folder):
         name = os.path.basename(folder)
-        by_file = {"params.npz": "gemma_scope", "params.safetensors": "gemma_scope_2", "cfg.json": "sae_lens",
-                   "sae_weights.safetensors": "sae_lens"}
+        by_file = {
+            "params.npz": "gemma_scope",
+            "params.safetensors": "gemma_scope_2",
+            "cfg.json": "sae_lens",
+            "sae_weights.safetensors": "sae_lens",
+        }
         if name in by_file:
             return by_file[name]
-        raise sae_io.SAEFileError(f"{folder}: not an SAE file (expected params.npz, params.safetensors or cfg.json)")
-    for name, layout in (("params.npz", "gemma_scope"), ("params.safetensors", "gemma_scope_2"),
-                         ("cfg.json", "sae_lens")):
+        raise sae_io.SAEFileError(
+            f"{folder}: not an SAE file (expected params.npz, params.safetensors or cfg.json)"
+        )
+    for name, layout in (
+        ("params.npz", "gemma_scope"),
+        ("params.safetensors", "gemma_scope_2"),
+        ("cfg.json", "sae_lens"),
+    ):
         if os.path.exists(os.path.join(folder, name)):
             return layout
-    what = "no such folder" if not os.path.isdir(folder) else "holds neither params.npz, params.safetensors nor cfg.json"
-    raise sae_io.SAEFileError(f"{folder}: {what} (expected a Gemma Scope, Gemma Scope 2 or SAELens SAE folder)")
+    what = (
+        "no such folder"
+        if not os.path.isdir(folder)
+        else "holds neither params.npz, params.safetensors nor cfg.json"
+    )
+    raise sae_io.SAEFileError(
+        f"{folder}: {what} (expected a Gemma Scope, Gemma Scope 2 or SAELens SAE folder)"
+    )
 
 
 def check_layout(layout: str) -> str:
@@ -90,7 +116,9 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
         raise sae_io.SAEFileError(f"{path}: not a readable .safetensors file ({e})") from e
 
 
-def _write_safetensors(path: str, arrays: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+def _write_safetensors(
+    path: str, arrays: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
     from safetensors.numpy import save
 
     data = save({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}, metadata=metadata)
@@ -108,10 +136,14 @@ def _validate_with_skip(params: dict[str, np.ndarray], source: str) -> None:
         d_in = np.shape(params.get("W_enc", np.zeros((0, 0))))[0]
         d_out = np.shape(params.get("W_dec", np.zeros((0, 0))))[-1]
         if d_out != d_in:
-            raise sae_io.SAEFileError(f"{source}: transcoder with d_out={d_out} != d_in={d_in}: not supported")
+            raise sae_io.SAEFileError(
+                f"{source}: transcoder with d_out={d_out} != d_in={d_in}: not supported"
+            )
         if np.shape(params[SKIP]) != (d_in, d_out):
-            raise sae_io.SAEFileError(f"{source}: key {SKIP!r} has shape {np.shape(params[SKIP])}, "
-                                      f"expected {(d_in, d_out)} [d_in, d_out]")
+            raise sae_io.SAEFileError(
+                f"{source}: key {SKIP!r} has shape {np.shape(params[SKIP])}, "
+                f"expected {(d_in, d_out)} [d_in, d_out]"
+            )
         if not np.all(np.isfinite(params[SKIP])):
             raise sae_io.SAEFileError(f"{source}: key {SKIP!r} holds NaN or inf values")
     sae_io.validate_params(params, source=source, layout="jumprelu")
@@ -127,7 +159,9 @@ def gs2_dir(root: str, site: str, layer: int, width: int, l0: float | str, affin
     if site not in GS2_SITES:
         raise ValueError(f"site {site!r} has no Gemma Scope 2 folder (known: {sorted(GS2_SITES)})")
     label = l0 if isinstance(l0, str) else str(int(round(float(l0))))
-    name = f"layer_{int(layer)}_width_{sae_io.width_name(int(width))}_l0_{label}" + ("_affine" if affine else "")
+    name = f"layer_{int(layer)}_width_{sae_io.width_name(int(width))}_l0_{label}" + (
+        "_affine" if affine else ""
+    )
     return os.path.join(root, GS2_SITES[site], name)
 
 
@@ -145,13 +179,17 @@ def parse_gs2_dir(folder: str) -> dict[str, Any]:
     return out
 
 
-def save_gemma_scope_2(folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
+def save_gemma_scope_2(
+    folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
+) -> str:
     """Writes ``folder/params.safetensors`` (lowercase keys; JumpReLU, optionally with the affine
     skip connection) and our ``metadata.json`` beside it when given; returns the file's path."""
     arch = sae_io.file_layout(metadata, folder) if metadata is not None else sae_model_arch(params)
     if arch != "jumprelu":
-        raise ValueError(f"{folder}: the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones, exported as "
-                         f"JumpReLU); architecture {(metadata or {}).get('architecture', arch)!r} cannot be written")
+        raise ValueError(
+            f"{folder}: the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones, exported as "
+            f"JumpReLU); architecture {(metadata or {}).get('architecture', arch)!r} cannot be written"
+        )
     arrays = {k: np.asarray(v, np.float32) for k, v in params.items() if k in GS2_KEYS}
     _validate_with_skip(arrays, folder)
     path = os.path.join(folder, "params.safetensors")
@@ -193,8 +231,12 @@ def hook_name(site: str | None, layer: int | None) -> str | None:
     return TL_HOOKS[site].format(layer=int(layer))
 
 
-def save_sae_lens(folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None,
-                  log10_firing_frequency: np.ndarray | None = None) -> str:
+def save_sae_lens(
+    folder: str,
+    params: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    log10_firing_frequency: np.ndarray | None = None,
+) -> str:
     """Writes ``cfg.json``, ``sae_weights.safetensors`` and, when given, ``sparsity.safetensors``
     (key ``sparsity``: log10 of each latent's firing frequency, SAELens's ``log10(freq + 1e-10)``).
 
@@ -207,21 +249,34 @@ def save_sae_lens(folder: str, params: Mapping[str, Any], metadata: Mapping[str,
         raise ValueError(f"{folder}: an affine transcoder ({SKIP!r}) has no SAELens export here yet")
     layout = sae_io.file_layout({"architecture": arch}, folder) if arch in sae_io.ARCH_FILE_LAYOUT else None
     if layout not in SAE_LENS_ARCH:
-        raise ValueError(f"{folder}: architecture {arch!r} has no SAELens class (we export "
-                         f"{sorted(sae_io.ARCH_FILE_LAYOUT)} as {sorted(set(SAE_LENS_ARCH.values()))})")
+        raise ValueError(
+            f"{folder}: architecture {arch!r} has no SAELens class (we export "
+            f"{sorted(sae_io.ARCH_FILE_LAYOUT)} as {sorted(set(SAE_LENS_ARCH.values()))})"
+        )
     arrays = {k: np.asarray(v, np.float32) for k, v in params.items()}
     d_in, d_sae = sae_io.validate_params(arrays, source=folder, layout=layout)
     weights = {k: arrays[k] for k in sae_io.FILE_KEYS[layout] if k != "k"}
     site, layer = meta.get("site"), meta.get("layer")
     cfg: dict[str, Any] = {
-        "architecture": SAE_LENS_ARCH[layout], "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": False, "normalize_activations": "none",
+        "architecture": SAE_LENS_ARCH[layout],
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
         "reshape_activations": "hook_z" if site == "att" else "none",
         "metadata": {
-            "sae_lens_version": SAE_LENS_FORMAT_VERSION, "sae_lens_training_version": None,
-            "model_name": meta.get("model"), "hook_name": hook_name(site, layer), "hook_head_index": None,
-            "prepend_bos": True, "exported_by": "gemmascope", "gemmascope_architecture": arch,
-            "gemmascope_site": site, "gemmascope_layer": layer,
+            "sae_lens_version": SAE_LENS_FORMAT_VERSION,
+            "sae_lens_training_version": None,
+            "model_name": meta.get("model"),
+            "hook_name": hook_name(site, layer),
+            "hook_head_index": None,
+            "prepend_bos": True,
+            "exported_by": "gemmascope",
+            "gemmascope_architecture": arch,
+            "gemmascope_site": site,
+            "gemmascope_layer": layer,
         },
     }
     if layout == "topk":
@@ -256,14 +311,19 @@ def load_sae_lens(path: str) -> dict[str, np.ndarray]:
     src = os.path.join(folder, "cfg.json")
     arch = cfg.get("architecture", "standard")
     if arch not in FROM_SAE_LENS_ARCH:
-        raise sae_io.SAEFileError(f"{src}: SAELens architecture {arch!r} is not one we have "
-                                  f"(we read {sorted(FROM_SAE_LENS_ARCH)})")
+        raise sae_io.SAEFileError(
+            f"{src}: SAELens architecture {arch!r} is not one we have (we read {sorted(FROM_SAE_LENS_ARCH)})"
+        )
     norm = cfg.get("normalize_activations", "none")
     if norm != "none":
-        raise sae_io.SAEFileError(f"{src}: normalize_activations={norm!r} is not supported (only 'none'; "
-                                  "fold the normalisation into the weights first)")
+        raise sae_io.SAEFileError(
+            f"{src}: normalize_activations={norm!r} is not supported (only 'none'; "
+            "fold the normalisation into the weights first)"
+        )
     if cfg.get("reshape_activations", "none") not in ("none", "hook_z"):
-        raise sae_io.SAEFileError(f"{src}: reshape_activations={cfg['reshape_activations']!r} is not supported")
+        raise sae_io.SAEFileError(
+            f"{src}: reshape_activations={cfg['reshape_activations']!r} is not supported"
+        )
     raw = _read_safetensors(os.path.join(folder, "sae_weights.safetensors"))
     if "log_threshold" in raw and "threshold" not in raw:  # older SAELens JumpReLU checkpoints
         raw["threshold"] = np.exp(raw.pop("log_threshold"))
@@ -271,7 +331,9 @@ def load_sae_lens(path: str) -> dict[str, np.ndarray]:
     keys = [k for k in sae_io.FILE_KEYS[layout] if k != "k"]
     missing = [k for k in keys if k not in raw]
     if missing:
-        raise sae_io.SAEFileError(f"{folder}/sae_weights.safetensors: missing keys {missing} for a SAELens {arch!r} SAE")
+        raise sae_io.SAEFileError(
+            f"{folder}/sae_weights.safetensors: missing keys {missing} for a SAELens {arch!r} SAE"
+        )
     p = {k: raw[k].astype(np.float64) for k in keys}
     if layout == "topk":
         if "k" not in cfg:
@@ -291,21 +353,29 @@ def sae_lens_metadata(folder: str) -> dict[str, Any]:
     """Our metadata fields (architecture, d_in, d_sae, site, layer, model) from a SAELens cfg.json."""
     cfg = read_sae_lens_cfg(folder)
     md = cfg.get("metadata") or {}
-    out: dict[str, Any] = {"architecture": FROM_SAE_LENS_ARCH.get(cfg.get("architecture", "standard"),
-                                                                  cfg.get("architecture")),
-                           "d_in": cfg.get("d_in"), "d_sae": cfg.get("d_sae")}
+    out: dict[str, Any] = {
+        "architecture": FROM_SAE_LENS_ARCH.get(cfg.get("architecture", "standard"), cfg.get("architecture")),
+        "d_in": cfg.get("d_in"),
+        "d_sae": cfg.get("d_sae"),
+    }
     if md.get("gemmascope_architecture"):
         out["architecture"] = md["gemmascope_architecture"]
     if "k" in cfg:
         out["k"] = cfg["k"]
     if md.get("model_name"):
         out["model"] = md["model_name"]
-    m = re.match(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|attn\.hook_z|ln2\.hook_normalized)$",
-                 md.get("hook_name") or "")
+    m = re.match(
+        r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|attn\.hook_z|ln2\.hook_normalized)$",
+        md.get("hook_name") or "",
+    )
     if m:
         out["layer"] = int(m.group(1))
-        out["site"] = {"hook_resid_post": "res", "hook_mlp_out": "mlp", "attn.hook_z": "att",
-                       "ln2.hook_normalized": "mlp_in"}[m.group(2)]
+        out["site"] = {
+            "hook_resid_post": "res",
+            "hook_mlp_out": "mlp",
+            "attn.hook_z": "att",
+            "ln2.hook_normalized": "mlp_in",
+        }[m.group(2)]
     return out
 
 
@@ -367,7 +437,9 @@ def saved_log10_frequency(folder: str) -> np.ndarray | None:
     return log10_firing_frequency(np.load(counts), n)
 
 
-def export_layouts(layouts, workdir: str, folder: str, heldout: np.ndarray | None = None, log=print) -> list[str]:
+def export_layouts(
+    layouts, workdir: str, folder: str, heldout: np.ndarray | None = None, log=print
+) -> list[str]:
     """The end-of-training hook: writes the SAE in ``workdir/saes/<...>`` (``folder``) in every
     other layout of ``layouts`` (``config.export.layouts``): SAELens under
     ``workdir/saes_sae_lens/<same sub-folders>`` (its sparsity file from the firing frequencies on
@@ -382,8 +454,13 @@ def export_layouts(layouts, workdir: str, folder: str, heldout: np.ndarray | Non
             continue
         meta = sae_io.load_metadata(folder)
         if layout == "gemma_scope_2":
-            out = gs2_dir(os.path.join(workdir, "saes_gemma_scope_2"), meta["site"], meta["layer"], meta["d_sae"],
-                          meta["l0"])
+            out = gs2_dir(
+                os.path.join(workdir, "saes_gemma_scope_2"),
+                meta["site"],
+                meta["layer"],
+                meta["d_sae"],
+                meta["l0"],
+            )
             lf = None
         else:
             rel = os.path.relpath(folder, os.path.join(workdir, "saes"))
