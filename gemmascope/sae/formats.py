@@ -345,6 +345,11 @@ def load_sae_lens(path: str) -> dict[str, np.ndarray]:
     if cfg.get("apply_b_dec_to_input", True):
         p = sae_io.fold_normalisation(p, 1.0, pre_encoder_bias=True)
     params = {k: np.asarray(v, np.float32) for k, v in p.items()}
+    if layout == "jumprelu":
+        # SAELens's JumpReLU is relu(pre) * (pre > threshold): for threshold <= 0 (its training clamps
+        # at 0) that is relu(pre), which our pre * (pre > threshold) gives with the smallest positive
+        # float32 (they differ only for pre in (0, 1.2e-38]).
+        params["threshold"] = np.maximum(params["threshold"], np.finfo(np.float32).tiny)
     sae_io.validate_params(params, source=folder, layout=layout)
     return params
 
