@@ -31,9 +31,11 @@ setup(
         "jinja2",
     ],
     extras_require={
-        # torch is test-only (parity with transformers); pinned so pip takes the CPU wheel.
+        # torch is test-only (parity with transformers); pinned so pip takes the CPU wheel. sae-lens: the
+        # SAELens layout is tested against its loader (tests/test_formats.py); it installs with that torch.
         # selenium drives the system's headless Chromium (dashboards); nbclient/nbformat/ipykernel run colabs/.
-        "test": ["pytest", "torch==2.13.0", "accelerate", "selenium", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "torch==2.13.0", "sae-lens==6.54.12", "accelerate", "selenium", "nbclient", "nbformat",
+                 "ipykernel"],
         "datasets": ["datasets"],
     },
 )

@@ -65,6 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.norm_sample_rows = 65_536  # rows used to estimate the normalisation constant C
     c.eval_rows = 65_536  # held-out rows for the L0 / FVU written into metadata.json
     c.dead_window_tokens = 10_000_000  # a latent is dead if it has not fired in this window
+    # File layouts written at the end of training (gemmascope.sae.formats.LAYOUTS): "gemma_scope"
+    # (params.npz under workdir/saes, always written: evaluation reads it), "gemma_scope_2" and
+    # "sae_lens" (under workdir/saes_<layout>, same sub-folders).
+    c.export = ml_collections.ConfigDict()
+    c.export.layouts = ("gemma_scope",)
 
     c.log_every = 100
     c.checkpoint_every = 1000
@@ -293,6 +298,17 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(isinstance(c.store.rows_per_flush, int) and c.store.rows_per_flush >= 0, "store.rows_per_flush",
                  f"must be an integer >= 0, got {c.store.rows_per_flush!r}")
     _validate_mesh(c)
+    from gemmascope.sae.formats import LAYOUTS
+
+    _require(isinstance(c.export.layouts, (tuple, list)), "export.layouts",
+             f"must be a list of layouts, got {c.export.layouts!r}")
+    for lay in c.export.layouts:
+        _require(lay in LAYOUTS, "export.layouts", f"unknown layout {lay!r} (known: {list(LAYOUTS)})")
+    _require("gemma_scope_2" not in c.export.layouts or c.sae.arch in ("jumprelu", "gated"), "export.layouts",
+             f"the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones), not {c.sae.arch!r}")
+    _require("gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") for s in c.sites),
+             "export.layouts",
+             f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)}")
     return c
 
 

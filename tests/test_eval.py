@@ -27,6 +27,11 @@ def lm():
     return params, batches
 
 
+def _log_softmax(lg: np.ndarray) -> np.ndarray:
+    m = lg.max(-1, keepdims=True)
+    return lg - m - np.log(np.exp(lg - m).sum(-1, keepdims=True))
+
+
 def identity_sae():
     eye = np.eye(D, dtype=np.float32)
     return {"W_enc": np.concatenate([eye, -eye], 1), "W_dec": np.concatenate([eye, -eye], 0),
@@ -42,6 +47,12 @@ def test_identity_sae_has_fvu_0_and_delta_loss_0(lm):
     assert abs(r["ce_zero"] - r["ce_clean"]) > 1e-3  # ablation changes the loss (random model: either way)
     assert r["n_tokens"] == sum(int(m.sum()) for _, m in batches)
     np.testing.assert_allclose(r["l0"], D, atol=0.01)  # every coordinate is + or - (never exactly 0)
+    # SAEBench core metrics of a perfect reconstruction: every ratio 1, no KL, every latent alive
+    # (each of the 2D latents fires on about half the tokens: denser than 10%).
+    for key in ("ce_loss_score", "explained_variance", "cossim", "l2_ratio", "relative_reconstruction_bias"):
+        np.testing.assert_allclose(r[key], 1.0, rtol=0, atol=1e-5, err_msg=key)
+    assert abs(r["kl_div_with_sae"]) < 1e-6
+    assert r["frac_alive"] == r["freq_over_1_percent"] == r["freq_over_10_percent"] == 1.0
 
 
 def test_zero_sae_gives_zero_ablation_loss_and_mean_sae_gives_fvu_1(lm):
@@ -51,12 +62,22 @@ def test_zero_sae_gives_zero_ablation_loss_and_mean_sae_gives_fvu_1(lm):
     r = metrics.evaluate_sae(params, CFG, batches, zero, layer=1, site="mlp", outlier_norm_factor=0)
     np.testing.assert_allclose(r["ce_sae"], r["ce_zero"], rtol=1e-6)
     assert r["l0"] == 0 and r["dead_fraction"] == 1.0
+    # SAEBench core metrics of the zero SAE: none of the gap recovered, x_hat = 0 so cos (taken as 0),
+    # L2 ratio 0, shrinkage undefined (0 / 0 = NaN), EV = 1 - E||x||^2 / E||x - E[x]||^2, no latent alive.
+    np.testing.assert_allclose(r["ce_loss_score"], 0.0, atol=1e-6)
+    assert r["cossim"] == 0.0 and r["l2_ratio"] == 0.0 and np.isnan(r["relative_reconstruction_bias"])
+    assert r["frac_alive"] == r["freq_over_1_percent"] == r["freq_over_10_percent"] == 0.0
+    assert r["kl_div_with_sae"] > 1e-4
     # An SAE that always outputs the dataset mean explains no variance: FVU = 1.
     xs = np.concatenate([np.asarray(model.forward(params, t, CFG, capture=[(1, "mlp")]).captures[(1, "mlp")])[m]
                          for t, m in batches])
     mean_sae = dict(zero, b_dec=xs.mean(0).astype(np.float32))
     r = metrics.evaluate_sae(params, CFG, batches, mean_sae, layer=1, site="mlp", outlier_norm_factor=0)
     np.testing.assert_allclose(r["fvu"], 1.0, rtol=1e-4)
+    zero_r = metrics.evaluate_sae(params, CFG, batches, zero, layer=1, site="mlp", outlier_norm_factor=0)
+    xs64 = xs.astype(np.float64)
+    ev_zero = 1 - (xs64 ** 2).sum() / ((xs64 - xs64.mean(0)) ** 2).sum()
+    np.testing.assert_allclose(zero_r["explained_variance"], ev_zero, rtol=1e-4)
 
 
 def test_l0_fvu_and_positions_match_numpy(lm):
@@ -86,6 +107,19 @@ def test_l0_fvu_and_positions_match_numpy(lm):
     assert np.isnan(r["err_by_position"][0])  # BOS is never evaluated
     counts, edges, dead = metrics.firing_histogram(r["fire_counts"], r["n_tokens"])
     assert counts.sum() + dead == 24 and dead == int((r["fire_counts"] == 0).sum())
+    # SAEBench core metrics against NumPy (definitions: gemmascope.eval.metrics module doc)
+    nx, nxh = np.linalg.norm(x, axis=1), np.linalg.norm(x_hat, axis=1)
+    freq = (f != 0).mean(0)
+    ref = {"explained_variance": 1 - err.sum() / ((x - x.mean(0)) ** 2).sum(),
+           "cossim": ((x * x_hat).sum(1) / (nx * nxh)).mean(), "l2_ratio": (nxh / nx).mean(),
+           "relative_reconstruction_bias": (nxh ** 2).mean() / (x * x_hat).sum(1).mean(),
+           "frac_alive": (freq > 0).mean(), "freq_over_1_percent": (freq > 0.01).mean(),
+           "freq_over_10_percent": (freq > 0.1).mean(),
+           "ce_loss_score": (r["ce_zero"] - r["ce_sae"]) / (r["ce_zero"] - r["ce_clean"])}
+    for key, v in ref.items():
+        np.testing.assert_allclose(r[key], v, rtol=1e-5, err_msg=key)
+    # not degenerate: some latents alive, the two density fractions differ
+    assert 0 < ref["frac_alive"] and ref["freq_over_10_percent"] < ref["freq_over_1_percent"] <= 1
 
 
 @pytest.mark.parametrize("layer,site", [(1, "res"), (2, "res"), (0, "mlp"), (2, "att")])
@@ -104,19 +138,26 @@ def test_losses_match_full_forwards_with_the_splice(lm, layer, site):
     r = metrics.evaluate_sae(params, CFG, batches, sae, layer=layer, site=site, outlier_norm_factor=0)
     jsae = {k: jnp.asarray(v) for k, v in sae.items()}
     sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
-    n_targets = 0
+    kl_sum, n_targets = 0.0, 0
     for toks, mask in batches:
         m = jnp.asarray(mask)[..., None]
         splices = {"clean": None,
                    "sae": {(layer, site): lambda a, m=m: jnp.where(m, metrics.reconstruct(jsae, a)[0], a)},
                    "zero": {(layer, site): lambda a, m=m: jnp.where(m, 0.0, a)}}
         w = mask[:, 1:].astype(np.float64)
+        logp = {}
         for name, sp in splices.items():
-            ce = model.next_token_loss(model.forward(params, toks, CFG, splice=sp).logits, toks)[1]
+            logits = model.forward(params, toks, CFG, splice=sp).logits
+            ce = model.next_token_loss(logits, toks)[1]
             sums[name] += float((np.asarray(ce, np.float64) * w).sum())
+            logp[name] = _log_softmax(np.asarray(logits, np.float64)[:, :-1])
+        kl = (np.exp(logp["clean"]) * (logp["clean"] - logp["sae"])).sum(-1)  # KL(clean || sae) per position
+        kl_sum += float((kl * w).sum())
         n_targets += w.sum()
     for name in sums:
         np.testing.assert_allclose(r[f"ce_{name}"], sums[name] / n_targets, rtol=1e-5)
+    assert kl_sum / n_targets > 1e-3  # the SAE changes the distribution: a test of the KL, not of 0 = 0
+    np.testing.assert_allclose(r["kl_div_with_sae"], kl_sum / n_targets, rtol=1e-4, atol=1e-6)
     assert abs(r["ce_sae"] - r["ce_clean"]) > 1e-3 and abs(r["ce_zero"] - r["ce_clean"]) > 1e-3
 
 
@@ -149,7 +190,7 @@ def test_several_saes_in_one_pass_and_cached_baselines_match_one_at_a_time(lm):
     again = metrics.evaluate_saes(params, CFG, batches, saes[1:], layer=2, site="res", outlier_norm_factor=0,
                                   baseline_cache=cache)
     for a, b in zip(alone, together):
-        for key in ("l0", "fvu", "ce_clean", "ce_sae", "ce_zero", "delta_loss"):
+        for key in ("l0", "fvu", "ce_clean", "ce_sae", "ce_zero", "delta_loss", "kl_div_with_sae", "cossim"):
             np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
         np.testing.assert_array_equal(b["fire_counts"], a["fire_counts"])
     for a, b in zip(alone[1:], again):
@@ -160,8 +201,8 @@ def test_several_saes_in_one_pass_and_cached_baselines_match_one_at_a_time(lm):
 
 def test_clean_loss_is_shared_across_sites(lm):
     """A site never evaluated before takes the clean loss from ``clean_cache`` (filled at another
-    site) and gives the same metrics as a cold evaluation; the compiled pass it runs has no clean
-    run (the cached entry would otherwise be recomputed, not reused: a poisoned entry shows it)."""
+    site) and gives the same metrics as a cold evaluation; the clean loss is the cached entry, not a
+    recomputed one (a poisoned entry shows it; the clean run still feeds the KL)."""
     params, batches = lm
     sae = identity_sae()
     clean_cache: dict = {}
@@ -230,3 +271,56 @@ def test_splicing_the_last_layer_residual_changes_the_loss(lm):
     params, batches = lm
     ident = metrics.evaluate_sae(params, CFG, batches, identity_sae(), layer=2, site="res", outlier_norm_factor=0)
     assert abs(ident["delta_loss"]) < 1e-6 and abs(ident["ce_zero"] - ident["ce_clean"]) > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_chunked_kl_matches_the_full_logits(arch):
+    """next_token_ce_and_kl (vocabulary chunks with running maxima, blocks of positions, the clean
+    logits shared by K spliced runs) equals NumPy's KL(softmax(a) || softmax(b)) and cross-entropy
+    on forward's full logits, with Gemma 2's soft-cap and an untied head; float64 reference."""
+    from gemmascope.eval.kl import next_token_ce_and_kl
+
+    cfg = CFG if arch == "llama" else LMConfig(
+        arch="gemma2", vocab_size=41, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8, d_mlp=24,
+        final_softcap=3.0, tie_embeddings=False, bos_id=1, eos_id=2, pad_id=0)
+    params = model.init_params(jax.random.PRNGKey(1), cfg, std=0.5)
+    toks = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, size=(3, 9)), jnp.int32)
+    last = (cfg.n_layers - 1, "res")
+    runs = [None, {(0, "mlp"): lambda a: 0 * a}, {(0, "mlp"): lambda a: 3 * a}]
+    outs = [model.forward(params, toks, cfg, capture=[last], splice=sp) for sp in runs]
+    logp = [_log_softmax(np.asarray(o.logits, np.float64)[:, :-1]) for o in outs]
+    tgt = np.asarray(toks)[:, 1:, None]
+    ref_ce = [-np.take_along_axis(lp, tgt, -1)[..., 0] for lp in logp]
+    ref_kl = [(np.exp(logp[0]) * (logp[0] - lp)).sum(-1) for lp in logp[1:]]
+    assert min(k.mean() for k in ref_kl) > 1e-3
+    for n, tb in ((1, 1024), (3, 5), (8, 1), (8, 24)):
+        ce0, ce, kl = next_token_ce_and_kl(params, outs[0].captures[last],
+                                           jnp.stack([o.captures[last] for o in outs[1:]]), toks, cfg,
+                                           n_chunks=n, token_block=tb)
+        np.testing.assert_allclose(np.asarray(ce0), ref_ce[0], rtol=1e-5, atol=1e-5)
+        for i in range(2):
+            np.testing.assert_allclose(np.asarray(ce[i]), ref_ce[i + 1], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(np.asarray(kl[i]), ref_kl[i], rtol=1e-4, atol=1e-5)
+
+
+def test_eval_rows_and_table_carry_the_saebench_core_metrics(tmp_path):
+    """eval.json rows hold every SAEBench core metric (undefined ones as JSON null, not NaN) and the
+    table gains their columns."""
+    import json
+
+    from gemmascope.eval import evaluate
+
+    r = {"l0": 3.0, "fvu": 0.25, "delta_loss": 0.5, "ce_clean": 2.0, "ce_sae": 2.5, "ce_zero": 4.0,
+         "dead_fraction": 0.5, "n_tokens": 10, "n_outliers_kept_clean": 0, "tokens_per_second": 1.0,
+         "fire_counts": np.array([0, 5, 1, 0]), "err_by_position": np.array([np.nan, 1.0]),
+         "ce_loss_score": 0.75, "kl_div_with_sae": 0.1, "explained_variance": 0.75, "cossim": 0.9,
+         "l2_ratio": 0.8,
+         "relative_reconstruction_bias": float("nan"), "frac_alive": 0.5, "freq_over_1_percent": 0.5,
+         "freq_over_10_percent": 0.25}
+    row = evaluate._row("s/params.npz", {"architecture": "jumprelu", "site": "res", "layer": 1}, r, "toy")
+    assert json.loads(json.dumps(row, allow_nan=False))["relative_reconstruction_bias"] is None
+    assert all(k in row for k in evaluate.SAEBENCH_CORE) and row["ce_loss_score"] == 0.75
+    evaluate.write_table_and_plots([row], str(tmp_path))
+    head = open(tmp_path / "table.md").read().splitlines()[0]
+    assert "| ce_loss_score | kl_div_with_sae | explained_variance | cossim | l2_ratio |" in head
+    assert "| 0.75 | 0.1 | 0.75 | 0.9 | 0.8 |  | 0.5 | 0.5 | 0.25 |" in open(tmp_path / "table.md").read()

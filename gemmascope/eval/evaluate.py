@@ -1,9 +1,9 @@
 """Evaluate every exported SAE under ``workdir/saes`` on held-out text.
 
-Writes ``eval.json`` beside each ``params.npz`` (skipping SAEs that already have one, so a
-stopped run continues where it was), then ``workdir/eval/table.{csv,md}`` and the frontier plots
-``workdir/eval/l0_vs_delta_loss.png`` and ``l0_vs_fvu.png`` (log-scaled L0, one series per
-architecture).
+Writes ``eval.json`` (and ``fire_counts.npy``, each latent's firing count) beside each
+``params.npz`` (skipping SAEs that already have one, so a stopped run continues where it was),
+then ``workdir/eval/table.{csv,md}`` and the frontier plots ``workdir/eval/l0_vs_delta_loss.png``
+and ``l0_vs_fvu.png`` (log-scaled L0, one series per architecture).
 """
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ from gemmascope.data.activations import LMActivations
 from gemmascope.eval.metrics import evaluate_saes, firing_histogram
 from gemmascope.sae import io as sae_io
 
+# SAEBench's core metrics (gemmascope.eval.metrics module doc), in eval.json and the tables
+SAEBENCH_CORE = ("ce_loss_score", "kl_div_with_sae", "explained_variance", "cossim", "l2_ratio",
+                 "relative_reconstruction_bias", "frac_alive", "freq_over_1_percent", "freq_over_10_percent")
 COLUMNS = ("architecture", "site", "layer", "d_sae", "sparsity_coefficient", "k", "l0", "fvu", "delta_loss", "ce_clean",
-           "ce_sae", "ce_zero", "dead_fraction", "n_tokens", "path")
+           "ce_sae", "ce_zero", "dead_fraction") + SAEBENCH_CORE + ("n_tokens", "path")
 
 
 def find_saes(workdir: str) -> list[str]:
@@ -72,6 +75,8 @@ def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_
             _write_json(cache_path, cache)
             for (path, meta), r in zip(chunk, results):
                 row = _row(path, meta, r, lm.model_name)
+                # per-latent firing counts beside eval.json: SAELens exports' sparsity.safetensors
+                np.save(os.path.join(os.path.dirname(path), "fire_counts.npy"), r["fire_counts"])
                 _write_json(os.path.join(os.path.dirname(path), "eval.json"), row)
                 log(f"{label} {os.path.relpath(path, workdir)}: L0 {r['l0']:.1f} FVU {r['fvu']:.4f} "
                     f"delta loss {r['delta_loss']:.4f} (clean {r['ce_clean']:.4f}, zero-ablation {r['ce_zero']:.4f})")
@@ -87,6 +92,7 @@ def _row(path: str, meta: dict[str, Any], r: dict[str, Any], model_name: str) ->
     row = {k: meta.get(k) for k in ("architecture", "site", "layer", "d_sae", "sparsity_coefficient", "k")}
     row.update({k: r[k] for k in ("l0", "fvu", "delta_loss", "ce_clean", "ce_sae", "ce_zero", "dead_fraction",
                                   "n_tokens", "n_outliers_kept_clean", "tokens_per_second")})
+    row.update({k: None if np.isnan(r[k]) else r[k] for k in SAEBENCH_CORE})  # NaN: undefined (JSON null)
     row.update({"path": path, "model": model_name, "dead_window_tokens": r["n_tokens"],
                 "err_by_position": [None if np.isnan(v) else float(v) for v in r["err_by_position"]],
                 "firing_log10_histogram": {"counts": counts.tolist(), "edges": edges.tolist(), "never_fired": dead}})

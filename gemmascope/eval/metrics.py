@@ -10,6 +10,25 @@ Definitions (SPEC.md section 4):
   the clean cross-entropy, averaged over positions whose target is a real (non-special) token.
   The zero-ablation loss (the site replaced by zeros) is reported beside it for scale.
 
+SAEBench's core metrics (names as SAEBench writes them; ``x`` the site's activation and ``x_hat``
+its reconstruction at every evaluated token, ``E`` the mean over those tokens):
+
+* ``ce_loss_score``: fraction of the zero-ablation loss gap recovered,
+  ``(ce_zero - ce_sae) / (ce_zero - ce_clean)``; 1 for a perfect SAE, 0 for one that outputs 0.
+* ``kl_div_with_sae``: ``KL(p_clean || p_sae)`` of the next-token distributions (nats), averaged
+  over the positions the losses average over (:mod:`gemmascope.eval.kl`, vocabulary in chunks).
+* ``explained_variance``: ``1 - E||x - x_hat||^2 / E||x - E[x]||^2`` = ``1 - FVU`` (SAEBench's
+  current, dataset-variance definition; not its per-batch "legacy" one).
+* ``cossim``: ``E[cos(x, x_hat)]``, taken as 0 at a token where ``x`` or ``x_hat`` is zero.
+* ``l2_ratio``: ``E[||x_hat|| / ||x||]`` (a norm below 1e-4 divides as 1, as SAELens does).
+* ``relative_reconstruction_bias`` (shrinkage; Gated SAE paper eq. 10): ``gamma = E||x_hat||^2 /
+  E[x . x_hat]``, the ``gamma`` minimising ``E||x_hat / gamma - x||^2``; 1 without shrinkage,
+  below 1 when the SAE shrinks. One ratio of sums over all tokens (SAELens averages per-batch
+  ratios); NaN when ``E[x . x_hat] = 0`` (e.g. an SAE that outputs 0).
+* ``frac_alive``: fraction of latents that fired on at least one evaluated token;
+  ``freq_over_1_percent`` / ``freq_over_10_percent``: fraction of latents firing on more than
+  1% / 10% of the tokens.
+
 Which positions are replaced: real-text positions only. BOS (and EOS/padding) keep their
 activation, as in training, where they were never seen; so do the norm outliers that training
 also never saw (``outlier_norm_factor`` times the batch median of real tokens; counted in the
@@ -23,7 +42,8 @@ Speed: the SAEs of one site are evaluated together. The LM runs once up to the s
 the clean, zero-ablation and per-SAE runs each start from there. The clean and zero-ablation
 losses depend only on the LM, site and tokens, so they can be cached across SAEs and runs
 (``baseline_cache``); the clean loss does not depend on the site either, so it is shared
-across sites (``clean_cache``).
+across sites (``clean_cache``). The clean run itself still runs from the site on (the KL needs
+its next-token distribution); its logits are computed once per vocabulary tile for all SAEs.
 """
 from __future__ import annotations
 
@@ -36,10 +56,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.common import fvu_from_sums
 from gemmascope.data import sites as sites_lib
 from gemmascope.lm.config import LMConfig
+from gemmascope.eval.kl import next_token_ce_and_kl
 from gemmascope.lm.model import forward, next_token_ce_from_residual
 from gemmascope.sae import model as sae_model
+
+L2_RATIO_FLOOR = 1e-4  # ||x|| below this divides as 1 in the L2 ratio (SAELens's guard)
 
 
 def reconstruct(sae: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -50,12 +74,6 @@ def reconstruct(sae: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, jax
 
 # Real-text positions that are not norm outliers: the filter the store applied (one implementation).
 splice_positions = sites_lib.keep_mask
-
-
-def _sae_arrays(sae: dict[str, Any]) -> tuple[dict[str, jax.Array], int | None]:
-    """Arrays for a jit argument, with TopK's ``k`` split off as a static int."""
-    arrays = {k: jnp.asarray(v, jnp.float32) for k, v in sae.items() if k != "k"}
-    return arrays, (int(np.asarray(sae["k"])) if "k" in sae else None)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "site", "outlier_norm_factor", "ks", "baselines"))
@@ -80,8 +98,8 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
     sel = splice_positions(x, mask, outlier_norm_factor)
     s = sel.astype(jnp.float32)
 
-    def ce_with(replacement=None):
-        """Per-token CE ``[B, T-1]`` with the site set to ``replacement`` at the selected positions."""
+    def final_residual(replacement=None):
+        """Last block's output ``[B, T, d]``, the site set to ``replacement`` at the selected positions."""
         fn = None
         if replacement is not None:
             fn = lambda a: jnp.where(sel[..., None], replacement.astype(a.dtype), a)  # noqa: E731
@@ -92,10 +110,10 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
             if layer < cfg.n_layers - 1:
                 h = forward(lm_params, tokens, cfg, capture=[last], stop_after=cfg.n_layers - 1,
                             start_layer=layer + 1, h_in=h).captures[last]
-            return next_token_ce_from_residual(lm_params, h, tokens, cfg)
+            return h
         out = forward(lm_params, tokens, cfg, capture=[last], splice={key: fn} if fn is not None else None,
                       stop_after=cfg.n_layers - 1, **start)
-        return next_token_ce_from_residual(lm_params, out.captures[last], tokens, cfg)
+        return out.captures[last]
 
     w = mask[:, 1:].astype(jnp.float32)  # targets that are real tokens
     common = {
@@ -105,22 +123,34 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
         "x_sq_sum": jnp.sum(jnp.sum(x * x, axis=-1) * s),
         "count_by_pos": jnp.sum(s, axis=0),
     }
-    if "clean" in baselines:
-        common["ce_clean"] = jnp.sum(ce_with() * w)
     if "zero" in baselines:
-        common["ce_zero"] = jnp.sum(ce_with(jnp.zeros_like(x)) * w)
+        common["ce_zero"] = jnp.sum(next_token_ce_from_residual(lm_params, final_residual(jnp.zeros_like(x)),
+                                                                tokens, cfg) * w)
+    recons = [reconstruct(dict(sae, k=k) if k is not None else sae, x) for sae, k in zip(saes, ks)]
+    # Every SAE's run against the clean run (KL), the clean logits computed once per vocabulary tile.
+    ce_clean, ce_sae, kl = next_token_ce_and_kl(
+        lm_params, final_residual(), jnp.stack([final_residual(x_hat) for x_hat, _ in recons]), tokens, cfg)
+    if "clean" in baselines:
+        common["ce_clean"] = jnp.sum(ce_clean * w)
+    x_norm = jnp.linalg.norm(x, axis=-1)  # [B, T]
     per_sae = []
-    for sae, k in zip(saes, ks):
-        p = dict(sae, k=k) if k is not None else sae
-        x_hat, f = reconstruct(p, x)
+    for i, (x_hat, f) in enumerate(recons):
         err = jnp.sum((x - x_hat) ** 2, axis=-1)  # [B, T]
         fired = (f != 0) & sel[..., None]
+        xh_norm = jnp.linalg.norm(x_hat, axis=-1)
+        dot = jnp.sum(x * x_hat, axis=-1)
+        cos = jnp.where((x_norm > 0) & (xh_norm > 0), dot / jnp.maximum(x_norm * xh_norm, 1e-30), 0.0)
         per_sae.append({
-            "ce_sae": jnp.sum(ce_with(x_hat) * w),
+            "ce_sae": jnp.sum(ce_sae[i] * w),
+            "kl_sum": jnp.sum(kl[i] * w),
             "l0_sum": jnp.sum(fired),
             "err_sum": jnp.sum(err * s),
             "fire_counts": jnp.sum(fired, axis=(0, 1)),
             "err_by_pos": jnp.sum(err * s, axis=0),
+            "cos_sum": jnp.sum(cos * s),
+            "l2_ratio_sum": jnp.sum(xh_norm / jnp.where(x_norm < L2_RATIO_FLOOR, 1.0, x_norm) * s),
+            "xhat_sq_sum": jnp.sum(xh_norm ** 2 * s),
+            "x_dot_xhat_sum": jnp.sum(dot * s),
         })
     return common, per_sae
 
@@ -150,7 +180,11 @@ def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, 
     site) skips the clean run at a site that is new but whose text was evaluated at another site.
     New entries are added to both. Each result has the keys of :func:`evaluate_sae`.
     """
-    arrays, ks = zip(*(_sae_arrays(s) for s in saes))
+    for s in saes:
+        if "affine_skip_connection" in s:
+            raise ValueError("evaluate_saes: an affine transcoder (key 'affine_skip_connection') reads one "
+                             "site and writes another; evaluating transcoders is not supported here yet")
+    arrays, ks = zip(*(sae_model.split_static_k(s) for s in saes))
     arrays, ks = list(arrays), tuple(ks)
     common: dict[str, Any] = {}
     accs: list[dict[str, Any]] = [{} for _ in saes]
@@ -186,15 +220,13 @@ def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, 
     if not common or common["n_tokens"] == 0:
         raise ValueError("evaluate_saes: the batches held no real-text tokens")
     n = common["n_tokens"]
-    mean = common["x_sum"] / n
-    total_var = common["x_sq_sum"] - n * float(mean @ mean)
     nt = common["n_targets"]
     tps = float(n / max(time.time() - t0, 1e-9))
     results = []
     for acc in accs:
         res = {
             "l0": float(acc["l0_sum"] / n),
-            "fvu": float(acc["err_sum"] / total_var),
+            "fvu": float(fvu_from_sums(acc["err_sum"], common["x_sum"], common["x_sq_sum"], n)),
             "ce_clean": float(common["ce_clean"] / nt), "ce_sae": float(acc["ce_sae"] / nt),
             "ce_zero": float(common["ce_zero"] / nt),
             "n_tokens": int(n), "n_targets": int(nt), "n_outliers_kept_clean": int(common["n_outliers"]),
@@ -205,8 +237,29 @@ def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, 
         }
         res["delta_loss"] = res["ce_sae"] - res["ce_clean"]
         res["dead_fraction"] = float(np.mean(res["fire_counts"] == 0))
+        res.update(saebench_core(res, acc, n))
         results.append(res)
     return results
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den != 0 else float("nan")
+
+
+def saebench_core(res: dict[str, Any], acc: dict[str, Any], n: float) -> dict[str, float]:
+    """SAEBench's core metrics from the accumulated sums (definitions in the module doc)."""
+    freq = np.asarray(res["fire_counts"], np.float64) / n
+    return {
+        "ce_loss_score": _ratio(res["ce_zero"] - res["ce_sae"], res["ce_zero"] - res["ce_clean"]),
+        "kl_div_with_sae": float(acc["kl_sum"] / res["n_targets"]),
+        "explained_variance": 1.0 - res["fvu"],
+        "cossim": float(acc["cos_sum"] / n),
+        "l2_ratio": float(acc["l2_ratio_sum"] / n),
+        "relative_reconstruction_bias": _ratio(acc["xhat_sq_sum"], acc["x_dot_xhat_sum"]),
+        "frac_alive": float(np.mean(freq > 0)),
+        "freq_over_1_percent": float(np.mean(freq > 0.01)),
+        "freq_over_10_percent": float(np.mean(freq > 0.1)),
+    }
 
 
 def evaluate_sae(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, np.ndarray]], sae: dict[str, Any],
@@ -216,7 +269,9 @@ def evaluate_sae(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, n
 
     Result keys: l0, fvu, ce_clean, ce_sae, ce_zero, delta_loss, n_tokens, n_targets,
     n_outliers_kept_clean, fire_counts [d_sae], dead_fraction, err_by_position [T] (mean squared
-    error per position, NaN where no token), tokens_per_second.
+    error per position, NaN where no token), tokens_per_second, and SAEBench's core metrics
+    (module doc): ce_loss_score, kl_div_with_sae, explained_variance, cossim, l2_ratio,
+    relative_reconstruction_bias, frac_alive, freq_over_1_percent, freq_over_10_percent.
     """
     return evaluate_saes(lm_params, cfg, batches, [sae], layer, site, outlier_norm_factor, max_tokens, log)[0]
 

@@ -147,12 +147,18 @@ def validate_params(params: Mapping[str, np.ndarray], source: str = "<params>", 
 def load_params(path: str) -> dict[str, np.ndarray]:
     """Loads a ``params.npz``: ours (any architecture) or a released Gemma Scope file (raw units).
 
-    ``path`` may be the file or the folder holding it. The layout comes from the
+    ``path`` may be the file or the folder holding it. A folder without ``params.npz`` goes to
+    :func:`gemmascope.sae.formats.load_any` (Gemma Scope 2 ``params.safetensors``, SAELens
+    ``cfg.json``; an error naming the folder when it holds none of them). The layout comes from the
     ``metadata.json`` beside it (JumpReLU without one). Raises :class:`SAEFileError` naming the
     problem (missing file, missing key, wrong shape, non-positive threshold, NaN, a file that does
     not match the ``params_sha256`` in its metadata, a zip CRC error).
     Encode the result with :func:`gemmascope.sae.model.encode`.
     """
+    if not path.endswith(".npz") and not os.path.exists(os.path.join(path, "params.npz")):
+        from gemmascope.sae import formats  # Gemma Scope 2 and SAELens folders (or a missing one)
+
+        return formats.load_any(path)
     if os.path.isdir(path):
         path = os.path.join(path, "params.npz")
     if not os.path.exists(path):
@@ -175,11 +181,14 @@ def load_params(path: str) -> dict[str, np.ndarray]:
 
 
 def load_metadata(path: str) -> dict[str, Any]:
-    """Reads the ``metadata.json`` beside a params.npz (or in a folder); {} for released files."""
+    """Reads the ``metadata.json`` beside a params.npz (or in a folder); for folders without one,
+    what a SAELens ``cfg.json`` or a Gemma Scope 2 folder name tells; {} for released files."""
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     meta = os.path.join(folder, "metadata.json")
     if not os.path.exists(meta):
-        return {}
+        from gemmascope.sae import formats  # a SAELens cfg.json or a Gemma Scope 2 folder name
+
+        return formats.foreign_metadata(folder)
     try:
         with open(meta) as fh:
             return json.load(fh)

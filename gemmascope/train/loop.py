@@ -26,6 +26,7 @@ import numpy as np
 from gemmascope import config as config_lib
 from gemmascope.common import fmt_duration, fvu
 from gemmascope.data.sources import make_source
+from gemmascope.sae import formats as sae_formats
 from gemmascope.sae import io as sae_io
 from gemmascope.train import step as step_lib
 from gemmascope.train.checkpoint import Checkpoints
@@ -299,6 +300,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
         }
         path = os.path.join(folder, "params.npz")
         sae_io.save_params(path, params, meta)
+        sae_formats.export_layouts(config.export.layouts, workdir, folder, heldout, log=log)  # other layouts
         log(f"[export] {config.sae.arch} {'k' if config.sae.arch in config_lib.K_ARCHS else 'lambda'}={lam:g}: L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
         records.append({"path": path, **meta})
     return records

@@ -1,0 +1,480 @@
+"""Other libraries' SAE folders, in and out: SAELens and Gemma Scope 2.
+
+Our own layout (``params.npz`` + ``metadata.json``, :mod:`gemmascope.sae.io`) stays the one
+training writes; this module converts raw-unit params (keys ``W_enc [d_in, d_sae]``, ``W_dec
+[d_sae, d_in]``, ``b_enc``, ``b_dec`` and ``threshold`` or ``k``; forward in
+:mod:`gemmascope.sae.model`) to and from two layouts people already load:
+
+* ``sae_lens``: ``cfg.json`` + ``sae_weights.safetensors`` (+ ``sparsity.safetensors``, the
+  log10 firing frequency of each latent, when known), which ``sae_lens.SAE.load_from_disk``
+  loads. Our JumpReLU (and Gated, and any BatchTopK: they export as JumpReLU) -> SAELens
+  ``jumprelu``, ReLU -> ``standard``, TopK -> ``topk``. We write ``apply_b_dec_to_input=False``
+  and ``normalize_activations="none"`` (our files are raw units with no pre-encoder bias); on
+  reading, a SAELens pre-encoder bias is folded into ``b_enc`` (``b_enc - b_dec @ W_enc``, the
+  same fold as :func:`gemmascope.sae.io.fold_normalisation` with scale 1) and a TopK's
+  ``rescale_acts_by_decoder_norm`` into the weights (``W_enc * n``, ``b_enc * n``, ``W_dec / n``
+  with ``n`` the decoder row norms: the same pre-activation ranking and reconstruction).
+* ``gemma_scope_2``: ``params.safetensors`` with lowercase keys ``w_enc [d_in, d_sae]``,
+  ``w_dec [d_sae, d_out]``, ``b_enc``, ``b_dec``, ``threshold`` (and ``affine_skip_connection
+  [d_in, d_out]`` for affine transcoders), in folders
+  ``<resid_post|mlp_out|attn_out|transcoder_all>/layer_<L>_width_<W>_l0_<label>[_affine]``.
+  JumpReLU only (Gated exports as JumpReLU). Our exports name the L0 by its measured value
+  (``l0_12``); the release's ``small``/``medium``/``big`` labels are read as well.
+
+Site names: ours ``res``/``mlp``/``att`` are Gemma Scope 2's ``resid_post``/``mlp_out``/
+``attn_out`` and TransformerLens's ``blocks.<L>.hook_resid_post``/``hook_mlp_out``/
+``attn.hook_z`` (``att`` is the per-head output before ``o``, i.e. ``hook_z`` flattened).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from gemmascope.sae import io as sae_io
+
+LAYOUTS = ("gemma_scope", "gemma_scope_2", "sae_lens")
+SAE_LENS_FORMAT_VERSION = "6.54.12"  # the SAELens release whose loader this layout is tested against
+# our file layout (io.ARCH_FILE_LAYOUT values) -> SAELens architecture, and back
+SAE_LENS_ARCH = {"jumprelu": "jumprelu", "relu": "standard", "topk": "topk"}
+FROM_SAE_LENS_ARCH = {v: k for k, v in SAE_LENS_ARCH.items()}
+GS2_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_out", "mlp_in": "transcoder_all"}
+FROM_GS2_SITES = {v: k for k, v in GS2_SITES.items()}
+TL_HOOKS = {
+    "res": "blocks.{layer}.hook_resid_post",
+    "mlp": "blocks.{layer}.hook_mlp_out",
+    "att": "blocks.{layer}.attn.hook_z",
+    "mlp_in": "blocks.{layer}.ln2.hook_normalized",
+}
+GS2_KEYS = {
+    "W_enc": "w_enc",
+    "W_dec": "w_dec",
+    "b_enc": "b_enc",
+    "b_dec": "b_dec",
+    "threshold": "threshold",
+    "affine_skip_connection": "affine_skip_connection",
+}
+SKIP = "affine_skip_connection"
+_GS2_NAME = re.compile(r"^layer_(\d+)_width_(\d+[km]?)_l0_([a-z]+|\d+)(_affine)?$")
+
+
+def layout_of(folder: str) -> str:
+    """The layout of an SAE folder (or file): ``gemma_scope`` (params.npz), ``gemma_scope_2``
+    (params.safetensors) or ``sae_lens`` (cfg.json); an error naming the folder otherwise."""
+    if os.path.isfile(folder):
+        name = os.path.basename(folder)
+        by_file = {
+            "params.npz": "gemma_scope",
+            "params.safetensors": "gemma_scope_2",
+            "cfg.json": "sae_lens",
+            "sae_weights.safetensors": "sae_lens",
+        }
+        if name in by_file:
+            return by_file[name]
+        raise sae_io.SAEFileError(
+            f"{folder}: not an SAE file (expected params.npz, params.safetensors or cfg.json)"
+        )
+    for name, layout in (
+        ("params.npz", "gemma_scope"),
+        ("params.safetensors", "gemma_scope_2"),
+        ("cfg.json", "sae_lens"),
+    ):
+        if os.path.exists(os.path.join(folder, name)):
+            return layout
+    what = (
+        "no such folder"
+        if not os.path.isdir(folder)
+        else "holds neither params.npz, params.safetensors nor cfg.json"
+    )
+    raise sae_io.SAEFileError(
+        f"{folder}: {what} (expected a Gemma Scope, Gemma Scope 2 or SAELens SAE folder)"
+    )
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown SAE layout {layout!r} (known: {list(LAYOUTS)})")
+    return layout
+
+
+def _folder(path: str) -> str:
+    return path if os.path.isdir(path) else os.path.dirname(path)
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    if not os.path.exists(path):
+        raise sae_io.SAEFileError(f"{path}: no such file")
+    try:
+        return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise sae_io.SAEFileError(f"{path}: not a readable .safetensors file ({e})") from e
+
+
+def _write_safetensors(
+    path: str, arrays: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
+    from safetensors.numpy import save
+
+    data = save({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}, metadata=metadata)
+    sae_io._atomic_write(path, lambda fh: fh.write(data))
+
+
+def _write_json(path: str, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=sae_io._json_default).encode()
+    sae_io._atomic_write(path, lambda fh: fh.write(text))
+
+
+def _validate_with_skip(params: dict[str, np.ndarray], source: str) -> None:
+    """JumpReLU checks of :func:`sae_io.validate_params`, plus the skip connection's shape."""
+    if SKIP in params:
+        d_in = np.shape(params.get("W_enc", np.zeros((0, 0))))[0]
+        d_out = np.shape(params.get("W_dec", np.zeros((0, 0))))[-1]
+        if d_out != d_in:
+            raise sae_io.SAEFileError(
+                f"{source}: transcoder with d_out={d_out} != d_in={d_in}: not supported"
+            )
+        if np.shape(params[SKIP]) != (d_in, d_out):
+            raise sae_io.SAEFileError(
+                f"{source}: key {SKIP!r} has shape {np.shape(params[SKIP])}, "
+                f"expected {(d_in, d_out)} [d_in, d_out]"
+            )
+        if not np.all(np.isfinite(params[SKIP])):
+            raise sae_io.SAEFileError(f"{source}: key {SKIP!r} holds NaN or inf values")
+    sae_io.validate_params(params, source=source, layout="jumprelu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemma Scope 2
+
+
+def gs2_dir(root: str, site: str, layer: int, width: int, l0: float | str, affine: bool = False) -> str:
+    """``root/<resid_post|mlp_out|attn_out|transcoder_all>/layer_<L>_width_<W>_l0_<label>[_affine]``;
+    a numeric ``l0`` is written rounded (``l0_12``), a string (``"small"``) as given."""
+    if site not in GS2_SITES:
+        raise ValueError(f"site {site!r} has no Gemma Scope 2 folder (known: {sorted(GS2_SITES)})")
+    label = l0 if isinstance(l0, str) else str(int(round(float(l0))))
+    name = f"layer_{int(layer)}_width_{sae_io.width_name(int(width))}_l0_{label}" + (
+        "_affine" if affine else ""
+    )
+    return os.path.join(root, GS2_SITES[site], name)
+
+
+def parse_gs2_dir(folder: str) -> dict[str, Any]:
+    """``.../resid_post/layer_12_width_16k_l0_small`` -> ``{"site": "res", "layer": 12, "width":
+    "16k", "l0": "small", "affine": False}``; {} when the names do not follow the layout."""
+    folder = os.path.normpath(folder)
+    m = _GS2_NAME.match(os.path.basename(folder))
+    site = FROM_GS2_SITES.get(os.path.basename(os.path.dirname(folder)))
+    if not m:
+        return {}
+    out = {"layer": int(m.group(1)), "width": m.group(2), "l0": m.group(3), "affine": bool(m.group(4))}
+    if site:
+        out["site"] = site
+    return out
+
+
+def save_gemma_scope_2(
+    folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
+) -> str:
+    """Writes ``folder/params.safetensors`` (lowercase keys; JumpReLU, optionally with the affine
+    skip connection) and our ``metadata.json`` beside it when given; returns the file's path."""
+    arch = sae_io.file_layout(metadata, folder) if metadata is not None else sae_model_arch(params)
+    if arch != "jumprelu":
+        raise ValueError(
+            f"{folder}: the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones, exported as "
+            f"JumpReLU); architecture {(metadata or {}).get('architecture', arch)!r} cannot be written"
+        )
+    arrays = {k: np.asarray(v, np.float32) for k, v in params.items() if k in GS2_KEYS}
+    _validate_with_skip(arrays, folder)
+    path = os.path.join(folder, "params.safetensors")
+    _write_safetensors(path, {GS2_KEYS[k]: v for k, v in arrays.items()})
+    if metadata is not None:
+        _write_json(os.path.join(folder, "metadata.json"), dict(metadata))
+    return path
+
+
+def load_gemma_scope_2(path: str) -> dict[str, np.ndarray]:
+    """Reads ``params.safetensors`` (the file or its folder) into our keys (``W_enc`` ...,
+    ``affine_skip_connection`` kept when present); raw units, as released."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "params.safetensors")
+    raw = _read_safetensors(path)
+    back = {v: k for k, v in GS2_KEYS.items()}
+    unknown = sorted(set(raw) - set(back))
+    if unknown:
+        raise sae_io.SAEFileError(f"{path}: unexpected keys {unknown} (Gemma Scope 2 keys: {list(back)})")
+    params = {back[k]: v for k, v in raw.items()}
+    _validate_with_skip(params, path)
+    return params
+
+
+def sae_model_arch(params: Mapping[str, Any]) -> str:
+    from gemmascope.sae.model import arch_of
+
+    return arch_of(params)
+
+
+# ---------------------------------------------------------------------------------------------
+# SAELens
+
+
+def hook_name(site: str | None, layer: int | None) -> str | None:
+    """TransformerLens hook of one of our sites (None when unknown)."""
+    if site not in TL_HOOKS or layer is None:
+        return None
+    return TL_HOOKS[site].format(layer=int(layer))
+
+
+def save_sae_lens(
+    folder: str,
+    params: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    log10_firing_frequency: np.ndarray | None = None,
+) -> str:
+    """Writes ``cfg.json``, ``sae_weights.safetensors`` and, when given, ``sparsity.safetensors``
+    (key ``sparsity``: log10 of each latent's firing frequency, SAELens's ``log10(freq + 1e-10)``).
+
+    ``params``: raw-unit params; ``metadata``: our ``metadata.json`` (architecture, site, layer,
+    model). Raises naming the architecture when SAELens cannot represent it.
+    """
+    meta = dict(metadata or {})
+    arch = meta.get("architecture") or sae_model_arch(params)
+    if SKIP in params:
+        raise ValueError(f"{folder}: an affine transcoder ({SKIP!r}) has no SAELens export here yet")
+    layout = sae_io.file_layout({"architecture": arch}, folder) if arch in sae_io.ARCH_FILE_LAYOUT else None
+    if layout not in SAE_LENS_ARCH:
+        raise ValueError(
+            f"{folder}: architecture {arch!r} has no SAELens class (we export "
+            f"{sorted(sae_io.ARCH_FILE_LAYOUT)} as {sorted(set(SAE_LENS_ARCH.values()))})"
+        )
+    arrays = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    d_in, d_sae = sae_io.validate_params(arrays, source=folder, layout=layout)
+    weights = {k: arrays[k] for k in sae_io.FILE_KEYS[layout] if k != "k"}
+    site, layer = meta.get("site"), meta.get("layer")
+    cfg: dict[str, Any] = {
+        "architecture": SAE_LENS_ARCH[layout],
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z" if site == "att" else "none",
+        "metadata": {
+            "sae_lens_version": SAE_LENS_FORMAT_VERSION,
+            "sae_lens_training_version": None,
+            "model_name": meta.get("model"),
+            "hook_name": hook_name(site, layer),
+            "hook_head_index": None,
+            "prepend_bos": True,
+            "exported_by": "gemmascope",
+            "gemmascope_architecture": arch,
+            "gemmascope_site": site,
+            "gemmascope_layer": layer,
+        },
+    }
+    if layout == "topk":
+        cfg.update(k=int(np.asarray(arrays["k"])), rescale_acts_by_decoder_norm=False)
+    os.makedirs(folder, exist_ok=True)
+    _write_safetensors(os.path.join(folder, "sae_weights.safetensors"), weights)
+    if log10_firing_frequency is not None:
+        lf = np.asarray(log10_firing_frequency, np.float32)
+        if lf.shape != (d_sae,):
+            raise ValueError(f"{folder}: log10 firing frequencies have shape {lf.shape}, expected ({d_sae},)")
+        _write_safetensors(os.path.join(folder, "sparsity.safetensors"), {"sparsity": lf})
+    _write_json(os.path.join(folder, "cfg.json"), cfg)
+    return folder
+
+
+def read_sae_lens_cfg(folder: str) -> dict[str, Any]:
+    path = os.path.join(_folder(folder), "cfg.json")
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise sae_io.SAEFileError(f"{path}: no such file (a SAELens SAE folder holds cfg.json)") from None
+    except json.JSONDecodeError as e:
+        raise sae_io.SAEFileError(f"{path}: not valid JSON ({e})") from e
+
+
+def load_sae_lens(path: str) -> dict[str, np.ndarray]:
+    """Reads a SAELens folder (``jumprelu``, ``standard`` or ``topk``) into raw-unit params of our
+    forward: pre-encoder bias and decoder-norm rescaling folded (see module doc)."""
+    folder = _folder(path)
+    cfg = read_sae_lens_cfg(folder)
+    src = os.path.join(folder, "cfg.json")
+    arch = cfg.get("architecture", "standard")
+    if arch not in FROM_SAE_LENS_ARCH:
+        raise sae_io.SAEFileError(
+            f"{src}: SAELens architecture {arch!r} is not one we have (we read {sorted(FROM_SAE_LENS_ARCH)})"
+        )
+    norm = cfg.get("normalize_activations", "none")
+    if norm != "none":
+        raise sae_io.SAEFileError(
+            f"{src}: normalize_activations={norm!r} is not supported (only 'none'; "
+            "fold the normalisation into the weights first)"
+        )
+    if cfg.get("reshape_activations", "none") not in ("none", "hook_z"):
+        raise sae_io.SAEFileError(
+            f"{src}: reshape_activations={cfg['reshape_activations']!r} is not supported"
+        )
+    raw = _read_safetensors(os.path.join(folder, "sae_weights.safetensors"))
+    if "log_threshold" in raw and "threshold" not in raw:  # older SAELens JumpReLU checkpoints
+        raw["threshold"] = np.exp(raw.pop("log_threshold"))
+    layout = FROM_SAE_LENS_ARCH[arch]
+    keys = [k for k in sae_io.FILE_KEYS[layout] if k != "k"]
+    missing = [k for k in keys if k not in raw]
+    if missing:
+        raise sae_io.SAEFileError(
+            f"{folder}/sae_weights.safetensors: missing keys {missing} for a SAELens {arch!r} SAE"
+        )
+    p = {k: raw[k].astype(np.float64) for k in keys}
+    if layout == "topk":
+        if "k" not in cfg:
+            raise sae_io.SAEFileError(f"{src}: a topk SAE needs the field 'k'")
+        if cfg.get("rescale_acts_by_decoder_norm", False):
+            n = np.maximum(np.linalg.norm(p["W_dec"], axis=-1), 1e-8)  # SAELens's clamp
+            p["W_enc"], p["b_enc"], p["W_dec"] = p["W_enc"] * n, p["b_enc"] * n, p["W_dec"] / n[:, None]
+        p["k"] = np.float64(cfg["k"])
+    if cfg.get("apply_b_dec_to_input", True):
+        p = sae_io.fold_normalisation(p, 1.0, pre_encoder_bias=True)
+    params = {k: np.asarray(v, np.float32) for k, v in p.items()}
+    if layout == "jumprelu":
+        # SAELens's JumpReLU is relu(pre) * (pre > threshold): for threshold <= 0 (its training clamps
+        # at 0) that is relu(pre), which our pre * (pre > threshold) gives with the smallest positive
+        # float32 (they differ only for pre in (0, 1.2e-38]).
+        params["threshold"] = np.maximum(params["threshold"], np.finfo(np.float32).tiny)
+    sae_io.validate_params(params, source=folder, layout=layout)
+    return params
+
+
+def sae_lens_metadata(folder: str) -> dict[str, Any]:
+    """Our metadata fields (architecture, d_in, d_sae, site, layer, model) from a SAELens cfg.json."""
+    cfg = read_sae_lens_cfg(folder)
+    md = cfg.get("metadata") or {}
+    out: dict[str, Any] = {
+        "architecture": FROM_SAE_LENS_ARCH.get(cfg.get("architecture", "standard"), cfg.get("architecture")),
+        "d_in": cfg.get("d_in"),
+        "d_sae": cfg.get("d_sae"),
+    }
+    if md.get("gemmascope_architecture"):
+        out["architecture"] = md["gemmascope_architecture"]
+    if "k" in cfg:
+        out["k"] = cfg["k"]
+    if md.get("model_name"):
+        out["model"] = md["model_name"]
+    m = re.match(
+        r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|attn\.hook_z|ln2\.hook_normalized)$",
+        md.get("hook_name") or "",
+    )
+    if m:
+        out["layer"] = int(m.group(1))
+        out["site"] = {
+            "hook_resid_post": "res",
+            "hook_mlp_out": "mlp",
+            "attn.hook_z": "att",
+            "ln2.hook_normalized": "mlp_in",
+        }[m.group(2)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch
+
+
+def load_any(path: str) -> dict[str, np.ndarray]:
+    """Raw-unit params from a folder of any layout (see :func:`layout_of`)."""
+    layout = layout_of(path)
+    if layout == "gemma_scope":
+        return sae_io.load_params(path)
+    if layout == "gemma_scope_2":
+        return load_gemma_scope_2(path)
+    return load_sae_lens(path)
+
+
+def log10_firing_frequency(fire_counts: np.ndarray, n_tokens: int) -> np.ndarray:
+    """SAELens's sparsity statistic: ``log10(count / n_tokens + 1e-10)`` per latent."""
+    return np.log10(np.asarray(fire_counts, np.float64) / max(int(n_tokens), 1) + 1e-10).astype(np.float32)
+
+
+def export(src: str, layout: str, out: str, log10_freq: np.ndarray | None = None) -> str:
+    """Writes the SAE folder ``src`` (any layout we read) in ``layout`` under the folder ``out``;
+    returns the written folder. ``gemma_scope_2`` puts the file in ``out`` itself."""
+    check_layout(layout)
+    params = load_any(src)
+    meta = sae_io.load_metadata(src)
+    if layout == "sae_lens":
+        return save_sae_lens(out, params, meta or None, log10_freq)
+    if layout == "gemma_scope_2":
+        save_gemma_scope_2(out, params, meta or None)
+        return out
+    if SKIP in params:
+        raise ValueError(f"{src}: an affine transcoder ({SKIP!r}) has no params.npz layout")
+    arch = meta.get("architecture") or sae_model_arch(params)
+    sae_io.save_params(os.path.join(out, "params.npz"), params, {**meta, "architecture": arch})
+    return out
+
+
+def foreign_metadata(folder: str) -> dict[str, Any]:
+    """Metadata of a folder without our ``metadata.json``: from a SAELens ``cfg.json``, or the
+    site and layer a Gemma Scope 2 folder name gives; {} otherwise (a released params.npz)."""
+    if os.path.exists(os.path.join(folder, "cfg.json")):
+        return sae_lens_metadata(folder)
+    if os.path.exists(os.path.join(folder, "params.safetensors")):
+        return {k: v for k, v in parse_gs2_dir(folder).items() if k in ("site", "layer")}
+    return {}
+
+
+def saved_log10_frequency(folder: str) -> np.ndarray | None:
+    """Per-latent log10 firing frequencies from the evaluation (``fire_counts.npy`` and the token
+    count in ``eval.json`` beside the SAE), or None when it was not evaluated."""
+    counts, ev = os.path.join(folder, "fire_counts.npy"), os.path.join(folder, "eval.json")
+    if not (os.path.exists(counts) and os.path.exists(ev)):
+        return None
+    with open(ev) as fh:
+        n = json.load(fh)["n_tokens"]
+    return log10_firing_frequency(np.load(counts), n)
+
+
+def export_layouts(
+    layouts, workdir: str, folder: str, heldout: np.ndarray | None = None, log=print
+) -> list[str]:
+    """The end-of-training hook: writes the SAE in ``workdir/saes/<...>`` (``folder``) in every
+    other layout of ``layouts`` (``config.export.layouts``): SAELens under
+    ``workdir/saes_sae_lens/<same sub-folders>`` (its sparsity file from the firing frequencies on
+    the ``heldout [n, d_in]`` rows when given), Gemma Scope 2 under
+    ``workdir/saes_gemma_scope_2/<gs2 folder>`` (:func:`gs2_dir`). Returns the written folders."""
+    from gemmascope.sae import model as sae_model
+
+    written = []
+    for layout in layouts:
+        check_layout(layout)
+        if layout == "gemma_scope":
+            continue
+        meta = sae_io.load_metadata(folder)
+        if layout == "gemma_scope_2":
+            out = gs2_dir(
+                os.path.join(workdir, "saes_gemma_scope_2"),
+                meta["site"],
+                meta["layer"],
+                meta["d_sae"],
+                meta["l0"],
+            )
+            lf = None
+        else:
+            rel = os.path.relpath(folder, os.path.join(workdir, "saes"))
+            out = os.path.join(workdir, "saes_sae_lens", rel)
+            lf = None
+            if heldout is not None:
+                f = np.asarray(sae_model.encode(sae_io.load_params(folder), np.asarray(heldout, np.float32)))
+                lf = log10_firing_frequency((f != 0).sum(0), len(f))
+        written.append(export(folder, layout, out, lf))
+        if log:
+            log(f"[export] {layout} -> {written[-1]}")
+    return written
