@@ -26,11 +26,17 @@ setup(
         "pyarrow",
         "scipy",
         "matplotlib",
+        "tensorboardX",  # TensorBoard event files (protobuf only; never TensorFlow)
+        "tqdm",  # progress bars on a terminal (gemmascope/progress.py)
     ],
     extras_require={
         # torch is test-only (parity with transformers); pinned so pip takes the CPU wheel.
         # selenium drives the system's headless Chromium (dashboards); nbclient/nbformat/ipykernel run colabs/.
-        "test": ["pytest", "torch==2.13.0", "accelerate", "selenium", "nbclient", "nbformat", "ipykernel"],
+        # wandb: the offline W&B writer is tested (it is never required: imported only when
+        # config.wandb.project is set).
+        "test": ["pytest", "torch==2.13.0", "accelerate", "selenium", "nbclient", "nbformat", "ipykernel", "wandb"],
         "datasets": ["datasets"],
+        "tpu": ["jax[tpu]"],  # Cloud TPU / Colab TPU runtimes: pip install ".[tpu]"
+        "wandb": ["wandb"],
     },
 )

@@ -2,7 +2,8 @@
 
 For every location ``(site, layer, width)`` of the config, all lambdas train together (one
 compiled step on the same batches, sharded over the
-config's device mesh). Per-SAE metrics go to ``workdir/metrics.jsonl``,
+config's device mesh). Per-SAE metrics go to ``workdir/metrics.jsonl`` and TensorBoard
+(``workdir/tensorboard``; :mod:`gemmascope.train.writers`),
 a progress line shows tokens/s and ETA, orbax checkpoints hold the state and the data position,
 and at the end every SAE is exported in the Gemma Scope layout under ``workdir/saes``. Rerunning
 the same command on the same workdir resumes: finished locations are skipped, an unfinished one
@@ -13,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import time
 from typing import Any, Iterator
 
 import jax
@@ -22,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope import config as config_lib
+from gemmascope.progress import TrainingProgress as Progress
 from gemmascope.sae import io as sae_io
 from gemmascope.train import step as step_lib
+from gemmascope.train import writers
 from gemmascope.train.checkpoint import Checkpoints
 
 
@@ -88,32 +89,6 @@ class _RowSlice:
         x = next(self.source)
         n = x.shape[0] // self.n_slots
         return x[self.slot * n:(self.slot + 1) * n]
-
-
-class Progress:
-    """One line per report: step, tokens/s, ETA, and the L0 of each SAE."""
-
-    def __init__(self, name: str, total_steps: int, start_step: int, batch_size: int, stream=None):
-        self.name, self.total, self.batch = name, total_steps, batch_size
-        self.start_step, self.t0 = start_step, time.time()
-        self.stream = stream or sys.stdout
-
-    def report(self, step: int, l0: np.ndarray, fvu: np.ndarray) -> str:
-        done = max(step - self.start_step, 1)
-        dt = max(time.time() - self.t0, 1e-9)
-        tok_s = done * self.batch / dt
-        eta = (self.total - step) * dt / done
-        l0s = " ".join(f"{v:.1f}" for v in l0)
-        fv = " ".join(f"{v:.3f}" for v in fvu)
-        line = (f"[{self.name}] step {step}/{self.total} ({100 * step / self.total:.0f}%) "
-                f"{tok_s:,.0f} tok/s ETA {_fmt_time(eta)} | L0 {l0s} | FVU {fv}")
-        print(line, file=self.stream, flush=True)
-        return line
-
-
-def _fmt_time(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}:{(s % 3600) // 60:02d}:{s % 60:02d}"
 
 
 def _check_finite(state, step: int, lambdas, name: str) -> None:
@@ -190,21 +165,21 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
     train_step = sweep.jit_step(step_lib.make_train_step(config, dead_window_steps))
     lam_arr = sweep.put_values(lambdas)
     progress = Progress(name, total, start, config.batch_size)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
     step = start
-    with open(metrics_path, "a") if main else _NullFile() as mfile:
+    with writers.for_location(config, workdir, name, enabled=main) as mwriter:
         for step in range(start + 1, total + 1):
             x = sweep.put_batch(next(source))
             state, metrics = train_step(state, x, lam_arr)
             if step % config.log_every == 0 or step == total:
                 _check_finite(state, step, lambdas, name)
                 m = _fetch(metrics)
+                rows = []
                 for i in range(k):
                     row = {"location": name, "arch": config.sae.arch, "site": site, "layer": layer, "width": width, "sae": i,
                            "lambda": lambdas[i], "step": step, "tokens": step * config.batch_size}
                     row.update({mk: float(mv[i]) for mk, mv in m.items()})
-                    mfile.write(json.dumps(row) + "\n")
-                mfile.flush()
+                    rows.append(row)
+                mwriter.write(step, rows)
                 if main:
                     progress.report(step, m["l0"], m["fvu"])
             if step % config.checkpoint_every == 0 and step != total:
@@ -228,20 +203,6 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
             json.dump(records, fh, indent=2)
     records = distributed.allgather_json(records)[0]  # every process returns process 0's records
     return records
-
-
-class _NullFile:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def write(self, _):
-        pass
-
-    def flush(self):
-        pass
 
 
 def _fetch(tree):

@@ -1,0 +1,150 @@
+"""Progress of long jobs (generation, training, evaluation, analysis): a live bar on a terminal,
+one line per report otherwise.
+
+On a terminal (the stream's ``isatty()``) a ``tqdm`` bar shows the count, rate and ETA, with the
+job's latest report (L0, FVU, ...) as its postfix, redrawn in place. Anywhere else (CI, logs,
+notebooks, a ``log`` callback other than ``print``) the jobs print the same one line per report
+as before, through their ``log`` callback, so log files and tests read the same text.
+``GEMMASCOPE_PROGRESS=bar`` or ``=lines`` forces either mode; ``tty=`` does so per object (tests).
+
+:class:`Progress` is the generic reporter; :class:`TrainingProgress` is the trainer's line
+(step, tokens/s, ETA, the L0 and FVU of each SAE).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+ENV = "GEMMASCOPE_PROGRESS"
+
+
+def fmt_time(s: float) -> str:
+    """Seconds -> ``H:MM:SS``."""
+    s = int(max(s, 0))
+    return f"{s // 3600}:{(s % 3600) // 60:02d}:{s % 60:02d}"
+
+
+def use_bar(stream=None, log: Callable | None = print, tty: bool | None = None) -> bool:
+    """Bar or lines: ``tty`` if given, else ``$GEMMASCOPE_PROGRESS`` (``bar``/``lines``), else a bar
+    only when the job prints with ``print`` (not a caller's callback) to a terminal."""
+    if tty is not None:
+        return bool(tty)
+    forced = os.environ.get(ENV, "").strip().lower()
+    if forced in ("bar", "lines"):
+        return forced == "bar"
+    if forced:
+        raise ValueError(f"${ENV}={forced!r}: expected 'bar' or 'lines'")
+    stream = stream or sys.stdout
+    return log is print and bool(getattr(stream, "isatty", lambda: False)())
+
+
+class Progress:
+    """Counts work towards ``total`` (None: unknown, no ETA) in ``unit`` s.
+
+    Args:
+      desc: the job's tag (``"generate:train"``), the bar's label.
+      total: units to do, or None.
+      log: where lines go in line mode (``print`` by default); None silences line mode.
+      lines_every: in line mode, print every n-th :meth:`report` (the first always).
+      initial: units already done (a resumed job).
+      stream, tty: the bar's stream (default stdout) and the mode (see :func:`use_bar`).
+    """
+
+    def __init__(self, desc: str, total: float | None = None, unit: str = "tok", *, log: Callable | None = print,
+                 lines_every: int = 1, initial: float = 0, stream=None, tty: bool | None = None):
+        self.desc, self.total, self.unit, self.log = desc, total, unit, log
+        self.lines_every, self.n_reports, self.done = max(1, int(lines_every)), 0, initial
+        self.stream = stream or sys.stdout
+        self.bar = None
+        if use_bar(self.stream, log, tty):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True,
+                            file=self.stream, dynamic_ncols=True, smoothing=0.1)
+
+    def report(self, done: float, line: str | Callable[[], str] | None = None) -> None:
+        """``done`` units so far; ``line``: the report (or a function making it, called only when
+        printed). A bar shows ``line`` after its ``[tag]`` as the postfix."""
+        self.done = done
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if line is not None:
+                text = line() if callable(line) else line
+                self.bar.set_postfix_str(text.split("] ", 1)[-1] if text.startswith("[") else text, refresh=False)
+        elif self.log is not None and self.n_reports % self.lines_every == 0:
+            text = line() if callable(line) else line
+            if text is None:
+                text = f"[{self.desc}] {done:,.0f}" + (f"/{self.total:,.0f}" if self.total else "") + f" {self.unit}"
+            self.log(text)
+        self.n_reports += 1
+
+    def advance(self, n: float, line: str | Callable[[], str] | None = None) -> None:
+        self.report(self.done + n, line)
+
+    def lines(self, log: Callable[[str], None] | None) -> Callable[[str], None] | None:
+        """A ``log`` callback for a job's own progress lines: ``log`` itself in line mode; in bar
+        mode each line becomes the bar's postfix (the count comes from :meth:`iterate`)."""
+        if self.bar is None:
+            return log
+        return lambda text: self.bar.set_postfix_str(text.split("] ", 1)[-1] if text.startswith("[") else text)
+
+    def iterate(self, items: Iterable[Any], size: Callable[[Any], float] = lambda _: 1) -> Iterator[Any]:
+        """Yields ``items``, advancing the bar by ``size(item)`` as each is handed out (so a
+        consumer that stops early still counts its last item); nothing in line mode, where the
+        job's own lines report."""
+        for item in items:
+            if self.bar is not None:
+                self.bar.update(size(item))
+                self.done = self.bar.n
+            yield item
+
+    def write(self, text: str) -> None:
+        """A message that is not progress: above the bar, or a plain line."""
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        elif self.log is not None:
+            self.log(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class TrainingProgress(Progress):
+    """The trainer's report: step, tokens/s, ETA, and the L0 and FVU of each SAE. Lines look like
+    ``[res_layer15_width4k] step 200/1000 (20%) 5,120 tok/s ETA 0:01:20 | L0 61.2 8.0 | FVU 0.281 0.412``;
+    the bar counts tokens. It closes itself at the last step."""
+
+    def __init__(self, name: str, total_steps: int, start_step: int, batch_size: int, stream=None,
+                 tty: bool | None = None):
+        stream = stream or sys.stdout
+        self.name, self.total_steps, self.batch = name, total_steps, batch_size
+        self.start_step, self.t0 = start_step, time.time()
+        super().__init__(name, total_steps * batch_size, "tok", log=lambda s: print(s, file=stream, flush=True),
+                         initial=start_step * batch_size, stream=stream,
+                         tty=tty if tty is not None else use_bar(stream, print))
+
+    def report(self, step: int, l0: Sequence[float], fvu: Sequence[float]) -> str:
+        done = max(step - self.start_step, 1)
+        dt = max(time.time() - self.t0, 1e-9)
+        tok_s = done * self.batch / dt
+        eta = (self.total_steps - step) * dt / done
+        l0s = " ".join(f"{v:.1f}" for v in l0)
+        fv = " ".join(f"{v:.3f}" for v in fvu)
+        line = (f"[{self.name}] step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) "
+                f"{tok_s:,.0f} tok/s ETA {fmt_time(eta)} | L0 {l0s} | FVU {fv}")
+        super().report(step * self.batch, (f"[{self.name}] step {step}/{self.total_steps} | L0 {l0s} | FVU {fv}"
+                                            if self.bar is not None else line))
+        if step >= self.total_steps:
+            self.close()
+        return line
