@@ -12,6 +12,7 @@ as before, through their ``log`` callback, so log files and tests read the same 
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -40,6 +41,13 @@ def use_bar(stream=None, log: Callable | None = print, tty: bool | None = None) 
     return log is print and bool(getattr(stream, "isatty", lambda: False)())
 
 
+def _columns(stream) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return 0
+
+
 class Progress:
     """Counts work towards ``total`` (None: unknown, no ETA) in ``unit`` s.
 
@@ -61,18 +69,20 @@ class Progress:
         if use_bar(self.stream, log, tty):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True,
-                            file=self.stream, dynamic_ncols=True, smoothing=0.1)
+            sized = _columns(self.stream) > 0  # a pty of size 0 (some containers): fixed sizes, or tqdm draws nothing
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, file=self.stream,
+                            dynamic_ncols=sized, ncols=None if sized else 120, nrows=None if sized else 24,
+                            smoothing=0.1)
 
     def report(self, done: float, line: str | Callable[[], str] | None = None) -> None:
         """``done`` units so far; ``line``: the report (or a function making it, called only when
         printed). A bar shows ``line`` after its ``[tag]`` as the postfix."""
         self.done = done
         if self.bar is not None:
-            self.bar.update(done - self.bar.n)
             if line is not None:
                 text = line() if callable(line) else line
                 self.bar.set_postfix_str(text.split("] ", 1)[-1] if text.startswith("[") else text, refresh=False)
+            self.bar.update(done - self.bar.n)
         elif self.log is not None and self.n_reports % self.lines_every == 0:
             text = line() if callable(line) else line
             if text is None:
