@@ -63,26 +63,34 @@ class Progress:
     def __init__(self, desc: str, total: float | None = None, unit: str = "tok", *, log: Callable | None = print,
                  lines_every: int = 1, initial: float = 0, stream=None, tty: bool | None = None):
         self.desc, self.total, self.unit, self.log = desc, total, unit, log
+        self.t_start = time.time()
         self.lines_every, self.n_reports, self.done = max(1, int(lines_every)), 0, initial
         self.stream = stream or sys.stdout
-        self.bar = None
-        if use_bar(self.stream, log, tty):
+        self.is_bar = use_bar(self.stream, log, tty)
+        self.bar = None  # the tqdm bar, made at the first update (a process that never reports draws nothing)
+        self._initial, self._closed = initial, False
+
+    def _bar(self):
+        if self.bar is None and not self._closed:
             from tqdm import tqdm
 
             sized = _columns(self.stream) > 0  # a pty of size 0 (some containers): fixed sizes, or tqdm draws nothing
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, file=self.stream,
-                            dynamic_ncols=sized, ncols=None if sized else 120, nrows=None if sized else 24,
-                            smoothing=0.1)
+            self.bar = tqdm(total=self.total, initial=self._initial, desc=self.desc, unit=self.unit, unit_scale=True,
+                            file=self.stream, dynamic_ncols=sized, ncols=None if sized else 120,
+                            nrows=None if sized else 24, smoothing=0.1)
+            self.bar.start_t = self.bar.last_print_t = self.t_start  # rate and ETA count from the job's start
+        return self.bar
 
     def report(self, done: float, line: str | Callable[[], str] | None = None) -> None:
         """``done`` units so far; ``line``: the report (or a function making it, called only when
         printed). A bar shows ``line`` after its ``[tag]`` as the postfix."""
         self.done = done
-        if self.bar is not None:
+        if self.is_bar:
+            bar = self._bar()
             if line is not None:
                 text = line() if callable(line) else line
-                self.bar.set_postfix_str(text.split("] ", 1)[-1] if text.startswith("[") else text, refresh=False)
-            self.bar.update(done - self.bar.n)
+                bar.set_postfix_str(text.split("] ", 1)[-1] if text.startswith("[") else text, refresh=False)
+            bar.update(done - bar.n)
         elif self.log is not None and self.n_reports % self.lines_every == 0:
             text = line() if callable(line) else line
             if text is None:
@@ -96,24 +104,24 @@ class Progress:
     def lines(self, log: Callable[[str], None] | None) -> Callable[[str], None] | None:
         """A ``log`` callback for a job's own progress lines: ``log`` itself in line mode; in bar
         mode each line becomes the bar's postfix (the count comes from :meth:`iterate`)."""
-        if self.bar is None:
+        if not self.is_bar:
             return log
-        return lambda text: self.bar.set_postfix_str(text.split("] ", 1)[-1] if text.startswith("[") else text)
+        return lambda text: self._bar().set_postfix_str(text.split("] ", 1)[-1] if text.startswith("[") else text)
 
     def iterate(self, items: Iterable[Any], size: Callable[[Any], float] = lambda _: 1) -> Iterator[Any]:
         """Yields ``items``, advancing the bar by ``size(item)`` as each is handed out (so a
         consumer that stops early still counts its last item); nothing in line mode, where the
         job's own lines report."""
         for item in items:
-            if self.bar is not None:
-                self.bar.update(size(item))
+            if self.is_bar:
+                self._bar().update(size(item))
                 self.done = self.bar.n
             yield item
 
     def write(self, text: str) -> None:
         """A message that is not progress: above the bar, or a plain line."""
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
+        if self.is_bar:
+            self._bar().write(text, file=self.stream)
         elif self.log is not None:
             self.log(text)
 
@@ -121,6 +129,7 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        self._closed = True
 
     def __enter__(self):
         return self
@@ -154,7 +163,7 @@ class TrainingProgress(Progress):
         line = (f"[{self.name}] step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) "
                 f"{tok_s:,.0f} tok/s ETA {fmt_time(eta)} | L0 {l0s} | FVU {fv}")
         super().report(step * self.batch, (f"[{self.name}] step {step}/{self.total_steps} | L0 {l0s} | FVU {fv}"
-                                            if self.bar is not None else line))
+                                            if self.is_bar else line))
         if step >= self.total_steps:
             self.close()
         return line

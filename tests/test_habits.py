@@ -217,7 +217,7 @@ class _Tty(io.StringIO):
 def test_progress_lines_when_not_a_terminal():
     lines = []
     p = progress_lib.Progress("generate:train", 1000, "tok", log=lines.append, lines_every=3)
-    assert p.bar is None
+    assert not p.is_bar
     for i in range(7):
         p.report(100 * (i + 1), f"[generate:train] batch {i}")
     p.close()
@@ -230,7 +230,7 @@ def test_progress_lines_when_not_a_terminal():
 def test_progress_bar_on_a_terminal():
     out = _Tty()
     p = progress_lib.Progress("[eval 1-4/4] layer 3 res", 3000, "tok", log=print, stream=out)
-    assert p.bar is not None
+    assert p.is_bar and out.getvalue() == ""  # drawn at the first update only (silent processes draw nothing)
     log_lines = p.lines(print)
     for batch in p.iterate([(None, np.ones((2, 500), bool))] * 3, lambda b: int(b[1].sum())):
         log_lines("[eval] 1,000 tokens x 4 SAE(s) (250 tok/s)")  # becomes the postfix, not a line
@@ -269,7 +269,7 @@ def test_training_progress_both_modes(tty):
     text = out.getvalue()
     if tty:
         assert "\r" in text and line not in text and "L0 10.0 3.0 | FVU 0.100 0.400" in text
-        assert p.bar is None  # closed itself at the last step
+        assert p.bar is None and p._closed  # closed itself at the last step
     else:
         assert text.splitlines()[0] == line and len(text.splitlines()) == 2
 
