@@ -168,7 +168,8 @@ def dashboard_lm_settings(config, checkpoint=None, context_length=None, batch_se
     embedded default. The dashboard scans the embedded corpus whatever ``config.text`` says."""
     lm = config.lm if config is not None else None
     if config is not None and config.text.kind != "embedded":
-        print(f"[analyze] the config trained on text.kind={config.text.kind!r}; dashboards scan the embedded corpus")
+        print(f"[analyze] the config trained on text.kind={config.text.kind!r}; "
+              "dashboards scan the embedded corpus")
 
     def pick(flag, field, default):
         return flag if flag is not None else (lm[field] if lm is not None else default)

@@ -416,7 +416,8 @@ def load_saved(path: str) -> ml_collections.ConfigDict:
     """
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     if not os.path.exists(file):
-        raise ConfigError(f"{file}: no saved config (launch/train.py writes it into the workdir); pass --config")
+        raise ConfigError(f"{file}: no saved config (launch/train.py writes it into the workdir); "
+                          "pass --config")
     with open(file) as fh:
         try:
             saved = json.load(fh)

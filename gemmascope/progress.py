@@ -48,6 +48,11 @@ def _columns(stream) -> int:
         return 0
 
 
+def _untagged(line: str) -> str:
+    """``"[scan] 1,000 tokens"`` -> ``"1,000 tokens"`` (the bar shows the tag already)."""
+    return line.split("] ", 1)[-1] if line.startswith("[") else line
+
+
 class Progress:
     """Counts work towards ``total`` (None: unknown, no ETA) in ``unit`` s.
 
@@ -60,8 +65,9 @@ class Progress:
       stream, tty: the bar's stream (default stdout) and the mode (see :func:`use_bar`).
     """
 
-    def __init__(self, desc: str, total: float | None = None, unit: str = "tok", *, log: Callable | None = print,
-                 lines_every: int = 1, initial: float = 0, stream=None, tty: bool | None = None):
+    def __init__(self, desc: str, total: float | None = None, unit: str = "tok", *,
+                 log: Callable | None = print, lines_every: int = 1, initial: float = 0, stream=None,
+                 tty: bool | None = None):
         self.desc, self.total, self.unit, self.log = desc, total, unit, log
         self.t_start = time.time()
         self.lines_every, self.n_reports, self.done = max(1, int(lines_every)), 0, initial
@@ -74,10 +80,10 @@ class Progress:
         if self.bar is None and not self._closed:
             from tqdm import tqdm
 
-            sized = _columns(self.stream) > 0  # a pty of size 0 (some containers): fixed sizes, or tqdm draws nothing
-            self.bar = tqdm(total=self.total, initial=self._initial, desc=self.desc, unit=self.unit, unit_scale=True,
-                            file=self.stream, dynamic_ncols=sized, ncols=None if sized else 120,
-                            nrows=None if sized else 24, smoothing=0.1)
+            sized = _columns(self.stream) > 0  # a 0x0 pty (containers): fixed sizes, or tqdm draws nothing
+            self.bar = tqdm(total=self.total, initial=self._initial, desc=self.desc, unit=self.unit,
+                            unit_scale=True, file=self.stream, dynamic_ncols=sized,
+                            ncols=None if sized else 120, nrows=None if sized else 24, smoothing=0.1)
             self.bar.start_t = self.bar.last_print_t = self.t_start  # rate and ETA count from the job's start
         return self.bar
 
@@ -89,12 +95,13 @@ class Progress:
             bar = self._bar()
             if line is not None:
                 text = line() if callable(line) else line
-                bar.set_postfix_str(text.split("] ", 1)[-1] if text.startswith("[") else text, refresh=False)
+                bar.set_postfix_str(_untagged(text), refresh=False)
             bar.update(done - bar.n)
         elif self.log is not None and self.n_reports % self.lines_every == 0:
             text = line() if callable(line) else line
             if text is None:
-                text = f"[{self.desc}] {done:,.0f}" + (f"/{self.total:,.0f}" if self.total else "") + f" {self.unit}"
+                of = f"/{self.total:,.0f}" if self.total else ""
+                text = f"[{self.desc}] {done:,.0f}{of} {self.unit}"
             self.log(text)
         self.n_reports += 1
 
@@ -106,7 +113,7 @@ class Progress:
         mode each line becomes the bar's postfix (the count comes from :meth:`iterate`)."""
         if not self.is_bar:
             return log
-        return lambda text: self._bar().set_postfix_str(text.split("] ", 1)[-1] if text.startswith("[") else text)
+        return lambda text: self._bar().set_postfix_str(_untagged(text))
 
     def iterate(self, items: Iterable[Any], size: Callable[[Any], float] = lambda _: 1) -> Iterator[Any]:
         """Yields ``items``, advancing the bar by ``size(item)`` as each is handed out (so a
@@ -149,8 +156,9 @@ class TrainingProgress(Progress):
         stream = stream or sys.stdout
         self.name, self.total_steps, self.batch = name, total_steps, batch_size
         self.start_step, self.t0 = start_step, time.time()
-        super().__init__(name, total_steps * batch_size, "tok", log=lambda s: print(s, file=stream, flush=True),
-                         initial=start_step * batch_size, stream=stream,
+        super().__init__(name, total_steps * batch_size, "tok", initial=start_step * batch_size,
+                         stream=stream,
+                         log=lambda s: print(s, file=stream, flush=True),
                          tty=tty if tty is not None else use_bar(stream, print))
 
     def report(self, step: int, l0: Sequence[float], fvu: Sequence[float]) -> str:
@@ -162,8 +170,8 @@ class TrainingProgress(Progress):
         fv = " ".join(f"{v:.3f}" for v in fvu)
         line = (f"[{self.name}] step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) "
                 f"{tok_s:,.0f} tok/s ETA {fmt_time(eta)} | L0 {l0s} | FVU {fv}")
-        super().report(step * self.batch, (f"[{self.name}] step {step}/{self.total_steps} | L0 {l0s} | FVU {fv}"
-                                            if self.is_bar else line))
+        short = f"step {step}/{self.total_steps} | L0 {l0s} | FVU {fv}"  # the bar shows the rate and ETA
+        super().report(step * self.batch, short if self.is_bar else line)
         if step >= self.total_steps:
             self.close()
         return line

@@ -25,12 +25,13 @@ _LATENTS = flags.DEFINE_string("latents", "all", "Latents to list and give pages
 _CONTEXTS = flags.DEFINE_integer("contexts", 12, "Top activating contexts per latent.")
 _SPLIT = flags.DEFINE_enum("split", "heldout", ["heldout", "train", "all"], "Documents of the embedded corpus.")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config the SAE was trained with (default: its workdir's config.json, if any).", lock_config=True)
+    "config", None, "Config the SAE was trained with (default: its workdir's config.json, if any).",
+    lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "LM: 'embedded', a .gguf, a HF dir or hub id "
                                   "(default: the config's lm.checkpoint, else 'embedded').")
 _LAYER = flags.DEFINE_integer("layer", None, "Override the SAE's layer.")
 _SITE = flags.DEFINE_enum("site", None, ["res", "att", "mlp"], "Override the SAE's site.")
-_SEQ = flags.DEFINE_integer("context_length", None, "Packed sequence length, BOS first (default: config, else 128).")
+_SEQ = flags.DEFINE_integer("context_length", None, "Packed sequence length, BOS first (default: config, else 128)")
 _BATCH = flags.DEFINE_integer("batch_sequences", None, "Sequences per LM batch (default: config, else 32).")
 _ENRICH = flags.DEFINE_bool("enrichment", True, "Token-set enrichment of the listed latents' logit weights.")
 flags.mark_flags_as_required(["sae", "out"])
@@ -45,8 +46,9 @@ def main(argv):
         raise app.UsageError("--tokens and --contexts must be positive")
     lm = cli.dashboard_lm_settings(_CONFIG.value, _CHECKPOINT.value, _SEQ.value, _BATCH.value)
     try:
-        build_dashboard(_SAE.value, _OUT.value, n_tokens=_TOKENS.value, latents=_LATENTS.value, layer=_LAYER.value,
-                        site=_SITE.value, split=_SPLIT.value, k=_CONTEXTS.value, enrichment=_ENRICH.value, **lm)
+        build_dashboard(_SAE.value, _OUT.value, n_tokens=_TOKENS.value, latents=_LATENTS.value,
+                        layer=_LAYER.value, site=_SITE.value, split=_SPLIT.value, k=_CONTEXTS.value,
+                        enrichment=_ENRICH.value, **lm)
     except (DashboardInputError, SAEFileError) as e:
         raise app.UsageError(str(e))
 

@@ -33,16 +33,19 @@ def browser_plan(exists=os.path.exists, euid: int | None = None, which=shutil.wh
     if env.get(NO_APT_ENV):
         return None, f"{', '.join(missing)} missing and {NO_APT_ENV} is set: install it with `{HINT}`"
     if not which("apt-get"):
-        return None, f"{', '.join(missing)} missing and no apt-get here: install Chromium and its driver at {CHROMIUM}, {CHROMEDRIVER}"
+        return None, (f"{', '.join(missing)} missing and no apt-get here: install Chromium and its driver at "
+                      f"{CHROMIUM}, {CHROMEDRIVER}")
     euid = os.geteuid() if euid is None else euid
     prefix: list[str] = []
     if euid != 0:
         if not which("sudo") or run(["sudo", "-n", "true"], capture_output=True).returncode != 0:
-            return None, f"{', '.join(missing)} missing and not root (no passwordless sudo): run `sudo {HINT}`"
+            return None, f"{', '.join(missing)} missing, not root, no passwordless sudo: run `sudo {HINT}`"
         prefix = ["sudo", "-n"]
     cmds = [prefix + ["apt-get", "update", "-q"],
-            prefix + ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q", *APT_PACKAGES]]
-    return cmds, f"installing {' '.join(APT_PACKAGES)} with apt-get for the dashboard tests ({', '.join(missing)} missing)"
+            prefix + ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+                      *APT_PACKAGES]]
+    return cmds, (f"installing {' '.join(APT_PACKAGES)} with apt-get for the dashboard tests "
+                  f"({', '.join(missing)} missing)")
 
 
 def ensure_browser(write=print, run=subprocess.run, **kw) -> bool:

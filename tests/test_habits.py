@@ -8,6 +8,7 @@ files it writes are read back with an independent TFRecord reader (length and da
 checked, events parsed with the protobuf schema) and must hold, per SAE, exactly the values of
 ``metrics.jsonl`` (float32 in the events: rtol 1e-6).
 """
+
 from __future__ import annotations
 
 import glob
@@ -28,7 +29,18 @@ from gemmascope.train import writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-TAGS = {"loss", "mse", "l0", "fvu", "dead_fraction", "threshold/mean", "threshold/min", "threshold/max", "lambda", "lr"}
+TAGS = {
+    "loss",
+    "mse",
+    "l0",
+    "fvu",
+    "dead_fraction",
+    "threshold/mean",
+    "threshold/min",
+    "threshold/max",
+    "lambda",
+    "lr",
+}
 
 
 def tiny_config(**over):
@@ -64,12 +76,12 @@ def read_scalars(path: str) -> dict[str, dict[int, float]]:
     out: dict[str, dict[int, float]] = {}
     pos, n_events = 0, 0
     while pos < len(raw):
-        header = raw[pos:pos + 8]
+        header = raw[pos : pos + 8]
         (length,) = struct.unpack("<Q", header)
-        (len_crc,) = struct.unpack("<I", raw[pos + 8:pos + 12])
+        (len_crc,) = struct.unpack("<I", raw[pos + 8 : pos + 12])
         assert len_crc == _masked_crc(header), f"{path}: bad length CRC at byte {pos}"
-        data = raw[pos + 12:pos + 12 + length]
-        (data_crc,) = struct.unpack("<I", raw[pos + 12 + length:pos + 16 + length])
+        data = raw[pos + 12 : pos + 12 + length]
+        (data_crc,) = struct.unpack("<I", raw[pos + 12 + length : pos + 16 + length])
         assert data_crc == _masked_crc(data), f"{path}: bad data CRC at byte {pos}"
         pos += 16 + length
         ev = event_pb2.Event.FromString(data)
@@ -103,10 +115,19 @@ def test_training_writes_tensorboard_events_equal_to_metrics_jsonl(trained):
         got = read_scalars(files[0])
         assert set(got) == TAGS
         for r in (r for r in rows if r["sae"] == i):
-            for key, tag in (("loss", "loss"), ("l0", "l0"), ("fvu", "fvu"), ("dead_fraction", "dead_fraction"),
-                             ("threshold_mean", "threshold/mean"), ("threshold_max", "threshold/max"),
-                             ("lambda", "lambda"), ("lr", "lr")):
-                np.testing.assert_allclose(got[tag][r["step"]], r[key], rtol=1e-6, atol=1e-12, err_msg=f"{run} {tag}")
+            for key, tag in (
+                ("loss", "loss"),
+                ("l0", "l0"),
+                ("fvu", "fvu"),
+                ("dead_fraction", "dead_fraction"),
+                ("threshold_mean", "threshold/mean"),
+                ("threshold_max", "threshold/max"),
+                ("lambda", "lambda"),
+                ("lr", "lr"),
+            ):
+                np.testing.assert_allclose(
+                    got[tag][r["step"]], r[key], rtol=1e-6, atol=1e-12, err_msg=f"{run} {tag}"
+                )
     # the warmed-up lambda reaches the sweep value (warm-up 8 steps), and L0 falls with lambda
     assert got["lambda"][24] == pytest.approx(0.1, rel=1e-6)
 
@@ -129,17 +150,46 @@ def test_plot_metrics_writes_a_png_per_location(trained, tmp_path):
 
 def test_plot_metrics_command_line(trained, tmp_path):
     wd, _ = trained
-    r = subprocess.run([sys.executable, os.path.join(REPO, "launch", "plot_metrics.py"), f"--workdir={wd}",
-                        f"--out={tmp_path}"], capture_output=True, text=True, env=ENV, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "launch", "plot_metrics.py"),
+            f"--workdir={wd}",
+            f"--out={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == str(tmp_path / "toy_layer0_width32.png")
 
 
 def test_writers_rows_and_tags(tmp_path):
-    rows = [{"location": "x", "arch": "topk", "site": "res", "layer": 1, "width": 8, "sae": i, "lambda": 16.0 * (i + 1),
-             "step": 5, "tokens": 320, "loss": 0.5 + i, "l0": 16.0, "threshold_mean": 0.0, "lr": 1e-3} for i in range(2)]
+    rows = [
+        {
+            "location": "x",
+            "arch": "topk",
+            "site": "res",
+            "layer": 1,
+            "width": 8,
+            "sae": i,
+            "lambda": 16.0 * (i + 1),
+            "step": 5,
+            "tokens": 320,
+            "loss": 0.5 + i,
+            "l0": 16.0,
+            "threshold_mean": 0.0,
+            "lr": 1e-3,
+        }
+        for i in range(2)
+    ]
     assert writers.scalars(rows[1]) == {"k": 32.0, "loss": 1.5, "l0": 16.0, "threshold/mean": 0.0, "lr": 1e-3}
-    assert writers.run_name(1, 32.0, "topk") == "sae1_k32" and writers.run_name(0, 3e-4, "jumprelu") == "sae0_lambda0.0003"
+    assert (
+        writers.run_name(1, 32.0, "topk") == "sae1_k32"
+        and writers.run_name(0, 3e-4, "jumprelu") == "sae0_lambda0.0003"
+    )
     c = tiny_config(tensorboard=False)
     with writers.for_location(c, str(tmp_path), "x") as w:
         w.write(5, rows)
@@ -166,11 +216,11 @@ def _read_wandb_history(path: str) -> list[dict[str, str]]:
         if left < 7:
             pos += left
             continue
-        _, n, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        _, n, kind = struct.unpack("<IHB", raw[pos : pos + 7])
         if n == 0 and kind == 0:
             pos += left
             continue
-        buf += raw[pos + 7:pos + 7 + n]
+        buf += raw[pos + 7 : pos + 7 + n]
         pos += 7 + n
         if kind in (1, 4):
             rec = pb.Record.FromString(buf)
@@ -182,27 +232,39 @@ def _read_wandb_history(path: str) -> list[dict[str, str]]:
 
 def test_wandb_offline_and_only_imported_when_asked(tmp_path):
     # not asked: wandb is never imported (a fresh interpreter, as a user's run)
-    code = ("import sys; from gemmascope.train import writers; from tests.test_habits import tiny_config; "
-            f"w = writers.for_location(tiny_config(), {str(tmp_path / 'a')!r}, 'x'); w.close(); "
-            "print('wandb' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    code = (
+        "import sys; from gemmascope.train import writers; from tests.test_habits import tiny_config; "
+        f"w = writers.for_location(tiny_config(), {str(tmp_path / 'a')!r}, 'x'); w.close(); "
+        "print('wandb' in sys.modules)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300
+    )
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
     # asked, offline: one run for the location, metrics keyed sae<i>/<tag> at the training step
     c = tiny_config()
     with c.unlocked():
         c.wandb.project, c.wandb.mode, c.tensorboard = "habits-test", "offline", False
-    rows = [{"location": "x", "arch": "jumprelu", "sae": i, "lambda": 0.01, "step": s, "l0": 10.0 * i + s}
-            for s in (3, 6) for i in range(2)]
+    rows = [
+        {"location": "x", "arch": "jumprelu", "sae": i, "lambda": 0.01, "step": s, "l0": 10.0 * i + s}
+        for s in (3, 6)
+        for i in range(2)
+    ]
     with writers.for_location(config_lib.validate(c), str(tmp_path / "b"), "x") as w:
         w.write(3, rows[:2])
         w.write(6, rows[2:])
     files = glob.glob(str(tmp_path / "b" / "wandb" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
     hist = _read_wandb_history(files[0])
-    assert [(h["_step"], float(h["sae0/l0"]), float(h["sae1/l0"])) for h in hist] == [("3", 3.0, 13.0), ("6", 6.0, 16.0)]
+    assert [(h["_step"], float(h["sae0/l0"]), float(h["sae1/l0"])) for h in hist] == [
+        ("3", 3.0, 13.0),
+        ("6", 6.0, 16.0),
+    ]
     with c.unlocked():
         c.wandb.mode = "cloud"
-    with pytest.raises(config_lib.ConfigError, match="config.wandb.mode: must be 'offline', 'online' or 'disabled'"):
+    with pytest.raises(
+        config_lib.ConfigError, match="config.wandb.mode: must be 'offline', 'online' or 'disabled'"
+    ):
         config_lib.validate(c)
 
 
@@ -280,15 +342,30 @@ def test_training_progress_both_modes(tty):
 def test_unknown_override_is_one_line_with_a_suggestion():
     err = config_lib.unknown_field_error("lamdas")
     assert str(err) == "config.lamdas: unknown field; did you mean config.lambdas?"
-    assert "did you mean config.sae.threshold_init" in str(config_lib.unknown_field_error("sae.treshold_init"))
+    assert "did you mean config.sae.threshold_init" in str(
+        config_lib.unknown_field_error("sae.treshold_init")
+    )
     assert str(config_lib.unknown_field_error("xyzzy")) == "config.xyzzy: unknown field"
     for ok in ("lambdas", "sae.arch", "wandb.mode", "runlocal_overrides.num_tokens", "sae"):
         assert config_lib.unknown_field_error(ok) is None
     cli.check_overrides(["--config=x.py", "--config.lambdas=1", "--noconfig.runlocal", "--workdir=w"])
-    with pytest.raises(config_lib.ConfigError, match="config.lr_warmup: unknown field; did you mean config.lr_warmup_steps"):
+    with pytest.raises(
+        config_lib.ConfigError, match="config.lr_warmup: unknown field; did you mean config.lr_warmup_steps"
+    ):
         cli.check_overrides(["--config.lr_warmup", "5"])
-    r = subprocess.run([sys.executable, os.path.join(REPO, "launch", "train.py"), f"--config={REPO}/configs/toy.py",
-                        "--workdir=/nonexistent", "--config.lamdas=1"], capture_output=True, text=True, env=ENV, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "launch", "train.py"),
+            f"--config={REPO}/configs/toy.py",
+            "--workdir=/nonexistent",
+            "--config.lamdas=1",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == "train.py: config.lamdas: unknown field; did you mean config.lambdas?\n"
 
@@ -313,7 +390,9 @@ def _parse(argv, saved=None):
     if saved is not None:
         argv = cli.with_saved_config(argv, saved(argv))
     fv = flags.FlagValues()
-    cfg = config_flags.DEFINE_config_file("config", None, "c", flag_values=fv, lock_config=True, sys_argv=argv)
+    cfg = config_flags.DEFINE_config_file(
+        "config", None, "c", flag_values=fv, lock_config=True, sys_argv=argv
+    )
     flags.DEFINE_string("workdir", None, "w", flag_values=fv)
     flags.DEFINE_string("sae", None, "s", flag_values=fv)
     fv(argv)
@@ -321,8 +400,16 @@ def _parse(argv, saved=None):
 
 
 def test_tuple_fields_take_the_comma_form_on_the_command_line():
-    c = _parse(["x", f"--config={REPO}/configs/demo.py", "--config.sites=res,mlp", "--config.store.sites=res,att,mlp",
-                "--config.layers=5,25", "--config.lambdas=0.01,0.03"])
+    c = _parse(
+        [
+            "x",
+            f"--config={REPO}/configs/demo.py",
+            "--config.sites=res,mlp",
+            "--config.store.sites=res,att,mlp",
+            "--config.layers=5,25",
+            "--config.lambdas=0.01,0.03",
+        ]
+    )
     assert c.sites == ("res", "mlp") and c.store.sites == ("res", "att", "mlp")
     assert c.layers == (5, 25) and c.lambdas == (0.01, 0.03)
     config_lib.validate(c)
@@ -334,7 +421,9 @@ def _saved_workdir(tmp_path, config):
     """A workdir with config.json written exactly as train_and_evaluate writes it, and an SAE folder."""
     wd = tmp_path / "wd"
     (wd / "saes" / "res" / "layer_15" / "width_4k" / "average_l0_60").mkdir(parents=True)
-    (wd / "config.json").write_text(config_lib.validate(config_lib.resolve(config)).to_json_best_effort(indent=2))
+    (wd / "config.json").write_text(
+        config_lib.validate(config_lib.resolve(config)).to_json_best_effort(indent=2)
+    )
     return wd
 
 
@@ -374,21 +463,36 @@ def test_evaluate_and_analyze_default_to_the_workdirs_config(tmp_path):
     sae = wd / "saes" / "res" / "layer_15" / "width_4k" / "average_l0_60"
     # evaluate.py --workdir=W (no --config): W/config.json, with overrides applied on top
     got = _parse(["evaluate.py", f"--workdir={wd}", "--config.lm.batch_sequences=4"], saved=cli.workdir_of)
-    assert got.lm.context_length == 64 and got.lm.batch_sequences == 4 and got.lm.checkpoint == "/models/x.gguf"
+    assert (
+        got.lm.context_length == 64 and got.lm.batch_sequences == 4 and got.lm.checkpoint == "/models/x.gguf"
+    )
     # an explicit --config wins
     got = _parse(["evaluate.py", f"--workdir={wd}", f"--config={REPO}/configs/demo.py"], saved=cli.workdir_of)
     assert got.lm.context_length == 128
     # analyze.py --sae=<an SAE of W>: the same file, found from the SAE's folder
     assert cli.find_workdir(str(sae)) == str(wd) and cli.find_workdir(str(tmp_path)) is None
     got = _parse(["analyze.py", f"--sae={sae}"], saved=cli.workdir_of_sae)
-    assert cli.dashboard_lm_settings(got) == {"checkpoint": "/models/x.gguf", "seq_len": 64, "batch_sequences": 8,
-                                               "outlier_norm_factor": 10.0}
+    assert cli.dashboard_lm_settings(got) == {
+        "checkpoint": "/models/x.gguf",
+        "seq_len": 64,
+        "batch_sequences": 8,
+        "outlier_norm_factor": 10.0,
+    }
     assert cli.dashboard_lm_settings(got, checkpoint="embedded", context_length=32)["seq_len"] == 32
-    assert cli.dashboard_lm_settings(None) == {"checkpoint": "embedded", "seq_len": 128, "batch_sequences": 32,
-                                                "outlier_norm_factor": 10.0}
+    assert cli.dashboard_lm_settings(None) == {
+        "checkpoint": "embedded",
+        "seq_len": 128,
+        "batch_sequences": 32,
+        "outlier_norm_factor": 10.0,
+    }
     # no config.json: evaluate.py says so in its usage error instead of requiring --config
-    r = subprocess.run([sys.executable, os.path.join(REPO, "launch", "evaluate.py"), f"--workdir={tmp_path}"],
-                       capture_output=True, text=True, env=ENV, timeout=120)
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch", "evaluate.py"), f"--workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert r.returncode == 1 and "config.json: no saved config" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -400,8 +504,14 @@ def test_configs_import_from_the_package_and_the_repo_files_match():
 
     from gemmascope.configs import demo, frontier, toy
 
-    for name, mod, arg in (("demo", demo, "runlocal=True"), ("toy", toy, None), ("frontier", frontier, "arch=topk")):
-        spec = importlib.util.spec_from_file_location(f"cfgfile_{name}", os.path.join(REPO, "configs", f"{name}.py"))
+    for name, mod, arg in (
+        ("demo", demo, "runlocal=True"),
+        ("toy", toy, None),
+        ("frontier", frontier, "arch=topk"),
+    ):
+        spec = importlib.util.spec_from_file_location(
+            f"cfgfile_{name}", os.path.join(REPO, "configs", f"{name}.py")
+        )
         m = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(m)  # how ml_collections loads --config=configs/<name>.py
         assert m.get_config(arg).to_dict() == mod.get_config(arg).to_dict()
@@ -430,13 +540,19 @@ def test_conftest_browser_plan():
     cmds, msg = conftest.browser_plan(exists=absent, euid=0, which=lambda n: "/usr/bin/" + n, env={})
     assert cmds[0] == ["apt-get", "update", "-q"] and cmds[1][-2:] == ["chromium", "chromium-driver"]
     assert "installing chromium chromium-driver" in msg
-    cmds, _ = conftest.browser_plan(exists=absent, euid=1000, which=lambda n: "/usr/bin/" + n, run=sudo_ok, env={})
+    cmds, _ = conftest.browser_plan(
+        exists=absent, euid=1000, which=lambda n: "/usr/bin/" + n, run=sudo_ok, env={}
+    )
     assert cmds[0][:2] == ["sudo", "-n"] and ran == [["sudo", "-n", "true"]]
-    cmds, msg = conftest.browser_plan(exists=absent, euid=1000, which=lambda n: "/usr/bin/" + n, run=sudo_no, env={})
+    cmds, msg = conftest.browser_plan(
+        exists=absent, euid=1000, which=lambda n: "/usr/bin/" + n, run=sudo_no, env={}
+    )
     assert cmds is None and "sudo apt-get install -y chromium chromium-driver" in msg
     cmds, msg = conftest.browser_plan(exists=absent, euid=0, which=lambda n: None, env={})
     assert cmds is None and "no apt-get" in msg
-    cmds, msg = conftest.browser_plan(exists=absent, euid=0, which=lambda n: "/x", env={conftest.NO_APT_ENV: "1"})
+    cmds, msg = conftest.browser_plan(
+        exists=absent, euid=0, which=lambda n: "/x", env={conftest.NO_APT_ENV: "1"}
+    )
     assert cmds is None and conftest.NO_APT_ENV in msg
     # a failing apt-get is reported with its last lines, and nothing claims success
     said = []
@@ -444,6 +560,7 @@ def test_conftest_browser_plan():
     def apt_fails(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 100, stdout="", stderr="E: Unable to locate package chromium")
 
-    ok = conftest.ensure_browser(write=said.append, run=apt_fails, exists=absent, euid=0,
-                                 which=lambda n: "/usr/bin/" + n, env={})
+    ok = conftest.ensure_browser(
+        write=said.append, run=apt_fails, exists=absent, euid=0, which=lambda n: "/usr/bin/" + n, env={}
+    )
     assert ok is False and "Unable to locate package chromium" in said[-1]

@@ -311,13 +311,14 @@ def scan(lm_params, lm_cfg, sae: Mapping[str, Any], layer: int, site: str,
         acc.add(tokens, mask, valid, np.asarray(f), np.asarray(smax), np.asarray(sarg))
         if log:
             dt = max(time.time() - t0, 1e-9)
-            bar.report(acc.n_tok, f"[scan] {acc.n_tok:,} tokens, {acc.n_seq} sequences ({acc.n_tok / dt:,.0f} tok/s, "
-                       f"L0 {acc.fire.sum() / max(acc.n_tok, 1):.1f})")
+            bar.report(acc.n_tok, f"[scan] {acc.n_tok:,} tokens, {acc.n_seq} sequences "
+                       f"({acc.n_tok / dt:,.0f} tok/s, L0 {acc.fire.sum() / max(acc.n_tok, 1):.1f})")
         if max_tokens is not None and acc.n_tok >= max_tokens:
             break
         if acc.n_entries >= max_entries:
             if log:
-                bar.write(f"[scan] stopping early: {acc.n_entries:,} non-zero activations held (max_entries={max_entries:,})")
+                bar.write(f"[scan] stopping early: {acc.n_entries:,} non-zero activations held "
+                          f"(max_entries={max_entries:,})")
             break
     bar.close()
     return acc.result(time.time() - t0)

@@ -10,5 +10,6 @@ from gemmascope import config as config_lib
 
 def get_config(arg=None):
     if not arg:
-        raise config_lib.ConfigError("configs/workdir.py needs the workdir: --config=configs/workdir.py:<workdir>")
+        raise config_lib.ConfigError("configs/workdir.py needs the workdir: "
+                                     "--config=configs/workdir.py:<workdir>")
     return config_lib.load_saved(arg)

@@ -87,8 +87,9 @@ def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | 
         writer.write_batch(i, acts)
         done_tokens += n
         dt = max(time.time() - t0, 1e-9)
-        eta = f" ETA {fmt_time((target - rows_total) * dt / done_tokens)}" if target else ""
-        bar.report(rows_total, f"[generate:{part}] batch {i}: {rows_total:,} tokens ({done_tokens / dt:,.0f} tok/s){eta}")
+        eta = f" ETA {fmt_time((target - rows_total) * dt / max(done_tokens, 1))}" if target else ""
+        bar.report(rows_total, f"[generate:{part}] batch {i}: {rows_total:,} tokens "
+                               f"({done_tokens / dt:,.0f} tok/s){eta}")
     bar.close()
     summaries = {k: _norm_summary(np.concatenate(v)) if v else {} for k, v in norms.items()}
     info = writer.finalize({"norm_summary_this_run": summaries, "tokens_this_run": done_tokens,

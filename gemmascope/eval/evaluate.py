@@ -68,8 +68,8 @@ def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_
             label = f"[eval {done + 1}-{done + len(chunk)}/{len(paths)}] layer {layer} {site}"
             bar = Progress(label, max_tokens, "tok", log=log)  # a live bar on a terminal, else the lines
             results = evaluate_saes(lm.params, lm.lm_cfg, bar.iterate(lm.packed_batches("heldout"), _n_text),
-                                    saes, layer, site, float(config.lm.outlier_norm_factor), max_tokens=max_tokens,
-                                    log=bar.lines(lambda s, label=label: log(f"{label} {s}")),
+                                    saes, layer, site, float(config.lm.outlier_norm_factor),
+                                    max_tokens=max_tokens, log=bar.lines(lambda s, label=label: log(f"{label} {s}")),
                                     baseline_cache=site_cache, clean_cache=clean_cache)
             bar.close()
             _write_json(cache_path, cache)
