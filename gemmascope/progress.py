@@ -74,7 +74,7 @@ class Progress:
         self.stream = stream or sys.stdout
         self.is_bar = use_bar(self.stream, log, tty)
         self.bar = None  # the tqdm bar, made at the first update (a process that never reports draws nothing)
-        self._initial, self._closed = initial, False
+        self._initial, self._closed, self._pending = initial, False, 0
 
     def _bar(self):
         if self.bar is None and not self._closed:
@@ -93,6 +93,8 @@ class Progress:
         self.done = done
         if self.is_bar:
             bar = self._bar()
+            if bar.total is not None and done > bar.total:  # a job may overshoot by its last batch
+                bar.total = done
             if line is not None:
                 text = line() if callable(line) else line
                 bar.set_postfix_str(_untagged(text), refresh=False)
@@ -116,14 +118,24 @@ class Progress:
         return lambda text: self._bar().set_postfix_str(_untagged(text))
 
     def iterate(self, items: Iterable[Any], size: Callable[[Any], float] = lambda _: 1) -> Iterator[Any]:
-        """Yields ``items``, advancing the bar by ``size(item)`` as each is handed out (so a
-        consumer that stops early still counts its last item); nothing in line mode, where the
-        job's own lines report."""
+        """Yields ``items``, advancing the bar by ``size(item)`` once the consumer is done with it
+        (when it asks for the next one, or at :meth:`close` for the last, so a consumer that stops
+        early still counts it); nothing in line mode, where the job's own lines report."""
         for item in items:
+            self._count_pending()
             if self.is_bar:
-                self._bar().update(size(item))
-                self.done = self.bar.n
+                self._pending = size(item)
             yield item
+        self._count_pending()
+
+    def _count_pending(self) -> None:
+        n, self._pending = self._pending, 0
+        if n and self.is_bar and not self._closed:
+            bar = self._bar()
+            if bar.total is not None and bar.n + n > bar.total:  # a job may overshoot by its last batch
+                bar.total = bar.n + n
+            bar.update(n)
+            self.done = bar.n
 
     def write(self, text: str) -> None:
         """A message that is not progress: above the bar, or a plain line."""
@@ -133,6 +145,7 @@ class Progress:
             self.log(text)
 
     def close(self) -> None:
+        self._count_pending()
         if self.bar is not None:
             self.bar.close()
             self.bar = None

@@ -304,6 +304,22 @@ def test_progress_bar_on_a_terminal():
     assert "[eval] 1,000" not in text  # the tag is dropped from the postfix
 
 
+def test_progress_bar_counts_an_item_once_it_is_used():
+    p = progress_lib.Progress("scan", 10, "tok", log=print, stream=_Tty())
+    seen = []
+    for i in p.iterate(range(5), lambda _: 3):
+        seen.append(p.done)  # the items before this one
+        if i == 2:
+            break  # a consumer that stops early (max_tokens): its last item counts at close
+    assert seen == [0, 3, 6]
+    p.close()
+    assert p.done == 9
+    p = progress_lib.Progress("scan", 4, "tok", log=print, stream=_Tty())
+    p.report(6)  # overshooting the total by the last batch grows the total
+    assert p.bar.total == 6 and p.bar.n == 6
+    p.close()
+
+
 def test_progress_mode_choice(monkeypatch):
     monkeypatch.delenv(progress_lib.ENV, raising=False)
     assert progress_lib.use_bar(_Tty(), print) is True
