@@ -18,6 +18,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -203,14 +204,16 @@ def test_writers_rows_and_tags(tmp_path):
     tb.close()
 
 
-def _read_wandb_history(path: str) -> list[dict[str, str]]:
+def _read_wandb_history(path: str) -> tuple[list[dict[str, str]], bool]:
     """History records of an offline W&B run file (LevelDB-style log: 7-byte W&B header, 32 KiB
-    blocks of chunks with a 7-byte header: CRC-32, u16 length, type FULL/FIRST/MIDDLE/LAST)."""
+    blocks of chunks with a 7-byte header: CRC-32, u16 length, type FULL/FIRST/MIDDLE/LAST), and
+    whether the run's ``exit`` record is there (the file is written by wandb's service process,
+    which may still be writing it when ``finish()`` returns)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     raw = open(path, "rb").read()
     assert raw[:4] == b":W&B"
-    pos, buf, out = 7, b"", []
+    pos, buf, out, done = 7, b"", [], False
     while pos + 7 <= len(raw):
         left = 32768 - pos % 32768
         if left < 7:
@@ -225,9 +228,10 @@ def _read_wandb_history(path: str) -> list[dict[str, str]]:
         if kind in (1, 4):
             rec = pb.Record.FromString(buf)
             buf = b""
+            done |= rec.WhichOneof("record_type") == "exit"
             if rec.WhichOneof("record_type") == "history":
                 out.append({i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item})
-    return out
+    return out, done
 
 
 def test_wandb_offline_and_only_imported_when_asked(tmp_path):
@@ -255,7 +259,12 @@ def test_wandb_offline_and_only_imported_when_asked(tmp_path):
         w.write(6, rows[2:])
     files = glob.glob(str(tmp_path / "b" / "wandb" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 1
-    hist = _read_wandb_history(files[0])
+    deadline = time.time() + 60
+    hist, done = _read_wandb_history(files[0])
+    while not done and time.time() < deadline:
+        time.sleep(0.5)
+        hist, done = _read_wandb_history(files[0])
+    assert done, f"{files[0]}: no exit record after 60 s"
     assert [(h["_step"], float(h["sae0/l0"]), float(h["sae1/l0"])) for h in hist] == [
         ("3", 3.0, 13.0),
         ("6", 6.0, 16.0),
