@@ -29,13 +29,19 @@ setup(
         "scipy",
         "matplotlib",
         "jinja2",
+        "tensorboardX",  # TensorBoard event files (protobuf only; never TensorFlow)
+        "tqdm",  # progress bars on a terminal (gemmascope/progress.py)
     ],
     extras_require={
         # torch is test-only (parity with transformers); pinned so pip takes the CPU wheel. sae-lens: the
         # SAELens layout is tested against its loader (tests/test_formats.py); it installs with that torch.
         # selenium drives the system's headless Chromium (dashboards); nbclient/nbformat/ipykernel run colabs/.
+        # wandb: the offline W&B writer is tested (it is never required: imported only when
+        # config.wandb.project is set).
         "test": ["pytest", "torch==2.13.0", "sae-lens==6.54.12", "accelerate", "selenium", "nbclient", "nbformat",
-                 "ipykernel"],
+                 "ipykernel", "wandb"],
         "datasets": ["datasets"],
+        "tpu": ["jax[tpu]"],  # Cloud TPU / Colab TPU runtimes: pip install ".[tpu]"
+        "wandb": ["wandb"],
     },
 )

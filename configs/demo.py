@@ -1,58 +1,7 @@
-r"""The embedded default: SmolLM2-135M, middle layer 15, a sweep of JumpReLU SAEs on the residual stream.
+"""The embedded default: SmolLM2-135M, middle layer 15, a sweep of JumpReLU SAEs on the residual stream.
 
-Generate the activation store once (res, att and mlp of layer 15 in one LM pass), then train:
-
-    python launch/generate_activations.py --config=configs/demo.py --workdir=workdirs/demo
-    python launch/train.py --config=configs/demo.py --workdir=workdirs/demo
-
-``--config.runlocal=True`` (or ``--config=configs/demo.py:runlocal=True``) shrinks everything to a
-run of a few minutes: 40k stored tokens, width 1024, 120 steps.
-``--config.source=online`` trains straight from the LM with no store.
-
-Text: the embedded corpus (13k human-written fortunes, ~0.5M SmolLM2 tokens), packed into
-128-token sequences with BOS first; BOS, EOS and padding are never stored. 5% of documents
-(by keyed hash) are held out for evaluation.
-
-The recipe is Gemma Scope's, scaled to a CPU budget: the same loss, STE, normalisation, Adam
-(b1 = 0) and decoder handling, but a larger learning rate and shorter warm-ups, since the run is
-about a thousand steps rather than a million.
+The config lives in the package: ``gemmascope/configs/demo.py``
+(``from gemmascope.configs import demo``); this file keeps ``--config=configs/demo.py``
+working from the repository.
 """
-from gemmascope import config as config_lib
-
-
-def get_config(arg=None):
-    a = config_lib.parse_arg(arg, runlocal=False, layer=15, width=4096)
-    c = config_lib.base_config()
-    c.source = "store"
-    c.sites = ("res",)
-    c.layers = (a.layer,)
-    c.widths = (a.width,)
-    c.lambdas = (3e-4, 1e-3, 3e-3, 1e-2)
-    c.lm.checkpoint = "embedded"
-    c.lm.context_length = 128
-    c.lm.batch_sequences = 32
-    c.text.kind = "embedded"
-    c.store.sites = ("res", "att", "mlp")
-    c.store.max_tokens = 0  # the whole training split of the embedded corpus
-    c.store.heldout_rows = 16_384
-    c.batch_size = 1024
-    c.num_tokens = 600 * 1024  # 600 steps: about one pass over the ~579k stored training rows
-    c.lr = 1e-3
-    c.lr_warmup_steps = 50
-    c.lambda_warmup_steps = 200
-    c.norm_sample_rows = 65_536
-    c.eval_rows = 16_384
-    c.dead_window_tokens = 500_000
-    c.log_every = 50
-    c.checkpoint_every = 100
-    r = c.runlocal_overrides
-    r.widths = (1024,)
-    r.store = dict(max_tokens=40_000, heldout_rows=4096)
-    r.num_tokens = 120 * c.batch_size
-    r.norm_sample_rows = 8192
-    r.eval_rows = 4096
-    r.lambda_warmup_steps = 40
-    r.log_every = 20
-    r.checkpoint_every = 60
-    c.runlocal = bool(a.runlocal)
-    return config_lib.lock(c)
+from gemmascope.configs.demo import get_config  # noqa: F401

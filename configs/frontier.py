@@ -1,56 +1,7 @@
-r"""The sparsity-fidelity frontier on the embedded default: JumpReLU against its baselines.
+"""The sparsity-fidelity frontier on the embedded default: JumpReLU against its baselines.
 
-Every architecture trains on the same stored SmolLM2 activations (layer 15 residual stream, the
-demo's store), at the same width and with the same token budget, batches and learning-rate
-schedule as ``configs/demo.py``; only the architecture and its sweep differ. Run one command per
-architecture into the same workdir (JumpReLU's sweep *is* the demo's, so a trained demo workdir
-already holds it), then evaluate them all together:
-
-    W=workdirs/demo
-    python launch/generate_activations.py --config=configs/demo.py --workdir=$W   # once
-    for a in jumprelu topk gated relu; do
-      python launch/train.py --config=configs/frontier.py:arch=$a --workdir=$W
-    done
-    python launch/evaluate.py --config=configs/demo.py --workdir=$W
-
-Sweeps: JumpReLU and Gated over lambda (L0 penalty; L1 of the gate for Gated), ReLU over the
-lambda of its decoder-norm-weighted L1, TopK over k (its L0 directly). Each grid was chosen to
-span L0 of roughly 10 to 200, the range where the curves are compared.
+The config lives in the package: ``gemmascope/configs/frontier.py``
+(``from gemmascope.configs import frontier``); this file keeps ``--config=configs/frontier.py``
+working from the repository.
 """
-import importlib.util
-import os
-
-from gemmascope import config as config_lib
-
-
-def _demo():
-    """configs/demo.py, loaded by path (configs/ is not a package on sys.path for launch/)."""
-    spec = importlib.util.spec_from_file_location("gemmascope_configs_demo",
-                                                  os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-SWEEPS = {
-    "jumprelu": (3e-4, 1e-3, 3e-3, 1e-2),
-    "gated": (0.06, 0.1, 0.17, 0.3),
-    "relu": (0.03, 0.06, 0.1, 0.2),
-    "topk": (16, 32, 64, 128),
-}
-
-
-def get_config(arg=None):
-    a = config_lib.parse_arg(arg, arch="jumprelu", runlocal=False, layer=15, width=4096)
-    if a.arch not in SWEEPS:
-        raise config_lib.ConfigError(f"configs/frontier.py: arch={a.arch!r} unknown (known: {sorted(SWEEPS)})")
-    c = _demo().get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
-    c.unlock()
-    c.sae.arch = a.arch
-    if a.arch in config_lib.K_ARCHS:
-        c.sae.topk_ks = tuple(int(k) for k in SWEEPS[a.arch])
-        # AuxK: latents silent for 50 steps count as dead (the paper's 10M tokens is ~10k steps).
-        c.sae.auxk_dead_tokens = 50 * c.batch_size
-        c.sae.auxk_k = 256
-    else:
-        c.lambdas = SWEEPS[a.arch]
-    return config_lib.lock(c)
+from gemmascope.configs.frontier import get_config  # noqa: F401

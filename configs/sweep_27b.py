@@ -1,18 +1,7 @@
-r"""Gemma Scope's sweep of Gemma 2 27B (46 layers, d_model 4608): residual layers 10, 22, 34 at 131k.
+"""Gemma Scope's sweep of Gemma 2 27B (46 layers, d_model 4608): residual layers 10, 22, 34 at 131k.
 
-One config is one width (its sites and layers, six lambdas, its token budget and mesh); see
-``gemmascope/coverage.py`` for the table, the lambda grid and the meshes. The jobs that cover the
-model: ``gemmascope.coverage.jobs("27b")``.
-
-    python launch/train.py --config=configs/sweep_27b.py:width=131k,layer=22 --dry_run  # memory, no TPU
-    python launch/generate_activations.py --config=configs/sweep_27b.py:width=131k --workdir=gs://BUCKET/27b
-    python launch/train.py --config=configs/sweep_27b.py:width=131k --workdir=gs://BUCKET/27b
-
-``arg``: ``width=16k`` (default: the smallest covered), ``layer=N``, ``site=res|att|mlp``, ``data=``,
-``model=``, ``sweep=replicated|sharded`` (mesh), ``runlocal``.
+The config lives in the package: ``gemmascope/configs/sweep_27b.py``
+(``from gemmascope.configs import sweep_27b``); this file keeps ``--config=configs/sweep_27b.py``
+working from the repository.
 """
-from gemmascope import coverage
-
-
-def get_config(arg=None):
-    return coverage.sweep_config("27b", arg)
+from gemmascope.configs.sweep_27b import get_config  # noqa: F401

@@ -9,9 +9,14 @@ activation, activation histogram, logit-lens top/bottom tokens, token-set enrich
 ``<out>/summary.json``. Open ``index.html`` in any browser; nothing is fetched from the network.
 
 The layer and site come from the SAE's metadata.json (a released Gemma Scope params.npz has
-none: pass --layer and --site, and --checkpoint for its model).
+none: pass --layer and --site, and --checkpoint for its model). The LM (checkpoint, sequence
+length, batch, outlier factor) comes from the config the SAE was trained with: ``--config``, or
+by default the ``config.json`` of the workdir the SAE was exported into; explicit flags win.
 """
 from absl import app, flags
+from ml_collections import config_flags
+
+from gemmascope import cli
 
 _SAE = flags.DEFINE_string("sae", None, "Exported SAE folder or its params.npz (metadata.json beside it).")
 _OUT = flags.DEFINE_string("out", None, "Output folder for the HTML site.")
@@ -19,11 +24,15 @@ _TOKENS = flags.DEFINE_integer("tokens", 50_000, "Text tokens to scan (the embed
 _LATENTS = flags.DEFINE_string("latents", "all", "Latents to list and give pages: 'all' or e.g. '0-99,512'.")
 _CONTEXTS = flags.DEFINE_integer("contexts", 12, "Top activating contexts per latent.")
 _SPLIT = flags.DEFINE_enum("split", "heldout", ["heldout", "train", "all"], "Documents of the embedded corpus.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "embedded", "LM: 'embedded', a .gguf, a HF dir or hub id.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config the SAE was trained with (default: its workdir's config.json, if any).",
+    lock_config=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "LM: 'embedded', a .gguf, a HF dir or hub id "
+                                  "(default: the config's lm.checkpoint, else 'embedded').")
 _LAYER = flags.DEFINE_integer("layer", None, "Override the SAE's layer.")
 _SITE = flags.DEFINE_enum("site", None, ["res", "att", "mlp"], "Override the SAE's site.")
-_SEQ = flags.DEFINE_integer("context_length", 128, "Packed sequence length (BOS first).")
-_BATCH = flags.DEFINE_integer("batch_sequences", 32, "Sequences per LM batch.")
+_SEQ = flags.DEFINE_integer("context_length", None, "Packed sequence length, BOS first (default: config, else 128)")
+_BATCH = flags.DEFINE_integer("batch_sequences", None, "Sequences per LM batch (default: config, else 32).")
 _ENRICH = flags.DEFINE_bool("enrichment", True, "Token-set enrichment of the listed latents' logit weights.")
 flags.mark_flags_as_required(["sae", "out"])
 
@@ -35,13 +44,14 @@ def main(argv):
 
     if _TOKENS.value <= 0 or _CONTEXTS.value <= 0:
         raise app.UsageError("--tokens and --contexts must be positive")
+    lm = cli.dashboard_lm_settings(_CONFIG.value, _CHECKPOINT.value, _SEQ.value, _BATCH.value)
     try:
-        build_dashboard(_SAE.value, _OUT.value, n_tokens=_TOKENS.value, latents=_LATENTS.value, layer=_LAYER.value,
-                        site=_SITE.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value, seq_len=_SEQ.value,
-                        batch_sequences=_BATCH.value, k=_CONTEXTS.value, enrichment=_ENRICH.value)
+        build_dashboard(_SAE.value, _OUT.value, n_tokens=_TOKENS.value, latents=_LATENTS.value,
+                        layer=_LAYER.value, site=_SITE.value, split=_SPLIT.value, k=_CONTEXTS.value,
+                        enrichment=_ENRICH.value, **lm)
     except (DashboardInputError, SAEFileError) as e:
         raise app.UsageError(str(e))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(saved_config=cli.workdir_of_sae))

@@ -1,26 +1,33 @@
 r"""Evaluates every exported SAE under ``<workdir>/saes`` on held-out text of the config's LM.
 
+    python launch/evaluate.py --workdir=workdirs/demo                       # the config it was trained with
     python launch/evaluate.py --config=configs/demo.py --workdir=workdirs/demo
 
-Writes eval.json beside each params.npz (rerunning skips finished SAEs), and
+Without ``--config``, the workdir's ``config.json`` (written by ``launch/train.py``) names the LM
+and the text; ``--config.<field>=`` overrides apply to either. Writes eval.json beside each
+params.npz (rerunning skips finished SAEs), and
 ``<workdir>/eval/{table.csv,table.md,l0_vs_delta_loss.png,l0_vs_fvu.png}``.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gemmascope import cli
 from gemmascope import config as config_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config naming the LM and text (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir holding saes/.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config naming the LM and text (configs/*.py); default: the workdir's config.json.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir holding saes/ (and config.json, from training).")
 _TOKENS = flags.DEFINE_integer("max_tokens", 100_000, "Held-out tokens per SAE.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     try:
+        if _CONFIG.value is None:  # no --config and no <workdir>/config.json (cli fills it otherwise)
+            config_lib.load_saved(_WORKDIR.value)  # raises, naming the missing file
         config = config_lib.validate(config_lib.resolve(_CONFIG.value))
     except config_lib.ConfigError as e:
         raise app.UsageError(str(e))
@@ -30,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(saved_config=cli.workdir_of))

@@ -7,6 +7,7 @@ Rerun the same command after a kill: it resumes and finishes with every row pres
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gemmascope import cli
 from gemmascope import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -27,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser())

@@ -36,7 +36,13 @@ def _run(name: str, workdir: str, monkeypatch) -> tuple[str, float]:
             assert out.get("output_type") != "error", f"{name}: {out.get('ename')}: {out.get('evalue')}"
             text.append(out.get("text", "") if out.get("output_type") == "stream" else
                         str(out.get("data", {}).get("text/plain", "")))
-    return "\n".join(text), time.time() - t0
+    out = "\n".join(text)
+    # the first code cell: installs when missing (here the package is importable) and prints the devices
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert 'find_spec("gemmascope") is None' in first.source and "[tpu]" in first.source
+    assert re.search(r"jax \S+ devices: \[\w*Device", out), out[:500]
+    assert not any("sys.path" in c.source for c in nb.cells)  # configs come from the installed package
+    return out, time.time() - t0
 
 
 def test_tutorial_runs_and_builds_a_dashboard(tmp_path, monkeypatch):
@@ -73,7 +79,11 @@ def test_training_walkthrough_runs(tmp_path, monkeypatch):
     assert len(metas) == 3
     l0 = [m["l0"] for m in metas]
     assert l0[0] > l0[1] > l0[2] > 0, l0                       # sparser with larger lambda
-    assert (wd / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = glob.glob(str(wd / "curves" / "*.png"))
+    assert len(curves) == 1 and open(curves[0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    runs = sorted(os.listdir(wd / "tensorboard" / rows[0]["location"]))
+    assert len(runs) == 3 and all(glob.glob(str(wd / "tensorboard" / rows[0]["location"] / r / "events.out.tfevents.*"))
+                                  for r in runs), runs
     # the table printed by the notebook lists the three SAEs with the L0 of their metadata
     for m in metas:
         assert re.search(rf"{m['sparsity_coefficient']:8g}\s+{m['l0']:7.1f}", out)

@@ -149,3 +149,53 @@ def test_evaluate_writes_eval_json_table_plots_and_resumes(demo_workdir):
     again = _run("evaluate.py", f"--workdir={wd}", "--config.runlocal=True", "--max_tokens=1000")
     assert "4 already evaluated, 0 to go" in again and "delta loss" not in again
     assert "delta loss" in out
+
+
+def test_evaluator_and_dashboard_see_exactly_the_stored_rows(demo_workdir):
+    """One site-activation path: the held-out store's rows are, in order, the site's activations at
+    the positions the dashboard encodes, and the evaluator splices exactly those positions (same
+    real-text mask, same norm outliers dropped)."""
+    import itertools
+
+    import tensorstore as ts
+
+    from gemmascope import config as config_lib
+    from gemmascope.analysis import dashboard
+    from gemmascope.data import sites
+    from gemmascope.data.activations import LMActivations
+    from gemmascope.eval import metrics
+
+    wd = demo_workdir[0]
+    cfg = config_lib.resolve(demo.get_config("runlocal=True"))
+    factor = float(cfg.lm.outlier_norm_factor)
+    lm = LMActivations(cfg, [(15, "res")], log=lambda *_: None)
+    batches = list(itertools.islice(lm.packed_batches("heldout"), 2))
+    mask = np.concatenate([m for _, m in batches])
+    d, w = 576, 8
+    zero_sae = {"W_enc": np.zeros((d, w), np.float32), "b_enc": np.zeros(w, np.float32),
+                "threshold": np.ones(w, np.float32), "W_dec": np.zeros((w, d), np.float32),
+                "b_dec": np.zeros(d, np.float32)}
+
+    scanned = dashboard.scan(lm.params, lm.lm_cfg, zero_sae, 15, "res", batches, k=1,
+                             outlier_norm_factor=factor, log=None)
+    valid = scanned.valid
+    assert valid.shape == mask.shape and not (valid & ~mask).any()
+    assert 0 < (mask & ~valid).sum() < 50  # the attention sinks after BOS were dropped, few others
+    n = int(valid.sum())
+    arr = ts.open(store_lib._Root(os.path.join(wd, "activations", "heldout")).array_spec("res_L15")).result()
+    stored = arr[:n].read().result()
+    acts = np.concatenate([np.asarray(sites.capture(lm.lm, t, m, [(15, "res")], factor)[(15, "res")][0])
+                           for t, m in batches])
+    # Row for row: a kept outlier or a dropped real row would shift every later row.
+    np.testing.assert_allclose(stored, acts[valid], rtol=1e-5, atol=1e-4)
+
+    # The evaluator with a zero SAE: its error at a position is ||x||^2, so the per-position mean
+    # over the spliced rows equals the stored rows' only if it splices exactly those rows.
+    r = metrics.evaluate_saes(lm.params, lm.lm_cfg, batches, [zero_sae], 15, "res", factor)[0]
+    assert r["n_tokens"] == n and r["n_outliers_kept_clean"] == int(mask.sum()) - n
+    pos = np.nonzero(valid)[1]
+    sq = np.sum(stored.astype(np.float64) ** 2, axis=-1)
+    want = np.full(mask.shape[1], np.nan)
+    for p in np.unique(pos):
+        want[p] = sq[pos == p].mean()
+    np.testing.assert_allclose(r["err_by_position"], want, rtol=1e-5)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.data import sites as sites_lib
+from gemmascope.progress import Progress
 from gemmascope.sae import model as sae_model
 
 
@@ -224,6 +225,7 @@ def scan(lm_params, lm_cfg, sae: Mapping[str, Any], layer: int, site: str,
     arrays, topk = sae_model.split_static_k(sae)
     acc = _Accumulator(int(arrays["W_enc"].shape[1]), k)
     t0 = time.time()
+    bar = Progress("scan", max_tokens, "tok", log=log)  # a live bar on a terminal, else the lines
     for tokens, mask in batches:
         tokens = np.asarray(tokens, np.int32)
         mask = np.asarray(mask, bool)
@@ -237,15 +239,16 @@ def scan(lm_params, lm_cfg, sae: Mapping[str, Any], layer: int, site: str,
         acc.add(tokens, mask, valid, np.asarray(f), np.asarray(smax), np.asarray(sarg))
         if log:
             dt = max(time.time() - t0, 1e-9)
-            log(f"[scan] {acc.n_tok:,} tokens, {acc.n_seq} sequences ({acc.n_tok / dt:,.0f} tok/s, "
-                f"L0 {acc.fire.sum() / max(acc.n_tok, 1):.1f})")
+            bar.report(acc.n_tok, f"[scan] {acc.n_tok:,} tokens, {acc.n_seq} sequences "
+                       f"({acc.n_tok / dt:,.0f} tok/s, L0 {acc.fire.sum() / max(acc.n_tok, 1):.1f})")
         if max_tokens is not None and acc.n_tok >= max_tokens:
             break
         if acc.n_entries >= max_entries:
             if log:
-                log(f"[scan] stopping early: {acc.n_entries:,} non-zero activations held "
-                    f"(max_entries={max_entries:,})")
+                bar.write(f"[scan] stopping early: {acc.n_entries:,} non-zero activations held "
+                          f"(max_entries={max_entries:,})")
             break
+    bar.close()
     return acc.result(time.time() - t0)
 
 

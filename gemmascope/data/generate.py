@@ -21,6 +21,7 @@ import numpy as np
 from gemmascope import config as config_lib
 from gemmascope.data import store as store_lib
 from gemmascope.data.activations import LMActivations
+from gemmascope.progress import Progress, fmt_time
 
 
 def store_root(config, workdir: str) -> str:
@@ -75,6 +76,7 @@ def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | 
     dropped: dict[str, dict] = {}
     rows_total, t0, done_tokens = 0, time.time(), 0
     target = max_rows or None
+    bar = Progress(f"generate:{part}", target, "tok", log=log, lines_every=10)
     for i, (toks, mask) in enumerate(lm.packed_batches(part)):
         n = int(mask.sum())
         if target is not None and rows_total >= target:
@@ -87,10 +89,11 @@ def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | 
             norms[k].append(np.linalg.norm(v, axis=-1).astype(np.float32))
         writer.write_batch(i, acts)
         done_tokens += n
-        if (i - start) % 10 == 0:
-            dt = max(time.time() - t0, 1e-9)
-            eta = f" ETA {_fmt((target - rows_total) * dt / done_tokens)}" if target else ""
-            log(f"[generate:{part}] batch {i}: {rows_total:,} tokens ({done_tokens / dt:,.0f} tok/s){eta}")
+        dt = max(time.time() - t0, 1e-9)
+        eta = f" ETA {fmt_time((target - rows_total) * dt / max(done_tokens, 1))}" if target else ""
+        bar.report(rows_total, f"[generate:{part}] batch {i}: {rows_total:,} tokens "
+                               f"({done_tokens / dt:,.0f} tok/s){eta}")
+    bar.close()
     summaries = {k: _norm_summary(np.concatenate(v)) if v else {} for k, v in norms.items()}
     info = writer.finalize({"norm_summary_this_run": summaries, "tokens_this_run": done_tokens,
                             "outlier_norm_factor": float(config.lm.outlier_norm_factor),
@@ -108,11 +111,6 @@ def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | 
         if s and s["norm_max_over_median"] > 50:
             log(f"[generate:{part}] warning: {k} has rows with norm {s['norm_max_over_median']:.0f}x the median")
     return info.sites
-
-
-def _fmt(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}:{(s % 3600) // 60:02d}:{s % 60:02d}"
 
 
 def generate(config, workdir: str, log=print) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 from gemmascope.data.activations import LMActivations
 from gemmascope.eval.metrics import evaluate_saes, firing_histogram
+from gemmascope.progress import Progress
 from gemmascope.sae import io as sae_io
 
 # SAEBench's core metrics (gemmascope.eval.metrics module doc), in eval.json and the tables
@@ -68,10 +69,12 @@ def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_
             chunk = items[start:start + saes_per_pass]
             saes = [sae_io.load_params(path) for path, _ in chunk]
             label = f"[eval {done + 1}-{done + len(chunk)}/{len(paths)}] layer {layer} {site}"
-            results = evaluate_saes(lm.params, lm.lm_cfg, lm.packed_batches("heldout"), saes, layer, site,
-                                    float(config.lm.outlier_norm_factor), max_tokens=max_tokens,
-                                    log=lambda s, label=label: log(f"{label} {s}"), baseline_cache=site_cache,
-                                    clean_cache=clean_cache)
+            bar = Progress(label, max_tokens, "tok", log=log)  # a live bar on a terminal, else the lines
+            results = evaluate_saes(lm.params, lm.lm_cfg, bar.iterate(lm.packed_batches("heldout"), _n_text),
+                                    saes, layer, site, float(config.lm.outlier_norm_factor),
+                                    max_tokens=max_tokens, log=bar.lines(lambda s, label=label: log(f"{label} {s}")),
+                                    baseline_cache=site_cache, clean_cache=clean_cache)
+            bar.close()
             _write_json(cache_path, cache)
             for (path, meta), r in zip(chunk, results):
                 row = _row(path, meta, r, lm.model_name)
@@ -85,6 +88,11 @@ def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_
     rows = [rows[p] for p in paths]
     write_table_and_plots(rows, os.path.join(workdir, "eval"))
     return rows
+
+
+def _n_text(batch) -> int:
+    """Text tokens of a ``(tokens, mask)`` batch."""
+    return int(np.sum(batch[1]))
 
 
 def _row(path: str, meta: dict[str, Any], r: dict[str, Any], model_name: str) -> dict[str, Any]:

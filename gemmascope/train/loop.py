@@ -2,7 +2,8 @@
 
 For every location ``(site, layer, width)`` of the config, all lambdas train together (one
 compiled step on the same batches, sharded over the
-config's device mesh). Per-SAE metrics go to ``workdir/metrics.jsonl``,
+config's device mesh). Per-SAE metrics go to ``workdir/metrics.jsonl`` and TensorBoard
+(``workdir/tensorboard``; :mod:`gemmascope.train.writers`),
 a progress line shows tokens/s and ETA, orbax checkpoints hold the state and the data position,
 and at the end every SAE is exported in the Gemma Scope layout under ``workdir/saes``. Rerunning
 the same command on the same workdir resumes: finished locations are skipped, an unfinished one
@@ -10,13 +11,10 @@ continues from its last checkpoint.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
-import sys
-import time
 from typing import Any, Callable
 
 import jax
@@ -24,11 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope import config as config_lib
-from gemmascope.common import fmt_duration, fvu
+from gemmascope.common import fvu
 from gemmascope.data.sources import make_source
 from gemmascope.sae import formats as sae_formats
+from gemmascope.progress import TrainingProgress as Progress
 from gemmascope.sae import io as sae_io
 from gemmascope.train import step as step_lib
+from gemmascope.train import writers
 from gemmascope.train.checkpoint import Checkpoints
 
 
@@ -44,27 +44,6 @@ def location_name(site: str, layer: int, width: int, arch: str = "jumprelu") -> 
     """``res_layer15_width4k`` (JumpReLU) or ``res_layer15_width4k_topk`` (other architectures)."""
     base = f"{site}_layer{layer}_width{sae_io.width_name(width)}"
     return base if arch == "jumprelu" else f"{base}_{arch}"
-
-
-class Progress:
-    """One line per report: step, tokens/s, ETA, and the L0 of each SAE."""
-
-    def __init__(self, name: str, total_steps: int, start_step: int, batch_size: int, stream=None):
-        self.name, self.total, self.batch = name, total_steps, batch_size
-        self.start_step, self.t0 = start_step, time.time()
-        self.stream = stream or sys.stdout
-
-    def report(self, step: int, l0: np.ndarray, fvu: np.ndarray) -> str:
-        done = max(step - self.start_step, 1)
-        dt = max(time.time() - self.t0, 1e-9)
-        tok_s = done * self.batch / dt
-        eta = (self.total - step) * dt / done
-        l0s = " ".join(f"{v:.1f}" for v in l0)
-        fv = " ".join(f"{v:.3f}" for v in fvu)
-        line = (f"[{self.name}] step {step}/{self.total} ({100 * step / self.total:.0f}%) "
-                f"{tok_s:,.0f} tok/s ETA {fmt_duration(eta)} | L0 {l0s} | FVU {fv}")
-        print(line, file=self.stream, flush=True)
-        return line
 
 
 def _check_finite(state, step: int, lambdas, name: str) -> None:
@@ -182,23 +161,23 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
     train_step = loc.sweep.jit_step(step_lib.make_train_step(config, dead_window_steps))
     lam_arr = loc.sweep.put_values(values)
     progress = Progress(name, loc.total, start, config.batch_size)
-    metrics_path = os.path.join(loc.workdir, "metrics.jsonl")
     step = start
-    with open(metrics_path, "a") if main else contextlib.nullcontext() as mfile:
+    with writers.for_location(config, loc.workdir, name, enabled=main) as mwriter:
         for step in range(start + 1, loc.total + 1):
             x = loc.sweep.put_batch(next(loc.source))
             state, metrics = train_step(state, x, lam_arr)
             if step % config.log_every == 0 or step == loc.total:
                 _check_finite(state, step, values, name)
                 m = _fetch(metrics)
+                rows = []
+                for i in range(len(values)):
+                    row = {"location": name, "arch": config.sae.arch, "site": loc.site, "layer": loc.layer,
+                           "width": loc.width, "sae": i, "lambda": values[i], "step": step,
+                           "tokens": step * config.batch_size}
+                    row.update({mk: float(mv[i]) for mk, mv in m.items()})
+                    rows.append(row)
+                mwriter.write(step, rows)
                 if main:
-                    for i in range(len(values)):
-                        row = {"location": name, "arch": config.sae.arch, "site": loc.site, "layer": loc.layer,
-                               "width": loc.width, "sae": i, "lambda": values[i], "step": step,
-                               "tokens": step * config.batch_size}
-                        row.update({mk: float(mv[i]) for mk, mv in m.items()})
-                        mfile.write(json.dumps(row) + "\n")
-                    mfile.flush()
                     progress.report(step, m["l0"], m["fvu"])
             if step % config.checkpoint_every == 0 and step != loc.total:
                 loc.ckpt.save(step, state, _all_data_states(loc.source))

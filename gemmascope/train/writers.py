@@ -1,0 +1,164 @@
+"""Where training metrics go: JSON lines, TensorBoard event files, and (optionally) Weights & Biases.
+
+Every logged step the trainer hands :meth:`MetricWriter.write` one row per SAE of the sweep:
+identity fields (``location``, ``arch``, ``site``, ``layer``, ``width``, ``sae``, ``lambda``,
+``step``, ``tokens``) and the step's metrics (``loss``, ``mse``, ``l0``, ``fvu``,
+``dead_fraction``, ``threshold_mean/min/max``, the effective ``lambda`` (``k`` for TopK) and
+``lr``; see :func:`gemmascope.train.step.make_train_step`). The writers:
+
+* :class:`JsonlWriter`: the rows, verbatim, appended to ``<workdir>/metrics.jsonl`` (flushed
+  every step, so a killed run keeps what it logged);
+* :class:`TensorBoardWriter`: one TensorBoard run per SAE,
+  ``<workdir>/tensorboard/<location>/sae<i>_<lambda|k><value>/events.out.tfevents.*``, one
+  scalar per metric (``threshold_mean`` as ``threshold/mean``), written with ``tensorboardX``
+  (protobuf only: no TensorFlow); ``tensorboard --logdir <workdir>/tensorboard`` shows them;
+* :class:`WandbWriter`: one W&B run per location, metrics as ``sae<i>/<metric>``, only when
+  ``config.wandb.project`` is set; ``wandb`` is imported then and only then (never a required
+  dependency), and ``config.wandb.mode="offline"`` (the default) writes under
+  ``<workdir>/wandb`` for a later ``wandb sync``.
+
+:func:`for_location` builds the set a config asks for.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Protocol, Sequence
+
+IDENTITY = ("location", "arch", "site", "layer", "width", "sae", "step", "tokens")
+
+
+class MetricWriter(Protocol):
+    def write(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Records one logged step: ``rows[i]`` is SAE ``i``'s row."""
+
+    def close(self) -> None:
+        """Flushes and releases files (idempotent)."""
+
+
+def scalars(row: dict[str, Any]) -> dict[str, float]:
+    """The metric tags of one row: every numeric field but the identity ones; ``threshold_x`` ->
+    ``threshold/x``; ``lambda`` -> ``k`` for the architectures swept over k (TopK)."""
+    from gemmascope.config import K_ARCHS
+
+    out = {}
+    for key, v in row.items():
+        if key in IDENTITY or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if key.startswith("threshold_"):
+            key = "threshold/" + key[len("threshold_"):]
+        elif key == "lambda" and row.get("arch") in K_ARCHS:
+            key = "k"
+        out[key] = float(v)
+    return out
+
+
+def run_name(i: int, value: float, arch: str) -> str:
+    """``sae0_lambda0.0003`` or ``sae2_k64``: SAE ``i`` of the sweep and its target value."""
+    from gemmascope.config import K_ARCHS
+
+    return f"sae{i}_k{int(value)}" if arch in K_ARCHS else f"sae{i}_lambda{value:g}"
+
+
+class JsonlWriter:
+    """Rows as JSON lines appended to ``path`` (``<workdir>/metrics.jsonl``)."""
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self._fh = open(path, "a")
+
+    def write(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
+        for row in rows:
+            self._fh.write(json.dumps(row) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+
+class TensorBoardWriter:
+    """One ``tensorboardX.SummaryWriter`` per SAE under ``logdir/<run_name>``."""
+
+    def __init__(self, logdir: str, names: Sequence[str]):
+        from tensorboardX import SummaryWriter
+
+        self.logdir = logdir
+        self._writers = [SummaryWriter(logdir=os.path.join(logdir, n), flush_secs=30) for n in names]
+
+    def write(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
+        if len(rows) != len(self._writers):
+            raise ValueError(f"{self.logdir}: {len(rows)} rows for {len(self._writers)} SAEs")
+        for w, row in zip(self._writers, rows):
+            for tag, v in scalars(row).items():
+                w.add_scalar(tag, v, global_step=int(step))
+
+    def close(self) -> None:
+        for w in self._writers:
+            w.close()
+        self._writers = []
+
+
+class WandbWriter:
+    """One W&B run per location; metrics keyed ``sae<i>/<metric>``, logged at the training step."""
+
+    def __init__(self, wandb_config, run_dir: str, name: str, config_dict: dict[str, Any]):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("config.wandb.project is set but wandb is not installed: pip install wandb "
+                              "(or leave config.wandb.project empty)") from None
+        os.makedirs(run_dir, exist_ok=True)
+        self._run = wandb.init(project=wandb_config.project, entity=wandb_config.entity or None,
+                               name=f"{wandb_config.name}-{name}" if wandb_config.name else name,
+                               group=wandb_config.name or None, mode=wandb_config.mode, dir=run_dir,
+                               config=config_dict, reinit="create_new")
+
+    def write(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
+        self._run.log({f"sae{row['sae']}/{tag}": v for row in rows for tag, v in scalars(row).items()},
+                      step=int(step))
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
+
+
+class Writers:
+    """Several writers as one (a context manager); an empty set writes nothing."""
+
+    def __init__(self, writers: Sequence[MetricWriter] = ()):
+        self.writers = list(writers)
+
+    def write(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
+        for w in self.writers:
+            w.write(step, rows)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def for_location(config, workdir: str, location: str, enabled: bool = True) -> Writers:
+    """The writers for one location of a sweep: ``metrics.jsonl`` always, TensorBoard unless
+    ``config.tensorboard`` is False, W&B when ``config.wandb.project`` is set. ``enabled=False``
+    (processes other than 0) writes nothing."""
+    if not enabled:
+        return Writers()
+    from gemmascope import config as config_lib
+
+    out: list[MetricWriter] = [JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
+    if config.tensorboard:
+        names = [run_name(i, v, config.sae.arch) for i, v in enumerate(config_lib.sweep_values(config))]
+        out.append(TensorBoardWriter(os.path.join(workdir, "tensorboard", location), names))
+    if config.wandb.project:
+        out.append(WandbWriter(config.wandb, os.path.join(workdir, "wandb"), location, config.to_dict()))
+    return Writers(out)

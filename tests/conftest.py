@@ -1,0 +1,75 @@
+"""Suite set-up: the browser of the dashboard tests, so that ``python -m pytest -q tests`` (the
+README's command, which ``.ci/run`` calls) passes on a fresh Debian/Ubuntu machine.
+
+``tests/test_dashboard.py`` drives a real headless Chromium (``/usr/bin/chromium`` and
+``/usr/bin/chromedriver``, Debian's ``chromium`` and ``chromium-driver`` packages): a system
+program that pip cannot provide. When those tests are collected and the browser is missing, this
+installs it once through the system package manager, as ``.ci/run`` does, if it can without a
+password (running as root, or passwordless ``sudo -n``), and says so on the terminal. Otherwise,
+or with ``GEMMASCOPE_NO_APT=1``, it installs nothing and the dashboard tests fail with the
+command to run. Nothing happens when the browser is present or no dashboard test is selected.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+APT_PACKAGES = ("chromium", "chromium-driver")
+NO_APT_ENV = "GEMMASCOPE_NO_APT"
+HINT = f"apt-get install -y {' '.join(APT_PACKAGES)}"
+
+
+def browser_plan(exists=os.path.exists, euid: int | None = None, which=shutil.which, run=subprocess.run,
+                 env=os.environ) -> tuple[list[list[str]] | None, str]:
+    """What to do about the browser: ``(None, reason)`` to do nothing, or ``(commands, message)``
+    to install it (``apt-get update`` then ``apt-get install``, prefixed by ``sudo -n`` when not
+    root)."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not exists(p)]
+    if not missing:
+        return None, "present"
+    if env.get(NO_APT_ENV):
+        return None, f"{', '.join(missing)} missing and {NO_APT_ENV} is set: install it with `{HINT}`"
+    if not which("apt-get"):
+        return None, (f"{', '.join(missing)} missing and no apt-get here: install Chromium and its driver at "
+                      f"{CHROMIUM}, {CHROMEDRIVER}")
+    euid = os.geteuid() if euid is None else euid
+    prefix: list[str] = []
+    if euid != 0:
+        if not which("sudo") or run(["sudo", "-n", "true"], capture_output=True).returncode != 0:
+            return None, f"{', '.join(missing)} missing, not root, no passwordless sudo: run `sudo {HINT}`"
+        prefix = ["sudo", "-n"]
+    cmds = [prefix + ["apt-get", "update", "-q"],
+            prefix + ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+                      *APT_PACKAGES]]
+    return cmds, (f"installing {' '.join(APT_PACKAGES)} with apt-get for the dashboard tests "
+                  f"({', '.join(missing)} missing)")
+
+
+def ensure_browser(write=print, run=subprocess.run, **kw) -> bool:
+    """Installs the browser when :func:`browser_plan` says so; True when it is present after."""
+    cmds, msg = browser_plan(run=run, **kw)
+    if cmds is None:
+        if msg != "present":
+            write(f"conftest: {msg}")
+        return msg == "present"
+    write(f"conftest: {msg} (set {NO_APT_ENV}=1 to skip)")
+    for cmd in cmds:
+        r = run(cmd, capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            tail = (r.stderr or r.stdout or "").strip().splitlines()[-3:]
+            write(f"conftest: `{' '.join(cmd)}` failed ({r.returncode}): {' | '.join(tail)}")
+            return False
+    ok = os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
+    write(f"conftest: {'installed' if ok else 'apt-get finished but the browser is still missing at'} "
+          f"{CHROMIUM}, {CHROMEDRIVER}")
+    return ok
+
+
+def pytest_collection_finish(session):
+    if not any(os.path.basename(str(item.fspath)) == "test_dashboard.py" for item in session.items):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    ensure_browser(write=(lambda s: reporter.write_line(s)) if reporter else print)
