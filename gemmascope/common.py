@@ -1,4 +1,4 @@
-"""Small helpers every layer shares, written once: atomic file writes, durations, FVU.
+"""Small helpers every layer shares, written once: atomic file writes and FVU.
 
 This module imports nothing from the package, so any module may import it.
 """
@@ -30,12 +30,6 @@ def write_json_atomic(path: str, obj: Any, **dump_kw: Any) -> None:
     """``json.dump(obj)`` to ``path`` atomically (see :func:`atomic_write`); indent 2 by default."""
     dump_kw.setdefault("indent", 2)
     atomic_write(path, lambda fh: json.dump(obj, fh, **dump_kw), mode="w")
-
-
-def fmt_duration(seconds: float) -> str:
-    """``3725 -> "1:02:05"`` (hours unpadded)."""
-    s = int(seconds)
-    return f"{s // 3600}:{(s % 3600) // 60:02d}:{s % 60:02d}"
 
 
 def fvu(sq_err_sum, x):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from gemmascope.common import write_json_atomic
 from gemmascope.data.activations import LMActivations
 from gemmascope.eval.metrics import evaluate_saes, firing_histogram
 from gemmascope.progress import Progress
@@ -114,13 +115,7 @@ def _read_json(path: str, default):
         return json.load(fh)
 
 
-def _write_json(path: str, obj) -> None:
-    """Atomic: a stopped run never leaves half a file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
+_write_json = write_json_atomic  # gemmascope/common.py
 
 
 def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:

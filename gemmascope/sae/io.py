@@ -24,10 +24,11 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
+
+from gemmascope.common import atomic_write
 
 from gemmascope.sae.jumprelu import LAYOUT_KEYS
 
@@ -57,19 +58,7 @@ def fold_normalisation(params: Mapping[str, Any], scale: float, pre_encoder_bias
     return out
 
 
-def _atomic_write(path: str, write_fn) -> None:
-    """Writes via a temp file in the same folder and renames, so a kill never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write_fn(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+_atomic_write = atomic_write  # one implementation: gemmascope/common.py
 
 
 def save_params(path: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> None:
