@@ -22,6 +22,9 @@ pseudo-derivatives with the rectangle kernel ``K(u) = 1[|u| < 1/2]`` and bandwid
 Threshold parametrisation while training: ``"log"`` keeps ``log_threshold`` in the trainable
 params (the reference code), ``"direct"`` keeps ``threshold`` itself (clamped positive after each
 update). :func:`layout_params` turns either into the released layout.
+
+Everything here works in training units (see :mod:`gemmascope.sae.common`); the raw-unit forward
+of exported files is :mod:`gemmascope.sae.model`.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-Params = dict[str, jax.Array]
+from gemmascope.sae.common import (  # noqa: F401  (decode_train, pre_activations: this module's contract)
+    Params, SAEConfig, as_sae_config, decode_train, init_base, pre_activations, recon_aux)
 
 LAYOUT_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
@@ -121,36 +125,33 @@ jumprelu_and_l0.defvjp(_jumprelu_and_l0_fwd, _jumprelu_and_l0_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
-# Parameters
+# The architecture contract (gemmascope.sae.common.Architecture)
+
+NAME = "jumprelu"
+UNIT_NORM_DECODER = True  # rows renormalised after each update, gradients projected
+FILE_LAYOUT = "jumprelu"
 
 
-def init(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> Params:
+def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> Params:
     """Gemma Scope initialisation, in the training parametrisation of ``cfg.threshold_param``.
 
     ``W_dec`` He-uniform then every row scaled to unit norm; ``W_enc = W_dec.T`` (untied after);
     ``b_enc = b_dec = 0``; ``threshold = cfg.threshold_init`` (0.001 in normalised units).
     """
-    w_dec = jax.nn.initializers.he_uniform()(key, (d_sae, d_in), jnp.float32)
-    w_dec = w_dec / jnp.linalg.norm(w_dec, axis=-1, keepdims=True)
-    t0 = jnp.full((d_sae,), float(cfg["threshold_init"]), jnp.float32)
-    params = {
-        "W_enc": w_dec.T,
-        "W_dec": w_dec,
-        "b_enc": jnp.zeros((d_sae,), jnp.float32),
-        "b_dec": jnp.zeros((d_in,), jnp.float32),
-    }
-    if cfg["threshold_param"] == "log":
-        params["log_threshold"] = jnp.log(t0)
+    cfg = as_sae_config(cfg)
+    params = init_base(key, d_in, d_sae)
+    t0 = jnp.full((d_sae,), float(cfg.threshold_init), jnp.float32)
+    return with_threshold(params, t0, cfg)
+
+
+def with_threshold(params: Mapping[str, jax.Array], threshold: jax.Array, cfg: SAEConfig) -> Params:
+    """``params`` with ``threshold [d_sae]`` stored in the parametrisation of ``cfg.threshold_param``."""
+    out = {k: v for k, v in params.items() if k not in ("threshold", "log_threshold")}
+    if cfg.threshold_param == "log":
+        out["log_threshold"] = jnp.log(threshold)
     else:
-        params["threshold"] = t0
-    return params
-
-
-def init_without_threshold(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> Params:
-    """The same initialisation for SAEs without a threshold (ReLU, TopK, and Gated's base)."""
-    p = init(key, d_in, d_sae, {**dict(cfg), "threshold_param": "direct"})
-    del p["threshold"]
-    return p
+        out["threshold"] = threshold
+    return out
 
 
 def layout_params(params: Mapping[str, jax.Array]) -> Params:
@@ -160,42 +161,17 @@ def layout_params(params: Mapping[str, jax.Array]) -> Params:
     return out
 
 
-def pre_activations(params: Mapping[str, jax.Array], x: jax.Array, pre_encoder_bias: bool = True) -> jax.Array:
-    """``[batch, d_in] -> [batch, d_sae]``: ``(x - b_dec) @ W_enc + b_enc`` (or without ``- b_dec``).
-
-    Computed as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same value, but the gradient to
-    ``b_dec`` through the encoder is then a vector-matrix product, not a sixth
-    ``[batch, d_sae] x [d_sae, d_in]`` matmul (measured: a third off the gradient's time at
-    4096 x 576 x 4096).
-    """
-    b = params["b_enc"]
-    if pre_encoder_bias:
-        b = b - params["b_dec"] @ params["W_enc"]
-    return x @ params["W_enc"] + b
-
-
-def encode(params: Mapping[str, jax.Array], x: jax.Array, cfg: Mapping[str, Any] | None = None) -> jax.Array:
-    """Codes ``f [batch, d_sae]`` of ``x [batch, d_in]``.
-
-    On layout params (an exported or released SAE) call with ``cfg=None``: no pre-encoder bias,
-    since export folds it into ``b_enc``.
-    """
-    cfg = cfg or {}
+def encode_train(params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any],
+                 sparsity: Any = None) -> jax.Array:
+    """Codes ``f [batch, d_sae]`` of normalised ``x [batch, d_in]`` (training units)."""
+    del sparsity
+    cfg = as_sae_config(cfg)
     p = layout_params(params)
-    pre = pre_activations(p, x, bool(cfg.get("pre_encoder_bias", False)))
-    return jumprelu(pre, p["threshold"], float(cfg.get("bandwidth", 0.001)))
+    pre = pre_activations(p, x, cfg.pre_encoder_bias)
+    return jumprelu(pre, p["threshold"], cfg.bandwidth)
 
 
-def decode(params: Mapping[str, jax.Array], f: jax.Array, cfg: Mapping[str, Any] | None = None) -> jax.Array:
-    """``[batch, d_sae] -> [batch, d_in]``: ``f @ W_dec + b_dec``."""
-    return f @ params["W_dec"] + params["b_dec"]
-
-
-NAME = "jumprelu"
-UNIT_NORM_DECODER = True  # rows renormalised after each update, gradients projected
-
-
-def export_layout(params: Mapping[str, jax.Array], cfg: Mapping[str, Any], sparsity: Any = None) -> Params:
+def export_layout(params: Mapping[str, jax.Array], cfg: SAEConfig, sparsity: Any = None) -> Params:
     """The released layout, still in training units (see :func:`gemmascope.sae.io.fold_normalisation`)."""
     return layout_params(params)
 
@@ -205,30 +181,20 @@ def thresholds(params: Mapping[str, jax.Array]) -> jax.Array:
 
 
 def loss(
-    params: Mapping[str, jax.Array], x: jax.Array, cfg: Mapping[str, Any], sparsity_coefficient: jax.Array,
+    params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any], sparsity: jax.Array,
     dead: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean over the batch of ``||x - x_hat||^2 + lambda * L0``; x ``[batch, d_in]`` normalised.
 
-    Returns ``(loss, aux)``; aux holds per-batch scalars ``mse`` (summed over d_in, mean over
-    batch), ``l0``, ``sparsity_loss``, ``sq_err_sum``, and ``fired [d_sae]`` (bool: latent fired
-    in the batch). ``dead`` is unused (the common signature of :mod:`gemmascope.sae.archs`).
+    ``sparsity`` is lambda. Returns ``(loss, aux)`` (see :func:`gemmascope.sae.common.recon_aux`).
+    ``dead`` is unused (the common signature).
     """
     del dead
-    eps = float(cfg["bandwidth"])
+    cfg = as_sae_config(cfg)
     p = layout_params(params)
-    pre = pre_activations(p, x, bool(cfg["pre_encoder_bias"]))
-    f, l0_per_example = jumprelu_and_l0(pre, p["threshold"], eps)
-    x_hat = f @ p["W_dec"] + p["b_dec"]
-    sq_err = jnp.sum((x - x_hat) ** 2, axis=-1)
-    mse = jnp.mean(sq_err)
-    l0 = jnp.mean(l0_per_example)
-    sparsity = sparsity_coefficient * l0
-    aux = {
-        "mse": mse,
-        "l0": jax.lax.stop_gradient(l0),
-        "sparsity_loss": jax.lax.stop_gradient(sparsity),
-        "fired": jax.lax.stop_gradient(jnp.any(f != 0, axis=0)),
-        "sq_err_sum": jax.lax.stop_gradient(jnp.sum(sq_err)),
-    }
-    return mse + sparsity, aux
+    pre = pre_activations(p, x, cfg.pre_encoder_bias)
+    f, l0_per_example = jumprelu_and_l0(pre, p["threshold"], cfg.bandwidth)
+    x_hat = decode_train(p, f)
+    sparsity_term = sparsity * jnp.mean(l0_per_example)
+    mse, aux = recon_aux(x, x_hat, f, l0_per_example, sparsity_term)
+    return mse + sparsity_term, aux

@@ -21,11 +21,8 @@ import optax
 
 from gemmascope import config as config_lib
 from gemmascope.sae import archs
+from gemmascope.sae.common import SAEConfig
 from gemmascope.train import optim
-
-
-def sae_cfg_dict(config) -> dict[str, Any]:
-    return {k: config.sae[k] for k in config.sae.keys()}
 
 
 def optimizer(config, arch) -> optax.GradientTransformation:
@@ -40,7 +37,7 @@ def optimizer(config, arch) -> optax.GradientTransformation:
 def init_state(key: jax.Array, config, d_in: int, d_sae: int, n_saes: int, norm_scale: float) -> dict[str, Any]:
     """Stacked initial state for ``n_saes`` SAEs (independent inits, one key each)."""
     arch = archs.get(config.sae.arch)
-    cfg = sae_cfg_dict(config)
+    cfg = SAEConfig.from_config(config)
     tx = optimizer(config, arch)
     keys = jax.random.split(key, n_saes)
     params = jax.vmap(lambda k: arch.init(k, d_in, d_sae, cfg))(keys)
@@ -64,7 +61,7 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
     effective lambda (k for TopK) and lr.
     """
     arch = archs.get(config.sae.arch)
-    cfg = sae_cfg_dict(config)
+    cfg = SAEConfig.from_config(config)
     tx = optimizer(config, arch)
     lam_sched = optim.sparsity_schedule(int(config.lambda_warmup_steps))
     lr_sched = optim.lr_schedule({**{k: config[k] for k in ("lr", "lr_warmup_steps", "lr_decay", "lr_final_fraction")},
@@ -146,5 +143,5 @@ def export_params(state: Mapping[str, Any], index: int, config) -> dict[str, Any
 
     arch = archs.get(config.sae.arch)
     p = jax.tree.map(lambda a: a[index], state["params"])
-    layout = arch.export_layout(p, sae_cfg_dict(config), config_lib.sweep_values(config)[index])
+    layout = arch.export_layout(p, SAEConfig.from_config(config), config_lib.sweep_values(config)[index])
     return fold_normalisation(jax.device_get(layout), float(state["norm_scale"]), bool(config.sae.pre_encoder_bias))
