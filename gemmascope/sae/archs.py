@@ -12,8 +12,9 @@ ARCHS: dict[str, Architecture] = {m.NAME: m for m in (jumprelu, relu, topk, gate
 
 for _m in ARCHS.values():
     if not isinstance(_m, Architecture):
-        missing = [n for n in ("NAME", "UNIT_NORM_DECODER", "FILE_LAYOUT", "init", "encode_train", "decode_train",
-                               "loss", "export_layout", "thresholds") if not hasattr(_m, n)]
+        names = ("NAME", "UNIT_NORM_DECODER", "FILE_LAYOUT", "init", "encode_train", "decode_train", "loss",
+                 "export_layout", "thresholds")
+        missing = [n for n in names if not hasattr(_m, n)]
         raise TypeError(f"{_m.__name__} does not satisfy sae.common.Architecture (missing {missing})")
 
 

@@ -37,6 +37,13 @@ class SAEConfig:
     auxk_k: int
     auxk_coefficient: float
     auxk_dead_tokens: int
+    sparsity_loss: str
+    quadratic_form: str
+    quadratic_coefficient: float
+    frequency_penalty: float
+    frequency_max: float
+    threshold_init_mode: str
+    threshold_init_l0: float
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> "SAEConfig":
@@ -124,7 +131,8 @@ def init_base(key: jax.Array, d_in: int, d_sae: int) -> Params:
     }
 
 
-def pre_activations(params: Mapping[str, jax.Array], x: jax.Array, pre_encoder_bias: bool = True) -> jax.Array:
+def pre_activations(params: Mapping[str, jax.Array], x: jax.Array,
+                    pre_encoder_bias: bool = True) -> jax.Array:
     """``[batch, d_in] -> [batch, d_sae]``: ``(x - b_dec) @ W_enc + b_enc`` (or without ``- b_dec``).
 
     Computed as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same value, but the gradient to

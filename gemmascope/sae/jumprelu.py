@@ -180,14 +180,50 @@ def thresholds(params: Mapping[str, jax.Array]) -> jax.Array:
     return layout_params(params)["threshold"]
 
 
+def sparsity_penalty(l0_per_example: jax.Array, cfg: SAEConfig, sparsity: Any) -> jax.Array:
+    """The sparsity term of the loss from ``l0_per_example [batch]`` (the step STE's sums).
+
+    * ``cfg.sparsity_loss == "l0"``: ``sparsity`` is lambda; ``lambda * mean_i L0_i`` (Gemma Scope).
+    * ``"quadratic"``: ``sparsity`` is ``(T, coef)`` (target L0, warmed-up coefficient), around
+      the target (Gemma Scope 2). ``cfg.quadratic_form == "per_example"`` (the default, the form a
+      widely used PyTorch library implements): ``coef * mean_i (2 / T) (L0_i - T)^2``;
+      ``"batch"``: ``coef * (mean_i L0_i - T)^2 / T``. The per-example form also pulls each
+      example's L0 towards T (its gradient is ``4 coef (L0_i - T) / (T B)`` per example, against
+      ``2 coef (mean L0 - T) / (T B)`` for the batch form), so it penalises the spread of L0 as
+      well as the miss. Which the frontier prefers is not measured yet (issue 12, item 4).
+    """
+    if cfg.sparsity_loss == "l0":
+        return sparsity * jnp.mean(l0_per_example)
+    target, coef = sparsity
+    if cfg.quadratic_form == "per_example":
+        return coef * jnp.mean((2.0 / target) * (l0_per_example - target) ** 2)
+    return coef * (jnp.mean(l0_per_example) - target) ** 2 / target
+
+
+def frequency_penalty(pre: jax.Array, threshold: jax.Array, cfg: SAEConfig) -> jax.Array:
+    """``coef * sum_j relu(p_j - p_max)^2 / p_max`` with ``p_j`` the fraction of the batch on which
+    latent j fires (``mean_i step(pre_ij, t_j)``, so it trains the thresholds only).
+
+    Latents firing on at most ``p_max = cfg.frequency_max`` of the tokens are untouched; above it
+    the penalty acts on latent j like an extra L0 coefficient ``2 coef (p_j / p_max - 1)``
+    (scale free in p_max), raising only that latent's threshold. A smooth hinge rather than a
+    log-frequency target: dense latents are the failure it guards against (Gemma Scope 2 pairs a
+    frequency penalty with the quadratic loss; its form is not public).
+    """
+    p = jnp.mean(step(pre, threshold, cfg.bandwidth), axis=0)
+    excess = jax.nn.relu(p - cfg.frequency_max)
+    return cfg.frequency_penalty * jnp.sum(excess**2) / cfg.frequency_max
+
+
 def loss(
-    params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any], sparsity: jax.Array,
+    params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any], sparsity: Any,
     dead: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean over the batch of ``||x - x_hat||^2 + lambda * L0``; x ``[batch, d_in]`` normalised.
+    """Mean over the batch of ``||x - x_hat||^2`` plus :func:`sparsity_penalty` (``lambda * L0`` by
+    default) plus :func:`frequency_penalty` when configured; x ``[batch, d_in]`` normalised.
 
-    ``sparsity`` is lambda. Returns ``(loss, aux)`` (see :func:`gemmascope.sae.common.recon_aux`).
-    ``dead`` is unused (the common signature).
+    ``sparsity``: lambda (``"l0"``) or ``(target, coef)`` (``"quadratic"``). Returns
+    ``(loss, aux)`` (see :func:`gemmascope.sae.common.recon_aux`). ``dead`` is unused.
     """
     del dead
     cfg = as_sae_config(cfg)
@@ -195,6 +231,20 @@ def loss(
     pre = pre_activations(p, x, cfg.pre_encoder_bias)
     f, l0_per_example = jumprelu_and_l0(pre, p["threshold"], cfg.bandwidth)
     x_hat = decode_train(p, f)
-    sparsity_term = sparsity * jnp.mean(l0_per_example)
+    sparsity_term = sparsity_penalty(l0_per_example, cfg, sparsity)
+    if cfg.frequency_penalty:
+        sparsity_term = sparsity_term + frequency_penalty(pre, p["threshold"], cfg)
     mse, aux = recon_aux(x, x_hat, f, l0_per_example, sparsity_term)
     return mse + sparsity_term, aux
+
+
+def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0: Any,
+                        cfg: SAEConfig) -> Params:
+    """``params`` with each threshold at the ``1 - T / d_sae`` quantile of its pre-activations on
+    the normalised sample ``x [n, d_in]`` (at least ``cfg.threshold_min``), so every latent fires on
+    about ``T / d_sae`` of the rows and the mean L0 starts near ``T``."""
+    p = layout_params(params)
+    pre = pre_activations(p, x, cfg.pre_encoder_bias)
+    q = 1.0 - jnp.asarray(target_l0, jnp.float32) / pre.shape[-1]
+    thr = jnp.maximum(jnp.quantile(pre, q, axis=0), cfg.threshold_min).astype(jnp.float32)
+    return with_threshold(params, thr, cfg)

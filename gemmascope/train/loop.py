@@ -177,7 +177,8 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
         _require_finite(sample, f"[{name}] normalisation sample")
         norm_scale = float(np.sqrt(np.mean(np.sum(sample.astype(np.float64) ** 2, axis=-1))))
         norm_scale = distributed.broadcast_float(norm_scale)  # one C for every process
-        state = sweep.init(lambda: step_lib.init_state(key, config, d_in, width, k, norm_scale))
+        sample_n = step_lib.init_sample(config, sample, norm_scale)  # None unless thresholds start at quantiles
+        state = sweep.init(lambda: step_lib.init_state(key, config, d_in, width, k, norm_scale, sample_n))
         start = 0
         log(f"[{name}] {k} SAEs d_in={d_in} d_sae={width}, {total} steps of {config.batch_size}; "
             f"normalisation C={norm_scale:.6g} from {len(sample)} rows; mesh data={mesh.shape['data']} "
@@ -300,7 +301,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
             "site": site,
             "layer": int(layer),
             "model": getattr(source, "model_name", "toy"),
-            **({"k": int(lam)} if config.sae.arch in config_lib.K_ARCHS else {"sparsity_coefficient": float(lam)}),
+            **step_lib.sweep_metadata(config, lam),
             "normalisation_constant": float(state["norm_scale"]),
             "tokens_trained": int(total * config.batch_size),
             "steps": int(total),
@@ -313,7 +314,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
         }
         path = os.path.join(folder, "params.npz")
         sae_io.save_params(path, params, meta)
-        log(f"[export] {config.sae.arch} {'k' if config.sae.arch in config_lib.K_ARCHS else 'lambda'}={lam:g}: L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
+        log(f"[export] {config.sae.arch} {config_lib.sweep_field(config)}={lam:g}: L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
         records.append({"path": path, **meta})
     return records
 
