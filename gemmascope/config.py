@@ -14,10 +14,12 @@ from typing import Any
 import ml_collections
 
 SITES = ("res", "att", "mlp", "toy")
-ARCHS = ("jumprelu", "relu", "topk", "gated")
+ARCHS = ("jumprelu", "relu", "topk", "gated", "batchtopk")
 # Architectures whose sweep axis is ``config.sae.topk_ks`` (latents kept per token) rather than
 # ``config.lambdas`` (sparsity coefficients).
-K_ARCHS = ("topk",)
+K_ARCHS = ("topk", "batchtopk")
+# Architectures that can train Matryoshka-style (config.sae.matryoshka_prefixes).
+MATRYOSHKA_ARCHS = ("jumprelu", "batchtopk")
 
 
 class ConfigError(ValueError):
@@ -62,8 +64,15 @@ def base_config() -> ml_collections.ConfigDict:
     # step sits near L0 = the SAE's target (quadratic) or threshold_init_l0 (the "l0" loss).
     c.sae.threshold_init_mode = "constant"
     c.sae.threshold_init_l0 = 0.0
+    # Matryoshka training (arch "jumprelu" or "batchtopk"): nested dictionary prefix sizes,
+    # increasing and ending at the width; the reconstruction loss is summed over the prefixes.
+    # () = off.
+    c.sae.matryoshka_prefixes = ()
+    # arch "batchtopk": rate of the running mean of the smallest kept activation, the threshold
+    # of the JumpReLU it exports as.
+    c.sae.batchtopk_threshold_lr = 0.01
     # Baselines (SPEC.md section 4; arch "relu", "topk", "gated").
-    c.sae.topk_ks = (32,)  # arch "topk": the sweep axis, latents kept per token (lambdas unused)
+    c.sae.topk_ks = (32,)  # arch "topk"/"batchtopk": the sweep axis, latents kept per token (lambdas unused)
     c.sae.auxk_k = 512  # arch "topk": latents in the AuxK reconstruction of the residual
     c.sae.auxk_coefficient = 1.0 / 32  # arch "topk": weight of the AuxK loss
     c.sae.auxk_dead_tokens = 10_000_000  # arch "topk": a latent is dead for AuxK after this many tokens unfired
@@ -341,6 +350,20 @@ def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
              f"must be a fraction of tokens in (0, 1], got {sae.frequency_max!r}")
     _require(sae.threshold_init_mode in ("constant", "quantile"), "sae.threshold_init_mode",
              f"must be 'constant' or 'quantile', got {sae.threshold_init_mode!r}")
+    prefixes = sae.matryoshka_prefixes
+    if prefixes:
+        _require(sae.arch in MATRYOSHKA_ARCHS, "sae.matryoshka_prefixes",
+                 f"Matryoshka training applies to {list(MATRYOSHKA_ARCHS)}, not {sae.arch!r}")
+        for m in prefixes:
+            _require(isinstance(m, int) and not isinstance(m, bool) and m > 0, "sae.matryoshka_prefixes",
+                     f"every prefix size must be a positive integer, got {m!r}")
+        _require(all(a < b for a, b in zip(prefixes, prefixes[1:])), "sae.matryoshka_prefixes",
+                 f"prefix sizes must be strictly increasing, got {tuple(prefixes)}")
+        for w in c.widths:
+            _require(prefixes[-1] == w, "sae.matryoshka_prefixes",
+                     f"the last prefix must be the width {w} (the whole dictionary), got {prefixes[-1]}")
+    v = sae.batchtopk_threshold_lr
+    _require(isinstance(v, (int, float)) and 0 < v <= 1, "sae.batchtopk_threshold_lr", f"must be in (0, 1], got {v!r}")
     if sae.threshold_init_mode == "quantile" and sae.sparsity_loss == "l0":
         t = sae.threshold_init_l0
         _require(isinstance(t, (int, float)) and t > 0, "sae.threshold_init_l0",
@@ -413,6 +436,17 @@ def sweep_field(c: ml_collections.ConfigDict) -> str:
     if c.sae.arch == "jumprelu" and c.sae.sparsity_loss == "quadratic":
         return "target_l0s"
     return "lambdas"
+
+
+def variant_name(c: ml_collections.ConfigDict) -> str:
+    """The architecture with its training variant, naming run and export folders: ``jumprelu``
+    (Gemma Scope), ``jumprelu_quadratic``, ``matryoshka_batchtopk`` ..."""
+    name = str(c.sae.arch)
+    if c.sae.matryoshka_prefixes:
+        name = f"matryoshka_{name}"
+    if c.sae.arch == "jumprelu" and c.sae.sparsity_loss == "quadratic":
+        name = f"{name}_quadratic"
+    return name
 
 
 def sweep_values(c: ml_collections.ConfigDict) -> list[float]:

@@ -5,15 +5,15 @@ The modules import :mod:`gemmascope.sae.common` for what they share, never this 
 """
 from __future__ import annotations
 
-from gemmascope.sae import gated, jumprelu, relu, topk
+from gemmascope.sae import batchtopk, gated, jumprelu, relu, topk
 from gemmascope.sae.common import Architecture
 
-ARCHS: dict[str, Architecture] = {m.NAME: m for m in (jumprelu, relu, topk, gated)}
+ARCHS: dict[str, Architecture] = {m.NAME: m for m in (jumprelu, relu, topk, gated, batchtopk)}
 
 for _m in ARCHS.values():
     if not isinstance(_m, Architecture):
         names = ("NAME", "UNIT_NORM_DECODER", "FILE_LAYOUT", "init", "encode_train", "decode_train", "loss",
-                 "export_layout", "thresholds")
+                 "export_layout", "thresholds", "after_update")
         missing = [n for n in names if not hasattr(_m, n)]
         raise TypeError(f"{_m.__name__} does not satisfy sae.common.Architecture (missing {missing})")
 

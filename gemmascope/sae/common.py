@@ -44,6 +44,8 @@ class SAEConfig:
     frequency_max: float
     threshold_init_mode: str
     threshold_init_l0: float
+    matryoshka_prefixes: tuple[int, ...]
+    batchtopk_threshold_lr: float
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> "SAEConfig":
@@ -117,6 +119,15 @@ class Architecture(Protocol):
 
     def thresholds(self, params: Mapping[str, jax.Array]) -> Optional[jax.Array]: ...
 
+    def after_update(self, params: Params, aux: Mapping[str, jax.Array], step: jax.Array, cfg: SAEConfig) -> Params:
+        """Gradient-free updates after the optimiser step (BatchTopK's threshold estimate)."""
+        ...
+
+
+def no_update(params: Params, aux: Mapping[str, jax.Array], step: jax.Array, cfg: SAEConfig) -> Params:
+    """:meth:`Architecture.after_update` of every architecture without gradient-free state."""
+    return params
+
 
 def init_base(key: jax.Array, d_in: int, d_sae: int) -> Params:
     """Gemma Scope initialisation without threshold: ``W_dec`` He-uniform then every row scaled to
@@ -166,6 +177,28 @@ def recon_aux(x: jax.Array, x_hat: jax.Array, f: jax.Array, l0_per_example: jax.
         "sq_err_sum": sg(jnp.sum(sq_err)),
     }
     return mse, aux
+
+
+def reconstruction_loss(params: Mapping[str, jax.Array], f: jax.Array, x: jax.Array,
+                        prefixes: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
+    """``(loss, x_hat)``: the reconstruction term of the loss and the full reconstruction.
+
+    Without ``prefixes``: ``mean_batch ||x - x_hat||^2``. Matryoshka (Bussmann et al. 2025,
+    arXiv 2503.17547; Nabeshima 2024): with prefix sizes ``m_1 < ... < m_P = d_sae`` the sum over
+    nested dictionaries ``sum_p mean_batch ||x - (f[:, :m_p] @ W_dec[:m_p] + b_dec)||^2``, so the
+    first latents must reconstruct on their own. Computed group by group (``f[:, m_{p-1}:m_p] @
+    W_dec[m_{p-1}:m_p]`` added to a running sum): the decoder's matmul FLOPs are those of one
+    full decode; the extra cost is P residuals of ``[batch, d_in]``.
+    """
+    if not prefixes:
+        x_hat = decode_train(params, f)
+        return jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1)), x_hat
+    x_hat, total, start = params["b_dec"], 0.0, 0
+    for end in prefixes:
+        x_hat = x_hat + f[:, start:end] @ params["W_dec"][start:end]
+        total = total + jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1))
+        start = end
+    return total, x_hat
 
 
 def l0_per_example(f: jax.Array) -> jax.Array:

@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from gemmascope.sae.common import (  # noqa: F401  (decode_train, pre_activations: this module's contract)
-    Params, SAEConfig, as_sae_config, decode_train, init_base, pre_activations, recon_aux)
+    Params, SAEConfig, as_sae_config, decode_train, init_base, no_update, pre_activations, recon_aux,
+    reconstruction_loss)
 
 LAYOUT_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
@@ -130,6 +131,7 @@ jumprelu_and_l0.defvjp(_jumprelu_and_l0_fwd, _jumprelu_and_l0_bwd)
 NAME = "jumprelu"
 UNIT_NORM_DECODER = True  # rows renormalised after each update, gradients projected
 FILE_LAYOUT = "jumprelu"
+after_update = no_update
 
 
 def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> Params:
@@ -222,6 +224,8 @@ def loss(
     """Mean over the batch of ``||x - x_hat||^2`` plus :func:`sparsity_penalty` (``lambda * L0`` by
     default) plus :func:`frequency_penalty` when configured; x ``[batch, d_in]`` normalised.
 
+    With ``cfg.matryoshka_prefixes`` the reconstruction term is summed over the nested prefixes
+    (:func:`gemmascope.sae.common.reconstruction_loss`; aux's ``mse`` stays the full one).
     ``sparsity``: lambda (``"l0"``) or ``(target, coef)`` (``"quadratic"``). Returns
     ``(loss, aux)`` (see :func:`gemmascope.sae.common.recon_aux`). ``dead`` is unused.
     """
@@ -230,12 +234,15 @@ def loss(
     p = layout_params(params)
     pre = pre_activations(p, x, cfg.pre_encoder_bias)
     f, l0_per_example = jumprelu_and_l0(pre, p["threshold"], cfg.bandwidth)
-    x_hat = decode_train(p, f)
+    if cfg.matryoshka_prefixes:  # the reconstruction term summed over nested prefixes
+        recon, x_hat = reconstruction_loss(p, f, x, cfg.matryoshka_prefixes)
+    else:
+        recon, x_hat = None, decode_train(p, f)
     sparsity_term = sparsity_penalty(l0_per_example, cfg, sparsity)
     if cfg.frequency_penalty:
         sparsity_term = sparsity_term + frequency_penalty(pre, p["threshold"], cfg)
     mse, aux = recon_aux(x, x_hat, f, l0_per_example, sparsity_term)
-    return mse + sparsity_term, aux
+    return (mse if recon is None else recon) + sparsity_term, aux
 
 
 def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0: Any,

@@ -16,12 +16,13 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
+from gemmascope.sae.common import (SAEConfig, no_update, as_sae_config, decode_train, init_base, l0_per_example,
                                    pre_activations, recon_aux)
 
 NAME = "relu"
 UNIT_NORM_DECODER = False
 FILE_LAYOUT = "relu"
+after_update = no_update
 
 
 def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> dict[str, jax.Array]:

@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
+from gemmascope.sae.common import (SAEConfig, no_update, as_sae_config, decode_train, init_base, l0_per_example,
                                    pre_activations, recon_aux)
 from gemmascope.sae.model import topk_mask
 
 NAME = "topk"
 UNIT_NORM_DECODER = True
 FILE_LAYOUT = "topk"
+after_update = no_update
 
 
 def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> dict[str, jax.Array]:

@@ -149,7 +149,7 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
 
     main = distributed.is_main()
     log = log if main else (lambda *a, **k: None)
-    name = location_name(site, layer, width, config.sae.arch)
+    name = location_name(site, layer, width, config_lib.variant_name(config))
     run_dir = os.path.join(workdir, "runs", name)
     done_marker = os.path.join(run_dir, "exported.json")
     if os.path.exists(done_marker):
@@ -290,7 +290,8 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
     for i, lam in enumerate(lambdas):
         params = step_lib.export_params(state, i, config)
         ev = evaluate_exported(params, heldout)
-        folder = sae_io.sae_dir(os.path.join(workdir, "saes"), site, layer, width, ev["l0"], config.sae.arch)
+        folder = sae_io.sae_dir(os.path.join(workdir, "saes"), site, layer, width, ev["l0"],
+                                config_lib.variant_name(config))
         if folder in used:  # two lambdas landed on the same rounded L0
             folder = f"{folder}_sae{i}"
         used.add(folder)

@@ -116,6 +116,7 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
         if arch.UNIT_NORM_DECODER:
             params = optim.renormalise_decoder(params)
         params = optim.clamp_threshold(params, threshold_min)
+        params = arch.after_update(params, aux, step, cfg)
         thr = arch.thresholds(params)
         thr_stats = jnp.zeros((3,), jnp.float32) if thr is None else jnp.stack([thr.mean(), thr.min(), thr.max()])
         return params, opt_state, loss, aux, reported, thr_stats
@@ -183,7 +184,7 @@ def export_params(state: Mapping[str, Any], index: int, config) -> dict[str, Any
 def sweep_metadata(config, value: float) -> dict[str, Any]:
     """The ``metadata.json`` fields naming one SAE's sweep value and sparsity loss."""
     if config.sae.arch in config_lib.K_ARCHS:
-        return {"k": int(value)}
+        return {"k": int(value), **variant_metadata(config)}
     if config.sae.arch != "jumprelu":
         return {"sparsity_coefficient": float(value)}
     meta: dict[str, Any] = {"sparsity_loss": str(config.sae.sparsity_loss)}
@@ -192,8 +193,20 @@ def sweep_metadata(config, value: float) -> dict[str, Any]:
                     quadratic_coefficient=float(config.sae.quadratic_coefficient))
     else:
         meta["sparsity_coefficient"] = float(value)
+    meta.update(variant_metadata(config))
     if config.sae.frequency_penalty:
         meta.update(frequency_penalty=float(config.sae.frequency_penalty),
                     frequency_max=float(config.sae.frequency_max))
     meta["threshold_init_mode"] = str(config.sae.threshold_init_mode)
+    return meta
+
+
+def variant_metadata(config) -> dict[str, Any]:
+    """``variant`` and ``matryoshka_prefixes`` for ``metadata.json`` where they differ from the
+    plain architecture (``{}`` for the Gemma Scope JumpReLU and the baselines)."""
+    meta: dict[str, Any] = {}
+    if config_lib.variant_name(config) != config.sae.arch:
+        meta["variant"] = config_lib.variant_name(config)
+    if config.sae.matryoshka_prefixes:
+        meta["matryoshka_prefixes"] = [int(m) for m in config.sae.matryoshka_prefixes]
     return meta
