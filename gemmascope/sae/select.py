@@ -1,13 +1,15 @@
-"""Exact top-k selection by threshold bisection (for TopK and BatchTopK while training).
+"""Exact top-k thresholds by bisection (BatchTopK's batch-wide selection while training).
 
-``lax.top_k`` on XLA:CPU costs about 2.5 matmuls of the SAE step at width 4096 (it sorts). A
-top-k *mask* only needs a threshold between the (k+1)-th and k-th largest values:
-:func:`topk_threshold` finds one by bisection on the floats' order-preserving unsigned-integer keys, each round one fused compare-and-count pass
-over the pre-activations, stopping per row once exactly k entries are at or above the candidate
-(about 20 rounds for a 4096-wide row) and after at most 32 (the key's bits). The result is exact,
-not approximate (``jax.lax.approx_max_k`` is exact top-k on CPU anyway): ``x >= t`` selects
-the k largest entries, plus any entries tied with the k-th (``lax.top_k`` would break such ties
-by index; with float activations ties are measure zero).
+A top-k *mask* only needs a threshold between the (k+1)-th and k-th largest values:
+:func:`topk_threshold` finds one by bisection on the floats' order-preserving unsigned-integer
+keys, each round one fused compare-and-count pass, stopping per row once exactly k entries are
+at or above the candidate, after at most 32 rounds (the key's bits). The result is exact, not
+approximate: ``x >= t`` selects the k largest entries, plus any entries tied with the k-th
+(``lax.top_k`` breaks such ties by index; with float activations ties are measure zero).
+
+Where it pays: BatchTopK's one threshold over ``B * d_sae`` activations (a ``lax.top_k`` of
+``B * k`` out of millions is a full sort). For TopK's per-row choice of k out of a few thousand
+``lax.top_k`` is faster on XLA:CPU (measured in bench/bench_sae_step.py), so TopK keeps it.
 """
 from __future__ import annotations
 
@@ -28,37 +30,57 @@ def _from_keys(k: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(b, jnp.float32)
 
 
-def topk_threshold(x: jax.Array, k: int | jax.Array) -> jax.Array:
+def topk_threshold(x: jax.Array, k: int, sample_stride: int = 1, margin: float = 0.1) -> jax.Array:
     """Per row of ``x [..., n]`` a value ``t [..., 1]`` (float32) with exactly k entries ``>= t``:
     in ``((k+1)-th largest, k-th largest]``. Where the k-th and (k+1)-th largest are equal (a
     tie) it is that value (more than k entries at or above it).
 
     Invariant per row: ``count(key >= lo) >= k > count(key >= hi)``; each round halves
-    ``[lo, hi)`` and a row stops once ``count(key >= lo) == k``. ``k`` may be traced (1 <= k <= n).
+    ``[lo, hi)`` and a row stops once ``count(key >= lo) == k``.
+
+    ``sample_stride > 1`` (for long rows of non-negative values, BatchTopK's whole batch): the
+    bracket starts at ``t_s * (1 -/+ margin)`` around ``t_s``, the same threshold found first on
+    every ``sample_stride``-th entry (for ``k / sample_stride`` entries, a pass that costs
+    ``1 / sample_stride``); two counting passes check the bracket, and a row whose bracket does
+    not hold starts from the full range instead, so the result is exact either way, in about half
+    the full passes when the sample is representative.
     """
     keys = sortable_keys(x)
-    k = jnp.asarray(k, jnp.int32)
+    n = x.shape[-1]
     lo = jnp.min(keys, axis=-1, keepdims=True)
-    hi_max = jnp.max(keys, axis=-1, keepdims=True)
-    n_lo = jnp.full(lo.shape, x.shape[-1], jnp.int32)
+    hi = jnp.max(keys, axis=-1, keepdims=True) + 1  # 0xFFFFFFFF is a NaN payload, never a key here
+    n_lo = jnp.full(lo.shape, n, jnp.int32)  # entries >= lo
+    if sample_stride > 1 and k // sample_stride >= 1:
+        t_s = topk_threshold(x[..., ::sample_stride], k // sample_stride)
+        lo_s = sortable_keys(t_s * (1.0 - margin))
+        hi_s = sortable_keys(t_s * (1.0 + margin)) + 1
+        n_lo_s = jnp.sum(keys >= lo_s, axis=-1, keepdims=True, dtype=jnp.int32)
+        use_lo = (n_lo_s >= k) & (lo_s > lo) & (lo_s < hi_s)
+        use_hi = (jnp.sum(keys >= hi_s, axis=-1, keepdims=True, dtype=jnp.int32) < k) & (hi_s < hi) & (lo_s < hi_s)
+        lo, n_lo = jnp.where(use_lo, lo_s, lo), jnp.where(use_lo, n_lo_s, n_lo)
+        hi = jnp.where(use_hi, hi_s, hi)
+    return _bisect(keys, k, lo, hi, n_lo)
+
+
+def _bisect(keys: jax.Array, k: int, lo: jax.Array, hi: jax.Array, n_lo: jax.Array) -> jax.Array:
+    """Bisection of ``[lo, hi)`` (invariant ``count(key >= lo) = n_lo >= k > count(key >= hi)``)."""
+    k = jnp.asarray(k, jnp.int32)
 
     def done(lo, hi, n_lo):
         return (n_lo == k) | (hi - lo <= 1)
 
     def cond(c):
-        lo, hi, n_lo = c
-        return ~jnp.all(done(lo, hi, n_lo))
+        return ~jnp.all(done(*c))
 
     def body(c):
         lo, hi, n_lo = c
         mid = lo + (hi - lo) // 2
         cnt = jnp.sum(keys >= mid, axis=-1, keepdims=True, dtype=jnp.int32)
-        up = (cnt >= k) & ~done(lo, hi, n_lo)
-        down = (cnt < k) & ~done(lo, hi, n_lo)
+        live = ~done(lo, hi, n_lo)
+        up, down = (cnt >= k) & live, (cnt < k) & live
         return jnp.where(up, mid, lo), jnp.where(down, mid, hi), jnp.where(up, cnt, n_lo)
 
-    # hi starts one past the largest key (the maximum key is 0xFFFFFFFF only for NaN payloads).
-    lo, _, _ = jax.lax.while_loop(cond, body, (lo, hi_max + 1, n_lo))
+    lo, _, _ = jax.lax.while_loop(cond, body, (lo, hi, n_lo))
     return _from_keys(lo)
 
 
