@@ -8,8 +8,13 @@ approximate: ``x >= t`` selects the k largest entries, plus any entries tied wit
 (``lax.top_k`` breaks such ties by index; with float activations ties are measure zero).
 
 Where it pays: BatchTopK's one threshold over ``B * d_sae`` activations (a ``lax.top_k`` of
-``B * k`` out of millions is a full sort). For TopK's per-row choice of k out of a few thousand
-``lax.top_k`` is faster on XLA:CPU (measured in bench/bench_sae_step.py), so TopK keeps it.
+``B * k`` out of millions is a full sort: 3.3 s against 0.30 s for 1024 x 4096, k 64 per row),
+and per row for large k (:func:`topk_mask_rows`: AuxK's ``k_aux`` of 512). For TopK's per-row
+choice of k <= 128 out of a few thousand ``lax.top_k`` (with its indices scattered into the
+mask) is faster on XLA:CPU, so TopK keeps it. Measured at 1024 x 4096 in one run (seconds;
+matmul 1024 x 576 x 4096 = 0.31): k 16 / 64 / 128 / 256 / 512: lax.top_k 0.08 / 0.12 / 0.23 /
+0.52 / 0.81, bisection 0.23 / 0.54 / 0.74 / 0.56 / 0.59 (a loaded 2-core machine; the
+crossover is between 256 and 512).
 """
 from __future__ import annotations
 
@@ -82,6 +87,18 @@ def _bisect(keys: jax.Array, k: int, lo: jax.Array, hi: jax.Array, n_lo: jax.Arr
 
     lo, _, _ = jax.lax.while_loop(cond, body, (lo, hi, n_lo))
     return _from_keys(lo)
+
+
+# From this k on, :func:`topk_mask_rows` bisects instead of calling lax.top_k (see the docstring).
+BISECT_MIN_K = 384
+
+
+def topk_mask_rows(x: jax.Array, k: int) -> jax.Array:
+    """Bool mask of the k largest entries of each row of ``x [..., n]``, by the faster exact method
+    for this k on XLA:CPU: ``lax.top_k`` below :data:`BISECT_MIN_K`, bisection from it on."""
+    from gemmascope.sae.model import topk_mask as lax_topk_mask
+
+    return topk_mask(x, k) if int(k) >= BISECT_MIN_K else lax_topk_mask(x, int(k))
 
 
 def topk_mask(x: jax.Array, k: int | jax.Array) -> jax.Array:

@@ -24,6 +24,7 @@ import numpy as np
 
 from gemmascope.sae.common import (SAEConfig, no_update, as_sae_config, decode_train, init_base, l0_per_example,
                                    pre_activations, recon_aux)
+from gemmascope.sae import select
 from gemmascope.sae.model import topk_mask
 
 NAME = "topk"
@@ -49,12 +50,20 @@ def encode_train(params, x, cfg, sparsity: Any = None) -> jax.Array:
 
 
 def auxk_loss(params, pre: jax.Array, residual: jax.Array, dead: jax.Array, k_aux: int) -> jax.Array:
-    """``mean_batch ||e - f_aux @ W_dec||^2`` over the ``k_aux`` largest dead pre-activations."""
+    """``mean_batch ||e - f_aux @ W_dec||^2`` over the ``k_aux`` largest dead pre-activations.
+
+    While at most ``k_aux`` latents are dead that is every dead latent, and the top-k is skipped
+    (``lax.cond``; the same choice, without the selection's cost).
+    """
+    all_dead = jnp.broadcast_to(dead, pre.shape)
     if k_aux >= pre.shape[-1]:  # every dead latent (a full top-k would be a slow sort)
-        chosen = jnp.broadcast_to(dead, pre.shape)
+        chosen = all_dead
     else:
-        masked = jnp.where(dead, jax.lax.stop_gradient(pre), -jnp.inf)
-        chosen = topk_mask(masked, int(k_aux)) & dead
+        def top_dead():
+            masked = jnp.where(dead, jax.lax.stop_gradient(pre), -jnp.inf)
+            return select.topk_mask_rows(masked, int(k_aux)) & dead
+
+        chosen = jax.lax.cond(jnp.sum(dead) <= k_aux, lambda: all_dead, top_dead)
     f_aux = jnp.where(chosen, jax.nn.relu(pre), 0.0)
     e_hat = f_aux @ params["W_dec"]
     return jnp.mean(jnp.sum((residual - e_hat) ** 2, axis=-1))
