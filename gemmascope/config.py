@@ -332,13 +332,16 @@ def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
              f"must be 'l0' or 'quadratic', got {sae.sparsity_loss!r}")
     _require(sae.quadratic_form in ("per_example", "batch"), "sae.quadratic_form",
              f"must be 'per_example' or 'batch', got {sae.quadratic_form!r}")
-    jump_only = [("sae.sparsity_loss", sae.sparsity_loss != "l0"), ("sae.frequency_penalty", sae.frequency_penalty != 0),
+    jump_only = [("sae.sparsity_loss", sae.sparsity_loss != "l0"),
+                 ("sae.frequency_penalty", sae.frequency_penalty != 0),
                  ("sae.threshold_init_mode", sae.threshold_init_mode != "constant")]
     for field, used in jump_only:
-        _require(not used or sae.arch == "jumprelu", field, f"applies to arch 'jumprelu' only, not {sae.arch!r}")
+        _require(not used or sae.arch == "jumprelu", field,
+                 f"applies to arch 'jumprelu' only, not {sae.arch!r}")
     if sae.sparsity_loss == "quadratic":
         ts = c.target_l0s
-        _require(isinstance(ts, (tuple, list)) and len(ts) > 0, "target_l0s", f"must be a non-empty list, got {ts!r}")
+        _require(isinstance(ts, (tuple, list)) and len(ts) > 0, "target_l0s",
+                 f"must be a non-empty list, got {ts!r}")
         for t in ts:
             _require(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
                      "target_l0s", f"every target L0 must be a finite number > 0, got {t!r}")
@@ -363,7 +366,8 @@ def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
             _require(prefixes[-1] == w, "sae.matryoshka_prefixes",
                      f"the last prefix must be the width {w} (the whole dictionary), got {prefixes[-1]}")
     v = sae.batchtopk_threshold_lr
-    _require(isinstance(v, (int, float)) and 0 < v <= 1, "sae.batchtopk_threshold_lr", f"must be in (0, 1], got {v!r}")
+    _require(isinstance(v, (int, float)) and 0 < v <= 1, "sae.batchtopk_threshold_lr",
+             f"must be in (0, 1], got {v!r}")
     if sae.threshold_init_mode == "quantile" and sae.sparsity_loss == "l0":
         t = sae.threshold_init_l0
         _require(isinstance(t, (int, float)) and t > 0, "sae.threshold_init_l0",

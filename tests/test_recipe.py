@@ -1,6 +1,7 @@
 """The recipe beyond Gemma Scope 1: the quadratic target-L0 loss (both forms) and the frequency
 penalty against hand-derived threshold gradients, the quantile threshold init, the config checks
 of the new fields, and the architecture contract."""
+
 from __future__ import annotations
 
 import jax
@@ -22,8 +23,13 @@ B = 2
 
 
 def _params():
-    return {"W_enc": jnp.eye(2), "W_dec": jnp.eye(2), "b_enc": jnp.zeros(2), "b_dec": jnp.zeros(2),
-            "threshold": jnp.full((2,), T0)}
+    return {
+        "W_enc": jnp.eye(2),
+        "W_dec": jnp.eye(2),
+        "b_enc": jnp.zeros(2),
+        "b_dec": jnp.zeros(2),
+        "threshold": jnp.full((2,), T0),
+    }
 
 
 def _cfg(**over):
@@ -58,9 +64,12 @@ def test_quadratic_loss_threshold_gradient_hand_derived(form):
 def test_the_two_quadratic_forms_differ_and_l0_loss_is_unchanged():
     """Same batch, the forms give different gradients (L0 spread matters to per_example only);
     the default "l0" loss is lambda * mean L0 with d/dt_0 = lambda * -(1/eps) / B."""
-    g = {f: jax.grad(jumprelu.loss, has_aux=True)(_params(), jnp.asarray(X), _cfg(sparsity_loss="quadratic",
-                                                                                  quadratic_form=f), (1.0, 0.02))[0]
-         for f in ("per_example", "batch")}
+    g = {
+        f: jax.grad(jumprelu.loss, has_aux=True)(
+            _params(), jnp.asarray(X), _cfg(sparsity_loss="quadratic", quadratic_form=f), (1.0, 0.02)
+        )[0]
+        for f in ("per_example", "batch")
+    }
     # mean L0 = T = 1: the batch form's penalty has zero gradient, the per-example one does not.
     np.testing.assert_allclose(g["batch"]["threshold"][0], D_RECON, rtol=1e-5)
     assert abs(float(g["per_example"]["threshold"][0]) - D_RECON) > 1.0
@@ -80,8 +89,9 @@ def test_frequency_penalty_threshold_gradient_hand_derived():
     np.testing.assert_allclose(grads["threshold"], [D_RECON + d_p * (1.0 / B) * -(1.0 / EPS), 0.0], rtol=1e-4)
     np.testing.assert_allclose(aux["sparsity_loss"], coef * 2 * (0.5 - pmax) ** 2 / pmax, rtol=1e-6)
     # Below p_max nothing changes: the same gradient as without the penalty.
-    g_low, _ = jax.grad(jumprelu.loss, has_aux=True)(_params(), jnp.asarray(X), _cfg(frequency_penalty=coef,
-                                                                                     frequency_max=0.6), lam)
+    g_low, _ = jax.grad(jumprelu.loss, has_aux=True)(
+        _params(), jnp.asarray(X), _cfg(frequency_penalty=coef, frequency_max=0.6), lam
+    )
     np.testing.assert_allclose(g_low["threshold"], [D_RECON, 0.0], rtol=1e-5)
 
 
@@ -101,20 +111,30 @@ def test_quantile_threshold_init_starts_at_each_target_l0():
         assert abs(l0 - target) / target < 0.02, (target, l0)  # quantiles of these very rows
     # The constant init is untouched by a sample.
     c.sae.threshold_init_mode = "constant"
-    st = step_lib.init_state(jax.random.PRNGKey(1), c, 16, 64, 2, 3.0, step_lib.init_sample(c, np.asarray(x), 3.0))
+    st = step_lib.init_state(
+        jax.random.PRNGKey(1), c, 16, 64, 2, 3.0, step_lib.init_sample(c, np.asarray(x), 3.0)
+    )
     np.testing.assert_array_equal(st["params"]["threshold"], np.float32(0.001))
 
 
-@pytest.mark.parametrize("over,message", [
-    (dict(target_l0s=(40.0, -1.0)), "config.target_l0s: every target L0 must be a finite number > 0, got -1.0"),
-    (dict(target_l0s=(40.0, 5000.0)), "config.target_l0s: target L0 5000.0 exceeds width 4096"),
-    (dict(target_l0s=()), "config.target_l0s: must be a non-empty list"),
-    (dict(sae_quadratic_form="mean"), "config.sae.quadratic_form: must be 'per_example' or 'batch'"),
-    (dict(sae_arch="topk"), "config.sae.sparsity_loss: applies to arch 'jumprelu' only, not 'topk'"),
-    (dict(sae_frequency_max=0.0), "config.sae.frequency_max: must be a fraction of tokens in (0, 1]"),
-    (dict(sae_threshold_init_mode="quantile", sae_sparsity_loss="l0"),
-     "config.sae.threshold_init_l0: must be > 0 (the L0 the quantile init aims at)"),
-])
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        (
+            dict(target_l0s=(40.0, -1.0)),
+            "config.target_l0s: every target L0 must be a finite number > 0, got -1.0",
+        ),
+        (dict(target_l0s=(40.0, 5000.0)), "config.target_l0s: target L0 5000.0 exceeds width 4096"),
+        (dict(target_l0s=()), "config.target_l0s: must be a non-empty list"),
+        (dict(sae_quadratic_form="mean"), "config.sae.quadratic_form: must be 'per_example' or 'batch'"),
+        (dict(sae_arch="topk"), "config.sae.sparsity_loss: applies to arch 'jumprelu' only, not 'topk'"),
+        (dict(sae_frequency_max=0.0), "config.sae.frequency_max: must be a fraction of tokens in (0, 1]"),
+        (
+            dict(sae_threshold_init_mode="quantile", sae_sparsity_loss="l0"),
+            "config.sae.threshold_init_l0: must be > 0 (the L0 the quantile init aims at)",
+        ),
+    ],
+)
 def test_recipe_config_errors_name_the_field_before_compute(over, message):
     c = config_lib.base_config()
     c.widths, c.sae.sparsity_loss = (4096,), "quadratic"
@@ -162,6 +182,11 @@ def test_exact_topk_selection_by_bisection_matches_lax_top_k():
     srt = np.sort(np.asarray(x), axis=-1)
     t = np.asarray(select.topk_threshold(x, 7))[:, 0]
     assert np.all((srt[:, -8] < t) & (t <= srt[:, -7]))  # exactly 7 entries at or above: exact
+    # BatchTopK's form: one long non-negative row, bracket from every 16th entry (held or not).
+    flat = jax.nn.relu(x).reshape(1, -1)
+    for k in (5, 100, 1000, 5000):
+        t16 = select.topk_threshold(flat, k, sample_stride=16, margin=0.01 if k == 5000 else 0.1)
+        assert int(jnp.sum(flat >= t16)) == k
     keys = select.sortable_keys(jnp.asarray([-3.0, -0.0, 0.0, 1e-30, 2.5]))
     assert np.all(np.diff(np.asarray(keys).astype(np.int64)) > 0)
 
@@ -201,8 +226,12 @@ def test_batchtopk_exported_jumprelu_gives_the_training_codes(tmp_path):
     f_raw = sae_model.encode(back, x)
     np.testing.assert_array_equal(np.asarray(f_raw) != 0, np.asarray(f_train) != 0)
     np.testing.assert_allclose(f_raw, c * np.asarray(f_train), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(sae_model.decode(back, f_raw), c * np.asarray(batchtopk.decode_train(p, f_train)),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        sae_model.decode(back, f_raw),
+        c * np.asarray(batchtopk.decode_train(p, f_train)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_batchtopk_threshold_is_the_running_mean_of_the_smallest_kept_activation():
@@ -236,7 +265,11 @@ def test_matryoshka_loss_is_the_sum_of_prefix_reconstructions(arch_name):
     loss, aux = arch.loss(p, x, cfg, sparsity)
     f = np.asarray(arch.encode_train(p, x, cfg, sparsity), np.float64)
     assert 0 < np.count_nonzero(f[:, :4]) and 0 < np.count_nonzero(f[:, 10:])
-    w, b, xs = np.asarray(p["W_dec"], np.float64), np.asarray(p["b_dec"], np.float64), np.asarray(x, np.float64)
+    w, b, xs = (
+        np.asarray(p["W_dec"], np.float64),
+        np.asarray(p["b_dec"], np.float64),
+        np.asarray(x, np.float64),
+    )
     terms = [np.mean(np.sum((xs - (f[:, :m] @ w[:m] + b)) ** 2, -1)) for m in prefixes]
     np.testing.assert_allclose(float(loss), sum(terms), rtol=1e-5)
     np.testing.assert_allclose(float(aux["mse"]), terms[-1], rtol=1e-5)  # the logged mse is the full one
@@ -244,13 +277,28 @@ def test_matryoshka_loss_is_the_sum_of_prefix_reconstructions(arch_name):
     np.testing.assert_allclose(float(plain), terms[-1], rtol=1e-5)
 
 
-@pytest.mark.parametrize("over,message", [
-    (dict(matryoshka_prefixes=(8, 4, 64)), "config.sae.matryoshka_prefixes: prefix sizes must be strictly increasing"),
-    (dict(matryoshka_prefixes=(8, 32)), "config.sae.matryoshka_prefixes: the last prefix must be the width 64"),
-    (dict(matryoshka_prefixes=(0, 64)), "config.sae.matryoshka_prefixes: every prefix size must be a positive integer"),
-    (dict(matryoshka_prefixes=(8, 64), arch="topk"), "config.sae.matryoshka_prefixes: Matryoshka training applies"),
-    (dict(arch="batchtopk", topk_ks=(65,)), "config.sae.topk_ks: k=65 exceeds width 64"),
-])
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        (
+            dict(matryoshka_prefixes=(8, 4, 64)),
+            "config.sae.matryoshka_prefixes: prefix sizes must be strictly increasing",
+        ),
+        (
+            dict(matryoshka_prefixes=(8, 32)),
+            "config.sae.matryoshka_prefixes: the last prefix must be the width 64",
+        ),
+        (
+            dict(matryoshka_prefixes=(0, 64)),
+            "config.sae.matryoshka_prefixes: every prefix size must be a positive integer",
+        ),
+        (
+            dict(matryoshka_prefixes=(8, 64), arch="topk"),
+            "config.sae.matryoshka_prefixes: Matryoshka training applies",
+        ),
+        (dict(arch="batchtopk", topk_ks=(65,)), "config.sae.topk_ks: k=65 exceeds width 64"),
+    ],
+)
 def test_matryoshka_and_batchtopk_config_errors_name_the_field(over, message):
     c = config_lib.base_config()
     c.widths = (64,)
@@ -261,9 +309,10 @@ def test_matryoshka_and_batchtopk_config_errors_name_the_field(over, message):
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("arch_name,prefixes,values", [("batchtopk", (), (2, 8)),
-                                                       ("batchtopk", (8, 32), (4,)),
-                                                       ("jumprelu", (8, 32), (4.0, 12.0))])
+@pytest.mark.parametrize(
+    "arch_name,prefixes,values",
+    [("batchtopk", (), (2, 8)), ("batchtopk", (8, 32), (4,)), ("jumprelu", (8, 32), (4.0, 12.0))],
+)
 def test_new_variants_train_on_the_toy_and_export(tmp_path, arch_name, prefixes, values):
     """Sweep trainer, checkpoint and export for BatchTopK, Matryoshka BatchTopK and Matryoshka
     JumpReLU with the quadratic loss and quantile init: files load as JumpReLU; BatchTopK's

@@ -19,6 +19,7 @@ evaluator takes it), ``threshold = max(theta, THRESHOLD_FLOOR)`` for every laten
 ``cfg.matryoshka_prefixes`` the reconstruction is summed over nested prefixes
 (:func:`gemmascope.sae.common.reconstruction_loss`). Training units throughout.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -27,8 +28,15 @@ import jax
 import jax.numpy as jnp
 
 from gemmascope.sae import select
-from gemmascope.sae.common import (SAEConfig, as_sae_config, init_base, l0_per_example, pre_activations,
-                                   reconstruction_loss, recon_aux)
+from gemmascope.sae.common import (
+    SAEConfig,
+    as_sae_config,
+    init_base,
+    l0_per_example,
+    pre_activations,
+    reconstruction_loss,
+    recon_aux,
+)
 from gemmascope.sae.common import decode_train  # noqa: F401  (the contract's decode)
 from gemmascope.sae.topk import auxk_loss
 
@@ -73,9 +81,11 @@ def loss(params, x, cfg, sparsity, dead=None):
     if dead is not None:
         residual = jax.lax.stop_gradient(x - x_hat)
         alpha = cfg.auxk_coefficient
-        aux_l = jax.lax.cond(jnp.any(dead),
-                             lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k),
-                             lambda: jnp.zeros([], jnp.float32))
+        aux_l = jax.lax.cond(
+            jnp.any(dead),
+            lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k),
+            lambda: jnp.zeros([], jnp.float32),
+        )
         total = total + alpha * aux_l
         aux["sparsity_loss"] = jax.lax.stop_gradient(alpha * aux_l)
     return total, aux
@@ -93,7 +103,9 @@ def export_layout(params, cfg, sparsity=None):
     """The JumpReLU it becomes at inference, in training units."""
     d_sae = params["b_enc"].shape[-1]
     out = {k: params[k] for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
-    out["threshold"] = jnp.full((d_sae,), jnp.maximum(params["batch_threshold"], THRESHOLD_FLOOR), jnp.float32)
+    out["threshold"] = jnp.full(
+        (d_sae,), jnp.maximum(params["batch_threshold"], THRESHOLD_FLOOR), jnp.float32
+    )
     return out
 
 

@@ -8,6 +8,7 @@ the params (``log_threshold``, Gated's ``r_mag`` ...). :mod:`gemmascope.sae.mode
 :class:`Architecture` names what each module of :data:`gemmascope.sae.archs.ARCHS` provides;
 the modules import this one (never :mod:`~gemmascope.sae.archs`), so there is no import cycle.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -107,19 +108,28 @@ class Architecture(Protocol):
 
     def init(self, key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig) -> Params: ...
 
-    def encode_train(self, params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig,
-                     sparsity: Any = None) -> jax.Array: ...
+    def encode_train(
+        self, params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig, sparsity: Any = None
+    ) -> jax.Array: ...
 
     def decode_train(self, params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array: ...
 
-    def loss(self, params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig, sparsity: Any,
-             dead: Optional[jax.Array] = None) -> tuple[jax.Array, dict[str, jax.Array]]: ...
+    def loss(
+        self,
+        params: Mapping[str, jax.Array],
+        x: jax.Array,
+        cfg: SAEConfig,
+        sparsity: Any,
+        dead: Optional[jax.Array] = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
     def export_layout(self, params: Mapping[str, jax.Array], cfg: SAEConfig, sparsity: Any) -> Params: ...
 
     def thresholds(self, params: Mapping[str, jax.Array]) -> Optional[jax.Array]: ...
 
-    def after_update(self, params: Params, aux: Mapping[str, jax.Array], step: jax.Array, cfg: SAEConfig) -> Params:
+    def after_update(
+        self, params: Params, aux: Mapping[str, jax.Array], step: jax.Array, cfg: SAEConfig
+    ) -> Params:
         """Gradient-free updates after the optimiser step (BatchTopK's threshold estimate)."""
         ...
 
@@ -142,8 +152,9 @@ def init_base(key: jax.Array, d_in: int, d_sae: int) -> Params:
     }
 
 
-def pre_activations(params: Mapping[str, jax.Array], x: jax.Array,
-                    pre_encoder_bias: bool = True) -> jax.Array:
+def pre_activations(
+    params: Mapping[str, jax.Array], x: jax.Array, pre_encoder_bias: bool = True
+) -> jax.Array:
     """``[batch, d_in] -> [batch, d_sae]``: ``(x - b_dec) @ W_enc + b_enc`` (or without ``- b_dec``).
 
     Computed as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same value, but the gradient to
@@ -162,8 +173,9 @@ def decode_train(params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
     return f @ params["W_dec"] + params["b_dec"]
 
 
-def recon_aux(x: jax.Array, x_hat: jax.Array, f: jax.Array, l0_per_example: jax.Array,
-              sparsity_loss: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+def recon_aux(
+    x: jax.Array, x_hat: jax.Array, f: jax.Array, l0_per_example: jax.Array, sparsity_loss: jax.Array
+) -> tuple[jax.Array, dict[str, Any]]:
     """``(mse, aux)`` shared by every architecture's loss: ``mse`` is ``||x - x_hat||^2`` summed
     over d_in and averaged over the batch (differentiable); aux holds stop-gradient statistics."""
     sq_err = jnp.sum((x - x_hat) ** 2, axis=-1)
@@ -179,8 +191,9 @@ def recon_aux(x: jax.Array, x_hat: jax.Array, f: jax.Array, l0_per_example: jax.
     return mse, aux
 
 
-def reconstruction_loss(params: Mapping[str, jax.Array], f: jax.Array, x: jax.Array,
-                        prefixes: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
+def reconstruction_loss(
+    params: Mapping[str, jax.Array], f: jax.Array, x: jax.Array, prefixes: tuple[int, ...] = ()
+) -> tuple[jax.Array, jax.Array]:
     """``(loss, x_hat)``: the reconstruction term of the loss and the full reconstruction.
 
     Without ``prefixes``: ``mean_batch ||x - x_hat||^2``. Matryoshka (Bussmann et al. 2025,

@@ -26,7 +26,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from gemmascope.sae.common import SAEConfig, no_update, as_sae_config, decode_train, init_base, l0_per_example, recon_aux
+from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
+                                   no_update, recon_aux)
 
 NAME = "gated"
 UNIT_NORM_DECODER = True

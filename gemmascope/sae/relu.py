@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from gemmascope.sae.common import (SAEConfig, no_update, as_sae_config, decode_train, init_base, l0_per_example,
-                                   pre_activations, recon_aux)
+from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
+                                   no_update, pre_activations, recon_aux)
 
 NAME = "relu"
 UNIT_NORM_DECODER = False

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gemmascope.sae.common import (SAEConfig, no_update, as_sae_config, decode_train, init_base, l0_per_example,
-                                   pre_activations, recon_aux)
+from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
+                                   no_update, pre_activations, recon_aux)
 from gemmascope.sae import select
 from gemmascope.sae.model import topk_mask
 

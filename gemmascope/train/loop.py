@@ -177,7 +177,7 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
         _require_finite(sample, f"[{name}] normalisation sample")
         norm_scale = float(np.sqrt(np.mean(np.sum(sample.astype(np.float64) ** 2, axis=-1))))
         norm_scale = distributed.broadcast_float(norm_scale)  # one C for every process
-        sample_n = step_lib.init_sample(config, sample, norm_scale)  # None unless thresholds start at quantiles
+        sample_n = step_lib.init_sample(config, sample, norm_scale)  # None unless quantile threshold init
         state = sweep.init(lambda: step_lib.init_state(key, config, d_in, width, k, norm_scale, sample_n))
         start = 0
         log(f"[{name}] {k} SAEs d_in={d_in} d_sae={width}, {total} steps of {config.batch_size}; "
@@ -315,7 +315,8 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
         }
         path = os.path.join(folder, "params.npz")
         sae_io.save_params(path, params, meta)
-        log(f"[export] {config.sae.arch} {config_lib.sweep_field(config)}={lam:g}: L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
+        log(f"[export] {config_lib.variant_name(config)} {config_lib.sweep_field(config)}={lam:g}: "
+            f"L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
         records.append({"path": path, **meta})
     return records
 
