@@ -2,6 +2,13 @@ r"""Training-step throughput as a fraction of this machine's dense matmul FLOP/s
 
     python bench/bench_sae_step.py                  # (576, 4096) and (2304, 16384), batch 4096
     python bench/bench_sae_step.py --shapes=576x4096 --batch=1024 --lambdas=4
+    python bench/bench_sae_step.py --archs=topk,batchtopk,matryoshka_jumprelu,matryoshka_batchtopk \
+        --shapes=576x4096 --batch=1024 --k=64           # step time of each against JumpReLU's
+
+With ``--archs`` each architecture's step (K = 1) is timed in the same run as the JumpReLU step,
+in interleaved rounds (each step once per round), best round each. ``--dead-fraction`` marks that fraction of latents dead before every step, so
+TopK's and BatchTopK's AuxK term runs (it is skipped while no latent is dead). Matryoshka prefixes
+are ``width/16, width/4, width``.
 
 A step costs about ``10 * batch * d_in * d_sae`` FLOPs (five matmuls of ``2 * batch * d_in *
 d_sae``: encode, decode, and the three backward products; no gradient to x). The ratio divides
@@ -61,6 +68,72 @@ def step_flops(batch: int, d_in: int, d_sae: int, k: int, repeats: int) -> float
     return 10 * batch * d_in * d_sae * k / t
 
 
+def arch_step_runner(arch: str, batch: int, d_in: int, d_sae: int, k: int, dead_fraction: float = 0.0):
+    """A compiled, warmed train step (K = 1) of ``arch`` (``matryoshka_<base>`` for Matryoshka):
+    ``run()`` times one step and returns its wall seconds."""
+    import numpy as np
+
+    c = config_lib.base_config()
+    c.batch_size, c.widths, c.sites = batch, (d_sae,), ("toy",)
+    base = arch.removeprefix("matryoshka_")
+    c.sae.arch, c.sae.topk_ks, c.sae.auxk_k, c.sae.auxk_dead_tokens = base, (k,), 256, batch
+    if arch != base:
+        c.sae.matryoshka_prefixes = (d_sae // 16, d_sae // 4, d_sae)
+    config_lib.validate(c)
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, d_in, d_sae, 1, norm_scale=1.0)
+    fn = jax.jit(step_lib.make_train_step(c, dead_window_steps=1000), donate_argnums=(0,))
+    x = jax.random.normal(jax.random.PRNGKey(2), (batch, d_in), jnp.float32)
+    lam = jnp.full((1,), 1e-3, jnp.float32)
+    dead = np.zeros((1, d_sae), bool)
+    dead[0, : int(dead_fraction * d_sae)] = True
+    holder = {"s": state}
+
+    def run():
+        # Before every step: the dead latents last fired long ago, the others in the last step.
+        last_fired = np.where(dead, -(10**6), int(holder["s"]["step"])).astype(np.int32)
+        s = dict(holder["s"], last_fired=jax.block_until_ready(jnp.asarray(last_fired)))
+        t = time.perf_counter()
+        holder["s"], m = fn(s, x, lam)
+        jax.block_until_ready(m["loss"])
+        return time.perf_counter() - t
+
+    run()  # compile
+    return run
+
+
+def compare_archs(args) -> list[str]:
+    """Every architecture's step against JumpReLU's: all compiled first, then ``repeats`` rounds
+    that time each once in turn (so load drift hits all alike); the best of the rounds each."""
+    rows = []
+    for shape in args.shapes.split(","):
+        d_in, d_sae = (int(v) for v in shape.split("x"))
+        names = ["jumprelu"] + args.archs.split(",")
+        runners = {a: arch_step_runner(a, args.batch, d_in, d_sae, args.k,
+                                       0.0 if a == "jumprelu" else args.dead_fraction) for a in names}
+        times = {a: [] for a in names}
+        for _ in range(args.repeats):
+            for a in names:
+                times[a].append(runners[a]())
+        best = {a: min(v) for a, v in times.items()}
+        ref = best["jumprelu"]
+        ratios = {a: best[a] / ref for a in names[1:]}
+        print(f"d_in={d_in} d_sae={d_sae} batch={args.batch} k={args.k} dead={args.dead_fraction} "
+              f"rounds={args.repeats}: JumpReLU {ref:.3f} s; "
+              + "; ".join(f"{a} {best[a]:.3f} s = {r:.2f}x" for a, r in ratios.items()))
+        goals = {"topk": 1.5, "batchtopk": 1.5, "matryoshka_jumprelu": 1.3}
+        cells = []
+        for a, r in ratios.items():
+            cell = f"{a} **{r:.2f}x**" + (f" (goal <= {goals[a]})" if a in goals else "")
+            if a == "matryoshka_batchtopk" and "batchtopk" in ratios:
+                cell += f" = {r / ratios['batchtopk']:.2f}x BatchTopK (goal <= 1.3)"
+            cells.append(cell)
+        auxk = f"AuxK on ({args.dead_fraction:.0%} dead)" if args.dead_fraction > 0 else "no dead latents"
+        rows.append(f"| d_in={d_in}, d_sae={d_sae}, batch={args.batch}, k={args.k}, {auxk} | {machine()}, load {os.getloadavg()[0]:.1f} "
+                    f"| JumpReLU {ref:.3f} s (best of {args.repeats} interleaved rounds) | "
+                    + "; ".join(cells) + " |")
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="576x4096,2304x16384")
@@ -68,7 +141,18 @@ def main():
     ap.add_argument("--lambdas", type=int, default=1, help="K SAEs stacked in the step")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--archs", default="", help="compare these architectures' steps with JumpReLU's "
+                    "(topk, batchtopk, matryoshka_jumprelu, matryoshka_batchtopk, relu, gated)")
+    ap.add_argument("--k", type=int, default=64, help="k of TopK / BatchTopK with --archs")
+    ap.add_argument("--dead-fraction", type=float, default=0.0, help="latents dead before each step (AuxK on)")
     args = ap.parse_args()
+    if args.archs:
+        rows = compare_archs(args)
+        if not args.no_write:
+            append_rows("Recipe architectures: train step time against JumpReLU's (bench/bench_sae_step.py --archs)",
+                        "| shape | machine | JumpReLU step | each architecture's step / JumpReLU's, same run |\n"
+                        "|---|---|---|---|", rows)
+        return
     rows = []
     for shape in args.shapes.split(","):
         d_in, d_sae = (int(v) for v in shape.split("x"))

@@ -16,10 +16,12 @@ from typing import Any
 import ml_collections
 
 SITES = ("res", "att", "mlp", "toy")
-ARCHS = ("jumprelu", "relu", "topk", "gated")
+ARCHS = ("jumprelu", "relu", "topk", "gated", "batchtopk")
 # Architectures whose sweep axis is ``config.sae.topk_ks`` (latents kept per token) rather than
 # ``config.lambdas`` (sparsity coefficients).
-K_ARCHS = ("topk",)
+K_ARCHS = ("topk", "batchtopk")
+# Architectures that can train Matryoshka-style (config.sae.matryoshka_prefixes).
+MATRYOSHKA_ARCHS = ("jumprelu", "batchtopk")
 
 
 class ConfigError(ValueError):
@@ -35,6 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.layers = (0,)
     c.widths = (16384,)
     c.lambdas = (6e-4,)
+    # The sweep axis of JumpReLU with sae.sparsity_loss = "quadratic": target L0s, one SAE each.
+    c.target_l0s = (40.0,)
 
     c.sae = ml_collections.ConfigDict()
     c.sae.arch = "jumprelu"
@@ -45,8 +49,32 @@ def base_config() -> ml_collections.ConfigDict:
     c.sae.threshold_param = "direct"
     c.sae.threshold_min = 1e-6
     c.sae.pre_encoder_bias = True
+    # JumpReLU sparsity loss (gemmascope.sae.jumprelu.sparsity_penalty): "l0" = lambda * L0 (Gemma
+    # Scope; sweep over config.lambdas), "quadratic" = a penalty around a target L0 (Gemma Scope 2;
+    # sweep over config.target_l0s, one coefficient). quadratic_form: "per_example" =
+    # coef * mean_i (2/T) (L0_i - T)^2, "batch" = coef * (mean_i L0_i - T)^2 / T. The coefficient
+    # warms up with lambda_warmup_steps like lambda. Not yet measured on the frontier.
+    c.sae.sparsity_loss = "l0"
+    c.sae.quadratic_form = "per_example"
+    c.sae.quadratic_coefficient = 1e-3
+    # JumpReLU frequency penalty: coef * sum_j relu(p_j - frequency_max)^2 / frequency_max, p_j the
+    # fraction of the batch on which latent j fires (through the step STE). 0 = off.
+    c.sae.frequency_penalty = 0.0
+    c.sae.frequency_max = 0.01
+    # JumpReLU threshold init: "constant" (threshold_init) or "quantile": each threshold at the
+    # (1 - L0 / d_sae) quantile of its pre-activations on the normalisation sample, so the first
+    # step sits near L0 = the SAE's target (quadratic) or threshold_init_l0 (the "l0" loss).
+    c.sae.threshold_init_mode = "constant"
+    c.sae.threshold_init_l0 = 0.0
+    # Matryoshka training (arch "jumprelu" or "batchtopk"): nested dictionary prefix sizes,
+    # increasing and ending at the width; the reconstruction loss is summed over the prefixes.
+    # () = off.
+    c.sae.matryoshka_prefixes = ()
+    # arch "batchtopk": rate of the running mean of the smallest kept activation, the threshold
+    # of the JumpReLU it exports as.
+    c.sae.batchtopk_threshold_lr = 0.01
     # Baselines (SPEC.md section 4; arch "relu", "topk", "gated").
-    c.sae.topk_ks = (32,)  # arch "topk": the sweep axis, latents kept per token (lambdas unused)
+    c.sae.topk_ks = (32,)  # arch "topk"/"batchtopk": the sweep axis, latents kept per token (lambdas unused)
     c.sae.auxk_k = 512  # arch "topk": latents in the AuxK reconstruction of the residual
     c.sae.auxk_coefficient = 1.0 / 32  # arch "topk": weight of the AuxK loss
     c.sae.auxk_dead_tokens = 10_000_000  # arch "topk": a latent is dead for AuxK after this many tokens unfired
@@ -255,6 +283,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _positive_int(c, "sae.auxk_k")
         _nonneg_number(c, "sae.auxk_coefficient")
         _positive_int(c, "sae.auxk_dead_tokens")
+    _validate_sparsity(c)
     _require(c.sae.threshold_param in ("log", "direct"), "sae.threshold_param",
              f"must be 'log' or 'direct', got {c.sae.threshold_param!r}")
     for f in ("sae.bandwidth", "sae.threshold_init", "sae.threshold_min", "lr"):
@@ -324,6 +353,57 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
+    """JumpReLU's sparsity loss, its target L0s, the frequency penalty and the threshold init."""
+    sae = c.sae
+    _require(sae.sparsity_loss in ("l0", "quadratic"), "sae.sparsity_loss",
+             f"must be 'l0' or 'quadratic', got {sae.sparsity_loss!r}")
+    _require(sae.quadratic_form in ("per_example", "batch"), "sae.quadratic_form",
+             f"must be 'per_example' or 'batch', got {sae.quadratic_form!r}")
+    jump_only = [("sae.sparsity_loss", sae.sparsity_loss != "l0"),
+                 ("sae.frequency_penalty", sae.frequency_penalty != 0),
+                 ("sae.threshold_init_mode", sae.threshold_init_mode != "constant")]
+    for field, used in jump_only:
+        _require(not used or sae.arch == "jumprelu", field,
+                 f"applies to arch 'jumprelu' only, not {sae.arch!r}")
+    if sae.sparsity_loss == "quadratic":
+        ts = c.target_l0s
+        _require(isinstance(ts, (tuple, list)) and len(ts) > 0, "target_l0s",
+                 f"must be a non-empty list, got {ts!r}")
+        for t in ts:
+            _require(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
+                     "target_l0s", f"every target L0 must be a finite number > 0, got {t!r}")
+            for w in c.widths:
+                _require(t <= w, "target_l0s", f"target L0 {t} exceeds width {w}")
+    _nonneg_number(c, "sae.quadratic_coefficient")
+    _nonneg_number(c, "sae.frequency_penalty")
+    _require(isinstance(sae.frequency_max, (int, float)) and 0 < sae.frequency_max <= 1, "sae.frequency_max",
+             f"must be a fraction of tokens in (0, 1], got {sae.frequency_max!r}")
+    _require(sae.threshold_init_mode in ("constant", "quantile"), "sae.threshold_init_mode",
+             f"must be 'constant' or 'quantile', got {sae.threshold_init_mode!r}")
+    prefixes = sae.matryoshka_prefixes
+    if prefixes:
+        _require(sae.arch in MATRYOSHKA_ARCHS, "sae.matryoshka_prefixes",
+                 f"Matryoshka training applies to {list(MATRYOSHKA_ARCHS)}, not {sae.arch!r}")
+        for m in prefixes:
+            _require(isinstance(m, int) and not isinstance(m, bool) and m > 0, "sae.matryoshka_prefixes",
+                     f"every prefix size must be a positive integer, got {m!r}")
+        _require(all(a < b for a, b in zip(prefixes, prefixes[1:])), "sae.matryoshka_prefixes",
+                 f"prefix sizes must be strictly increasing, got {tuple(prefixes)}")
+        for w in c.widths:
+            _require(prefixes[-1] == w, "sae.matryoshka_prefixes",
+                     f"the last prefix must be the width {w} (the whole dictionary), got {prefixes[-1]}")
+    v = sae.batchtopk_threshold_lr
+    _require(isinstance(v, (int, float)) and 0 < v <= 1, "sae.batchtopk_threshold_lr",
+             f"must be in (0, 1], got {v!r}")
+    if sae.threshold_init_mode == "quantile" and sae.sparsity_loss == "l0":
+        t = sae.threshold_init_l0
+        _require(isinstance(t, (int, float)) and t > 0, "sae.threshold_init_l0",
+                 f"must be > 0 (the L0 the quantile init aims at) with the 'l0' loss, got {t!r}")
+        for w in c.widths:
+            _require(t <= w, "sae.threshold_init_l0", f"L0 {t} exceeds width {w}")
+
+
 def _validate_mesh(c: ml_collections.ConfigDict) -> None:
     """Mesh and multi-host fields; the shapes the mesh must split (the device count is checked
     when the mesh is built, :func:`gemmascope.train.sharding.make_mesh`)."""
@@ -380,11 +460,30 @@ def _check_no_unknown(c, base, prefix: str) -> None:
             _check_no_unknown(c[k], base[k], f"{prefix}{k}.")
 
 
-def sweep_values(c: ml_collections.ConfigDict) -> list[float]:
-    """The stacked sweep axis: ``sae.topk_ks`` for TopK, ``lambdas`` otherwise (one SAE each)."""
+def sweep_field(c: ml_collections.ConfigDict) -> str:
+    """The config field holding the sweep axis: ``sae.topk_ks`` (TopK), ``target_l0s`` (JumpReLU
+    with the quadratic loss) or ``lambdas``."""
     if c.sae.arch in K_ARCHS:
-        return [float(k) for k in c.sae.topk_ks]
-    return [float(v) for v in c.lambdas]
+        return "sae.topk_ks"
+    if c.sae.arch == "jumprelu" and c.sae.sparsity_loss == "quadratic":
+        return "target_l0s"
+    return "lambdas"
+
+
+def variant_name(c: ml_collections.ConfigDict) -> str:
+    """The architecture with its training variant, naming run and export folders: ``jumprelu``
+    (Gemma Scope), ``jumprelu_quadratic``, ``matryoshka_batchtopk`` ..."""
+    name = str(c.sae.arch)
+    if c.sae.matryoshka_prefixes:
+        name = f"matryoshka_{name}"
+    if c.sae.arch == "jumprelu" and c.sae.sparsity_loss == "quadratic":
+        name = f"{name}_quadratic"
+    return name
+
+
+def sweep_values(c: ml_collections.ConfigDict) -> list[float]:
+    """The stacked sweep axis (one SAE each), from :func:`sweep_field`."""
+    return [float(v) for v in _get(c, sweep_field(c))]
 
 
 def total_steps(c: ml_collections.ConfigDict) -> int:

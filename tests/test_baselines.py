@@ -143,14 +143,14 @@ def test_export_round_trip_on_raw_activations(tmp_path, name):
     x = jnp.asarray(np.random.default_rng(8).normal(size=(64, D_IN)) * c, jnp.float32)
     f_raw = sae_model.encode({k: jnp.asarray(v) for k, v in back.items()}, x)
     if name == "gated":
-        f_train = gated.encode(params, x / c, CFG)
+        f_train = gated.encode_train(params, x / c, CFG)
     elif name == "topk":
-        f_train = topk.encode(params, x / c, CFG, sparsity)[0]
+        f_train = topk.encode_train(params, x / c, CFG, sparsity)
     elif name == "relu":
-        f_train = relu.encode(params, x / c, CFG)
+        f_train = relu.encode_train(params, x / c, CFG)
     else:
         from gemmascope.sae import jumprelu
-        f_train = jumprelu.encode(params, x / c, {"pre_encoder_bias": True, "bandwidth": 1e-3})
+        f_train = jumprelu.encode_train(params, x / c, {"pre_encoder_bias": True, "bandwidth": 1e-3})
     np.testing.assert_allclose(np.asarray(f_raw), c * np.asarray(f_train), rtol=1e-4, atol=1e-4)
     assert np.array_equal(np.asarray(f_raw) != 0, np.asarray(f_train) != 0)
     x_hat = sae_model.decode(back, f_raw)

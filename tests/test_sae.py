@@ -6,6 +6,7 @@ import pytest
 
 from gemmascope.sae import io as sae_io
 from gemmascope.sae import jumprelu
+from gemmascope.sae import model as sae_model
 
 EPS = 0.001
 T = 0.1
@@ -119,11 +120,11 @@ def test_export_folding_identity():
     c = 37.5
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (256, 8)) * c, np.float32)
     cfg = {"pre_encoder_bias": True, "bandwidth": EPS}
-    f_train = jumprelu.encode(trained, x / c, cfg)
-    xhat_train = jumprelu.decode(trained, f_train)
+    f_train = jumprelu.encode_train(trained, x / c, cfg)
+    xhat_train = jumprelu.decode_train(trained, f_train)
     exported = sae_io.fold_normalisation(trained, c, pre_encoder_bias=True)
-    f_exp = jumprelu.encode(exported, x)  # plain forward, no pre-encoder bias
-    xhat_exp = jumprelu.decode(exported, f_exp)
+    f_exp = sae_model.encode(exported, x)  # raw units: plain forward, no pre-encoder bias
+    xhat_exp = sae_model.decode(exported, f_exp)
     np.testing.assert_array_equal(np.asarray(f_exp) != 0, np.asarray(f_train) != 0)
     assert 0.05 < float(np.mean(np.asarray(f_exp) != 0)) < 0.95  # a mix of fired and not
     np.testing.assert_allclose(f_exp, c * np.asarray(f_train), rtol=1e-4, atol=1e-4 * c)

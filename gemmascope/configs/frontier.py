@@ -8,7 +8,8 @@ already holds it), then evaluate them all together:
 
     W=workdirs/demo
     python launch/generate_activations.py --config=configs/demo.py --workdir=$W   # once
-    for a in jumprelu topk gated relu; do
+    for a in jumprelu topk gated relu batchtopk jumprelu_quadratic matryoshka_batchtopk \
+             matryoshka_jumprelu_quadratic; do
       python launch/train.py --config=configs/frontier.py:arch=$a --workdir=$W
     done
     python launch/evaluate.py --config=configs/demo.py --workdir=$W
@@ -25,6 +26,12 @@ SWEEPS = {
     "gated": (0.06, 0.1, 0.17, 0.3),
     "relu": (0.03, 0.06, 0.1, 0.2),
     "topk": (16, 32, 64, 128),
+    # Issue 12's variants (grids not yet measured on the frontier): target L0s for the quadratic
+    # loss (thresholds start at the quantiles giving each target), k for BatchTopK.
+    "batchtopk": (16, 32, 64, 128),
+    "jumprelu_quadratic": (20.0, 40.0, 80.0, 160.0),
+    "matryoshka_jumprelu_quadratic": (20.0, 40.0, 80.0, 160.0),
+    "matryoshka_batchtopk": (16, 32, 64, 128),
 }
 
 
@@ -34,8 +41,16 @@ def get_config(arg=None):
         raise config_lib.ConfigError(f"configs/frontier.py: arch={a.arch!r} unknown (known: {sorted(SWEEPS)})")
     c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
     c.unlock()
-    c.sae.arch = a.arch
-    if a.arch in config_lib.K_ARCHS:
+    base = a.arch.removeprefix("matryoshka_").removesuffix("_quadratic")
+    c.sae.arch = base
+    if a.arch.startswith("matryoshka_"):  # nested prefixes: 1/16, 1/4 and all of the dictionary
+        c.sae.matryoshka_prefixes = (a.width // 16, a.width // 4, a.width)
+        w = c.runlocal_overrides.widths[0]  # runlocal's narrower width needs its own prefixes
+        c.runlocal_overrides.sae = {"matryoshka_prefixes": (w // 16, w // 4, w)}
+    if a.arch.endswith("_quadratic"):
+        c.sae.sparsity_loss, c.sae.threshold_init_mode = "quadratic", "quantile"
+        c.target_l0s = SWEEPS[a.arch]
+    elif base in config_lib.K_ARCHS:
         c.sae.topk_ks = tuple(int(k) for k in SWEEPS[a.arch])
         # AuxK: latents silent for 50 steps count as dead (the paper's 10M tokens is ~10k steps).
         c.sae.auxk_dead_tokens = 50 * c.batch_size

@@ -1,47 +1,24 @@
-"""The SAE architectures the sweep trainer knows, behind one interface.
+"""The SAE architectures the sweep trainer knows, each a module satisfying
+:class:`gemmascope.sae.common.Architecture` (checked at import).
 
-Every module in :data:`ARCHS` provides::
-
-    NAME, UNIT_NORM_DECODER                      # rows renormalised + gradients projected if True
-    init(key, d_in, d_sae, cfg) -> params        # training parametrisation
-    loss(params, x, cfg, sparsity, dead=None) -> (loss, aux)
-    export_layout(params, cfg, sparsity) -> dict # file layout, still in training units
-    thresholds(params) -> [d_sae] or None        # for the threshold statistics in metrics
-
-``sparsity`` is the sweep value: the coefficient lambda (JumpReLU, ReLU, Gated), or the static
-integer k (TopK). ``dead [d_sae]`` (bool) marks latents that have not fired for the configured
-window (TopK's AuxK loss uses it). ``aux`` always holds ``mse``, ``l0``, ``sparsity_loss``,
-``sq_err_sum`` and ``fired [d_sae]``.
+The modules import :mod:`gemmascope.sae.common` for what they share, never this registry.
 """
 from __future__ import annotations
 
-from typing import Any
+from gemmascope.sae import batchtopk, gated, jumprelu, relu, topk
+from gemmascope.sae.common import Architecture
 
-import jax
-import jax.numpy as jnp
+ARCHS: dict[str, Architecture] = {m.NAME: m for m in (jumprelu, relu, topk, gated, batchtopk)}
 
-from gemmascope.sae import gated, jumprelu, relu, topk
+for _m in ARCHS.values():
+    if not isinstance(_m, Architecture):
+        names = ("NAME", "UNIT_NORM_DECODER", "FILE_LAYOUT", "init", "encode_train", "decode_train", "loss",
+                 "export_layout", "thresholds", "after_update")
+        missing = [n for n in names if not hasattr(_m, n)]
+        raise TypeError(f"{_m.__name__} does not satisfy sae.common.Architecture (missing {missing})")
 
-ARCHS = {m.NAME: m for m in (jumprelu, relu, topk, gated)}
 
-
-def get(name: str):
+def get(name: str) -> Architecture:
     if name not in ARCHS:
         raise ValueError(f"unknown SAE architecture {name!r} (known: {sorted(ARCHS)})")
     return ARCHS[name]
-
-
-def recon_aux(x: jax.Array, x_hat: jax.Array, f: jax.Array, l0_per_example: jax.Array,
-              sparsity_loss: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-    """``(mse, aux)`` shared by every architecture's loss."""
-    sq_err = jnp.sum((x - x_hat) ** 2, axis=-1)
-    mse = jnp.mean(sq_err)
-    sg = jax.lax.stop_gradient
-    aux = {
-        "mse": sg(mse),
-        "l0": sg(jnp.mean(l0_per_example)),
-        "sparsity_loss": sg(sparsity_loss),
-        "fired": sg(jnp.any(f != 0, axis=0)),
-        "sq_err_sum": sg(jnp.sum(sq_err)),
-    }
-    return mse, aux

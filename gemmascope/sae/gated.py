@@ -11,7 +11,7 @@ With weight sharing between the two encoder paths (``W_mag = W_gate * exp(r_mag)
 
 ``sg`` = stop-gradient: the auxiliary reconstruction trains the gate path only. Decoder rows are
 unit norm (renormalised, gradients projected), so the L1 cannot shrink by inflating the decoder.
-``W_gate`` is stored under the key ``W_enc``.
+``W_gate`` is stored under the key ``W_enc``. Training units throughout.
 
 Export: ``pi_gate > 0`` iff ``pi_mag > theta`` with ``theta = b_mag - exp(r_mag) * b_gate``, so
 the Gated SAE *is* a JumpReLU with ``W_enc = W_gate * exp(r_mag)``, ``b_enc = b_mag`` and
@@ -26,15 +26,19 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from gemmascope.sae import jumprelu
+from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
+                                   no_update, recon_aux)
 
 NAME = "gated"
 UNIT_NORM_DECODER = True
+FILE_LAYOUT = "jumprelu"
+after_update = no_update
 THRESHOLD_FLOOR = 1e-6
 
 
-def init(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> dict[str, jax.Array]:
-    p = jumprelu.init_without_threshold(key, d_in, d_sae, cfg)
+def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> dict[str, jax.Array]:
+    del cfg
+    p = init_base(key, d_in, d_sae)
     del p["b_enc"]
     z = jnp.zeros((d_sae,), jnp.float32)
     return {**p, "b_gate": z, "b_mag": z, "r_mag": z}
@@ -43,29 +47,28 @@ def init(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> dict[
 def paths(params, x, cfg) -> tuple[jax.Array, jax.Array]:
     """``(pi_gate, pi_mag)``, each ``[batch, d_sae]``."""
     g = x @ params["W_enc"]
-    if cfg["pre_encoder_bias"]:  # (x - b_dec) @ W, folded as in jumprelu.pre_activations
+    if as_sae_config(cfg).pre_encoder_bias:  # (x - b_dec) @ W, folded as in common.pre_activations
         g = g - params["b_dec"] @ params["W_enc"]
     return g + params["b_gate"], jnp.exp(params["r_mag"]) * g + params["b_mag"]
 
 
-def encode(params, x, cfg) -> jax.Array:
+def encode_train(params, x, cfg, sparsity: Any = None) -> jax.Array:
+    del sparsity
     pi_gate, pi_mag = paths(params, x, cfg)
     return jnp.where(pi_gate > 0, jax.nn.relu(pi_mag), 0.0)
 
 
 def loss(params, x, cfg, sparsity, dead=None):
-    from gemmascope.sae.archs import recon_aux
-
     del dead
     pi_gate, pi_mag = paths(params, x, cfg)
     f = jnp.where(pi_gate > 0, jax.nn.relu(pi_mag), 0.0)
-    x_hat = f @ params["W_dec"] + params["b_dec"]
+    x_hat = decode_train(params, f)
     gate_act = jax.nn.relu(pi_gate)
     l1 = jnp.mean(jnp.sum(gate_act, axis=-1))
     sg = jax.lax.stop_gradient
     x_hat_frozen = gate_act @ sg(params["W_dec"]) + sg(params["b_dec"])
     aux_recon = jnp.mean(jnp.sum((x - x_hat_frozen) ** 2, axis=-1))
-    mse, aux = recon_aux(x, x_hat, f, jnp.sum(f > 0, axis=-1).astype(jnp.float32), sparsity * l1)
+    mse, aux = recon_aux(x, x_hat, f, l0_per_example(f), sparsity * l1)
     return mse + sparsity * l1 + aux_recon, aux
 
 

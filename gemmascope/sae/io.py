@@ -35,7 +35,8 @@ from gemmascope.sae.jumprelu import LAYOUT_KEYS
 BASE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 FILE_KEYS = {"jumprelu": LAYOUT_KEYS, "relu": BASE_KEYS, "topk": BASE_KEYS + ("k",)}
 # metadata.json "architecture" -> file layout (Gated SAEs export as JumpReLU, exactly)
-ARCH_FILE_LAYOUT = {"jumprelu": "jumprelu", "gated": "jumprelu", "relu": "relu", "topk": "topk"}
+ARCH_FILE_LAYOUT = {"jumprelu": "jumprelu", "gated": "jumprelu", "relu": "relu", "topk": "topk",
+                    "batchtopk": "jumprelu"}  # BatchTopK exports the JumpReLU it becomes
 
 class SAEFileError(ValueError):
     """A malformed SAE file; the message names the file and the key."""

@@ -22,6 +22,9 @@ pseudo-derivatives with the rectangle kernel ``K(u) = 1[|u| < 1/2]`` and bandwid
 Threshold parametrisation while training: ``"log"`` keeps ``log_threshold`` in the trainable
 params (the reference code), ``"direct"`` keeps ``threshold`` itself (clamped positive after each
 update). :func:`layout_params` turns either into the released layout.
+
+Everything here works in training units (see :mod:`gemmascope.sae.common`); the raw-unit forward
+of exported files is :mod:`gemmascope.sae.model`.
 """
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-Params = dict[str, jax.Array]
+from gemmascope.sae.common import (  # noqa: F401  (decode_train, pre_activations: this module's contract)
+    Params, SAEConfig, as_sae_config, decode_train, init_base, no_update, pre_activations, recon_aux,
+    reconstruction_loss)
 
 LAYOUT_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
@@ -121,36 +126,34 @@ jumprelu_and_l0.defvjp(_jumprelu_and_l0_fwd, _jumprelu_and_l0_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
-# Parameters
+# The architecture contract (gemmascope.sae.common.Architecture)
+
+NAME = "jumprelu"
+UNIT_NORM_DECODER = True  # rows renormalised after each update, gradients projected
+FILE_LAYOUT = "jumprelu"
+after_update = no_update
 
 
-def init(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> Params:
+def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> Params:
     """Gemma Scope initialisation, in the training parametrisation of ``cfg.threshold_param``.
 
     ``W_dec`` He-uniform then every row scaled to unit norm; ``W_enc = W_dec.T`` (untied after);
     ``b_enc = b_dec = 0``; ``threshold = cfg.threshold_init`` (0.001 in normalised units).
     """
-    w_dec = jax.nn.initializers.he_uniform()(key, (d_sae, d_in), jnp.float32)
-    w_dec = w_dec / jnp.linalg.norm(w_dec, axis=-1, keepdims=True)
-    t0 = jnp.full((d_sae,), float(cfg["threshold_init"]), jnp.float32)
-    params = {
-        "W_enc": w_dec.T,
-        "W_dec": w_dec,
-        "b_enc": jnp.zeros((d_sae,), jnp.float32),
-        "b_dec": jnp.zeros((d_in,), jnp.float32),
-    }
-    if cfg["threshold_param"] == "log":
-        params["log_threshold"] = jnp.log(t0)
+    cfg = as_sae_config(cfg)
+    params = init_base(key, d_in, d_sae)
+    t0 = jnp.full((d_sae,), float(cfg.threshold_init), jnp.float32)
+    return with_threshold(params, t0, cfg)
+
+
+def with_threshold(params: Mapping[str, jax.Array], threshold: jax.Array, cfg: SAEConfig) -> Params:
+    """``params`` with ``threshold [d_sae]`` stored in the parametrisation of ``cfg.threshold_param``."""
+    out = {k: v for k, v in params.items() if k not in ("threshold", "log_threshold")}
+    if cfg.threshold_param == "log":
+        out["log_threshold"] = jnp.log(threshold)
     else:
-        params["threshold"] = t0
-    return params
-
-
-def init_without_threshold(key: jax.Array, d_in: int, d_sae: int, cfg: Mapping[str, Any]) -> Params:
-    """The same initialisation for SAEs without a threshold (ReLU, TopK, and Gated's base)."""
-    p = init(key, d_in, d_sae, {**dict(cfg), "threshold_param": "direct"})
-    del p["threshold"]
-    return p
+        out["threshold"] = threshold
+    return out
 
 
 def layout_params(params: Mapping[str, jax.Array]) -> Params:
@@ -160,42 +163,17 @@ def layout_params(params: Mapping[str, jax.Array]) -> Params:
     return out
 
 
-def pre_activations(params: Mapping[str, jax.Array], x: jax.Array, pre_encoder_bias: bool = True) -> jax.Array:
-    """``[batch, d_in] -> [batch, d_sae]``: ``(x - b_dec) @ W_enc + b_enc`` (or without ``- b_dec``).
-
-    Computed as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same value, but the gradient to
-    ``b_dec`` through the encoder is then a vector-matrix product, not a sixth
-    ``[batch, d_sae] x [d_sae, d_in]`` matmul (measured: a third off the gradient's time at
-    4096 x 576 x 4096).
-    """
-    b = params["b_enc"]
-    if pre_encoder_bias:
-        b = b - params["b_dec"] @ params["W_enc"]
-    return x @ params["W_enc"] + b
-
-
-def encode(params: Mapping[str, jax.Array], x: jax.Array, cfg: Mapping[str, Any] | None = None) -> jax.Array:
-    """Codes ``f [batch, d_sae]`` of ``x [batch, d_in]``.
-
-    On layout params (an exported or released SAE) call with ``cfg=None``: no pre-encoder bias,
-    since export folds it into ``b_enc``.
-    """
-    cfg = cfg or {}
+def encode_train(params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any],
+                 sparsity: Any = None) -> jax.Array:
+    """Codes ``f [batch, d_sae]`` of normalised ``x [batch, d_in]`` (training units)."""
+    del sparsity
+    cfg = as_sae_config(cfg)
     p = layout_params(params)
-    pre = pre_activations(p, x, bool(cfg.get("pre_encoder_bias", False)))
-    return jumprelu(pre, p["threshold"], float(cfg.get("bandwidth", 0.001)))
+    pre = pre_activations(p, x, cfg.pre_encoder_bias)
+    return jumprelu(pre, p["threshold"], cfg.bandwidth)
 
 
-def decode(params: Mapping[str, jax.Array], f: jax.Array, cfg: Mapping[str, Any] | None = None) -> jax.Array:
-    """``[batch, d_sae] -> [batch, d_in]``: ``f @ W_dec + b_dec``."""
-    return f @ params["W_dec"] + params["b_dec"]
-
-
-NAME = "jumprelu"
-UNIT_NORM_DECODER = True  # rows renormalised after each update, gradients projected
-
-
-def export_layout(params: Mapping[str, jax.Array], cfg: Mapping[str, Any], sparsity: Any = None) -> Params:
+def export_layout(params: Mapping[str, jax.Array], cfg: SAEConfig, sparsity: Any = None) -> Params:
     """The released layout, still in training units (see :func:`gemmascope.sae.io.fold_normalisation`)."""
     return layout_params(params)
 
@@ -204,31 +182,76 @@ def thresholds(params: Mapping[str, jax.Array]) -> jax.Array:
     return layout_params(params)["threshold"]
 
 
+def sparsity_penalty(l0_per_example: jax.Array, cfg: SAEConfig, sparsity: Any) -> jax.Array:
+    """The sparsity term of the loss from ``l0_per_example [batch]`` (the step STE's sums).
+
+    * ``cfg.sparsity_loss == "l0"``: ``sparsity`` is lambda; ``lambda * mean_i L0_i`` (Gemma Scope).
+    * ``"quadratic"``: ``sparsity`` is ``(T, coef)`` (target L0, warmed-up coefficient), around
+      the target (Gemma Scope 2). ``cfg.quadratic_form == "per_example"`` (the default, the form a
+      widely used PyTorch library implements): ``coef * mean_i (2 / T) (L0_i - T)^2``;
+      ``"batch"``: ``coef * (mean_i L0_i - T)^2 / T``. The per-example form also pulls each
+      example's L0 towards T (its gradient is ``4 coef (L0_i - T) / (T B)`` per example, against
+      ``2 coef (mean L0 - T) / (T B)`` for the batch form), so it penalises the spread of L0 as
+      well as the miss. Which the frontier prefers is not measured yet (issue 12, item 4).
+    """
+    if cfg.sparsity_loss == "l0":
+        return sparsity * jnp.mean(l0_per_example)
+    target, coef = sparsity
+    if cfg.quadratic_form == "per_example":
+        return coef * jnp.mean((2.0 / target) * (l0_per_example - target) ** 2)
+    return coef * (jnp.mean(l0_per_example) - target) ** 2 / target
+
+
+def frequency_penalty(pre: jax.Array, threshold: jax.Array, cfg: SAEConfig) -> jax.Array:
+    """``coef * sum_j relu(p_j - p_max)^2 / p_max`` with ``p_j`` the fraction of the batch on which
+    latent j fires (``mean_i step(pre_ij, t_j)``, so it trains the thresholds only).
+
+    Latents firing on at most ``p_max = cfg.frequency_max`` of the tokens are untouched; above it
+    the penalty acts on latent j like an extra L0 coefficient ``2 coef (p_j / p_max - 1)``
+    (scale free in p_max), raising only that latent's threshold. A smooth hinge rather than a
+    log-frequency target: dense latents are the failure it guards against (Gemma Scope 2 pairs a
+    frequency penalty with the quadratic loss; its form is not public).
+    """
+    p = jnp.mean(step(pre, threshold, cfg.bandwidth), axis=0)
+    excess = jax.nn.relu(p - cfg.frequency_max)
+    return cfg.frequency_penalty * jnp.sum(excess**2) / cfg.frequency_max
+
+
 def loss(
-    params: Mapping[str, jax.Array], x: jax.Array, cfg: Mapping[str, Any], sparsity_coefficient: jax.Array,
+    params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any], sparsity: Any,
     dead: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean over the batch of ``||x - x_hat||^2 + lambda * L0``; x ``[batch, d_in]`` normalised.
+    """Mean over the batch of ``||x - x_hat||^2`` plus :func:`sparsity_penalty` (``lambda * L0`` by
+    default) plus :func:`frequency_penalty` when configured; x ``[batch, d_in]`` normalised.
 
-    Returns ``(loss, aux)``; aux holds per-batch scalars ``mse`` (summed over d_in, mean over
-    batch), ``l0``, ``sparsity_loss``, ``sq_err_sum``, and ``fired [d_sae]`` (bool: latent fired
-    in the batch). ``dead`` is unused (the common signature of :mod:`gemmascope.sae.archs`).
+    With ``cfg.matryoshka_prefixes`` the reconstruction term is summed over the nested prefixes
+    (:func:`gemmascope.sae.common.reconstruction_loss`; aux's ``mse`` stays the full one).
+    ``sparsity``: lambda (``"l0"``) or ``(target, coef)`` (``"quadratic"``). Returns
+    ``(loss, aux)`` (see :func:`gemmascope.sae.common.recon_aux`). ``dead`` is unused.
     """
     del dead
-    eps = float(cfg["bandwidth"])
+    cfg = as_sae_config(cfg)
     p = layout_params(params)
-    pre = pre_activations(p, x, bool(cfg["pre_encoder_bias"]))
-    f, l0_per_example = jumprelu_and_l0(pre, p["threshold"], eps)
-    x_hat = f @ p["W_dec"] + p["b_dec"]
-    sq_err = jnp.sum((x - x_hat) ** 2, axis=-1)
-    mse = jnp.mean(sq_err)
-    l0 = jnp.mean(l0_per_example)
-    sparsity = sparsity_coefficient * l0
-    aux = {
-        "mse": mse,
-        "l0": jax.lax.stop_gradient(l0),
-        "sparsity_loss": jax.lax.stop_gradient(sparsity),
-        "fired": jax.lax.stop_gradient(jnp.any(f != 0, axis=0)),
-        "sq_err_sum": jax.lax.stop_gradient(jnp.sum(sq_err)),
-    }
-    return mse + sparsity, aux
+    pre = pre_activations(p, x, cfg.pre_encoder_bias)
+    f, l0_per_example = jumprelu_and_l0(pre, p["threshold"], cfg.bandwidth)
+    if cfg.matryoshka_prefixes:  # the reconstruction term summed over nested prefixes
+        recon, x_hat = reconstruction_loss(p, f, x, cfg.matryoshka_prefixes)
+    else:
+        recon, x_hat = None, decode_train(p, f)
+    sparsity_term = sparsity_penalty(l0_per_example, cfg, sparsity)
+    if cfg.frequency_penalty:
+        sparsity_term = sparsity_term + frequency_penalty(pre, p["threshold"], cfg)
+    mse, aux = recon_aux(x, x_hat, f, l0_per_example, sparsity_term)
+    return (mse if recon is None else recon) + sparsity_term, aux
+
+
+def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0: Any,
+                        cfg: SAEConfig) -> Params:
+    """``params`` with each threshold at the ``1 - T / d_sae`` quantile of its pre-activations on
+    the normalised sample ``x [n, d_in]`` (at least ``cfg.threshold_min``), so every latent fires on
+    about ``T / d_sae`` of the rows and the mean L0 starts near ``T``."""
+    p = layout_params(params)
+    pre = pre_activations(p, x, cfg.pre_encoder_bias)
+    q = 1.0 - jnp.asarray(target_l0, jnp.float32) / pre.shape[-1]
+    thr = jnp.maximum(jnp.quantile(pre, q, axis=0), cfg.threshold_min).astype(jnp.float32)
+    return with_threshold(params, thr, cfg)

@@ -6,7 +6,8 @@
 Weighting each latent's L1 by its decoder row norm makes the penalty invariant to moving scale
 between encoder and decoder, so the decoder needs no unit-norm constraint (Anthropic's April 2024
 recipe); rows are neither renormalised nor gradient-projected. Initialised like JumpReLU.
-Exported files have no ``threshold`` key (see :mod:`gemmascope.sae.model`).
+Exported files have no ``threshold`` key (see :mod:`gemmascope.sae.model`). Training units
+throughout (see :mod:`gemmascope.sae.common`).
 """
 from __future__ import annotations
 
@@ -15,28 +16,32 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from gemmascope.sae import jumprelu
+from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
+                                   no_update, pre_activations, recon_aux)
 
 NAME = "relu"
 UNIT_NORM_DECODER = False
+FILE_LAYOUT = "relu"
+after_update = no_update
 
 
-init = jumprelu.init_without_threshold
+def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> dict[str, jax.Array]:
+    del cfg
+    return init_base(key, d_in, d_sae)
 
 
-def encode(params: Mapping[str, jax.Array], x: jax.Array, cfg: Mapping[str, Any]) -> jax.Array:
-    return jax.nn.relu(jumprelu.pre_activations(params, x, bool(cfg["pre_encoder_bias"])))
+def encode_train(params, x: jax.Array, cfg: SAEConfig | Mapping[str, Any], sparsity: Any = None) -> jax.Array:
+    del sparsity
+    return jax.nn.relu(pre_activations(params, x, as_sae_config(cfg).pre_encoder_bias))
 
 
 def loss(params, x, cfg, sparsity, dead=None):
-    from gemmascope.sae.archs import recon_aux
-
     del dead
-    f = encode(params, x, cfg)
-    x_hat = f @ params["W_dec"] + params["b_dec"]
+    f = encode_train(params, x, cfg)
+    x_hat = decode_train(params, f)
     norms = jnp.linalg.norm(params["W_dec"], axis=-1)
     l1 = jnp.mean(f @ norms)
-    mse, aux = recon_aux(x, x_hat, f, jnp.sum(f > 0, axis=-1).astype(jnp.float32), sparsity * l1)
+    mse, aux = recon_aux(x, x_hat, f, l0_per_example(f), sparsity * l1)
     return mse + sparsity * l1, aux
 
 

@@ -12,54 +12,74 @@ so they come back. alpha = ``cfg.auxk_coefficient`` (1/32 in the paper). The ter
 
 k is the sweep value and is static (one compiled top-k per SAE of the stack). Decoder rows are
 unit norm with the parallel gradient removed, as in the paper. Exported files carry ``k``.
+Training units throughout (see :mod:`gemmascope.sae.common`).
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gemmascope.sae import jumprelu
+from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
+                                   no_update, pre_activations, recon_aux)
+from gemmascope.sae import select
 from gemmascope.sae.model import topk_mask
 
 NAME = "topk"
 UNIT_NORM_DECODER = True
+FILE_LAYOUT = "topk"
+after_update = no_update
 
 
-init = jumprelu.init_without_threshold
+def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> dict[str, jax.Array]:
+    del cfg
+    return init_base(key, d_in, d_sae)
 
 
-def encode(params, x, cfg, k: int) -> jax.Array:
-    pre = jumprelu.pre_activations(params, x, bool(cfg["pre_encoder_bias"]))
+def codes_and_pre(params, x, cfg, k: int) -> tuple[jax.Array, jax.Array]:
+    """``(f, pre)``, each ``[batch, d_sae]``: TopK codes and the pre-activations they came from."""
+    pre = pre_activations(params, x, as_sae_config(cfg).pre_encoder_bias)
     return jnp.where(topk_mask(jax.lax.stop_gradient(pre), int(k)), jax.nn.relu(pre), 0.0), pre
 
 
+def encode_train(params, x, cfg, sparsity: Any = None) -> jax.Array:
+    """TopK codes ``[batch, d_sae]``; ``sparsity`` is k."""
+    return codes_and_pre(params, x, cfg, int(sparsity))[0]
+
+
 def auxk_loss(params, pre: jax.Array, residual: jax.Array, dead: jax.Array, k_aux: int) -> jax.Array:
-    """``mean_batch ||e - f_aux @ W_dec||^2`` over the ``k_aux`` largest dead pre-activations."""
+    """``mean_batch ||e - f_aux @ W_dec||^2`` over the ``k_aux`` largest dead pre-activations.
+
+    While at most ``k_aux`` latents are dead that is every dead latent, and the top-k is skipped
+    (``lax.cond``; the same choice, without the selection's cost).
+    """
+    all_dead = jnp.broadcast_to(dead, pre.shape)
     if k_aux >= pre.shape[-1]:  # every dead latent (a full top-k would be a slow sort)
-        chosen = jnp.broadcast_to(dead, pre.shape)
+        chosen = all_dead
     else:
-        masked = jnp.where(dead, jax.lax.stop_gradient(pre), -jnp.inf)
-        chosen = topk_mask(masked, int(k_aux)) & dead
+        def top_dead():
+            masked = jnp.where(dead, jax.lax.stop_gradient(pre), -jnp.inf)
+            return select.topk_mask_rows(masked, int(k_aux)) & dead
+
+        chosen = jax.lax.cond(jnp.sum(dead) <= k_aux, lambda: all_dead, top_dead)
     f_aux = jnp.where(chosen, jax.nn.relu(pre), 0.0)
     e_hat = f_aux @ params["W_dec"]
     return jnp.mean(jnp.sum((residual - e_hat) ** 2, axis=-1))
 
 
 def loss(params, x, cfg, sparsity, dead=None):
-    from gemmascope.sae.archs import recon_aux
-
-    k = int(sparsity)
-    f, pre = encode(params, x, cfg, k)
-    x_hat = f @ params["W_dec"] + params["b_dec"]
-    mse, aux = recon_aux(x, x_hat, f, jnp.sum(f > 0, axis=-1).astype(jnp.float32), jnp.zeros([], jnp.float32))
+    cfg = as_sae_config(cfg)
+    f, pre = codes_and_pre(params, x, cfg, int(sparsity))
+    x_hat = decode_train(params, f)
+    mse, aux = recon_aux(x, x_hat, f, l0_per_example(f), jnp.zeros([], jnp.float32))
     total = mse
     if dead is not None:
         residual = jax.lax.stop_gradient(x - x_hat)
-        alpha = float(cfg["auxk_coefficient"])
+        alpha = cfg.auxk_coefficient
         aux_l = jax.lax.cond(jnp.any(dead),
-                             lambda: auxk_loss(params, pre, residual, dead, int(cfg["auxk_k"])),
+                             lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k),
                              lambda: jnp.zeros([], jnp.float32))
         total = total + alpha * aux_l
         aux["sparsity_loss"] = jax.lax.stop_gradient(alpha * aux_l)  # the auxiliary term, for the logs

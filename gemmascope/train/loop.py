@@ -101,7 +101,7 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
     from gemmascope.train import distributed, sharding
 
     log = log if distributed.is_main() else (lambda *a, **k: None)
-    name = location_name(site, layer, width, config.sae.arch)
+    name = location_name(site, layer, width, config_lib.variant_name(config))
     done_marker = os.path.join(workdir, "runs", name, "exported.json")
     if os.path.exists(done_marker):
         with open(done_marker) as fh:
@@ -143,7 +143,8 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
     _require_finite(sample, f"[{loc.name}] normalisation sample")
     norm_scale = float(np.sqrt(np.mean(np.sum(sample.astype(np.float64) ** 2, axis=-1))))
     norm_scale = distributed.broadcast_float(norm_scale)  # one C for every process
-    state = loc.sweep.init(lambda: step_lib.init_state(loc.key, config, loc.d_in, loc.width, k, norm_scale))
+    sample_n = step_lib.init_sample(config, sample, norm_scale)  # None unless quantile threshold init
+    state = loc.sweep.init(lambda: step_lib.init_state(loc.key, config, loc.d_in, loc.width, k, norm_scale, sample_n))
     loc.log(f"[{loc.name}] {k} SAEs d_in={loc.d_in} d_sae={loc.width}, {loc.total} steps of {config.batch_size}; "
             f"normalisation C={norm_scale:.6g} from {len(sample)} rows; mesh data={mesh.shape['data']} "
             f"model={mesh.shape['model']} sweep={config.mesh.sweep} over {jax.process_count()} process(es)")
@@ -255,7 +256,8 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
     for i, lam in enumerate(lambdas):
         params = step_lib.export_params(state, i, config)
         ev = evaluate_exported(params, heldout)
-        folder = sae_io.sae_dir(os.path.join(workdir, "saes"), site, layer, width, ev["l0"], config.sae.arch)
+        folder = sae_io.sae_dir(os.path.join(workdir, "saes"), site, layer, width, ev["l0"],
+                                config_lib.variant_name(config))
         if folder in used:  # two lambdas landed on the same rounded L0
             folder = f"{folder}_sae{i}"
         used.add(folder)
@@ -266,7 +268,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
             "site": site,
             "layer": int(layer),
             "model": getattr(source, "model_name", "toy"),
-            **({"k": int(lam)} if config.sae.arch in config_lib.K_ARCHS else {"sparsity_coefficient": float(lam)}),
+            **step_lib.sweep_metadata(config, lam),
             "normalisation_constant": float(state["norm_scale"]),
             "tokens_trained": int(total * config.batch_size),
             "steps": int(total),
@@ -280,7 +282,8 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
         path = os.path.join(folder, "params.npz")
         sae_io.save_params(path, params, meta)
         sae_formats.export_layouts(config.export.layouts, workdir, folder, heldout, log=log)  # other layouts
-        log(f"[export] {config.sae.arch} {'k' if config.sae.arch in config_lib.K_ARCHS else 'lambda'}={lam:g}: L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
+        log(f"[export] {config_lib.variant_name(config)} {config_lib.sweep_field(config)}={lam:g}: "
+            f"L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
         records.append({"path": path, **meta})
     return records
 

@@ -8,8 +8,10 @@ State is a plain dict (big_vision style), every SAE-specific leaf stacked on a l
 
 One compiled step serves every SAE of the stack (an unrolled loop over K, see :func:`_per_sae`).
 The sweep value of each SAE is its sparsity coefficient lambda (JumpReLU, ReLU, Gated: an
-argument, so a new grid does not recompile) or its k (TopK: static, from the config). The
-architecture is ``config.sae.arch`` (see :mod:`gemmascope.sae.archs`).
+argument, so a new grid does not recompile), its target L0 (JumpReLU with the quadratic loss: an
+argument too) or its k (TopK: static, from the config). The architecture is ``config.sae.arch``
+(see :mod:`gemmascope.sae.archs`); its config travels as one frozen
+:class:`gemmascope.sae.common.SAEConfig`.
 """
 from __future__ import annotations
 
@@ -21,11 +23,8 @@ import optax
 
 from gemmascope import config as config_lib
 from gemmascope.sae import archs
+from gemmascope.sae.common import SAEConfig
 from gemmascope.train import optim
-
-
-def sae_cfg_dict(config) -> dict[str, Any]:
-    return {k: config.sae[k] for k in config.sae.keys()}
 
 
 def optimizer(config, arch) -> optax.GradientTransformation:
@@ -37,13 +36,39 @@ def optimizer(config, arch) -> optax.GradientTransformation:
     return optim.make_optimizer(cfg)
 
 
-def init_state(key: jax.Array, config, d_in: int, d_sae: int, n_saes: int, norm_scale: float) -> dict[str, Any]:
-    """Stacked initial state for ``n_saes`` SAEs (independent inits, one key each)."""
+# Rows of the normalisation sample used by the quantile threshold init (a sort per latent).
+QUANTILE_INIT_ROWS = 8192
+
+
+def init_sample(config, sample, norm_scale: float):
+    """The normalised rows :func:`init_state` needs (``None`` unless the quantile threshold init
+    is configured): at most ``QUANTILE_INIT_ROWS`` rows of ``sample / norm_scale``."""
+    if config.sae.threshold_init_mode != "quantile":
+        return None
+    return jnp.asarray(sample[:QUANTILE_INIT_ROWS], jnp.float32) / norm_scale
+
+
+def init_state(key: jax.Array, config, d_in: int, d_sae: int, n_saes: int, norm_scale: float,
+               init_sample: jax.Array | None = None) -> dict[str, Any]:
+    """Stacked initial state for ``n_saes`` SAEs (independent inits, one key each).
+
+    ``init_sample [n, d_in]`` (normalised rows, from :func:`init_sample`): with
+    ``config.sae.threshold_init_mode == "quantile"`` each SAE's thresholds start at the quantiles
+    of its pre-activations that give its target L0 (:func:`gemmascope.sae.jumprelu.quantile_thresholds`).
+    """
     arch = archs.get(config.sae.arch)
-    cfg = sae_cfg_dict(config)
+    cfg = SAEConfig.from_config(config)
     tx = optimizer(config, arch)
     keys = jax.random.split(key, n_saes)
     params = jax.vmap(lambda k: arch.init(k, d_in, d_sae, cfg))(keys)
+    if cfg.threshold_init_mode == "quantile" and init_sample is not None:
+        from gemmascope.sae import jumprelu
+
+        quadratic = cfg.sparsity_loss == "quadratic"
+        targets = config_lib.sweep_values(config) if quadratic else [cfg.threshold_init_l0] * n_saes
+        per_sae = [jumprelu.quantile_thresholds(jax.tree.map(lambda a: a[i], params), init_sample, targets[i],
+                                                cfg) for i in range(n_saes)]
+        params = jax.tree.map(lambda *a: jnp.stack(a), *per_sae)
     opt = jax.vmap(tx.init)(params)
     return {
         "params": params,
@@ -58,18 +83,20 @@ def init_state(key: jax.Array, config, d_in: int, d_sae: int, n_saes: int, norm_
 def make_train_step(config, dead_window_steps: int) -> Callable:
     """Returns ``train_step(state, x_raw [B, d_in], sweep [K]) -> (state, metrics)``.
 
-    ``sweep`` holds the lambdas (ignored for TopK, whose k are static from ``config.sae.topk_ks``).
-    ``metrics`` holds ``[K]`` arrays: loss, mse, l0, fvu (batch), dead_fraction (no firing in the
-    last ``dead_window_steps`` steps), threshold mean/min/max (0 without thresholds), the
-    effective lambda (k for TopK) and lr.
+    ``sweep`` holds the lambdas or target L0s (ignored for TopK, whose k are static from
+    ``config.sae.topk_ks``). ``metrics`` holds ``[K]`` arrays: loss, mse, l0, fvu (batch),
+    dead_fraction (no firing in the last ``dead_window_steps`` steps), threshold mean/min/max
+    (0 without thresholds), the effective lambda (the warmed-up quadratic coefficient for the
+    quadratic loss, k for TopK) and lr.
     """
     arch = archs.get(config.sae.arch)
-    cfg = sae_cfg_dict(config)
+    cfg = SAEConfig.from_config(config)
     tx = optimizer(config, arch)
     lam_sched = optim.sparsity_schedule(int(config.lambda_warmup_steps))
     lr_sched = optim.lr_schedule({**{k: config[k] for k in ("lr", "lr_warmup_steps", "lr_decay", "lr_final_fraction")},
                                   "total_steps": config_lib.total_steps(config)})
     threshold_min = float(config.sae.threshold_min)
+    quadratic = cfg.sparsity_loss == "quadratic"
     static_k = [int(k) for k in config.sae.topk_ks] if config.sae.arch in config_lib.K_ARCHS else None
     auxk_steps = max(1, -(-int(config.sae.auxk_dead_tokens) // int(config.batch_size)))
 
@@ -77,6 +104,9 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
         if static_k is not None:
             sparsity, reported = static_k[i], jnp.asarray(static_k[i], jnp.float32)
             dead = (step + 1 - last_fired) > auxk_steps
+        elif quadratic:  # lam is the target L0; the coefficient warms up like lambda
+            reported = cfg.quadratic_coefficient * lam_sched(step)
+            sparsity, dead = (lam, reported), None
         else:
             sparsity = reported = lam * lam_sched(step)
             dead = None
@@ -86,6 +116,7 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
         if arch.UNIT_NORM_DECODER:
             params = optim.renormalise_decoder(params)
         params = optim.clamp_threshold(params, threshold_min)
+        params = arch.after_update(params, aux, step, cfg)
         thr = arch.thresholds(params)
         thr_stats = jnp.zeros((3,), jnp.float32) if thr is None else jnp.stack([thr.mean(), thr.min(), thr.max()])
         return params, opt_state, loss, aux, reported, thr_stats
@@ -146,5 +177,36 @@ def export_params(state: Mapping[str, Any], index: int, config) -> dict[str, Any
 
     arch = archs.get(config.sae.arch)
     p = jax.tree.map(lambda a: a[index], state["params"])
-    layout = arch.export_layout(p, sae_cfg_dict(config), config_lib.sweep_values(config)[index])
+    layout = arch.export_layout(p, SAEConfig.from_config(config), config_lib.sweep_values(config)[index])
     return fold_normalisation(jax.device_get(layout), float(state["norm_scale"]), bool(config.sae.pre_encoder_bias))
+
+
+def sweep_metadata(config, value: float) -> dict[str, Any]:
+    """The ``metadata.json`` fields naming one SAE's sweep value and sparsity loss."""
+    if config.sae.arch in config_lib.K_ARCHS:
+        return {"k": int(value), **variant_metadata(config)}
+    if config.sae.arch != "jumprelu":
+        return {"sparsity_coefficient": float(value)}
+    meta: dict[str, Any] = {"sparsity_loss": str(config.sae.sparsity_loss)}
+    if config.sae.sparsity_loss == "quadratic":
+        meta.update(target_l0=float(value), quadratic_form=str(config.sae.quadratic_form),
+                    quadratic_coefficient=float(config.sae.quadratic_coefficient))
+    else:
+        meta["sparsity_coefficient"] = float(value)
+    meta.update(variant_metadata(config))
+    if config.sae.frequency_penalty:
+        meta.update(frequency_penalty=float(config.sae.frequency_penalty),
+                    frequency_max=float(config.sae.frequency_max))
+    meta["threshold_init_mode"] = str(config.sae.threshold_init_mode)
+    return meta
+
+
+def variant_metadata(config) -> dict[str, Any]:
+    """``variant`` and ``matryoshka_prefixes`` for ``metadata.json`` where they differ from the
+    plain architecture (``{}`` for the Gemma Scope JumpReLU and the baselines)."""
+    meta: dict[str, Any] = {}
+    if config_lib.variant_name(config) != config.sae.arch:
+        meta["variant"] = config_lib.variant_name(config)
+    if config.sae.matryoshka_prefixes:
+        meta["matryoshka_prefixes"] = [int(m) for m in config.sae.matryoshka_prefixes]
+    return meta
