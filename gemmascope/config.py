@@ -28,6 +28,10 @@ class ConfigError(ValueError):
     """An invalid config value; the message names the field."""
 
 
+#: SAE file layouts export can write (gemmascope/sae/formats.py implements each).
+EXPORT_LAYOUTS = ("gemma_scope", "gemma_scope_2", "sae_lens")
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -337,12 +341,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(isinstance(c.store.rows_per_flush, int) and c.store.rows_per_flush >= 0, "store.rows_per_flush",
                  f"must be an integer >= 0, got {c.store.rows_per_flush!r}")
     _validate_mesh(c)
-    from gemmascope.sae.formats import LAYOUTS
-
     _require(isinstance(c.export.layouts, (tuple, list)), "export.layouts",
              f"must be a list of layouts, got {c.export.layouts!r}")
     for lay in c.export.layouts:
-        _require(lay in LAYOUTS, "export.layouts", f"unknown layout {lay!r} (known: {list(LAYOUTS)})")
+        _require(lay in EXPORT_LAYOUTS, "export.layouts", f"unknown layout {lay!r} (known: {list(EXPORT_LAYOUTS)})")
     _require("gemma_scope_2" not in c.export.layouts or c.sae.arch in ("jumprelu", "gated"), "export.layouts",
              f"the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones), not {c.sae.arch!r}")
     _require("gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") for s in c.sites),

@@ -7,7 +7,7 @@ r"""Writes an SAE folder in another file layout.
 ``params.safetensors``, SAELens ``cfg.json``). ``--layout``: ``sae_lens`` (loads with
 ``sae_lens.SAE.load_from_disk(out)``), ``gemma_scope_2`` or ``gemma_scope``. SAELens exports
 carry ``sparsity.safetensors`` when the SAE was evaluated (``fire_counts.npy`` beside it).
-The logic lives in :mod:`gemmascope.sae.formats`.
+The logic lives in :mod:`gemmascope.sae.export` (and the layouts in :mod:`gemmascope.sae.formats`).
 """
 
 from absl import app, flags
@@ -22,15 +22,15 @@ def main(argv):
     del argv
     import os
 
-    from gemmascope.sae import formats
+    from gemmascope.sae import export, formats
 
     try:
         formats.check_layout(_LAYOUT.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     src = _SAE.value if os.path.isdir(_SAE.value) else os.path.dirname(_SAE.value)
-    lf = formats.saved_log10_frequency(src) if _LAYOUT.value == "sae_lens" else None
-    out = formats.export(_SAE.value, _LAYOUT.value, _OUT.value, lf)
+    lf = export.saved_log10_frequency(src) if _LAYOUT.value == "sae_lens" else None
+    out = export.export(_SAE.value, _LAYOUT.value, _OUT.value, lf)
     print(f"[export] {_SAE.value} -> {out} ({_LAYOUT.value}{', with sparsity' if lf is not None else ''})")
 
 

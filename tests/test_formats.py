@@ -24,6 +24,7 @@ from sae_lens.saes import (
 from sae_lens.saes.sae import TrainStepInput
 
 from gemmascope.eval import metrics
+from gemmascope.sae import export as sae_export
 from gemmascope.sae import formats
 from gemmascope.sae import io as sae_io
 from gemmascope.sae import model as sae_model
@@ -224,7 +225,7 @@ def test_round_trip_through_every_layout(tmp_path, x):
     sae_io.save_params(str(tmp_path / "a" / "params.npz"), params, meta)
     chain = [str(tmp_path / "a")]
     for i, layout in enumerate(("gemma_scope_2", "sae_lens", "gemma_scope")):
-        chain.append(formats.export(chain[-1], layout, str(tmp_path / f"step{i}_{layout}")))
+        chain.append(sae_export.export(chain[-1], layout, str(tmp_path / f"step{i}_{layout}")))
         assert formats.layout_of(chain[-1]) == layout
         back = sae_io.load_params(chain[-1])
         for k in params:
@@ -235,7 +236,7 @@ def test_round_trip_through_every_layout(tmp_path, x):
         p = rand_params(arch, seed=4)
         sae_io.save_params(str(tmp_path / arch / "params.npz"), p, {"architecture": arch})
         back = sae_io.load_params(
-            formats.export(str(tmp_path / arch), "sae_lens", str(tmp_path / f"{arch}_sl"))
+            sae_export.export(str(tmp_path / arch), "sae_lens", str(tmp_path / f"{arch}_sl"))
         )
         assert sorted(back) == sorted(p)
         np.testing.assert_allclose(ours(back, x)[1], ours(p, x)[1], **TOL)
@@ -243,7 +244,7 @@ def test_round_trip_through_every_layout(tmp_path, x):
 
 def test_bad_input_names_the_problem(tmp_path):
     with pytest.raises(ValueError, match="unknown SAE layout 'saelens'"):
-        formats.export(str(tmp_path), "saelens", str(tmp_path / "o"))
+        sae_export.export(str(tmp_path), "saelens", str(tmp_path / "o"))
     os.makedirs(tmp_path / "empty")
     with pytest.raises(
         sae_io.SAEFileError, match="empty: holds neither params.npz, params.safetensors nor cfg.json"
@@ -331,7 +332,7 @@ def test_end_of_training_hook_writes_the_configured_layouts(tmp_path, x):
         params,
         {"architecture": "jumprelu", "site": "res", "layer": 5, "d_sae": N, "l0": 6.6},
     )
-    out = formats.export_layouts(
+    out = sae_export.export_layouts(
         ("gemma_scope", "sae_lens", "gemma_scope_2"), work, folder, heldout=x, log=None
     )
     assert out == [

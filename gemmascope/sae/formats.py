@@ -35,9 +35,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from gemmascope.sae import io as sae_io
+from gemmascope.config import EXPORT_LAYOUTS
+from gemmascope.common import atomic_write
+from gemmascope.sae import layouts as sae_io
 
-LAYOUTS = ("gemma_scope", "gemma_scope_2", "sae_lens")
+LAYOUTS = EXPORT_LAYOUTS  # declared in the config, which must not import this module
 SAE_LENS_FORMAT_VERSION = "6.54.12"  # the SAELens release whose loader this layout is tested against
 # our file layout (io.ARCH_FILE_LAYOUT values) -> SAELens architecture, and back
 SAE_LENS_ARCH = {"jumprelu": "jumprelu", "relu": "standard", "topk": "topk"}
@@ -122,12 +124,12 @@ def _write_safetensors(
     from safetensors.numpy import save
 
     data = save({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}, metadata=metadata)
-    sae_io._atomic_write(path, lambda fh: fh.write(data))
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def _write_json(path: str, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=True, default=sae_io._json_default).encode()
-    sae_io._atomic_write(path, lambda fh: fh.write(text))
+    text = json.dumps(obj, indent=2, sort_keys=True, default=sae_io.json_default).encode()
+    atomic_write(path, lambda fh: fh.write(text))
 
 
 def _validate_with_skip(params: dict[str, np.ndarray], source: str) -> None:
@@ -392,7 +394,7 @@ def load_any(path: str) -> dict[str, np.ndarray]:
     """Raw-unit params from a folder of any layout (see :func:`layout_of`)."""
     layout = layout_of(path)
     if layout == "gemma_scope":
-        return sae_io.load_params(path)
+        return sae_io.load_npz(os.path.join(path, "params.npz") if os.path.isdir(path) else path)
     if layout == "gemma_scope_2":
         return load_gemma_scope_2(path)
     return load_sae_lens(path)
@@ -403,24 +405,6 @@ def log10_firing_frequency(fire_counts: np.ndarray, n_tokens: int) -> np.ndarray
     return np.log10(np.asarray(fire_counts, np.float64) / max(int(n_tokens), 1) + 1e-10).astype(np.float32)
 
 
-def export(src: str, layout: str, out: str, log10_freq: np.ndarray | None = None) -> str:
-    """Writes the SAE folder ``src`` (any layout we read) in ``layout`` under the folder ``out``;
-    returns the written folder. ``gemma_scope_2`` puts the file in ``out`` itself."""
-    check_layout(layout)
-    params = load_any(src)
-    meta = sae_io.load_metadata(src)
-    if layout == "sae_lens":
-        return save_sae_lens(out, params, meta or None, log10_freq)
-    if layout == "gemma_scope_2":
-        save_gemma_scope_2(out, params, meta or None)
-        return out
-    if SKIP in params:
-        raise ValueError(f"{src}: an affine transcoder ({SKIP!r}) has no params.npz layout")
-    arch = meta.get("architecture") or sae_model_arch(params)
-    sae_io.save_params(os.path.join(out, "params.npz"), params, {**meta, "architecture": arch})
-    return out
-
-
 def foreign_metadata(folder: str) -> dict[str, Any]:
     """Metadata of a folder without our ``metadata.json``: from a SAELens ``cfg.json``, or the
     site and layer a Gemma Scope 2 folder name gives; {} otherwise (a released params.npz)."""
@@ -429,52 +413,3 @@ def foreign_metadata(folder: str) -> dict[str, Any]:
     if os.path.exists(os.path.join(folder, "params.safetensors")):
         return {k: v for k, v in parse_gs2_dir(folder).items() if k in ("site", "layer")}
     return {}
-
-
-def saved_log10_frequency(folder: str) -> np.ndarray | None:
-    """Per-latent log10 firing frequencies from the evaluation (``fire_counts.npy`` and the token
-    count in ``eval.json`` beside the SAE), or None when it was not evaluated."""
-    counts, ev = os.path.join(folder, "fire_counts.npy"), os.path.join(folder, "eval.json")
-    if not (os.path.exists(counts) and os.path.exists(ev)):
-        return None
-    with open(ev) as fh:
-        n = json.load(fh)["n_tokens"]
-    return log10_firing_frequency(np.load(counts), n)
-
-
-def export_layouts(
-    layouts, workdir: str, folder: str, heldout: np.ndarray | None = None, log=print
-) -> list[str]:
-    """The end-of-training hook: writes the SAE in ``workdir/saes/<...>`` (``folder``) in every
-    other layout of ``layouts`` (``config.export.layouts``): SAELens under
-    ``workdir/saes_sae_lens/<same sub-folders>`` (its sparsity file from the firing frequencies on
-    the ``heldout [n, d_in]`` rows when given), Gemma Scope 2 under
-    ``workdir/saes_gemma_scope_2/<gs2 folder>`` (:func:`gs2_dir`). Returns the written folders."""
-    from gemmascope.sae import model as sae_model
-
-    written = []
-    for layout in layouts:
-        check_layout(layout)
-        if layout == "gemma_scope":
-            continue
-        meta = sae_io.load_metadata(folder)
-        if layout == "gemma_scope_2":
-            out = gs2_dir(
-                os.path.join(workdir, "saes_gemma_scope_2"),
-                meta["site"],
-                meta["layer"],
-                meta["d_sae"],
-                meta["l0"],
-            )
-            lf = None
-        else:
-            rel = os.path.relpath(folder, os.path.join(workdir, "saes"))
-            out = os.path.join(workdir, "saes_sae_lens", rel)
-            lf = None
-            if heldout is not None:
-                f = np.asarray(sae_model.encode(sae_io.load_params(folder), np.asarray(heldout, np.float32)))
-                lf = log10_firing_frequency((f != 0).sum(0), len(f))
-        written.append(export(folder, layout, out, lf))
-        if log:
-            log(f"[export] {layout} -> {written[-1]}")
-    return written

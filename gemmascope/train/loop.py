@@ -24,7 +24,7 @@ import numpy as np
 from gemmascope import config as config_lib
 from gemmascope.common import fvu
 from gemmascope.data.sources import make_source
-from gemmascope.sae import formats as sae_formats
+from gemmascope.sae import export as sae_export
 from gemmascope.progress import TrainingProgress as Progress
 from gemmascope.sae import io as sae_io
 from gemmascope.train import step as step_lib
@@ -281,7 +281,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
         }
         path = os.path.join(folder, "params.npz")
         sae_io.save_params(path, params, meta)
-        sae_formats.export_layouts(config.export.layouts, workdir, folder, heldout, log=log)  # other layouts
+        sae_export.export_layouts(config.export.layouts, workdir, folder, heldout, log=log)  # other layouts
         log(f"[export] {config_lib.variant_name(config)} {config_lib.sweep_field(config)}={lam:g}: "
             f"L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
         records.append({"path": path, **meta})
