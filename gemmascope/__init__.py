@@ -36,7 +36,7 @@ _API = {
     "decode": ("gemmascope.sae.model", "decode"),
     "reconstruct": ("gemmascope.sae.model", "reconstruct"),
     "base_config": ("gemmascope.config", "base_config"),
-    "get_config": ("gemmascope.config", "load_config_file"),
+    "get_config": ("gemmascope.config_files", "load_config_file"),
     "train": ("gemmascope.train.loop", "train_and_evaluate"),
     "evaluate": ("gemmascope.eval.evaluate", "evaluate_workdir"),
     "evaluate_saes": ("gemmascope.eval.metrics", "evaluate_saes"),

@@ -20,6 +20,7 @@ import sys
 from typing import Callable, Sequence
 
 from gemmascope import config as config_lib
+from gemmascope import config_files
 
 FLAG = "config"
 
@@ -41,9 +42,9 @@ def check_overrides(argv: Sequence[str], flag: str = FLAG) -> None:
     """Raises :class:`gemmascope.config.ConfigError` for the first ``--config.<path>`` that names
     no field of :func:`gemmascope.config.base_config` (every config is built from it, and
     :func:`gemmascope.config.validate` refuses fields it lacks)."""
-    known = config_lib.field_paths()
+    known = config_files.field_paths()
     for path in _override_paths(argv, flag):
-        err = config_lib.unknown_field_error(path, known)
+        err = config_files.unknown_field_error(path, known)
         if err is not None:
             raise err
 

@@ -13,6 +13,7 @@ from ml_collections import config_flags
 
 from gemmascope import cli
 from gemmascope import config as config_lib
+from gemmascope import config_files
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config naming the LM and text (configs/*.py); default: the workdir's config.json.",
@@ -27,7 +28,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
         if _CONFIG.value is None:  # no --config and no <workdir>/config.json (cli fills it otherwise)
-            config_lib.load_saved(_WORKDIR.value)  # raises, naming the missing file
+            config_files.load_saved(_WORKDIR.value)  # raises, naming the missing file
         config = config_lib.validate(config_lib.resolve(_CONFIG.value))
     except config_lib.ConfigError as e:
         raise app.UsageError(str(e))

@@ -25,6 +25,7 @@ import pytest
 
 from gemmascope import cli
 from gemmascope import config as config_lib
+from gemmascope import config_files
 from gemmascope import progress as progress_lib
 from gemmascope.train import writers
 
@@ -365,14 +366,14 @@ def test_training_progress_both_modes(tty):
 
 
 def test_unknown_override_is_one_line_with_a_suggestion():
-    err = config_lib.unknown_field_error("lamdas")
+    err = config_files.unknown_field_error("lamdas")
     assert str(err) == "config.lamdas: unknown field; did you mean config.lambdas?"
     assert "did you mean config.sae.threshold_init" in str(
-        config_lib.unknown_field_error("sae.treshold_init")
+        config_files.unknown_field_error("sae.treshold_init")
     )
-    assert str(config_lib.unknown_field_error("xyzzy")) == "config.xyzzy: unknown field"
+    assert str(config_files.unknown_field_error("xyzzy")) == "config.xyzzy: unknown field"
     for ok in ("lambdas", "sae.arch", "wandb.mode", "runlocal_overrides.num_tokens", "sae"):
-        assert config_lib.unknown_field_error(ok) is None
+        assert config_files.unknown_field_error(ok) is None
     cli.check_overrides(["--config=x.py", "--config.lambdas=1", "--noconfig.runlocal", "--workdir=w"])
     with pytest.raises(
         config_lib.ConfigError, match="config.lr_warmup: unknown field; did you mean config.lr_warmup_steps"
@@ -457,25 +458,25 @@ def test_saved_config_round_trip_and_errors(tmp_path):
 
     c = demo.get_config("runlocal=True")
     wd = _saved_workdir(tmp_path, c)
-    back = config_lib.load_saved(str(wd))
+    back = config_files.load_saved(str(wd))
     want = config_lib.resolve(c).to_dict()
     want["runlocal"] = False
     got = back.to_dict()
     got.pop("runlocal_overrides"), want.pop("runlocal_overrides")
     assert got == want and isinstance(back.sites, tuple) and isinstance(back.store.sites, tuple)
-    assert config_lib.load_saved(str(wd / "config.json")).to_dict() == back.to_dict()
+    assert config_files.load_saved(str(wd / "config.json")).to_dict() == back.to_dict()
     with pytest.raises(config_lib.ConfigError, match="no saved config"):
-        config_lib.load_saved(str(tmp_path))
+        config_files.load_saved(str(tmp_path))
     bad = json.loads((wd / "config.json").read_text())
     bad["sae"]["tresh"] = 1
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(config_lib.ConfigError, match=r"bad.json: config.sae.tresh: unknown field"):
-        config_lib.load_saved(str(tmp_path / "bad.json"))
+        config_files.load_saved(str(tmp_path / "bad.json"))
     bad = json.loads((wd / "config.json").read_text())
     bad["batch_size"] = 1.5
     (tmp_path / "bad2.json").write_text(json.dumps(bad))
     with pytest.raises(config_lib.ConfigError, match=r"bad2.json: config.batch_size"):
-        config_lib.load_saved(str(tmp_path / "bad2.json"))
+        config_files.load_saved(str(tmp_path / "bad2.json"))
 
 
 def test_evaluate_and_analyze_default_to_the_workdirs_config(tmp_path):

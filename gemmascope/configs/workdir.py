@@ -6,10 +6,11 @@ r"""The config a workdir was trained with: ``<workdir>/config.json``, written by
 given; ``--config.<field>=`` overrides apply on top. ``arg``: the workdir or its ``config.json``.
 """
 from gemmascope import config as config_lib
+from gemmascope import config_files
 
 
 def get_config(arg=None):
     if not arg:
         raise config_lib.ConfigError("configs/workdir.py needs the workdir: "
                                      "--config=configs/workdir.py:<workdir>")
-    return config_lib.load_saved(arg)
+    return config_files.load_saved(arg)
