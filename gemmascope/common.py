@@ -34,7 +34,7 @@ def write_json_atomic(path: str, obj: Any, **dump_kw: Any) -> None:
 
 def fvu(sq_err_sum, x):
     """Fraction of variance unexplained, ``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``, with the
-    mean over the rows of ``x [n, d]`` (the dataset mean per dimension, SPEC.md section 4).
+    mean over the rows of ``x [n, d]`` (the dataset mean per dimension, docs/SPEC.md section 4).
 
     ``sq_err_sum``: the summed squared error (a scalar, or ``[K]`` for a stack of SAEs). Works on
     NumPy and JAX arrays alike (the trainer calls it inside its jitted step).

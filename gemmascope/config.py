@@ -1,7 +1,7 @@
 """Configuration: the Gemma Scope defaults, ``arg`` strings, and validation before any compute.
 
 Every experiment config (``configs/*.py``) starts from :func:`base_config`, which holds every
-field the code reads, with the defaults of the Gemma Scope recipe (SPEC.md section 1). The
+field the code reads, with the defaults of the Gemma Scope recipe (docs/SPEC.md section 1). The
 returned ConfigDict is locked, so an override of an unknown field (``--config.lamdas=...``)
 fails at once naming the field; :func:`validate` then checks values and names the field of the
 first bad one. Both happen before any model, store or device work.
@@ -75,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     # arch "batchtopk": rate of the running mean of the smallest kept activation, the threshold
     # of the JumpReLU it exports as.
     c.sae.batchtopk_threshold_lr = 0.01
-    # Baselines (SPEC.md section 4; arch "relu", "topk", "gated").
+    # Baselines (docs/SPEC.md section 4; arch "relu", "topk", "gated").
     c.sae.topk_ks = (32,)  # arch "topk"/"batchtopk": the sweep axis, latents kept per token (lambdas unused)
     c.sae.auxk_k = 512  # arch "topk": latents in the AuxK reconstruction of the residual
     c.sae.auxk_coefficient = 1.0 / 32  # arch "topk": weight of the AuxK loss

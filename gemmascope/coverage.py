@@ -1,4 +1,4 @@
-"""Gemma Scope's coverage of Gemma 2 (SPEC.md section 2) as data, and the sweep configs built on it.
+"""Gemma Scope's coverage of Gemma 2 (docs/SPEC.md section 2) as data, and the sweep configs built on it.
 
 One config is one width of one model: the sites and layers Gemma Scope trained at that width, a
 lambda grid, the token budget of that width and a device mesh sized for it. ``configs/sweep_2b.py``,
@@ -11,7 +11,7 @@ together cover a model are :func:`jobs` (one ``arg`` string each).
 | 9B (42 layers, d 3584)  | 16k, 131k | layer 20 at 32k..524k; layers 9, 20, 31 at 1m |
 | 27B (46 layers, d 4608) | -         | layers 10, 22, 34 at 131k |
 
-Chosen here (SPEC.md leaves them open): six lambdas per location, log-spaced around the 6e-4
+Chosen here (docs/SPEC.md leaves them open): six lambdas per location, log-spaced around the 6e-4
 that gave L0 about 50 on 9B layer 20; the meshes below (8 devices up to 262k, 16 from 524k; the
 1m sweep split over two data groups). ``python launch/train.py --config=configs/sweep_9b.py:width=1m
 --dry_run`` compiles a config's step on fake devices and prints its per-device memory.
@@ -46,7 +46,7 @@ LAMBDAS = (2e-4, 4e-4, 6e-4, 1e-3, 2e-3, 4e-3)
 
 
 def tokens_for(width: int) -> int:
-    """SPEC.md section 1: 4B tokens for 16k, 16B for 1m, 8B otherwise."""
+    """docs/SPEC.md section 1: 4B tokens for 16k, 16B for 1m, 8B otherwise."""
     return 4_000_000_000 if width <= K16 else 16_000_000_000 if width >= M1 else 8_000_000_000
 
 

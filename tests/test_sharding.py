@@ -240,7 +240,7 @@ def test_single_process_feeds_whole_batch():
 
 
 # ---------------------------------------------------------------------------------------------
-# Sweep configs (SPEC.md section 2 coverage) and the dry run
+# Sweep configs (docs/SPEC.md section 2 coverage) and the dry run
 
 
 def _load_config(name: str, arg: str | None):

@@ -1,7 +1,7 @@
 """SAE metrics at a site of the LM: L0, FVU, delta LM loss (with clean and zero-ablation losses
 beside it), firing counts per latent, and reconstruction error by token position.
 
-Definitions (SPEC.md section 4):
+Definitions (docs/SPEC.md section 4):
 
 * L0: mean number of non-zero latents per token.
 * FVU: ``E||x - x_hat||^2 / E||x - E[x]||^2`` with the dataset mean per dimension (accumulated

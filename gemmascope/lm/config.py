@@ -2,7 +2,7 @@
 
 :class:`LMConfig` is frozen (hashable), so it can be a static argument of ``jax.jit``. The
 presets :func:`gemma2_2b`, :func:`gemma2_9b`, :func:`gemma2_27b` hold the published shapes and
-every detail of SPEC.md section 3; the embedded default (SmolLM2-135M, a Llama) gets its config
+every detail of docs/SPEC.md section 3; the embedded default (SmolLM2-135M, a Llama) gets its config
 from its GGUF metadata (see :mod:`gemmascope.lm.loading`).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 ARCHS = ("gemma2", "llama")
-#: The sites an activation can be read at (or spliced), per layer. SPEC.md section 2.
+#: The sites an activation can be read at (or spliced), per layer. docs/SPEC.md section 2.
 #:  ``res``: residual stream after the block (the block output), width ``d_model``.
 #:  ``att``: concatenated per-head attention outputs before the output projection,
 #:           width ``n_heads * head_dim``.

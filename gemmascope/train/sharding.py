@@ -2,7 +2,7 @@
 
 The mesh has two axes, ``("data", "model")`` of shape ``(config.mesh.data, config.mesh.model)``:
 
-* ``"model"``: tensor parallel over the latent dimension (SPEC.md section 5: W_enc columns and
+* ``"model"``: tensor parallel over the latent dimension (docs/SPEC.md section 5: W_enc columns and
   W_dec rows), which needs almost no communication: the encoder is local per latent shard, the
   decoder's contraction over latents is one reduction of ``[batch, d_in]`` over "model".
 * ``"data"``: batches ``[B, d_in]`` are split over it (gradients are summed across it by XLA).
