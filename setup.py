@@ -39,7 +39,7 @@ setup(
         # wandb: the offline W&B writer is tested (it is never required: imported only when
         # config.wandb.project is set).
         "test": ["pytest", "torch==2.13.0", "sae-lens==6.54.12", "accelerate", "selenium", "nbclient", "nbformat",
-                 "ipykernel", "wandb"],
+                 "ipykernel", "wandb", "ruff==0.17.6"],
         "datasets": ["datasets"],
         "tpu": ["jax[tpu]"],  # Cloud TPU / Colab TPU runtimes: pip install ".[tpu]"
         "wandb": ["wandb"],
