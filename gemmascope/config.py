@@ -34,6 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.layers = (0,)
     c.widths = (16384,)
     c.lambdas = (6e-4,)
+    # Gemma Scope 2's target L0s ("small", "big") of a sweep config (configs/sweep_gemma3.py); recorded
+    # only, until the target-L0 recipe reads its own field (nothing reads this one).
+    c.gemma_scope_2_l0s = ()
 
     c.sae = ml_collections.ConfigDict()
     c.sae.arch = "jumprelu"
