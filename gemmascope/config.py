@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-LM_SITES = ("res", "att", "mlp", "mlp_in")  # gemmascope.lm.config.SITES (mlp_in: the MLP input, for transcoders)
+LM_SITES = ("res", "att", "mlp", "mlp_in")  # gemmascope.lm.config.SITES (mlp_in: MLP input, for transcoders)
 SITES = LM_SITES + ("toy",)
 ARCHS = ("jumprelu", "relu", "topk", "gated")
 # Architectures whose sweep axis is ``config.sae.topk_ks`` (latents kept per token) rather than

@@ -66,7 +66,8 @@ GEMMA3_SIZES = {  # size -> (hub id, preset, layers)
 }
 GEMMA_SCOPE_2_L0S = (10, 60)  # ("small", "big"); SPEC.md section 7, for 270M
 for _size, (_hub, _preset, _n) in GEMMA3_SIZES.items():
-    MODELS[f"gemma3-{_size}"] = {"hub": _hub, "preset": _preset, "n_layers": _n, "l0s": GEMMA_SCOPE_2_L0S, "cover": {
+    MODELS[f"gemma3-{_size}"] = {"hub": _hub, "preset": _preset, "n_layers": _n, "l0s": GEMMA_SCOPE_2_L0S,
+                                 "cover": {
         K16: (ALL_SITES, "all"), K262: (ALL_SITES, "all"),
         K65: (("res",), four_depths(_n)), M1: (("res",), four_depths(_n))}}
 
@@ -122,9 +123,11 @@ def sweep_config_gemma3(arg: str | None) -> ml_collections.ConfigDict:
     """Gemma Scope 2's sweep of one Gemma 3 model at one width: ``arg`` ``model=270m|1b|4b|12b|27b``
     (default 270m), then as :func:`sweep_config` (``width=``, ``layer=``, ``site=``, ``data=``,
     ``sweep=``, ``runlocal``) except that the mesh's model axis is ``tp=`` (``model=`` is the LM)."""
-    a = config_lib.parse_arg(arg, model="270m", width=0, layer=-1, site="", data=0, tp=0, sweep="", runlocal=False)
+    a = config_lib.parse_arg(arg, model="270m", width=0, layer=-1, site="", data=0, tp=0, sweep="",
+                             runlocal=False)
     if a.model not in GEMMA3_SIZES:
-        raise config_lib.ConfigError(f"config arg model={a.model}: not a Gemma 3 model (known: {list(GEMMA3_SIZES)})")
+        raise config_lib.ConfigError(f"config arg model={a.model}: not a Gemma 3 model "
+                                     f"(known: {list(GEMMA3_SIZES)})")
     return _sweep_config(f"gemma3-{a.model}", a, mesh_model=int(a.tp))
 
 

