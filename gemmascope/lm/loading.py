@@ -286,19 +286,6 @@ def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, D // 2, 2, d_in).transpose(0, 2, 1, 3).reshape(out, d_in)
 
 
-def _gguf_fields(reader) -> dict[str, Any]:
-    out = {}
-    for k, f in reader.fields.items():
-        if k in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
-            out[k] = len(f.data)  # only the count; the tokenizer is built by transformers
-            continue
-        try:
-            out[k] = f.contents()
-        except Exception:  # noqa: BLE001 - odd metadata must not stop weight loading
-            pass
-    return out
-
-
 GGUF_ARCHS = ("llama", "gemma2", "gemma3")
 
 
@@ -366,21 +353,20 @@ def load_gguf(path: str, dtype: str = "float32", to_device: bool = True) -> tupl
     """(cfg, params) from a GGUF file (llama, gemma2 or gemma3), every tensor dequantised. The
     architecture is checked before any tensor is read.
 
-    Params are jax arrays on the default device (``to_device``) or numpy arrays."""
-    import gguf
+    Params are jax arrays on the default device (``to_device``) or numpy arrays. The file is read
+    by :mod:`gemmascope.lm.gguf_file` (the metadata in well under a second, vocabulary included)."""
+    from gemmascope.lm import gguf_file
 
     if not os.path.isfile(path):
         raise CheckpointError(f"GGUF file not found: {path!r}")
-    reader = gguf.GGUFReader(path)
-    meta = _gguf_fields(reader)
-    names = {t.name for t in reader.tensors}
+    meta, tensors = gguf_file.read(path)
+    names = {t.name for t in tensors}
     cfg = config_from_gguf(meta, dtype, has_output="output.weight" in names, where=path)
     npdt = _np_dtype(dtype)
     params = _empty_params(cfg, npdt)
     filled: set = set()
-    for t in reader.tensors:
-        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        w = w.reshape([int(x) for x in reversed(t.shape)])  # ggml lists dims fastest-first
+    for t in tensors:
+        w = gguf_file.dequantize(t)
         name = t.name[: -len(".weight")] if t.name.endswith(".weight") else t.name
         is_norm = name.endswith("norm")
         if cfg.gemma and is_norm:
