@@ -260,8 +260,10 @@ def test_fast_gguf_reader_equals_gguf_reader_on_every_value_type(tmp_path):
     from gemmascope.lm import gguf_file
 
     meta, tensors = gguf_file.read(str(path))
-    assert meta["tokenizer.ggml.tokens"] == 4 and meta["t.strs"] == ["a", "bc", ""] and meta["t.str"] == "héllo"
-    np.testing.assert_array_equal(gguf_file.dequantize(tensors[0]), np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert meta["tokenizer.ggml.tokens"] == 4 and meta["t.strs"] == ["a", "bc", ""]
+    assert meta["t.str"] == "héllo" and meta["t.bools"] == [True, False, True]
+    np.testing.assert_array_equal(gguf_file.dequantize(tensors[0]),
+                                  np.arange(12, dtype=np.float32).reshape(3, 4))
 
 
 def test_fast_gguf_reader_equals_gguf_reader_on_the_embedded_file():
