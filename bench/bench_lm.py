@@ -1,12 +1,13 @@
-"""LM throughput: our jitted JAX forward against transformers (PyTorch) on the embedded SmolLM2.
+"""LM throughput: our jitted JAX forward against transformers (PyTorch) on an embedded model.
 
-    /tmp/venv/bin/python bench/bench_lm.py                      # batch 4 x 128 tokens, fp32
+    /tmp/venv/bin/python bench/bench_lm.py                      # SmolLM2, batch 4 x 128 tokens, fp32
+    /tmp/venv/bin/python bench/bench_lm.py --model gemma3-270m  # Gemma 3 270M (Q4_K_M)
     /tmp/venv/bin/python bench/bench_lm.py --batch 8 --seq 256 --no_write
 
-Both models are the same SmolLM2-135M-Instruct Q4_1 GGUF dequantised to fp32 (ours through
-``gemmascope.lm.loading``, theirs through ``AutoModelForCausalLM.from_pretrained(gguf_file=...)``,
-default attention implementation), on the same packed held-out text, in the same process. Two
-workloads:
+Both sides run the same GGUF (SmolLM2-135M-Instruct Q4_1, or Gemma 3 270M Q4_K_M) dequantised to
+fp32 (ours through ``gemmascope.lm.loading``, theirs through
+``AutoModelForCausalLM.from_pretrained(gguf_file=...)``, default attention implementation), on the
+same packed held-out text, in the same process. Two workloads:
 
 * ``to layer L``: activations of the residual stream at a middle layer, the work of activation
   generation. Ours stops after layer L (``stop_after``); transformers is stopped by a forward hook
@@ -55,6 +56,8 @@ class _Stop(Exception):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m", choices=["smollm2-135m", "gemma3-270m"],
+                    help="embedded model (lm.checkpoint embedded:<model>)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--layer", type=int, default=None, help="middle layer (default n_layers // 2)")
@@ -65,15 +68,16 @@ def main() -> None:
     import torch
     import transformers
 
-    cfg, params, tok = loading.load_embedded()
+    cfg, params, tok = loading.load_embedded(name=args.model)
     params = jax.device_put(params)
+    label = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}[args.model]
     layer = cfg.n_layers // 2 if args.layer is None else args.layer
     _, held = text.split_texts(text.embedded_corpus())
     tokens, _ = text.pack(tok, held, args.seq, cfg.bos_id, cfg.eos_id, max_sequences=args.batch)
     assert tokens.shape == (args.batch, args.seq), tokens.shape
     n_tok = tokens.size
 
-    d, f = os.path.split(loading.embedded_gguf_path())
+    d, f = os.path.split(loading.embedded_gguf_path(args.model))
     hf = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
                                                            local_files_only=True).eval()
     tt = torch.tensor(tokens, dtype=torch.long)
@@ -122,7 +126,7 @@ def main() -> None:
             t0 = time.perf_counter(); ours(); to.append(time.perf_counter() - t0)
             t0 = time.perf_counter(); theirs(); tt_.append(time.perf_counter() - t0)
         o, t = n_tok / min(to), n_tok / min(tt_)
-        line = (f"| {mach} | SmolLM2-135M fp32 {what} | {args.batch} x {args.seq} | {o:,.0f} | {t:,.0f} | "
+        line = (f"| {mach} | {label} fp32 {what} | {args.batch} x {args.seq} | {o:,.0f} | {t:,.0f} | "
                 f"{o / t:.2f} |")
         print(line)
         rows.append(line)

@@ -13,7 +13,8 @@ from typing import Any
 
 import ml_collections
 
-SITES = ("res", "att", "mlp", "toy")
+LM_SITES = ("res", "att", "mlp", "mlp_in")  # gemmascope.lm.config.SITES (mlp_in: MLP input, for transcoders)
+SITES = LM_SITES + ("toy",)
 ARCHS = ("jumprelu", "relu", "topk", "gated", "batchtopk")
 # Architectures whose sweep axis is ``config.sae.topk_ks`` (latents kept per token) rather than
 # ``config.lambdas`` (sparsity coefficients).
@@ -41,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.lambdas = (6e-4,)
     # The sweep axis of JumpReLU with sae.sparsity_loss = "quadratic": target L0s, one SAE each.
     c.target_l0s = (40.0,)
+    # Gemma Scope 2's target L0s ("small", "big") of a sweep config (configs/sweep_gemma3.py); recorded
+    # only, until the target-L0 recipe reads its own field (nothing reads this one).
+    c.gemma_scope_2_l0s = ()
 
     c.sae = ml_collections.ConfigDict()
     c.sae.arch = "jumprelu"
@@ -312,7 +316,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(tuple(c.sites) == ("toy",), "sites", f"the toy source has the single site 'toy', got {tuple(c.sites)}")
     else:
         for s in c.sites:
-            _require(s in ("res", "att", "mlp"), "sites", f"LM sites are 'res', 'att', 'mlp', got {s!r}")
+            _require(s in LM_SITES, "sites", f"LM sites are {', '.join(LM_SITES)}, got {s!r}")
         _positive_int(c, "lm.context_length")
         _require(c.lm.context_length >= 2, "lm.context_length", f"must be >= 2, got {c.lm.context_length}")
         _positive_int(c, "lm.batch_sequences")
@@ -327,7 +331,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(0.0 < c.text.heldout_fraction < 1.0, "text.heldout_fraction",
                  f"must be in (0, 1), got {c.text.heldout_fraction!r}")
         for s in c.store.sites:
-            _require(s in ("res", "att", "mlp"), "store.sites", f"LM sites are 'res', 'att', 'mlp', got {s!r}")
+            _require(s in LM_SITES, "store.sites", f"LM sites are {', '.join(LM_SITES)}, got {s!r}")
         if c.source == "store":
             missing = [s for s in c.sites if s not in c.store.sites]
             _require(not missing, "store.sites", f"must include every trained site; missing {missing}")

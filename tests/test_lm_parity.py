@@ -1,7 +1,9 @@
 """Parity of gemmascope.lm (JAX) with transformers (PyTorch, CPU, eager attention) on tiny random
-Gemma 2 and Llama models saved as safetensors and read back by our loader.
+Gemma 2, Gemma 3 and Llama models saved as safetensors and read back by our loader.
 
-Tolerance: 1e-4 absolute, fp32, on logits and on every site at every layer.
+Tolerance: 1e-4 absolute, fp32, on logits and on every site (res, att, mlp, mlp_in) at every layer.
+The Gemma 3 models have T = 12 > sliding window 5, both layer types (distinct RoPE bases, linear
+RoPE scaling on the full layers), random q/k norms; one without soft-caps (as released), one with.
 """
 import os
 
@@ -43,6 +45,17 @@ def _gemma2_hf():
     return c
 
 
+def _gemma3_hf(softcap: bool):
+    return transformers.Gemma3TextConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=5,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+                         "full_attention": {"rope_type": "linear", "rope_theta": 3000.0, "factor": 4.0}},
+        attn_logit_softcapping=3.0 if softcap else None, final_logit_softcapping=4.0 if softcap else None,
+        bos_token_id=2, eos_token_id=1, pad_token_id=0, attn_implementation="eager")
+
+
 def _llama_hf():
     return transformers.LlamaConfig(
         vocab_size=89, hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=6,
@@ -50,12 +63,20 @@ def _llama_hf():
         bos_token_id=1, eos_token_id=2, attn_implementation="eager")
 
 
+KINDS = {  # kind -> (config, model class, seed)
+    "gemma2": (_gemma2_hf, transformers.Gemma2ForCausalLM, 1),
+    "llama": (_llama_hf, transformers.LlamaForCausalLM, 2),
+    "gemma3": (lambda: _gemma3_hf(False), transformers.Gemma3ForCausalLM, 4),
+    "gemma3_softcap": (lambda: _gemma3_hf(True), transformers.Gemma3ForCausalLM, 5),
+}
+
+
 def _build(kind, tmp_path_factory):
     torch.manual_seed(0)
-    hf_cfg = _gemma2_hf() if kind == "gemma2" else _llama_hf()
-    cls = transformers.Gemma2ForCausalLM if kind == "gemma2" else transformers.LlamaForCausalLM
+    make_cfg, cls, seed = KINDS[kind]
+    hf_cfg = make_cfg()
     m = cls(hf_cfg).eval()
-    _randomize(m, 1 if kind == "gemma2" else 2)
+    _randomize(m, seed)
     d = tmp_path_factory.mktemp(kind)
     m.save_pretrained(d, safe_serialization=True)
     cfg, params = loading.load_hf_checkpoint(str(d))
@@ -64,13 +85,24 @@ def _build(kind, tmp_path_factory):
     return m, cfg, params, tokens
 
 
-def _reference(m, tokens, arch, zero_mlp_layer=None):
-    """(logits, {(layer, site): array}) from transformers with forward hooks."""
+def _reference(m, tokens, arch, zero_mlp_layer=None, scale_mlp_in_layer=None):
+    """(logits, {(layer, site): array}) from transformers with forward hooks; optionally the MLP
+    output of one layer zeroed or the MLP input of one layer halved."""
     caps, handles = {}, []
+    gemma = arch.startswith("gemma")
     for i, layer in enumerate(m.model.layers):
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(
             lambda mod, args, i=i: caps.__setitem__((i, "att"), args[0].detach().numpy().copy())))
-        mlp_mod = layer.post_feedforward_layernorm if arch == "gemma2" else layer.mlp
+        # mlp_in: the pre-MLP norm's output (Gemma: pre_feedforward_layernorm; Llama: its
+        # post_attention_layernorm)
+        in_mod = layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm
+
+        def mlp_in_hook(mod, args, out, i=i):
+            caps[(i, "mlp_in")] = out.detach().numpy().copy()
+            return out * 0.5 if i == scale_mlp_in_layer else None
+
+        handles.append(in_mod.register_forward_hook(mlp_in_hook))
+        mlp_mod = layer.post_feedforward_layernorm if gemma else layer.mlp
 
         def mlp_hook(mod, args, out, i=i):
             caps[(i, "mlp")] = out.detach().numpy().copy()
@@ -91,7 +123,7 @@ def _reference(m, tokens, arch, zero_mlp_layer=None):
     return logits, caps
 
 
-@pytest.fixture(scope="module", params=["gemma2", "llama"])
+@pytest.fixture(scope="module", params=["gemma2", "llama", "gemma3"])
 def setup(request, tmp_path_factory):
     m, cfg, params, tokens = _build(request.param, tmp_path_factory)
     ref_logits, ref_caps = _reference(m, tokens, request.param)
@@ -105,13 +137,16 @@ def test_config_read_from_checkpoint(setup):
         assert cfg.query_scale == pytest.approx(24 ** -0.5)
         assert (cfg.attn_softcap, cfg.final_softcap, cfg.sliding_window) == (3.0, 4.0, 5)
         assert cfg.tie_embeddings and cfg.is_sliding(0) and not cfg.is_sliding(1)
+    elif arch == "gemma3":
+        assert cfg.query_scale == pytest.approx(24 ** -0.5) and cfg.qk_norm and cfg.tie_embeddings
+        assert (cfg.attn_softcap, cfg.final_softcap, cfg.sliding_window) == (None, None, 5)
+        assert [cfg.is_sliding(i) for i in range(4)] == [True, False, True, False]
+        assert (cfg.rope(0), cfg.rope(1)) == ((50.0, 1.0), (3000.0, 4.0))
     else:
         assert not cfg.tie_embeddings and cfg.rope_theta == 500.0 and cfg.n_kv_heads == 2
 
 
-def test_logits_and_every_site_match_transformers(setup):
-    """Logits and res/att/mlp at every layer within 1e-4 (fp32), captured in ONE forward pass."""
-    arch, m, cfg, params, tokens, ref_logits, ref_caps = setup
+def _check_logits_and_sites(arch, cfg, params, tokens, ref_logits, ref_caps):
     sites = [(l, s) for l in range(cfg.n_layers) for s in lmc.SITES]
     out = model.jit_forward(params, tokens, cfg, capture=sites)
     assert out.logits.shape == (B, T, cfg.vocab_size)
@@ -126,6 +161,33 @@ def test_logits_and_every_site_match_transformers(setup):
         worst = max(worst, e)
         assert e < ATOL, f"{key}: max abs err {e}"
     print(f"[{arch}] sites max abs err {worst:.2e} over {len(sites)} (layer, site) pairs")
+
+
+def test_logits_and_every_site_match_transformers(setup):
+    """Logits and res/att/mlp/mlp_in at every layer within 1e-4 (fp32), captured in ONE forward pass."""
+    arch, m, cfg, params, tokens, ref_logits, ref_caps = setup
+    _check_logits_and_sites(arch, cfg, params, tokens, ref_logits, ref_caps)
+
+
+def test_gemma3_with_soft_caps_matches_transformers(tmp_path_factory, monkeypatch):
+    """Gemma 3 with attention and final soft-caps set (the released models set neither).
+
+    transformers 5.x's Gemma 3 stores ``attn_logit_softcapping`` but never passes it to its
+    attention function (Gemma 2 does): the reference here passes it the way Gemma 2 does, so the
+    cap we apply when a config sets it is checked against transformers' own soft-capped attention.
+    """
+    import functools
+
+    from transformers.models.gemma3 import modeling_gemma3
+
+    m, cfg, params, tokens = _build("gemma3_softcap", tmp_path_factory)
+    assert (cfg.attn_softcap, cfg.final_softcap) == (3.0, 4.0)
+    monkeypatch.setattr(modeling_gemma3, "eager_attention_forward",
+                        functools.partial(modeling_gemma3.eager_attention_forward, softcap=cfg.attn_softcap))
+    ref_logits, ref_caps = _reference(m, tokens, "gemma3")
+    _check_logits_and_sites("gemma3_softcap", cfg, params, tokens, ref_logits, ref_caps)
+    lg = np.asarray(model.jit_forward(params, tokens, cfg.replace(attn_softcap=None)).logits)
+    assert np.abs(lg - ref_logits).max() > 1e-3  # the attention cap is exercised
 
 
 def test_unrolled_equals_scan_and_stop_after(setup):
@@ -159,6 +221,15 @@ def test_splice_identity_keeps_loss_and_zero_ablation_matches_hooked_reference(s
     e = float(np.abs(np.asarray(out.logits) - z_logits).max())
     assert e < ATOL, e
     assert float(np.abs(z_logits - ref_logits).max()) > 1e-2  # the ablation did change something
+    # Halve the MLP input of layer 1 (the mlp_in splice): only the MLP reads it, the residual does not.
+    h_logits, h_caps = _reference(m, tokens, arch, scale_mlp_in_layer=1)
+    out = model.jit_forward(params, tokens, cfg, splice={(1, "mlp_in"): lambda a: a * 0.5},
+                            capture=[(1, "mlp_in"), (1, "mlp")])
+    np.testing.assert_allclose(np.asarray(out.logits), h_logits, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(out.captures[(1, "mlp")]), h_caps[(1, "mlp")], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(out.captures[(1, "mlp_in")]), ref_caps[(1, "mlp_in")],
+                               atol=ATOL, rtol=0)
+    assert float(np.abs(h_logits - ref_logits).max()) > 1e-3
     # Splicing under jit with traced arguments (how an SAE reconstruction is spliced).
     f = jax.jit(lambda p, s, tok: model.forward(p, tok, cfg, splice={(0, "res"): lambda a: a * s}).logits)
     np.testing.assert_allclose(np.asarray(f(params, jnp.float32(1.0), tokens)), ref_logits, atol=ATOL, rtol=0)
@@ -180,6 +251,13 @@ def test_tiny_configs_exercise_each_feature(setup):
     so the 1e-4 agreement above really covers it."""
     arch, m, cfg, params, tokens, ref_logits, ref_caps = setup
     variants = {"rope_theta": cfg.replace(rope_theta=cfg.rope_theta * 3)}
+    if arch == "gemma3":
+        variants.update(sliding_window=cfg.replace(sliding_window=None),
+                        rope_theta_sliding=cfg.replace(rope_theta_sliding=None),
+                        rope_scale=cfg.replace(rope_scale=1.0),
+                        qk_norm=cfg.replace(arch="gemma2"),  # Gemma 2 = Gemma 3 without q/k norms
+                        layer_types=cfg.replace(layer_types=None),  # default pattern: all 4 sliding
+                        query_scale=cfg.replace(query_pre_attn_scalar=None))
     if arch == "gemma2":
         variants.update(sliding_window=cfg.replace(sliding_window=None),
                         attn_softcap=cfg.replace(attn_softcap=None),

@@ -1,23 +1,31 @@
-"""Language-model configuration: one frozen dataclass for Gemma 2 and Llama, and the sites.
+"""Language-model configuration: one frozen dataclass for Gemma 2, Gemma 3 (text) and Llama, and
+the sites.
 
 :class:`LMConfig` is frozen (hashable), so it can be a static argument of ``jax.jit``. The
 presets :func:`gemma2_2b`, :func:`gemma2_9b`, :func:`gemma2_27b` hold the published shapes and
-every detail of docs/SPEC.md section 3; the embedded default (SmolLM2-135M, a Llama) gets its config
-from its GGUF metadata (see :mod:`gemmascope.lm.loading`).
+every detail of docs/SPEC.md section 3; :func:`gemma3_270m` .. :func:`gemma3_27b` those of section 8
+(the text towers, as transformers' ``Gemma3TextConfig`` of each released checkpoint). The
+embedded models (SmolLM2-135M, a Llama; Gemma 3 270M) get their config from their GGUF metadata
+(see :mod:`gemmascope.lm.loading`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 
-ARCHS = ("gemma2", "llama")
+ARCHS = ("gemma2", "gemma3", "llama")
+#: Architectures with Gemma's RMSNorm (scale ``1 + w``), four norms per block, gelu_tanh MLP and
+#: embedding times ``sqrt(d_model)``.
+GEMMA_ARCHS = ("gemma2", "gemma3")
 #: The sites an activation can be read at (or spliced), per layer. docs/SPEC.md section 2.
 #:  ``res``: residual stream after the block (the block output), width ``d_model``.
 #:  ``att``: concatenated per-head attention outputs before the output projection,
 #:           width ``n_heads * head_dim``.
-#:  ``mlp``: the MLP output (Gemma 2: after the post-feed-forward RMSNorm; Llama: the
+#:  ``mlp``: the MLP output (Gemma 2/3: after the post-feed-forward RMSNorm; Llama: the
 #:           down-projection output), width ``d_model``.
-SITES = ("res", "att", "mlp")
+#:  ``mlp_in``: the MLP input (Gemma 2/3: after the pre-feed-forward RMSNorm; Llama: after the
+#:           post-attention RMSNorm, its pre-MLP norm), width ``d_model``: what a transcoder reads.
+SITES = ("res", "att", "mlp", "mlp_in")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,16 +33,25 @@ class LMConfig:
     """A decoder-only transformer. Fields a given ``arch`` does not use are ignored by it.
 
     arch: "gemma2" (RMSNorm scale ``1 + w``, four norms per block, gelu_tanh MLP, embedding
-      times ``sqrt(d_model)``, soft-capping) or "llama" (RMSNorm scale ``w``, two norms per block,
-      SiLU MLP).
+      times ``sqrt(d_model)``), "gemma3" (the same plus RMSNorm ``(1 + w)`` on every query and key
+      head before RoPE, ``q_norm``/``k_norm`` [head_dim]) or "llama" (RMSNorm scale ``w``, two norms
+      per block, SiLU MLP).
     query_pre_attn_scalar: queries are scaled by ``query_pre_attn_scalar ** -0.5``; None means
       ``head_dim ** -0.5`` (Llama).
     attn_softcap / final_softcap: ``cap * tanh(s / cap)`` on attention logits / final logits;
       None disables.
     sliding_window: window of the local-attention layers (a key is visible when
       ``q - window < k <= q``); None means every layer is global.
-    layer_types: per layer "sliding" or "full"; None means Gemma 2's pattern (even layers,
-      0, 2, ..., slide; odd layers are global) when ``sliding_window`` is set.
+    layer_types: per layer "sliding" or "full"; None means the architecture's pattern when
+      ``sliding_window`` is set: Gemma 2 even layers slide (0, 2, ...), odd ones are global;
+      Gemma 3 five sliding to one full (layer i slides unless ``(i + 1) % 6 == 0``), as
+      transformers' default ``sliding_window_pattern = 6``.
+    rope_theta: RoPE base of the full-attention layers (every layer without sliding window).
+    rope_theta_sliding: RoPE base of the sliding layers; None means ``rope_theta`` (Gemma 3 uses
+      10,000 there and 1,000,000 on full layers).
+    rope_scale / rope_scale_sliding: linear RoPE scaling factor (positions divided by it,
+      transformers' ``rope_type: "linear"``) of the full / sliding layers; Gemma 3 4B and up
+      use 8 on the full layers.
     dtype: parameter and activation dtype ("float32" or "bfloat16"); norms, softmax, RoPE angles
       and the loss are always computed in float32.
     """
@@ -48,6 +65,9 @@ class LMConfig:
     head_dim: int = 256
     d_mlp: int = 9216
     rope_theta: float = 10_000.0
+    rope_theta_sliding: float | None = None
+    rope_scale: float = 1.0
+    rope_scale_sliding: float = 1.0
     norm_eps: float = 1e-6
     attn_softcap: float | None = 50.0
     final_softcap: float | None = 30.0
@@ -75,6 +95,9 @@ class LMConfig:
         if self.layer_types is not None:
             if len(self.layer_types) != self.n_layers or any(t not in ("sliding", "full") for t in self.layer_types):
                 raise ValueError(f"LMConfig.layer_types: need {self.n_layers} entries of 'sliding'/'full', got {self.layer_types!r}")
+        for f in ("rope_theta", "rope_scale", "rope_scale_sliding"):
+            if not getattr(self, f) > 0:
+                raise ValueError(f"LMConfig.{f}: must be > 0, got {getattr(self, f)!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"LMConfig.dtype: must be float32, bfloat16 or float16, got {self.dtype!r}")
 
@@ -86,17 +109,36 @@ class LMConfig:
         s = self.query_pre_attn_scalar if self.query_pre_attn_scalar is not None else self.head_dim
         return float(s) ** -0.5
 
+    @property
+    def gemma(self) -> bool:
+        """Gemma norms (``1 + w``, pre and post), gelu_tanh MLP, embedding scale ``sqrt(d_model)``."""
+        return self.arch in GEMMA_ARCHS
+
+    @property
+    def qk_norm(self) -> bool:
+        """RMSNorm on each query and key head before RoPE (Gemma 3)."""
+        return self.arch == "gemma3"
+
     def is_sliding(self, layer: int) -> bool:
         if self.sliding_window is None:
             return False
         if self.layer_types is not None:
             return self.layer_types[layer] == "sliding"
+        if self.arch == "gemma3":
+            return (layer + 1) % 6 != 0
         return layer % 2 == 0
+
+    def rope(self, layer: int) -> tuple[float, float]:
+        """(base, linear scaling factor) of the RoPE of ``layer``: one RoPE per layer type."""
+        if self.is_sliding(layer):
+            theta = self.rope_theta if self.rope_theta_sliding is None else self.rope_theta_sliding
+            return float(theta), float(self.rope_scale_sliding)
+        return float(self.rope_theta), float(self.rope_scale)
 
 
 def site_dim(cfg: LMConfig, site: str) -> int:
-    """Width of a site's activation: ``d_model`` for res/mlp, ``n_heads * head_dim`` for att."""
-    if site in ("res", "mlp"):
+    """Width of a site's activation: ``d_model`` for res/mlp/mlp_in, ``n_heads * head_dim`` for att."""
+    if site in ("res", "mlp", "mlp_in"):
         return cfg.d_model
     if site == "att":
         return cfg.n_heads * cfg.head_dim
@@ -121,7 +163,54 @@ def gemma2_27b(**kw) -> LMConfig:
                     d_mlp=36864, query_pre_attn_scalar=144.0, name="gemma-2-27b").replace(**kw)
 
 
-PRESETS = {"gemma2_2b": gemma2_2b, "gemma2_9b": gemma2_9b, "gemma2_27b": gemma2_27b}
+def gemma3_layer_types(n_layers: int) -> tuple[str, ...]:
+    """Gemma 3's ``layer_types``: five sliding layers to one full (layers 5, 11, 17, ... are full)."""
+    return tuple("full" if (i + 1) % 6 == 0 else "sliding" for i in range(n_layers))
+
+
+def _gemma3(name: str, d: int, L: int, H: int, K: int, D: int, F: int, window: int, vocab: int,
+            qpas: float, full_rope_scale: float, kw: dict) -> LMConfig:
+    return LMConfig(arch="gemma3", vocab_size=vocab, d_model=d, n_layers=L, n_heads=H, n_kv_heads=K,
+                    head_dim=D, d_mlp=F, rope_theta=1_000_000.0, rope_theta_sliding=10_000.0,
+                    rope_scale=full_rope_scale,
+                    attn_softcap=None, final_softcap=None, query_pre_attn_scalar=qpas, sliding_window=window,
+                    layer_types=gemma3_layer_types(L), name=name).replace(**kw)
+
+
+# Gemma 3 text towers (docs/SPEC.md section 8), as the transformers configs of the released checkpoints
+# (google/gemma-3-<size>-pt): 270M and 1B are text-only (vocabulary 262,144, window 512, no RoPE
+# scaling); 4B, 12B, 27B are the language models of the multimodal checkpoints (vocabulary 262,208,
+# window 1024, linear RoPE scaling 8 on the full layers). Query scale 256 ** -0.5, except 27B:
+# query_pre_attn_scalar = d_model / n_heads = 168.
+def gemma3_270m(**kw) -> LMConfig:
+    """Gemma 3 270M: 18 layers, d 640, 4 q heads x 256, 1 kv head, d_mlp 2048, window 512."""
+    return _gemma3("gemma-3-270m", 640, 18, 4, 1, 256, 2048, 512, 262_144, 256.0, 1.0, kw)
+
+
+def gemma3_1b(**kw) -> LMConfig:
+    """Gemma 3 1B: 26 layers, d 1152, 4 q heads x 256, 1 kv head, d_mlp 6912, window 512."""
+    return _gemma3("gemma-3-1b", 1152, 26, 4, 1, 256, 6912, 512, 262_144, 256.0, 1.0, kw)
+
+
+def gemma3_4b(**kw) -> LMConfig:
+    """Gemma 3 4B (text): 34 layers, d 2560, 8 q heads x 256, 4 kv heads, d_mlp 10240, window 1024."""
+    return _gemma3("gemma-3-4b", 2560, 34, 8, 4, 256, 10240, 1024, 262_208, 256.0, 8.0, kw)
+
+
+def gemma3_12b(**kw) -> LMConfig:
+    """Gemma 3 12B (text): 48 layers, d 3840, 16 q heads x 256, 8 kv heads, d_mlp 15360, window 1024."""
+    return _gemma3("gemma-3-12b", 3840, 48, 16, 8, 256, 15360, 1024, 262_208, 256.0, 8.0, kw)
+
+
+def gemma3_27b(**kw) -> LMConfig:
+    """Gemma 3 27B (text): 62 layers, d 5376, 32 q heads x 128, 16 kv heads, d_mlp 21504, window 1024,
+    query scale 1/sqrt(168)."""
+    return _gemma3("gemma-3-27b", 5376, 62, 32, 16, 128, 21504, 1024, 262_208, 168.0, 8.0, kw)
+
+
+PRESETS = {"gemma2_2b": gemma2_2b, "gemma2_9b": gemma2_9b, "gemma2_27b": gemma2_27b,
+           "gemma3_270m": gemma3_270m, "gemma3_1b": gemma3_1b, "gemma3_4b": gemma3_4b,
+           "gemma3_12b": gemma3_12b, "gemma3_27b": gemma3_27b}
 
 
 def num_params(cfg: LMConfig) -> int:
@@ -131,10 +220,27 @@ def num_params(cfg: LMConfig) -> int:
     kv = 2 * d * cfg.n_kv_heads * cfg.head_dim
     o = cfg.n_heads * cfg.head_dim * d
     mlp = 3 * d * cfg.d_mlp
-    norms = (4 if cfg.arch == "gemma2" else 2) * d
+    norms = (4 if cfg.gemma else 2) * d + (2 * cfg.head_dim if cfg.qk_norm else 0)
     emb = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
     return L * (q + kv + o + mlp + norms) + emb + d
 
 
 def embed_scale(cfg: LMConfig) -> float:
-    return math.sqrt(cfg.d_model) if cfg.arch == "gemma2" else 1.0
+    """``sqrt(d_model)`` for Gemma (1 for Llama). transformers rounds it to the activation dtype
+    before multiplying (Gemma 3 through float32 first: a float32 buffer cast to the weights'
+    dtype); :func:`embed_scale_array` gives that rounded value."""
+    return math.sqrt(cfg.d_model) if cfg.gemma else 1.0
+
+
+def embed_scale_array(cfg: LMConfig):
+    """The embedding scale as a 0-d array of ``cfg.dtype``, rounded as transformers rounds it:
+    Gemma 3 ``float64 -> float32 -> dtype`` (``torch.tensor(scale).to(dtype)``), Gemma 2 directly
+    ``float64 -> dtype`` (``torch.tensor(scale, dtype=dtype)``). Both agree for every preset
+    (tested); bfloat16 turns sqrt(640) = 25.298 into 25.25."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    s = embed_scale(cfg)
+    if cfg.arch == "gemma3":
+        return jnp.asarray(np.float32(s)).astype(cfg.dtype)
+    return jnp.asarray(s, cfg.dtype)

