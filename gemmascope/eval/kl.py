@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from gemmascope.lm.config import LMConfig
-from gemmascope.lm.model import rms_norm
+from gemmascope.lm.model import final_norm, softcap_logits, unembedding_chunks
 
 
 def next_token_ce_and_kl(
@@ -39,9 +39,8 @@ def next_token_ce_and_kl(
 
     ``kl[k]`` is ``KL(clean || spliced_k)`` in nats at each position (see module doc).
     """
-    dt = jnp.dtype(cfg.dtype)
     hs = jnp.concatenate([h_clean[None], h_spliced], axis=0)  # [R = K + 1, B, T, d]
-    x = rms_norm(hs, params["final_norm"], cfg.norm_eps, cfg.arch == "gemma2")[:, :, :-1]
+    x = final_norm(params, hs, cfg)[:, :, :-1]
     R, B, T1, d = x.shape
     n = B * T1
     tb = max(1, min(int(token_block), n))
@@ -52,19 +51,14 @@ def next_token_ce_and_kl(
         .transpose(1, 0, 2, 3)
     )
     tgt = jnp.pad(jnp.asarray(tokens)[:, 1:].astype(jnp.int32).reshape(-1), (0, nb * tb - n)).reshape(nb, tb)
-    w = params["embed"].astype(dt) if cfg.tie_embeddings else params["lm_head"].T  # [V, d]
-    V = w.shape[0]
-    size = -(-V // n_chunks)
-    w = jnp.pad(w, ((0, size * n_chunks - V), (0, 0))).reshape(n_chunks, size, d)
+    w, V, size = unembedding_chunks(params, cfg, n_chunks)
 
     def block(args):
         xb, tg = args  # [R, tb, d], [tb]
 
         def body(carry, i):
             m, s, picked, t = carry  # [R, tb] x 3, [R - 1, tb]
-            lg = jnp.einsum("rtd,vd->rtv", xb, w[i]).astype(jnp.float32)
-            if cfg.final_softcap is not None:
-                lg = jnp.tanh(lg / cfg.final_softcap) * cfg.final_softcap
+            lg = softcap_logits(jnp.einsum("rtd,vd->rtv", xb, w[i]).astype(jnp.float32), cfg)
             col = i * size + jnp.arange(size)
             valid = col < V
             lg = jnp.where(valid, lg, -jnp.inf)
