@@ -48,7 +48,7 @@ def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> lis
     import matplotlib.pyplot as plt
 
     from gemmascope.config import K_ARCHS
-    from gemmascope.train.loop import iter_metrics
+    from gemmascope.train.writers import iter_metrics
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no metrics (train into this workdir first: launch/train.py)")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 IDENTITY = ("location", "arch", "site", "layer", "width", "sae", "step", "tokens")
 
@@ -58,6 +58,13 @@ def run_name(i: int, value: float, arch: str) -> str:
     from gemmascope.config import K_ARCHS
 
     return f"sae{i}_k{int(value)}" if arch in K_ARCHS else f"sae{i}_lambda{value:g}"
+
+
+def iter_metrics(workdir: str) -> Iterator[dict[str, Any]]:
+    """The rows :class:`JsonlWriter` appended to ``workdir/metrics.jsonl``, in order."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as fh:
+        for line in fh:
+            yield json.loads(line)
 
 
 class JsonlWriter:
