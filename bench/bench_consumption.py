@@ -6,6 +6,7 @@ Measured in one run: (a) the compiled sweep step's tokens/s at the given shapes,
 activation-store reader's rows/s (shuffled, prefetched) over a store of the same d_in written to
 a temp folder. Goal: reader >= 2x consumption. Appends a row to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,10 +75,14 @@ def main():
     ratio = read / consume
     print(f"trainer consumes {consume:,.0f} tok/s; reader delivers {read:,.0f} rows/s; ratio {ratio:.1f}")
     if not args.no_write:
-        append_rows("Activation store vs trainer consumption (bench/bench_consumption.py)",
-                    "| machine | shapes | trainer tok/s | reader rows/s | reader / trainer |\n|---|---|---|---|---|",
-                    [f"| {machine()} | d_in {args.d_in}, width {args.width}, K={args.k}, batch {args.batch} "
-                     f"| {consume:,.0f} | {read:,.0f} | **{ratio:.0f}x** (goal >= 2x) |"])
+        append_rows(
+            "Activation store vs trainer consumption (bench/bench_consumption.py)",
+            "| machine | shapes | trainer tok/s | reader rows/s | reader / trainer |\n|---|---|---|---|---|",
+            [
+                f"| {machine()} | d_in {args.d_in}, width {args.width}, K={args.k}, batch {args.batch} "
+                f"| {consume:,.0f} | {read:,.0f} | **{ratio:.0f}x** (goal >= 2x) |"
+            ],
+        )
 
 
 if __name__ == "__main__":

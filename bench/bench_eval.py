@@ -23,6 +23,7 @@ machine-independent part of the result (the 2-core machines here differ by 2x in
 The SAE is a JumpReLU of the demo's shape with random weights (unit-norm decoder rows, thresholds
 set so L0 is about 60): the time does not depend on what the weights are.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,13 @@ def random_sae(key, d_in: int, d_sae: int, x: np.ndarray, target_l0: float = 60.
     w_enc = w_dec.T.copy()
     pre = x @ w_enc
     thr = np.quantile(pre, 1.0 - target_l0 / d_sae, axis=0).clip(1e-3)
-    return {"W_enc": w_enc.astype(np.float32), "W_dec": w_dec.astype(np.float32),
-            "b_enc": np.zeros(d_sae, np.float32), "b_dec": np.zeros(d_in, np.float32),
-            "threshold": thr.astype(np.float32)}
+    return {
+        "W_enc": w_enc.astype(np.float32),
+        "W_dec": w_dec.astype(np.float32),
+        "b_enc": np.zeros(d_sae, np.float32),
+        "b_dec": np.zeros(d_in, np.float32),
+        "threshold": thr.astype(np.float32),
+    }
 
 
 def take_batches(lm, n_tokens: int) -> list:
@@ -128,13 +133,16 @@ def main():
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--width", type=int, default=4096)
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--workloads", default="seed,cold,cached,four",
-                    help="comma-separated subset of seed, cold, cached, four")
+    ap.add_argument(
+        "--workloads", default="seed,cold,cached,four", help="comma-separated subset of seed, cold, cached, four"
+    )
     args = ap.parse_args()
     work = set(args.workloads.split(","))
     if not work <= {"seed", "cold", "cached", "four"}:
-        ap.error(f"--workloads: unknown {sorted(work - {'seed', 'cold', 'cached', 'four'})} "
-                 "(known: seed, cold, cached, four)")
+        ap.error(
+            f"--workloads: unknown {sorted(work - {'seed', 'cold', 'cached', 'four'})} "
+            "(known: seed, cold, cached, four)"
+        )
 
     from gemmascope import config as config_lib
     from gemmascope.data.activations import LMActivations
@@ -145,8 +153,12 @@ def main():
     lm = LMActivations(c, [(args.layer, "res")], log=lambda *_: None)
     batches = take_batches(lm, args.tokens + 4096)  # + the first batch, which compiles in seed_eval
     from gemmascope.lm.model import forward
-    xs = np.asarray(forward(lm.params, jnp.asarray(batches[0][0]), lm.lm_cfg, capture=[(args.layer, "res")],
-                            stop_after=args.layer).captures[(args.layer, "res")])[batches[0][1]]
+
+    xs = np.asarray(
+        forward(
+            lm.params, jnp.asarray(batches[0][0]), lm.lm_cfg, capture=[(args.layer, "res")], stop_after=args.layer
+        ).captures[(args.layer, "res")]
+    )[batches[0][1]]
     saes = [random_sae(jax.random.PRNGKey(i), lm.lm_cfg.d_model, args.width, xs) for i in range(4)]
     n_tok = sum(int(m.sum()) for _, m in batches[1:])
     print(f"{n_tok:,} tokens in {len(batches) - 1} batches of {c.lm.batch_sequences} x {c.lm.context_length}")
@@ -155,10 +167,12 @@ def main():
     rate = matmul_rate(cfg.d_model, cfg.d_mlp)
     print(f"matmul [4096, {cfg.d_model}] x [{cfg.d_model}, {cfg.d_mlp}]: {rate / 1e9:,.0f} GFLOP/s")
     full = cfg.n_layers * layer_flops(cfg, T) + 2.0 * cfg.d_model * cfg.vocab_size
-    floors = {"seed": 3 * full + 4.0 * cfg.d_model * args.width,
-              "cold": eval_flops(cfg, T, args.layer, args.width, 1, 2),
-              "cached": eval_flops(cfg, T, args.layer, args.width, 1, 0),
-              "four": eval_flops(cfg, T, args.layer, args.width, 4, 2) / 4}
+    floors = {
+        "seed": 3 * full + 4.0 * cfg.d_model * args.width,
+        "cold": eval_flops(cfg, T, args.layer, args.width, 1, 2),
+        "cached": eval_flops(cfg, T, args.layer, args.width, 1, 0),
+        "four": eval_flops(cfg, T, args.layer, args.width, 4, 2) / 4,
+    }
     got, cache = {}, {}
     if "seed" in work:
         got["seed"] = seed_eval(lm, batches, saes[0], args.layer, "res")
@@ -168,22 +182,34 @@ def main():
         got["cached"] = timed(lm, batches[1:], saes[1:2], args.layer, "res", cache)
     if "four" in work:
         got["four"] = 4 * timed(lm, batches[1:], saes, args.layer, "res", {})  # SAE-tokens/s
-    names = {"seed": "seed (3 full forwards)", "cold": "one SAE, cold", "cached": "one SAE, cached baselines",
-             "four": "4 SAEs in one pass, cold, per SAE"}
+    names = {
+        "seed": "seed (3 full forwards)",
+        "cold": "one SAE, cold",
+        "cached": "one SAE, cached baselines",
+        "four": "4 SAEs in one pass, cold, per SAE",
+    }
     cells = []
     for k, tps in got.items():
         minutes = 100_000 / tps / 60
         frac = tps * floors[k] / rate  # achieved FLOP/s over the matmul rate (1.0 = the FLOP floor)
-        print(f"{names[k]}: {tps:,.0f} tok/s = {minutes:.1f} min per 100k tokens; {frac:.2f} of the matmul rate "
-              f"({floors[k] / 1e6:,.0f} MFLOP/token)")
+        print(
+            f"{names[k]}: {tps:,.0f} tok/s = {minutes:.1f} min per 100k tokens; {frac:.2f} of the matmul rate "
+            f"({floors[k] / 1e6:,.0f} MFLOP/token)"
+        )
         cells.append((names[k], f"{tps:,.0f}", f"{minutes:.1f}", f"{minutes * frac:.1f}", f"{frac:.2f}"))
 
-    rows = [f"| {machine()}; matmul {rate / 1e9:,.0f} GFLOP/s | layer {args.layer} res, width {args.width}, {n_tok:,} tokens "
-            f"| {name} | {tps} | {mins} | {fm} | **{fr}** |" for name, tps, mins, fm, fr in cells]
+    rows = [
+        f"| {machine()}; matmul {rate / 1e9:,.0f} GFLOP/s | layer {args.layer} res, width {args.width}, {n_tok:,} tokens "
+        f"| {name} | {tps} | {mins} | {fm} | **{fr}** |"
+        for name, tps, mins, fm, fr in cells
+    ]
     if not args.no_write:
-        append_rows("Evaluation speed against the FLOP floor (bench/bench_eval.py)",
-                    "| machine | workload | evaluation | tok/s | min per SAE for 100k tokens "
-                    "| floor: min at the matmul rate | FLOP/s / matmul FLOP/s |\n|---|---|---|---|---|---|---|", rows)
+        append_rows(
+            "Evaluation speed against the FLOP floor (bench/bench_eval.py)",
+            "| machine | workload | evaluation | tok/s | min per SAE for 100k tokens "
+            "| floor: min at the matmul rate | FLOP/s / matmul FLOP/s |\n|---|---|---|---|---|---|---|",
+            rows,
+        )
 
 
 if __name__ == "__main__":

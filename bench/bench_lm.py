@@ -18,6 +18,7 @@ Repetitions alternate between the two implementations so load from other process
 machine hits both alike; the ratio of the best (minimum) times is the result, the estimate least
 hit by other processes (ours / transformers tokens/s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTION = "LM forward (activation source)"
-TABLE_HEAD = ("| machine | what | batch x seq | ours tok/s | transformers tok/s | ratio |\n"
-              "|---|---|---|---|---|---|\n")
+TABLE_HEAD = "| machine | what | batch x seq | ours tok/s | transformers tok/s | ratio |\n|---|---|---|---|---|---|\n"
 
 try:  # the shared writer, so every section of BENCHMARKS.md has one format
     sys.path.insert(0, REPO)
@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover
         dev = jax.devices()[0]
         return f"{platform.machine()} {os.cpu_count()} cores, {dev.platform}:{getattr(dev, 'device_kind', '')}, jax {jax.__version__}"
 
+
 from gemmascope.data import text  # noqa: E402
 from gemmascope.lm import loading, model  # noqa: E402
 
@@ -56,8 +57,12 @@ class _Stop(Exception):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m", choices=["smollm2-135m", "gemma3-270m"],
-                    help="embedded model (lm.checkpoint embedded:<model>)")
+    ap.add_argument(
+        "--model",
+        default="smollm2-135m",
+        choices=["smollm2-135m", "gemma3-270m"],
+        help="embedded model (lm.checkpoint embedded:<model>)",
+    )
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--layer", type=int, default=None, help="middle layer (default n_layers // 2)")
@@ -78,13 +83,15 @@ def main() -> None:
     n_tok = tokens.size
 
     d, f = os.path.split(loading.embedded_gguf_path(args.model))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
-                                                           local_files_only=True).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        d, gguf_file=f, dtype=torch.float32, local_files_only=True
+    ).eval()
     tt = torch.tensor(tokens, dtype=torch.long)
 
     def ours_mid():
-        return jax.block_until_ready(model.jit_forward(params, tokens, cfg, capture=[(layer, "res")],
-                                                       stop_after=layer).captures[(layer, "res")])
+        return jax.block_until_ready(
+            model.jit_forward(params, tokens, cfg, capture=[(layer, "res")], stop_after=layer).captures[(layer, "res")]
+        )
 
     def ours_full():
         return jax.block_until_ready(model.jit_forward(params, tokens, cfg).logits)
@@ -119,15 +126,21 @@ def main() -> None:
 
     rows = []
     mach = f"{machine()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    for what, ours, theirs in ((f"to layer {layer} (res)", ours_mid, theirs_mid), ("full (logits)", ours_full, theirs_full)):
+    for what, ours, theirs in (
+        (f"to layer {layer} (res)", ours_mid, theirs_mid),
+        ("full (logits)", ours_full, theirs_full),
+    ):
         ours(), theirs()  # warm-up (compilation)
         to, tt_ = [], []
         for _ in range(args.reps):
-            t0 = time.perf_counter(); ours(); to.append(time.perf_counter() - t0)
-            t0 = time.perf_counter(); theirs(); tt_.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ours()
+            to.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            theirs()
+            tt_.append(time.perf_counter() - t0)
         o, t = n_tok / min(to), n_tok / min(tt_)
-        line = (f"| {mach} | {label} fp32 {what} | {args.batch} x {args.seq} | {o:,.0f} | {t:,.0f} | "
-                f"{o / t:.2f} |")
+        line = f"| {mach} | {label} fp32 {what} | {args.batch} x {args.seq} | {o:,.0f} | {t:,.0f} | {o / t:.2f} |"
         print(line)
         rows.append(line)
     if not args.no_write and append_rows is not None:

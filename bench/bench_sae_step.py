@@ -16,6 +16,7 @@ the step's FLOP/s (per SAE in the stack, times K) by the FLOP/s of one plain fp3
 ``[batch, d_in] @ [d_in, d_sae]`` measured in the same run, so machine load cancels as far as it
 can. Appends a row to BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,8 +109,10 @@ def compare_archs(args) -> list[str]:
     for shape in args.shapes.split(","):
         d_in, d_sae = (int(v) for v in shape.split("x"))
         names = ["jumprelu"] + args.archs.split(",")
-        runners = {a: arch_step_runner(a, args.batch, d_in, d_sae, args.k,
-                                       0.0 if a == "jumprelu" else args.dead_fraction) for a in names}
+        runners = {
+            a: arch_step_runner(a, args.batch, d_in, d_sae, args.k, 0.0 if a == "jumprelu" else args.dead_fraction)
+            for a in names
+        }
         times = {a: [] for a in names}
         for _ in range(args.repeats):
             for a in names:
@@ -117,9 +120,11 @@ def compare_archs(args) -> list[str]:
         best = {a: min(v) for a, v in times.items()}
         ref = best["jumprelu"]
         ratios = {a: best[a] / ref for a in names[1:]}
-        print(f"d_in={d_in} d_sae={d_sae} batch={args.batch} k={args.k} dead={args.dead_fraction} "
-              f"rounds={args.repeats}: JumpReLU {ref:.3f} s; "
-              + "; ".join(f"{a} {best[a]:.3f} s = {r:.2f}x" for a, r in ratios.items()))
+        print(
+            f"d_in={d_in} d_sae={d_sae} batch={args.batch} k={args.k} dead={args.dead_fraction} "
+            f"rounds={args.repeats}: JumpReLU {ref:.3f} s; "
+            + "; ".join(f"{a} {best[a]:.3f} s = {r:.2f}x" for a, r in ratios.items())
+        )
         goals = {"topk": 1.5, "batchtopk": 1.5, "matryoshka_jumprelu": 1.3}
         cells = []
         for a, r in ratios.items():
@@ -128,9 +133,10 @@ def compare_archs(args) -> list[str]:
                 cell += f" = {r / ratios['batchtopk']:.2f}x BatchTopK (goal <= 1.3)"
             cells.append(cell)
         auxk = f"AuxK on ({args.dead_fraction:.0%} dead)" if args.dead_fraction > 0 else "no dead latents"
-        rows.append(f"| d_in={d_in}, d_sae={d_sae}, batch={args.batch}, k={args.k}, {auxk} | {machine()}, load {os.getloadavg()[0]:.1f} "
-                    f"| JumpReLU {ref:.3f} s (best of {args.repeats} interleaved rounds) | "
-                    + "; ".join(cells) + " |")
+        rows.append(
+            f"| d_in={d_in}, d_sae={d_sae}, batch={args.batch}, k={args.k}, {auxk} | {machine()}, load {os.getloadavg()[0]:.1f} "
+            f"| JumpReLU {ref:.3f} s (best of {args.repeats} interleaved rounds) | " + "; ".join(cells) + " |"
+        )
     return rows
 
 
@@ -141,17 +147,24 @@ def main():
     ap.add_argument("--lambdas", type=int, default=1, help="K SAEs stacked in the step")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--archs", default="", help="compare these architectures' steps with JumpReLU's "
-                    "(topk, batchtopk, matryoshka_jumprelu, matryoshka_batchtopk, relu, gated)")
+    ap.add_argument(
+        "--archs",
+        default="",
+        help="compare these architectures' steps with JumpReLU's "
+        "(topk, batchtopk, matryoshka_jumprelu, matryoshka_batchtopk, relu, gated)",
+    )
     ap.add_argument("--k", type=int, default=64, help="k of TopK / BatchTopK with --archs")
     ap.add_argument("--dead-fraction", type=float, default=0.0, help="latents dead before each step (AuxK on)")
     args = ap.parse_args()
     if args.archs:
         rows = compare_archs(args)
         if not args.no_write:
-            append_rows("Recipe architectures: train step time against JumpReLU's (bench/bench_sae_step.py --archs)",
-                        "| shape | machine | JumpReLU step | each architecture's step / JumpReLU's, same run |\n"
-                        "|---|---|---|---|", rows)
+            append_rows(
+                "Recipe architectures: train step time against JumpReLU's (bench/bench_sae_step.py --archs)",
+                "| shape | machine | JumpReLU step | each architecture's step / JumpReLU's, same run |\n"
+                "|---|---|---|---|",
+                rows,
+            )
         return
     rows = []
     for shape in args.shapes.split(","):
@@ -161,14 +174,21 @@ def main():
         mm2 = matmul_flops(args.batch, d_in, d_sae, args.repeats)  # again: load drift shows as a spread
         ref = max(mm, mm2)
         ratio = st / ref
-        print(f"d_in={d_in} d_sae={d_sae} batch={args.batch} K={args.lambdas}: step {st / 1e9:.1f} GFLOP/s, "
-              f"matmul {mm / 1e9:.1f}/{mm2 / 1e9:.1f} GFLOP/s, ratio {ratio:.2f}")
-        rows.append(f"| SAE train step, JumpReLU, d_in={d_in}, d_sae={d_sae}, batch={args.batch}, K={args.lambdas} "
-                    f"| {machine()} | step {st / 1e9:.1f} GFLOP/s; matmul {ref / 1e9:.1f} GFLOP/s "
-                    f"| **{ratio:.2f}** (goal >= 0.8 at d_in 2304) |")
+        print(
+            f"d_in={d_in} d_sae={d_sae} batch={args.batch} K={args.lambdas}: step {st / 1e9:.1f} GFLOP/s, "
+            f"matmul {mm / 1e9:.1f}/{mm2 / 1e9:.1f} GFLOP/s, ratio {ratio:.2f}"
+        )
+        rows.append(
+            f"| SAE train step, JumpReLU, d_in={d_in}, d_sae={d_sae}, batch={args.batch}, K={args.lambdas} "
+            f"| {machine()} | step {st / 1e9:.1f} GFLOP/s; matmul {ref / 1e9:.1f} GFLOP/s "
+            f"| **{ratio:.2f}** (goal >= 0.8 at d_in 2304) |"
+        )
     if not args.no_write:
-        append_rows("SAE training step (bench/bench_sae_step.py)",
-                    "| what | machine | measured | step FLOP/s / matmul FLOP/s |\n|---|---|---|---|", rows)
+        append_rows(
+            "SAE training step (bench/bench_sae_step.py)",
+            "| what | machine | measured | step FLOP/s / matmul FLOP/s |\n|---|---|---|---|",
+            rows,
+        )
 
 
 if __name__ == "__main__":

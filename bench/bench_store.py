@@ -21,6 +21,7 @@ Each is timed with the files in the page cache ("warm", best of ``--repeats``) a
 reader / raw is the result; rows/s is for comparison with a trainer's consumption. Appends rows to
 BENCHMARKS.md under "Activation store".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,7 @@ def raw_read(files: list[str]) -> tuple[float, int]:
 
 
 def reader_read(root: str, batch: int, seed: int, prefetch: int, buffer_rows: int | None) -> tuple[float, int]:
-    r = st.ActivationReader(root, SITE, batch, seed=seed, epochs=1, prefetch=prefetch,
-                            shuffle_buffer_rows=buffer_rows)
+    r = st.ActivationReader(root, SITE, batch, seed=seed, epochs=1, prefetch=prefetch, shuffle_buffer_rows=buffer_rows)
     rows = 0
     t = time.perf_counter()
     for x in r:
@@ -88,13 +88,13 @@ def reader_read(root: str, batch: int, seed: int, prefetch: int, buffer_rows: in
     return dt, rows
 
 
-def write_store(root: str, rows: int, d_in: int, batch_rows: int,
-                checksums: bool = True) -> tuple[float, int]:
+def write_store(root: str, rows: int, d_in: int, batch_rows: int, checksums: bool = True) -> tuple[float, int]:
     rng = np.random.default_rng(0)
     block = rng.standard_normal((batch_rows, d_in), dtype=np.float32)  # generation is not timed
     t = time.perf_counter()
-    with st.ActivationWriter(root, {SITE: d_in}, {"model": "bench", "corpus": "random normal"},
-                             chunk_checksums=checksums) as w:
+    with st.ActivationWriter(
+        root, {SITE: d_in}, {"model": "bench", "corpus": "random normal"}, chunk_checksums=checksums
+    ) as w:
         done = 0
         for b in range(-(-rows // batch_rows)):
             n = min(batch_rows, rows - done)
@@ -127,9 +127,11 @@ def main() -> None:
         files = store_files(root)
         size = sum(os.path.getsize(f) for f in files)
         info = st.open_store(root).sites[SITE]
-        print(f"store: {n} rows x {args.d_in} fp32 = {size / 1e9:.3f} GB in {len(files)} files "
-              f"(chunk {info['chunk_rows']} rows, shard {info['shard_rows']} rows); "
-              f"write {size / wt / 1e9:.3f} GB/s ({wt:.1f} s, {n / wt:,.0f} rows/s)")
+        print(
+            f"store: {n} rows x {args.d_in} fp32 = {size / 1e9:.3f} GB in {len(files)} files "
+            f"(chunk {info['chunk_rows']} rows, shard {info['shard_rows']} rows); "
+            f"write {size / wt / 1e9:.3f} GB/s ({wt:.1f} s, {n / wt:,.0f} rows/s)"
+        )
         reader = st.ActivationReader(root, SITE, args.batch, seed=0, shuffle_buffer_rows=args.buffer_rows)
         window_rows = reader.window_chunks * reader.chunk_rows
         reader.close()
@@ -155,34 +157,46 @@ def main() -> None:
             rd_bytes = rd_rows * args.d_in * 4
             rd_gbs = rd_bytes / rd_t / 1e9
             rows_s = rd_rows / rd_t
-            print(f"{cache:>4}: raw read {raw_gbs:.3f} GB/s ({raw_t:.2f} s); reader {rd_gbs:.3f} GB/s "
-                  f"({rd_t:.2f} s, {rows_s:,.0f} rows/s, {rows_s / args.batch:,.1f} batches/s); "
-                  f"ratio {rd_gbs / raw_gbs:.2f}")
+            print(
+                f"{cache:>4}: raw read {raw_gbs:.3f} GB/s ({raw_t:.2f} s); reader {rd_gbs:.3f} GB/s "
+                f"({rd_t:.2f} s, {rows_s:,.0f} rows/s, {rows_s / args.batch:,.1f} batches/s); "
+                f"ratio {rd_gbs / raw_gbs:.2f}"
+            )
             rows_out.append(
                 f"| {machine()} | {n:,} x {args.d_in} fp32, {size / 1e9:.2f} GB, chunk {info['chunk_rows']} / "
                 f"shard {info['shard_rows']} rows | batch {args.batch}, shuffle buffer {window_rows:,} rows, "
                 f"prefetch {args.prefetch} | {cache} | {raw_gbs:.2f} | {rd_gbs:.2f} | {rd_gbs / raw_gbs:.2f} "
-                f"| {rows_s:,.0f} | {size / wt / 1e9:.2f} |")
+                f"| {rows_s:,.0f} | {size / wt / 1e9:.2f} |"
+            )
         crc_rows = []
         for cache, (_, (rd_t, rd_rows)) in results.items():
             pl_t, pl_rows = unchecked[cache]
             with_gbs, without_gbs = rd_rows * args.d_in * 4 / rd_t / 1e9, pl_rows * args.d_in * 4 / pl_t / 1e9
-            print(f"{cache:>4}: reader with chunk crc32c {with_gbs:.3f} GB/s, "
-                  f"without {without_gbs:.3f} GB/s; ratio {with_gbs / without_gbs:.2f}")
+            print(
+                f"{cache:>4}: reader with chunk crc32c {with_gbs:.3f} GB/s, "
+                f"without {without_gbs:.3f} GB/s; ratio {with_gbs / without_gbs:.2f}"
+            )
             crc_rows.append(
                 f"| {machine()} | {n:,} x {args.d_in} fp32, chunk {info['chunk_rows']} / "
                 f"shard {info['shard_rows']} rows | batch {args.batch}, prefetch {args.prefetch} | {cache} "
                 f"| {with_gbs:.2f} | {without_gbs:.2f} | {with_gbs / without_gbs:.2f} "
-                f"| {rd_rows / rd_t:,.0f} |")
+                f"| {rd_rows / rd_t:,.0f} |"
+            )
         if not args.no_report:
-            append_rows("Activation store: chunk checksums (bench/bench_store.py)",
-                        "| machine | store | reader | page cache | reader GB/s, crc32c per chunk "
-                        "| reader GB/s, no chunk checksum | with / without | reader rows/s with crc32c |\n"
-                        "|---|---|---|---|---|---|---|---|", crc_rows)
-            append_rows("Activation store",
-                        "| machine | store | reader | page cache | raw read GB/s | reader GB/s | reader / raw "
-                        "| reader rows/s | write GB/s |\n"
-                        "|---|---|---|---|---|---|---|---|---|", rows_out)
+            append_rows(
+                "Activation store: chunk checksums (bench/bench_store.py)",
+                "| machine | store | reader | page cache | reader GB/s, crc32c per chunk "
+                "| reader GB/s, no chunk checksum | with / without | reader rows/s with crc32c |\n"
+                "|---|---|---|---|---|---|---|---|",
+                crc_rows,
+            )
+            append_rows(
+                "Activation store",
+                "| machine | store | reader | page cache | raw read GB/s | reader GB/s | reader / raw "
+                "| reader rows/s | write GB/s |\n"
+                "|---|---|---|---|---|---|---|---|---|",
+                rows_out,
+            )
     finally:
         if args.keep:
             print(f"kept {root}")

@@ -15,6 +15,7 @@ r"""Sweep and width scaling of the sharded training step (the path ``train_locat
 Times are the minimum over repeats, interleaving the compared variants so that machine load
 drifts hit both; the machine's 1-minute load average is written into each row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,9 +102,11 @@ def part_sweep(args) -> list[str]:
         t = interleaved_min({"single": single.run, "stacked": stacked.run}, args.repeats)
         ratio = t["stacked"] / (k * t["single"])
         print(f"sweep K={k}: stacked {t['stacked']:.3f} s vs {k} x single {t['single']:.3f} s -> ratio {ratio:.2f}")
-        rows.append(f"| sweep of K={k} in one step vs {k} single-SAE steps | d_in={args.d_in}, d_sae={args.sweep_width}, "
-                    f"batch={args.batch}, mesh 1x1 | {machine()}, {load()} | stacked {t['stacked']:.3f} s; single "
-                    f"{t['single']:.3f} s | **{ratio:.2f}** (cost per token per SAE, sweep / separate) |")
+        rows.append(
+            f"| sweep of K={k} in one step vs {k} single-SAE steps | d_in={args.d_in}, d_sae={args.sweep_width}, "
+            f"batch={args.batch}, mesh 1x1 | {machine()}, {load()} | stacked {t['stacked']:.3f} s; single "
+            f"{t['single']:.3f} s | **{ratio:.2f}** (cost per token per SAE, sweep / separate) |"
+        )
         del stacked
     return rows
 
@@ -117,12 +120,16 @@ def part_width(args) -> list[str]:
         step_fs = 10 * args.batch * args.d_in * w / t["step"]
         mm_fs = 2 * args.batch * args.d_in * w / t["mm"]
         per_unit.append(t["step"] / w)
-        print(f"width {w}: step {t['step']:.3f} s ({step_fs / 1e9:.1f} GFLOP/s), matmul {mm_fs / 1e9:.1f} GFLOP/s, "
-              f"ratio {step_fs / mm_fs:.2f}, {1e6 * t['step'] / w:.2f} us per latent")
-        rows.append(f"| step FLOP/s / matmul FLOP/s, K=1 | d_in={args.d_in}, d_sae={w}, batch={args.batch}, mesh 1x1 "
-                    f"| {machine()}, {load()} | step {t['step']:.3f} s = {step_fs / 1e9:.1f} GFLOP/s; matmul "
-                    f"{mm_fs / 1e9:.1f} GFLOP/s; {1e6 * t['step'] / w:.2f} us/latent (x{per_unit[-1] / per_unit[0]:.2f} "
-                    f"of width {args.widths[0]}) | **{step_fs / mm_fs:.2f}** |")
+        print(
+            f"width {w}: step {t['step']:.3f} s ({step_fs / 1e9:.1f} GFLOP/s), matmul {mm_fs / 1e9:.1f} GFLOP/s, "
+            f"ratio {step_fs / mm_fs:.2f}, {1e6 * t['step'] / w:.2f} us per latent"
+        )
+        rows.append(
+            f"| step FLOP/s / matmul FLOP/s, K=1 | d_in={args.d_in}, d_sae={w}, batch={args.batch}, mesh 1x1 "
+            f"| {machine()}, {load()} | step {t['step']:.3f} s = {step_fs / 1e9:.1f} GFLOP/s; matmul "
+            f"{mm_fs / 1e9:.1f} GFLOP/s; {1e6 * t['step'] / w:.2f} us/latent (x{per_unit[-1] / per_unit[0]:.2f} "
+            f"of width {args.widths[0]}) | **{step_fs / mm_fs:.2f}** |"
+        )
         del r
     return rows
 
@@ -133,9 +140,11 @@ def part_mesh(args) -> list[str]:
     t = interleaved_min({"sharded": sharded.run, "plain": plain.run}, args.repeats)
     ratio = t["sharded"] / t["plain"]
     print(f"1x1 mesh: sharded path {t['sharded']:.3f} s vs plain jit {t['plain']:.3f} s -> {ratio:.2f}")
-    return [f"| 1x1 mesh through ShardedSweep vs plain jax.jit (K=4) | d_in={args.d_in}, d_sae={w}, batch={args.batch} "
-            f"| {machine()}, {load()} | sharded {t['sharded']:.3f} s; plain {t['plain']:.3f} s | **{ratio:.2f}** "
-            f"(time ratio, 1.00 = same speed) |"]
+    return [
+        f"| 1x1 mesh through ShardedSweep vs plain jax.jit (K=4) | d_in={args.d_in}, d_sae={w}, batch={args.batch} "
+        f"| {machine()}, {load()} | sharded {t['sharded']:.3f} s; plain {t['plain']:.3f} s | **{ratio:.2f}** "
+        f"(time ratio, 1.00 = same speed) |"
+    ]
 
 
 def main():
@@ -157,8 +166,11 @@ def main():
             rows += fn(args)
     print(f"total {time.time() - t0:.0f} s")
     if not args.no_write:
-        append_rows("Sweep and width scaling (bench/bench_sweep.py)",
-                    "| what | shapes | machine | measured | ratio |\n|---|---|---|---|---|", rows)
+        append_rows(
+            "Sweep and width scaling (bench/bench_sweep.py)",
+            "| what | shapes | machine | measured | ratio |\n|---|---|---|---|---|",
+            rows,
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared by the benchmarks: the machine in words, and appending rows to BENCHMARKS.md."""
+
 from __future__ import annotations
 
 import datetime

@@ -4,4 +4,5 @@ The config lives in the package: ``gemmascope/configs/demo.py``
 (``from gemmascope.configs import demo``); this file keeps ``--config=configs/demo.py``
 working from the repository.
 """
+
 from gemmascope.configs.demo import get_config  # noqa: F401

@@ -4,4 +4,5 @@ The config lives in the package: ``gemmascope/configs/frontier.py``
 (``from gemmascope.configs import frontier``); this file keeps ``--config=configs/frontier.py``
 working from the repository.
 """
+
 from gemmascope.configs.frontier import get_config  # noqa: F401

@@ -4,4 +4,5 @@ The config lives in the package: ``gemmascope/configs/sweep_2b.py``
 (``from gemmascope.configs import sweep_2b``); this file keeps ``--config=configs/sweep_2b.py``
 working from the repository.
 """
+
 from gemmascope.configs.sweep_2b import get_config  # noqa: F401

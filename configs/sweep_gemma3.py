@@ -14,6 +14,7 @@ mesh); see ``gemmascope/coverage.py`` for the table and the meshes. The jobs tha
 covered), ``layer=N``, ``site=res|att|mlp``, ``data=``, ``tp=`` (the mesh's model axis),
 ``sweep=replicated|sharded``, ``runlocal``.
 """
+
 from gemmascope import coverage
 
 

@@ -4,4 +4,5 @@ The config lives in the package: ``gemmascope/configs/toy.py``
 (``from gemmascope.configs import toy``); this file keeps ``--config=configs/toy.py``
 working from the repository.
 """
+
 from gemmascope.configs.toy import get_config  # noqa: F401

@@ -4,4 +4,5 @@ The config lives in the package: ``gemmascope/configs/workdir.py``
 (``from gemmascope.configs import workdir``); this file keeps ``--config=configs/workdir.py``
 working from the repository.
 """
+
 from gemmascope.configs.workdir import get_config  # noqa: F401

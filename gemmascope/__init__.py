@@ -17,6 +17,7 @@ package: ``lm/`` models and sites, ``sae/`` architectures and files, ``data/`` t
 sources and the activation store, ``train/`` the sweep trainer, ``eval/`` metrics and frontier,
 ``analysis/`` logit lens, enrichment, dashboards and steering.
 """
+
 from __future__ import annotations
 
 import importlib

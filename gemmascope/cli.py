@@ -12,12 +12,13 @@
   with (``<workdir>/config.json``, written by ``launch/train.py``) through the config file
   ``gemmascope/configs/workdir.py``, so ``--config.<field>=`` overrides still apply to it.
 """
+
 from __future__ import annotations
 
 import ast
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from gemmascope import config as config_lib
 from gemmascope import config_files
@@ -33,7 +34,7 @@ def _override_paths(argv: Sequence[str], flag: str = FLAG) -> list[str]:
             break
         for prefix in (f"--{flag}.", f"-{flag}.", f"--no{flag}.", f"-no{flag}."):
             if a.startswith(prefix):
-                out.append(a[len(prefix):].split("=", 1)[0])
+                out.append(a[len(prefix) :].split("=", 1)[0])
                 break
     return out
 
@@ -96,7 +97,7 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
             break
         for p in (f"--{name}", f"-{name}"):
             if a.startswith(p + "="):
-                value = a[len(p) + 1:]
+                value = a[len(p) + 1 :]
             elif a == p and i + 1 < len(argv):
                 value = argv[i + 1]
     return value
@@ -169,13 +170,14 @@ def dashboard_lm_settings(config, checkpoint=None, context_length=None, batch_se
     embedded default. The dashboard scans the embedded corpus whatever ``config.text`` says."""
     lm = config.lm if config is not None else None
     if config is not None and config.text.kind != "embedded":
-        print(f"[analyze] the config trained on text.kind={config.text.kind!r}; "
-              "dashboards scan the embedded corpus")
+        print(f"[analyze] the config trained on text.kind={config.text.kind!r}; dashboards scan the embedded corpus")
 
     def pick(flag, field, default):
         return flag if flag is not None else (lm[field] if lm is not None else default)
 
-    return {"checkpoint": pick(checkpoint, "checkpoint", "embedded"),
-            "seq_len": int(pick(context_length, "context_length", 128)),
-            "batch_sequences": int(pick(batch_sequences, "batch_sequences", 32)),
-            "outlier_norm_factor": float(pick(None, "outlier_norm_factor", 10.0))}
+    return {
+        "checkpoint": pick(checkpoint, "checkpoint", "embedded"),
+        "seq_len": int(pick(context_length, "context_length", 128)),
+        "batch_sequences": int(pick(batch_sequences, "batch_sequences", 32)),
+        "outlier_norm_factor": float(pick(None, "outlier_norm_factor", 10.0)),
+    }

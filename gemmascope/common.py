@@ -2,12 +2,14 @@
 
 This module imports nothing from the package, so any module may import it.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def atomic_write(path: str, write_fn: Callable[[Any], None], mode: str = "wb") -> None:

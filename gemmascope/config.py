@@ -6,6 +6,7 @@ returned ConfigDict is locked, so an override of an unknown field (``--config.la
 fails at once naming the field; :func:`validate` then checks values and names the field of the
 first bad one. Both happen before any model, store or device work.
 """
+
 from __future__ import annotations
 
 import math
@@ -168,7 +169,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.store.max_tokens = 0  # stop generating after this many stored rows per location (0 = corpus)
     c.store.heldout_rows = 65_536  # held-out rows stored per location for evaluation
     c.store.shuffle_buffer_rows = 262_144
-    c.store.rows_per_flush = 0  # rows buffered per site before a durable write (0 = one shard); a kill loses at most this
+    c.store.rows_per_flush = (
+        0  # rows buffered per site before a durable write (0 = one shard); a kill loses at most this
+    )
 
     # runlocal=True applies runlocal_overrides (same structure as the config) at the start of
     # every entry point, so ``--config.runlocal=True`` shrinks any config to a CPU-sized run.
@@ -247,8 +250,11 @@ def _positive_int(c, field: str) -> None:
 
 def _nonneg_number(c, field: str) -> None:
     v = _get(c, field)
-    _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0, field,
-             f"must be a finite number >= 0, got {v!r}")
+    _require(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+        field,
+        f"must be a finite number >= 0, got {v!r}",
+    )
 
 
 def _get(c, field: str):
@@ -262,36 +268,65 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Raises :class:`ConfigError` naming the first invalid field; returns the config."""
     base = base_config()
     _check_no_unknown(c, base, "")
-    _require(isinstance(c.sites, (tuple, list)) and len(c.sites) > 0, "sites", f"must be a non-empty list, got {c.sites!r}")
+    _require(
+        isinstance(c.sites, (tuple, list)) and len(c.sites) > 0, "sites", f"must be a non-empty list, got {c.sites!r}"
+    )
     for s in c.sites:
         _require(s in SITES, "sites", f"unknown site {s!r} (known: {list(SITES)})")
-    _require(isinstance(c.layers, (tuple, list)) and len(c.layers) > 0, "layers", f"must be a non-empty list, got {c.layers!r}")
+    _require(
+        isinstance(c.layers, (tuple, list)) and len(c.layers) > 0,
+        "layers",
+        f"must be a non-empty list, got {c.layers!r}",
+    )
     for layer in c.layers:
-        _require(isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0, "layers",
-                 f"every layer must be an integer >= 0, got {layer!r}")
-    _require(isinstance(c.widths, (tuple, list)) and len(c.widths) > 0, "widths", f"must be a non-empty list, got {c.widths!r}")
+        _require(
+            isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0,
+            "layers",
+            f"every layer must be an integer >= 0, got {layer!r}",
+        )
+    _require(
+        isinstance(c.widths, (tuple, list)) and len(c.widths) > 0,
+        "widths",
+        f"must be a non-empty list, got {c.widths!r}",
+    )
     for w in c.widths:
-        _require(isinstance(w, int) and not isinstance(w, bool) and w > 0, "widths",
-                 f"every width must be a positive integer, got {w!r}")
-    _require(isinstance(c.lambdas, (tuple, list)) and len(c.lambdas) > 0, "lambdas", f"must be a non-empty list, got {c.lambdas!r}")
+        _require(
+            isinstance(w, int) and not isinstance(w, bool) and w > 0,
+            "widths",
+            f"every width must be a positive integer, got {w!r}",
+        )
+    _require(
+        isinstance(c.lambdas, (tuple, list)) and len(c.lambdas) > 0,
+        "lambdas",
+        f"must be a non-empty list, got {c.lambdas!r}",
+    )
     for lam in c.lambdas:
-        _require(isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam >= 0,
-                 "lambdas", f"every sparsity coefficient must be a finite number >= 0, got {lam!r}")
+        _require(
+            isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam >= 0,
+            "lambdas",
+            f"every sparsity coefficient must be a finite number >= 0, got {lam!r}",
+        )
     _require(c.sae.arch in ARCHS, "sae.arch", f"unknown architecture {c.sae.arch!r} (known: {list(ARCHS)})")
     if c.sae.arch in K_ARCHS:
         ks = c.sae.topk_ks
         _require(isinstance(ks, (tuple, list)) and len(ks) > 0, "sae.topk_ks", f"must be a non-empty list, got {ks!r}")
         for k in ks:
-            _require(isinstance(k, int) and not isinstance(k, bool) and k > 0, "sae.topk_ks",
-                     f"every k must be a positive integer, got {k!r}")
+            _require(
+                isinstance(k, int) and not isinstance(k, bool) and k > 0,
+                "sae.topk_ks",
+                f"every k must be a positive integer, got {k!r}",
+            )
             for w in c.widths:
                 _require(k <= w, "sae.topk_ks", f"k={k} exceeds width {w}")
         _positive_int(c, "sae.auxk_k")
         _nonneg_number(c, "sae.auxk_coefficient")
         _positive_int(c, "sae.auxk_dead_tokens")
     _validate_sparsity(c)
-    _require(c.sae.threshold_param in ("log", "direct"), "sae.threshold_param",
-             f"must be 'log' or 'direct', got {c.sae.threshold_param!r}")
+    _require(
+        c.sae.threshold_param in ("log", "direct"),
+        "sae.threshold_param",
+        f"must be 'log' or 'direct', got {c.sae.threshold_param!r}",
+    )
     for f in ("sae.bandwidth", "sae.threshold_init", "sae.threshold_min", "lr"):
         v = _get(c, f)
         _require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f, f"must be a number > 0, got {v!r}")
@@ -302,16 +337,27 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(0.0 <= c.adam_b1 < 1.0, "adam_b1", f"must be in [0, 1), got {c.adam_b1!r}")
     _require(0.0 < c.adam_b2 < 1.0, "adam_b2", f"must be in (0, 1), got {c.adam_b2!r}")
     _require(c.adam_eps > 0, "adam_eps", f"must be > 0, got {c.adam_eps!r}")
-    for f in ("batch_size", "num_tokens", "norm_sample_rows", "eval_rows", "dead_window_tokens", "log_every",
-              "checkpoint_every", "max_checkpoints"):
+    for f in (
+        "batch_size",
+        "num_tokens",
+        "norm_sample_rows",
+        "eval_rows",
+        "dead_window_tokens",
+        "log_every",
+        "checkpoint_every",
+        "max_checkpoints",
+    ):
         _positive_int(c, f)
     _nonneg_number(c, "lr_final_fraction")
     _require(c.source in ("toy", "store", "online"), "source", f"must be 'toy', 'store' or 'online', got {c.source!r}")
     if c.source == "toy":
         for f in ("toy.d_in", "toy.n_features"):
             _positive_int(c, f)
-        _require(0 < c.toy.mean_active <= c.toy.n_features, "toy.mean_active",
-                 f"must be in (0, n_features={c.toy.n_features}], got {c.toy.mean_active!r}")
+        _require(
+            0 < c.toy.mean_active <= c.toy.n_features,
+            "toy.mean_active",
+            f"must be in (0, n_features={c.toy.n_features}], got {c.toy.mean_active!r}",
+        )
         _nonneg_number(c, "toy.noise_std")
         _require(tuple(c.sites) == ("toy",), "sites", f"the toy source has the single site 'toy', got {tuple(c.sites)}")
     else:
@@ -321,15 +367,23 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(c.lm.context_length >= 2, "lm.context_length", f"must be >= 2, got {c.lm.context_length}")
         _positive_int(c, "lm.batch_sequences")
         _nonneg_number(c, "lm.outlier_norm_factor")
-        _require(c.lm.dtype in ("float32", "bfloat16"), "lm.dtype", f"must be 'float32' or 'bfloat16', got {c.lm.dtype!r}")
-        _require(c.text.kind in ("embedded", "hf", "files"), "text.kind",
-                 f"must be 'embedded', 'hf' or 'files', got {c.text.kind!r}")
+        _require(
+            c.lm.dtype in ("float32", "bfloat16"), "lm.dtype", f"must be 'float32' or 'bfloat16', got {c.lm.dtype!r}"
+        )
+        _require(
+            c.text.kind in ("embedded", "hf", "files"),
+            "text.kind",
+            f"must be 'embedded', 'hf' or 'files', got {c.text.kind!r}",
+        )
         if c.text.kind == "hf":
             _require(bool(c.text.name), "text.name", "a Hugging Face dataset name is needed when text.kind='hf'")
         if c.text.kind == "files":
             _require(len(c.text.paths) > 0, "text.paths", "at least one file is needed when text.kind='files'")
-        _require(0.0 < c.text.heldout_fraction < 1.0, "text.heldout_fraction",
-                 f"must be in (0, 1), got {c.text.heldout_fraction!r}")
+        _require(
+            0.0 < c.text.heldout_fraction < 1.0,
+            "text.heldout_fraction",
+            f"must be in (0, 1), got {c.text.heldout_fraction!r}",
+        )
         for s in c.store.sites:
             _require(s in LM_SITES, "store.sites", f"LM sites are {', '.join(LM_SITES)}, got {s!r}")
         if c.source == "store":
@@ -340,70 +394,113 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             _require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
         _positive_int(c, "store.heldout_rows")
         _positive_int(c, "store.shuffle_buffer_rows")
-        _require(isinstance(c.store.rows_per_flush, int) and c.store.rows_per_flush >= 0, "store.rows_per_flush",
-                 f"must be an integer >= 0, got {c.store.rows_per_flush!r}")
+        _require(
+            isinstance(c.store.rows_per_flush, int) and c.store.rows_per_flush >= 0,
+            "store.rows_per_flush",
+            f"must be an integer >= 0, got {c.store.rows_per_flush!r}",
+        )
     _validate_mesh(c)
-    _require(isinstance(c.export.layouts, (tuple, list)), "export.layouts",
-             f"must be a list of layouts, got {c.export.layouts!r}")
+    _require(
+        isinstance(c.export.layouts, (tuple, list)),
+        "export.layouts",
+        f"must be a list of layouts, got {c.export.layouts!r}",
+    )
     for lay in c.export.layouts:
         _require(lay in EXPORT_LAYOUTS, "export.layouts", f"unknown layout {lay!r} (known: {list(EXPORT_LAYOUTS)})")
-    _require("gemma_scope_2" not in c.export.layouts or c.sae.arch in ("jumprelu", "gated"), "export.layouts",
-             f"the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones), not {c.sae.arch!r}")
-    _require("gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") for s in c.sites),
-             "export.layouts",
-             f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)}")
-    _require(c.wandb.mode in ("offline", "online", "disabled"), "wandb.mode",
-             f"must be 'offline', 'online' or 'disabled', got {c.wandb.mode!r}")
+    _require(
+        "gemma_scope_2" not in c.export.layouts or c.sae.arch in ("jumprelu", "gated"),
+        "export.layouts",
+        f"the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones), not {c.sae.arch!r}",
+    )
+    _require(
+        "gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") for s in c.sites),
+        "export.layouts",
+        f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)}",
+    )
+    _require(
+        c.wandb.mode in ("offline", "online", "disabled"),
+        "wandb.mode",
+        f"must be 'offline', 'online' or 'disabled', got {c.wandb.mode!r}",
+    )
     return c
 
 
 def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
     """JumpReLU's sparsity loss, its target L0s, the frequency penalty and the threshold init."""
     sae = c.sae
-    _require(sae.sparsity_loss in ("l0", "quadratic"), "sae.sparsity_loss",
-             f"must be 'l0' or 'quadratic', got {sae.sparsity_loss!r}")
-    _require(sae.quadratic_form in ("per_example", "batch"), "sae.quadratic_form",
-             f"must be 'per_example' or 'batch', got {sae.quadratic_form!r}")
-    jump_only = [("sae.sparsity_loss", sae.sparsity_loss != "l0"),
-                 ("sae.frequency_penalty", sae.frequency_penalty != 0),
-                 ("sae.threshold_init_mode", sae.threshold_init_mode != "constant")]
+    _require(
+        sae.sparsity_loss in ("l0", "quadratic"),
+        "sae.sparsity_loss",
+        f"must be 'l0' or 'quadratic', got {sae.sparsity_loss!r}",
+    )
+    _require(
+        sae.quadratic_form in ("per_example", "batch"),
+        "sae.quadratic_form",
+        f"must be 'per_example' or 'batch', got {sae.quadratic_form!r}",
+    )
+    jump_only = [
+        ("sae.sparsity_loss", sae.sparsity_loss != "l0"),
+        ("sae.frequency_penalty", sae.frequency_penalty != 0),
+        ("sae.threshold_init_mode", sae.threshold_init_mode != "constant"),
+    ]
     for field, used in jump_only:
-        _require(not used or sae.arch == "jumprelu", field,
-                 f"applies to arch 'jumprelu' only, not {sae.arch!r}")
+        _require(not used or sae.arch == "jumprelu", field, f"applies to arch 'jumprelu' only, not {sae.arch!r}")
     if sae.sparsity_loss == "quadratic":
         ts = c.target_l0s
-        _require(isinstance(ts, (tuple, list)) and len(ts) > 0, "target_l0s",
-                 f"must be a non-empty list, got {ts!r}")
+        _require(isinstance(ts, (tuple, list)) and len(ts) > 0, "target_l0s", f"must be a non-empty list, got {ts!r}")
         for t in ts:
-            _require(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
-                     "target_l0s", f"every target L0 must be a finite number > 0, got {t!r}")
+            _require(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
+                "target_l0s",
+                f"every target L0 must be a finite number > 0, got {t!r}",
+            )
             for w in c.widths:
                 _require(t <= w, "target_l0s", f"target L0 {t} exceeds width {w}")
     _nonneg_number(c, "sae.quadratic_coefficient")
     _nonneg_number(c, "sae.frequency_penalty")
-    _require(isinstance(sae.frequency_max, (int, float)) and 0 < sae.frequency_max <= 1, "sae.frequency_max",
-             f"must be a fraction of tokens in (0, 1], got {sae.frequency_max!r}")
-    _require(sae.threshold_init_mode in ("constant", "quantile"), "sae.threshold_init_mode",
-             f"must be 'constant' or 'quantile', got {sae.threshold_init_mode!r}")
+    _require(
+        isinstance(sae.frequency_max, (int, float)) and 0 < sae.frequency_max <= 1,
+        "sae.frequency_max",
+        f"must be a fraction of tokens in (0, 1], got {sae.frequency_max!r}",
+    )
+    _require(
+        sae.threshold_init_mode in ("constant", "quantile"),
+        "sae.threshold_init_mode",
+        f"must be 'constant' or 'quantile', got {sae.threshold_init_mode!r}",
+    )
     prefixes = sae.matryoshka_prefixes
     if prefixes:
-        _require(sae.arch in MATRYOSHKA_ARCHS, "sae.matryoshka_prefixes",
-                 f"Matryoshka training applies to {list(MATRYOSHKA_ARCHS)}, not {sae.arch!r}")
+        _require(
+            sae.arch in MATRYOSHKA_ARCHS,
+            "sae.matryoshka_prefixes",
+            f"Matryoshka training applies to {list(MATRYOSHKA_ARCHS)}, not {sae.arch!r}",
+        )
         for m in prefixes:
-            _require(isinstance(m, int) and not isinstance(m, bool) and m > 0, "sae.matryoshka_prefixes",
-                     f"every prefix size must be a positive integer, got {m!r}")
-        _require(all(a < b for a, b in zip(prefixes, prefixes[1:])), "sae.matryoshka_prefixes",
-                 f"prefix sizes must be strictly increasing, got {tuple(prefixes)}")
+            _require(
+                isinstance(m, int) and not isinstance(m, bool) and m > 0,
+                "sae.matryoshka_prefixes",
+                f"every prefix size must be a positive integer, got {m!r}",
+            )
+        _require(
+            all(a < b for a, b in zip(prefixes, prefixes[1:])),
+            "sae.matryoshka_prefixes",
+            f"prefix sizes must be strictly increasing, got {tuple(prefixes)}",
+        )
         for w in c.widths:
-            _require(prefixes[-1] == w, "sae.matryoshka_prefixes",
-                     f"the last prefix must be the width {w} (the whole dictionary), got {prefixes[-1]}")
+            _require(
+                prefixes[-1] == w,
+                "sae.matryoshka_prefixes",
+                f"the last prefix must be the width {w} (the whole dictionary), got {prefixes[-1]}",
+            )
     v = sae.batchtopk_threshold_lr
-    _require(isinstance(v, (int, float)) and 0 < v <= 1, "sae.batchtopk_threshold_lr",
-             f"must be in (0, 1], got {v!r}")
+    _require(isinstance(v, (int, float)) and 0 < v <= 1, "sae.batchtopk_threshold_lr", f"must be in (0, 1], got {v!r}")
     if sae.threshold_init_mode == "quantile" and sae.sparsity_loss == "l0":
         t = sae.threshold_init_l0
-        _require(isinstance(t, (int, float)) and t > 0, "sae.threshold_init_l0",
-                 f"must be > 0 (the L0 the quantile init aims at) with the 'l0' loss, got {t!r}")
+        _require(
+            isinstance(t, (int, float)) and t > 0,
+            "sae.threshold_init_l0",
+            f"must be > 0 (the L0 the quantile init aims at) with the 'l0' loss, got {t!r}",
+        )
         for w in c.widths:
             _require(t <= w, "sae.threshold_init_l0", f"L0 {t} exceeds width {w}")
 
@@ -413,23 +510,43 @@ def _validate_mesh(c: ml_collections.ConfigDict) -> None:
     when the mesh is built, :func:`gemmascope.train.sharding.make_mesh`)."""
     _positive_int(c, "mesh.data")
     _positive_int(c, "mesh.model")
-    _require(c.mesh.sweep in ("replicated", "sharded"), "mesh.sweep",
-             f"must be 'replicated' or 'sharded', got {c.mesh.sweep!r}")
+    _require(
+        c.mesh.sweep in ("replicated", "sharded"),
+        "mesh.sweep",
+        f"must be 'replicated' or 'sharded', got {c.mesh.sweep!r}",
+    )
     data, model = int(c.mesh.data), int(c.mesh.model)
     for w in c.widths:
-        _require(w % model == 0, "mesh.model", f"width {w} is not divisible by mesh.model={model} (latents are split "
-                 f"over 'model'; {w} % {model} = {w % model})")
-    _require(c.batch_size % data == 0, "mesh.data", f"batch_size {c.batch_size} is not divisible by mesh.data={data} "
-             f"(batches are split over 'data'; {c.batch_size} % {data} = {c.batch_size % data})")
+        _require(
+            w % model == 0,
+            "mesh.model",
+            f"width {w} is not divisible by mesh.model={model} (latents are split "
+            f"over 'model'; {w} % {model} = {w % model})",
+        )
+    _require(
+        c.batch_size % data == 0,
+        "mesh.data",
+        f"batch_size {c.batch_size} is not divisible by mesh.data={data} "
+        f"(batches are split over 'data'; {c.batch_size} % {data} = {c.batch_size % data})",
+    )
     if c.mesh.sweep == "sharded":
         k = len(sweep_values(c))
-        _require(k % data == 0, "mesh.sweep", f"'sharded' splits the K={k} SAEs of the sweep over mesh.data={data}, "
-                 f"but {k} % {data} = {k % data}; use 'replicated' or a mesh.data dividing {k}")
-    _require(isinstance(c.distributed.coordinator_address, str), "distributed.coordinator_address",
-             f"must be a string ('' = from the environment, 'auto' = detect), got {c.distributed.coordinator_address!r}")
+        _require(
+            k % data == 0,
+            "mesh.sweep",
+            f"'sharded' splits the K={k} SAEs of the sweep over mesh.data={data}, "
+            f"but {k} % {data} = {k % data}; use 'replicated' or a mesh.data dividing {k}",
+        )
+    _require(
+        isinstance(c.distributed.coordinator_address, str),
+        "distributed.coordinator_address",
+        f"must be a string ('' = from the environment, 'auto' = detect), got {c.distributed.coordinator_address!r}",
+    )
     for f, lo in (("distributed.num_processes", 0), ("distributed.process_id", -1)):
         v = _get(c, f)
-        _require(isinstance(v, int) and not isinstance(v, bool) and v >= lo, f, f"must be an integer >= {lo}, got {v!r}")
+        _require(
+            isinstance(v, int) and not isinstance(v, bool) and v >= lo, f, f"must be an integer >= {lo}, got {v!r}"
+        )
     n, pid = int(c.distributed.num_processes), int(c.distributed.process_id)
     _require(n == 0 or pid < n, "distributed.process_id", f"must be < num_processes={n}, got {pid}")
 

@@ -5,6 +5,7 @@
 * :func:`field_paths` / :func:`unknown_field_error`: every dotted field of :func:`base_config`, and
   the one-line error with close matches that ``--config.<typo>=...`` gets.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,12 @@ def unknown_field_error(path: str, known: list[str] | None = None) -> ConfigErro
     close = difflib.get_close_matches(path, known, n=2, cutoff=0.6)
     if not close:  # a typo in the last part only: "sae.treshold" -> the fields of "sae"
         head, _, tail = path.rpartition(".")
-        close = [f"{head}.{m}" if head else m for m in difflib.get_close_matches(
-            tail, [p.rpartition(".")[2] for p in known if p.rpartition(".")[0] == head], n=2, cutoff=0.6)]
+        close = [
+            f"{head}.{m}" if head else m
+            for m in difflib.get_close_matches(
+                tail, [p.rpartition(".")[2] for p in known if p.rpartition(".")[0] == head], n=2, cutoff=0.6
+            )
+        ]
     hint = "; did you mean " + " or ".join(f"config.{m}" for m in close) + "?" if close else ""
     return ConfigError(f"config.{path}: unknown field{hint}")
 
@@ -71,8 +76,7 @@ def load_saved(path: str) -> ml_collections.ConfigDict:
     """
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     if not os.path.exists(file):
-        raise ConfigError(f"{file}: no saved config (launch/train.py writes it into the workdir); "
-                          "pass --config")
+        raise ConfigError(f"{file}: no saved config (launch/train.py writes it into the workdir); pass --config")
     with open(file) as fh:
         try:
             saved = json.load(fh)

@@ -26,6 +26,7 @@ for every model (docs/SPEC.md gives them for 270M only; the larger models also h
 targets are recorded in ``config.gemma_scope_2_l0s`` until the target-L0 recipe reads its own
 field; training still sweeps :data:`LAMBDAS`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,16 +40,40 @@ ALL_SITES = ("res", "att", "mlp")
 
 # model -> (hub id, number of layers, {width: (sites, layers)})
 MODELS: dict[str, dict[str, Any]] = {
-    "2b": {"hub": "google/gemma-2-2b", "preset": "gemma2_2b", "n_layers": 26, "cover": {
-        K16: (ALL_SITES, "all"), K65: (ALL_SITES, "all"),
-        K32: (("res",), (12,)), K131: (("res",), (12,)), K262: (("res",), (12,)), K524: (("res",), (12,)),
-        M1: (("res",), (5, 12, 19))}},
-    "9b": {"hub": "google/gemma-2-9b", "preset": "gemma2_9b", "n_layers": 42, "cover": {
-        K16: (ALL_SITES, "all"), K131: (ALL_SITES, "all"),
-        K32: (("res",), (20,)), K65: (("res",), (20,)), K262: (("res",), (20,)), K524: (("res",), (20,)),
-        M1: (("res",), (9, 20, 31))}},
-    "27b": {"hub": "google/gemma-2-27b", "preset": "gemma2_27b", "n_layers": 46, "cover": {
-        K131: (("res",), (10, 22, 34))}},
+    "2b": {
+        "hub": "google/gemma-2-2b",
+        "preset": "gemma2_2b",
+        "n_layers": 26,
+        "cover": {
+            K16: (ALL_SITES, "all"),
+            K65: (ALL_SITES, "all"),
+            K32: (("res",), (12,)),
+            K131: (("res",), (12,)),
+            K262: (("res",), (12,)),
+            K524: (("res",), (12,)),
+            M1: (("res",), (5, 12, 19)),
+        },
+    },
+    "9b": {
+        "hub": "google/gemma-2-9b",
+        "preset": "gemma2_9b",
+        "n_layers": 42,
+        "cover": {
+            K16: (ALL_SITES, "all"),
+            K131: (ALL_SITES, "all"),
+            K32: (("res",), (20,)),
+            K65: (("res",), (20,)),
+            K262: (("res",), (20,)),
+            K524: (("res",), (20,)),
+            M1: (("res",), (9, 20, 31)),
+        },
+    },
+    "27b": {
+        "hub": "google/gemma-2-27b",
+        "preset": "gemma2_27b",
+        "n_layers": 46,
+        "cover": {K131: (("res",), (10, 22, 34))},
+    },
 }
 # (Width 131k at 9B layer 20 res is inside the every-layer set, so it appears once.)
 
@@ -60,16 +85,26 @@ def four_depths(n_layers: int) -> tuple[int, ...]:
 
 
 GEMMA3_SIZES = {  # size -> (hub id, preset, layers)
-    "270m": ("google/gemma-3-270m", "gemma3_270m", 18), "1b": ("google/gemma-3-1b-pt", "gemma3_1b", 26),
-    "4b": ("google/gemma-3-4b-pt", "gemma3_4b", 34), "12b": ("google/gemma-3-12b-pt", "gemma3_12b", 48),
+    "270m": ("google/gemma-3-270m", "gemma3_270m", 18),
+    "1b": ("google/gemma-3-1b-pt", "gemma3_1b", 26),
+    "4b": ("google/gemma-3-4b-pt", "gemma3_4b", 34),
+    "12b": ("google/gemma-3-12b-pt", "gemma3_12b", 48),
     "27b": ("google/gemma-3-27b-pt", "gemma3_27b", 62),
 }
 GEMMA_SCOPE_2_L0S = (10, 60)  # ("small", "big"); docs/SPEC.md section 7, for 270M
 for _size, (_hub, _preset, _n) in GEMMA3_SIZES.items():
-    MODELS[f"gemma3-{_size}"] = {"hub": _hub, "preset": _preset, "n_layers": _n, "l0s": GEMMA_SCOPE_2_L0S,
-                                 "cover": {
-        K16: (ALL_SITES, "all"), K262: (ALL_SITES, "all"),
-        K65: (("res",), four_depths(_n)), M1: (("res",), four_depths(_n))}}
+    MODELS[f"gemma3-{_size}"] = {
+        "hub": _hub,
+        "preset": _preset,
+        "n_layers": _n,
+        "l0s": GEMMA_SCOPE_2_L0S,
+        "cover": {
+            K16: (ALL_SITES, "all"),
+            K262: (ALL_SITES, "all"),
+            K65: (("res",), four_depths(_n)),
+            M1: (("res",), four_depths(_n)),
+        },
+    }
 
 LAMBDAS = (2e-4, 4e-4, 6e-4, 1e-3, 2e-3, 4e-3)
 
@@ -107,7 +142,7 @@ def locations(model: str) -> list[tuple[str, int, int]]:
 
 def jobs(model: str) -> list[str]:
     """``arg`` strings whose configs together cover the model (one width each)."""
-    pre = f"model={model[len('gemma3-'):]}," if model.startswith("gemma3-") else ""
+    pre = f"model={model[len('gemma3-') :]}," if model.startswith("gemma3-") else ""
     return [f"{pre}width={w}" for w in sorted(MODELS[model]["cover"])]
 
 
@@ -123,11 +158,9 @@ def sweep_config_gemma3(arg: str | None) -> ml_collections.ConfigDict:
     """Gemma Scope 2's sweep of one Gemma 3 model at one width: ``arg`` ``model=270m|1b|4b|12b|27b``
     (default 270m), then as :func:`sweep_config` (``width=``, ``layer=``, ``site=``, ``data=``,
     ``sweep=``, ``runlocal``) except that the mesh's model axis is ``tp=`` (``model=`` is the LM)."""
-    a = config_lib.parse_arg(arg, model="270m", width=0, layer=-1, site="", data=0, tp=0, sweep="",
-                             runlocal=False)
+    a = config_lib.parse_arg(arg, model="270m", width=0, layer=-1, site="", data=0, tp=0, sweep="", runlocal=False)
     if a.model not in GEMMA3_SIZES:
-        raise config_lib.ConfigError(f"config arg model={a.model}: not a Gemma 3 model "
-                                     f"(known: {list(GEMMA3_SIZES)})")
+        raise config_lib.ConfigError(f"config arg model={a.model}: not a Gemma 3 model (known: {list(GEMMA3_SIZES)})")
     return _sweep_config(f"gemma3-{a.model}", a, mesh_model=int(a.tp))
 
 
@@ -135,14 +168,17 @@ def _sweep_config(model: str, a: ml_collections.ConfigDict, mesh_model: int) -> 
     m = MODELS[model]
     width = int(a.width) or min(m["cover"])
     if width not in m["cover"]:
-        raise config_lib.ConfigError(f"config arg width={width}: Gemma Scope has no {model} SAEs of that width "
-                                     f"(covered: {sorted(m['cover'])})")
+        raise config_lib.ConfigError(
+            f"config arg width={width}: Gemma Scope has no {model} SAEs of that width (covered: {sorted(m['cover'])})"
+        )
     sites, layers = m["cover"][width]
     layers = tuple(range(m["n_layers"])) if layers == "all" else tuple(layers)
     if a.layer >= 0:
         if a.layer not in layers:
-            raise config_lib.ConfigError(f"config arg layer={a.layer}: not covered at width {width} "
-                                         f"(layers {layers[0]}..{layers[-1]} of {layers})")
+            raise config_lib.ConfigError(
+                f"config arg layer={a.layer}: not covered at width {width} "
+                f"(layers {layers[0]}..{layers[-1]} of {layers})"
+            )
         layers = (a.layer,)
     if a.site:
         if a.site not in sites:

@@ -10,13 +10,15 @@ as before, through their ``log`` callback, so log files and tests read the same 
 :class:`Progress` is the generic reporter; :class:`TrainingProgress` is the trainer's line
 (step, tokens/s, ETA, the L0 and FVU of each SAE).
 """
+
 from __future__ import annotations
 
 import io
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 ENV = "GEMMASCOPE_PROGRESS"
 
@@ -65,9 +67,18 @@ class Progress:
       stream, tty: the bar's stream (default stdout) and the mode (see :func:`use_bar`).
     """
 
-    def __init__(self, desc: str, total: float | None = None, unit: str = "tok", *,
-                 log: Callable | None = print, lines_every: int = 1, initial: float = 0, stream=None,
-                 tty: bool | None = None):
+    def __init__(
+        self,
+        desc: str,
+        total: float | None = None,
+        unit: str = "tok",
+        *,
+        log: Callable | None = print,
+        lines_every: int = 1,
+        initial: float = 0,
+        stream=None,
+        tty: bool | None = None,
+    ):
         self.desc, self.total, self.unit, self.log = desc, total, unit, log
         self.t_start = time.time()
         self.lines_every, self.n_reports, self.done = max(1, int(lines_every)), 0, initial
@@ -81,9 +92,18 @@ class Progress:
             from tqdm import tqdm
 
             sized = _columns(self.stream) > 0  # a 0x0 pty (containers): fixed sizes, or tqdm draws nothing
-            self.bar = tqdm(total=self.total, initial=self._initial, desc=self.desc, unit=self.unit,
-                            unit_scale=True, file=self.stream, dynamic_ncols=sized,
-                            ncols=None if sized else 120, nrows=None if sized else 24, smoothing=0.1)
+            self.bar = tqdm(
+                total=self.total,
+                initial=self._initial,
+                desc=self.desc,
+                unit=self.unit,
+                unit_scale=True,
+                file=self.stream,
+                dynamic_ncols=sized,
+                ncols=None if sized else 120,
+                nrows=None if sized else 24,
+                smoothing=0.1,
+            )
             self.bar.start_t = self.bar.last_print_t = self.t_start  # rate and ETA count from the job's start
         return self.bar
 
@@ -164,15 +184,21 @@ class TrainingProgress(Progress):
     ``[res_layer15_width4k] step 200/1000 (20%) 5,120 tok/s ETA 0:01:20 | L0 61.2 8.0 | FVU 0.281 0.412``;
     the bar counts tokens. It closes itself at the last step."""
 
-    def __init__(self, name: str, total_steps: int, start_step: int, batch_size: int, stream=None,
-                 tty: bool | None = None):
+    def __init__(
+        self, name: str, total_steps: int, start_step: int, batch_size: int, stream=None, tty: bool | None = None
+    ):
         stream = stream or sys.stdout
         self.name, self.total_steps, self.batch = name, total_steps, batch_size
         self.start_step, self.t0 = start_step, time.time()
-        super().__init__(name, total_steps * batch_size, "tok", initial=start_step * batch_size,
-                         stream=stream,
-                         log=lambda s: print(s, file=stream, flush=True),
-                         tty=tty if tty is not None else use_bar(stream, print))
+        super().__init__(
+            name,
+            total_steps * batch_size,
+            "tok",
+            initial=start_step * batch_size,
+            stream=stream,
+            log=lambda s: print(s, file=stream, flush=True),
+            tty=tty if tty is not None else use_bar(stream, print),
+        )
 
     def report(self, step: int, l0: Sequence[float], fvu: Sequence[float]) -> str:
         done = max(step - self.start_step, 1)
@@ -181,8 +207,10 @@ class TrainingProgress(Progress):
         eta = (self.total_steps - step) * dt / done
         l0s = " ".join(f"{v:.1f}" for v in l0)
         fv = " ".join(f"{v:.3f}" for v in fvu)
-        line = (f"[{self.name}] step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) "
-                f"{tok_s:,.0f} tok/s ETA {fmt_time(eta)} | L0 {l0s} | FVU {fv}")
+        line = (
+            f"[{self.name}] step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%) "
+            f"{tok_s:,.0f} tok/s ETA {fmt_time(eta)} | L0 {l0s} | FVU {fv}"
+        )
         short = f"step {step}/{self.total_steps} | L0 {l0s} | FVU {fv}"  # the bar shows the rate and ETA
         super().report(step * self.batch, short if self.is_bar else line)
         if step >= self.total_steps:

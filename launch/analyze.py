@@ -13,6 +13,7 @@ none: pass --layer and --site, and --checkpoint for its model). The LM (checkpoi
 length, batch, outlier factor) comes from the config the SAE was trained with: ``--config``, or
 by default the ``config.json`` of the workdir the SAE was exported into; explicit flags win.
 """
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -25,10 +26,13 @@ _LATENTS = flags.DEFINE_string("latents", "all", "Latents to list and give pages
 _CONTEXTS = flags.DEFINE_integer("contexts", 12, "Top activating contexts per latent.")
 _SPLIT = flags.DEFINE_enum("split", "heldout", ["heldout", "train", "all"], "Documents of the embedded corpus.")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config the SAE was trained with (default: its workdir's config.json, if any).",
-    lock_config=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "LM: 'embedded', a .gguf, a HF dir or hub id "
-                                  "(default: the config's lm.checkpoint, else 'embedded').")
+    "config", None, "Config the SAE was trained with (default: its workdir's config.json, if any).", lock_config=True
+)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "LM: 'embedded', a .gguf, a HF dir or hub id (default: the config's lm.checkpoint, else 'embedded').",
+)
 _LAYER = flags.DEFINE_integer("layer", None, "Override the SAE's layer.")
 _SITE = flags.DEFINE_enum("site", None, ["res", "att", "mlp"], "Override the SAE's site.")
 _SEQ = flags.DEFINE_integer("context_length", None, "Packed sequence length, BOS first (default: config, else 128)")
@@ -46,11 +50,20 @@ def main(argv):
         raise app.UsageError("--tokens and --contexts must be positive")
     lm = cli.dashboard_lm_settings(_CONFIG.value, _CHECKPOINT.value, _SEQ.value, _BATCH.value)
     try:
-        build_dashboard(_SAE.value, _OUT.value, n_tokens=_TOKENS.value, latents=_LATENTS.value,
-                        layer=_LAYER.value, site=_SITE.value, split=_SPLIT.value, k=_CONTEXTS.value,
-                        enrichment=_ENRICH.value, **lm)
+        build_dashboard(
+            _SAE.value,
+            _OUT.value,
+            n_tokens=_TOKENS.value,
+            latents=_LATENTS.value,
+            layer=_LAYER.value,
+            site=_SITE.value,
+            split=_SPLIT.value,
+            k=_CONTEXTS.value,
+            enrichment=_ENRICH.value,
+            **lm,
+        )
     except (DashboardInputError, SAEFileError) as e:
-        raise app.UsageError(str(e))
+        raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":

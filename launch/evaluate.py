@@ -8,16 +8,19 @@ and the text; ``--config.<field>=`` overrides apply to either. Writes eval.json 
 params.npz (rerunning skips finished SAEs), and
 ``<workdir>/eval/{table.csv,table.md,l0_vs_delta_loss.png,l0_vs_fvu.png}``.
 """
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gemmascope import cli
+from gemmascope import cli, config_files
 from gemmascope import config as config_lib
-from gemmascope import config_files
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config naming the LM and text (configs/*.py); default: the workdir's config.json.",
-    lock_config=True)
+    "config",
+    None,
+    "Config naming the LM and text (configs/*.py); default: the workdir's config.json.",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir holding saes/ (and config.json, from training).")
 _TOKENS = flags.DEFINE_integer("max_tokens", 100_000, "Held-out tokens per SAE.")
 flags.mark_flags_as_required(["workdir"])
@@ -31,7 +34,7 @@ def main(argv):
             config_files.load_saved(_WORKDIR.value)  # raises, naming the missing file
         config = config_lib.validate(config_lib.resolve(_CONFIG.value))
     except config_lib.ConfigError as e:
-        raise app.UsageError(str(e))
+        raise app.UsageError(str(e)) from None
     from gemmascope.eval.evaluate import evaluate_workdir
 
     evaluate_workdir(config, _WORKDIR.value, _TOKENS.value)

@@ -4,6 +4,7 @@ r"""Runs the LM over the corpus once and writes every configured (layer, site) t
 
 Rerun the same command after a kill: it resumes and finishes with every row present once.
 """
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -21,7 +22,7 @@ def main(argv):
     try:
         config = config_lib.validate(config_lib.resolve(_CONFIG.value))
     except config_lib.ConfigError as e:
-        raise app.UsageError(str(e))
+        raise app.UsageError(str(e)) from None
     from gemmascope.data.generate import generate  # imports JAX only after validation
 
     generate(config, _WORKDIR.value)

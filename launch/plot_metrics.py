@@ -5,6 +5,7 @@ r"""Training curves as PNG from ``<workdir>/metrics.jsonl`` (for those without T
 One figure per location, a panel per metric, one line per SAE. TensorBoard shows the same
 metrics live: ``tensorboard --logdir workdirs/demo/tensorboard``.
 """
+
 from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir holding metrics.jsonl.")
@@ -19,7 +20,7 @@ def main(argv):
     try:
         paths = plot_metrics(_WORKDIR.value, _OUT.value)
     except FileNotFoundError as e:
-        raise app.UsageError(str(e))
+        raise app.UsageError(str(e)) from None
     for p in paths:
         print(p)
 

@@ -6,6 +6,7 @@ r"""Generate text with our LM while adding ``alpha * W_dec[latent]`` at the SAE'
 The layer and site come from the SAE's metadata.json (override with --layer/--site, e.g. for a
 released Gemma Scope file). ``--alphas=0,4,8`` prints one continuation per alpha.
 """
+
 from absl import app, flags
 
 _SAE = flags.DEFINE_string("sae", None, "params.npz or the folder holding it.")
@@ -36,8 +37,19 @@ def main(argv):
     lm.check_layer(int(layer), "--layer")
     cfg, params, tok = lm.cfg, lm.params, lm.tokenizer
     for a in _ALPHAS.value:
-        text = steer_text(params, cfg, tok, _PROMPT.value, sae, _LATENT.value, float(a), int(layer), site,
-                          max_new_tokens=_NEW.value, temperature=_TEMP.value)
+        text = steer_text(
+            params,
+            cfg,
+            tok,
+            _PROMPT.value,
+            sae,
+            _LATENT.value,
+            float(a),
+            int(layer),
+            site,
+            max_new_tokens=_NEW.value,
+            temperature=_TEMP.value,
+        )
         print(f"alpha={float(a):g}: {_PROMPT.value}{text}")
 
 

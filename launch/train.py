@@ -11,6 +11,7 @@ Several processes (multi-host): start one per host (or per GPU) with ``JAX_COORD
 ``--dry_run``: compile the real-size sharded step on ``D * M`` fake CPU devices with abstract
 shapes and print per-device memory and FLOPs; needs no LM, no store and no workdir.
 """
+
 import os
 import sys
 
@@ -34,17 +35,19 @@ def main(argv):
     try:
         config = config_lib.validate(config_lib.resolve(config))
     except config_lib.ConfigError as e:
-        raise app.UsageError(str(e))
+        raise app.UsageError(str(e)) from None
     if _DRY_RUN.value:
         n = int(config.mesh.data) * int(config.mesh.model)
         os.environ["JAX_PLATFORMS"] = "cpu"  # before JAX starts its backend: D * M fake devices
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
+        ).strip()
         from gemmascope.train import dryrun
 
         try:
             reports = dryrun.dry_run(config, device_memory_gb=_DEVICE_GB.value)
         except config_lib.ConfigError as e:
-            raise app.UsageError(str(e))
+            raise app.UsageError(str(e)) from None
         if not all(r["fits"] for r in reports):
             sys.exit(1)
         return
@@ -55,7 +58,7 @@ def main(argv):
     try:
         train_and_evaluate(config, _WORKDIR.value)
     except config_lib.ConfigError as e:  # e.g. mesh.data * mesh.model != the devices present
-        raise app.UsageError(str(e))
+        raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":

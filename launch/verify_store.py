@@ -14,9 +14,7 @@ import sys
 from absl import app, flags
 
 _STORE = flags.DEFINE_string("store", None, "Root of one store (e.g. <workdir>/activations/train).")
-_REPAIR = flags.DEFINE_bool(
-    "repair", False, "Roll a damaged store back so that generation rewrites the rest."
-)
+_REPAIR = flags.DEFINE_bool("repair", False, "Roll a damaged store back so that generation rewrites the rest.")
 flags.mark_flags_as_required(["store"])
 
 

@@ -9,6 +9,7 @@ password (running as root, or passwordless ``sudo -n``), and says so on the term
 or with ``GEMMASCOPE_NO_APT=1``, it installs nothing and the dashboard tests fail with the
 command to run. Nothing happens when the browser is present or no dashboard test is selected.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,9 @@ NO_APT_ENV = "GEMMASCOPE_NO_APT"
 HINT = f"apt-get install -y {' '.join(APT_PACKAGES)}"
 
 
-def browser_plan(exists=os.path.exists, euid: int | None = None, which=shutil.which, run=subprocess.run,
-                 env=os.environ) -> tuple[list[list[str]] | None, str]:
+def browser_plan(
+    exists=os.path.exists, euid: int | None = None, which=shutil.which, run=subprocess.run, env=os.environ
+) -> tuple[list[list[str]] | None, str]:
     """What to do about the browser: ``(None, reason)`` to do nothing, or ``(commands, message)``
     to install it (``apt-get update`` then ``apt-get install``, prefixed by ``sudo -n`` when not
     root)."""
@@ -33,19 +35,23 @@ def browser_plan(exists=os.path.exists, euid: int | None = None, which=shutil.wh
     if env.get(NO_APT_ENV):
         return None, f"{', '.join(missing)} missing and {NO_APT_ENV} is set: install it with `{HINT}`"
     if not which("apt-get"):
-        return None, (f"{', '.join(missing)} missing and no apt-get here: install Chromium and its driver at "
-                      f"{CHROMIUM}, {CHROMEDRIVER}")
+        return None, (
+            f"{', '.join(missing)} missing and no apt-get here: install Chromium and its driver at "
+            f"{CHROMIUM}, {CHROMEDRIVER}"
+        )
     euid = os.geteuid() if euid is None else euid
     prefix: list[str] = []
     if euid != 0:
         if not which("sudo") or run(["sudo", "-n", "true"], capture_output=True).returncode != 0:
             return None, f"{', '.join(missing)} missing, not root, no passwordless sudo: run `sudo {HINT}`"
         prefix = ["sudo", "-n"]
-    cmds = [prefix + ["apt-get", "update", "-q"],
-            prefix + ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
-                      *APT_PACKAGES]]
-    return cmds, (f"installing {' '.join(APT_PACKAGES)} with apt-get for the dashboard tests "
-                  f"({', '.join(missing)} missing)")
+    cmds = [
+        prefix + ["apt-get", "update", "-q"],
+        prefix + ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q", *APT_PACKAGES],
+    ]
+    return cmds, (
+        f"installing {' '.join(APT_PACKAGES)} with apt-get for the dashboard tests ({', '.join(missing)} missing)"
+    )
 
 
 def ensure_browser(write=print, run=subprocess.run, **kw) -> bool:
@@ -63,8 +69,10 @@ def ensure_browser(write=print, run=subprocess.run, **kw) -> bool:
             write(f"conftest: `{' '.join(cmd)}` failed ({r.returncode}): {' | '.join(tail)}")
             return False
     ok = os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
-    write(f"conftest: {'installed' if ok else 'apt-get finished but the browser is still missing at'} "
-          f"{CHROMIUM}, {CHROMEDRIVER}")
+    write(
+        f"conftest: {'installed' if ok else 'apt-get finished but the browser is still missing at'} "
+        f"{CHROMIUM}, {CHROMEDRIVER}"
+    )
     return ok
 
 

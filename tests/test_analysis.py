@@ -6,6 +6,7 @@ and compared with float64 scipy: relative 1e-5 on std and kurtosis, absolute 1e-
 asymptotic ``ks_2samp`` p-value for effective sizes >= 50 (the bound the module documents). Enrichment scores are float64 from integer ranks: 1e-12, and
 exact where the hand-worked example uses dyadic fractions.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,13 +35,13 @@ def test_moments_match_scipy_on_known_distributions():
     rng = np.random.default_rng(0)
     V = 20000
     rows = {
-        "normal": rng.normal(0.3, 2.0, V),              # skew 0, kurtosis 3
-        "exponential": rng.exponential(1.0, V),         # skew 2, kurtosis 9
-        "uniform": rng.uniform(-1, 1, V),               # skew 0, kurtosis 1.8
-        "laplace": rng.laplace(0.0, 1.0, V),            # skew 0, kurtosis 6
+        "normal": rng.normal(0.3, 2.0, V),  # skew 0, kurtosis 3
+        "exponential": rng.exponential(1.0, V),  # skew 2, kurtosis 9
+        "uniform": rng.uniform(-1, 1, V),  # skew 0, kurtosis 1.8
+        "laplace": rng.laplace(0.0, 1.0, V),  # skew 0, kurtosis 6
         "two_point": np.where(rng.random(V) < 0.3, 1.0, -1.0),  # skew 0.87, kurtosis 1/(0.21)-3
-        "student_t10": rng.standard_t(10, V),           # skew 0, kurtosis 4
-        "neg_gamma": -rng.gamma(2.0, 1.0, V),           # skew -sqrt(2), kurtosis 6
+        "student_t10": rng.standard_t(10, V),  # skew 0, kurtosis 4
+        "neg_gamma": -rng.gamma(2.0, 1.0, V),  # skew -sqrt(2), kurtosis 6
     }
     L = np.stack(list(rows.values()))
     W_dec = np.eye(len(rows), dtype=np.float32)  # logit weights are exactly L (in fp32)
@@ -63,7 +64,7 @@ def test_top_and_bottom_tokens():
     rng = np.random.default_rng(1)
     L = rng.standard_normal((4, 50))
     W_dec, W_U = _sae_with_logits(L)
-    res = ll.logit_lens({"W_dec": W_dec}, W_U, k=3)   # params dict accepted
+    res = ll.logit_lens({"W_dec": W_dec}, W_U, k=3)  # params dict accepted
     np.testing.assert_array_equal(res.top_ids, np.argsort(-L, axis=1)[:, :3])
     np.testing.assert_array_equal(res.bottom_ids, np.argsort(L, axis=1)[:, :3])
     np.testing.assert_allclose(res.top_values, -np.sort(-L, axis=1)[:, :3], atol=1e-5)
@@ -78,20 +79,20 @@ def _class_logits(V: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
     rng = np.random.default_rng(seed)
     half = rng.permutation(np.arange(V) < V // 2)
     gauss = rng.standard_normal(V)
-    outliers = rng.choice(V, size=V // 100, replace=False)     # 1% of the vocabulary
+    outliers = rng.choice(V, size=V // 100, replace=False)  # 1% of the vocabulary
     spiky = rng.standard_normal(V)
     spiky[outliers] += 8.0
     laplace = rng.laplace(size=V)
     rows = [
-        (np.where(half, 1.0, -1.0), "partition"),              # +-1 over half: kurtosis 1, 50/50
+        (np.where(half, 1.0, -1.0), "partition"),  # +-1 over half: kurtosis 1, 50/50
         (np.where(half, 1.0, -1.0) + 0.3 * gauss, "partition"),  # two noisy bumps
-        (spiky, "prediction"),                                 # Gaussian + big positive outliers
-        (-spiky, "suppression"),                               # the mirror image
-        (gauss, "other"),                                      # plain Gaussian
-        (laplace, "other"),                                    # symmetric heavy tails
+        (spiky, "prediction"),  # Gaussian + big positive outliers
+        (-spiky, "suppression"),  # the mirror image
+        (gauss, "other"),  # plain Gaussian
+        (laplace, "other"),  # symmetric heavy tails
         (np.where(rng.random(V) < 0.9, 1.0, -1.0), "suppression"),  # 90/10 split: skew -2.7, kurt 8.1
         (np.where(rng.random(V) < 0.75, 1.0, -1.0), "other"),  # 75/25: kurtosis 2.3, neither class
-        (np.zeros(V), "other"),                                # dead latent
+        (np.zeros(V), "other"),  # dead latent
     ]
     return np.stack([r for r, _ in rows]), [c for _, c in rows]
 
@@ -99,7 +100,7 @@ def _class_logits(V: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
 def test_classification_on_constructed_latents():
     L, expected = _class_logits(V=4000)
     W_dec, W_U = _sae_with_logits(L, seed=3)
-    W_dec[-1] = 0.0                                            # dead latent: W_dec row zero
+    W_dec[-1] = 0.0  # dead latent: W_dec row zero
     res = ll.logit_lens(W_dec, W_U, k=5, chunk_size=3)
     assert list(res.feature_class) == expected, (res.skew, res.kurtosis, res.frac_above_mean)
     np.testing.assert_allclose(res.kurtosis[0], 1.0, atol=1e-4)
@@ -118,7 +119,14 @@ def test_classify_rule_boundaries():
     kurt = np.array([1.5, 1.5, 4.5, 4.5, 4.5, 3.5, np.nan])
     frac = np.array([0.5, 0.75, 0.3, 0.7, 0.5, 0.5, np.nan])
     assert list(ll.classify(skew, kurt, frac, t)) == [
-        "partition", "other", "prediction", "suppression", "other", "other", "other"]
+        "partition",
+        "other",
+        "prediction",
+        "suppression",
+        "other",
+        "other",
+        "other",
+    ]
 
 
 def test_chunked_equals_unchunked():
@@ -139,8 +147,9 @@ def test_chunked_equals_unchunked():
     e_full = en.token_set_enrichment(W_dec, W_U, sets, chunk_size=37)
     e_part = en.token_set_enrichment(W_dec, W_U, sets, chunk_size=4)
     np.testing.assert_array_equal(e_part.score, e_full.score)
-    np.testing.assert_array_equal(en.enrichment_scores(weights, sets, chunk_size=1),
-                                  en.enrichment_scores(weights, sets, chunk_size=100))
+    np.testing.assert_array_equal(
+        en.enrichment_scores(weights, sets, chunk_size=1), en.enrichment_scores(weights, sets, chunk_size=100)
+    )
 
 
 def test_shape_errors():
@@ -149,8 +158,9 @@ def test_shape_errors():
     with pytest.raises(ValueError, match="vocab"):
         en.enrichment_scores(np.zeros((2, 5)), {"s": np.zeros(4, bool)})
     with pytest.raises(ValueError, match="correction"):
-        en.token_set_enrichment(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32),
-                                {"s": np.array([0])}, correction="holm")
+        en.token_set_enrichment(
+            np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32), {"s": np.array([0])}, correction="holm"
+        )
 
 
 # ----------------------------------------------------------------------------------- enrichment
@@ -168,8 +178,14 @@ def test_enrichment_hand_worked_example():
     #   positive excursion is reported, +0.25.
     # S = {0} (|S| = 1, steps +1 and -1/5): -0.2, -0.4, -0.6, +0.4, +0.2, 0.0 => -0.6.
     # S = {} and S = everything: 0 by convention.
-    sets = {"a": np.array([1, 3]), "b": np.array([2, 5]), "tie": np.array([4, 5]), "one": np.array([0]),
-            "empty": np.zeros(6, bool), "all": np.ones(6, bool)}
+    sets = {
+        "a": np.array([1, 3]),
+        "b": np.array([2, 5]),
+        "tie": np.array([4, 5]),
+        "one": np.array([0]),
+        "empty": np.zeros(6, bool),
+        "all": np.ones(6, bool),
+    }
     score = en.enrichment_scores(w, sets)
     assert score[0] == 0.75 and score[1] == -1.0 and score[2] == 0.25 and score[4] == 0 and score[5] == 0
     assert abs(score[3] - (-0.6)) < 1e-12
@@ -182,7 +198,7 @@ def test_enrichment_equals_ks_2samp_on_ranks(n_set):
     rng = np.random.default_rng(n_set)
     V = 2000
     w = rng.standard_normal((5, V)).astype(np.float32)
-    w[1, rng.choice(V, n_set, replace=False)] += 0.5          # some real signal in one latent
+    w[1, rng.choice(V, n_set, replace=False)] += 0.5  # some real signal in one latent
     members = rng.choice(V, n_set, replace=False)
     mask = np.zeros(V, bool)
     mask[members] = True
@@ -190,39 +206,63 @@ def test_enrichment_equals_ks_2samp_on_ranks(n_set):
     for i in range(5):
         order = np.argsort(-w[i], kind="stable")
         pos = np.empty(V, int)
-        pos[order] = np.arange(V)                               # rank position of every token
+        pos[order] = np.arange(V)  # rank position of every token
         ks = scipy.stats.ks_2samp(pos[mask], pos[~mask])
         assert abs(abs(score[i]) - ks.statistic) < 1e-12
         run = np.cumsum(np.where(mask[order], 1 / n_set, -1 / (V - n_set)))  # the walk, brute force
         up, down = max(run.max(), 0.0), min(run.min(), 0.0)
-        assert abs(score[i] - (up if up >= -down else down)) < 1e-12   # signed: the larger excursion
+        assert abs(score[i] - (up if up >= -down else down)) < 1e-12  # signed: the larger excursion
         ne = n_set * (V - n_set) / V
-        if ne >= 50:                                            # asymptotic p-value vs scipy's
+        if ne >= 50:  # asymptotic p-value vs scipy's
             asymp = scipy.stats.ks_2samp(pos[mask], pos[~mask], method="asymp").pvalue
-            p = en.ks_pvalue(score[i:i + 1], np.array([n_set]), V)[0]
+            p = en.ks_pvalue(score[i : i + 1], np.array([n_set]), V)[0]
             assert abs(p - asymp) < 0.02, (p, asymp)
 
 
 def test_pvalue_adjustment():
     rng = np.random.default_rng(5)
     p = rng.random((30, 4)) ** 3
-    np.testing.assert_allclose(en.adjust_pvalues(p, "bh"),
-                               scipy.stats.false_discovery_control(p.ravel(), method="bh").reshape(p.shape),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        en.adjust_pvalues(p, "bh"),
+        scipy.stats.false_discovery_control(p.ravel(), method="bh").reshape(p.shape),
+        rtol=1e-12,
+    )
     np.testing.assert_allclose(en.adjust_pvalues(p, "bonferroni"), np.minimum(p * p.size, 1))
     np.testing.assert_array_equal(en.adjust_pvalues(p, "none"), p)
 
 
 def test_default_token_sets():
-    toks = ["<pad>", "\u2581the", "The", "\u0120USA", " Paris", "123", "\u2581(", ").", "\u2581", "\n",
-            "caf\u00e9", "hello", "\u2581\u2581", "\u2581I", "A1"]
+    toks = [
+        "<pad>",
+        "\u2581the",
+        "The",
+        "\u0120USA",
+        " Paris",
+        "123",
+        "\u2581(",
+        ").",
+        "\u2581",
+        "\n",
+        "caf\u00e9",
+        "hello",
+        "\u2581\u2581",
+        "\u2581I",
+        "A1",
+    ]
     sets = en.default_token_sets(toks, lengths=(1, 3, 5))
 
     def members(name):
         return [t for t, m in zip(toks, sets[name]) if m]
 
-    assert members("leading_space") == ["\u2581the", "\u0120USA", " Paris", "\u2581(", "\u2581",
-                                        "\u2581\u2581", "\u2581I"]
+    assert members("leading_space") == [
+        "\u2581the",
+        "\u0120USA",
+        " Paris",
+        "\u2581(",
+        "\u2581",
+        "\u2581\u2581",
+        "\u2581I",
+    ]
     assert members("capitalised") == ["The", " Paris", "\u2581I"]
     assert members("all_caps") == ["\u0120USA"]
     assert members("lowercase") == ["\u2581the", "hello"]
@@ -250,13 +290,20 @@ def test_token_sets_from_lists_and_regex():
     assert list(s["names"]) == [False, True, False, False, False, False]
     r = en.regex_token_sets(toks, {"mary_prefix": r"Mary.*", "raw_space": r" .*"})
     assert list(r["mary_prefix"]) == [True, False, False, True, False, True]
-    assert list(en.regex_token_sets(toks, {"raw_space": r" .*"}, on_body=False)["raw_space"]) == \
-        [False, True, False, False, False, False]
+    assert list(en.regex_token_sets(toks, {"raw_space": r" .*"}, on_body=False)["raw_space"]) == [
+        False,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_token_set_enrichment_finds_planted_sets():
     rng = np.random.default_rng(7)
     V = 3000
+
     def body():  # 10% digits, 70% lowercase, 20% punctuation
         kind = rng.choice(3, p=[0.1, 0.7, 0.2])
         return [str(rng.integers(1000)), "w" * int(rng.integers(1, 6)), "," * int(rng.integers(1, 3))][kind]
@@ -264,15 +311,15 @@ def test_token_set_enrichment_finds_planted_sets():
     toks = [("\u2581" if rng.random() < 0.5 else "") + body() for _ in range(V)]
     sets = en.default_token_sets(toks, lengths=(1, 2))
     L = 0.2 * rng.standard_normal((3, V))
-    L[0] += 1.0 * sets["leading_space"]          # latent 0 promotes leading-space tokens (partition)
-    L[1] -= 3.0 * sets["digits"]                 # latent 1 suppresses digits
-    W_dec, W_U = _sae_with_logits(L, seed=1)     # latent 2: noise only
+    L[0] += 1.0 * sets["leading_space"]  # latent 0 promotes leading-space tokens (partition)
+    L[1] -= 3.0 * sets["digits"]  # latent 1 suppresses digits
+    W_dec, W_U = _sae_with_logits(L, seed=1)  # latent 2: noise only
     res = en.token_set_enrichment(W_dec, W_U, sets, chunk_size=2)
     assert res.top_sets(0, k=1)[0][0] == "leading_space" and res.column("leading_space")[0] > 0.9
     assert res.top_sets(1, k=1)[0][0] == "digits" and res.column("digits")[1] < -0.9
     sig = res.significant(0.05)
     assert sig[0, res.set_names.index("leading_space")] and sig[1, res.set_names.index("digits")]
-    assert not sig[2].any()                       # no false discovery on the noise latent
+    assert not sig[2].any()  # no false discovery on the noise latent
     assert res.qvalue.shape == res.score.shape == (3, len(sets)) and res.correction == "bh"
     lens = ll.logit_lens(W_dec, W_U)
     assert lens.feature_class[0] == "partition" and lens.feature_class[1] == "suppression"

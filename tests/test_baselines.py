@@ -1,6 +1,7 @@
 """Baselines (ReLU + norm-weighted L1, TopK + AuxK, Gated): gradients against float64 NumPy
 references by central differences (stop-gradient terms held as constants, as the papers define
 them), export round trips through params.npz, malformed files, and short sweeps on the toy."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,21 @@ import numpy as np
 import pytest
 
 from gemmascope import config as config_lib
-from gemmascope.sae import archs, gated, io as sae_io, model as sae_model, relu, topk
-from gemmascope.train import loop, step as step_lib
+from gemmascope.sae import archs, gated, relu, topk
+from gemmascope.sae import io as sae_io
+from gemmascope.sae import model as sae_model
+from gemmascope.train import loop
+from gemmascope.train import step as step_lib
 
 D_IN, D_SAE, B = 5, 7, 6
-CFG = {"pre_encoder_bias": True, "auxk_k": 3, "auxk_coefficient": 0.5, "threshold_init": 1e-3,
-       "threshold_param": "direct", "bandwidth": 1e-3}
+CFG = {
+    "pre_encoder_bias": True,
+    "auxk_k": 3,
+    "auxk_coefficient": 0.5,
+    "threshold_init": 1e-3,
+    "threshold_param": "direct",
+    "bandwidth": 1e-3,
+}
 
 
 def _random_params(arch, seed=0):
@@ -81,8 +91,7 @@ def _central_diff(fn, p, h=1e-6):
 
 def _check_grads(arch, p64, x64, sparsity, dead, ref_fn):
     p32 = {k: jnp.asarray(v, jnp.float32) for k, v in p64.items()}
-    (loss, _), g = jax.value_and_grad(arch.loss, has_aux=True)(p32, jnp.asarray(x64, jnp.float32), CFG, sparsity,
-                                                               dead)
+    (loss, _), g = jax.value_and_grad(arch.loss, has_aux=True)(p32, jnp.asarray(x64, jnp.float32), CFG, sparsity, dead)
     assert float(loss) == pytest.approx(ref_fn(p64), rel=1e-4)
     ref = _central_diff(ref_fn, p64)
     for k in p64:
@@ -150,6 +159,7 @@ def test_export_round_trip_on_raw_activations(tmp_path, name):
         f_train = relu.encode_train(params, x / c, CFG)
     else:
         from gemmascope.sae import jumprelu
+
         f_train = jumprelu.encode_train(params, x / c, {"pre_encoder_bias": True, "bandwidth": 1e-3})
     np.testing.assert_allclose(np.asarray(f_raw), c * np.asarray(f_train), rtol=1e-4, atol=1e-4)
     assert np.array_equal(np.asarray(f_raw) != 0, np.asarray(f_train) != 0)

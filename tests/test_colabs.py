@@ -1,6 +1,7 @@
 """The notebooks under colabs/ run top to bottom (nbclient, a fresh ipykernel) and produce what
 they promise: a trained tiny SAE, per-token top latents, a dashboard, steered text; a sweep with
 metrics.jsonl, exported SAEs whose L0 falls as lambda rises, and a delta LM loss."""
+
 from __future__ import annotations
 
 import glob
@@ -34,8 +35,11 @@ def _run(name: str, workdir: str, monkeypatch) -> tuple[str, float]:
         assert cell.get("execution_count"), f"{name}: a code cell did not run"
         for out in cell.get("outputs", []):
             assert out.get("output_type") != "error", f"{name}: {out.get('ename')}: {out.get('evalue')}"
-            text.append(out.get("text", "") if out.get("output_type") == "stream" else
-                        str(out.get("data", {}).get("text/plain", "")))
+            text.append(
+                out.get("text", "")
+                if out.get("output_type") == "stream"
+                else str(out.get("data", {}).get("text/plain", ""))
+            )
     out = "\n".join(text)
     # the first code cell: installs when missing (here the package is importable) and prints the devices
     first = next(c for c in nb.cells if c.cell_type == "code")
@@ -74,16 +78,19 @@ def test_training_walkthrough_runs(tmp_path, monkeypatch):
     wd = tmp_path / "sweep"
     rows = [json.loads(x) for x in open(wd / "metrics.jsonl")]
     assert {r["sae"] for r in rows} == {0, 1, 2} and max(r["step"] for r in rows) == 40
-    metas = sorted((json.load(open(p)) for p in glob.glob(str(wd / "saes" / "**" / "metadata.json"), recursive=True)),
-                   key=lambda m: m["sparsity_coefficient"])
+    metas = sorted(
+        (json.load(open(p)) for p in glob.glob(str(wd / "saes" / "**" / "metadata.json"), recursive=True)),
+        key=lambda m: m["sparsity_coefficient"],
+    )
     assert len(metas) == 3
     l0 = [m["l0"] for m in metas]
-    assert l0[0] > l0[1] > l0[2] > 0, l0                       # sparser with larger lambda
+    assert l0[0] > l0[1] > l0[2] > 0, l0  # sparser with larger lambda
     curves = glob.glob(str(wd / "curves" / "*.png"))
     assert len(curves) == 1 and open(curves[0], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     runs = sorted(os.listdir(wd / "tensorboard" / rows[0]["location"]))
-    assert len(runs) == 3 and all(glob.glob(str(wd / "tensorboard" / rows[0]["location"] / r / "events.out.tfevents.*"))
-                                  for r in runs), runs
+    assert len(runs) == 3 and all(
+        glob.glob(str(wd / "tensorboard" / rows[0]["location"] / r / "events.out.tfevents.*")) for r in runs
+    ), runs
     # the table printed by the notebook lists the three SAEs with the L0 of their metadata
     for m in metas:
         assert re.search(rf"{m['sparsity_coefficient']:8g}\s+{m['l0']:7.1f}", out)

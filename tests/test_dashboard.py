@@ -17,9 +17,9 @@ frequencies); the oracle and the scan use the same fp32 activations, so larger d
 be bugs. The browser is required: the tests fail (not skip) without /usr/bin/chromium and
 /usr/bin/chromedriver (``apt-get install -y chromium chromium-driver``; ``.ci/run`` does it).
 """
+
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -35,9 +35,18 @@ from gemmascope.analysis import logit_lens as ll
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROME_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", "--window-size=1200,900")
+CHROME_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1200,900",
+)
 
 
 # ----------------------------------------------------------------------------------- browser
@@ -47,8 +56,10 @@ CHROME_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", 
 def browser(tmp_path_factory):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
     if missing:
-        pytest.fail(f"the dashboard tests need headless Chromium, but {', '.join(missing)} is missing: "
-                    "install it with `apt-get install -y chromium chromium-driver` (.ci/run does this)")
+        pytest.fail(
+            f"the dashboard tests need headless Chromium, but {', '.join(missing)} is missing: "
+            "install it with `apt-get install -y chromium chromium-driver` (.ci/run does this)"
+        )
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -77,8 +88,11 @@ def _css(driver, sel):
 
 
 def _visible_rows(driver):
-    return [int(r.find_elements("css selector", "td")[0].text) for r in _css(driver, "#latents tbody tr")
-            if r.is_displayed()]
+    return [
+        int(r.find_elements("css selector", "td")[0].text)
+        for r in _css(driver, "#latents tbody tr")
+        if r.is_displayed()
+    ]
 
 
 def _bar_total(driver) -> int:
@@ -92,8 +106,12 @@ def _typed_search_matches(summary, q):
     fires on most and the enriched set names, lower-cased, contain the query."""
     out = []
     for s in summary["latents"]:
-        hay = " ".join([str(s["latent"]), s["class"]] + s["top_tokens"][:5] + [t for t, _ in s["fires_on"][:3]]
-                       + [e[0] for e in s["enrichment"]]).lower()
+        hay = " ".join(
+            [str(s["latent"]), s["class"]]
+            + s["top_tokens"][:5]
+            + [t for t, _ in s["fires_on"][:3]]
+            + [e[0] for e in s["enrichment"]]
+        ).lower()
         if q.lower() in hay:
             out.append(s["latent"])
     return out
@@ -109,10 +127,10 @@ BOLD, AMP, NL, LEAD = 1, 2, 3, 4
 def _synthetic_logits(V: int) -> np.ndarray:
     """Rows: prediction, suppression, partition, other (symmetric heavy tails), prediction, partition."""
     pred = np.zeros(V)
-    pred[[BOLD, 20]] = 10.0                                   # 2 of 40 tokens strongly promoted: skew ~4, kurt ~18
-    split = np.where(np.arange(V) % 2 == 0, 1.0, -1.0)        # 50/50 two-point: kurtosis 1
+    pred[[BOLD, 20]] = 10.0  # 2 of 40 tokens strongly promoted: skew ~4, kurt ~18
+    split = np.where(np.arange(V) % 2 == 0, 1.0, -1.0)  # 50/50 two-point: kurtosis 1
     sym = np.zeros(V)
-    sym[[10, 11]], sym[[12, 13]] = 5.0, -5.0                   # skew 0, kurtosis 10: neither class
+    sym[[10, 11]], sym[[12, 13]] = 5.0, -5.0  # skew 0, kurtosis 10: neither class
     pred2 = np.zeros(V)
     pred2[[LEAD, 30]] = 8.0
     return np.stack([pred, -pred, split, sym, pred2, -split])
@@ -124,8 +142,8 @@ def synthetic_site(tmp_path_factory):
     S, T, d_sae = 6, 12, 6
     rng = np.random.default_rng(1)
     tokens = rng.integers(5, len(VOCAB), (S, T)).astype(np.int32)
-    tokens[:, 0] = 0                                          # BOS
-    tokens[0, 5] = 0                                          # a document boundary (EOS) inside row 0
+    tokens[:, 0] = 0  # BOS
+    tokens[0, 5] = 0  # a document boundary (EOS) inside row 0
     tokens[0, 6], tokens[0, 3] = BOLD, BOLD
     tokens[1, 4], tokens[1, 5], tokens[1, 6] = AMP, NL, BOLD
     tokens[2, 2], tokens[2, 8] = LEAD, BOLD
@@ -141,8 +159,15 @@ def synthetic_site(tmp_path_factory):
     q, r = np.linalg.qr(np.random.default_rng(2).standard_normal((d_sae, d_sae)))
     L = _synthetic_logits(len(VOCAB))
     lens = ll.logit_lens(q.astype(np.float32), (q.T @ L).astype(np.float32), k=5)
-    summary = dash.write_site(out, res, lens, VOCAB, list(range(d_sae)),
-                              info=dash.SiteInfo(title="synthetic <SAE> & co", text="hand-made rows"), log=None)
+    summary = dash.write_site(
+        out,
+        res,
+        lens,
+        VOCAB,
+        list(range(d_sae)),
+        info=dash.SiteInfo(title="synthetic <SAE> & co", text="hand-made rows"),
+        log=None,
+    )
     return out, res, lens, summary, tokens, codes
 
 
@@ -155,7 +180,7 @@ def test_synthetic_classes_are_the_designed_ones(synthetic_site):
 def test_index_lists_searches_filters_and_sorts(browser, synthetic_site):
     out, res, _, summary, _, _ = synthetic_site
     d = _open(browser, os.path.join(out, "index.html"))
-    assert d.title == "synthetic <SAE> & co - latents"                       # escaped in <title>, read back as text
+    assert d.title == "synthetic <SAE> & co - latents"  # escaped in <title>, read back as text
     assert _visible_rows(d) == [0, 1, 2, 3, 4, 5]
     assert _css(d, "#count")[0].text == "6 of 6 latents"
     # class filter
@@ -169,14 +194,14 @@ def test_index_lists_searches_filters_and_sorts(browser, synthetic_site):
     box = _css(d, "#search")[0]
     box.send_keys("<b>")
     want = _typed_search_matches(summary, "<b>")
-    assert 0 in want and len(want) < 6                                        # latent 0 fires on "<b>bold</b>"
+    assert 0 in want and len(want) < 6  # latent 0 fires on "<b>bold</b>"
     assert _visible_rows(d) == want
     assert _css(d, "#count")[0].text == f"{len(want)} of 6 latents"
     box.clear()
     box.send_keys("partition")
     assert _visible_rows(d) == [2, 5]
     box.clear()
-    box.send_keys("x")                                                       # clear() sends no input event
+    box.send_keys("x")  # clear() sends no input event
     box.send_keys("\b")
     assert len(_visible_rows(d)) == 6
     # sorting: click "frequency" once -> descending frequency
@@ -189,9 +214,13 @@ def test_index_lists_searches_filters_and_sorts(browser, synthetic_site):
     assert [freq[i] for i in _visible_rows(d)] == sorted(freq)
     # tokens shown as chips: markup as text, leading spaces visible
     rows = {int(r.find_elements("css selector", "td")[0].text): r for r in _css(d, "#latents tbody tr")}
-    assert rows[0].find_elements("css selector", "td")[-1].find_elements("css selector", ".tok")[0].text == "<b>bold</b>"
+    assert (
+        rows[0].find_elements("css selector", "td")[-1].find_elements("css selector", ".tok")[0].text == "<b>bold</b>"
+    )
     assert not _css(d, "#latents b")
-    assert rows[4].find_elements("css selector", "td")[-2].find_elements("css selector", ".tok")[0].text == "\u2423leading"
+    assert (
+        rows[4].find_elements("css selector", "td")[-2].find_elements("css selector", ".tok")[0].text == "\u2423leading"
+    )
 
 
 def test_latent_page_escapes_and_stays_within_documents(browser, synthetic_site):
@@ -202,9 +231,9 @@ def test_latent_page_escapes_and_stays_within_documents(browser, synthetic_site)
     assert len(ctx) == 3
     assert [float(c.find_element("css selector", ".v").text) for c in ctx] == [5.0, 5.0, 5.0]
     text = "\n".join(c.text for c in ctx)
-    assert "<b>bold</b>" in text and not _css(d, "#contexts b")             # shown as text, never as markup
-    assert "<|endoftext|>" not in text                                       # BOS / EOS never shown
-    assert "\u21b5" in text and " &amp;" in text                              # newline visible; & kept literally
+    assert "<b>bold</b>" in text and not _css(d, "#contexts b")  # shown as text, never as markup
+    assert "<|endoftext|>" not in text  # BOS / EOS never shown
+    assert "\u21b5" in text and " &amp;" in text  # newline visible; & kept literally
     focus = _css(d, "#contexts span.t.focus")
     assert len(focus) == 3 and all(f.text == "<b>bold</b>" for f in focus)
     assert all(f.get_attribute("title") == "'<b>bold</b>' \u2192 5" for f in focus)
@@ -243,8 +272,13 @@ def _constructed_sae(d_in: int = 576) -> dict[str, np.ndarray]:
     W /= np.linalg.norm(W, axis=1, keepdims=True)
     b_enc = np.zeros(D_SAE, np.float32)
     b_enc[DEAD] = -1e4
-    return {"W_enc": W.T.copy(), "W_dec": W, "b_enc": b_enc, "b_dec": np.zeros(d_in, np.float32),
-            "threshold": np.linspace(2.0, 30.0, D_SAE).astype(np.float32)}
+    return {
+        "W_enc": W.T.copy(),
+        "W_dec": W,
+        "b_enc": b_enc,
+        "b_dec": np.zeros(d_in, np.float32),
+        "threshold": np.linspace(2.0, 30.0, D_SAE).astype(np.float32),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -257,14 +291,24 @@ def real_site(tmp_path_factory):
     root = tmp_path_factory.mktemp("real_site")
     sae = _constructed_sae()
     sae_dir = str(root / "sae")
-    sae_io.save_params(os.path.join(sae_dir, "params.npz"), sae,
-                       {"site": "res", "layer": 15, "model": "SmolLM2-135M (test)", "d_sae": D_SAE})
+    sae_io.save_params(
+        os.path.join(sae_dir, "params.npz"),
+        sae,
+        {"site": "res", "layer": 15, "model": "SmolLM2-135M (test)", "d_sae": D_SAE},
+    )
     cfg, params, tok = loading.load_embedded()
     out = str(root / "site")
     summary = dash.build_dashboard(sae_dir, out, n_tokens=3000, lm=(cfg, params, tok), log=None)
     # Oracle: the first 32 packed held-out rows, our LM's layer-15 residual, numpy JumpReLU.
-    tokens, mask = text_lib.pack(tok, text_lib.iter_texts({"kind": "embedded", "split_part": "heldout"}), 128,
-                                 cfg.bos_id, cfg.eos_id, cfg.pad_id, max_sequences=32)
+    tokens, mask = text_lib.pack(
+        tok,
+        text_lib.iter_texts({"kind": "embedded", "split_part": "heldout"}),
+        128,
+        cfg.bos_id,
+        cfg.eos_id,
+        cfg.pad_id,
+        max_sequences=32,
+    )
     x = np.asarray(capture_activations(params, tokens, cfg, [(15, "res")])[(15, "res")], np.float32)
     norms = np.linalg.norm(x, axis=-1)
     valid = mask & (norms <= 10.0 * np.median(norms[mask]))
@@ -279,12 +323,15 @@ def test_real_index_shows_every_latent_with_oracle_frequencies(browser, real_sit
     d = _open(browser, os.path.join(out, "index.html"))
     assert _visible_rows(d) == list(range(D_SAE))
     assert _css(d, "#count")[0].text == f"{D_SAE} of {D_SAE} latents"
-    freq_cells = [float(r.find_elements("css selector", "td")[1].get_attribute("data-v"))
-                  for r in _css(d, "#latents tbody tr")]
+    freq_cells = [
+        float(r.find_elements("css selector", "td")[1].get_attribute("data-v")) for r in _css(d, "#latents tbody tr")
+    ]
     want = (f > 0).sum(axis=(0, 1)) / valid.sum()
     np.testing.assert_allclose(freq_cells, want, rtol=1e-5)
     assert freq_cells[DEAD] == 0
-    assert re.search(rf"{summary['n_tokens']:,} tokens of the embedded corpus", d.find_element("css selector", "header").text)
+    assert re.search(
+        rf"{summary['n_tokens']:,} tokens of the embedded corpus", d.find_element("css selector", "header").text
+    )
     # the search box narrows the real list too
     box = _css(d, "#search")[0]
     box.send_keys(" the")
@@ -295,8 +342,8 @@ def test_real_index_shows_every_latent_with_oracle_frequencies(browser, real_sit
 def test_real_latent_page_matches_the_oracle(browser, real_site):
     out, summary, tokens, valid, f, tok = real_site
     counts = (f > 0).sum(axis=(0, 1))
-    seq_fired = (f > 0).any(axis=1).sum(axis=0)                             # sequences where each latent fired
-    lat = int(np.flatnonzero((counts >= 30) & (seq_fired > 12))[-1])        # a selective latent with > k contexts
+    seq_fired = (f > 0).any(axis=1).sum(axis=0)  # sequences where each latent fired
+    lat = int(np.flatnonzero((counts >= 30) & (seq_fired > 12))[-1])  # a selective latent with > k contexts
     d = _open(browser, os.path.join(out, "latents", f"{lat}.html"))
     ctx = _css(d, "#contexts .ctx")
     per_seq = np.sort(f[..., lat].max(axis=1))[::-1][:12]
@@ -312,7 +359,7 @@ def test_real_latent_page_matches_the_oracle(browser, real_site):
     shaded = [s for s in _css(d, "#contexts span.t") if "background" in (s.get_attribute("style") or "")]
     assert len(shaded) >= 12
     text = "\n".join(c.text for c in ctx)
-    assert "<|endoftext|>" not in text                                       # BOS never shown
+    assert "<|endoftext|>" not in text  # BOS never shown
     assert _bar_total(d) == int(counts[lat])
     stats = d.find_element("css selector", ".stats").text
     assert f"({int(counts[lat]):,} of {int(valid.sum()):,})" in stats
@@ -340,13 +387,24 @@ def test_errors_name_the_problem(tmp_path):
     assert dash.parse_latents("3,1-2,3", 64) == [3, 1, 2]
     from gemmascope.sae import io as sae_io
 
-    sae_io.save_params(str(tmp_path / "bare" / "params.npz"), _constructed_sae())      # no metadata.json
+    sae_io.save_params(str(tmp_path / "bare" / "params.npz"), _constructed_sae())  # no metadata.json
     with pytest.raises(dash.DashboardInputError, match="no metadata.json with 'layer' and 'site'"):
         dash.build_dashboard(str(tmp_path / "bare"), str(tmp_path / "out"), log=None)
     # the CLI reports the bad latent before loading any model
-    r = subprocess.run([sys.executable, os.path.join(REPO, "launch", "analyze.py"), f"--sae={tmp_path / 'bare'}",
-                        f"--out={tmp_path / 'out'}", "--latents=5,99", "--layer=15", "--site=res"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "launch", "analyze.py"),
+            f"--sae={tmp_path / 'bare'}",
+            f"--out={tmp_path / 'out'}",
+            "--latents=5,99",
+            "--layer=15",
+            "--site=res",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and "latent 99 out of range: the SAE has 64 latents" in r.stderr + r.stdout
 
 
@@ -354,14 +412,23 @@ def test_token_display_helpers():
     assert dash.chip_text(" the") == "\u2423the"
     assert dash.chip_text("") == "\u2205"
     assert dash.context_text("a\nb\tc\x0c") == "a\u21b5b\u21e5c\\x0c"
-    assert dash.esc("<a href=\"x\">&</a>") == "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+    assert dash.esc('<a href="x">&</a>') == "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
 
 
 # ----------------------------------------------------------------------------------- templates
 
 
-HOSTILE = ["<|bos|>", "<script>alert(1)</script>", "{{ 7*7 }}", '" onmouseover="x', "</div><b>", "a&amp;b",
-           "{% raw %}", "'", ""]
+HOSTILE = [
+    "<|bos|>",
+    "<script>alert(1)</script>",
+    "{{ 7*7 }}",
+    '" onmouseover="x',
+    "</div><b>",
+    "a&amp;b",
+    "{% raw %}",
+    "'",
+    "",
+]
 
 
 class _PageParser(HTMLParser):
@@ -400,50 +467,85 @@ def test_templates_autoescape_every_string(tmp_path):
 
     V, S, T, d_sae = len(HOSTILE) + 4, 3, 16, 3
     vocab = HOSTILE + [f" w{i}" for i in range(4)]
-    tokens = np.arange(S * T).reshape(S, T) % (V - 1) + 1                      # every row holds most tokens
+    tokens = np.arange(S * T).reshape(S, T) % (V - 1) + 1  # every row holds most tokens
     tokens[:, 0] = 0
     codes = np.zeros((S, T, d_sae), np.float32)
-    codes[..., 0] = np.where(tokens <= len(HOSTILE) - 1, 1.0 + tokens, 0.0)    # fires on the hostile tokens
-    codes[..., 1] = np.where(tokens == V - 1, 1.0, 0.0)                        # fires on " w3" only
+    codes[..., 0] = np.where(tokens <= len(HOSTILE) - 1, 1.0 + tokens, 0.0)  # fires on the hostile tokens
+    codes[..., 1] = np.where(tokens == V - 1, 1.0, 0.0)  # fires on " w3" only
     # one hostile token is never encoded (a dropped norm outlier): every span kind shows hostile text
-    res = dash.scan_codes(tokens, tokens != 0, codes, k=3, valid=tokens != 4)      # 4: "</div><b>"
+    res = dash.scan_codes(tokens, tokens != 0, codes, k=3, valid=tokens != 4)  # 4: "</div><b>"
     rng = np.random.default_rng(0)
-    lens = ll.logit_lens(rng.standard_normal((d_sae, 6)).astype(np.float32),
-                         rng.standard_normal((6, V)).astype(np.float32), k=V // 2)
+    lens = ll.logit_lens(
+        rng.standard_normal((d_sae, 6)).astype(np.float32), rng.standard_normal((6, V)).astype(np.float32), k=V // 2
+    )
     set_name = "<img src=x onerror=alert(1)> & {{ set }}"
-    enr = EnrichmentResult(set_names=[set_name], set_sizes=np.array([3]), score=np.full((d_sae, 1), 0.9),
-                           pvalue=np.full((d_sae, 1), 1e-9), qvalue=np.full((d_sae, 1), 1e-9),
-                           correction="bh")
-    info = dash.SiteInfo(title="T <i>x</i> {{ t }}", model='m "q" <b>', layer=2, site="res",
-                         text="<u>text</u>")
+    enr = EnrichmentResult(
+        set_names=[set_name],
+        set_sizes=np.array([3]),
+        score=np.full((d_sae, 1), 0.9),
+        pvalue=np.full((d_sae, 1), 1e-9),
+        qvalue=np.full((d_sae, 1), 1e-9),
+        correction="bh",
+    )
+    info = dash.SiteInfo(title="T <i>x</i> {{ t }}", model='m "q" <b>', layer=2, site="res", text="<u>text</u>")
     out = str(tmp_path / "site")
-    dash.write_site(out, res, lens, vocab, list(range(d_sae)), info=info, enrichment=enr,
-                    enrichment_floor={set_name: 0.5}, log=None)
-    allowed = {"html", "head", "meta", "title", "link", "body", "header", "main", "div", "h1", "h2", "span",
-               "small", "a", "p", "b", "svg", "line", "rect", "text", "input", "select", "option", "table",
-               "thead", "tbody", "tr", "th", "td", "script"}
+    dash.write_site(
+        out, res, lens, vocab, list(range(d_sae)), info=info, enrichment=enr, enrichment_floor={set_name: 0.5}, log=None
+    )
+    allowed = {
+        "html",
+        "head",
+        "meta",
+        "title",
+        "link",
+        "body",
+        "header",
+        "main",
+        "div",
+        "h1",
+        "h2",
+        "span",
+        "small",
+        "a",
+        "p",
+        "b",
+        "svg",
+        "line",
+        "rect",
+        "text",
+        "input",
+        "select",
+        "option",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "script",
+    }
     pages = [os.path.join(out, "index.html")]
     pages += [os.path.join(out, "latents", f"{i}.html") for i in range(d_sae)]
     for path in pages:
         page = _parse(path)
         assert set(page.tags) <= allowed, (path, set(page.tags) - allowed)
         text, attrs = "".join(page.text), " ".join(page.attrs)
-        assert page.tags.count("b") == page.classes.count("stat")                # <b> only in the stat boxes
-        assert "T <i>x</i> {{ t }}" in text                                  # the title, read back as text
+        assert page.tags.count("b") == page.classes.count("stat")  # <b> only in the stat boxes
+        assert "T <i>x</i> {{ t }}" in text  # the title, read back as text
         if path.endswith("index.html"):
-            assert page.tags.count("script") == 1                                # our script, and only ours
+            assert page.tags.count("script") == 1  # our script, and only ours
             assert "".join(page.scripts) == dash.static_text("index.js")
             assert 'm "q" <b> \u00b7 layer 2 \u00b7 site res' in text
-            assert set_name.lower() in attrs                                     # search text of every row
+            assert set_name.lower() in attrs  # search text of every row
         else:
             assert page.tags.count("script") == 0
             assert "<u>text</u>" in text
-    for i in (0, 1):                                 # fired (0), not fired (1) and dropped (both) contexts
+    for i in (0, 1):  # fired (0), not fired (1) and dropped (both) contexts
         page = _parse(os.path.join(out, "latents", f"{i}.html"))
         text, attrs = "".join(page.text), " ".join(page.attrs)
-        assert f"{set_name}: score +0.90" in text                                # enrichment, listed as text
+        assert f"{set_name}: score +0.90" in text  # enrichment, listed as text
         assert page.classes.count("t drop") >= 1 and page.classes.count("t focus") == 3
-        for tok in HOSTILE[1:-2]:                    # contexts: tokens as text, repr(token) in the hover title
+        for tok in HOSTILE[1:-2]:  # contexts: tokens as text, repr(token) in the hover title
             assert dash.context_text(tok) in text and repr(tok) in attrs
     with open(os.path.join(out, "style.css"), encoding="utf-8") as fh:
         assert fh.read() == dash.static_text("style.css")
@@ -453,15 +555,17 @@ def test_histogram_geometry_by_hand():
     """Counts [0, 2, 1, 0] over [0, 4] in the default 420x150 box: plot area x 40..400, y 8..122
     (height 114); bars only for the non-empty bins, heights 114 * count / 2; threshold 1 at x = 130."""
     svg = str(dash.histogram_svg(np.array([0, 2, 1, 0]), 0.0, 4.0, threshold=1.0))
-    bars = re.findall(r'<rect class="bar" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"[^>]*>'
-                      r"<title>([^<]*)</title>", svg)
-    assert bars == [("130.5", "8.0", "89.0", "114.0", "1 to 2: 2"),
-                    ("220.5", "65.0", "89.0", "57.0", "2 to 3: 1")]
+    bars = re.findall(
+        r'<rect class="bar" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"[^>]*>'
+        r"<title>([^<]*)</title>",
+        svg,
+    )
+    assert bars == [("130.5", "8.0", "89.0", "114.0", "1 to 2: 2"), ("220.5", "65.0", "89.0", "57.0", "2 to 3: 1")]
     assert '<line x1="130.0" y1="8" x2="130.0" y2="122" stroke="#24303f"' in svg
     assert "<title>threshold 1</title>" in svg
     assert re.findall(r'text-anchor="middle">([^<]*)</text>', svg) == ["0", "2", "4", "activation"]
-    assert '<text x="36" y="17" text-anchor="end">2</text>' in svg             # the y axis: max count ...
-    assert '<text x="36" y="122" text-anchor="end">0</text>' in svg            # ... and 0
+    assert '<text x="36" y="17" text-anchor="end">2</text>' in svg  # the y axis: max count ...
+    assert '<text x="36" y="122" text-anchor="end">0</text>' in svg  # ... and 0
     # a threshold outside (lo, hi] is not drawn; an empty histogram has no bars and y max 1
     assert "threshold" not in str(dash.histogram_svg(np.array([1, 1]), 0.0, 4.0, threshold=5.0))
     empty = str(dash.histogram_svg(np.zeros(4, int), 0.0, 1.0))
@@ -475,15 +579,27 @@ def test_package_data_ships_the_templates_and_static_files():
     import fnmatch
 
     with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as fh:
-        call = next(n for n in ast.walk(ast.parse(fh.read())) if isinstance(n, ast.Call)
-                    and getattr(n.func, "id", "") == "setup")
+        call = next(
+            n
+            for n in ast.walk(ast.parse(fh.read()))
+            if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup"
+        )
     package_data = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_data"))
     patterns = package_data["gemmascope.analysis"]
     root = os.path.join(REPO, "gemmascope", "analysis")
-    files = [os.path.relpath(os.path.join(d, f), root) for sub in ("dashboard_templates", "dashboard_static")
-             for d, _, fs in os.walk(os.path.join(root, sub)) for f in fs if "__pycache__" not in d]
-    assert {"dashboard_templates/latent.html", "dashboard_templates/index.html",
-            "dashboard_static/style.css", "dashboard_static/index.js"} <= set(files)
+    files = [
+        os.path.relpath(os.path.join(d, f), root)
+        for sub in ("dashboard_templates", "dashboard_static")
+        for d, _, fs in os.walk(os.path.join(root, sub))
+        for f in fs
+        if "__pycache__" not in d
+    ]
+    assert {
+        "dashboard_templates/latent.html",
+        "dashboard_templates/index.html",
+        "dashboard_static/style.css",
+        "dashboard_static/index.js",
+    } <= set(files)
     assert all(any(fnmatch.fnmatchcase(f, p) for p in patterns) for f in files), (files, patterns)
     with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as fh:
         assert '"jinja2"' in fh.read()
@@ -502,15 +618,34 @@ def test_scan_matches_a_numpy_oracle_over_several_batches(arch):
     from gemmascope.lm import model
     from gemmascope.lm.config import LMConfig
 
-    cfg = LMConfig(arch="llama", vocab_size=50, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8,
-                   d_mlp=24, attn_softcap=None, final_softcap=None, query_pre_attn_scalar=None,
-                   sliding_window=None, tie_embeddings=True, bos_id=1, eos_id=2, pad_id=0)
+    cfg = LMConfig(
+        arch="llama",
+        vocab_size=50,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=1,
+        head_dim=8,
+        d_mlp=24,
+        attn_softcap=None,
+        final_softcap=None,
+        query_pre_attn_scalar=None,
+        sliding_window=None,
+        tie_embeddings=True,
+        bos_id=1,
+        eos_id=2,
+        pad_id=0,
+    )
     params = model.init_params(jax.random.PRNGKey(0), cfg, std=0.5)
     rng = np.random.default_rng(0)
     d_sae, k_ctx = 24, 5
     W = rng.standard_normal((d_sae, 16)).astype(np.float32)
-    sae = {"W_enc": W.T.copy(), "W_dec": W, "b_enc": rng.normal(0, 0.3, d_sae).astype(np.float32),
-           "b_dec": np.zeros(16, np.float32)}
+    sae = {
+        "W_enc": W.T.copy(),
+        "W_dec": W,
+        "b_enc": rng.normal(0, 0.3, d_sae).astype(np.float32),
+        "b_dec": np.zeros(16, np.float32),
+    }
     if arch == "jumprelu":
         sae["threshold"] = rng.uniform(0.5, 2.0, d_sae).astype(np.float32)
     else:
@@ -519,11 +654,11 @@ def test_scan_matches_a_numpy_oracle_over_several_batches(arch):
     for _ in range(3):
         toks = rng.integers(3, 50, (4, 10)).astype(np.int32)
         toks[:, 0] = 1
-        toks[1, 6] = 2                                                  # an EOS inside a row
+        toks[1, 6] = 2  # an EOS inside a row
         batches.append((toks, toks >= 3))
     res = dash.scan(params, cfg, sae, 1, "res", batches, k=k_ctx, outlier_norm_factor=1.15, log=None)
     f_all, valid_all = [], []
-    for toks, mask in batches:                                          # the oracle, batch by batch
+    for toks, mask in batches:  # the oracle, batch by batch
         x = np.asarray(model.forward(params, toks, cfg, capture=[(1, "res")]).captures[(1, "res")], np.float32)
         n = np.linalg.norm(x, axis=-1)
         valid = mask & (n <= 1.15 * np.median(n[mask]))
@@ -535,12 +670,12 @@ def test_scan_matches_a_numpy_oracle_over_several_batches(arch):
             f = np.where(pre >= kth, np.maximum(pre, 0.0), 0.0)
         f_all.append(np.where(valid[..., None], f, 0.0))
         valid_all.append(valid)
-    f = np.concatenate(f_all)                                           # [12, 10, d_sae]
+    f = np.concatenate(f_all)  # [12, 10, d_sae]
     valid = np.concatenate(valid_all)
     assert res.n_tokens == valid.sum() and 0 < res.n_dropped == sum(m.sum() for _, m in batches) - valid.sum()
     np.testing.assert_array_equal(res.fire_counts, (f > 0).sum(axis=(0, 1)))
     np.testing.assert_allclose(res.act_max, f.max(axis=(0, 1)), rtol=1e-4)
-    per_seq = f.max(axis=1)                                             # [12, d_sae]
+    per_seq = f.max(axis=1)  # [12, d_sae]
     for i in range(d_sae):
         want = np.sort(per_seq[:, i])[::-1][:k_ctx]
         got = res.top_values[i]
@@ -548,11 +683,22 @@ def test_scan_matches_a_numpy_oracle_over_several_batches(arch):
         for v, s, p in zip(res.top_values[i], res.top_seq[i], res.top_pos[i]):
             if v > 0:
                 assert f[s, p, i] == pytest.approx(v, rel=1e-4) and per_seq[s, i] == pytest.approx(v, rel=1e-4)
-        np.testing.assert_allclose(res.activations_at(i, np.arange(f.shape[0] * f.shape[1])),
-                                   f[..., i].reshape(-1), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            res.activations_at(i, np.arange(f.shape[0] * f.shape[1])), f[..., i].reshape(-1), rtol=1e-4, atol=1e-4
+        )
     counts, upper = dash.histogram(res, list(range(d_sae)))
     np.testing.assert_array_equal(counts.sum(axis=1), res.fire_counts)
     # max_tokens stops after the batch that reaches it
-    part = dash.scan(params, cfg, sae, 1, "res", batches, k=k_ctx, outlier_norm_factor=1.15, log=None,
-                     max_tokens=int(valid_all[0].sum()) + 1)
+    part = dash.scan(
+        params,
+        cfg,
+        sae,
+        1,
+        "res",
+        batches,
+        k=k_ctx,
+        outlier_norm_factor=1.15,
+        log=None,
+        max_tokens=int(valid_all[0].sum()) + 1,
+    )
     assert part.tokens.shape[0] == 8 and part.n_tokens == valid_all[0].sum() + valid_all[1].sum()

@@ -1,5 +1,6 @@
 """The demo pipeline on the embedded default (SmolLM2-135M + embedded corpus), at runlocal size:
 generate the store, train from it, export; resume of generation; online mode; missing store."""
+
 import glob
 import json
 import os
@@ -17,8 +18,12 @@ from configs import demo  # noqa: E402
 
 
 def _run(script, *args, timeout=900):
-    r = subprocess.run([sys.executable, os.path.join(REPO, "launch", script), f"--config={REPO}/configs/demo.py",
-                        *args], capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch", script), f"--config={REPO}/configs/demo.py", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     return r.stdout
 
@@ -36,7 +41,7 @@ def test_demo_store_has_every_site_and_no_special_tokens(demo_workdir):
     info = store_lib.open_store(os.path.join(wd, "activations", "train"))
     assert sorted(info.sites) == ["att_L15", "mlp_L15", "res_L15"]
     cfg = demo.get_config()
-    for name, meta in info.sites.items():
+    for meta in info.sites.values():
         assert meta["d_in"] == 576  # SmolLM2: d_model 576, 9 heads x 64
         assert meta["model"].startswith("SmolLM2-135M")
         # Every stored row is a real text token: at most 127 per 128-token sequence (BOS first).
@@ -53,8 +58,10 @@ def test_demo_store_has_every_site_and_no_special_tokens(demo_workdir):
 def test_demo_trains_from_store_and_exports(demo_workdir):
     wd, _, train = demo_workdir
     assert "tok/s" in train and "ETA" in train
-    metas = [json.load(open(p)) for p in glob.glob(os.path.join(wd, "saes", "res", "layer_15", "width_1k", "*",
-                                                                "metadata.json"))]
+    metas = [
+        json.load(open(p))
+        for p in glob.glob(os.path.join(wd, "saes", "res", "layer_15", "width_1k", "*", "metadata.json"))
+    ]
     metas.sort(key=lambda m: m["sparsity_coefficient"])
     assert len(metas) == 4
     l0 = [m["l0"] for m in metas]
@@ -172,20 +179,26 @@ def test_evaluator_and_dashboard_see_exactly_the_stored_rows(demo_workdir):
     batches = list(itertools.islice(lm.packed_batches("heldout"), 2))
     mask = np.concatenate([m for _, m in batches])
     d, w = 576, 8
-    zero_sae = {"W_enc": np.zeros((d, w), np.float32), "b_enc": np.zeros(w, np.float32),
-                "threshold": np.ones(w, np.float32), "W_dec": np.zeros((w, d), np.float32),
-                "b_dec": np.zeros(d, np.float32)}
+    zero_sae = {
+        "W_enc": np.zeros((d, w), np.float32),
+        "b_enc": np.zeros(w, np.float32),
+        "threshold": np.ones(w, np.float32),
+        "W_dec": np.zeros((w, d), np.float32),
+        "b_dec": np.zeros(d, np.float32),
+    }
 
-    scanned = dashboard.scan(lm.params, lm.lm_cfg, zero_sae, 15, "res", batches, k=1,
-                             outlier_norm_factor=factor, log=None)
+    scanned = dashboard.scan(
+        lm.params, lm.lm_cfg, zero_sae, 15, "res", batches, k=1, outlier_norm_factor=factor, log=None
+    )
     valid = scanned.valid
     assert valid.shape == mask.shape and not (valid & ~mask).any()
     assert 0 < (mask & ~valid).sum() < 50  # the attention sinks after BOS were dropped, few others
     n = int(valid.sum())
     arr = ts.open(store_lib._Root(os.path.join(wd, "activations", "heldout")).array_spec("res_L15")).result()
     stored = arr[:n].read().result()
-    acts = np.concatenate([np.asarray(sites.capture(lm.lm, t, m, [(15, "res")], factor)[(15, "res")][0])
-                           for t, m in batches])
+    acts = np.concatenate(
+        [np.asarray(sites.capture(lm.lm, t, m, [(15, "res")], factor)[(15, "res")][0]) for t, m in batches]
+    )
     # Row for row: a kept outlier or a dropped real row would shift every later row.
     np.testing.assert_allclose(stored, acts[valid], rtol=1e-5, atol=1e-4)
 

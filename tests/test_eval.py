@@ -1,4 +1,5 @@
 """Evaluation metrics at a site: identity and zero SAEs, and L0/FVU against a NumPy reference."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +9,24 @@ from gemmascope.eval import metrics
 from gemmascope.lm import model
 from gemmascope.lm.config import LMConfig
 
-CFG = LMConfig(arch="llama", vocab_size=40, d_model=16, n_layers=3, n_heads=2, n_kv_heads=1, head_dim=8, d_mlp=24,
-               attn_softcap=None, final_softcap=None, query_pre_attn_scalar=None, sliding_window=None,
-               tie_embeddings=True, bos_id=1, eos_id=2, pad_id=0)
+CFG = LMConfig(
+    arch="llama",
+    vocab_size=40,
+    d_model=16,
+    n_layers=3,
+    n_heads=2,
+    n_kv_heads=1,
+    head_dim=8,
+    d_mlp=24,
+    attn_softcap=None,
+    final_softcap=None,
+    query_pre_attn_scalar=None,
+    sliding_window=None,
+    tie_embeddings=True,
+    bos_id=1,
+    eos_id=2,
+    pad_id=0,
+)
 D = CFG.d_model
 
 
@@ -34,9 +50,13 @@ def _log_softmax(lg: np.ndarray) -> np.ndarray:
 
 def identity_sae():
     eye = np.eye(D, dtype=np.float32)
-    return {"W_enc": np.concatenate([eye, -eye], 1), "W_dec": np.concatenate([eye, -eye], 0),
-            "b_enc": np.zeros(2 * D, np.float32), "b_dec": np.zeros(D, np.float32),
-            "threshold": np.full(2 * D, 1e-12, np.float32)}
+    return {
+        "W_enc": np.concatenate([eye, -eye], 1),
+        "W_dec": np.concatenate([eye, -eye], 0),
+        "b_enc": np.zeros(2 * D, np.float32),
+        "b_dec": np.zeros(D, np.float32),
+        "threshold": np.full(2 * D, 1e-12, np.float32),
+    }
 
 
 def test_identity_sae_has_fvu_0_and_delta_loss_0(lm):
@@ -57,8 +77,13 @@ def test_identity_sae_has_fvu_0_and_delta_loss_0(lm):
 
 def test_zero_sae_gives_zero_ablation_loss_and_mean_sae_gives_fvu_1(lm):
     params, batches = lm
-    zero = {"W_enc": np.zeros((D, 8), np.float32), "W_dec": np.zeros((8, D), np.float32),
-            "b_enc": np.zeros(8, np.float32), "b_dec": np.zeros(D, np.float32), "threshold": np.ones(8, np.float32)}
+    zero = {
+        "W_enc": np.zeros((D, 8), np.float32),
+        "W_dec": np.zeros((8, D), np.float32),
+        "b_enc": np.zeros(8, np.float32),
+        "b_dec": np.zeros(D, np.float32),
+        "threshold": np.ones(8, np.float32),
+    }
     r = metrics.evaluate_sae(params, CFG, batches, zero, layer=1, site="mlp", outlier_norm_factor=0)
     np.testing.assert_allclose(r["ce_sae"], r["ce_zero"], rtol=1e-6)
     assert r["l0"] == 0 and r["dead_fraction"] == 1.0
@@ -69,25 +94,28 @@ def test_zero_sae_gives_zero_ablation_loss_and_mean_sae_gives_fvu_1(lm):
     assert r["frac_alive"] == r["freq_over_1_percent"] == r["freq_over_10_percent"] == 0.0
     assert r["kl_div_with_sae"] > 1e-4
     # An SAE that always outputs the dataset mean explains no variance: FVU = 1.
-    xs = np.concatenate([np.asarray(model.forward(params, t, CFG, capture=[(1, "mlp")]).captures[(1, "mlp")])[m]
-                         for t, m in batches])
+    xs = np.concatenate(
+        [np.asarray(model.forward(params, t, CFG, capture=[(1, "mlp")]).captures[(1, "mlp")])[m] for t, m in batches]
+    )
     mean_sae = dict(zero, b_dec=xs.mean(0).astype(np.float32))
     r = metrics.evaluate_sae(params, CFG, batches, mean_sae, layer=1, site="mlp", outlier_norm_factor=0)
     np.testing.assert_allclose(r["fvu"], 1.0, rtol=1e-4)
     zero_r = metrics.evaluate_sae(params, CFG, batches, zero, layer=1, site="mlp", outlier_norm_factor=0)
     xs64 = xs.astype(np.float64)
-    ev_zero = 1 - (xs64 ** 2).sum() / ((xs64 - xs64.mean(0)) ** 2).sum()
+    ev_zero = 1 - (xs64**2).sum() / ((xs64 - xs64.mean(0)) ** 2).sum()
     np.testing.assert_allclose(zero_r["explained_variance"], ev_zero, rtol=1e-4)
 
 
 def test_l0_fvu_and_positions_match_numpy(lm):
     params, batches = lm
     rng = np.random.default_rng(1)
-    sae = {"W_enc": rng.standard_normal((D, 24)).astype(np.float32) * 0.3,
-           "W_dec": rng.standard_normal((24, D)).astype(np.float32) * 0.3,
-           "b_enc": rng.standard_normal(24).astype(np.float32) * 0.1,
-           "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1,
-           "threshold": rng.uniform(0.05, 0.5, 24).astype(np.float32)}
+    sae = {
+        "W_enc": rng.standard_normal((D, 24)).astype(np.float32) * 0.3,
+        "W_dec": rng.standard_normal((24, D)).astype(np.float32) * 0.3,
+        "b_enc": rng.standard_normal(24).astype(np.float32) * 0.1,
+        "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1,
+        "threshold": rng.uniform(0.05, 0.5, 24).astype(np.float32),
+    }
     r = metrics.evaluate_sae(params, CFG, batches, sae, layer=2, site="att", outlier_norm_factor=0)
     xs, pos = [], []
     for t, m in batches:
@@ -110,12 +138,16 @@ def test_l0_fvu_and_positions_match_numpy(lm):
     # SAEBench core metrics against NumPy (definitions: gemmascope.eval.metrics module doc)
     nx, nxh = np.linalg.norm(x, axis=1), np.linalg.norm(x_hat, axis=1)
     freq = (f != 0).mean(0)
-    ref = {"explained_variance": 1 - err.sum() / ((x - x.mean(0)) ** 2).sum(),
-           "cossim": ((x * x_hat).sum(1) / (nx * nxh)).mean(), "l2_ratio": (nxh / nx).mean(),
-           "relative_reconstruction_bias": (nxh ** 2).mean() / (x * x_hat).sum(1).mean(),
-           "frac_alive": (freq > 0).mean(), "freq_over_1_percent": (freq > 0.01).mean(),
-           "freq_over_10_percent": (freq > 0.1).mean(),
-           "ce_loss_score": (r["ce_zero"] - r["ce_sae"]) / (r["ce_zero"] - r["ce_clean"])}
+    ref = {
+        "explained_variance": 1 - err.sum() / ((x - x.mean(0)) ** 2).sum(),
+        "cossim": ((x * x_hat).sum(1) / (nx * nxh)).mean(),
+        "l2_ratio": (nxh / nx).mean(),
+        "relative_reconstruction_bias": (nxh**2).mean() / (x * x_hat).sum(1).mean(),
+        "frac_alive": (freq > 0).mean(),
+        "freq_over_1_percent": (freq > 0.01).mean(),
+        "freq_over_10_percent": (freq > 0.1).mean(),
+        "ce_loss_score": (r["ce_zero"] - r["ce_sae"]) / (r["ce_zero"] - r["ce_clean"]),
+    }
     for key, v in ref.items():
         np.testing.assert_allclose(r[key], v, rtol=1e-5, err_msg=key)
     # not degenerate: some latents alive, the two density fractions differ
@@ -130,20 +162,24 @@ def test_losses_match_full_forwards_with_the_splice(lm, layer, site):
     params, batches = lm
     rng = np.random.default_rng(4)
     n = 24
-    sae = {"W_enc": rng.standard_normal((D, n)).astype(np.float32) * 0.3,
-           "W_dec": rng.standard_normal((n, D)).astype(np.float32) * 0.3,
-           "b_enc": rng.standard_normal(n).astype(np.float32) * 0.1,
-           "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1,
-           "threshold": rng.uniform(0.05, 0.5, n).astype(np.float32)}
+    sae = {
+        "W_enc": rng.standard_normal((D, n)).astype(np.float32) * 0.3,
+        "W_dec": rng.standard_normal((n, D)).astype(np.float32) * 0.3,
+        "b_enc": rng.standard_normal(n).astype(np.float32) * 0.1,
+        "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1,
+        "threshold": rng.uniform(0.05, 0.5, n).astype(np.float32),
+    }
     r = metrics.evaluate_sae(params, CFG, batches, sae, layer=layer, site=site, outlier_norm_factor=0)
     jsae = {k: jnp.asarray(v) for k, v in sae.items()}
     sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     kl_sum, n_targets = 0.0, 0
     for toks, mask in batches:
         m = jnp.asarray(mask)[..., None]
-        splices = {"clean": None,
-                   "sae": {(layer, site): lambda a, m=m: jnp.where(m, metrics.reconstruct(jsae, a)[0], a)},
-                   "zero": {(layer, site): lambda a, m=m: jnp.where(m, 0.0, a)}}
+        splices = {
+            "clean": None,
+            "sae": {(layer, site): lambda a, m=m: jnp.where(m, metrics.reconstruct(jsae, a)[0], a)},
+            "zero": {(layer, site): lambda a, m=m: jnp.where(m, 0.0, a)},
+        }
         w = mask[:, 1:].astype(np.float64)
         logp = {}
         for name, sp in splices.items():
@@ -176,19 +212,24 @@ def test_several_saes_in_one_pass_and_cached_baselines_match_one_at_a_time(lm):
     rng = np.random.default_rng(3)
 
     def rand(n, **extra):
-        return {"W_enc": rng.standard_normal((D, n)).astype(np.float32) * 0.3,
-                "W_dec": rng.standard_normal((n, D)).astype(np.float32) * 0.3,
-                "b_enc": rng.standard_normal(n).astype(np.float32) * 0.1,
-                "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1, **extra}
+        return {
+            "W_enc": rng.standard_normal((D, n)).astype(np.float32) * 0.3,
+            "W_dec": rng.standard_normal((n, D)).astype(np.float32) * 0.3,
+            "b_enc": rng.standard_normal(n).astype(np.float32) * 0.1,
+            "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1,
+            **extra,
+        }
 
     saes = [rand(24, threshold=rng.uniform(0.05, 0.5, 24).astype(np.float32)), rand(32, k=np.float32(5)), rand(16)]
     alone = [metrics.evaluate_sae(params, CFG, batches, s, layer=2, site="res", outlier_norm_factor=0) for s in saes]
     cache: dict = {}
-    together = metrics.evaluate_saes(params, CFG, batches, saes, layer=2, site="res", outlier_norm_factor=0,
-                                     baseline_cache=cache)
+    together = metrics.evaluate_saes(
+        params, CFG, batches, saes, layer=2, site="res", outlier_norm_factor=0, baseline_cache=cache
+    )
     assert len(cache) == len(batches)
-    again = metrics.evaluate_saes(params, CFG, batches, saes[1:], layer=2, site="res", outlier_norm_factor=0,
-                                  baseline_cache=cache)
+    again = metrics.evaluate_saes(
+        params, CFG, batches, saes[1:], layer=2, site="res", outlier_norm_factor=0, baseline_cache=cache
+    )
     for a, b in zip(alone, together):
         for key in ("l0", "fvu", "ce_clean", "ce_sae", "ce_zero", "delta_loss", "kl_div_with_sae", "cossim"):
             np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
@@ -206,19 +247,38 @@ def test_clean_loss_is_shared_across_sites(lm):
     params, batches = lm
     sae = identity_sae()
     clean_cache: dict = {}
-    r_res = metrics.evaluate_saes(params, CFG, batches, [sae], layer=1, site="res", outlier_norm_factor=0,
-                                  baseline_cache={}, clean_cache=clean_cache)[0]
+    r_res = metrics.evaluate_saes(
+        params,
+        CFG,
+        batches,
+        [sae],
+        layer=1,
+        site="res",
+        outlier_norm_factor=0,
+        baseline_cache={},
+        clean_cache=clean_cache,
+    )[0]
     assert len(clean_cache) == len(batches)
     cold = metrics.evaluate_sae(params, CFG, batches, sae, layer=2, site="res", outlier_norm_factor=0)
     site_cache: dict = {}
-    shared = metrics.evaluate_saes(params, CFG, batches, [sae], layer=2, site="res", outlier_norm_factor=0,
-                                   baseline_cache=site_cache, clean_cache=clean_cache)[0]
+    shared = metrics.evaluate_saes(
+        params,
+        CFG,
+        batches,
+        [sae],
+        layer=2,
+        site="res",
+        outlier_norm_factor=0,
+        baseline_cache=site_cache,
+        clean_cache=clean_cache,
+    )[0]
     for key in ("ce_clean", "ce_zero", "ce_sae", "delta_loss", "fvu"):
         np.testing.assert_allclose(shared[key], cold[key], rtol=1e-6, atol=1e-7, err_msg=key)
     np.testing.assert_allclose(r_res["ce_clean"], cold["ce_clean"], rtol=1e-6)
     poisoned = {k: v + 1000.0 for k, v in clean_cache.items()}
-    r = metrics.evaluate_saes(params, CFG, batches, [sae], layer=0, site="mlp", outlier_norm_factor=0,
-                              baseline_cache={}, clean_cache=poisoned)[0]
+    r = metrics.evaluate_saes(
+        params, CFG, batches, [sae], layer=0, site="mlp", outlier_norm_factor=0, baseline_cache={}, clean_cache=poisoned
+    )[0]
     np.testing.assert_allclose(r["ce_clean"] - cold["ce_clean"], 1000.0 * len(batches) / r["n_targets"], rtol=1e-5)
 
 
@@ -228,8 +288,9 @@ def test_forward_resumed_from_a_layer_equals_the_full_forward(lm):
     full = model.forward(params, toks, CFG, capture=[(0, "res"), (2, "mlp")])
     resumed = model.forward(params, toks, CFG, capture=[(2, "mlp")], start_layer=1, h_in=full.captures[(0, "res")])
     np.testing.assert_allclose(np.asarray(resumed.logits), np.asarray(full.logits), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(resumed.captures[(2, "mlp")]), np.asarray(full.captures[(2, "mlp")]),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(resumed.captures[(2, "mlp")]), np.asarray(full.captures[(2, "mlp")]), rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(ValueError, match="before start_layer"):
         model.forward(params, toks, CFG, capture=[(0, "mlp")], start_layer=1, h_in=full.captures[(0, "res")])
 
@@ -237,12 +298,14 @@ def test_forward_resumed_from_a_layer_equals_the_full_forward(lm):
 def test_matched_l0_interpolates_in_log_l0_and_never_extrapolates():
     from gemmascope.eval.evaluate import matched_l0, matched_l0_markdown
 
-    rows = [{"architecture": "jumprelu", "l0": 10.0, "delta_loss": 1.0, "fvu": 0.5},
-            {"architecture": "jumprelu", "l0": 100.0, "delta_loss": 0.1, "fvu": 0.2},
-            {"architecture": "topk", "l0": 16.0, "delta_loss": 1.2, "fvu": 0.6},
-            {"architecture": "topk", "l0": 64.0, "delta_loss": 0.3, "fvu": 0.3}]
-    m = matched_l0(rows, (10 ** 1.5, 80.0))
-    assert m["jumprelu"][10 ** 1.5]["delta_loss"] == pytest.approx(0.55)  # halfway in log L0
+    rows = [
+        {"architecture": "jumprelu", "l0": 10.0, "delta_loss": 1.0, "fvu": 0.5},
+        {"architecture": "jumprelu", "l0": 100.0, "delta_loss": 0.1, "fvu": 0.2},
+        {"architecture": "topk", "l0": 16.0, "delta_loss": 1.2, "fvu": 0.6},
+        {"architecture": "topk", "l0": 64.0, "delta_loss": 0.3, "fvu": 0.3},
+    ]
+    m = matched_l0(rows, (10**1.5, 80.0))
+    assert m["jumprelu"][10**1.5]["delta_loss"] == pytest.approx(0.55)  # halfway in log L0
     assert m["topk"][80.0]["fvu"] is None  # beyond TopK's largest L0
     md = matched_l0_markdown(rows, (32.0,))
     topk_32 = 1.2 + (0.3 - 1.2) * np.log(2.0) / np.log(4.0)
@@ -254,16 +317,33 @@ def test_matched_l0_interpolates_in_log_l0_and_never_extrapolates():
 def test_chunked_cross_entropy_matches_the_full_logits(arch):
     """next_token_ce_from_residual (vocabulary in chunks, running log-sum-exp; the last chunk
     padded; positions in blocks, the last block padded) equals next_token_loss on forward's logits, with Gemma 2's soft-cap and an untied head."""
-    cfg = CFG if arch == "llama" else LMConfig(
-        arch="gemma2", vocab_size=41, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8, d_mlp=24,
-        final_softcap=3.0, tie_embeddings=False, bos_id=1, eos_id=2, pad_id=0)
+    cfg = (
+        CFG
+        if arch == "llama"
+        else LMConfig(
+            arch="gemma2",
+            vocab_size=41,
+            d_model=16,
+            n_layers=2,
+            n_heads=2,
+            n_kv_heads=1,
+            head_dim=8,
+            d_mlp=24,
+            final_softcap=3.0,
+            tie_embeddings=False,
+            bos_id=1,
+            eos_id=2,
+            pad_id=0,
+        )
+    )
     params = model.init_params(jax.random.PRNGKey(1), cfg, std=0.5)
     toks = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, size=(3, 9)), jnp.int32)
     out = model.forward(params, toks, cfg, capture=[(cfg.n_layers - 1, "res")])
     ref = model.next_token_loss(out.logits, toks)[1]
     for n, tb in ((1, 1024), (3, 5), (8, 1), (8, 24)):  # 24 = 3 x (9 - 1) positions: one block
-        got = model.next_token_ce_from_residual(params, out.captures[(cfg.n_layers - 1, "res")], toks, cfg,
-                                                n_chunks=n, token_block=tb)
+        got = model.next_token_ce_from_residual(
+            params, out.captures[(cfg.n_layers - 1, "res")], toks, cfg, n_chunks=n, token_block=tb
+        )
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
@@ -280,9 +360,25 @@ def test_chunked_kl_matches_the_full_logits(arch):
     on forward's full logits, with Gemma 2's soft-cap and an untied head; float64 reference."""
     from gemmascope.eval.kl import next_token_ce_and_kl
 
-    cfg = CFG if arch == "llama" else LMConfig(
-        arch="gemma2", vocab_size=41, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8, d_mlp=24,
-        final_softcap=3.0, tie_embeddings=False, bos_id=1, eos_id=2, pad_id=0)
+    cfg = (
+        CFG
+        if arch == "llama"
+        else LMConfig(
+            arch="gemma2",
+            vocab_size=41,
+            d_model=16,
+            n_layers=2,
+            n_heads=2,
+            n_kv_heads=1,
+            head_dim=8,
+            d_mlp=24,
+            final_softcap=3.0,
+            tie_embeddings=False,
+            bos_id=1,
+            eos_id=2,
+            pad_id=0,
+        )
+    )
     params = model.init_params(jax.random.PRNGKey(1), cfg, std=0.5)
     toks = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, size=(3, 9)), jnp.int32)
     last = (cfg.n_layers - 1, "res")
@@ -294,9 +390,15 @@ def test_chunked_kl_matches_the_full_logits(arch):
     ref_kl = [(np.exp(logp[0]) * (logp[0] - lp)).sum(-1) for lp in logp[1:]]
     assert min(k.mean() for k in ref_kl) > 1e-3
     for n, tb in ((1, 1024), (3, 5), (8, 1), (8, 24)):
-        ce0, ce, kl = next_token_ce_and_kl(params, outs[0].captures[last],
-                                           jnp.stack([o.captures[last] for o in outs[1:]]), toks, cfg,
-                                           n_chunks=n, token_block=tb)
+        ce0, ce, kl = next_token_ce_and_kl(
+            params,
+            outs[0].captures[last],
+            jnp.stack([o.captures[last] for o in outs[1:]]),
+            toks,
+            cfg,
+            n_chunks=n,
+            token_block=tb,
+        )
         np.testing.assert_allclose(np.asarray(ce0), ref_ce[0], rtol=1e-5, atol=1e-5)
         for i in range(2):
             np.testing.assert_allclose(np.asarray(ce[i]), ref_ce[i + 1], rtol=1e-5, atol=1e-5)
@@ -310,13 +412,29 @@ def test_eval_rows_and_table_carry_the_saebench_core_metrics(tmp_path):
 
     from gemmascope.eval import evaluate
 
-    r = {"l0": 3.0, "fvu": 0.25, "delta_loss": 0.5, "ce_clean": 2.0, "ce_sae": 2.5, "ce_zero": 4.0,
-         "dead_fraction": 0.5, "n_tokens": 10, "n_outliers_kept_clean": 0, "tokens_per_second": 1.0,
-         "fire_counts": np.array([0, 5, 1, 0]), "err_by_position": np.array([np.nan, 1.0]),
-         "ce_loss_score": 0.75, "kl_div_with_sae": 0.1, "explained_variance": 0.75, "cossim": 0.9,
-         "l2_ratio": 0.8,
-         "relative_reconstruction_bias": float("nan"), "frac_alive": 0.5, "freq_over_1_percent": 0.5,
-         "freq_over_10_percent": 0.25}
+    r = {
+        "l0": 3.0,
+        "fvu": 0.25,
+        "delta_loss": 0.5,
+        "ce_clean": 2.0,
+        "ce_sae": 2.5,
+        "ce_zero": 4.0,
+        "dead_fraction": 0.5,
+        "n_tokens": 10,
+        "n_outliers_kept_clean": 0,
+        "tokens_per_second": 1.0,
+        "fire_counts": np.array([0, 5, 1, 0]),
+        "err_by_position": np.array([np.nan, 1.0]),
+        "ce_loss_score": 0.75,
+        "kl_div_with_sae": 0.1,
+        "explained_variance": 0.75,
+        "cossim": 0.9,
+        "l2_ratio": 0.8,
+        "relative_reconstruction_bias": float("nan"),
+        "frac_alive": 0.5,
+        "freq_over_1_percent": 0.5,
+        "freq_over_10_percent": 0.25,
+    }
     row = evaluate._row("s/params.npz", {"architecture": "jumprelu", "site": "res", "layer": 1}, r, "toy")
     assert json.loads(json.dumps(row, allow_nan=False))["relative_reconstruction_bias"] is None
     assert all(k in row for k in evaluate.SAEBENCH_CORE) and row["ce_loss_score"] == 0.75

@@ -243,15 +243,8 @@ def test_garbled_zarr_json_then_repair(copy):
 def test_verify_incomplete_store_says_so(copy):
     os.remove(os.path.join(copy, "COMPLETE"))
     report = st.verify_store(copy)
-    assert (
-        report.incomplete
-        and report.summary().startswith("INCOMPLETE")
-        and "rerun the generate" in report.summary()
-    )
-    assert (
-        st.repair_store(copy, report) is None
-        and st.ActivationWriter(copy, SITES, META).resume_from_batch == 12
-    )
+    assert report.incomplete and report.summary().startswith("INCOMPLETE") and "rerun the generate" in report.summary()
+    assert st.repair_store(copy, report) is None and st.ActivationWriter(copy, SITES, META).resume_from_batch == 12
 
 
 def test_verify_command(clean, copy):
@@ -321,9 +314,7 @@ def test_writer_killed_at_random_points_ends_bitwise_equal(tmp_path, clean):
         assert info.sites[site]["n_rows"] == N_ROWS
         np.testing.assert_array_equal(stored_rows(root, site), stored_rows(clean, site))  # bitwise
         assert info.sites[site]["norm_scale"] == st.open_store(clean).sites[site]["norm_scale"]
-    assert sorted(read_all(st.ActivationReader(root, "att_L3", 5, seed=0, epochs=1))[:, 0]) == list(
-        range(N_ROWS)
-    )
+    assert sorted(read_all(st.ActivationReader(root, "att_L3", 5, seed=0, epochs=1))[:, 0]) == list(range(N_ROWS))
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -381,9 +372,7 @@ def damage_files(step_dir, how, rng):
             flip(big, int(off), 1 << int(rng.integers(0, 8)))
 
 
-@pytest.mark.parametrize(
-    "how", ["flip_all", "truncate_data", "delete_state", "edit_position", "flip_state_values"]
-)
+@pytest.mark.parametrize("how", ["flip_all", "truncate_data", "delete_state", "edit_position", "flip_state_values"])
 def test_corrupted_latest_checkpoint_falls_back(tmp_path, how):
     d = saved(tmp_path)
     damage_files(os.path.join(d, "30"), how, np.random.default_rng(0))
@@ -407,12 +396,7 @@ def test_checkpoint_whose_values_differ_from_its_digest_is_refused(tmp_path, mon
     c.close()
     monkeypatch.undo()
     (step, state, _), logs = restore(d)
-    assert (
-        step == 30
-        and "does not match its digest" in logs
-        and "['w']" in logs
-        and "fell back to step 30" in logs
-    )
+    assert step == 30 and "does not match its digest" in logs and "['w']" in logs and "fell back to step 30" in logs
 
 
 def test_state_digest_sees_every_single_bit_flip():

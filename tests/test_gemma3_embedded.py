@@ -10,6 +10,7 @@ Measured: loss difference 2e-7, logits 5e-5 absolute, res at most 3e-7 of the la
 74 s on 2 shared cores (our load 6 s with the tokenizer cached; transformers' GGUF load most of
 the rest); the first run on a machine also builds the tokenizer once (71-166 s).
 """
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,10 +20,36 @@ import pytest
 
 from gemmascope.lm import loading, model
 
-PASSAGE = ("The history of science is the study of the development of science and scientific knowledge, "
-           "including both the natural and social sciences.")
-IDS = [818, 4083, 529, 6647, 563, 506, 2748, 529, 506, 2913, 529, 6647, 532, 11639, 4654, 236764, 2440, 1800,
-       506, 3756, 532, 2777, 25995, 236761]  # Gemma 3's tokenizer, without BOS
+PASSAGE = (
+    "The history of science is the study of the development of science and scientific knowledge, "
+    "including both the natural and social sciences."
+)
+IDS = [
+    818,
+    4083,
+    529,
+    6647,
+    563,
+    506,
+    2748,
+    529,
+    506,
+    2913,
+    529,
+    6647,
+    532,
+    11639,
+    4654,
+    236764,
+    2440,
+    1800,
+    506,
+    3756,
+    532,
+    2777,
+    25995,
+    236761,
+]  # Gemma 3's tokenizer, without BOS
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +60,17 @@ def ours():
 
 def test_embedded_gemma3_config_and_tokenizer(ours):
     cfg, params, tok = ours
-    assert (cfg.arch, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp,
-            cfg.vocab_size, cfg.sliding_window) == ("gemma3", 18, 640, 4, 1, 256, 2048, 262_144, 512)
+    assert (
+        cfg.arch,
+        cfg.n_layers,
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.d_mlp,
+        cfg.vocab_size,
+        cfg.sliding_window,
+    ) == ("gemma3", 18, 640, 4, 1, 256, 2048, 262_144, 512)
     assert (cfg.bos_id, cfg.eos_id, cfg.pad_id) == (2, 1, 0)
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (2, 1, 0)
     assert [i for i in range(18) if not cfg.is_sliding(i)] == [5, 11, 17]
@@ -55,12 +91,17 @@ def test_embedded_gemma3_matches_transformers_reading_the_same_gguf(ours):
     loss, _ = model.next_token_loss(out.logits, tokens, mask)
 
     d, f = os.path.split(loading.embedded_gguf_path("gemma3-270m"))
-    ref = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
-                                                            local_files_only=True).eval()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        d, gguf_file=f, dtype=torch.float32, local_files_only=True
+    ).eval()
     assert ref.config.model_type == "gemma3_text"
     caps = {}
-    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: caps.__setitem__(
-        i, (o[0] if isinstance(o, tuple) else o).numpy().copy())) for i, layer in enumerate(ref.model.layers)]
+    hooks = [
+        layer.register_forward_hook(
+            lambda m, a, o, i=i: caps.__setitem__(i, (o[0] if isinstance(o, tuple) else o).numpy().copy())
+        )
+        for i, layer in enumerate(ref.model.layers)
+    ]
     try:
         with torch.no_grad():
             ref_logits = ref(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
@@ -69,12 +110,16 @@ def test_embedded_gemma3_matches_transformers_reading_the_same_gguf(ours):
             h.remove()
     ref_loss, _ = model.next_token_loss(ref_logits, tokens, mask)
     dl = abs(float(loss) - float(ref_loss))
-    rel = [float(np.abs(np.asarray(out.captures[(l, "res")]) - caps[l]).max() / np.abs(caps[l]).max())
-           for l in range(cfg.n_layers)]
-    print(f"\nGemma 3 270M GGUF, {tokens.shape[1]} tokens: loss ours {float(loss):.6f} transformers "
-          f"{float(ref_loss):.6f} |diff| {dl:.1e}; logits max abs diff "
-          f"{float(np.abs(np.asarray(out.logits) - ref_logits).max()):.1e}; res max diff / max |res| "
-          f"{max(rel):.1e} (layer {int(np.argmax(rel))})")
+    rel = [
+        float(np.abs(np.asarray(out.captures[(l, "res")]) - caps[l]).max() / np.abs(caps[l]).max())
+        for l in range(cfg.n_layers)
+    ]
+    print(
+        f"\nGemma 3 270M GGUF, {tokens.shape[1]} tokens: loss ours {float(loss):.6f} transformers "
+        f"{float(ref_loss):.6f} |diff| {dl:.1e}; logits max abs diff "
+        f"{float(np.abs(np.asarray(out.logits) - ref_logits).max()):.1e}; res max diff / max |res| "
+        f"{max(rel):.1e} (layer {int(np.argmax(rel))})"
+    )
     assert dl < 1e-3
     assert max(rel) < 1e-3
     assert 1.0 < float(loss) < 4.0  # a working model on plain English (ln V = 12.5)

@@ -1,5 +1,6 @@
 """configs/sweep_gemma3.py: Gemma Scope 2's coverage of Gemma 3 (SPEC.md section 7) as sweep configs,
 and the dry run of its largest job (27B, width 1m, 16 fake devices of 95 GB)."""
+
 import importlib.util
 import os
 import re
@@ -22,10 +23,16 @@ def _load(arg):
     return mod.get_config(arg)
 
 
-@pytest.mark.parametrize("size,n_layers,depths", [
-    ("270m", 18, (5, 9, 12, 15)), ("1b", 26, (7, 13, 17, 22)), ("4b", 34, (9, 17, 22, 29)),
-    ("12b", 48, (12, 24, 31, 41)), ("27b", 62, (16, 31, 40, 53)),
-])
+@pytest.mark.parametrize(
+    "size,n_layers,depths",
+    [
+        ("270m", 18, (5, 9, 12, 15)),
+        ("1b", 26, (7, 13, 17, 22)),
+        ("4b", 34, (9, 17, 22, 29)),
+        ("12b", 48, (12, 24, 31, 41)),
+        ("27b", 62, (16, 31, 40, 53)),
+    ],
+)
 def test_sweep_gemma3_covers_gemma_scope_2(size, n_layers, depths):
     from gemmascope.lm import config as lmc
 
@@ -63,14 +70,26 @@ def test_sweep_gemma3_narrowing_and_errors():
 
 def test_dry_run_27b_width_1m_fits_16_devices_of_95_gb():
     """Compiled on 16 fake devices (2 data groups of 3 SAEs x 8 latent shards), nothing allocated."""
-    r = subprocess.run([sys.executable, os.path.join(REPO, "launch/train.py"),
-                        f"--config={REPO}/configs/sweep_gemma3.py:model=27b,width=1m,layer=31", "--dry_run",
-                        "--device_memory_gb=95"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "launch/train.py"),
+            f"--config={REPO}/configs/sweep_gemma3.py:model=27b,width=1m,layer=31",
+            "--dry_run",
+            "--device_memory_gb=95",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "mesh data=2 x model=8 (16 fake cpu devices), sweep=sharded, K=6" in out
-    m = re.search(r"res width 1048576 \(d_in 5376\): per device state ([\d.]+) GB"
-                  r".*= peak ([\d.]+) GB -> fits 95 GB", out)
+    m = re.search(
+        r"res width 1048576 \(d_in 5376\): per device state ([\d.]+) GB"
+        r".*= peak ([\d.]+) GB -> fits 95 GB",
+        out,
+    )
     assert m, out[-2000:]
     d, w, k_local, shards = 5376, 2**20, 3, 8
     # params + Adam nu (W_enc, W_dec, b_enc, threshold split 8 ways; b_dec whole), last_fired, counters

@@ -23,9 +23,8 @@ import time
 import numpy as np
 import pytest
 
-from gemmascope import cli
+from gemmascope import cli, config_files
 from gemmascope import config as config_lib
-from gemmascope import config_files
 from gemmascope import progress as progress_lib
 from gemmascope.train import writers
 
@@ -127,9 +126,7 @@ def test_training_writes_tensorboard_events_equal_to_metrics_jsonl(trained):
                 ("lambda", "lambda"),
                 ("lr", "lr"),
             ):
-                np.testing.assert_allclose(
-                    got[tag][r["step"]], r[key], rtol=1e-6, atol=1e-12, err_msg=f"{run} {tag}"
-                )
+                np.testing.assert_allclose(got[tag][r["step"]], r[key], rtol=1e-6, atol=1e-12, err_msg=f"{run} {tag}")
     # the warmed-up lambda reaches the sweep value (warm-up 8 steps), and L0 falls with lambda
     assert got["lambda"][24] == pytest.approx(0.1, rel=1e-6)
 
@@ -189,8 +186,7 @@ def test_writers_rows_and_tags(tmp_path):
     ]
     assert writers.scalars(rows[1]) == {"k": 32.0, "loss": 1.5, "l0": 16.0, "threshold/mean": 0.0, "lr": 1e-3}
     assert (
-        writers.run_name(1, 32.0, "topk") == "sae1_k32"
-        and writers.run_name(0, 3e-4, "jumprelu") == "sae0_lambda0.0003"
+        writers.run_name(1, 32.0, "topk") == "sae1_k32" and writers.run_name(0, 3e-4, "jumprelu") == "sae0_lambda0.0003"
     )
     c = tiny_config(tensorboard=False)
     with writers.for_location(c, str(tmp_path), "x") as w:
@@ -242,9 +238,7 @@ def test_wandb_offline_and_only_imported_when_asked(tmp_path):
         f"w = writers.for_location(tiny_config(), {str(tmp_path / 'a')!r}, 'x'); w.close(); "
         "print('wandb' in sys.modules)"
     )
-    r = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300
-    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
     # asked, offline: one run for the location, metrics keyed sae<i>/<tag> at the training step
     c = tiny_config()
@@ -272,9 +266,7 @@ def test_wandb_offline_and_only_imported_when_asked(tmp_path):
     ]
     with c.unlocked():
         c.wandb.mode = "cloud"
-    with pytest.raises(
-        config_lib.ConfigError, match="config.wandb.mode: must be 'offline', 'online' or 'disabled'"
-    ):
+    with pytest.raises(config_lib.ConfigError, match="config.wandb.mode: must be 'offline', 'online' or 'disabled'"):
         config_lib.validate(c)
 
 
@@ -304,7 +296,7 @@ def test_progress_bar_on_a_terminal():
     p = progress_lib.Progress("[eval 1-4/4] layer 3 res", 3000, "tok", log=print, stream=out)
     assert p.is_bar and out.getvalue() == ""  # drawn at the first update only (silent processes draw nothing)
     log_lines = p.lines(print)
-    for batch in p.iterate([(None, np.ones((2, 500), bool))] * 3, lambda b: int(b[1].sum())):
+    for _batch in p.iterate([(None, np.ones((2, 500), bool))] * 3, lambda b: int(b[1].sum())):
         log_lines("[eval] 1,000 tokens x 4 SAE(s) (250 tok/s)")  # becomes the postfix, not a line
     p.write("a message above the bar")
     p.close()
@@ -368,9 +360,7 @@ def test_training_progress_both_modes(tty):
 def test_unknown_override_is_one_line_with_a_suggestion():
     err = config_files.unknown_field_error("lamdas")
     assert str(err) == "config.lamdas: unknown field; did you mean config.lambdas?"
-    assert "did you mean config.sae.threshold_init" in str(
-        config_files.unknown_field_error("sae.treshold_init")
-    )
+    assert "did you mean config.sae.threshold_init" in str(config_files.unknown_field_error("sae.treshold_init"))
     assert str(config_files.unknown_field_error("xyzzy")) == "config.xyzzy: unknown field"
     for ok in ("lambdas", "sae.arch", "wandb.mode", "runlocal_overrides.num_tokens", "sae"):
         assert config_files.unknown_field_error(ok) is None
@@ -416,9 +406,7 @@ def _parse(argv, saved=None):
     if saved is not None:
         argv = cli.with_saved_config(argv, saved(argv))
     fv = flags.FlagValues()
-    cfg = config_flags.DEFINE_config_file(
-        "config", None, "c", flag_values=fv, lock_config=True, sys_argv=argv
-    )
+    cfg = config_flags.DEFINE_config_file("config", None, "c", flag_values=fv, lock_config=True, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "w", flag_values=fv)
     flags.DEFINE_string("sae", None, "s", flag_values=fv)
     fv(argv)
@@ -447,9 +435,7 @@ def _saved_workdir(tmp_path, config):
     """A workdir with config.json written exactly as train_and_evaluate writes it, and an SAE folder."""
     wd = tmp_path / "wd"
     (wd / "saes" / "res" / "layer_15" / "width_4k" / "average_l0_60").mkdir(parents=True)
-    (wd / "config.json").write_text(
-        config_lib.validate(config_lib.resolve(config)).to_json_best_effort(indent=2)
-    )
+    (wd / "config.json").write_text(config_lib.validate(config_lib.resolve(config)).to_json_best_effort(indent=2))
     return wd
 
 
@@ -489,9 +475,7 @@ def test_evaluate_and_analyze_default_to_the_workdirs_config(tmp_path):
     sae = wd / "saes" / "res" / "layer_15" / "width_4k" / "average_l0_60"
     # evaluate.py --workdir=W (no --config): W/config.json, with overrides applied on top
     got = _parse(["evaluate.py", f"--workdir={wd}", "--config.lm.batch_sequences=4"], saved=cli.workdir_of)
-    assert (
-        got.lm.context_length == 64 and got.lm.batch_sequences == 4 and got.lm.checkpoint == "/models/x.gguf"
-    )
+    assert got.lm.context_length == 64 and got.lm.batch_sequences == 4 and got.lm.checkpoint == "/models/x.gguf"
     # an explicit --config wins
     got = _parse(["evaluate.py", f"--workdir={wd}", f"--config={REPO}/configs/demo.py"], saved=cli.workdir_of)
     assert got.lm.context_length == 128
@@ -535,9 +519,7 @@ def test_configs_import_from_the_package_and_the_repo_files_match():
         ("toy", toy, None),
         ("frontier", frontier, "arch=topk"),
     ):
-        spec = importlib.util.spec_from_file_location(
-            f"cfgfile_{name}", os.path.join(REPO, "configs", f"{name}.py")
-        )
+        spec = importlib.util.spec_from_file_location(f"cfgfile_{name}", os.path.join(REPO, "configs", f"{name}.py"))
         m = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(m)  # how ml_collections loads --config=configs/<name>.py
         assert m.get_config(arg).to_dict() == mod.get_config(arg).to_dict()
@@ -566,19 +548,13 @@ def test_conftest_browser_plan():
     cmds, msg = conftest.browser_plan(exists=absent, euid=0, which=lambda n: "/usr/bin/" + n, env={})
     assert cmds[0] == ["apt-get", "update", "-q"] and cmds[1][-2:] == ["chromium", "chromium-driver"]
     assert "installing chromium chromium-driver" in msg
-    cmds, _ = conftest.browser_plan(
-        exists=absent, euid=1000, which=lambda n: "/usr/bin/" + n, run=sudo_ok, env={}
-    )
+    cmds, _ = conftest.browser_plan(exists=absent, euid=1000, which=lambda n: "/usr/bin/" + n, run=sudo_ok, env={})
     assert cmds[0][:2] == ["sudo", "-n"] and ran == [["sudo", "-n", "true"]]
-    cmds, msg = conftest.browser_plan(
-        exists=absent, euid=1000, which=lambda n: "/usr/bin/" + n, run=sudo_no, env={}
-    )
+    cmds, msg = conftest.browser_plan(exists=absent, euid=1000, which=lambda n: "/usr/bin/" + n, run=sudo_no, env={})
     assert cmds is None and "sudo apt-get install -y chromium chromium-driver" in msg
     cmds, msg = conftest.browser_plan(exists=absent, euid=0, which=lambda n: None, env={})
     assert cmds is None and "no apt-get" in msg
-    cmds, msg = conftest.browser_plan(
-        exists=absent, euid=0, which=lambda n: "/x", env={conftest.NO_APT_ENV: "1"}
-    )
+    cmds, msg = conftest.browser_plan(exists=absent, euid=0, which=lambda n: "/x", env={conftest.NO_APT_ENV: "1"})
     assert cmds is None and conftest.NO_APT_ENV in msg
     # a failing apt-get is reported with its last lines, and nothing claims success
     said = []

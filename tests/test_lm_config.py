@@ -1,4 +1,5 @@
 """Gemma 2 presets build with the published shapes, without allocating (jax.eval_shape)."""
+
 import jax
 import numpy as np
 import pytest
@@ -31,11 +32,11 @@ def test_gemma2_2b_table():
     assert L["q"].shape == (26, 2304, 8 * 256) and L["k"].shape == (26, 2304, 4 * 256)
     assert L["o"].shape == (26, 2048, 2304) and L["gate"].shape == (26, 2304, 9216)
     assert L["down"].shape == (26, 9216, 2304) and L["post_mlp_norm"].shape == (26, 2304)
-    assert cfg.query_scale == 256 ** -0.5
+    assert cfg.query_scale == 256**-0.5
     assert lmc.site_dim(cfg, "att") == 2048 and lmc.site_dim(cfg, "res") == lmc.site_dim(cfg, "mlp") == 2304
     assert lmc.site_dim(lmc.gemma2_9b(), "att") == 4096
     c27 = lmc.gemma2_27b()
-    assert (c27.n_heads, c27.head_dim, c27.query_scale) == (32, 128, 144 ** -0.5)
+    assert (c27.n_heads, c27.head_dim, c27.query_scale) == (32, 128, 144**-0.5)
 
 
 def test_gemma2_2b_forward_shapes_without_allocation():
@@ -46,9 +47,13 @@ def test_gemma2_2b_forward_shapes_without_allocation():
     out = jax.eval_shape(lambda p, t: model.forward(p, t, cfg, capture=sites), model.param_shapes(cfg), tokens)
     assert out.logits.shape == (2, 1024, 256_000)
     assert {k: v.shape for k, v in out.captures.items()} == {
-        (5, "res"): (2, 1024, 2304), (12, "att"): (2, 1024, 2048), (25, "mlp"): (2, 1024, 2304)}
-    part = jax.eval_shape(lambda p, t: model.forward(p, t, cfg, capture=[(12, "res")], stop_after=12),
-                          model.param_shapes(cfg), tokens)
+        (5, "res"): (2, 1024, 2304),
+        (12, "att"): (2, 1024, 2048),
+        (25, "mlp"): (2, 1024, 2304),
+    }
+    part = jax.eval_shape(
+        lambda p, t: model.forward(p, t, cfg, capture=[(12, "res")], stop_after=12), model.param_shapes(cfg), tokens
+    )
     assert part.logits is None
 
 

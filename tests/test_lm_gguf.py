@@ -5,24 +5,26 @@ Llama, ``1 + w`` norms for Gemma 2) and read back by our loader.
 The embedded GGUF is loaded once for the module (about 10 s); transformers' own GGUF load is
 another ~30 s and runs in one test only.
 """
+
 import os
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import jax
 import numpy as np
 import pytest
-
-import jax
 
 from gemmascope.data import text
 from gemmascope.lm import embedded as embedded_lib
 from gemmascope.lm import loading, model
 
-PASSAGE = ("The history of science is the study of the development of science and scientific knowledge, "
-           "including both the natural and social sciences. Science is a body of empirical, theoretical, "
-           "and practical knowledge about the natural world, produced by scientists who emphasize the "
-           "observation, explanation, and prediction of real-world phenomena.")
+PASSAGE = (
+    "The history of science is the study of the development of science and scientific knowledge, "
+    "including both the natural and social sciences. Science is a body of empirical, theoretical, "
+    "and practical knowledge about the natural world, produced by scientists who emphasize the "
+    "observation, explanation, and prediction of real-world phenomena."
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,16 @@ def test_missing_checkpoints_say_what_was_looked_for(monkeypatch, tmp_path):
 
 def test_embedded_config(embedded):
     cfg, params, tok = embedded
-    assert (cfg.arch, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp,
-            cfg.vocab_size) == ("llama", 30, 576, 9, 3, 64, 1536, 49152)
+    assert (
+        cfg.arch,
+        cfg.n_layers,
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.d_mlp,
+        cfg.vocab_size,
+    ) == ("llama", 30, 576, 9, 3, 64, 1536, 49152)
     assert cfg.tie_embeddings and cfg.rope_theta == 100_000.0
     assert (cfg.bos_id, cfg.eos_id) == (0, 0) and tok.convert_ids_to_tokens(0) == "<|endoftext|>"
     assert params["layers"]["q"].shape == (30, 576, 576) and params["layers"]["k"].shape == (30, 576, 192)
@@ -62,6 +72,7 @@ def test_embedded_loss_matches_transformers_reading_the_same_gguf(embedded):
     """Mean next-token loss within 1e-3 (and logits within 2e-3) of transformers' GGUF loader."""
     import torch
     import transformers
+
     cfg, params, tok = embedded
     ids = tok(PASSAGE, add_special_tokens=False).input_ids
     tokens = np.array([[cfg.bos_id] + ids], np.int32)
@@ -71,15 +82,18 @@ def test_embedded_loss_matches_transformers_reading_the_same_gguf(embedded):
     ours, _ = model.next_token_loss(out.logits, tokens, mask)
 
     d, f = os.path.split(loading.embedded_gguf_path())
-    ref = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
-                                                            local_files_only=True).eval()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        d, gguf_file=f, dtype=torch.float32, local_files_only=True
+    ).eval()
     with torch.no_grad():
         ref_logits = ref(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
     theirs, _ = model.next_token_loss(ref_logits, tokens, mask)
     dl = abs(float(ours) - float(theirs))
     dlog = float(np.abs(np.asarray(out.logits) - ref_logits).max())
-    print(f"\nSmolLM2 GGUF, {tokens.shape[1]} tokens: loss ours {float(ours):.6f} transformers {float(theirs):.6f} "
-          f"|diff| {dl:.2e}; logits max abs diff {dlog:.2e}")
+    print(
+        f"\nSmolLM2 GGUF, {tokens.shape[1]} tokens: loss ours {float(ours):.6f} transformers {float(theirs):.6f} "
+        f"|diff| {dl:.2e}; logits max abs diff {dlog:.2e}"
+    )
     assert dl < 1e-3
     assert dlog < 2e-3
     assert 1.0 < float(ours) < 4.0  # a working model on plain English (not noise: ln V = 10.8)
@@ -97,8 +111,10 @@ def test_bos_residual_norms_are_outliers_and_masked(embedded):
     for l in layers:
         n = np.linalg.norm(np.asarray(caps[(l, "res")], np.float32), axis=-1)
         bos, real = float(np.median(n[:, 0])), float(np.median(n[mask]))
-        lines.append(f"layer {l}: BOS median {bos:.1f}, real-token median {real:.1f} (x{bos / real:.1f}), "
-                     f"real max {n[mask].max():.1f}")
+        lines.append(
+            f"layer {l}: BOS median {bos:.1f}, real-token median {real:.1f} (x{bos / real:.1f}), "
+            f"real max {n[mask].max():.1f}"
+        )
         if l == 15:
             assert bos > 10 * real and bos > n[mask].max()
     assert not mask[:, 0].any() and not mask[tokens == cfg.eos_id].any()
@@ -135,12 +151,24 @@ def _write_gguf(path, arch, hf_model, hf_cfg):
         w.add_final_logit_softcapping(hf_cfg.final_logit_softcapping)
         w.add_sliding_window(hf_cfg.sliding_window)
     sd = {k: v.detach().numpy().astype(np.float32) for k, v in hf_model.state_dict().items()}
-    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate",
-             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    names = {
+        "input_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     if arch == "gemma2":
-        names.update({"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
-                      "post_feedforward_layernorm": "post_ffw_norm"})
+        names.update(
+            {
+                "post_attention_layernorm": "post_attention_norm",
+                "pre_feedforward_layernorm": "ffn_norm",
+                "post_feedforward_layernorm": "post_ffw_norm",
+            }
+        )
     else:
         names["post_attention_layernorm"] = "ffn_norm"
     for k, v in sd.items():
@@ -175,17 +203,36 @@ def test_tiny_gguf_written_like_llama_cpp_matches_transformers(arch, tmp_path):
     of the original transformers model (fails if the q/k un-permutation or the norm shift is wrong)."""
     import torch
     import transformers
+
     torch.manual_seed(0)
     if arch == "llama":
-        hf_cfg = transformers.LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2, rope_theta=1000.0,
-                                          tie_word_embeddings=False, attn_implementation="eager")
+        hf_cfg = transformers.LlamaConfig(
+            vocab_size=61,
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_theta=1000.0,
+            tie_word_embeddings=False,
+            attn_implementation="eager",
+        )
         m = transformers.LlamaForCausalLM(hf_cfg).eval()
     else:
-        hf_cfg = transformers.Gemma2Config(vocab_size=61, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                                           num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                           query_pre_attn_scalar=8, sliding_window=4, attn_logit_softcapping=5.0,
-                                           final_logit_softcapping=6.0, attn_implementation="eager")
+        hf_cfg = transformers.Gemma2Config(
+            vocab_size=61,
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            query_pre_attn_scalar=8,
+            sliding_window=4,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=6.0,
+            attn_implementation="eager",
+        )
         m = transformers.Gemma2ForCausalLM(hf_cfg).eval()
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -262,8 +309,7 @@ def test_fast_gguf_reader_equals_gguf_reader_on_every_value_type(tmp_path):
     meta, tensors = gguf_file.read(str(path))
     assert meta["tokenizer.ggml.tokens"] == 4 and meta["t.strs"] == ["a", "bc", ""]
     assert meta["t.str"] == "héllo" and meta["t.bools"] == [True, False, True]
-    np.testing.assert_array_equal(gguf_file.dequantize(tensors[0]),
-                                  np.arange(12, dtype=np.float32).reshape(3, 4))
+    np.testing.assert_array_equal(gguf_file.dequantize(tensors[0]), np.arange(12, dtype=np.float32).reshape(3, 4))
 
 
 def test_fast_gguf_reader_equals_gguf_reader_on_the_embedded_file():

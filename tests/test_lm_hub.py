@@ -16,8 +16,15 @@ def test_hub_id_loads_from_the_hub_cache_and_unknown_ids_explain(tmp_path, monke
     (cache / "models--acme--tiny-llama" / "refs").mkdir()
     (cache / "models--acme--tiny-llama" / "refs" / "main").write_text("a" * 40)
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    cfg = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     transformers.LlamaForCausalLM(cfg).save_pretrained(snap, safe_serialization=True)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)

@@ -5,18 +5,17 @@ Tolerance: 1e-4 absolute, fp32, on logits and on every site (res, att, mlp, mlp_
 The Gemma 3 models have T = 12 > sliding window 5, both layer types (distinct RoPE bases, linear
 RoPE scaling on the full layers), random q/k norms; one without soft-caps (as released), one with.
 """
+
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
-import pytest
-
-import torch  # noqa: E402  (test-only dependency: parity with transformers)
-import transformers  # noqa: E402
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch  # noqa: E402  (test-only dependency: parity with transformers)
+import transformers  # noqa: E402
 
 from gemmascope.lm import config as lmc
 from gemmascope.lm import loading, model
@@ -37,30 +36,67 @@ def _randomize(m, seed):
 
 def _gemma2_hf():
     c = transformers.Gemma2Config(
-        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=5,
-        attn_logit_softcapping=3.0, final_logit_softcapping=4.0, rope_theta=10000.0,
-        bos_token_id=2, eos_token_id=1, pad_token_id=0, attn_implementation="eager")
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        sliding_window=5,
+        attn_logit_softcapping=3.0,
+        final_logit_softcapping=4.0,
+        rope_theta=10000.0,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        attn_implementation="eager",
+    )
     # Small caps and window so soft-capping and the sliding-window mask change the result at T=12.
     return c
 
 
 def _gemma3_hf(softcap: bool):
     return transformers.Gemma3TextConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=5,
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        sliding_window=5,
         layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
-                         "full_attention": {"rope_type": "linear", "rope_theta": 3000.0, "factor": 4.0}},
-        attn_logit_softcapping=3.0 if softcap else None, final_logit_softcapping=4.0 if softcap else None,
-        bos_token_id=2, eos_token_id=1, pad_token_id=0, attn_implementation="eager")
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+            "full_attention": {"rope_type": "linear", "rope_theta": 3000.0, "factor": 4.0},
+        },
+        attn_logit_softcapping=3.0 if softcap else None,
+        final_logit_softcapping=4.0 if softcap else None,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        attn_implementation="eager",
+    )
 
 
 def _llama_hf():
     return transformers.LlamaConfig(
-        vocab_size=89, hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=6,
-        num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=500.0, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2, attn_implementation="eager")
+        vocab_size=89,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        rope_theta=500.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        attn_implementation="eager",
+    )
 
 
 KINDS = {  # kind -> (config, model class, seed)
@@ -91,8 +127,11 @@ def _reference(m, tokens, arch, zero_mlp_layer=None, scale_mlp_in_layer=None):
     caps, handles = {}, []
     gemma = arch.startswith("gemma")
     for i, layer in enumerate(m.model.layers):
-        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(
-            lambda mod, args, i=i: caps.__setitem__((i, "att"), args[0].detach().numpy().copy())))
+        handles.append(
+            layer.self_attn.o_proj.register_forward_pre_hook(
+                lambda mod, args, i=i: caps.__setitem__((i, "att"), args[0].detach().numpy().copy())
+            )
+        )
         # mlp_in: the pre-MLP norm's output (Gemma: pre_feedforward_layernorm; Llama: its
         # post_attention_layernorm)
         in_mod = layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm
@@ -111,9 +150,13 @@ def _reference(m, tokens, arch, zero_mlp_layer=None, scale_mlp_in_layer=None):
             return None
 
         handles.append(mlp_mod.register_forward_hook(mlp_hook))
-        handles.append(layer.register_forward_hook(
-            lambda mod, args, out, i=i: caps.__setitem__(
-                (i, "res"), (out[0] if isinstance(out, tuple) else out).detach().numpy().copy())))
+        handles.append(
+            layer.register_forward_hook(
+                lambda mod, args, out, i=i: caps.__setitem__(
+                    (i, "res"), (out[0] if isinstance(out, tuple) else out).detach().numpy().copy()
+                )
+            )
+        )
     try:
         with torch.no_grad():
             logits = m(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
@@ -134,11 +177,11 @@ def test_config_read_from_checkpoint(setup):
     arch, m, cfg, *_ = setup
     assert cfg.arch == arch
     if arch == "gemma2":
-        assert cfg.query_scale == pytest.approx(24 ** -0.5)
+        assert cfg.query_scale == pytest.approx(24**-0.5)
         assert (cfg.attn_softcap, cfg.final_softcap, cfg.sliding_window) == (3.0, 4.0, 5)
         assert cfg.tie_embeddings and cfg.is_sliding(0) and not cfg.is_sliding(1)
     elif arch == "gemma3":
-        assert cfg.query_scale == pytest.approx(24 ** -0.5) and cfg.qk_norm and cfg.tie_embeddings
+        assert cfg.query_scale == pytest.approx(24**-0.5) and cfg.qk_norm and cfg.tie_embeddings
         assert (cfg.attn_softcap, cfg.final_softcap, cfg.sliding_window) == (None, None, 5)
         assert [cfg.is_sliding(i) for i in range(4)] == [True, False, True, False]
         assert (cfg.rope(0), cfg.rope(1)) == ((50.0, 1.0), (3000.0, 4.0))
@@ -182,8 +225,11 @@ def test_gemma3_with_soft_caps_matches_transformers(tmp_path_factory, monkeypatc
 
     m, cfg, params, tokens = _build("gemma3_softcap", tmp_path_factory)
     assert (cfg.attn_softcap, cfg.final_softcap) == (3.0, 4.0)
-    monkeypatch.setattr(modeling_gemma3, "eager_attention_forward",
-                        functools.partial(modeling_gemma3.eager_attention_forward, softcap=cfg.attn_softcap))
+    monkeypatch.setattr(
+        modeling_gemma3,
+        "eager_attention_forward",
+        functools.partial(modeling_gemma3.eager_attention_forward, softcap=cfg.attn_softcap),
+    )
     ref_logits, ref_caps = _reference(m, tokens, "gemma3")
     _check_logits_and_sites("gemma3_softcap", cfg, params, tokens, ref_logits, ref_caps)
     lg = np.asarray(model.jit_forward(params, tokens, cfg.replace(attn_softcap=None)).logits)
@@ -199,8 +245,9 @@ def test_unrolled_equals_scan_and_stop_after(setup):
     assert part.logits is None and set(part.captures) == {(1, "res"), (0, "att")}
     np.testing.assert_allclose(np.asarray(part.captures[(1, "res")]), ref_caps[(1, "res")], atol=ATOL, rtol=0)
     caps = model.capture_activations(params, tokens, cfg, [(cfg.n_layers - 1, "mlp")])
-    np.testing.assert_allclose(np.asarray(caps[(cfg.n_layers - 1, "mlp")]), ref_caps[(cfg.n_layers - 1, "mlp")],
-                               atol=ATOL, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(caps[(cfg.n_layers - 1, "mlp")]), ref_caps[(cfg.n_layers - 1, "mlp")], atol=ATOL, rtol=0
+    )
     with pytest.raises(ValueError, match="stop_after"):
         model.forward(params, tokens, cfg, capture=[(2, "res")], stop_after=1)
 
@@ -223,12 +270,12 @@ def test_splice_identity_keeps_loss_and_zero_ablation_matches_hooked_reference(s
     assert float(np.abs(z_logits - ref_logits).max()) > 1e-2  # the ablation did change something
     # Halve the MLP input of layer 1 (the mlp_in splice): only the MLP reads it, the residual does not.
     h_logits, h_caps = _reference(m, tokens, arch, scale_mlp_in_layer=1)
-    out = model.jit_forward(params, tokens, cfg, splice={(1, "mlp_in"): lambda a: a * 0.5},
-                            capture=[(1, "mlp_in"), (1, "mlp")])
+    out = model.jit_forward(
+        params, tokens, cfg, splice={(1, "mlp_in"): lambda a: a * 0.5}, capture=[(1, "mlp_in"), (1, "mlp")]
+    )
     np.testing.assert_allclose(np.asarray(out.logits), h_logits, atol=ATOL, rtol=0)
     np.testing.assert_allclose(np.asarray(out.captures[(1, "mlp")]), h_caps[(1, "mlp")], atol=ATOL, rtol=0)
-    np.testing.assert_allclose(np.asarray(out.captures[(1, "mlp_in")]), ref_caps[(1, "mlp_in")],
-                               atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(out.captures[(1, "mlp_in")]), ref_caps[(1, "mlp_in")], atol=ATOL, rtol=0)
     assert float(np.abs(h_logits - ref_logits).max()) > 1e-3
     # Splicing under jit with traced arguments (how an SAE reconstruction is spliced).
     f = jax.jit(lambda p, s, tok: model.forward(p, tok, cfg, splice={(0, "res"): lambda a: a * s}).logits)
@@ -252,17 +299,21 @@ def test_tiny_configs_exercise_each_feature(setup):
     arch, m, cfg, params, tokens, ref_logits, ref_caps = setup
     variants = {"rope_theta": cfg.replace(rope_theta=cfg.rope_theta * 3)}
     if arch == "gemma3":
-        variants.update(sliding_window=cfg.replace(sliding_window=None),
-                        rope_theta_sliding=cfg.replace(rope_theta_sliding=None),
-                        rope_scale=cfg.replace(rope_scale=1.0),
-                        qk_norm=cfg.replace(arch="gemma2"),  # Gemma 2 = Gemma 3 without q/k norms
-                        layer_types=cfg.replace(layer_types=None),  # default pattern: all 4 sliding
-                        query_scale=cfg.replace(query_pre_attn_scalar=None))
+        variants.update(
+            sliding_window=cfg.replace(sliding_window=None),
+            rope_theta_sliding=cfg.replace(rope_theta_sliding=None),
+            rope_scale=cfg.replace(rope_scale=1.0),
+            qk_norm=cfg.replace(arch="gemma2"),  # Gemma 2 = Gemma 3 without q/k norms
+            layer_types=cfg.replace(layer_types=None),  # default pattern: all 4 sliding
+            query_scale=cfg.replace(query_pre_attn_scalar=None),
+        )
     if arch == "gemma2":
-        variants.update(sliding_window=cfg.replace(sliding_window=None),
-                        attn_softcap=cfg.replace(attn_softcap=None),
-                        final_softcap=cfg.replace(final_softcap=None),
-                        query_scale=cfg.replace(query_pre_attn_scalar=None))
+        variants.update(
+            sliding_window=cfg.replace(sliding_window=None),
+            attn_softcap=cfg.replace(attn_softcap=None),
+            final_softcap=cfg.replace(final_softcap=None),
+            query_scale=cfg.replace(query_pre_attn_scalar=None),
+        )
     for what, c in variants.items():
         lg = np.asarray(model.jit_forward(params, tokens, c).logits)
         assert np.abs(lg - ref_logits).max() > 1e-3, f"{what} does not change the logits"

@@ -9,6 +9,7 @@ both together (a mid-run save is included).
 Tolerance: exported parameters within 1e-5 (absolute below 1, relative above) of the
 one-process run after 12 steps; the runs differ only in the order of fp32 sums.
 """
+
 import glob
 import importlib.util
 import json
@@ -24,9 +25,21 @@ from gemmascope.train import loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
 STEPS = 12
-OVERRIDES = {"toy.d_in": 16, "toy.n_features": 32, "widths": (64,), "batch_size": 64, "num_tokens": 64 * STEPS,
-             "lambdas": (0.01, 0.1), "lr": 1e-2, "lr_warmup_steps": 2, "lambda_warmup_steps": 4,
-             "norm_sample_rows": 512, "eval_rows": 512, "log_every": 4, "checkpoint_every": 6}
+OVERRIDES = {
+    "toy.d_in": 16,
+    "toy.n_features": 32,
+    "widths": (64,),
+    "batch_size": 64,
+    "num_tokens": 64 * STEPS,
+    "lambdas": (0.01, 0.1),
+    "lr": 1e-2,
+    "lr_warmup_steps": 2,
+    "lambda_warmup_steps": 4,
+    "norm_sample_rows": 512,
+    "eval_rows": 512,
+    "log_every": 4,
+    "checkpoint_every": 6,
+}
 
 
 def _free_port() -> int:
@@ -55,12 +68,24 @@ def _exports(workdir: str) -> dict[float, dict[str, np.ndarray]]:
 def test_two_processes_match_one(tmp_path):
     multi = str(tmp_path / "multi")
     port = _free_port()
-    cmd = [sys.executable, os.path.join(REPO, "launch/train.py"), f"--config={REPO}/configs/toy.py",
-           f"--workdir={multi}", "--config.mesh.data=2", "--config.mesh.model=2"] + _flags(OVERRIDES)
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "launch/train.py"),
+        f"--config={REPO}/configs/toy.py",
+        f"--workdir={multi}",
+        "--config.mesh.data=2",
+        "--config.mesh.model=2",
+    ] + _flags(OVERRIDES)
     procs = []
     for pid in range(2):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                   JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
+        env = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+        )
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = []
     for p in procs:

@@ -1,4 +1,5 @@
 """The training recipe's transforms and schedules."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -111,9 +111,7 @@ def test_quantile_threshold_init_starts_at_each_target_l0():
         assert abs(l0 - target) / target < 0.02, (target, l0)  # quantiles of these very rows
     # The constant init is untouched by a sample.
     c.sae.threshold_init_mode = "constant"
-    st = step_lib.init_state(
-        jax.random.PRNGKey(1), c, 16, 64, 2, 3.0, step_lib.init_sample(c, np.asarray(x), 3.0)
-    )
+    st = step_lib.init_state(jax.random.PRNGKey(1), c, 16, 64, 2, 3.0, step_lib.init_sample(c, np.asarray(x), 3.0))
     np.testing.assert_array_equal(st["params"]["threshold"], np.float32(0.001))
 
 
@@ -173,7 +171,8 @@ def test_every_architecture_satisfies_the_contract():
 
 
 def test_exact_topk_selection_by_bisection_matches_lax_top_k():
-    from gemmascope.sae import model as sae_model, select
+    from gemmascope.sae import model as sae_model
+    from gemmascope.sae import select
 
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 300)) * 5.0
     x = x.at[3].set(-jnp.abs(x[3]))  # an all-negative row
@@ -204,7 +203,9 @@ def test_batchtopk_exported_jumprelu_gives_the_training_codes(tmp_path):
     """Training-time batch top-k keeps B k activations; with the running threshold between the
     (B k)-th and (B k + 1)-th activation of this batch, the exported JumpReLU file (raw units,
     through params.npz) gives the same codes, times C."""
-    from gemmascope.sae import batchtopk, io as sae_io, model as sae_model
+    from gemmascope.sae import batchtopk
+    from gemmascope.sae import io as sae_io
+    from gemmascope.sae import model as sae_model
     from gemmascope.train import step as step_lib
 
     c, k, bsz = 2.5, 3, 32

@@ -1,4 +1,5 @@
 """JumpReLU SAE: forward, straight-through gradients against hand-derived values, export folding."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,7 +70,10 @@ def test_loss_gradient_hand_derived(param):
     x = jnp.asarray([[0.0998], [0.7]], jnp.float32)
     cfg = {"bandwidth": EPS, "pre_encoder_bias": True, "threshold_init": T, "threshold_param": param}
     params = {
-        "W_enc": jnp.ones((1, 1)), "W_dec": jnp.ones((1, 1)), "b_enc": jnp.zeros((1,)), "b_dec": jnp.zeros((1,)),
+        "W_enc": jnp.ones((1, 1)),
+        "W_dec": jnp.ones((1, 1)),
+        "b_enc": jnp.zeros((1,)),
+        "b_dec": jnp.zeros((1,)),
     }
     if param == "log":
         params["log_threshold"] = jnp.log(jnp.asarray([T]))

@@ -7,6 +7,7 @@ every state leaf and metric after 3 steps within 1e-5, absolute for values below
 above (``|a - b| / max(1, |b|)``; the loss and L0 metrics are 10-60 here). The sharded step only
 reorders fp32 sums (the batch mean over "data", the decoder contraction over "model").
 """
+
 import json
 import os
 import subprocess
@@ -128,28 +129,35 @@ print("RESULT " + json.dumps(out))
 @pytest.fixture(scope="module")
 def eight_devices():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-c", SCRIPT % {"repo": REPO}], capture_output=True, text=True, timeout=300,
-                       env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT % {"repo": REPO}], capture_output=True, text=True, timeout=300, env=env
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def test_sharded_step_equals_single_device(eight_devices):
     out = eight_devices
     assert out["n_devices"] == 8
     assert out["moved"] > 1e-3  # three steps really changed the params (the comparison is not vacuous)
-    assert set(out["meshes"]) == {"8x1/replicated", "4x2/replicated", "2x4/replicated", "1x8/replicated",
-                                  "2x4/sharded"}
+    assert set(out["meshes"]) == {"8x1/replicated", "4x2/replicated", "2x4/replicated", "1x8/replicated", "2x4/sharded"}
     for name, r in out["meshes"].items():
         assert r["state"] <= TOL, (name, r)
         assert r["metrics"] <= TOL, (name, r)
         assert r["unit_rows"] < 1e-5, (name, r)  # renormalisation ran inside the sharded step
 
 
-@pytest.mark.parametrize("mesh,k_local,latents", [
-    ("8x1/replicated", 2, 64), ("4x2/replicated", 2, 32), ("2x4/replicated", 2, 16), ("1x8/replicated", 2, 8),
-    ("2x4/sharded", 1, 16)])
+@pytest.mark.parametrize(
+    "mesh,k_local,latents",
+    [
+        ("8x1/replicated", 2, 64),
+        ("4x2/replicated", 2, 32),
+        ("2x4/replicated", 2, 16),
+        ("1x8/replicated", 2, 8),
+        ("2x4/sharded", 1, 16),
+    ],
+)
 def test_each_device_holds_its_slice(eight_devices, mesh, k_local, latents):
     r = eight_devices["meshes"][mesh]
     assert r["W_enc_shard"] == [k_local, 16, latents]
@@ -180,14 +188,25 @@ def test_partition_rule_covers_every_architecture():
     """Leaf names of jumprelu (both threshold forms), relu/topk and gated, plus optimiser moments."""
     k, d_in, d_sae = 3, 8, 32
     s = jax.ShapeDtypeStruct
-    params = {"W_enc": s((k, d_in, d_sae), np.float32), "W_dec": s((k, d_sae, d_in), np.float32),
-              "b_enc": s((k, d_sae), np.float32), "b_dec": s((k, d_in), np.float32),
-              "threshold": s((k, d_sae), np.float32), "log_threshold": s((k, d_sae), np.float32),
-              "r_mag": s((k, d_sae), np.float32), "b_gate": s((k, d_sae), np.float32),
-              "b_mag": s((k, d_sae), np.float32)}
-    state = {"params": params, "opt": ({"count": s((k,), np.int32), "mu": params, "nu": params},),
-             "step": s((), np.int32), "norm_scale": s((), np.float32), "last_fired": s((k, d_sae), np.int32),
-             "bad_step": s((k,), np.int32)}
+    params = {
+        "W_enc": s((k, d_in, d_sae), np.float32),
+        "W_dec": s((k, d_sae, d_in), np.float32),
+        "b_enc": s((k, d_sae), np.float32),
+        "b_dec": s((k, d_in), np.float32),
+        "threshold": s((k, d_sae), np.float32),
+        "log_threshold": s((k, d_sae), np.float32),
+        "r_mag": s((k, d_sae), np.float32),
+        "b_gate": s((k, d_sae), np.float32),
+        "b_mag": s((k, d_sae), np.float32),
+    }
+    state = {
+        "params": params,
+        "opt": ({"count": s((k,), np.int32), "mu": params, "nu": params},),
+        "step": s((), np.int32),
+        "norm_scale": s((), np.float32),
+        "last_fired": s((k, d_sae), np.int32),
+        "bad_step": s((k,), np.int32),
+    }
     for sweep, ka in (("replicated", None), ("sharded", "data")):
         specs = sharding.state_specs(state, d_sae, sweep)
         for tree in (specs["params"], specs["opt"][0]["mu"], specs["opt"][0]["nu"]):
@@ -209,13 +228,19 @@ def _cfg(**mesh):
     return c
 
 
-@pytest.mark.parametrize("mesh,message", [
-    (dict(model=64), "config.mesh.model: width 96 is not divisible by mesh.model=64"),
-    (dict(data=5), "config.mesh.data: batch_size 48 is not divisible by mesh.data=5"),
-    (dict(data=2, sweep="sharded"), "config.mesh.sweep: 'sharded' splits the K=3 SAEs of the sweep over mesh.data=2"),
-    (dict(sweep="tiled"), "config.mesh.sweep: must be 'replicated' or 'sharded'"),
-    (dict(data=0), "config.mesh.data: must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "mesh,message",
+    [
+        (dict(model=64), "config.mesh.model: width 96 is not divisible by mesh.model=64"),
+        (dict(data=5), "config.mesh.data: batch_size 48 is not divisible by mesh.data=5"),
+        (
+            dict(data=2, sweep="sharded"),
+            "config.mesh.sweep: 'sharded' splits the K=3 SAEs of the sweep over mesh.data=2",
+        ),
+        (dict(sweep="tiled"), "config.mesh.sweep: must be 'replicated' or 'sharded'"),
+        (dict(data=0), "config.mesh.data: must be a positive integer, got 0"),
+    ],
+)
 def test_bad_mesh_fails_in_validation(mesh, message):
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.validate(_cfg(**mesh))
@@ -252,11 +277,14 @@ def _load_config(name: str, arg: str | None):
     return mod.get_config(arg)
 
 
-@pytest.mark.parametrize("model,n_layers,expected", [
-    ("2b", 26, 26 * 3 * 2 + 4 + 3),  # every layer/site at 16k, 65k; layer 12 at 32k,131k,262k,524k; 3 layers at 1m
-    ("9b", 42, 42 * 3 * 2 + 4 + 3),  # every layer/site at 16k, 131k; layer 20 at 32k,65k,262k,524k; 3 at 1m
-    ("27b", 46, 3),                  # layers 10, 22, 34 at 131k
-])
+@pytest.mark.parametrize(
+    "model,n_layers,expected",
+    [
+        ("2b", 26, 26 * 3 * 2 + 4 + 3),  # every layer/site at 16k, 65k; layer 12 at 32k,131k,262k,524k; 3 layers at 1m
+        ("9b", 42, 42 * 3 * 2 + 4 + 3),  # every layer/site at 16k, 131k; layer 20 at 32k,65k,262k,524k; 3 at 1m
+        ("27b", 46, 3),  # layers 10, 22, 34 at 131k
+    ],
+)
 def test_sweep_configs_cover_gemma_scope(model, n_layers, expected):
     from gemmascope import coverage
 
@@ -282,8 +310,12 @@ def test_sweep_configs_cover_gemma_scope(model, n_layers, expected):
 
 
 def _dry_run(arg: str, *extra: str):
-    r = subprocess.run([sys.executable, os.path.join(REPO, "launch/train.py"), f"--config={REPO}/configs/{arg}",
-                        "--dry_run", *extra], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch/train.py"), f"--config={REPO}/configs/{arg}", "--dry_run", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return r.returncode, r.stdout + r.stderr
 
 

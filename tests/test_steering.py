@@ -1,4 +1,5 @@
 """Steering: the splice adds alpha * W_dec[i] exactly, alpha = 0 is plain generation, errors."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,9 +9,24 @@ from gemmascope.analysis import steering
 from gemmascope.lm import model
 from gemmascope.lm.config import LMConfig
 
-CFG = LMConfig(arch="llama", vocab_size=40, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8, d_mlp=24,
-               attn_softcap=None, final_softcap=None, query_pre_attn_scalar=None, sliding_window=None,
-               tie_embeddings=True, bos_id=1, eos_id=2, pad_id=0)
+CFG = LMConfig(
+    arch="llama",
+    vocab_size=40,
+    d_model=16,
+    n_layers=2,
+    n_heads=2,
+    n_kv_heads=1,
+    head_dim=8,
+    d_mlp=24,
+    attn_softcap=None,
+    final_softcap=None,
+    query_pre_attn_scalar=None,
+    sliding_window=None,
+    tie_embeddings=True,
+    bos_id=1,
+    eos_id=2,
+    pad_id=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +49,7 @@ def test_alpha_zero_is_plain_greedy_generation(params):
     for _ in range(6):  # oracle: the unspliced model, argmax at the last position, no padding
         logits = model.forward(params, jnp.asarray([toks], jnp.int32), CFG).logits
         toks.append(int(jnp.argmax(logits[0, -1])))
-    assert got == toks[len(prompt):]
+    assert got == toks[len(prompt) :]
 
 
 def test_splice_adds_the_decoder_row_exactly(params):
@@ -57,8 +73,12 @@ def test_strong_steering_dominates_the_prediction(params):
     decoder direction itself (the residual is swamped by alpha * d)."""
     sae = _sae(seed=3)
     d = sae["W_dec"][1]
-    top = int(np.argmax(np.asarray(model.rms_norm(jnp.asarray(d), params["final_norm"], CFG.norm_eps, False))
-                        @ np.asarray(params["embed"]).T))
+    top = int(
+        np.argmax(
+            np.asarray(model.rms_norm(jnp.asarray(d), params["final_norm"], CFG.norm_eps, False))
+            @ np.asarray(params["embed"]).T
+        )
+    )
     vec = steering.steering_vector(sae, 1, 1e4)
     out = steering.generate(params, CFG, [1, 7, 9], vec, layer=CFG.n_layers - 1, site="res", max_new_tokens=4)
     assert out == [top] * 4

@@ -3,6 +3,7 @@
 Small shapes (d_in 8/12, chunks of 4-8 rows, shards of 3 chunks) on real tensorstore files under
 tmp_path. Every row's column 0 holds its global row id, so multisets of rows are sets of ids.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,14 +71,18 @@ N_ROWS = sum(rows_per_batch(b) for b in range(12))
 
 # -- paths --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path,spec", [
-    ("/a/b", {"driver": "file", "path": "/a/b/"}),
-    ("file:///a/b/", {"driver": "file", "path": "/a/b/"}),
-    ("gs://bucket/acts/run1", {"driver": "gcs", "bucket": "bucket", "path": "acts/run1/"}),
-    ("s3://bucket/acts", {"driver": "s3", "bucket": "bucket", "path": "acts/"}),
-    ("gs://bucket", {"driver": "gcs", "bucket": "bucket", "path": ""}),
-    ("memory://t1", {"driver": "memory", "path": "t1/"}),
-])
+
+@pytest.mark.parametrize(
+    "path,spec",
+    [
+        ("/a/b", {"driver": "file", "path": "/a/b/"}),
+        ("file:///a/b/", {"driver": "file", "path": "/a/b/"}),
+        ("gs://bucket/acts/run1", {"driver": "gcs", "bucket": "bucket", "path": "acts/run1/"}),
+        ("s3://bucket/acts", {"driver": "s3", "bucket": "bucket", "path": "acts/"}),
+        ("gs://bucket", {"driver": "gcs", "bucket": "bucket", "path": ""}),
+        ("memory://t1", {"driver": "memory", "path": "t1/"}),
+    ],
+)
 def test_kvstore_spec(path, spec):
     assert st.kvstore_spec(path) == spec
 
@@ -97,6 +102,7 @@ def test_kvstore_spec_relative_and_bad(tmp_path, monkeypatch):
 
 
 # -- round trip -----------------------------------------------------------------------------------
+
 
 def test_round_trip_layout_and_metadata(store):
     info = st.open_store(store)
@@ -120,8 +126,9 @@ def test_round_trip_layout_and_metadata(store):
 
 @pytest.mark.parametrize("batch_size,buffer_rows", [(7, 8), (32, 1000), (1, 4)])
 def test_each_row_once_per_epoch(store, batch_size, buffer_rows):
-    r = st.ActivationReader(store, "att_L3", batch_size, seed=3, shuffle_buffer_rows=buffer_rows, epochs=1,
-                            expected_d_in=12)
+    r = st.ActivationReader(
+        store, "att_L3", batch_size, seed=3, shuffle_buffer_rows=buffer_rows, epochs=1, expected_d_in=12
+    )
     batches = list(r)
     assert all(b.shape == (batch_size, 12) and b.dtype == np.float32 for b in batches[:-1])
     got = np.concatenate(batches)
@@ -260,6 +267,7 @@ def test_rerun_with_other_sites_or_metadata_refused(tmp_path):
 
 # -- the shuffled stream ----------------------------------------------------------------------------
 
+
 def take(reader, n):
     return [next(reader).copy() for _ in range(n)]
 
@@ -308,10 +316,9 @@ def test_multi_epoch(store):
     assert r.get_state()["epoch"] == 3
     # An endless stream is the same rows, continuing past the epochs.
     endless = st.ActivationReader(store, "res_L3", 5, seed=0, shuffle_buffer_rows=8)
-    np.testing.assert_array_equal(np.concatenate(take(endless, 3 * N_ROWS // 5))[:, 0], got[:3 * N_ROWS // 5 * 5])
+    np.testing.assert_array_equal(np.concatenate(take(endless, 3 * N_ROWS // 5))[:, 0], got[: 3 * N_ROWS // 5 * 5])
     # drop_remainder keeps every batch full.
-    full = list(st.ActivationReader(store, "res_L3", 5, seed=0, shuffle_buffer_rows=8, epochs=1,
-                                    drop_remainder=True))
+    full = list(st.ActivationReader(store, "res_L3", 5, seed=0, shuffle_buffer_rows=8, epochs=1, drop_remainder=True))
     assert len(full) == N_ROWS // 5 and all(b.shape == (5, 8) for b in full)
 
 
@@ -332,6 +339,7 @@ def test_process_slices_disjoint_and_covering(store, count):
 
 
 # -- errors ---------------------------------------------------------------------------------------
+
 
 def test_missing_store(tmp_path):
     root = str(tmp_path / "nothing")
@@ -404,7 +412,7 @@ def test_finalize_removes_stale_rows_past_the_end(tmp_path):
         w.write_batch(b, batch(b))
     n = sum(w.rows_written().values()) // 2
     arr = w._sites["res_L3"].array
-    arr[n:n + 2].write(np.ones((2, 8), np.float32)).result()  # same shard as the last rows
+    arr[n : n + 2].write(np.ones((2, 8), np.float32)).result()  # same shard as the last rows
     arr[60:62].write(np.ones((2, 8), np.float32)).result()  # a later shard (rows 60..71)
     assert (root / "res_L3" / "c" / "5" / "0").exists()
     w.finalize()

@@ -1,10 +1,9 @@
 """The shape of the package: no import cycle between modules (imports inside functions count too:
 a function-level import that closes a cycle is still a cycle), no module over 500 lines, and the
 public API importable from the top-level package."""
+
 import ast
 import os
-
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(REPO, "gemmascope")

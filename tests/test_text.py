@@ -1,4 +1,5 @@
 """Text sources, the held-out split and packing (gemmascope.data.text)."""
+
 import gzip
 import json
 import os
@@ -29,6 +30,7 @@ def docs():
 @pytest.fixture(scope="module")
 def smollm_tokenizer():
     from gemmascope.lm import loading
+
     return loading.load_tokenizer(loading.embedded_gguf_path())
 
 
@@ -124,8 +126,10 @@ def test_local_files(tmp_path):
 def test_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    pq.write_table(pa.table({"content": ["p1", None, "p2", "p3"], "n": [1, 2, 3, 4]}), tmp_path / "c.parquet",
-                   row_group_size=2)
+
+    pq.write_table(
+        pa.table({"content": ["p1", None, "p2", "p3"], "n": [1, 2, 3, 4]}), tmp_path / "c.parquet", row_group_size=2
+    )
     assert list(text.iter_file_texts(str(tmp_path / "c.parquet"), text_column="content")) == ["p1", "p2", "p3"]
     with pytest.raises(KeyError, match="text"):
         list(text.iter_file_texts(str(tmp_path / "c.parquet")))

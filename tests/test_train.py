@@ -1,4 +1,5 @@
 """The sweep trainer: config validation, NaN stop, bitwise resume after a real kill, toy end to end."""
+
 import glob
 import json
 import os
@@ -78,8 +79,7 @@ def test_parse_arg_and_widths():
 def test_cli_rejects_bad_override_before_any_compute(tmp_path):
     """launch/train.py names the field and exits before JAX is even imported."""
     wd = tmp_path / "w"
-    cmd = [sys.executable, os.path.join(REPO, "launch/train.py"), f"--config={REPO}/configs/toy.py",
-           f"--workdir={wd}"]
+    cmd = [sys.executable, os.path.join(REPO, "launch/train.py"), f"--config={REPO}/configs/toy.py", f"--workdir={wd}"]
     r = subprocess.run(cmd + ["--config.lambdas=0.1,-1"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "config.lambdas" in r.stderr + r.stdout
     r = subprocess.run(cmd + ["--config.lamdas=0.1"], capture_output=True, text=True, timeout=120)
@@ -119,18 +119,19 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path):
     from gemmascope.train import loop
 
     ref_dir = str(tmp_path / "ref")
-    loop.train_and_evaluate(tiny_config(num_tokens=64 * 400, checkpoint_every=50, log_every=50), ref_dir,
-                            log=lambda *a: None)
+    loop.train_and_evaluate(
+        tiny_config(num_tokens=64 * 400, checkpoint_every=50, log_every=50), ref_dir, log=lambda *a: None
+    )
     ref = _final_params(ref_dir)
     assert len(ref) == 2
 
     wd = str(tmp_path / "killed")
     script = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {REPO!r})\n"
         "from tests.test_train import tiny_config\n"
         "from gemmascope.train.loop import train_and_evaluate\n"
-        "train_and_evaluate(tiny_config(num_tokens=64 * 400, checkpoint_every=50, log_every=50), %r)\n"
-    ) % (REPO, wd)
+        f"train_and_evaluate(tiny_config(num_tokens=64 * 400, checkpoint_every=50, log_every=50), {wd!r})\n"
+    )
     ckpt_dir = os.path.join(wd, "runs", "toy_layer0_width32", "checkpoints")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
@@ -163,8 +164,12 @@ def test_toy_end_to_end(tmp_path):
     from gemmascope.data.toy import recovery_fraction
 
     wd = tmp_path / "toy"
-    r = subprocess.run([sys.executable, os.path.join(REPO, "launch/train.py"), f"--config={REPO}/configs/toy.py",
-                        f"--workdir={wd}"], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch/train.py"), f"--config={REPO}/configs/toy.py", f"--workdir={wd}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "tok/s" in r.stdout and "ETA" in r.stdout
     feats = np.load(wd / "toy_features.npy")
@@ -175,11 +180,26 @@ def test_toy_end_to_end(tmp_path):
     l0s = [m["l0"] for m in metas]
     assert all(a > b for a, b in zip(l0s, l0s[1:])), l0s
     for m in metas:
-        for key in ("architecture", "d_in", "d_sae", "site", "layer", "model", "sparsity_coefficient",
-                    "normalisation_constant", "tokens_trained", "l0", "fvu"):
+        for key in (
+            "architecture",
+            "d_in",
+            "d_sae",
+            "site",
+            "layer",
+            "model",
+            "sparsity_coefficient",
+            "normalisation_constant",
+            "tokens_trained",
+            "l0",
+            "fvu",
+        ):
             assert key in m
-    best = max(recovery_fraction(feats, np.load(os.path.join(os.path.dirname(p), "params.npz"))["W_dec"])
-               for p in glob.glob(str(wd / "saes/**/metadata.json"), recursive=True))
+    best = max(
+        recovery_fraction(feats, np.load(os.path.join(os.path.dirname(p), "params.npz"))["W_dec"])
+        for p in glob.glob(str(wd / "saes/**/metadata.json"), recursive=True)
+    )
     assert best >= 0.9, best
     rows = [json.loads(line) for line in open(wd / "metrics.jsonl")]
-    assert {"loss", "mse", "l0", "fvu", "dead_fraction", "threshold_mean", "threshold_min", "threshold_max"} <= set(rows[0])
+    assert {"loss", "mse", "l0", "fvu", "dead_fraction", "threshold_mean", "threshold_min", "threshold_max"} <= set(
+        rows[0]
+    )

@@ -16,35 +16,76 @@ The steps, usable on their own, live in two modules whose public names are re-ex
 This module adds the pieces of the one call: :func:`parse_latents`, :func:`resolve_sae_path` and
 :func:`random_direction_floor` (the enrichment baseline).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.analysis.dashboard_render import (
+    SiteInfo,
+    chip_text,
+    context_text,
+    context_view,
+    esc,
+    histogram_svg,
+    histogram_view,
+    static_text,
+    token_strings,
+    write_site,
+)
+from gemmascope.analysis.dashboard_scan import (
+    Context,
+    DashboardInputError,
+    ScanResult,
+    document_bounds,
+    firing_tokens,
+    histogram,
+    latent_contexts,
+    scan,
+    scan_codes,
+    text_batches,
+)
 from gemmascope.data import sites as sites_lib
-from gemmascope.analysis.dashboard_render import (SiteInfo, chip_text, context_text, context_view, esc,
-                                                  histogram_svg, histogram_view, static_text, token_strings,
-                                                  write_site)
-from gemmascope.analysis.dashboard_scan import (Context, DashboardInputError, ScanResult, document_bounds,
-                                                firing_tokens, histogram, latent_contexts, scan, scan_codes,
-                                                text_batches)
 
 __all__ = [
-    "Context", "DashboardInputError", "ScanResult", "SiteInfo", "build_dashboard", "chip_text",
-    "context_text", "context_view", "document_bounds", "esc", "firing_tokens", "histogram",
-    "histogram_svg", "histogram_view", "latent_contexts", "parse_latents", "random_direction_floor",
-    "resolve_sae_path", "scan", "scan_codes", "static_text", "text_batches", "token_strings", "write_site",
+    "Context",
+    "DashboardInputError",
+    "ScanResult",
+    "SiteInfo",
+    "build_dashboard",
+    "chip_text",
+    "context_text",
+    "context_view",
+    "document_bounds",
+    "esc",
+    "firing_tokens",
+    "histogram",
+    "histogram_svg",
+    "histogram_view",
+    "latent_contexts",
+    "parse_latents",
+    "random_direction_floor",
+    "resolve_sae_path",
+    "scan",
+    "scan_codes",
+    "static_text",
+    "text_batches",
+    "token_strings",
+    "write_site",
 ]
 
 
-def random_direction_floor(W_U: Any, d_in: int, token_sets: Mapping[str, Any], n: int = 256, q: float = 99.0,
-                           seed: int = 0) -> dict[str, float]:
+def random_direction_floor(
+    W_U: Any, d_in: int, token_sets: Mapping[str, Any], n: int = 256, q: float = 99.0, seed: int = 0
+) -> dict[str, float]:
     """``{set: percentile q of |enrichment score|}`` over ``n`` random unit directions ``[n, d_in]``
     read through ``W_U``: how strong an enrichment any direction shows, the baseline a latent must beat."""
     from gemmascope.analysis import enrichment as enrichment_lib
@@ -71,8 +112,7 @@ def parse_latents(spec: str | Sequence[int] | None, d_sae: int) -> list[int]:
             part = part.strip()
             m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
             if not m:
-                raise DashboardInputError(
-                    f"latents: cannot read {part!r} (use indices and ranges like '0-99,512')")
+                raise DashboardInputError(f"latents: cannot read {part!r} (use indices and ranges like '0-99,512')")
             a = int(m.group(1))
             b = int(m.group(2)) if m.group(2) else a
             if b < a:
@@ -82,8 +122,7 @@ def parse_latents(spec: str | Sequence[int] | None, d_sae: int) -> list[int]:
         out = [int(i) for i in spec]
     bad = [i for i in out if not 0 <= i < d_sae]
     if bad:
-        raise DashboardInputError(
-            f"latent {bad[0]} out of range: the SAE has {d_sae} latents (valid: 0..{d_sae - 1})")
+        raise DashboardInputError(f"latent {bad[0]} out of range: the SAE has {d_sae} latents (valid: 0..{d_sae - 1})")
     return list(dict.fromkeys(out))
 
 
@@ -95,12 +134,24 @@ def resolve_sae_path(path: str) -> str:
     return p
 
 
-def build_dashboard(sae_path: str, out_dir: str, *, n_tokens: int = 50_000,
-                    latents: str | Sequence[int] | None = None, layer: int | None = None,
-                    site: str | None = None, checkpoint: str = "embedded", lm: tuple | None = None,
-                    split: str = "heldout", seq_len: int = 128, batch_sequences: int = 32,
-                    k: int = 12, outlier_norm_factor: float = 10.0, enrichment: bool = True,
-                    log: Callable[[str], None] | None = print) -> dict[str, Any]:
+def build_dashboard(
+    sae_path: str,
+    out_dir: str,
+    *,
+    n_tokens: int = 50_000,
+    latents: str | Sequence[int] | None = None,
+    layer: int | None = None,
+    site: str | None = None,
+    checkpoint: str = "embedded",
+    lm: tuple | None = None,
+    split: str = "heldout",
+    seq_len: int = 128,
+    batch_sequences: int = 32,
+    k: int = 12,
+    outlier_norm_factor: float = 10.0,
+    enrichment: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
     """Scans text with an SAE and writes its dashboard site into ``out_dir``; returns the summary.
 
     Args:
@@ -129,8 +180,9 @@ def build_dashboard(sae_path: str, out_dir: str, *, n_tokens: int = 50_000,
     layer = layer if layer is not None else meta.get("layer")
     site = site or meta.get("site")
     if layer is None or site is None:
-        raise DashboardInputError(f"{params_path}: no metadata.json with 'layer' and 'site' beside it; "
-                                  "pass layer= and site= (--layer/--site)")
+        raise DashboardInputError(
+            f"{params_path}: no metadata.json with 'layer' and 'site' beside it; pass layer= and site= (--layer/--site)"
+        )
     if split not in ("heldout", "train", "all"):
         raise DashboardInputError(f"split must be 'heldout', 'train' or 'all', got {split!r}")
     if lm is None:
@@ -141,12 +193,24 @@ def build_dashboard(sae_path: str, out_dir: str, *, n_tokens: int = 50_000,
         raise DashboardInputError(f"layer {layer} out of range: the model has {cfg.n_layers} layers")
     src = {"kind": "embedded"} if split == "all" else {"kind": "embedded", "split_part": split}
     batches = text_batches(tokenizer, cfg, text_lib.iter_texts(src), seq_len, batch_sequences)
-    res = scan(lm_params, cfg, sae, int(layer), site, batches, max_tokens=n_tokens, k=k,
-               outlier_norm_factor=outlier_norm_factor, log=log)
+    res = scan(
+        lm_params,
+        cfg,
+        sae,
+        int(layer),
+        site,
+        batches,
+        max_tokens=n_tokens,
+        k=k,
+        outlier_norm_factor=outlier_norm_factor,
+        log=log,
+    )
     if log:
-        log(f"[scan] done: {res.n_tokens:,} tokens in {res.seconds:.1f}s "
+        log(
+            f"[scan] done: {res.n_tokens:,} tokens in {res.seconds:.1f}s "
             f"({res.tokens_per_second:,.0f} tok/s), "
-            f"L0 {res.l0:.1f}, {int((res.fire_counts > 0).sum())}/{d_sae} latents fired")
+            f"L0 {res.l0:.1f}, {int((res.fire_counts > 0).sum())}/{d_sae} latents fired"
+        )
     t1 = time.time()
     W_U = lm_params["lm_head"] if "lm_head" in lm_params else jnp.asarray(lm_params["embed"]).T
     lens = logit_lens(sae, W_U, k=10)
@@ -157,19 +221,25 @@ def build_dashboard(sae_path: str, out_dir: str, *, n_tokens: int = 50_000,
         enr = enrichment_lib.token_set_enrichment({"W_dec": np.asarray(sae["W_dec"])[chosen]}, W_U, sets)
         floor = random_direction_floor(W_U, int(np.shape(sae["W_dec"])[1]), sets)
     if log:
-        log(f"[lens] logit lens{' and enrichment' if enrichment else ''} in {time.time() - t1:.1f}s: "
-            + ", ".join(f"{c} {n}" for c, n in lens.class_counts().items()))
-    info = SiteInfo(title=f"SAE {os.path.basename(os.path.dirname(os.path.abspath(params_path)))}",
-                    sae_path=params_path, model=str(meta.get("model", checkpoint)), layer=int(layer),
-                    site=str(site),
-                    text=f"the embedded corpus ({split} split)" if split != "all" else "the embedded corpus")
-    summary = write_site(out_dir, res, lens, toks, chosen, sae=sae, info=info, enrichment=enr,
-                         enrichment_floor=floor, log=log)
+        log(
+            f"[lens] logit lens{' and enrichment' if enrichment else ''} in {time.time() - t1:.1f}s: "
+            + ", ".join(f"{c} {n}" for c, n in lens.class_counts().items())
+        )
+    info = SiteInfo(
+        title=f"SAE {os.path.basename(os.path.dirname(os.path.abspath(params_path)))}",
+        sae_path=params_path,
+        model=str(meta.get("model", checkpoint)),
+        layer=int(layer),
+        site=str(site),
+        text=f"the embedded corpus ({split} split)" if split != "all" else "the embedded corpus",
+    )
+    summary = write_site(
+        out_dir, res, lens, toks, chosen, sae=sae, info=info, enrichment=enr, enrichment_floor=floor, log=log
+    )
     summary["class_counts_all_latents"] = lens.class_counts()
     summary["total_seconds"] = time.time() - t_start
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=1)
     if log:
-        log(f"[done] {len(chosen)} latents in {summary['total_seconds']:.1f}s -> "
-            f"{os.path.join(out_dir, 'index.html')}")
+        log(f"[done] {len(chosen)} latents in {summary['total_seconds']:.1f}s -> {os.path.join(out_dir, 'index.html')}")
     return summary

@@ -21,12 +21,14 @@ Readers of a scan, used by the pages (:mod:`gemmascope.analysis.dashboard_render
 :func:`latent_contexts` (top contexts, each within its own document), :func:`firing_tokens` and
 :func:`histogram`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -107,8 +109,9 @@ class ScanResult:
 
 
 @partial(jax.jit, static_argnames=("topk",))
-def _encode_batch(arrays: dict[str, jax.Array], x: jax.Array, valid: jax.Array, topk: int | None
-                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _encode_batch(
+    arrays: dict[str, jax.Array], x: jax.Array, valid: jax.Array, topk: int | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``x [B, T, d_in]``, ``valid [B, T]`` -> codes ``[B*T, d_sae]`` (0 at invalid rows), and per
     sequence the max ``[B, d_sae]`` and its position ``[B, d_sae]``."""
     B, T, d = x.shape
@@ -121,12 +124,12 @@ def _encode_batch(arrays: dict[str, jax.Array], x: jax.Array, valid: jax.Array, 
     return f, jnp.max(f3, axis=1), jnp.argmax(f3, axis=1).astype(jnp.int32)
 
 
-def _merge_top(vals: np.ndarray, seqs: np.ndarray, poss: np.ndarray, k: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _merge_top(
+    vals: np.ndarray, seqs: np.ndarray, poss: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keeps the ``k`` largest of ``[d_sae, m]`` candidates per row (stable: earlier first on ties)."""
     order = np.argsort(-vals, axis=1, kind="stable")[:, :k]
-    return (np.take_along_axis(vals, order, 1), np.take_along_axis(seqs, order, 1),
-            np.take_along_axis(poss, order, 1))
+    return (np.take_along_axis(vals, order, 1), np.take_along_axis(seqs, order, 1), np.take_along_axis(poss, order, 1))
 
 
 class _Accumulator:
@@ -144,8 +147,9 @@ class _Accumulator:
         self.top_p = np.zeros((d_sae, k), np.int64)
         self.n_tok = self.n_drop = self.n_entries = self.n_seq = 0
 
-    def add(self, tokens: np.ndarray, mask: np.ndarray, valid: np.ndarray, f: np.ndarray, smax: np.ndarray,
-            sarg: np.ndarray) -> None:
+    def add(
+        self, tokens: np.ndarray, mask: np.ndarray, valid: np.ndarray, f: np.ndarray, smax: np.ndarray, sarg: np.ndarray
+    ) -> None:
         """``tokens/mask/valid [B, T]``, codes ``f [B*T, d_sae]`` (0 at invalid rows), per-sequence max
         ``smax [B, d_sae]`` and its position ``sarg [B, d_sae]``."""
         B, T = tokens.shape
@@ -157,13 +161,15 @@ class _Accumulator:
         self.n_entries += rows.size
         self.fire += np.bincount(lat, minlength=self.d_sae)
         self.act_sum += np.bincount(lat, weights=vals, minlength=self.d_sae)
-        smax = np.asarray(smax, np.float32).T                             # [d_sae, B]
+        smax = np.asarray(smax, np.float32).T  # [d_sae, B]
         np.maximum(self.act_max, smax.max(axis=1), out=self.act_max)
         seq_ids = np.broadcast_to(np.arange(self.n_seq, self.n_seq + B, dtype=np.int64), smax.shape)
         self.top_v, self.top_s, self.top_p = _merge_top(
             np.concatenate([self.top_v, smax], 1),
             np.concatenate([self.top_s, np.where(smax > 0, seq_ids, -1)], 1),
-            np.concatenate([self.top_p, np.asarray(sarg).T.astype(np.int64)], 1), self.k)
+            np.concatenate([self.top_p, np.asarray(sarg).T.astype(np.int64)], 1),
+            self.k,
+        )
         self.toks.append(np.asarray(tokens, np.int32))
         self.masks.append(np.asarray(mask, bool))
         self.valids.append(np.asarray(valid, bool))
@@ -180,15 +186,29 @@ class _Accumulator:
         order = np.lexsort((rows, lat))
         lat, rows, vals = lat[order], rows[order], vals[order]
         start = np.searchsorted(lat, np.arange(self.d_sae + 1)).astype(np.int64)
-        return ScanResult(tokens=np.concatenate(self.toks), mask=np.concatenate(self.masks),
-                          valid=np.concatenate(self.valids), fire_counts=self.fire, act_sum=self.act_sum,
-                          act_max=self.act_max, top_values=self.top_v, top_seq=self.top_s, top_pos=self.top_p,
-                          entry_latent=lat, entry_row=rows, entry_value=vals, latent_start=start,
-                          n_tokens=self.n_tok, n_dropped=self.n_drop, seconds=seconds)
+        return ScanResult(
+            tokens=np.concatenate(self.toks),
+            mask=np.concatenate(self.masks),
+            valid=np.concatenate(self.valids),
+            fire_counts=self.fire,
+            act_sum=self.act_sum,
+            act_max=self.act_max,
+            top_values=self.top_v,
+            top_seq=self.top_s,
+            top_pos=self.top_p,
+            entry_latent=lat,
+            entry_row=rows,
+            entry_value=vals,
+            latent_start=start,
+            n_tokens=self.n_tok,
+            n_dropped=self.n_drop,
+            seconds=seconds,
+        )
 
 
-def scan_codes(tokens: np.ndarray, mask: np.ndarray, codes: np.ndarray, k: int = 12,
-               valid: np.ndarray | None = None) -> ScanResult:
+def scan_codes(
+    tokens: np.ndarray, mask: np.ndarray, codes: np.ndarray, k: int = 12, valid: np.ndarray | None = None
+) -> ScanResult:
     """A :class:`ScanResult` from codes computed elsewhere: ``tokens/mask [S, T]``, ``codes [S, T, d_sae]``
     (only rows where ``valid``, default ``mask``, count). For small inputs (dense in memory)."""
     tokens, mask = np.asarray(tokens), np.asarray(mask, bool)
@@ -200,10 +220,20 @@ def scan_codes(tokens: np.ndarray, mask: np.ndarray, codes: np.ndarray, k: int =
     return acc.result(0.0)
 
 
-def scan(lm_params, lm_cfg, sae: Mapping[str, Any], layer: int, site: str,
-         batches: Iterable[tuple[np.ndarray, np.ndarray]], *, max_tokens: int | None = None, k: int = 12,
-         outlier_norm_factor: float = 10.0, max_entries: int = 60_000_000,
-         log: Callable[[str], None] | None = print) -> ScanResult:
+def scan(
+    lm_params,
+    lm_cfg,
+    sae: Mapping[str, Any],
+    layer: int,
+    site: str,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    max_tokens: int | None = None,
+    k: int = 12,
+    outlier_norm_factor: float = 10.0,
+    max_entries: int = 60_000_000,
+    log: Callable[[str], None] | None = print,
+) -> ScanResult:
     """Encodes text batches with the SAE and keeps the per-latent statistics of :class:`ScanResult`.
 
     Args:
@@ -233,27 +263,33 @@ def scan(lm_params, lm_cfg, sae: Mapping[str, Any], layer: int, site: str,
         if x.shape[-1] != d_in:
             raise DashboardInputError(
                 f"the SAE reads d_in={d_in} but {site!r} at layer {layer} of this model has "
-                f"width {x.shape[-1]}: wrong model, layer or site for this SAE")
+                f"width {x.shape[-1]}: wrong model, layer or site for this SAE"
+            )
         valid = np.asarray(keep)
         f, smax, sarg = _encode_batch(arrays, x, jnp.asarray(valid), topk)
         acc.add(tokens, mask, valid, np.asarray(f), np.asarray(smax), np.asarray(sarg))
         if log:
             dt = max(time.time() - t0, 1e-9)
-            bar.report(acc.n_tok, f"[scan] {acc.n_tok:,} tokens, {acc.n_seq} sequences "
-                       f"({acc.n_tok / dt:,.0f} tok/s, L0 {acc.fire.sum() / max(acc.n_tok, 1):.1f})")
+            bar.report(
+                acc.n_tok,
+                f"[scan] {acc.n_tok:,} tokens, {acc.n_seq} sequences "
+                f"({acc.n_tok / dt:,.0f} tok/s, L0 {acc.fire.sum() / max(acc.n_tok, 1):.1f})",
+            )
         if max_tokens is not None and acc.n_tok >= max_tokens:
             break
         if acc.n_entries >= max_entries:
             if log:
-                bar.write(f"[scan] stopping early: {acc.n_entries:,} non-zero activations held "
-                          f"(max_entries={max_entries:,})")
+                bar.write(
+                    f"[scan] stopping early: {acc.n_entries:,} non-zero activations held (max_entries={max_entries:,})"
+                )
             break
     bar.close()
     return acc.result(time.time() - t0)
 
 
-def text_batches(tokenizer, lm_cfg, texts: Iterable[str], seq_len: int = 128, batch_sequences: int = 32
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def text_batches(
+    tokenizer, lm_cfg, texts: Iterable[str], seq_len: int = 128, batch_sequences: int = 32
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Packed ``(tokens [batch_sequences, seq_len], mask)`` batches with BOS first, the last one
     padded: the store's batches (:func:`gemmascope.data.sites.packed_batches`)."""
     return sites_lib.packed_batches(tokenizer, lm_cfg, texts, seq_len, batch_sequences)
@@ -293,8 +329,9 @@ def document_bounds(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, last
 
 
-def latent_contexts(res: ScanResult, latent: int, before: int = 24, after: int = 8,
-                    bounds: tuple[np.ndarray, np.ndarray] | None = None) -> list[Context]:
+def latent_contexts(
+    res: ScanResult, latent: int, before: int = 24, after: int = 8, bounds: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[Context]:
     """The latent's top contexts (at most ``k``), each limited to its own document."""
     first_all, last_all = bounds if bounds is not None else document_bounds(res.mask)
     T = res.tokens.shape[1]
@@ -306,10 +343,20 @@ def latent_contexts(res: ScanResult, latent: int, before: int = 24, after: int =
         lo = max(int(first_all[s, p]), p - before)
         hi = min(int(last_all[s, p]), p + after)
         pos = np.arange(lo, hi + 1)
-        out.append(Context(seq=s, pos=p, value=float(v), first=lo, token_ids=res.tokens[s, lo:hi + 1].copy(),
-                           acts=res.activations_at(latent, s * T + pos),
-                           encoded=res.valid[s, lo:hi + 1].copy(), focus=p - lo,
-                           cut_left=lo > first_all[s, p], cut_right=hi < last_all[s, p]))
+        out.append(
+            Context(
+                seq=s,
+                pos=p,
+                value=float(v),
+                first=lo,
+                token_ids=res.tokens[s, lo : hi + 1].copy(),
+                acts=res.activations_at(latent, s * T + pos),
+                encoded=res.valid[s, lo : hi + 1].copy(),
+                focus=p - lo,
+                cut_left=lo > first_all[s, p],
+                cut_right=hi < last_all[s, p],
+            )
+        )
     return out
 
 

@@ -51,12 +51,14 @@ leading space, capitalised, all caps, lowercase, digits, punctuation, brackets, 
 non-ASCII, and token length n. :func:`regex_token_sets` and :func:`token_sets_from_lists` make sets
 from the user's regular expressions or lists of strings (e.g. names, part-of-speech word lists).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
 import string
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import kolmogorov
@@ -70,15 +72,15 @@ _PUNCT = re.escape(string.punctuation)
 DEFAULT_PATTERNS: dict[str, str] = {
     # Regexes are matched with re.fullmatch against the token's *body* (leading-space marker removed,
     # other markers turned into spaces). ASCII letters only for the case sets.
-    "capitalised": r"[A-Z][a-z]*",            # Title-case word: one capital then lowercase ("The", "I")
-    "all_caps": r"[A-Z]{2,}",                 # two or more capitals only ("USA")
+    "capitalised": r"[A-Z][a-z]*",  # Title-case word: one capital then lowercase ("The", "I")
+    "all_caps": r"[A-Z]{2,}",  # two or more capitals only ("USA")
     "lowercase": r"[a-z]+",
     "digits": r"[0-9]+",
-    "punctuation": rf"[{_PUNCT}]+",           # only ASCII punctuation characters
-    "brackets": r".*[()\[\]{}<>].*",          # contains a bracket
+    "punctuation": rf"[{_PUNCT}]+",  # only ASCII punctuation characters
+    "brackets": r".*[()\[\]{}<>].*",  # contains a bracket
     "open_bracket": r".*[(\[{<].*",
     "close_bracket": r".*[)\]}>].*",
-    "whitespace": r"\s*",                     # empty body or only whitespace (" ", "\n", "▁▁")
+    "whitespace": r"\s*",  # empty body or only whitespace (" ", "\n", "▁▁")
     "non_ascii": r".*[^\x00-\x7f].*",
 }
 DEFAULT_LENGTHS = (1, 2, 3, 4, 5, 6, 7, 8)
@@ -98,8 +100,9 @@ def split_leading_space(token: str) -> tuple[bool, str]:
     return False, token
 
 
-def regex_token_sets(token_strings: Sequence[str], patterns: Mapping[str, str], *,
-                     on_body: bool = True, flags: int = re.DOTALL) -> dict[str, np.ndarray]:
+def regex_token_sets(
+    token_strings: Sequence[str], patterns: Mapping[str, str], *, on_body: bool = True, flags: int = re.DOTALL
+) -> dict[str, np.ndarray]:
     """Token sets from regular expressions: ``{name: pattern} -> {name: bool mask [V]}``.
 
     A token is in the set when ``re.fullmatch(pattern, s)`` matches, with ``s`` the token's body
@@ -114,8 +117,7 @@ def regex_token_sets(token_strings: Sequence[str], patterns: Mapping[str, str], 
     return out
 
 
-def default_token_sets(token_strings: Sequence[str], lengths: Iterable[int] = DEFAULT_LENGTHS
-                       ) -> dict[str, np.ndarray]:
+def default_token_sets(token_strings: Sequence[str], lengths: Iterable[int] = DEFAULT_LENGTHS) -> dict[str, np.ndarray]:
     """The default regex sets over a vocabulary (token strings in vocab order) -> ``{name: bool [V]}``.
 
     ``leading_space`` (literal space, ``'▁'`` or ``'Ġ'``), the :data:`DEFAULT_PATTERNS` sets on the
@@ -130,15 +132,20 @@ def default_token_sets(token_strings: Sequence[str], lengths: Iterable[int] = DE
     return sets
 
 
-def token_sets_from_lists(token_strings: Sequence[str], lists: Mapping[str, Iterable[str]], *,
-                          ignore_leading_space: bool = True, case_sensitive: bool = True
-                          ) -> dict[str, np.ndarray]:
+def token_sets_from_lists(
+    token_strings: Sequence[str],
+    lists: Mapping[str, Iterable[str]],
+    *,
+    ignore_leading_space: bool = True,
+    case_sensitive: bool = True,
+) -> dict[str, np.ndarray]:
     """Token sets from lists of strings (e.g. first names): ``{name: [str]} -> {name: bool [V]}``.
 
     A token is in the set when its string equals a list entry; with ``ignore_leading_space`` both
     are compared by their body (so ``" Mary"``, ``"▁Mary"`` and ``"Mary"`` all match ``"Mary"``);
     without ``case_sensitive`` the comparison is case-folded.
     """
+
     def norm(s: str) -> str:
         if ignore_leading_space:
             s = split_leading_space(s)[1]
@@ -173,12 +180,12 @@ def _as_set_matrix(token_sets: Mapping[str, Any], vocab: int) -> tuple[list[str]
 def _descending_order(w: np.ndarray) -> np.ndarray:
     """``[c, V]`` weights -> ``[c, V]`` token ids in descending weight order, ties by token id."""
     c, vocab = w.shape
-    if w.dtype == np.float32 and vocab < 2 ** 32:
-        bits = (w + np.float32(0.0)).view(np.int32)        # + 0.0 turns -0.0 into +0.0
+    if w.dtype == np.float32 and vocab < 2**32:
+        bits = (w + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0
         key = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)  # int32 order == float order
-        key = (~key.astype(np.int64)) << 32                 # descending, in the high 32 bits
-        key |= np.arange(vocab, dtype=np.int64)             # token id breaks ties
-        key.sort(axis=1)                                    # int64 sort: SIMD in numpy >= 2
+        key = (~key.astype(np.int64)) << 32  # descending, in the high 32 bits
+        key |= np.arange(vocab, dtype=np.int64)  # token id breaks ties
+        key.sort(axis=1)  # int64 sort: SIMD in numpy >= 2
         return (key & 0xFFFFFFFF).astype(np.int64)
     return np.argsort(-np.asarray(w, np.float64), axis=1, kind="stable")
 
@@ -196,11 +203,11 @@ class _SetLayout:
             return
         vs = sizes[valid_idx]
         self.starts = np.concatenate([[0], np.cumsum(vs)[:-1]]).astype(np.int64)
-        self.ids = np.concatenate([members[i] for i in valid_idx])                     # [N]
+        self.ids = np.concatenate([members[i] for i in valid_idx])  # [N]
         seg = np.repeat(np.arange(valid_idx.size), vs)
         # int32 keys sort faster; int64 only when the offsets would overflow
-        self.key_dtype = np.int32 if valid_idx.size * vocab < 2 ** 31 else np.int64
-        self.offset = (seg.astype(np.int64) * vocab).astype(self.key_dtype)           # [N]
+        self.key_dtype = np.int32 if valid_idx.size * vocab < 2**31 else np.int64
+        self.offset = (seg.astype(np.int64) * vocab).astype(self.key_dtype)  # [N]
         k = (np.arange(self.ids.size) - np.repeat(self.starts, vs) + 1).astype(np.float64)
         inv_n = np.repeat(1.0 / vs, vs)
         inv_m = np.repeat(1.0 / (vocab - vs), vs)
@@ -219,15 +226,14 @@ def _scores_chunk(w: np.ndarray, layout: _SetLayout, n_sets: int) -> np.ndarray:
         return out
     order = _descending_order(w)
     rank = np.empty(order.shape, layout.key_dtype)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(vocab, dtype=layout.key_dtype), order.shape),
-                      axis=1)
-    r = rank[:, layout.ids] + layout.offset          # [c, N]; segment s holds values in [s V, (s+1) V)
-    r.sort(axis=1)                                   # sorts each set's member ranks (same layout after)
-    rm = np.multiply(r, layout.inv_m)                # [c, N] float64
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(vocab, dtype=layout.key_dtype), order.shape), axis=1)
+    r = rank[:, layout.ids] + layout.offset  # [c, N]; segment s holds values in [s V, (s+1) V)
+    r.sort(axis=1)  # sorts each set's member ranks (same layout after)
+    rm = np.multiply(r, layout.inv_m)  # [c, N] float64
     del r
-    tmp = np.subtract(layout.up0, rm)                # running sum just after member k
+    tmp = np.subtract(layout.up0, rm)  # running sum just after member k
     dmax = np.maximum(np.maximum.reduceat(tmp, layout.starts, axis=1), 0.0)
-    np.subtract(layout.down0, rm, out=tmp)           # running sum just before member k
+    np.subtract(layout.down0, rm, out=tmp)  # running sum just before member k
     dmin = np.minimum(np.minimum.reduceat(tmp, layout.starts, axis=1), 0.0)
     out[:, layout.valid_idx] = np.where(dmax >= -dmin, dmax, dmin)
     return out
@@ -264,7 +270,7 @@ def adjust_pvalues(p: np.ndarray, method: str = "bh") -> np.ndarray:
     flat = p.ravel()
     order = np.argsort(flat, kind="stable")
     scaled = flat[order] * m / np.arange(1, m + 1)
-    q_sorted = np.minimum.accumulate(scaled[::-1])[::-1]    # q_(i) = min_{j >= i} p_(j) m / j
+    q_sorted = np.minimum.accumulate(scaled[::-1])[::-1]  # q_(i) = min_{j >= i} p_(j) m / j
     q = np.empty_like(flat)
     q[order] = np.minimum(q_sorted, 1.0)
     return q.reshape(p.shape)
@@ -307,8 +313,7 @@ class EnrichmentResult:
         return self.score[:, self.set_names.index(name)]
 
 
-def enrichment_scores(weights: np.ndarray, token_sets: Mapping[str, Any], *, chunk_size: int = 32
-                      ) -> np.ndarray:
+def enrichment_scores(weights: np.ndarray, token_sets: Mapping[str, Any], *, chunk_size: int = 32) -> np.ndarray:
     """Signed enrichment scores of precomputed logit weights.
 
     Args:
@@ -326,14 +331,19 @@ def enrichment_scores(weights: np.ndarray, token_sets: Mapping[str, Any], *, chu
     names, members = _as_set_matrix(token_sets, vocab)
     layout = _SetLayout(members, vocab)
     chunk_size = max(1, int(chunk_size))
-    out = np.concatenate([_scores_chunk(w[s:s + chunk_size], layout, len(names))
-                          for s in range(0, w.shape[0], chunk_size)]) if w.shape[0] else \
-        np.zeros((0, len(names)))
+    out = (
+        np.concatenate(
+            [_scores_chunk(w[s : s + chunk_size], layout, len(names)) for s in range(0, w.shape[0], chunk_size)]
+        )
+        if w.shape[0]
+        else np.zeros((0, len(names)))
+    )
     return out[0] if squeeze else out
 
 
-def token_set_enrichment(w_dec_or_params: Any, W_U: Any, token_sets: Mapping[str, Any], *,
-                         chunk_size: int = 32, correction: str = "bh") -> EnrichmentResult:
+def token_set_enrichment(
+    w_dec_or_params: Any, W_U: Any, token_sets: Mapping[str, Any], *, chunk_size: int = 32, correction: str = "bh"
+) -> EnrichmentResult:
     """Token set enrichment of every latent of an SAE, with corrected significance.
 
     Args:
@@ -348,16 +358,22 @@ def token_set_enrichment(w_dec_or_params: Any, W_U: Any, token_sets: Mapping[str
     vocab = W_U.shape[1]
     names, members = _as_set_matrix(token_sets, vocab)
     layout = _SetLayout(members, vocab)
-    parts = [_scores_chunk(w, layout, len(names))
-             for _, w in iter_logit_weights(w_dec_or_params, W_U, chunk_size)]
+    parts = [_scores_chunk(w, layout, len(names)) for _, w in iter_logit_weights(w_dec_or_params, W_U, chunk_size)]
     score = np.concatenate(parts) if parts else np.zeros((0, len(names)))
     p = ks_pvalue(score, layout.sizes, vocab)
-    return EnrichmentResult(set_names=names, set_sizes=layout.sizes, score=score, pvalue=p,
-                            qvalue=adjust_pvalues(p, correction), correction=correction)
+    return EnrichmentResult(
+        set_names=names,
+        set_sizes=layout.sizes,
+        score=score,
+        pvalue=p,
+        qvalue=adjust_pvalues(p, correction),
+        correction=correction,
+    )
 
 
-def enrichment_from_weights(weights: np.ndarray, token_sets: Mapping[str, Any], *,
-                            chunk_size: int = 32, correction: str = "bh") -> EnrichmentResult:
+def enrichment_from_weights(
+    weights: np.ndarray, token_sets: Mapping[str, Any], *, chunk_size: int = 32, correction: str = "bh"
+) -> EnrichmentResult:
     """:func:`token_set_enrichment` on precomputed logit weights ``[n_latents, V]``."""
     w = np.atleast_2d(np.asarray(weights))
     vocab = w.shape[1]
@@ -365,5 +381,11 @@ def enrichment_from_weights(weights: np.ndarray, token_sets: Mapping[str, Any], 
     sizes = np.array([m.size for m in members], np.int64)
     score = enrichment_scores(w, token_sets, chunk_size=chunk_size)
     p = ks_pvalue(score, sizes, vocab)
-    return EnrichmentResult(set_names=names, set_sizes=sizes, score=score, pvalue=p,
-                            qvalue=adjust_pvalues(p, correction), correction=correction)
+    return EnrichmentResult(
+        set_names=names,
+        set_sizes=sizes,
+        score=score,
+        pvalue=p,
+        qvalue=adjust_pvalues(p, correction),
+        correction=correction,
+    )

@@ -44,11 +44,13 @@ Performance: latents are processed in chunks of ``chunk_size`` rows (the ``[chun
 block is the only large temporary, ``4 * chunk * vocab`` bytes); one jitted function computes the
 matmul, moments and top-k per chunk, and the last chunk is zero-padded so it compiles once.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +76,8 @@ class ClassThresholds:
         if not self.partition_max_kurtosis < self.heavy_tail_min_kurtosis:
             raise ValueError(
                 f"partition_max_kurtosis ({self.partition_max_kurtosis}) must be below "
-                f"heavy_tail_min_kurtosis ({self.heavy_tail_min_kurtosis}) so the classes are disjoint")
+                f"heavy_tail_min_kurtosis ({self.heavy_tail_min_kurtosis}) so the classes are disjoint"
+            )
         if self.min_abs_skew < 0 or self.partition_max_imbalance < 0:
             raise ValueError("min_abs_skew and partition_max_imbalance must be >= 0")
 
@@ -123,7 +126,7 @@ class LogitLensResult:
         """Number of latents in each class."""
         return {c: int(np.sum(self.feature_class == c)) for c in CLASSES}
 
-    def reclassify(self, thresholds: ClassThresholds) -> "LogitLensResult":
+    def reclassify(self, thresholds: ClassThresholds) -> LogitLensResult:
         """The same statistics classified with other thresholds (no recomputation)."""
         cls = classify(self.skew, self.kurtosis, self.frac_above_mean, thresholds)
         return dataclasses.replace(self, feature_class=cls, thresholds=thresholds)
@@ -133,8 +136,9 @@ class LogitLensResult:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "thresholds"}
 
 
-def classify(skew: np.ndarray, kurtosis: np.ndarray, frac_above_mean: np.ndarray,
-             thresholds: ClassThresholds = ClassThresholds()) -> np.ndarray:
+def classify(
+    skew: np.ndarray, kurtosis: np.ndarray, frac_above_mean: np.ndarray, thresholds: ClassThresholds = ClassThresholds()
+) -> np.ndarray:
     """``[d_sae]`` statistics -> ``[d_sae]`` class names (the rule in the module docstring).
 
     NaN statistics (dead latents) compare False everywhere and end up in ``other``.
@@ -164,50 +168,58 @@ def _check_shapes(W_dec: Any, W_U: Any) -> None:
     if W_dec.shape[1] != W_U.shape[0]:
         raise ValueError(
             f"W_dec is [d_sae, d_in] = {tuple(W_dec.shape)} but W_U is {tuple(W_U.shape)}: W_U must be "
-            "[d_in, vocab] (for tied embeddings pass embed.T)")
+            "[d_in, vocab] (for tied embeddings pass embed.T)"
+        )
 
 
 @jax.jit
 def _logits(w_dec_chunk: jax.Array, w_u: jax.Array) -> jax.Array:
     """``[c, d_in] @ [d_in, V] -> [c, V]`` in fp32 at full precision (no TF32/bf16 passes on GPU)."""
-    return jnp.matmul(w_dec_chunk.astype(jnp.float32), w_u.astype(jnp.float32),
-                      precision=jax.lax.Precision.HIGHEST)
+    return jnp.matmul(w_dec_chunk.astype(jnp.float32), w_u.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
 
 
 @partial(jax.jit, static_argnames=("k",))
 def _chunk_stats(w_dec_chunk: jax.Array, w_u: jax.Array, k: int) -> dict[str, jax.Array]:
     """One chunk of latents ``[c, d_in]`` -> moments ``[c]`` and top/bottom-k ``[c, k]``."""
-    w = _logits(w_dec_chunk, w_u)                         # [c, V]
+    w = _logits(w_dec_chunk, w_u)  # [c, V]
     mean = jnp.mean(w, axis=1)
-    d = w - mean[:, None]                                 # two-pass: centre first, then moments
+    d = w - mean[:, None]  # two-pass: centre first, then moments
     d2 = d * d
     m2 = jnp.mean(d2, axis=1)
     m3 = jnp.mean(d2 * d, axis=1)
     m4 = jnp.mean(d2 * d2, axis=1)
     live = m2 > 0
     safe_m2 = jnp.where(live, m2, 1.0)
-    skew = jnp.where(live, m3 / safe_m2 ** 1.5, jnp.nan)
+    skew = jnp.where(live, m3 / safe_m2**1.5, jnp.nan)
     kurt = jnp.where(live, m4 / (safe_m2 * safe_m2), jnp.nan)
     frac = jnp.mean((d > 0).astype(jnp.float32), axis=1)
     top_v, top_i = jax.lax.top_k(w, k)
     bot_v, bot_i = jax.lax.top_k(-w, k)
-    return dict(mean=mean, std=jnp.sqrt(m2), skew=skew, kurtosis=kurt, frac_above_mean=frac,
-                top_ids=top_i, top_values=top_v, bottom_ids=bot_i, bottom_values=-bot_v)
+    return dict(
+        mean=mean,
+        std=jnp.sqrt(m2),
+        skew=skew,
+        kurtosis=kurt,
+        frac_above_mean=frac,
+        top_ids=top_i,
+        top_values=top_v,
+        bottom_ids=bot_i,
+        bottom_values=-bot_v,
+    )
 
 
 def _padded_chunks(W_dec: Any, chunk_size: int) -> Iterator[tuple[int, int, jax.Array]]:
     """Yields ``(start, n_valid, chunk [chunk_size, d_in])``; the last chunk is zero-padded."""
     d_sae = W_dec.shape[0]
     for start in range(0, d_sae, chunk_size):
-        block = np.asarray(W_dec[start:start + chunk_size], dtype=np.float32)
+        block = np.asarray(W_dec[start : start + chunk_size], dtype=np.float32)
         n = block.shape[0]
         if n < chunk_size:
             block = np.concatenate([block, np.zeros((chunk_size - n, block.shape[1]), np.float32)])
         yield start, n, jnp.asarray(block)
 
 
-def iter_logit_weights(w_dec_or_params: Any, W_U: Any, chunk_size: int = 512
-                       ) -> Iterator[tuple[int, np.ndarray]]:
+def iter_logit_weights(w_dec_or_params: Any, W_U: Any, chunk_size: int = 512) -> Iterator[tuple[int, np.ndarray]]:
     """Yields ``(start, w)`` with ``w = W_dec[start:start+c] @ W_U`` as fp32 numpy ``[c, vocab]``.
 
     Only one ``[chunk_size, vocab]`` block exists at a time.
@@ -220,8 +232,7 @@ def iter_logit_weights(w_dec_or_params: Any, W_U: Any, chunk_size: int = 512
         yield start, np.asarray(_logits(block, w_u))[:n]
 
 
-def logit_weights(w_dec_or_params: Any, W_U: Any, latents: Sequence[int] | np.ndarray | None = None
-                  ) -> np.ndarray:
+def logit_weights(w_dec_or_params: Any, W_U: Any, latents: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Logit weights ``W_dec[latents] @ W_U``: ``[n, vocab]`` fp32 (all latents if ``latents`` is None;
     only for a few latents or small SAEs: use :func:`logit_lens` for whole SAEs)."""
     W_dec = _get_w_dec(w_dec_or_params)
@@ -230,8 +241,14 @@ def logit_weights(w_dec_or_params: Any, W_U: Any, latents: Sequence[int] | np.nd
     return np.asarray(_logits(jnp.asarray(rows), jnp.asarray(W_U, jnp.float32)))
 
 
-def logit_lens(w_dec_or_params: Any, W_U: Any, *, k: int = 10, chunk_size: int = 512,
-               thresholds: ClassThresholds = ClassThresholds()) -> LogitLensResult:
+def logit_lens(
+    w_dec_or_params: Any,
+    W_U: Any,
+    *,
+    k: int = 10,
+    chunk_size: int = 512,
+    thresholds: ClassThresholds = ClassThresholds(),
+) -> LogitLensResult:
     """Logit-lens statistics and classes of every latent.
 
     Args:
@@ -255,7 +272,7 @@ def logit_lens(w_dec_or_params: Any, W_U: Any, *, k: int = 10, chunk_size: int =
     w_u = jnp.asarray(W_U, jnp.float32)
     parts: dict[str, list[np.ndarray]] = {}
     pending = None  # keep one chunk in flight: dispatch the next before pulling the previous to host
-    for start, n, block in _padded_chunks(W_dec, chunk_size):
+    for _start, n, block in _padded_chunks(W_dec, chunk_size):
         out = _chunk_stats(block, w_u, k)
         if pending is not None:
             _collect(parts, *pending)
@@ -281,8 +298,8 @@ def moments_reference(w: np.ndarray) -> dict[str, np.ndarray]:
     w = np.asarray(w, np.float64)
     mean = w.mean(axis=1)
     d = w - mean[:, None]
-    m2 = (d ** 2).mean(axis=1)
+    m2 = (d**2).mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        skew = np.where(m2 > 0, (d ** 3).mean(axis=1) / m2 ** 1.5, np.nan)
-        kurt = np.where(m2 > 0, (d ** 4).mean(axis=1) / m2 ** 2, np.nan)
+        skew = np.where(m2 > 0, (d**3).mean(axis=1) / m2**1.5, np.nan)
+        kurt = np.where(m2 > 0, (d**4).mean(axis=1) / m2**2, np.nan)
     return dict(mean=mean, std=np.sqrt(m2), skew=skew, kurtosis=kurt, frac_above_mean=(d > 0).mean(axis=1))

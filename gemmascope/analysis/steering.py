@@ -5,6 +5,7 @@ alpha does not recompile. Generation recomputes the whole (padded) context each 
 keeping a KV cache: one compilation for a fixed ``max_len``, fine for the short prompts of
 interactive steering on small models.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,9 +33,19 @@ def steered_logits(params, tokens: jax.Array, vec: jax.Array, cfg: LMConfig, lay
     return forward(params, tokens, cfg, splice={(layer, site): lambda a: a + vec.astype(a.dtype)}).logits
 
 
-def generate(params, cfg: LMConfig, prompt_ids: list[int], vec: np.ndarray | None, layer: int, site: str,
-             max_new_tokens: int = 20, temperature: float = 0.0, seed: int = 0, max_len: int | None = None,
-             stop_ids: tuple[int, ...] = ()) -> list[int]:
+def generate(
+    params,
+    cfg: LMConfig,
+    prompt_ids: list[int],
+    vec: np.ndarray | None,
+    layer: int,
+    site: str,
+    max_new_tokens: int = 20,
+    temperature: float = 0.0,
+    seed: int = 0,
+    max_len: int | None = None,
+    stop_ids: tuple[int, ...] = (),
+) -> list[int]:
     """Greedy (``temperature == 0``) or sampled continuation of ``prompt_ids`` under steering.
 
     ``vec=None`` generates without steering (a zero vector). Returns the new token ids.
@@ -56,8 +67,9 @@ def generate(params, cfg: LMConfig, prompt_ids: list[int], vec: np.ndarray | Non
     rng = np.random.default_rng(seed)
     out: list[int] = []
     for t in range(n0, n0 + max_new_tokens):
-        logits = np.asarray(steered_logits(params, jnp.asarray(buf), jnp.asarray(vec), cfg, layer, site)[0, t - 1],
-                            np.float64)
+        logits = np.asarray(
+            steered_logits(params, jnp.asarray(buf), jnp.asarray(vec), cfg, layer, site)[0, t - 1], np.float64
+        )
         if temperature > 0:
             p = np.exp((logits - logits.max()) / temperature)
             nxt = int(rng.choice(len(p), p=p / p.sum()))
@@ -70,8 +82,18 @@ def generate(params, cfg: LMConfig, prompt_ids: list[int], vec: np.ndarray | Non
     return out
 
 
-def steer_text(params, cfg: LMConfig, tokenizer, prompt: str, sae_params: dict[str, Any] | None, latent: int,
-               alpha: float, layer: int, site: str, **kw) -> str:
+def steer_text(
+    params,
+    cfg: LMConfig,
+    tokenizer,
+    prompt: str,
+    sae_params: dict[str, Any] | None,
+    latent: int,
+    alpha: float,
+    layer: int,
+    site: str,
+    **kw,
+) -> str:
     """Text in, steered continuation out (BOS is prepended to the prompt)."""
     ids = [cfg.bos_id] + list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     vec = None if sae_params is None or alpha == 0 else steering_vector(sae_params, latent, alpha)

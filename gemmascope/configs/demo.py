@@ -17,6 +17,7 @@ The recipe is Gemma Scope's, scaled to a CPU budget: the same loss, STE, normali
 (b1 = 0) and decoder handling, but a larger learning rate and shorter warm-ups, since the run is
 about a thousand steps rather than a million.
 """
+
 from gemmascope import config as config_lib
 
 

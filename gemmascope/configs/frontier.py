@@ -18,6 +18,7 @@ Sweeps: JumpReLU and Gated over lambda (L0 penalty; L1 of the gate for Gated), R
 lambda of its decoder-norm-weighted L1, TopK over k (its L0 directly). Each grid was chosen to
 span L0 of roughly 10 to 200, the range where the curves are compared.
 """
+
 from gemmascope import config as config_lib
 from gemmascope.configs import demo
 

@@ -13,6 +13,7 @@ model: ``gemmascope.coverage.jobs("2b")``.
 ``arg``: ``width=16k`` (default: the smallest covered), ``layer=N``, ``site=res|att|mlp``, ``data=``,
 ``model=``, ``sweep=replicated|sharded`` (mesh), ``runlocal``.
 """
+
 from gemmascope import coverage
 
 

@@ -11,6 +11,7 @@ the toy run is about 2,000 steps rather than a million.
 
 ``arg``: ``runlocal`` (even smaller, for tests), ``steps=N``.
 """
+
 from gemmascope import config as config_lib
 
 

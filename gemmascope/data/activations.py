@@ -8,10 +8,12 @@ module. Batches are deterministic functions of their index, so generation and th
 stream can resume. Loading, packing and the outlier filter live in :mod:`gemmascope.data.sites`,
 shared with evaluation, dashboards and steering.
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +24,16 @@ from gemmascope.data.sites import location_key  # noqa: F401  (re-exported: the 
 
 def text_source_dict(config) -> dict[str, Any]:
     t = config.text
-    out = {"kind": t.kind, "name": t.name or None, "config": t.config or None, "split": t.split,
-           "text_column": t.text_column, "paths": list(t.paths) or None,
-           "doc_separator": t.doc_separator or None, "heldout_fraction": t.heldout_fraction}
+    out = {
+        "kind": t.kind,
+        "name": t.name or None,
+        "config": t.config or None,
+        "split": t.split,
+        "text_column": t.text_column,
+        "paths": list(t.paths) or None,
+        "doc_separator": t.doc_separator or None,
+        "heldout_fraction": t.heldout_fraction,
+    }
     if t.max_documents:
         out["limit"] = int(t.max_documents)
     return out
@@ -68,8 +77,7 @@ class LMActivations:
         """``{location_key: float32 [n_rows, d]}``: captured rows at real-text positions, less the
         norm outliers (``lm.outlier_norm_factor`` times the batch median; counted by position
         into ``stats[key]`` when given). See :func:`gemmascope.data.sites.site_rows`."""
-        return sites_lib.site_rows(self.lm, tokens, mask, self.sites, float(self.config.lm.outlier_norm_factor),
-                                   stats)
+        return sites_lib.site_rows(self.lm, tokens, mask, self.sites, float(self.config.lm.outlier_norm_factor), stats)
 
     def heldout_rows(self, n_rows: int) -> dict[str, np.ndarray]:
         """At least ``min(n_rows, all)`` held-out rows per location (whole batches)."""
@@ -104,8 +112,14 @@ class OnlineSource:
         self._cached: tuple[int, int] | None = None  # (epoch, lm_batch) that self._rows holds
 
     def get_state(self) -> dict[str, Any]:
-        return {"kind": "online", "key": self.key, "epoch": self._epoch, "lm_batch": self._lm_batch,
-                "offset": self._offset, "seed": self.seed}
+        return {
+            "kind": "online",
+            "key": self.key,
+            "epoch": self._epoch,
+            "lm_batch": self._lm_batch,
+            "offset": self._offset,
+            "seed": self.seed,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "online" or state.get("key") != self.key:
@@ -140,7 +154,7 @@ class OnlineSource:
                     self._epoch, self._lm_batch, self._offset, self._iter = self._epoch + 1, 0, 0, None
                     continue
                 self._rows, self._cached = rows, (self._epoch, self._lm_batch)
-            take = self._rows[self._offset:self._offset + need]
+            take = self._rows[self._offset : self._offset + need]
             out.append(take)
             need -= len(take)
             self._offset += len(take)

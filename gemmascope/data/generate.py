@@ -10,6 +10,7 @@ damage. BOS, EOS and padding positions are never
 stored. The norm distribution of what is stored (percentiles of ``||x||``) goes into each
 site's metadata and is printed, since a few early positions can carry huge norms.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,18 +57,28 @@ def _norm_summary(norms: np.ndarray) -> dict[str, float]:
     if len(norms) == 0:
         return {}
     q = np.percentile(norms, [0, 1, 50, 99, 99.9, 100])
-    return {"norm_min": float(q[0]), "norm_p1": float(q[1]), "norm_median": float(q[2]), "norm_p99": float(q[3]),
-            "norm_p999": float(q[4]), "norm_max": float(q[5]), "norm_max_over_median": float(q[5] / max(q[2], 1e-12))}
+    return {
+        "norm_min": float(q[0]),
+        "norm_p1": float(q[1]),
+        "norm_median": float(q[2]),
+        "norm_p99": float(q[3]),
+        "norm_p999": float(q[4]),
+        "norm_max": float(q[5]),
+        "norm_max_over_median": float(q[5] / max(q[2], 1e-12)),
+    }
 
 
 def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | None, log=print) -> dict:
     """Writes one split's store (resuming a killed run); returns its StoreInfo.sites."""
     path = part_root(root, part)
-    writer = store_lib.ActivationWriter(path, lm.dims, _metadata(config, lm, part),
-                                        rows_per_flush=int(config.store.rows_per_flush) or None)
+    writer = store_lib.ActivationWriter(
+        path, lm.dims, _metadata(config, lm, part), rows_per_flush=int(config.store.rows_per_flush) or None
+    )
     if writer.complete:
-        log(f"[generate:{part}] {path} is already complete; skipping (to check every chunk: "
-            f"python launch/verify_store.py --store={path})")
+        log(
+            f"[generate:{part}] {path} is already complete; skipping (to check every chunk: "
+            f"python launch/verify_store.py --store={path})"
+        )
         return store_lib.open_store(path).sites
     start = writer.resume_from_batch
     if start:
@@ -91,23 +102,34 @@ def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | 
         done_tokens += n
         dt = max(time.time() - t0, 1e-9)
         eta = f" ETA {fmt_time((target - rows_total) * dt / max(done_tokens, 1))}" if target else ""
-        bar.report(rows_total, f"[generate:{part}] batch {i}: {rows_total:,} tokens "
-                               f"({done_tokens / dt:,.0f} tok/s){eta}")
+        bar.report(
+            rows_total, f"[generate:{part}] batch {i}: {rows_total:,} tokens ({done_tokens / dt:,.0f} tok/s){eta}"
+        )
     bar.close()
     summaries = {k: _norm_summary(np.concatenate(v)) if v else {} for k, v in norms.items()}
-    info = writer.finalize({"norm_summary_this_run": summaries, "tokens_this_run": done_tokens,
-                            "outlier_norm_factor": float(config.lm.outlier_norm_factor),
-                            "norm_outliers_dropped_this_run": dropped, "resumed_from_batch": start})
+    info = writer.finalize(
+        {
+            "norm_summary_this_run": summaries,
+            "tokens_this_run": done_tokens,
+            "outlier_norm_factor": float(config.lm.outlier_norm_factor),
+            "norm_outliers_dropped_this_run": dropped,
+            "resumed_from_batch": start,
+        }
+    )
     for k, meta in info.sites.items():
         s = summaries.get(k) or {}
-        extra_txt = (f" |x| median {s['norm_median']:.1f}, p99 {s['norm_p99']:.1f}, max {s['norm_max']:.1f}"
-                     if s else "")
-        log(f"[generate:{part}] {k}: {meta['n_rows']:,} rows, d_in {meta['d_in']}, C={meta['norm_scale']:.4g}{extra_txt}")
+        extra_txt = f" |x| median {s['norm_median']:.1f}, p99 {s['norm_p99']:.1f}, max {s['norm_max']:.1f}" if s else ""
+        log(
+            f"[generate:{part}] {k}: {meta['n_rows']:,} rows, d_in {meta['d_in']}, "
+            f"C={meta['norm_scale']:.4g}{extra_txt}"
+        )
         if k in dropped:
             d = dropped[k]
             top = sorted(d["dropped_at_position"].items(), key=lambda kv: -kv[1])[:3]
-            log(f"[generate:{part}] {k}: dropped {d['dropped_rows']} rows with norm > "
-                f"{config.lm.outlier_norm_factor:g}x the batch median (positions, count: {top})")
+            log(
+                f"[generate:{part}] {k}: dropped {d['dropped_rows']} rows with norm > "
+                f"{config.lm.outlier_norm_factor:g}x the batch median (positions, count: {top})"
+            )
         if s and s["norm_max_over_median"] > 50:
             log(f"[generate:{part}] warning: {k} has rows with norm {s['norm_max_over_median']:.0f}x the median")
     return info.sites

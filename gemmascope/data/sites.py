@@ -16,11 +16,13 @@ rows it was trained on:
   and dashboards never encode them). ``factor <= 0`` keeps every real-text row.
 * :func:`site_rows`: per location, the kept rows ``[n, d]`` of a batch, as the store holds them.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -86,8 +88,9 @@ def pad_batch(tokens: np.ndarray, mask: np.ndarray, n_seq: int, bos: int, pad: i
     return np.concatenate([tokens, filler]), np.concatenate([mask, np.zeros((extra, tokens.shape[1]), bool)])
 
 
-def packed_batches(tokenizer, lm_cfg, texts: Iterable[str], seq_len: int, n_seq: int
-                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def packed_batches(
+    tokenizer, lm_cfg, texts: Iterable[str], seq_len: int, n_seq: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(tokens [n_seq, seq_len] int32, mask [n_seq, seq_len] bool)`` packed with BOS first, in
     the order of ``texts``; the last batch padded (see :func:`pad_batch`)."""
     bos, eos, pad = lm_cfg.bos_id, lm_cfg.eos_id, lm_cfg.pad_id
@@ -111,8 +114,9 @@ def keep_mask(act: jax.Array, mask: jax.Array, factor: float) -> jax.Array:
 _keep_mask_jit = jax.jit(keep_mask, static_argnames=("factor",))
 
 
-def capture(lm: LM, tokens: np.ndarray, mask: np.ndarray, sites: Iterable[Site], factor: float
-            ) -> dict[Site, tuple[jax.Array, jax.Array]]:
+def capture(
+    lm: LM, tokens: np.ndarray, mask: np.ndarray, sites: Iterable[Site], factor: float
+) -> dict[Site, tuple[jax.Array, jax.Array]]:
     """``{(layer, site): (act [B, T, d] float32, keep [B, T] bool)}`` for one batch; the LM stops
     after the deepest requested layer."""
     from gemmascope.lm.model import capture_activations
@@ -127,8 +131,14 @@ def capture(lm: LM, tokens: np.ndarray, mask: np.ndarray, sites: Iterable[Site],
     return out
 
 
-def site_rows(lm: LM, tokens: np.ndarray, mask: np.ndarray, sites: Iterable[Site], factor: float,
-              stats: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+def site_rows(
+    lm: LM,
+    tokens: np.ndarray,
+    mask: np.ndarray,
+    sites: Iterable[Site],
+    factor: float,
+    stats: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
     """``{location_key: float32 [n_rows, d]}``: the kept rows of one batch in row-major
     ``(sequence, position)`` order, as the store holds them. Dropped outliers are counted by
     position into ``stats[location_key]`` when given."""

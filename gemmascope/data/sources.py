@@ -10,6 +10,7 @@ Three implementations, picked by ``config.source``:
 Every source yields float32 batches ``[batch_size / n_slots, d_in]`` and saves its position as a
 JSON-able dict, so a resumed run sees exactly the batches an uninterrupted run would.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
@@ -30,7 +31,7 @@ class ActivationSource(Protocol):
 
     d_in: int
 
-    def __iter__(self) -> "ActivationSource": ...
+    def __iter__(self) -> ActivationSource: ...
 
     def __next__(self) -> np.ndarray: ...
 
@@ -43,8 +44,7 @@ class ActivationSource(Protocol):
     def heldout(self, n_rows: int) -> np.ndarray: ...
 
 
-def make_source(config, workdir: str, site: str, layer: int, slot: int = 0, n_slots: int = 1
-                ) -> ActivationSource:
+def make_source(config, workdir: str, site: str, layer: int, slot: int = 0, n_slots: int = 1) -> ActivationSource:
     """The activation stream for one location ``(site, layer)``.
 
     With several processes (``n_slots > 1``) each yields only its rows of every global batch:
@@ -60,8 +60,14 @@ def make_source(config, workdir: str, site: str, layer: int, slot: int = 0, n_sl
     if config.source == "toy":
         from gemmascope.data.toy import ToySource
 
-        src = ToySource(config.toy.d_in, config.toy.n_features, config.toy.mean_active, config.batch_size,
-                        seed=config.seed, noise_std=config.toy.noise_std)
+        src = ToySource(
+            config.toy.d_in,
+            config.toy.n_features,
+            config.toy.mean_active,
+            config.batch_size,
+            seed=config.seed,
+            noise_std=config.toy.noise_std,
+        )
         if jax.process_index() == 0:
             src.save_ground_truth(workdir)
         return RowSlice(src, slot, n_slots) if n_slots > 1 else src
@@ -93,4 +99,4 @@ class RowSlice:
     def __next__(self) -> np.ndarray:
         x = next(self.source)
         n = x.shape[0] // self.n_slots
-        return x[self.slot * n:(self.slot + 1) * n]
+        return x[self.slot * n : (self.slot + 1) * n]

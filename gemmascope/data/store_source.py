@@ -1,4 +1,5 @@
 """The trainer's view of the activation store (``config.source = "store"``)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,15 @@ class StoreSource:
     share of the global batch.
     """
 
-    def __init__(self, config, workdir: str, key: str, expected_d_in: int | None = None,
-                 process_index: int = 0, process_count: int = 1):
+    def __init__(
+        self,
+        config,
+        workdir: str,
+        key: str,
+        expected_d_in: int | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         root = store_root(config, workdir)
         self.train_root, self.heldout_root = part_root(root, "train"), part_root(root, "heldout")
         try:
@@ -30,21 +38,33 @@ class StoreSource:
                 raise  # a damaged store: the error says what to do
             raise store_lib.StoreError(
                 f"{e}\nCreate the activation store first (it resumes if interrupted):\n"
-                f"  python launch/generate_activations.py --config=<the same config and overrides> --workdir={workdir}\n"
-                f"or train straight from the LM with --config.source=online") from None
+                "  python launch/generate_activations.py --config=<the same config and overrides> "
+                f"--workdir={workdir}\n"
+                f"or train straight from the LM with --config.source=online"
+            ) from None
         if key not in info.sites:
-            raise store_lib.StoreError(f"activation store at {self.train_root} has no location {key!r} "
-                                       f"(it has {sorted(info.sites)}); regenerate it with this config's layers/sites")
+            raise store_lib.StoreError(
+                f"activation store at {self.train_root} has no location {key!r} "
+                f"(it has {sorted(info.sites)}); regenerate it with this config's layers/sites"
+            )
         if int(config.batch_size) % int(process_count):
-            raise store_lib.StoreError(f"batch_size {int(config.batch_size)} is not divisible by {int(process_count)} "
-                                       f"processes feeding the batch")
+            raise store_lib.StoreError(
+                f"batch_size {int(config.batch_size)} is not divisible by {int(process_count)} "
+                f"processes feeding the batch"
+            )
         self.key = key
         self.meta = info.sites[key]
         self.model_name = self.meta.get("model", "unknown")
         self.reader = store_lib.ActivationReader(
-            self.train_root, key, batch_size=int(config.batch_size) // int(process_count), seed=int(config.seed),
-            shuffle_buffer_rows=int(config.store.shuffle_buffer_rows), expected_d_in=expected_d_in,
-            process_index=process_index, process_count=process_count)
+            self.train_root,
+            key,
+            batch_size=int(config.batch_size) // int(process_count),
+            seed=int(config.seed),
+            shuffle_buffer_rows=int(config.store.shuffle_buffer_rows),
+            expected_d_in=expected_d_in,
+            process_index=process_index,
+            process_count=process_count,
+        )
         self.d_in = self.reader.d_in
 
     def get_state(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ document may continue into the next row (after that row's BOS). The last row is 
 with ``pad_id``. The mask is True at real text tokens only: False at BOS, EOS, padding, and any
 token whose id is one of those (e.g. a literal special token in the text).
 """
+
 from __future__ import annotations
 
 import glob
@@ -106,8 +107,14 @@ def iter_file_texts(path: str, text_column: str = "text", doc_separator: str | N
             yield from _split_percent(text, doc_separator)
 
 
-def iter_hf_texts(name: str, split: str = "train", text_column: str = "text", config: str | None = None,
-                  streaming: bool = True, **kwargs) -> Iterator[str]:
+def iter_hf_texts(
+    name: str,
+    split: str = "train",
+    text_column: str = "text",
+    config: str | None = None,
+    streaming: bool = True,
+    **kwargs,
+) -> Iterator[str]:
     """Documents of a Hugging Face dataset, streamed. Needs ``pip install datasets``."""
     try:
         import datasets
@@ -143,9 +150,12 @@ def iter_texts(source_cfg: Any = None) -> Iterator[str]:
         name = _get(source_cfg, "name")
         if not name:
             raise ValueError("text source kind='hf' needs a dataset name")
-        it = iter_hf_texts(name, split=_get(source_cfg, "split", "train") or "train",
-                           text_column=_get(source_cfg, "text_column", "text") or "text",
-                           config=_get(source_cfg, "config"))
+        it = iter_hf_texts(
+            name,
+            split=_get(source_cfg, "split", "train") or "train",
+            text_column=_get(source_cfg, "text_column", "text") or "text",
+            config=_get(source_cfg, "config"),
+        )
     elif kind == "files":
         paths = _get(source_cfg, "paths")
         if isinstance(paths, str):
@@ -165,8 +175,12 @@ def iter_texts(source_cfg: Any = None) -> Iterator[str]:
         raise ValueError(f"unknown text source kind {kind!r} (known: embedded, hf, files)")
     part = _get(source_cfg, "split_part")
     if part is not None:
-        it = filter_split(it, part, _get(source_cfg, "heldout_fraction", 0.05) or 0.05,
-                          _get(source_cfg, "salt", "gemmascope") or "gemmascope")
+        it = filter_split(
+            it,
+            part,
+            _get(source_cfg, "heldout_fraction", 0.05) or 0.05,
+            _get(source_cfg, "salt", "gemmascope") or "gemmascope",
+        )
     limit = _get(source_cfg, "limit")
     for n, t in enumerate(it):
         if limit is not None and n >= limit:
@@ -180,7 +194,7 @@ def iter_texts(source_cfg: Any = None) -> Iterator[str]:
 def doc_hash_unit(text: str, salt: str = "gemmascope") -> float:
     """A number in [0, 1) fixed by the document's text and the salt (blake2b, not Python's hash)."""
     h = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=salt.encode("utf-8")[:64]).digest()
-    return int.from_bytes(h, "big") / 2.0 ** 64
+    return int.from_bytes(h, "big") / 2.0**64
 
 
 def is_heldout(text: str, fraction: float = 0.05, salt: str = "gemmascope") -> bool:
@@ -228,9 +242,16 @@ def special_mask(tokens: np.ndarray, special_ids: Iterable[int]) -> np.ndarray:
     return ~np.isin(tokens, np.asarray(sorted(set(int(i) for i in special_ids))))
 
 
-def iter_packed(tokenizer, texts: Iterable[str], seq_len: int, bos_id: int, eos_id: int,
-                pad_id: int | None = None, batch_size: int = 64, drop_last: bool = False
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_packed(
+    tokenizer,
+    texts: Iterable[str],
+    seq_len: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int | None = None,
+    batch_size: int = 64,
+    drop_last: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stream packed batches: (tokens [n, seq_len] int32, mask [n, seq_len] bool), n <= batch_size.
 
     Every row is ``[BOS] + seq_len - 1`` tokens of the EOS-joined document stream. The final row
@@ -261,26 +282,34 @@ def iter_packed(tokenizer, texts: Iterable[str], seq_len: int, bos_id: int, eos_
         stream = np.concatenate(buf)
         n_full = len(stream) // body
         for j in range(n_full):
-            rows.append(np.concatenate([np.array([bos_id], np.int32), stream[j * body:(j + 1) * body]]))
+            rows.append(np.concatenate([np.array([bos_id], np.int32), stream[j * body : (j + 1) * body]]))
             lengths.append(seq_len)
             if len(rows) == batch_size:
                 yield emit()
                 rows, lengths = [], []
-        rest = stream[n_full * body:]
+        rest = stream[n_full * body :]
         buf, buf_len = [rest], len(rest)
     rest = np.concatenate(buf) if buf else np.empty(0, np.int32)
     if len(rest) and not drop_last:
         row = np.full(seq_len, pad, np.int32)
         row[0] = bos_id
-        row[1:1 + len(rest)] = rest
+        row[1 : 1 + len(rest)] = rest
         rows.append(row)
         lengths.append(1 + len(rest))
     if rows:
         yield emit()
 
 
-def pack(tokenizer, texts: Iterable[str], seq_len: int, bos_id: int, eos_id: int, pad_id: int | None = None,
-         max_sequences: int | None = None, drop_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def pack(
+    tokenizer,
+    texts: Iterable[str],
+    seq_len: int,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int | None = None,
+    max_sequences: int | None = None,
+    drop_last: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """All of ``texts`` packed: (tokens [N, seq_len] int32, mask [N, seq_len] bool). See module doc."""
     toks, masks = [], []
     n = 0

@@ -8,10 +8,12 @@ magnitude drawn uniformly from [0.5, 1.5]. A recovered SAE has a decoder row nea
 Every batch is a pure function of ``(seed, batch index)``, so the stream position is one integer
 and a resumed run sees exactly the batches an uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +21,9 @@ import numpy as np
 class ToySource:
     """Synthetic activations ``[batch, d_in]`` with ground-truth ``features [n_features, d_in]``."""
 
-    def __init__(self, d_in: int, n_features: int, mean_active: float, batch_size: int, seed: int = 0,
-                 noise_std: float = 0.0):
+    def __init__(
+        self, d_in: int, n_features: int, mean_active: float, batch_size: int, seed: int = 0, noise_std: float = 0.0
+    ):
         self.d_in = int(d_in)
         self.n_features = int(n_features)
         self.batch_size = int(batch_size)

@@ -45,11 +45,7 @@ def next_token_ce_and_kl(
     n = B * T1
     tb = max(1, min(int(token_block), n))
     nb = -(-n // tb)
-    x = (
-        jnp.pad(x.reshape(R, n, d), ((0, 0), (0, nb * tb - n), (0, 0)))
-        .reshape(R, nb, tb, d)
-        .transpose(1, 0, 2, 3)
-    )
+    x = jnp.pad(x.reshape(R, n, d), ((0, 0), (0, nb * tb - n), (0, 0))).reshape(R, nb, tb, d).transpose(1, 0, 2, 3)
     tgt = jnp.pad(jnp.asarray(tokens)[:, 1:].astype(jnp.int32).reshape(-1), (0, nb * tb - n)).reshape(nb, tb)
     w, V, size = unembedding_chunks(params, cfg, n_chunks)
 

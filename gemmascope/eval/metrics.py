@@ -45,12 +45,14 @@ losses depend only on the LM, site and tokens, so they can be cached across SAEs
 across sites (``clean_cache``). The clean run itself still runs from the site on (the KL needs
 its next-token distribution); its logits are computed once per vocabulary tile for all SAEs.
 """
+
 from __future__ import annotations
 
 import functools
 import hashlib
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,8 +60,8 @@ import numpy as np
 
 from gemmascope.common import fvu_from_sums
 from gemmascope.data import sites as sites_lib
-from gemmascope.lm.config import LMConfig
 from gemmascope.eval.kl import next_token_ce_and_kl
+from gemmascope.lm.config import LMConfig
 from gemmascope.lm.model import forward, next_token_ce_from_residual
 from gemmascope.sae import model as sae_model
 
@@ -77,8 +79,18 @@ splice_positions = sites_lib.keep_mask
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "site", "outlier_norm_factor", "ks", "baselines"))
-def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, site: str,
-                   outlier_norm_factor: float, ks: tuple, baselines: tuple[str, ...]):
+def _batch_metrics(
+    lm_params,
+    saes,
+    tokens,
+    mask,
+    cfg: LMConfig,
+    layer: int,
+    site: str,
+    outlier_norm_factor: float,
+    ks: tuple,
+    baselines: tuple[str, ...],
+):
     """One batch, every SAE of ``saes`` (a list at one site), sharing the LM up to ``layer``.
 
     The residual stream entering ``layer`` and the site's activation ``x`` are computed once;
@@ -90,8 +102,9 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
     key, last = (layer, site), (cfg.n_layers - 1, "res")
     start = dict(start_layer=0, h_in=None)
     if layer > 0:
-        h_in = forward(lm_params, tokens, cfg, capture=[(layer - 1, "res")], stop_after=layer - 1
-                       ).captures[(layer - 1, "res")]
+        h_in = forward(lm_params, tokens, cfg, capture=[(layer - 1, "res")], stop_after=layer - 1).captures[
+            (layer - 1, "res")
+        ]
         start = dict(start_layer=layer, h_in=h_in)
     x_raw = forward(lm_params, tokens, cfg, capture=[key], stop_after=layer, **start).captures[key]
     x = x_raw.astype(jnp.float32)
@@ -108,28 +121,39 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
             # site's layer runs once per batch instead of once per run.
             h = x_raw if fn is None else fn(x_raw)
             if layer < cfg.n_layers - 1:
-                h = forward(lm_params, tokens, cfg, capture=[last], stop_after=cfg.n_layers - 1,
-                            start_layer=layer + 1, h_in=h).captures[last]
+                h = forward(
+                    lm_params, tokens, cfg, capture=[last], stop_after=cfg.n_layers - 1, start_layer=layer + 1, h_in=h
+                ).captures[last]
             return h
-        out = forward(lm_params, tokens, cfg, capture=[last], splice={key: fn} if fn is not None else None,
-                      stop_after=cfg.n_layers - 1, **start)
+        out = forward(
+            lm_params,
+            tokens,
+            cfg,
+            capture=[last],
+            splice={key: fn} if fn is not None else None,
+            stop_after=cfg.n_layers - 1,
+            **start,
+        )
         return out.captures[last]
 
     w = mask[:, 1:].astype(jnp.float32)  # targets that are real tokens
     common = {
         "n_targets": jnp.sum(w),
-        "n_tokens": jnp.sum(s), "n_outliers": jnp.sum(mask) - jnp.sum(s),
+        "n_tokens": jnp.sum(s),
+        "n_outliers": jnp.sum(mask) - jnp.sum(s),
         "x_sum": jnp.sum(x * s[..., None], axis=(0, 1)),  # summed again in float64 across batches
         "x_sq_sum": jnp.sum(jnp.sum(x * x, axis=-1) * s),
         "count_by_pos": jnp.sum(s, axis=0),
     }
     if "zero" in baselines:
-        common["ce_zero"] = jnp.sum(next_token_ce_from_residual(lm_params, final_residual(jnp.zeros_like(x)),
-                                                                tokens, cfg) * w)
+        common["ce_zero"] = jnp.sum(
+            next_token_ce_from_residual(lm_params, final_residual(jnp.zeros_like(x)), tokens, cfg) * w
+        )
     recons = [reconstruct(dict(sae, k=k) if k is not None else sae, x) for sae, k in zip(saes, ks)]
     # Every SAE's run against the clean run (KL), the clean logits computed once per vocabulary tile.
     ce_clean, ce_sae, kl = next_token_ce_and_kl(
-        lm_params, final_residual(), jnp.stack([final_residual(x_hat) for x_hat, _ in recons]), tokens, cfg)
+        lm_params, final_residual(), jnp.stack([final_residual(x_hat) for x_hat, _ in recons]), tokens, cfg
+    )
     if "clean" in baselines:
         common["ce_clean"] = jnp.sum(ce_clean * w)
     x_norm = jnp.linalg.norm(x, axis=-1)  # [B, T]
@@ -140,18 +164,20 @@ def _batch_metrics(lm_params, saes, tokens, mask, cfg: LMConfig, layer: int, sit
         xh_norm = jnp.linalg.norm(x_hat, axis=-1)
         dot = jnp.sum(x * x_hat, axis=-1)
         cos = jnp.where((x_norm > 0) & (xh_norm > 0), dot / jnp.maximum(x_norm * xh_norm, 1e-30), 0.0)
-        per_sae.append({
-            "ce_sae": jnp.sum(ce_sae[i] * w),
-            "kl_sum": jnp.sum(kl[i] * w),
-            "l0_sum": jnp.sum(fired),
-            "err_sum": jnp.sum(err * s),
-            "fire_counts": jnp.sum(fired, axis=(0, 1)),
-            "err_by_pos": jnp.sum(err * s, axis=0),
-            "cos_sum": jnp.sum(cos * s),
-            "l2_ratio_sum": jnp.sum(xh_norm / jnp.where(x_norm < L2_RATIO_FLOOR, 1.0, x_norm) * s),
-            "xhat_sq_sum": jnp.sum(xh_norm ** 2 * s),
-            "x_dot_xhat_sum": jnp.sum(dot * s),
-        })
+        per_sae.append(
+            {
+                "ce_sae": jnp.sum(ce_sae[i] * w),
+                "kl_sum": jnp.sum(kl[i] * w),
+                "l0_sum": jnp.sum(fired),
+                "err_sum": jnp.sum(err * s),
+                "fire_counts": jnp.sum(fired, axis=(0, 1)),
+                "err_by_pos": jnp.sum(err * s, axis=0),
+                "cos_sum": jnp.sum(cos * s),
+                "l2_ratio_sum": jnp.sum(xh_norm / jnp.where(x_norm < L2_RATIO_FLOOR, 1.0, x_norm) * s),
+                "xhat_sq_sum": jnp.sum(xh_norm**2 * s),
+                "x_dot_xhat_sum": jnp.sum(dot * s),
+            }
+        )
     return common, per_sae
 
 
@@ -167,11 +193,19 @@ def _add(acc: dict[str, Any], out: dict[str, Any]) -> None:
         acc[k] = acc[k] + v if k in acc else v
 
 
-def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, np.ndarray]],
-                  saes: Sequence[dict[str, Any]], layer: int, site: str, outlier_norm_factor: float = 10.0,
-                  max_tokens: int | None = None, log: Callable | None = None,
-                  baseline_cache: dict[str, list[float]] | None = None,
-                  clean_cache: dict[str, float] | None = None) -> list[dict[str, Any]]:
+def evaluate_saes(
+    lm_params,
+    cfg: LMConfig,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    saes: Sequence[dict[str, Any]],
+    layer: int,
+    site: str,
+    outlier_norm_factor: float = 10.0,
+    max_tokens: int | None = None,
+    log: Callable | None = None,
+    baseline_cache: dict[str, list[float]] | None = None,
+    clean_cache: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
     """Metrics of several SAEs at one site, in one pass over the batches (see module doc).
 
     ``baseline_cache`` (batch content hash -> ``[ce_clean_sum, ce_zero_sum]``, for this LM and
@@ -182,8 +216,10 @@ def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, 
     """
     for s in saes:
         if "affine_skip_connection" in s:
-            raise ValueError("evaluate_saes: an affine transcoder (key 'affine_skip_connection') reads one "
-                             "site and writes another; evaluating transcoders is not supported here yet")
+            raise ValueError(
+                "evaluate_saes: an affine transcoder (key 'affine_skip_connection') reads one "
+                "site and writes another; evaluating transcoders is not supported here yet"
+            )
     arrays, ks = zip(*(sae_model.split_static_k(s) for s in saes))
     arrays, ks = list(arrays), tuple(ks)
     common: dict[str, Any] = {}
@@ -197,9 +233,20 @@ def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, 
             need: tuple[str, ...] = ()
         else:
             need = ("zero",) if clean is not None else ("clean", "zero")
-        c_out, outs = jax.device_get(_batch_metrics(
-            lm_params, arrays, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask), cfg, int(layer), site,
-            float(outlier_norm_factor), ks, need))
+        c_out, outs = jax.device_get(
+            _batch_metrics(
+                lm_params,
+                arrays,
+                jnp.asarray(tokens, jnp.int32),
+                jnp.asarray(mask),
+                cfg,
+                int(layer),
+                site,
+                float(outlier_norm_factor),
+                ks,
+                need,
+            )
+        )
         if cached is None:
             clean = float(c_out["ce_clean"]) if clean is None else clean
             cached = [clean, float(c_out["ce_zero"])]
@@ -227,12 +274,16 @@ def evaluate_saes(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, 
         res = {
             "l0": float(acc["l0_sum"] / n),
             "fvu": float(fvu_from_sums(acc["err_sum"], common["x_sum"], common["x_sq_sum"], n)),
-            "ce_clean": float(common["ce_clean"] / nt), "ce_sae": float(acc["ce_sae"] / nt),
+            "ce_clean": float(common["ce_clean"] / nt),
+            "ce_sae": float(acc["ce_sae"] / nt),
             "ce_zero": float(common["ce_zero"] / nt),
-            "n_tokens": int(n), "n_targets": int(nt), "n_outliers_kept_clean": int(common["n_outliers"]),
+            "n_tokens": int(n),
+            "n_targets": int(nt),
+            "n_outliers_kept_clean": int(common["n_outliers"]),
             "fire_counts": acc["fire_counts"].astype(np.int64),
-            "err_by_position": np.where(common["count_by_pos"] > 0,
-                                        acc["err_by_pos"] / np.maximum(common["count_by_pos"], 1), np.nan),
+            "err_by_position": np.where(
+                common["count_by_pos"] > 0, acc["err_by_pos"] / np.maximum(common["count_by_pos"], 1), np.nan
+            ),
             "tokens_per_second": tps,
         }
         res["delta_loss"] = res["ce_sae"] - res["ce_clean"]
@@ -262,9 +313,17 @@ def saebench_core(res: dict[str, Any], acc: dict[str, Any], n: float) -> dict[st
     }
 
 
-def evaluate_sae(lm_params, cfg: LMConfig, batches: Iterable[tuple[np.ndarray, np.ndarray]], sae: dict[str, Any],
-                 layer: int, site: str, outlier_norm_factor: float = 10.0, max_tokens: int | None = None,
-                 log: Callable | None = None) -> dict[str, Any]:
+def evaluate_sae(
+    lm_params,
+    cfg: LMConfig,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    sae: dict[str, Any],
+    layer: int,
+    site: str,
+    outlier_norm_factor: float = 10.0,
+    max_tokens: int | None = None,
+    log: Callable | None = None,
+) -> dict[str, Any]:
     """Streams ``(tokens [B, T], mask [B, T])`` batches and returns the metrics (see module doc).
 
     Result keys: l0, fvu, ce_clean, ce_sae, ce_zero, delta_loss, n_tokens, n_targets,

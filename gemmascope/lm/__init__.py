@@ -8,6 +8,17 @@
   ``"embedded:gemma3-270m"``), found through their pip packages.
 - :mod:`gemmascope.lm.tokenizer`: tokenizers, a GGUF's built once and cached.
 """
+
 from gemmascope.lm.config import (  # noqa: F401
-    SITES, LMConfig, gemma2_2b, gemma2_9b, gemma2_27b, gemma3_1b, gemma3_4b, gemma3_12b, gemma3_27b, gemma3_270m,
-    site_dim)
+    SITES,
+    LMConfig,
+    gemma2_2b,
+    gemma2_9b,
+    gemma2_27b,
+    gemma3_1b,
+    gemma3_4b,
+    gemma3_12b,
+    gemma3_27b,
+    gemma3_270m,
+    site_dim,
+)

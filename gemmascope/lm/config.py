@@ -8,6 +8,7 @@ every detail of docs/SPEC.md section 3; :func:`gemma3_270m` .. :func:`gemma3_27b
 embedded models (SmolLM2-135M, a Llama; Gemma 3 270M) get their config from their GGUF metadata
 (see :mod:`gemmascope.lm.loading`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -94,14 +95,16 @@ class LMConfig:
             raise ValueError(f"LMConfig.head_dim must be even for RoPE, got {self.head_dim}")
         if self.layer_types is not None:
             if len(self.layer_types) != self.n_layers or any(t not in ("sliding", "full") for t in self.layer_types):
-                raise ValueError(f"LMConfig.layer_types: need {self.n_layers} entries of 'sliding'/'full', got {self.layer_types!r}")
+                raise ValueError(
+                    f"LMConfig.layer_types: need {self.n_layers} entries of 'sliding'/'full', got {self.layer_types!r}"
+                )
         for f in ("rope_theta", "rope_scale", "rope_scale_sliding"):
             if not getattr(self, f) > 0:
                 raise ValueError(f"LMConfig.{f}: must be > 0, got {getattr(self, f)!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"LMConfig.dtype: must be float32, bfloat16 or float16, got {self.dtype!r}")
 
-    def replace(self, **kw) -> "LMConfig":
+    def replace(self, **kw) -> LMConfig:
         return dataclasses.replace(self, **kw)
 
     @property
@@ -147,20 +150,47 @@ def site_dim(cfg: LMConfig, site: str) -> int:
 
 def gemma2_2b(**kw) -> LMConfig:
     """Gemma 2 2B: 26 layers, d 2304, 8 q heads x 256, 4 kv heads, d_mlp 9216."""
-    return LMConfig(arch="gemma2", d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4, head_dim=256,
-                    d_mlp=9216, query_pre_attn_scalar=256.0, name="gemma-2-2b").replace(**kw)
+    return LMConfig(
+        arch="gemma2",
+        d_model=2304,
+        n_layers=26,
+        n_heads=8,
+        n_kv_heads=4,
+        head_dim=256,
+        d_mlp=9216,
+        query_pre_attn_scalar=256.0,
+        name="gemma-2-2b",
+    ).replace(**kw)
 
 
 def gemma2_9b(**kw) -> LMConfig:
     """Gemma 2 9B: 42 layers, d 3584, 16 q heads x 256, 8 kv heads, d_mlp 14336."""
-    return LMConfig(arch="gemma2", d_model=3584, n_layers=42, n_heads=16, n_kv_heads=8, head_dim=256,
-                    d_mlp=14336, query_pre_attn_scalar=256.0, name="gemma-2-9b").replace(**kw)
+    return LMConfig(
+        arch="gemma2",
+        d_model=3584,
+        n_layers=42,
+        n_heads=16,
+        n_kv_heads=8,
+        head_dim=256,
+        d_mlp=14336,
+        query_pre_attn_scalar=256.0,
+        name="gemma-2-9b",
+    ).replace(**kw)
 
 
 def gemma2_27b(**kw) -> LMConfig:
     """Gemma 2 27B: 46 layers, d 4608, 32 q heads x 128, 16 kv heads, d_mlp 36864, query scale 1/sqrt(144)."""
-    return LMConfig(arch="gemma2", d_model=4608, n_layers=46, n_heads=32, n_kv_heads=16, head_dim=128,
-                    d_mlp=36864, query_pre_attn_scalar=144.0, name="gemma-2-27b").replace(**kw)
+    return LMConfig(
+        arch="gemma2",
+        d_model=4608,
+        n_layers=46,
+        n_heads=32,
+        n_kv_heads=16,
+        head_dim=128,
+        d_mlp=36864,
+        query_pre_attn_scalar=144.0,
+        name="gemma-2-27b",
+    ).replace(**kw)
 
 
 def gemma3_layer_types(n_layers: int) -> tuple[str, ...]:
@@ -168,13 +198,39 @@ def gemma3_layer_types(n_layers: int) -> tuple[str, ...]:
     return tuple("full" if (i + 1) % 6 == 0 else "sliding" for i in range(n_layers))
 
 
-def _gemma3(name: str, d: int, L: int, H: int, K: int, D: int, F: int, window: int, vocab: int,
-            qpas: float, full_rope_scale: float, kw: dict) -> LMConfig:
-    return LMConfig(arch="gemma3", vocab_size=vocab, d_model=d, n_layers=L, n_heads=H, n_kv_heads=K,
-                    head_dim=D, d_mlp=F, rope_theta=1_000_000.0, rope_theta_sliding=10_000.0,
-                    rope_scale=full_rope_scale,
-                    attn_softcap=None, final_softcap=None, query_pre_attn_scalar=qpas, sliding_window=window,
-                    layer_types=gemma3_layer_types(L), name=name).replace(**kw)
+def _gemma3(
+    name: str,
+    d: int,
+    L: int,
+    H: int,
+    K: int,
+    D: int,
+    F: int,
+    window: int,
+    vocab: int,
+    qpas: float,
+    full_rope_scale: float,
+    kw: dict,
+) -> LMConfig:
+    return LMConfig(
+        arch="gemma3",
+        vocab_size=vocab,
+        d_model=d,
+        n_layers=L,
+        n_heads=H,
+        n_kv_heads=K,
+        head_dim=D,
+        d_mlp=F,
+        rope_theta=1_000_000.0,
+        rope_theta_sliding=10_000.0,
+        rope_scale=full_rope_scale,
+        attn_softcap=None,
+        final_softcap=None,
+        query_pre_attn_scalar=qpas,
+        sliding_window=window,
+        layer_types=gemma3_layer_types(L),
+        name=name,
+    ).replace(**kw)
 
 
 # Gemma 3 text towers (docs/SPEC.md section 8), as the transformers configs of the released checkpoints
@@ -208,9 +264,16 @@ def gemma3_27b(**kw) -> LMConfig:
     return _gemma3("gemma-3-27b", 5376, 62, 32, 16, 128, 21504, 1024, 262_208, 168.0, 8.0, kw)
 
 
-PRESETS = {"gemma2_2b": gemma2_2b, "gemma2_9b": gemma2_9b, "gemma2_27b": gemma2_27b,
-           "gemma3_270m": gemma3_270m, "gemma3_1b": gemma3_1b, "gemma3_4b": gemma3_4b,
-           "gemma3_12b": gemma3_12b, "gemma3_27b": gemma3_27b}
+PRESETS = {
+    "gemma2_2b": gemma2_2b,
+    "gemma2_9b": gemma2_9b,
+    "gemma2_27b": gemma2_27b,
+    "gemma3_270m": gemma3_270m,
+    "gemma3_1b": gemma3_1b,
+    "gemma3_4b": gemma3_4b,
+    "gemma3_12b": gemma3_12b,
+    "gemma3_27b": gemma3_27b,
+}
 
 
 def num_params(cfg: LMConfig) -> int:

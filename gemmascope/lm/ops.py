@@ -3,6 +3,7 @@
 Shapes: ``B`` batch, ``T`` positions, ``H`` query heads, ``K`` kv heads, ``D`` head_dim. Every
 function is pure and traceable; :mod:`gemmascope.lm.model` assembles them into blocks.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,8 +66,9 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, cfg: LMConfig, window: Any,
-              key_mask: jax.Array | None = None) -> jax.Array:
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, cfg: LMConfig, window: Any, key_mask: jax.Array | None = None
+) -> jax.Array:
     """Grouped-query causal attention.
 
     q: [B, T, H, D]; k, v: [B, T, K, D]; window: int (static or traced); key_mask: [B, T] bool
@@ -96,4 +98,3 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, cfg: LMConfig, window: A
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
     o = jnp.einsum("bkqs,bksd->bkqd", p, vt)  # [B, K, G*T, D]
     return o.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
-

@@ -7,6 +7,7 @@ vocabulary arrays of the file, twice, then generating BPE merges), against 6 s t
 result. The first build logs a line every ``heartbeat_s`` seconds with the time so far, then the
 total; later calls load ``$GEMMASCOPE_CACHE/tokenizers/<file>-<size>-<mtime>``.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,11 +70,19 @@ def load_tokenizer(path: str, cache: bool = True, log=_stderr, heartbeat_s: floa
             except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt below
                 log(f"[tokenizer] cached tokenizer at {cdir} is unreadable: rebuilding it")
         base = os.path.basename(path)
-        log(f"[tokenizer] building the tokenizer of {base} from its GGUF metadata (once; "
-            f"{'cached at ' + cdir if cache else 'not cached'})")
+        log(
+            f"[tokenizer] building the tokenizer of {base} from its GGUF metadata (once; "
+            f"{'cached at ' + cdir if cache else 'not cached'})"
+        )
         t0 = time.time()
-        tok = _with_heartbeat(f"building the tokenizer of {base}", lambda: AutoTokenizer.from_pretrained(
-            os.path.dirname(os.path.abspath(path)), gguf_file=base, local_files_only=True), log, heartbeat_s)
+        tok = _with_heartbeat(
+            f"building the tokenizer of {base}",
+            lambda: AutoTokenizer.from_pretrained(
+                os.path.dirname(os.path.abspath(path)), gguf_file=base, local_files_only=True
+            ),
+            log,
+            heartbeat_s,
+        )
         log(f"[tokenizer] built in {time.time() - t0:.1f}s ({len(tok):,} tokens)")
         if cache:
             try:
@@ -89,5 +98,6 @@ def load_tokenizer(path: str, cache: bool = True, log=_stderr, heartbeat_s: floa
         path = hub_dir
     if os.path.isdir(path):
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    raise CheckpointError(f"no tokenizer at {path!r}: expected a checkpoint directory, a .gguf file or "
-                          f"'embedded[:<name>]'")
+    raise CheckpointError(
+        f"no tokenizer at {path!r}: expected a checkpoint directory, a .gguf file or 'embedded[:<name>]'"
+    )

@@ -3,6 +3,7 @@
 
 The modules import :mod:`gemmascope.sae.common` for what they share, never this registry.
 """
+
 from __future__ import annotations
 
 from gemmascope.sae import batchtopk, gated, jumprelu, relu, topk
@@ -12,8 +13,18 @@ ARCHS: dict[str, Architecture] = {m.NAME: m for m in (jumprelu, relu, topk, gate
 
 for _m in ARCHS.values():
     if not isinstance(_m, Architecture):
-        names = ("NAME", "UNIT_NORM_DECODER", "FILE_LAYOUT", "init", "encode_train", "decode_train", "loss",
-                 "export_layout", "thresholds", "after_update")
+        names = (
+            "NAME",
+            "UNIT_NORM_DECODER",
+            "FILE_LAYOUT",
+            "init",
+            "encode_train",
+            "decode_train",
+            "loss",
+            "export_layout",
+            "thresholds",
+            "after_update",
+        )
         missing = [n for n in names if not hasattr(_m, n)]
         raise TypeError(f"{_m.__name__} does not satisfy sae.common.Architecture (missing {missing})")
 

@@ -22,7 +22,8 @@ evaluator takes it), ``threshold = max(theta, THRESHOLD_FLOOR)`` for every laten
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +32,13 @@ from gemmascope.sae import select
 from gemmascope.sae.common import (
     SAEConfig,
     as_sae_config,
+    decode_train,  # noqa: F401  (the contract's decode)
     init_base,
     l0_per_example,
     pre_activations,
-    reconstruction_loss,
     recon_aux,
+    reconstruction_loss,
 )
-from gemmascope.sae.common import decode_train  # noqa: F401  (the contract's decode)
 from gemmascope.sae.topk import auxk_loss
 
 NAME = "batchtopk"
@@ -103,9 +104,7 @@ def export_layout(params, cfg, sparsity=None):
     """The JumpReLU it becomes at inference, in training units."""
     d_sae = params["b_enc"].shape[-1]
     out = {k: params[k] for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
-    out["threshold"] = jnp.full(
-        (d_sae,), jnp.maximum(params["batch_threshold"], THRESHOLD_FLOOR), jnp.float32
-    )
+    out["threshold"] = jnp.full((d_sae,), jnp.maximum(params["batch_threshold"], THRESHOLD_FLOOR), jnp.float32)
     return out
 
 

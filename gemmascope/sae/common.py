@@ -12,7 +12,8 @@ the modules import this one (never :mod:`~gemmascope.sae.archs`), so there is no
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,7 @@ class SAEConfig:
     batchtopk_threshold_lr: float
 
     @classmethod
-    def from_mapping(cls, m: Mapping[str, Any]) -> "SAEConfig":
+    def from_mapping(cls, m: Mapping[str, Any]) -> SAEConfig:
         """From ``config.sae`` (or a partial dict: missing fields take the defaults of
         :func:`gemmascope.config.base_config`). Unknown keys raise, naming the key."""
         from gemmascope.config import base_config
@@ -66,7 +67,7 @@ class SAEConfig:
         return cls(**vals)
 
     @classmethod
-    def from_config(cls, config) -> "SAEConfig":
+    def from_config(cls, config) -> SAEConfig:
         """From a full experiment config (its ``sae`` section)."""
         return cls.from_mapping({k: config.sae[k] for k in config.sae.keys()})
 
@@ -87,7 +88,7 @@ def _coerce(type_name: str, v: Any) -> Any:
     return v
 
 
-def as_sae_config(cfg: "SAEConfig | Mapping[str, Any]") -> SAEConfig:
+def as_sae_config(cfg: SAEConfig | Mapping[str, Any]) -> SAEConfig:
     """An :class:`SAEConfig` from itself or a mapping (tests and notebooks pass small dicts)."""
     return cfg if isinstance(cfg, SAEConfig) else SAEConfig.from_mapping(cfg)
 
@@ -120,16 +121,14 @@ class Architecture(Protocol):
         x: jax.Array,
         cfg: SAEConfig,
         sparsity: Any,
-        dead: Optional[jax.Array] = None,
+        dead: jax.Array | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
     def export_layout(self, params: Mapping[str, jax.Array], cfg: SAEConfig, sparsity: Any) -> Params: ...
 
-    def thresholds(self, params: Mapping[str, jax.Array]) -> Optional[jax.Array]: ...
+    def thresholds(self, params: Mapping[str, jax.Array]) -> jax.Array | None: ...
 
-    def after_update(
-        self, params: Params, aux: Mapping[str, jax.Array], step: jax.Array, cfg: SAEConfig
-    ) -> Params:
+    def after_update(self, params: Params, aux: Mapping[str, jax.Array], step: jax.Array, cfg: SAEConfig) -> Params:
         """Gradient-free updates after the optimiser step (BatchTopK's threshold estimate)."""
         ...
 
@@ -152,9 +151,7 @@ def init_base(key: jax.Array, d_in: int, d_sae: int) -> Params:
     }
 
 
-def pre_activations(
-    params: Mapping[str, jax.Array], x: jax.Array, pre_encoder_bias: bool = True
-) -> jax.Array:
+def pre_activations(params: Mapping[str, jax.Array], x: jax.Array, pre_encoder_bias: bool = True) -> jax.Array:
     """``[batch, d_in] -> [batch, d_sae]``: ``(x - b_dec) @ W_enc + b_enc`` (or without ``- b_dec``).
 
     Computed as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same value, but the gradient to

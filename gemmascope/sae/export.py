@@ -3,6 +3,7 @@
 Reads through :mod:`gemmascope.sae.io` (any layout) and writes through
 :mod:`gemmascope.sae.formats` (Gemma Scope 2, SAELens) or :func:`gemmascope.sae.io.save_params`.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,16 @@ import os
 import numpy as np
 
 from gemmascope.sae import io as sae_io
-from gemmascope.sae.formats import (SKIP, check_layout, gs2_dir, load_any, log10_firing_frequency,
-                                    save_gemma_scope_2, save_sae_lens, sae_model_arch)
+from gemmascope.sae.formats import (
+    SKIP,
+    check_layout,
+    gs2_dir,
+    load_any,
+    log10_firing_frequency,
+    sae_model_arch,
+    save_gemma_scope_2,
+    save_sae_lens,
+)
 
 
 def export(src: str, layout: str, out: str, log10_freq: np.ndarray | None = None) -> str:
@@ -44,9 +53,7 @@ def saved_log10_frequency(folder: str) -> np.ndarray | None:
     return log10_firing_frequency(np.load(counts), n)
 
 
-def export_layouts(
-    layouts, workdir: str, folder: str, heldout: np.ndarray | None = None, log=print
-) -> list[str]:
+def export_layouts(layouts, workdir: str, folder: str, heldout: np.ndarray | None = None, log=print) -> list[str]:
     """The end-of-training hook: writes the SAE in ``workdir/saes/<...>`` (``folder``) in every
     other layout of ``layouts`` (``config.export.layouts``): SAELens under
     ``workdir/saes_sae_lens/<same sub-folders>`` (its sparsity file from the firing frequencies on

@@ -31,12 +31,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from gemmascope.config import EXPORT_LAYOUTS
 from gemmascope.common import atomic_write
+from gemmascope.config import EXPORT_LAYOUTS
 from gemmascope.sae import layouts as sae_io
 
 LAYOUTS = EXPORT_LAYOUTS  # declared in the config, which must not import this module
@@ -77,9 +78,7 @@ def layout_of(folder: str) -> str:
         }
         if name in by_file:
             return by_file[name]
-        raise sae_io.SAEFileError(
-            f"{folder}: not an SAE file (expected params.npz, params.safetensors or cfg.json)"
-        )
+        raise sae_io.SAEFileError(f"{folder}: not an SAE file (expected params.npz, params.safetensors or cfg.json)")
     for name, layout in (
         ("params.npz", "gemma_scope"),
         ("params.safetensors", "gemma_scope_2"),
@@ -88,13 +87,9 @@ def layout_of(folder: str) -> str:
         if os.path.exists(os.path.join(folder, name)):
             return layout
     what = (
-        "no such folder"
-        if not os.path.isdir(folder)
-        else "holds neither params.npz, params.safetensors nor cfg.json"
+        "no such folder" if not os.path.isdir(folder) else "holds neither params.npz, params.safetensors nor cfg.json"
     )
-    raise sae_io.SAEFileError(
-        f"{folder}: {what} (expected a Gemma Scope, Gemma Scope 2 or SAELens SAE folder)"
-    )
+    raise sae_io.SAEFileError(f"{folder}: {what} (expected a Gemma Scope, Gemma Scope 2 or SAELens SAE folder)")
 
 
 def check_layout(layout: str) -> str:
@@ -118,9 +113,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
         raise sae_io.SAEFileError(f"{path}: not a readable .safetensors file ({e})") from e
 
 
-def _write_safetensors(
-    path: str, arrays: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None
-) -> None:
+def _write_safetensors(path: str, arrays: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     from safetensors.numpy import save
 
     data = save({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}, metadata=metadata)
@@ -138,13 +131,10 @@ def _validate_with_skip(params: dict[str, np.ndarray], source: str) -> None:
         d_in = np.shape(params.get("W_enc", np.zeros((0, 0))))[0]
         d_out = np.shape(params.get("W_dec", np.zeros((0, 0))))[-1]
         if d_out != d_in:
-            raise sae_io.SAEFileError(
-                f"{source}: transcoder with d_out={d_out} != d_in={d_in}: not supported"
-            )
+            raise sae_io.SAEFileError(f"{source}: transcoder with d_out={d_out} != d_in={d_in}: not supported")
         if np.shape(params[SKIP]) != (d_in, d_out):
             raise sae_io.SAEFileError(
-                f"{source}: key {SKIP!r} has shape {np.shape(params[SKIP])}, "
-                f"expected {(d_in, d_out)} [d_in, d_out]"
+                f"{source}: key {SKIP!r} has shape {np.shape(params[SKIP])}, expected {(d_in, d_out)} [d_in, d_out]"
             )
         if not np.all(np.isfinite(params[SKIP])):
             raise sae_io.SAEFileError(f"{source}: key {SKIP!r} holds NaN or inf values")
@@ -161,9 +151,7 @@ def gs2_dir(root: str, site: str, layer: int, width: int, l0: float | str, affin
     if site not in GS2_SITES:
         raise ValueError(f"site {site!r} has no Gemma Scope 2 folder (known: {sorted(GS2_SITES)})")
     label = l0 if isinstance(l0, str) else str(int(round(float(l0))))
-    name = f"layer_{int(layer)}_width_{sae_io.width_name(int(width))}_l0_{label}" + (
-        "_affine" if affine else ""
-    )
+    name = f"layer_{int(layer)}_width_{sae_io.width_name(int(width))}_l0_{label}" + ("_affine" if affine else "")
     return os.path.join(root, GS2_SITES[site], name)
 
 
@@ -181,9 +169,7 @@ def parse_gs2_dir(folder: str) -> dict[str, Any]:
     return out
 
 
-def save_gemma_scope_2(
-    folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
-) -> str:
+def save_gemma_scope_2(folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
     """Writes ``folder/params.safetensors`` (lowercase keys; JumpReLU, optionally with the affine
     skip connection) and our ``metadata.json`` beside it when given; returns the file's path."""
     arch = sae_io.file_layout(metadata, folder) if metadata is not None else sae_model_arch(params)
@@ -323,9 +309,7 @@ def load_sae_lens(path: str) -> dict[str, np.ndarray]:
             "fold the normalisation into the weights first)"
         )
     if cfg.get("reshape_activations", "none") not in ("none", "hook_z"):
-        raise sae_io.SAEFileError(
-            f"{src}: reshape_activations={cfg['reshape_activations']!r} is not supported"
-        )
+        raise sae_io.SAEFileError(f"{src}: reshape_activations={cfg['reshape_activations']!r} is not supported")
     raw = _read_safetensors(os.path.join(folder, "sae_weights.safetensors"))
     if "log_threshold" in raw and "threshold" not in raw:  # older SAELens JumpReLU checkpoints
         raw["threshold"] = np.exp(raw.pop("log_threshold"))

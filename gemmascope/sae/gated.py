@@ -19,15 +19,24 @@ threshold ``theta`` (where theta <= 0 the gate is implied by the ReLU, i.e. thre
 thresholds are stored as ``THRESHOLD_FLOOR``, changing codes only for pre-activations in
 ``(0, THRESHOLD_FLOOR]``, in training units).
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
-                                   no_update, recon_aux)
+from gemmascope.sae.common import (
+    SAEConfig,
+    as_sae_config,
+    decode_train,
+    init_base,
+    l0_per_example,
+    no_update,
+    recon_aux,
+)
 
 NAME = "gated"
 UNIT_NORM_DECODER = True

@@ -17,21 +17,33 @@ The array layouts, validation and folding live in :mod:`gemmascope.sae.layouts`;
 and SAELens folders in :mod:`gemmascope.sae.formats`. This module is the entry point for every
 layout: :func:`load_params` and :func:`load_metadata` take any SAE folder.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from gemmascope.common import atomic_write
 from gemmascope.sae import formats
 from gemmascope.sae.layouts import (  # noqa: F401  (re-exported: the names callers use)
-    ARCH_FILE_LAYOUT, BASE_KEYS, FILE_KEYS, SAEFileError, file_layout, fold_normalisation, json_default,
-    load_npz, read_metadata_json, validate_params, width_name)
+    ARCH_FILE_LAYOUT,
+    BASE_KEYS,
+    FILE_KEYS,
+    SAEFileError,
+    file_layout,
+    fold_normalisation,
+    json_default,
+    load_npz,
+    read_metadata_json,
+    validate_params,
+    width_name,
+)
 
 _atomic_write = atomic_write  # one implementation: gemmascope/common.py
 _json_default = json_default

@@ -26,17 +26,27 @@ update). :func:`layout_params` turns either into the released layout.
 Everything here works in training units (see :mod:`gemmascope.sae.common`); the raw-unit forward
 of exported files is :mod:`gemmascope.sae.model`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from gemmascope.sae.common import (  # noqa: F401  (decode_train, pre_activations: this module's contract)
-    Params, SAEConfig, as_sae_config, decode_train, init_base, no_update, pre_activations, recon_aux,
-    reconstruction_loss)
+    Params,
+    SAEConfig,
+    as_sae_config,
+    decode_train,
+    init_base,
+    no_update,
+    pre_activations,
+    recon_aux,
+    reconstruction_loss,
+)
 
 LAYOUT_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
@@ -163,8 +173,9 @@ def layout_params(params: Mapping[str, jax.Array]) -> Params:
     return out
 
 
-def encode_train(params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any],
-                 sparsity: Any = None) -> jax.Array:
+def encode_train(
+    params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any], sparsity: Any = None
+) -> jax.Array:
     """Codes ``f [batch, d_sae]`` of normalised ``x [batch, d_in]`` (training units)."""
     del sparsity
     cfg = as_sae_config(cfg)
@@ -218,7 +229,10 @@ def frequency_penalty(pre: jax.Array, threshold: jax.Array, cfg: SAEConfig) -> j
 
 
 def loss(
-    params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any], sparsity: Any,
+    params: Mapping[str, jax.Array],
+    x: jax.Array,
+    cfg: SAEConfig | Mapping[str, Any],
+    sparsity: Any,
     dead: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean over the batch of ``||x - x_hat||^2`` plus :func:`sparsity_penalty` (``lambda * L0`` by
@@ -245,8 +259,7 @@ def loss(
     return (mse if recon is None else recon) + sparsity_term, aux
 
 
-def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0: Any,
-                        cfg: SAEConfig) -> Params:
+def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0: Any, cfg: SAEConfig) -> Params:
     """``params`` with each threshold at the ``1 - T / d_sae`` quantile of its pre-activations on
     the normalised sample ``x [n, d_in]`` (at least ``cfg.threshold_min``), so every latent fires on
     about ``T / d_sae`` of the rows and the mean L0 starts near ``T``."""

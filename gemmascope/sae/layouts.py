@@ -9,13 +9,15 @@ Three array layouts (see :mod:`gemmascope.sae.model`), named in ``metadata.json`
 also Gated and BatchTopK SAEs), ``relu`` (no threshold), ``topk`` (a scalar ``k`` instead of a
 threshold). A file without metadata (a released Gemma Scope file) must be a JumpReLU.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +26,13 @@ from gemmascope.sae.jumprelu import LAYOUT_KEYS
 BASE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 FILE_KEYS = {"jumprelu": LAYOUT_KEYS, "relu": BASE_KEYS, "topk": BASE_KEYS + ("k",)}
 # metadata.json "architecture" -> file layout (Gated SAEs export as JumpReLU, exactly)
-ARCH_FILE_LAYOUT = {"jumprelu": "jumprelu", "gated": "jumprelu", "relu": "relu", "topk": "topk",
-                    "batchtopk": "jumprelu"}  # BatchTopK exports the JumpReLU it becomes
+ARCH_FILE_LAYOUT = {
+    "jumprelu": "jumprelu",
+    "gated": "jumprelu",
+    "relu": "relu",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+}  # BatchTopK exports the JumpReLU it becomes
 
 
 class SAEFileError(ValueError):
@@ -65,8 +72,9 @@ def file_layout(metadata: Mapping[str, Any] | None, source: str = "<params>") ->
     return ARCH_FILE_LAYOUT[arch]
 
 
-def validate_params(params: Mapping[str, np.ndarray], source: str = "<params>", layout: str = "jumprelu"
-                    ) -> tuple[int, int]:
+def validate_params(
+    params: Mapping[str, np.ndarray], source: str = "<params>", layout: str = "jumprelu"
+) -> tuple[int, int]:
     """Checks keys, shapes, finiteness, threshold > 0 (JumpReLU) and ``k`` (TopK); returns ``(d_in, d_sae)``."""
     keys = FILE_KEYS[layout]
     for key in keys:
@@ -97,9 +105,7 @@ def validate_params(params: Mapping[str, np.ndarray], source: str = "<params>", 
     thr = np.asarray(params["threshold"])
     if np.any(thr <= 0):
         bad = int(np.argmin(thr))
-        raise SAEFileError(
-            f"{source}: key 'threshold' must be > 0 everywhere; latent {bad} has {float(thr[bad])!r}"
-        )
+        raise SAEFileError(f"{source}: key 'threshold' must be > 0 everywhere; latent {bad} has {float(thr[bad])!r}")
     return int(d_in), int(d_sae)
 
 
@@ -134,8 +140,10 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
     metadata = read_metadata_json(os.path.dirname(path)) or {}
     want = metadata.get("params_sha256")
     if want is not None and hashlib.sha256(data).hexdigest() != want:
-        raise SAEFileError(f"{path}: the file's sha256 does not match params_sha256 in metadata.json (the "
-                           "file is truncated or corrupt, or was replaced); export the SAE again or copy it again")
+        raise SAEFileError(
+            f"{path}: the file's sha256 does not match params_sha256 in metadata.json (the "
+            "file is truncated or corrupt, or was replaced); export the SAE again or copy it again"
+        )
     try:
         with np.load(io.BytesIO(data)) as npz:
             arrays = {k: np.asarray(npz[k], np.float32) for k in npz.files}

@@ -12,9 +12,11 @@ told apart by their keys:
 
 with ``pre = x @ W_enc + b_enc`` and ``x_hat = f @ W_dec + b_dec`` throughout.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -9,15 +9,25 @@ recipe); rows are neither renormalised nor gradient-projected. Initialised like 
 Exported files have no ``threshold`` key (see :mod:`gemmascope.sae.model`). Training units
 throughout (see :mod:`gemmascope.sae.common`).
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
-                                   no_update, pre_activations, recon_aux)
+from gemmascope.sae.common import (
+    SAEConfig,
+    as_sae_config,
+    decode_train,
+    init_base,
+    l0_per_example,
+    no_update,
+    pre_activations,
+    recon_aux,
+)
 
 NAME = "relu"
 UNIT_NORM_DECODER = False

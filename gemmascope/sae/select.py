@@ -62,9 +62,7 @@ def topk_threshold(x: jax.Array, k: int, sample_stride: int = 1, margin: float =
         hi_s = sortable_keys(t_s * (1.0 + margin)) + 1
         n_lo_s = jnp.sum(keys >= lo_s, axis=-1, keepdims=True, dtype=jnp.int32)
         use_lo = (n_lo_s >= k) & (lo_s > lo) & (lo_s < hi_s)
-        use_hi = (
-            (jnp.sum(keys >= hi_s, axis=-1, keepdims=True, dtype=jnp.int32) < k) & (hi_s < hi) & (lo_s < hi_s)
-        )
+        use_hi = (jnp.sum(keys >= hi_s, axis=-1, keepdims=True, dtype=jnp.int32) < k) & (hi_s < hi) & (lo_s < hi_s)
         lo, n_lo = jnp.where(use_lo, lo_s, lo), jnp.where(use_lo, n_lo_s, n_lo)
         hi = jnp.where(use_hi, hi_s, hi)
     return _bisect(keys, k, lo, hi, n_lo)

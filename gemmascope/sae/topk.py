@@ -14,17 +14,27 @@ k is the sweep value and is static (one compiled top-k per SAE of the stack). De
 unit norm with the parallel gradient removed, as in the paper. Exported files carry ``k``.
 Training units throughout (see :mod:`gemmascope.sae.common`).
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gemmascope.sae.common import (SAEConfig, as_sae_config, decode_train, init_base, l0_per_example,
-                                   no_update, pre_activations, recon_aux)
 from gemmascope.sae import select
+from gemmascope.sae.common import (
+    SAEConfig,
+    as_sae_config,
+    decode_train,
+    init_base,
+    l0_per_example,
+    no_update,
+    pre_activations,
+    recon_aux,
+)
 from gemmascope.sae.model import topk_mask
 
 NAME = "topk"
@@ -59,6 +69,7 @@ def auxk_loss(params, pre: jax.Array, residual: jax.Array, dead: jax.Array, k_au
     if k_aux >= pre.shape[-1]:  # every dead latent (a full top-k would be a slow sort)
         chosen = all_dead
     else:
+
         def top_dead():
             masked = jnp.where(dead, jax.lax.stop_gradient(pre), -jnp.inf)
             return select.topk_mask_rows(masked, int(k_aux)) & dead
@@ -78,9 +89,11 @@ def loss(params, x, cfg, sparsity, dead=None):
     if dead is not None:
         residual = jax.lax.stop_gradient(x - x_hat)
         alpha = cfg.auxk_coefficient
-        aux_l = jax.lax.cond(jnp.any(dead),
-                             lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k),
-                             lambda: jnp.zeros([], jnp.float32))
+        aux_l = jax.lax.cond(
+            jnp.any(dead),
+            lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k),
+            lambda: jnp.zeros([], jnp.float32),
+        )
         total = total + alpha * aux_l
         aux["sparsity_loss"] = jax.lax.stop_gradient(alpha * aux_l)  # the auxiliary term, for the logs
     return total, aux

@@ -54,17 +54,11 @@ def _leaf_digests(tree) -> list[jax.Array]:
 
 def state_digest(state: Any) -> list[int]:
     """The per-leaf digests of a state pytree, as Python ints (same on every process)."""
-    return [
-        int(np.asarray(d.addressable_data(0) if isinstance(d, jax.Array) else d))
-        for d in _leaf_digests(state)
-    ]
+    return [int(np.asarray(d.addressable_data(0) if isinstance(d, jax.Array) else d)) for d in _leaf_digests(state)]
 
 
 def json_digest(obj: Any) -> str:
-    return (
-        "sha256:"
-        + hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    )
+    return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class Checkpoints:
@@ -145,8 +139,7 @@ class Checkpoints:
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore/json raise many types
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 self.log(
-                    f"[checkpoint] step {step} in {self.directory} is unusable ({reason}); "
-                    f"trying the previous one"
+                    f"[checkpoint] step {step} in {self.directory} is unusable ({reason}); trying the previous one"
                 )
                 refused.append((step, reason))
                 continue

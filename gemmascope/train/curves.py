@@ -6,14 +6,22 @@ mean, lambda or k, learning rate; the ones the rows carry), one line per SAE of 
 the training step. A resumed run logs some steps twice (those after its last checkpoint); the
 last row of a step wins, as it is the one the resumed state continued from.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
-PANELS = (("loss", "loss", True), ("l0", "L0", True), ("fvu", "FVU (training batch)", False),
-          ("dead_fraction", "dead fraction", False), ("threshold_mean", "threshold mean", True),
-          ("lambda", "lambda (warm-up)", False), ("lr", "learning rate", False))
+PANELS = (
+    ("loss", "loss", True),
+    ("l0", "L0", True),
+    ("fvu", "FVU (training batch)", False),
+    ("dead_fraction", "dead fraction", False),
+    ("threshold_mean", "threshold mean", True),
+    ("lambda", "lambda (warm-up)", False),
+    ("lr", "learning rate", False),
+)
 
 
 def series(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, dict[int, dict[str, Any]]]]:
@@ -36,8 +44,9 @@ def sweep_labels(workdir: str, location: str, arch: str) -> dict[int, str]:
         return {}
     with open(path) as fh:
         records = json.load(fh)
-    return {i: run_name(i, r.get("k", r.get("sparsity_coefficient", float("nan"))), arch)
-            for i, r in enumerate(records)}
+    return {
+        i: run_name(i, r.get("k", r.get("sparsity_coefficient", float("nan"))), arch) for i, r in enumerate(records)
+    }
 
 
 def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> list[str]:
@@ -49,6 +58,7 @@ def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> lis
 
     from gemmascope.config import K_ARCHS
     from gemmascope.train.writers import iter_metrics
+
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no metrics (train into this workdir first: launch/train.py)")
@@ -73,7 +83,7 @@ def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> lis
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(True, alpha=0.3)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=6)
         fig.suptitle(location, fontsize=10)

@@ -12,6 +12,7 @@ Where the arguments come from, first match wins:
 * ``coordinator_address = "auto"``: ``jax.distributed.initialize()`` with no arguments, which
   detects TPU pods, SLURM and Open MPI by itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,12 +49,16 @@ def resolve_args(config) -> dict[str, Any] | None:
     if not addr and n <= 1:
         return None
     if not addr:
-        raise ConfigError(f"config.distributed.coordinator_address: num_processes={n} but no coordinator address "
-                          f"(set it, or JAX_COORDINATOR_ADDRESS, e.g. 10.0.0.1:8476)")
+        raise ConfigError(
+            f"config.distributed.coordinator_address: num_processes={n} but no coordinator address "
+            f"(set it, or JAX_COORDINATOR_ADDRESS, e.g. 10.0.0.1:8476)"
+        )
     if n <= 0 or not (0 <= pid < n):
-        raise ConfigError(f"config.distributed: coordinator {addr!r} needs num_processes > 0 and 0 <= process_id < "
-                          f"num_processes, got num_processes={n}, process_id={pid} "
-                          f"(or set JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+        raise ConfigError(
+            f"config.distributed: coordinator {addr!r} needs num_processes > 0 and 0 <= process_id < "
+            f"num_processes, got num_processes={n}, process_id={pid} "
+            f"(or set JAX_NUM_PROCESSES / JAX_PROCESS_ID)"
+        )
     if n == 1:
         return None
     return {"coordinator_address": addr, "num_processes": n, "process_id": pid}
@@ -84,7 +89,7 @@ def allgather_json(obj: Any) -> list[Any]:
     raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
     n = int(np.max(multihost_utils.process_allgather(np.asarray([raw.size], np.int32))))
     buf = np.zeros((n,), np.uint8)
-    buf[:raw.size] = raw
+    buf[: raw.size] = raw
     every = np.asarray(multihost_utils.process_allgather(buf)).reshape(jax.process_count(), n)
     return [json.loads(bytes(row).rstrip(b"\0").decode()) for row in every]
 

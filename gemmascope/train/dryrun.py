@@ -12,6 +12,7 @@ dimensions (``gemmascope.lm.config`` presets, matched by the hub id in ``config.
 The compiled program is XLA:CPU's, so temporaries are CPU's fusion choices; a TPU/GPU compile
 differs in detail but the state (most of the memory at large widths) is the same.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,10 @@ def site_d_in(config, site: str) -> int:
         cfg = preset()
         if cfg.name == name:
             return int(lm_config.site_dim(cfg, site))
-    raise config_lib.ConfigError(f"config.lm.checkpoint: the dry run needs a model of known size (one of "
-                                 f"{[p().name for p in lm_config.PRESETS.values()]}), got {config.lm.checkpoint!r}")
+    raise config_lib.ConfigError(
+        f"config.lm.checkpoint: the dry run needs a model of known size (one of "
+        f"{[p().name for p in lm_config.PRESETS.values()]}), got {config.lm.checkpoint!r}"
+    )
 
 
 def _shard_bytes(abstract_state: Any) -> int:
@@ -74,9 +77,12 @@ def dry_run(config, device_memory_gb: float = 95.0, log=print) -> list[dict[str,
     b = int(config.batch_size)
     dead_window_steps = max(1, math.ceil(config.dead_window_tokens / b))
     dev = jax.devices()[0]
-    log(f"dry run: mesh data={mesh.shape['data']} x model={mesh.shape['model']} ({mesh.size} fake "
+    log(
+        f"dry run: mesh data={mesh.shape['data']} x model={mesh.shape['model']} ({mesh.size} fake "
         f"{dev.platform} devices), sweep={config.mesh.sweep}, K={k}, batch {b} "
-        f"({b // mesh.shape['data']} rows per data shard), arch {config.sae.arch}; budget {device_memory_gb:g} GB/device")
+        f"({b // mesh.shape['data']} rows per data shard), arch {config.sae.arch}; "
+        f"budget {device_memory_gb:g} GB/device"
+    )
     reports = []
     shapes_of: dict[tuple[int, int], list[str]] = {}  # sites of equal d_in share one compile
     for s in config.sites:
@@ -92,23 +98,42 @@ def dry_run(config, device_memory_gb: float = 95.0, log=print) -> list[dict[str,
         compiled = fn.lower(*sweep.abstract_args(with_shardings=True)).compile()
         seconds = time.time() - t0
         mem = compiled.memory_analysis()
-        arg, out, alias, temp = (int(getattr(mem, f"{n}_size_in_bytes", 0) or 0)
-                                 for n in ("argument", "output", "alias", "temp"))
+        arg, out, alias, temp = (
+            int(getattr(mem, f"{n}_size_in_bytes", 0) or 0) for n in ("argument", "output", "alias", "temp")
+        )
         peak = arg + out - alias + temp
         state_bytes = _shard_bytes(sweep.abstract_state())
         flops = 10.0 * b * d_in * width * k
         cost = _cost_flops(compiled)
-        r = {"site": site, "width": width, "d_in": d_in, "k": k, "batch": b, "mesh": dict(mesh.shape),
-             "sweep": str(config.mesh.sweep), "devices": int(mesh.size), "state_gb": state_bytes / GB,
-             "argument_gb": arg / GB, "output_gb": out / GB, "alias_gb": alias / GB, "temp_gb": temp / GB,
-             "peak_gb": peak / GB, "fits": peak <= device_memory_gb * GB, "budget_gb": device_memory_gb,
-             "flops_step": flops, "flops_per_device": flops / mesh.size, "cost_analysis_flops": cost,
-             "compile_s": seconds}
+        r = {
+            "site": site,
+            "width": width,
+            "d_in": d_in,
+            "k": k,
+            "batch": b,
+            "mesh": dict(mesh.shape),
+            "sweep": str(config.mesh.sweep),
+            "devices": int(mesh.size),
+            "state_gb": state_bytes / GB,
+            "argument_gb": arg / GB,
+            "output_gb": out / GB,
+            "alias_gb": alias / GB,
+            "temp_gb": temp / GB,
+            "peak_gb": peak / GB,
+            "fits": peak <= device_memory_gb * GB,
+            "budget_gb": device_memory_gb,
+            "flops_step": flops,
+            "flops_per_device": flops / mesh.size,
+            "cost_analysis_flops": cost,
+            "compile_s": seconds,
+        }
         reports.append(r)
-        log(f"  {site} width {width} (d_in {d_in}): per device state {r['state_gb']:.2f} GB, XLA arguments "
+        log(
+            f"  {site} width {width} (d_in {d_in}): per device state {r['state_gb']:.2f} GB, XLA arguments "
             f"{r['argument_gb']:.2f} + outputs {r['output_gb']:.2f} - aliased {r['alias_gb']:.2f} + temporaries "
             f"{r['temp_gb']:.2f} = peak {r['peak_gb']:.2f} GB -> {'fits' if r['fits'] else 'DOES NOT FIT'} "
             f"{device_memory_gb:g} GB; step {flops / 1e12:.2f} TFLOP (10*B*d_in*d_sae*K), "
             f"{flops / mesh.size / 1e12:.3f} per device, cost_analysis "
-            f"{'n/a' if cost is None else f'{cost / 1e12:.3f}'} TFLOP/device; compiled in {seconds:.1f} s")
+            f"{'n/a' if cost is None else f'{cost / 1e12:.3f}'} TFLOP/device; compiled in {seconds:.1f} s"
+        )
     return reports

@@ -9,13 +9,15 @@ and at the end every SAE is exported in the Gemma Scope layout under ``workdir/s
 the same command on the same workdir resumes: finished locations are skipped, an unfinished one
 continues from its last checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +26,8 @@ import numpy as np
 from gemmascope import config as config_lib
 from gemmascope.common import fvu
 from gemmascope.data.sources import make_source
-from gemmascope.sae import export as sae_export
 from gemmascope.progress import TrainingProgress as Progress
+from gemmascope.sae import export as sae_export
 from gemmascope.sae import io as sae_io
 from gemmascope.train import step as step_lib
 from gemmascope.train import writers
@@ -87,8 +89,9 @@ class _Location:
     log: Callable
 
 
-def train_location(config, workdir: str, site: str, layer: int, width: int, log=print,
-                   mesh=None) -> list[dict[str, Any]]:
+def train_location(
+    config, workdir: str, site: str, layer: int, width: int, log=print, mesh=None
+) -> list[dict[str, Any]]:
     """Trains all lambdas at one location; returns the export records (path, metrics) per SAE.
 
     Three phases: :func:`_init_or_restore` (fresh state with the normalisation constant, or the
@@ -117,11 +120,22 @@ def train_location(config, workdir: str, site: str, layer: int, width: int, log=
     key = jax.random.PRNGKey(config.seed)
     k = len(values)
     shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, 1.0))
-    loc = _Location(config, workdir, site, layer, width, name, source,
-                    sharding.ShardedSweep(config, mesh, shapes, d_in, width),
-                    Checkpoints(os.path.join(workdir, "runs", name, "checkpoints"),
-                                max_to_keep=config.max_checkpoints),
-                    key, d_in, values, config_lib.total_steps(config), log)
+    loc = _Location(
+        config,
+        workdir,
+        site,
+        layer,
+        width,
+        name,
+        source,
+        sharding.ShardedSweep(config, mesh, shapes, d_in, width),
+        Checkpoints(os.path.join(workdir, "runs", name, "checkpoints"), max_to_keep=config.max_checkpoints),
+        key,
+        d_in,
+        values,
+        config_lib.total_steps(config),
+        log,
+    )
     start, state = _init_or_restore(loc, mesh)
     state = _run(loc, start, state)
     return _export_and_mark(loc, state, done_marker)
@@ -145,9 +159,11 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
     norm_scale = distributed.broadcast_float(norm_scale)  # one C for every process
     sample_n = step_lib.init_sample(config, sample, norm_scale)  # None unless quantile threshold init
     state = loc.sweep.init(lambda: step_lib.init_state(loc.key, config, loc.d_in, loc.width, k, norm_scale, sample_n))
-    loc.log(f"[{loc.name}] {k} SAEs d_in={loc.d_in} d_sae={loc.width}, {loc.total} steps of {config.batch_size}; "
-            f"normalisation C={norm_scale:.6g} from {len(sample)} rows; mesh data={mesh.shape['data']} "
-            f"model={mesh.shape['model']} sweep={config.mesh.sweep} over {jax.process_count()} process(es)")
+    loc.log(
+        f"[{loc.name}] {k} SAEs d_in={loc.d_in} d_sae={loc.width}, {loc.total} steps of {config.batch_size}; "
+        f"normalisation C={norm_scale:.6g} from {len(sample)} rows; mesh data={mesh.shape['data']} "
+        f"model={mesh.shape['model']} sweep={config.mesh.sweep} over {jax.process_count()} process(es)"
+    )
     return 0, state
 
 
@@ -172,9 +188,17 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
                 m = _fetch(metrics)
                 rows = []
                 for i in range(len(values)):
-                    row = {"location": name, "arch": config.sae.arch, "site": loc.site, "layer": loc.layer,
-                           "width": loc.width, "sae": i, "lambda": values[i], "step": step,
-                           "tokens": step * config.batch_size}
+                    row = {
+                        "location": name,
+                        "arch": config.sae.arch,
+                        "site": loc.site,
+                        "layer": loc.layer,
+                        "width": loc.width,
+                        "sae": i,
+                        "lambda": values[i],
+                        "step": step,
+                        "tokens": step * config.batch_size,
+                    }
                     row.update({mk: float(mv[i]) for mk, mv in m.items()})
                     rows.append(row)
                 mwriter.write(step, rows)
@@ -194,8 +218,18 @@ def _export_and_mark(loc: _Location, state: Any, done_marker: str) -> list[dict[
     from gemmascope.train import distributed
 
     def export_to(root: str) -> list[dict[str, Any]]:
-        return export_location(loc.config, root, distributed.host_view(state), loc.source, loc.site, loc.layer,
-                               loc.width, loc.values, loc.total, loc.log)
+        return export_location(
+            loc.config,
+            root,
+            distributed.host_view(state),
+            loc.source,
+            loc.site,
+            loc.layer,
+            loc.width,
+            loc.values,
+            loc.total,
+            loc.log,
+        )
 
     if distributed.is_main():
         records = export_to(loc.workdir)
@@ -238,8 +272,10 @@ def _own_data_state(data_state: dict[str, Any]) -> dict[str, Any]:
         return data_state
     states = data_state["per_process"]
     if len(states) != jax.process_count():
-        raise ValueError(f"checkpointed data state is for {len(states)} processes, this run has "
-                         f"{jax.process_count()}; resume with the same process count")
+        raise ValueError(
+            f"checkpointed data state is for {len(states)} processes, this run has "
+            f"{jax.process_count()}; resume with the same process count"
+        )
     return states[jax.process_index()]
 
 
@@ -256,8 +292,9 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
     for i, lam in enumerate(lambdas):
         params = step_lib.export_params(state, i, config)
         ev = evaluate_exported(params, heldout)
-        folder = sae_io.sae_dir(os.path.join(workdir, "saes"), site, layer, width, ev["l0"],
-                                config_lib.variant_name(config))
+        folder = sae_io.sae_dir(
+            os.path.join(workdir, "saes"), site, layer, width, ev["l0"], config_lib.variant_name(config)
+        )
         if folder in used:  # two lambdas landed on the same rounded L0
             folder = f"{folder}_sae{i}"
         used.add(folder)
@@ -282,8 +319,10 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
         path = os.path.join(folder, "params.npz")
         sae_io.save_params(path, params, meta)
         sae_export.export_layouts(config.export.layouts, workdir, folder, heldout, log=log)  # other layouts
-        log(f"[export] {config_lib.variant_name(config)} {config_lib.sweep_field(config)}={lam:g}: "
-            f"L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}")
+        log(
+            f"[export] {config_lib.variant_name(config)} {config_lib.sweep_field(config)}={lam:g}: "
+            f"L0={ev['l0']:.1f} FVU={ev['fvu']:.4f} -> {path}"
+        )
         records.append({"path": path, **meta})
     return records
 

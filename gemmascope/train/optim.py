@@ -9,9 +9,11 @@
 * :func:`sparsity_schedule`: linear warm-up of lambda from 0 over the warm-up steps.
 * :func:`renormalise_decoder` and :func:`clamp_threshold` run after each update.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -22,13 +22,16 @@ With ``mesh.sweep = "sharded"`` each data group trains its own K / data SAEs on 
 the step is wrapped in a ``jax.shard_map`` that is manual over "data" only (the batch slice is
 all-gathered inside; "model" stays automatic), so no device ever holds another group's SAEs.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from gemmascope.config import K_ARCHS, ConfigError
 
@@ -49,10 +52,12 @@ def make_mesh(config, devices: Sequence[Any] | None = None) -> Mesh:
     data, model = mesh_dims(config)
     devices = list(jax.devices() if devices is None else devices)
     if data * model != len(devices):
-        raise ConfigError(f"config.mesh: data * model = {data} * {model} = {data * model} devices, but "
-                          f"{len(devices)} {devices[0].platform} devices are available "
-                          f"(over {jax.process_count()} process(es)); set --config.mesh.data/--config.mesh.model "
-                          f"so that their product is {len(devices)}")
+        raise ConfigError(
+            f"config.mesh: data * model = {data} * {model} = {data * model} devices, but "
+            f"{len(devices)} {devices[0].platform} devices are available "
+            f"(over {jax.process_count()} process(es)); set --config.mesh.data/--config.mesh.model "
+            f"so that their product is {len(devices)}"
+        )
     return Mesh(np.asarray(devices, dtype=object).reshape(data, model), AXES)
 
 
@@ -64,13 +69,19 @@ def process_rows(mesh: Mesh, batch: int) -> tuple[int, int]:
     devices do not hold one contiguous block of rows.
     """
     sh = NamedSharding(mesh, P("data", None))
-    blocks = sorted({(s[0].start or 0, batch if s[0].stop is None else s[0].stop)
-                     for s in sh.addressable_devices_indices_map((batch, 1)).values()})
+    blocks = sorted(
+        {
+            (s[0].start or 0, batch if s[0].stop is None else s[0].stop)
+            for s in sh.addressable_devices_indices_map((batch, 1)).values()
+        }
+    )
     lo, hi = blocks[0][0], blocks[-1][1]
     if sum(e - s for s, e in blocks) != hi - lo or batch % (hi - lo):
-        raise ConfigError(f"config.mesh: process {jax.process_index()} holds batch rows {blocks}, not one "
-                          f"contiguous block dividing batch_size {batch}; choose mesh.data/mesh.model so that each "
-                          f"process's devices form whole data rows")
+        raise ConfigError(
+            f"config.mesh: process {jax.process_index()} holds batch rows {blocks}, not one "
+            f"contiguous block dividing batch_size {batch}; choose mesh.data/mesh.model so that each "
+            f"process's devices form whole data rows"
+        )
     return lo // (hi - lo), batch // (hi - lo)
 
 
@@ -108,8 +119,9 @@ def _named(mesh: Mesh, specs: Any) -> Any:
 
 def _data_only(specs: Any) -> Any:
     """The same specs with "model" dropped (shard_map in_specs name only its manual axes)."""
-    return jax.tree.map(lambda s: P(*[a if a == "data" else None for a in s]), specs,
-                        is_leaf=lambda s: isinstance(s, P))
+    return jax.tree.map(
+        lambda s: P(*[a if a == "data" else None for a in s]), specs, is_leaf=lambda s: isinstance(s, P)
+    )
 
 
 class ShardedSweep:
@@ -130,8 +142,9 @@ class ShardedSweep:
 
     def abstract_state(self) -> Any:
         """``ShapeDtypeStruct``s carrying the target shardings (restore target, AOT lowering)."""
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            self.state_shapes, self.state)
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.state_shapes, self.state
+        )
 
     @property
     def k(self) -> int:
@@ -141,10 +154,16 @@ class ShardedSweep:
         """``(state, x [B, d_in], values [K])`` as ``ShapeDtypeStruct``s (for ``.lower``)."""
         b = int(self.config.batch_size)
         if not with_shardings:
-            return (self.state_shapes, jax.ShapeDtypeStruct((b, self.d_in), np.float32),
-                    jax.ShapeDtypeStruct((self.k,), np.float32))
-        return (self.abstract_state(), jax.ShapeDtypeStruct((b, self.d_in), np.float32, sharding=self.batch),
-                jax.ShapeDtypeStruct((self.k,), np.float32, sharding=self.values))
+            return (
+                self.state_shapes,
+                jax.ShapeDtypeStruct((b, self.d_in), np.float32),
+                jax.ShapeDtypeStruct((self.k,), np.float32),
+            )
+        return (
+            self.abstract_state(),
+            jax.ShapeDtypeStruct((b, self.d_in), np.float32, sharding=self.batch),
+            jax.ShapeDtypeStruct((self.k,), np.float32, sharding=self.values),
+        )
 
     def put_values(self, values: Sequence[float]) -> jax.Array:
         """The sweep values ``[K]`` as a global array (works with several processes)."""
@@ -169,8 +188,12 @@ class ShardedSweep:
         if self.sweep == "sharded" and str(self.config.sae.arch) not in K_ARCHS:
             fn = self._shard_over_sweep(train_step, jax.tree.map(lambda _: P("data"), metric_shapes))
         metric_sh = jax.tree.map(lambda _: self.values, metric_shapes)
-        return jax.jit(fn, in_shardings=(self.state, self.batch, self.values),
-                       out_shardings=(self.state, metric_sh), donate_argnums=(0,))
+        return jax.jit(
+            fn,
+            in_shardings=(self.state, self.batch, self.values),
+            out_shardings=(self.state, metric_sh),
+            donate_argnums=(0,),
+        )
 
     def _shard_over_sweep(self, train_step: Callable, metric_specs: Any) -> Callable:
         """Manual over "data" only: each data group runs the step on its K / data SAEs."""
@@ -180,5 +203,11 @@ class ShardedSweep:
             x = jax.lax.all_gather(x, "data", tiled=True)  # every data group sees the whole batch
             return train_step(state, x, values)
 
-        return jax.shard_map(body, mesh=self.mesh, in_specs=(specs, P("data"), P("data")),
-                             out_specs=(specs, metric_specs), axis_names=frozenset({"data"}), check_vma=False)
+        return jax.shard_map(
+            body,
+            mesh=self.mesh,
+            in_specs=(specs, P("data"), P("data")),
+            out_specs=(specs, metric_specs),
+            axis_names=frozenset({"data"}),
+            check_vma=False,
+        )

@@ -13,9 +13,11 @@ argument too) or its k (TopK: static, from the config). The architecture is ``co
 (see :mod:`gemmascope.sae.archs`); its config travels as one frozen
 :class:`gemmascope.sae.common.SAEConfig`.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +31,10 @@ from gemmascope.train import optim
 
 def optimizer(config, arch) -> optax.GradientTransformation:
     """The recipe's optimiser for ``arch``: no decoder projection where rows are not unit norm."""
-    cfg = {k: config[k] for k in ("adam_b1", "adam_b2", "adam_eps", "lr", "lr_warmup_steps", "lr_decay",
-                                  "lr_final_fraction")}
+    cfg = {
+        k: config[k]
+        for k in ("adam_b1", "adam_b2", "adam_eps", "lr", "lr_warmup_steps", "lr_decay", "lr_final_fraction")
+    }
     cfg["total_steps"] = config_lib.total_steps(config)
     cfg["project_decoder_grads"] = bool(config.project_decoder_grads) and arch.UNIT_NORM_DECODER
     return optim.make_optimizer(cfg)
@@ -48,8 +52,9 @@ def init_sample(config, sample, norm_scale: float):
     return jnp.asarray(sample[:QUANTILE_INIT_ROWS], jnp.float32) / norm_scale
 
 
-def init_state(key: jax.Array, config, d_in: int, d_sae: int, n_saes: int, norm_scale: float,
-               init_sample: jax.Array | None = None) -> dict[str, Any]:
+def init_state(
+    key: jax.Array, config, d_in: int, d_sae: int, n_saes: int, norm_scale: float, init_sample: jax.Array | None = None
+) -> dict[str, Any]:
     """Stacked initial state for ``n_saes`` SAEs (independent inits, one key each).
 
     ``init_sample [n, d_in]`` (normalised rows, from :func:`init_sample`): with
@@ -66,8 +71,10 @@ def init_state(key: jax.Array, config, d_in: int, d_sae: int, n_saes: int, norm_
 
         quadratic = cfg.sparsity_loss == "quadratic"
         targets = config_lib.sweep_values(config) if quadratic else [cfg.threshold_init_l0] * n_saes
-        per_sae = [jumprelu.quantile_thresholds(jax.tree.map(lambda a: a[i], params), init_sample, targets[i],
-                                                cfg) for i in range(n_saes)]
+        per_sae = [
+            jumprelu.quantile_thresholds(jax.tree.map(lambda a: a[i], params), init_sample, targets[i], cfg)
+            for i in range(n_saes)
+        ]
         params = jax.tree.map(lambda *a: jnp.stack(a), *per_sae)
     opt = jax.vmap(tx.init)(params)
     return {
@@ -93,8 +100,12 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
     cfg = SAEConfig.from_config(config)
     tx = optimizer(config, arch)
     lam_sched = optim.sparsity_schedule(int(config.lambda_warmup_steps))
-    lr_sched = optim.lr_schedule({**{k: config[k] for k in ("lr", "lr_warmup_steps", "lr_decay", "lr_final_fraction")},
-                                  "total_steps": config_lib.total_steps(config)})
+    lr_sched = optim.lr_schedule(
+        {
+            **{k: config[k] for k in ("lr", "lr_warmup_steps", "lr_decay", "lr_final_fraction")},
+            "total_steps": config_lib.total_steps(config),
+        }
+    )
     threshold_min = float(config.sae.threshold_min)
     quadratic = cfg.sparsity_loss == "quadratic"
     static_k = [int(k) for k in config.sae.topk_ks] if config.sae.arch in config_lib.K_ARCHS else None
@@ -124,8 +135,9 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
     def train_step(state, x_raw, lambdas):
         step = state["step"]
         x = x_raw.astype(jnp.float32) / state["norm_scale"]
-        params, opt, loss, aux, lam_t, thr = _per_sae(one, state["params"], state["opt"], x, lambdas, step,
-                                                      state["last_fired"])
+        params, opt, loss, aux, lam_t, thr = _per_sae(
+            one, state["params"], state["opt"], x, lambdas, step, state["last_fired"]
+        )
         last_fired = jnp.where(aux["fired"], step + 1, state["last_fired"])
         bad = ~jnp.isfinite(loss)
         bad_step = jnp.where((state["bad_step"] < 0) & bad, step + 1, state["bad_step"])
@@ -164,9 +176,18 @@ def _per_sae(one, params, opt, x, lambdas, step, last_fired):
     little compile time.
     """
     k = lambdas.shape[0]
-    outs = [one(i, jax.tree.map(lambda a: a[i], params), jax.tree.map(lambda a: a[i], opt), x, lambdas[i], step,
-                last_fired[i])
-            for i in range(k)]
+    outs = [
+        one(
+            i,
+            jax.tree.map(lambda a: a[i], params),
+            jax.tree.map(lambda a: a[i], opt),
+            x,
+            lambdas[i],
+            step,
+            last_fired[i],
+        )
+        for i in range(k)
+    ]
     return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
 
@@ -189,14 +210,18 @@ def sweep_metadata(config, value: float) -> dict[str, Any]:
         return {"sparsity_coefficient": float(value)}
     meta: dict[str, Any] = {"sparsity_loss": str(config.sae.sparsity_loss)}
     if config.sae.sparsity_loss == "quadratic":
-        meta.update(target_l0=float(value), quadratic_form=str(config.sae.quadratic_form),
-                    quadratic_coefficient=float(config.sae.quadratic_coefficient))
+        meta.update(
+            target_l0=float(value),
+            quadratic_form=str(config.sae.quadratic_form),
+            quadratic_coefficient=float(config.sae.quadratic_coefficient),
+        )
     else:
         meta["sparsity_coefficient"] = float(value)
     meta.update(variant_metadata(config))
     if config.sae.frequency_penalty:
-        meta.update(frequency_penalty=float(config.sae.frequency_penalty),
-                    frequency_max=float(config.sae.frequency_max))
+        meta.update(
+            frequency_penalty=float(config.sae.frequency_penalty), frequency_max=float(config.sae.frequency_max)
+        )
     meta["threshold_init_mode"] = str(config.sae.threshold_init_mode)
     return meta
 

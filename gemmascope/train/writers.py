@@ -19,11 +19,13 @@ identity fields (``location``, ``arch``, ``site``, ``layer``, ``width``, ``sae``
 
 :func:`for_location` builds the set a config asks for.
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 IDENTITY = ("location", "arch", "site", "layer", "width", "sae", "step", "tokens")
 
@@ -46,7 +48,7 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
         if key in IDENTITY or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if key.startswith("threshold_"):
-            key = "threshold/" + key[len("threshold_"):]
+            key = "threshold/" + key[len("threshold_") :]
         elif key == "lambda" and row.get("arch") in K_ARCHS:
             key = "k"
         out[key] = float(v)
@@ -114,17 +116,24 @@ class WandbWriter:
         try:
             import wandb
         except ImportError:
-            raise ImportError("config.wandb.project is set but wandb is not installed: pip install wandb "
-                              "(or leave config.wandb.project empty)") from None
+            raise ImportError(
+                "config.wandb.project is set but wandb is not installed: pip install wandb "
+                "(or leave config.wandb.project empty)"
+            ) from None
         os.makedirs(run_dir, exist_ok=True)
-        self._run = wandb.init(project=wandb_config.project, entity=wandb_config.entity or None,
-                               name=f"{wandb_config.name}-{name}" if wandb_config.name else name,
-                               group=wandb_config.name or None, mode=wandb_config.mode, dir=run_dir,
-                               config=config_dict, reinit="create_new")
+        self._run = wandb.init(
+            project=wandb_config.project,
+            entity=wandb_config.entity or None,
+            name=f"{wandb_config.name}-{name}" if wandb_config.name else name,
+            group=wandb_config.name or None,
+            mode=wandb_config.mode,
+            dir=run_dir,
+            config=config_dict,
+            reinit="create_new",
+        )
 
     def write(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
-        self._run.log({f"sae{row['sae']}/{tag}": v for row in rows for tag, v in scalars(row).items()},
-                      step=int(step))
+        self._run.log({f"sae{row['sae']}/{tag}": v for row in rows for tag, v in scalars(row).items()}, step=int(step))
 
     def close(self) -> None:
         if self._run is not None:

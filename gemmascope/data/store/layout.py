@@ -149,8 +149,7 @@ def kvstore_spec(path: str) -> dict[str, Any]:
         if scheme == "memory":
             return {"driver": "memory", "path": folder(rest)}
         raise StoreError(
-            f"{path}: unsupported URL scheme {scheme!r} (use a local path, file://, gs://, "
-            "s3:// or memory://)"
+            f"{path}: unsupported URL scheme {scheme!r} (use a local path, file://, gs://, s3:// or memory://)"
         )
     return {"driver": "file", "path": folder(os.path.abspath(os.path.expanduser(path)))}
 
@@ -354,9 +353,7 @@ def check_shards(kv: _Root, site: str, n_rows: int, shard_rows: int) -> None:
     if missing:
         i = missing[0]
         more = (
-            f" ({len(missing)} of {len(want)} shards missing: {_ranges(np.array(missing))})"
-            if len(missing) > 1
-            else ""
+            f" ({len(missing)} of {len(want)} shards missing: {_ranges(np.array(missing))})" if len(missing) > 1 else ""
         )
         raise StoreError(
             f"site {site} of activation store {kv.root}: shard file {shard_key(site, i)} is missing{more}",
@@ -374,8 +371,7 @@ def read_error(exc: Exception, kv: _Root, site: str, rows: tuple[int, int], shar
     key = shard_key(site, shard)
     text = str(exc)
     fix = repair_fix(kv.root)
-    access = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED", "UNAUTHENTICATED",
-              "RESOURCE_EXHAUSTED")
+    access = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED")
     if any(code in text for code in access):  # the bytes could not be fetched: nothing known to be damaged
         fault, what = "read failed", "could not be read (access or network)"
         fix = "check access to the store (credentials, network, disk) and retry; nothing is known damaged"
@@ -407,9 +403,7 @@ def _check_finite(x: np.ndarray) -> np.ndarray | None:
     return bad if bad.size else None  # the sum overflowed on finite values
 
 
-def nonfinite_error(
-    kv: _Root, site: str, x: np.ndarray, a: int, b: int, shard_rows: int
-) -> StoreError | None:
+def nonfinite_error(kv: _Root, site: str, x: np.ndarray, a: int, b: int, shard_rows: int) -> StoreError | None:
     """StoreError if chunk rows ``x = rows [a, b)`` hold a NaN or inf, else None."""
     bad = _check_finite(x)
     if bad is None:

@@ -5,8 +5,9 @@ only what follows."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import tensorstore as ts
 
@@ -135,9 +136,7 @@ def open_store(root: str) -> StoreInfo:
             n = _int(meta, "n_rows", _join(root, key))
             for field in ("d_in", "chunk_rows", "shard_rows"):
                 if meta.get(field) != lay[field]:
-                    raise StoreError(
-                        f"{_join(root, key)}: {field} {meta.get(field)!r}, store.json says {lay[field]!r}"
-                    )
+                    raise StoreError(f"{_join(root, key)}: {field} {meta.get(field)!r}, store.json says {lay[field]!r}")
         except StoreError as e:
             raise StoreError(
                 e.message, path=_join(root, key), site=name, fault="malformed metadata", fix=repair_fix(root)
@@ -149,8 +148,7 @@ def open_store(root: str) -> StoreInfo:
         for fname, rows in counts.items():
             if rows != n:
                 raise StoreError(
-                    f"site {name} of activation store {root}: {fname} records {rows!r} rows but "
-                    f"site.json records {n}",
+                    f"site {name} of activation store {root}: {fname} records {rows!r} rows but site.json records {n}",
                     path=_join(root, fname),
                     site=name,
                     rows=(min(n, rows), max(n, rows)) if isinstance(rows, int) else None,

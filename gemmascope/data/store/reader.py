@@ -5,7 +5,8 @@ from __future__ import annotations
 import queue
 import threading
 import weakref
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import tensorstore as ts
@@ -184,7 +185,7 @@ class ActivationReader:
     # -- background production ---------------------------------------------------------------------
     @staticmethod
     def _produce(
-        ref: "weakref.ref[ActivationReader]",
+        ref: weakref.ref[ActivationReader],
         start: tuple[int, int, int],
         q: queue.Queue,
         stop: threading.Event,
@@ -366,7 +367,7 @@ class ActivationReader:
         """Stops the background thread."""
         self._halt()
 
-    def __enter__(self) -> "ActivationReader":
+    def __enter__(self) -> ActivationReader:
         return self
 
     def __exit__(self, *exc) -> None:

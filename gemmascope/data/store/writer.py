@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import tensorstore as ts
@@ -216,8 +217,13 @@ class ActivationWriter:
                 return ts.open(spec, create=True, open=True, context=_CONTEXT).result()
             except ValueError as e:  # a zarr.json that exists but cannot be parsed
                 path = _join(self.root, f"{name}/zarr.json")
-                raise StoreError(f"{path}: cannot open or create the site's array ({e})", path=path,
-                                 site=name, fault="malformed metadata", fix=repair_fix(self.root)) from None
+                raise StoreError(
+                    f"{path}: cannot open or create the site's array ({e})",
+                    path=path,
+                    site=name,
+                    fault="malformed metadata",
+                    fix=repair_fix(self.root),
+                ) from None
         if not chunks_checksummed(arr):
             warn_unchecked(self.root, name)
         layout = arr.chunk_layout
@@ -268,8 +274,7 @@ class ActivationWriter:
             )
         if batch_index > self._next_batch:
             raise StoreError(
-                f"{self.root}: batches must be written in order; expected batch "
-                f"{self._next_batch}, got {batch_index}"
+                f"{self.root}: batches must be written in order; expected batch {self._next_batch}, got {batch_index}"
             )
         missing = sorted(set(self._sites) - set(activations))
         extra = sorted(set(activations) - set(self._sites))
@@ -282,13 +287,10 @@ class ActivationWriter:
         for name, s in self._sites.items():
             x = np.asarray(activations[name])
             if not (x.dtype.kind == "f" or "float" in x.dtype.name):
-                raise StoreError(
-                    f"{self.root}: site {name}, batch {batch_index}: dtype {x.dtype} is not a float type"
-                )
+                raise StoreError(f"{self.root}: site {name}, batch {batch_index}: dtype {x.dtype} is not a float type")
             if x.ndim != 2 or x.shape[1] != s.d_in:
                 raise StoreError(
-                    f"{self.root}: site {name}, batch {batch_index}: shape {x.shape}, "
-                    f"expected [n_rows, {s.d_in}]"
+                    f"{self.root}: site {name}, batch {batch_index}: shape {x.shape}, expected [n_rows, {s.d_in}]"
                 )
             x = np.array(x, dtype=np.float32, order="C", copy=True)  # the caller may reuse its buffer
             bad = _check_finite(x)
@@ -359,24 +361,20 @@ class ActivationWriter:
             "format": FORMAT,
             "batches_done": self._durable_batches,
             "history": self._history,
-            "sites": {
-                n: {"rows": s.durable_rows, "sum_sq": s.durable_sum_sq} for n, s in self._sites.items()
-            },
+            "sites": {n: {"rows": s.durable_rows, "sum_sq": s.durable_sum_sq} for n, s in self._sites.items()},
         }
 
     def _write_progress(self) -> None:
         self._kv.write_json(PROGRESS_JSON, self._progress())
 
-    def finalize(self, extra_metadata: Mapping[str, Any] | None = None) -> "StoreInfo":
+    def finalize(self, extra_metadata: Mapping[str, Any] | None = None) -> StoreInfo:
         """Flushes, trims the arrays to the rows written, writes ``site.json`` per site and then
         ``COMPLETE``. A no-op (returning the info) on a store already complete."""
         if not self.complete:
             extra = json.loads(json.dumps(dict(extra_metadata or {})))
             clash = sorted(set(extra) & set(_SITE_KEYS))
             if clash:
-                raise StoreError(
-                    f"{self.root}: metadata keys {clash} are reserved (the writer computes them)"
-                )
+                raise StoreError(f"{self.root}: metadata keys {clash} are reserved (the writer computes them)")
             self.flush(_final=True)
             for name, s in self._sites.items():
                 n = s.durable_rows
@@ -421,7 +419,7 @@ class ActivationWriter:
         """Flushes buffered batches without finalizing (the store stays resumable)."""
         self.flush()
 
-    def __enter__(self) -> "ActivationWriter":
+    def __enter__(self) -> ActivationWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
