@@ -9,8 +9,8 @@ The public API, in the order a researcher meets it::
     sae = gs.load_sae("workdirs/demo/saes/res/layer_15/width_4k/average_l0_63")
     f = gs.encode(sae, x)                              # [..., d_in] -> [..., d_sae], raw units
     x_hat = gs.decode(sae, f)
-    gs.train(gs.get_config("configs/demo.py"), "workdirs/demo")
-    gs.evaluate(config, "workdirs/demo", max_tokens=100_000)
+    gs.train_and_evaluate(gs.get_config("configs/demo.py"), "workdirs/demo")
+    gs.evaluate_workdir(config, "workdirs/demo", max_tokens=100_000)
 
 Names resolve lazily (importing ``gemmascope.config`` does not load JAX models). Layout of the
 package: ``lm/`` models and sites, ``sae/`` architectures and files, ``data/`` text, sites,
@@ -38,8 +38,9 @@ _API = {
     "reconstruct": ("gemmascope.sae.model", "reconstruct"),
     "base_config": ("gemmascope.config", "base_config"),
     "get_config": ("gemmascope.config_files", "load_config_file"),
-    "train": ("gemmascope.train.loop", "train_and_evaluate"),
-    "evaluate": ("gemmascope.eval.evaluate", "evaluate_workdir"),
+    # (not "train"/"evaluate": gemmascope.train is a subpackage and would shadow the function)
+    "train_and_evaluate": ("gemmascope.train.loop", "train_and_evaluate"),
+    "evaluate_workdir": ("gemmascope.eval.evaluate", "evaluate_workdir"),
     "evaluate_saes": ("gemmascope.eval.metrics", "evaluate_saes"),
     "build_dashboard": ("gemmascope.analysis.dashboard", "build_dashboard"),
     "logit_lens": ("gemmascope.analysis.logit_lens", "logit_lens"),

@@ -113,3 +113,25 @@ def test_no_module_over_500_lines():
         if n > MAX_LINES:
             long[mod] = n
     assert long == {}
+
+
+def test_public_api_resolves_to_the_documented_objects():
+    import importlib
+    import pkgutil
+
+    import gemmascope as gs
+
+    for m in pkgutil.walk_packages(gs.__path__, "gemmascope."):  # subpackages must not shadow API names
+        importlib.import_module(m.name)
+    from gemmascope.data import sites
+    from gemmascope.sae import io as sae_io
+    from gemmascope.sae import model as sae_model
+    from gemmascope.train import loop
+
+    assert gs.load_lm is sites.load_lm and gs.capture is sites.capture
+    assert gs.load_sae is sae_io.load_params and gs.encode is sae_model.encode and gs.decode is sae_model.decode
+    assert gs.train_and_evaluate is loop.train_and_evaluate
+    for name in gs.__all__:
+        assert callable(getattr(gs, name)), name
+    cfg = gs.get_config(os.path.join(REPO, "configs", "toy.py") + ":runlocal")
+    assert cfg.source == "toy"

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from gemmascope.lm.loading import CheckpointError
+from gemmascope.lm.weights import CheckpointError
 
 PREFIX = "embedded"
 DEFAULT = "smollm2-135m"

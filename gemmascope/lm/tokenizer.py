@@ -57,7 +57,7 @@ def load_tokenizer(path: str, cache: bool = True, log=_stderr, heartbeat_s: floa
     from transformers import AutoTokenizer
 
     from gemmascope.lm import embedded
-    from gemmascope.lm.loading import CheckpointError, resolve_hub_id
+    from gemmascope.lm.hf import CheckpointError, resolve_hub_id
 
     name = embedded.parse(path)
     if name is not None:

@@ -1,0 +1,173 @@
+"""Every config field with the Gemma Scope defaults (:func:`base_config`), and the names the
+config accepts (sites, architectures, export layouts). :mod:`gemmascope.config` re-exports all of
+it and adds ``arg`` parsing and validation.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+LM_SITES = ("res", "att", "mlp", "mlp_in")  # gemmascope.lm.config.SITES (mlp_in: MLP input, for transcoders)
+SITES = LM_SITES + ("toy",)
+ARCHS = ("jumprelu", "relu", "topk", "gated", "batchtopk")
+# Architectures whose sweep axis is ``config.sae.topk_ks`` (latents kept per token) rather than
+# ``config.lambdas`` (sparsity coefficients).
+K_ARCHS = ("topk", "batchtopk")
+# Architectures that can train Matryoshka-style (config.sae.matryoshka_prefixes).
+MATRYOSHKA_ARCHS = ("jumprelu", "batchtopk")
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the field."""
+
+
+#: SAE file layouts export can write (gemmascope/sae/formats.py implements each).
+EXPORT_LAYOUTS = ("gemma_scope", "gemma_scope_2", "sae_lens")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # The sweep: every (site, layer, width) is one location; all lambdas of a location train
+    # together on the same batches (stacked parameters, one compiled step).
+    c.sites = ("res",)
+    c.layers = (0,)
+    c.widths = (16384,)
+    c.lambdas = (6e-4,)
+    # The sweep axis of JumpReLU with sae.sparsity_loss = "quadratic": target L0s, one SAE each.
+    c.target_l0s = (40.0,)
+    # Gemma Scope 2's target L0s ("small", "big") of a sweep config (configs/sweep_gemma3.py); recorded
+    # only, until the target-L0 recipe reads its own field (nothing reads this one).
+    c.gemma_scope_2_l0s = ()
+
+    c.sae = ml_collections.ConfigDict()
+    c.sae.arch = "jumprelu"
+    c.sae.bandwidth = 0.001  # eps of the rectangle kernel, in normalised units
+    c.sae.threshold_init = 0.001
+    # "direct" (kept >= threshold_min) or "log" (the reference code). Measured on the toy sweep
+    # (2,000 steps, lr 2e-3): "log" left L0 at 40-54 for every lambda, "direct" spanned 48 -> 1.8.
+    c.sae.threshold_param = "direct"
+    c.sae.threshold_min = 1e-6
+    c.sae.pre_encoder_bias = True
+    # JumpReLU sparsity loss (gemmascope.sae.jumprelu.sparsity_penalty): "l0" = lambda * L0 (Gemma
+    # Scope; sweep over config.lambdas), "quadratic" = a penalty around a target L0 (Gemma Scope 2;
+    # sweep over config.target_l0s, one coefficient). quadratic_form: "per_example" =
+    # coef * mean_i (2/T) (L0_i - T)^2, "batch" = coef * (mean_i L0_i - T)^2 / T. The coefficient
+    # warms up with lambda_warmup_steps like lambda. Not yet measured on the frontier.
+    c.sae.sparsity_loss = "l0"
+    c.sae.quadratic_form = "per_example"
+    c.sae.quadratic_coefficient = 1e-3
+    # JumpReLU frequency penalty: coef * sum_j relu(p_j - frequency_max)^2 / frequency_max, p_j the
+    # fraction of the batch on which latent j fires (through the step STE). 0 = off.
+    c.sae.frequency_penalty = 0.0
+    c.sae.frequency_max = 0.01
+    # JumpReLU threshold init: "constant" (threshold_init) or "quantile": each threshold at the
+    # (1 - L0 / d_sae) quantile of its pre-activations on the normalisation sample, so the first
+    # step sits near L0 = the SAE's target (quadratic) or threshold_init_l0 (the "l0" loss).
+    c.sae.threshold_init_mode = "constant"
+    c.sae.threshold_init_l0 = 0.0
+    # Matryoshka training (arch "jumprelu" or "batchtopk"): nested dictionary prefix sizes,
+    # increasing and ending at the width; the reconstruction loss is summed over the prefixes.
+    # () = off.
+    c.sae.matryoshka_prefixes = ()
+    # arch "batchtopk": rate of the running mean of the smallest kept activation, the threshold
+    # of the JumpReLU it exports as.
+    c.sae.batchtopk_threshold_lr = 0.01
+    # Baselines (docs/SPEC.md section 4; arch "relu", "topk", "gated").
+    c.sae.topk_ks = (32,)  # arch "topk"/"batchtopk": the sweep axis, latents kept per token (lambdas unused)
+    c.sae.auxk_k = 512  # arch "topk": latents in the AuxK reconstruction of the residual
+    c.sae.auxk_coefficient = 1.0 / 32  # arch "topk": weight of the AuxK loss
+    c.sae.auxk_dead_tokens = 10_000_000  # arch "topk": a latent is dead for AuxK after this many tokens unfired
+
+    # Optimiser (Adam with b1 = 0 stores no first moment).
+    c.lr = 7e-5
+    c.lr_warmup_steps = 1000
+    c.lr_decay = "constant"  # "constant" (paper default, not stated after warm-up) or "cosine"
+    c.lr_final_fraction = 0.0
+    c.adam_b1 = 0.0
+    c.adam_b2 = 0.999
+    c.adam_eps = 1e-8
+    c.lambda_warmup_steps = 10_000
+    c.project_decoder_grads = True
+
+    c.batch_size = 4096
+    c.num_tokens = 4_000_000_000  # training tokens per SAE; total_steps = ceil(num_tokens / batch)
+    c.norm_sample_rows = 65_536  # rows used to estimate the normalisation constant C
+    c.eval_rows = 65_536  # held-out rows for the L0 / FVU written into metadata.json
+    c.dead_window_tokens = 10_000_000  # a latent is dead if it has not fired in this window
+    # File layouts written at the end of training (gemmascope.sae.formats.LAYOUTS): "gemma_scope"
+    # (params.npz under workdir/saes, always written: evaluation reads it), "gemma_scope_2" and
+    # "sae_lens" (under workdir/saes_<layout>, same sub-folders).
+    c.export = ml_collections.ConfigDict()
+    c.export.layouts = ("gemma_scope",)
+
+    c.log_every = 100
+    c.checkpoint_every = 1000
+    # Metric writers (gemmascope/train/writers.py): metrics.jsonl always; TensorBoard event files
+    # under <workdir>/tensorboard; Weights & Biases only when wandb.project is set (then imported).
+    c.tensorboard = True
+    c.wandb = ml_collections.ConfigDict()
+    c.wandb.project = ""  # "" = no W&B
+    c.wandb.entity = ""
+    c.wandb.name = ""  # run-name prefix (and group); "" = the location name
+    c.wandb.mode = "offline"  # "offline" (wandb sync later), "online" or "disabled"
+    c.max_checkpoints = 2
+
+    # Device mesh (tensor parallel over latents on "model", batches over "data"); data * model
+    # devices are used. sweep: the stacked-lambda axis K is "replicated" or "sharded" over "data".
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.model = 1
+    c.mesh.sweep = "replicated"
+    # Multi-host: jax.distributed.initialize() arguments ("" / 0 / -1 = from the environment).
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+
+    c.source = "toy"  # "toy" | "store" | "online"
+    c.toy = ml_collections.ConfigDict()
+    c.toy.d_in = 64
+    c.toy.n_features = 128
+    c.toy.mean_active = 4.0  # expected number of active ground-truth features per example
+    c.toy.noise_std = 0.0
+
+    # The language model and text behind "store" and "online" sources.
+    c.lm = ml_collections.ConfigDict()
+    c.lm.checkpoint = "embedded"  # "embedded" (SmolLM2-135M GGUF), a .gguf file, or a HF checkpoint dir
+    c.lm.dtype = "float32"
+    c.lm.context_length = 128  # tokens per packed sequence, BOS first (BOS/EOS/pad never stored)
+    c.lm.batch_sequences = 32  # sequences per LM forward
+    # Rows whose norm exceeds this many times the batch's median norm are dropped (and counted in
+    # the store metadata); 0 keeps everything. SmolLM2's residual stream has attention-sink
+    # tokens right after BOS (e.g. a leading "."), with norms ~140x the median, which would
+    # otherwise dominate the normalisation constant and the reconstruction loss.
+    c.lm.outlier_norm_factor = 10.0
+
+    c.text = ml_collections.ConfigDict()
+    c.text.kind = "embedded"  # "embedded" | "hf" (datasets, streaming) | "files" (txt/jsonl/parquet)
+    c.text.name = ""  # HF dataset name
+    c.text.config = ""  # HF dataset config
+    c.text.split = "train"
+    c.text.text_column = "text"
+    c.text.paths = ()  # local files or globs
+    c.text.doc_separator = ""  # for .txt files: a line holding only this separates documents
+    c.text.heldout_fraction = 0.05  # documents (by keyed hash) kept out of training for evaluation
+    c.text.max_documents = 0  # 0 = all
+
+    # The activation store (source = "store"): written once by launch/generate_activations.py.
+    c.store = ml_collections.ConfigDict()
+    c.store.path = ""  # local path or gs:// / s3:// URL; "" = <workdir>/activations
+    c.store.sites = ("res",)  # sites written at every layer of config.layers (one LM pass)
+    c.store.max_tokens = 0  # stop generating after this many stored rows per location (0 = corpus)
+    c.store.heldout_rows = 65_536  # held-out rows stored per location for evaluation
+    c.store.shuffle_buffer_rows = 262_144
+    c.store.rows_per_flush = (
+        0  # rows buffered per site before a durable write (0 = one shard); a kill loses at most this
+    )
+
+    # runlocal=True applies runlocal_overrides (same structure as the config) at the start of
+    # every entry point, so ``--config.runlocal=True`` shrinks any config to a CPU-sized run.
+    c.runlocal = False
+    c.runlocal_overrides = ml_collections.ConfigDict()
+    return c
