@@ -39,7 +39,7 @@ from gemmascope.sae.common import (
     recon_aux,
     reconstruction_loss,
 )
-from gemmascope.sae.topk import auxk_loss
+from gemmascope.sae.topk import with_auxk
 
 NAME = "batchtopk"
 UNIT_NORM_DECODER = True
@@ -78,18 +78,7 @@ def loss(params, x, cfg, sparsity, dead=None):
     recon, x_hat = reconstruction_loss(params, f, x, cfg.matryoshka_prefixes)
     _, aux = recon_aux(x, x_hat, f, l0_per_example(f), jnp.zeros([], jnp.float32))
     aux["batch_tau"] = jax.lax.stop_gradient(tau)
-    total = recon
-    if dead is not None:
-        residual = jax.lax.stop_gradient(x - x_hat)
-        alpha = cfg.auxk_coefficient
-        aux_l = jax.lax.cond(
-            jnp.any(dead),
-            lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k),
-            lambda: jnp.zeros([], jnp.float32),
-        )
-        total = total + alpha * aux_l
-        aux["sparsity_loss"] = jax.lax.stop_gradient(alpha * aux_l)
-    return total, aux
+    return with_auxk(recon, aux, params, pre, x, x_hat, dead, cfg)
 
 
 def after_update(params, aux, step, cfg):

@@ -85,18 +85,24 @@ def loss(params, x, cfg, sparsity, dead=None):
     f, pre = codes_and_pre(params, x, cfg, int(sparsity))
     x_hat = decode_train(params, f)
     mse, aux = recon_aux(x, x_hat, f, l0_per_example(f), jnp.zeros([], jnp.float32))
-    total = mse
-    if dead is not None:
-        residual = jax.lax.stop_gradient(x - x_hat)
-        alpha = cfg.auxk_coefficient
-        aux_l = jax.lax.cond(
-            jnp.any(dead),
-            lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k),
-            lambda: jnp.zeros([], jnp.float32),
-        )
-        total = total + alpha * aux_l
-        aux["sparsity_loss"] = jax.lax.stop_gradient(alpha * aux_l)  # the auxiliary term, for the logs
-    return total, aux
+    return with_auxk(mse, aux, params, pre, x, x_hat, dead, cfg)
+
+
+def with_auxk(total, aux, params, pre, x, x_hat, dead, cfg):
+    """``(total + auxk_coefficient * AuxK, aux)`` when ``dead [d_sae]`` is given (skipped by
+    ``lax.cond`` while no latent is dead); ``aux["sparsity_loss"]`` logs the auxiliary term.
+    Shared by TopK and BatchTopK."""
+    if dead is None:
+        return total, aux
+    residual = jax.lax.stop_gradient(x - x_hat)
+    alpha = cfg.auxk_coefficient
+    aux_l = jax.lax.cond(
+        jnp.any(dead),
+        lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k),
+        lambda: jnp.zeros([], jnp.float32),
+    )
+    aux["sparsity_loss"] = jax.lax.stop_gradient(alpha * aux_l)  # the auxiliary term, for the logs
+    return total + alpha * aux_l, aux
 
 
 def export_layout(params, cfg, sparsity):
