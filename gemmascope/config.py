@@ -397,6 +397,13 @@ def _validate_mesh(c: ml_collections.ConfigDict) -> None:
     _require(n == 0 or pid < n, "distributed.process_id", f"must be < num_processes={n}, got {pid}")
 
 
+def prepare(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config a run uses: :func:`resolve` (runlocal overrides applied), then :func:`validate`
+    (every value checked, before any compute). Entry points take ``prepared=True`` when their
+    caller (a launch script) has already done it, so it runs once."""
+    return validate(resolve(c))
+
+
 def resolve(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy of ``c`` with ``runlocal_overrides`` applied when ``c.runlocal`` is True."""
     out = ml_collections.ConfigDict(c.to_dict())

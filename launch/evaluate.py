@@ -32,7 +32,7 @@ def main(argv):
     try:
         if _CONFIG.value is None:  # no --config and no <workdir>/config.json (cli fills it otherwise)
             config_files.load_saved(_WORKDIR.value)  # raises, naming the missing file
-        config = config_lib.validate(config_lib.resolve(_CONFIG.value))
+        config = config_lib.prepare(_CONFIG.value)
     except config_lib.ConfigError as e:
         raise app.UsageError(str(e)) from None
     from gemmascope.eval.evaluate import evaluate_workdir

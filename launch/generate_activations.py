@@ -20,12 +20,12 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     try:
-        config = config_lib.validate(config_lib.resolve(_CONFIG.value))
+        config = config_lib.prepare(_CONFIG.value)
     except config_lib.ConfigError as e:
         raise app.UsageError(str(e)) from None
     from gemmascope.data.generate import generate  # imports JAX only after validation
 
-    generate(config, _WORKDIR.value)
+    generate(config, _WORKDIR.value, prepared=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     config = _CONFIG.value
     try:
-        config = config_lib.validate(config_lib.resolve(config))
+        config = config_lib.prepare(config)
     except config_lib.ConfigError as e:
         raise app.UsageError(str(e)) from None
     if _DRY_RUN.value:
@@ -45,7 +45,7 @@ def main(argv):
         from gemmascope.train import dryrun
 
         try:
-            reports = dryrun.dry_run(config, device_memory_gb=_DEVICE_GB.value)
+            reports = dryrun.dry_run(config, device_memory_gb=_DEVICE_GB.value, prepared=True)
         except config_lib.ConfigError as e:
             raise app.UsageError(str(e)) from None
         if not all(r["fits"] for r in reports):
@@ -56,7 +56,7 @@ def main(argv):
     from gemmascope.train.loop import train_and_evaluate  # imports JAX only after validation
 
     try:
-        train_and_evaluate(config, _WORKDIR.value)
+        train_and_evaluate(config, _WORKDIR.value, prepared=True)
     except config_lib.ConfigError as e:  # e.g. mesh.data * mesh.model != the devices present
         raise app.UsageError(str(e)) from None
 

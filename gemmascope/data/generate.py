@@ -135,9 +135,9 @@ def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | 
     return info.sites
 
 
-def generate(config, workdir: str, log=print) -> str:
+def generate(config, workdir: str, log=print, prepared: bool = False) -> str:
     """Validates the config, then writes the held-out and train stores; returns the root."""
-    config = config_lib.validate(config_lib.resolve(config))
+    config = config if prepared else config_lib.prepare(config)
     if config.source == "toy":
         raise config_lib.ConfigError("config.source: the toy source needs no activation store")
     root = store_root(config, workdir)

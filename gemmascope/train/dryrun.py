@@ -66,12 +66,12 @@ def _cost_flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def dry_run(config, device_memory_gb: float = 95.0, log=print) -> list[dict[str, Any]]:
+def dry_run(config, device_memory_gb: float = 95.0, log=print, prepared: bool = False) -> list[dict[str, Any]]:
     """Compiles the step of every distinct (d_in, width) of ``config``; returns one report each."""
     from gemmascope.train import sharding
     from gemmascope.train import step as step_lib
 
-    config = config_lib.validate(config_lib.resolve(config))
+    config = config if prepared else config_lib.prepare(config)
     mesh = sharding.make_mesh(config)
     k = len(config_lib.sweep_values(config))
     b = int(config.batch_size)

@@ -327,12 +327,12 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
     return records
 
 
-def train_and_evaluate(config, workdir: str, log=print) -> list[dict[str, Any]]:
+def train_and_evaluate(config, workdir: str, log=print, prepared: bool = False) -> list[dict[str, Any]]:
     """Validates the config (before any compute), starts the multi-process runtime when launched
     that way, checks the mesh against the devices, trains every location, exports every SAE."""
     from gemmascope.train import distributed, sharding
 
-    config = config_lib.validate(config_lib.resolve(config))
+    config = config if prepared else config_lib.prepare(config)
     distributed.maybe_initialize(config)
     mesh = sharding.make_mesh(config)  # data * model must equal the devices: fails before compute
     os.makedirs(workdir, exist_ok=True)
