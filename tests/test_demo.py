@@ -176,7 +176,7 @@ def test_evaluator_and_dashboard_see_exactly_the_stored_rows(demo_workdir):
     cfg = config_lib.resolve(demo.get_config("runlocal=True"))
     factor = float(cfg.lm.outlier_norm_factor)
     lm = LMActivations(cfg, [(15, "res")], log=lambda *_: None)
-    batches = list(itertools.islice(lm.packed_batches("heldout"), 2))
+    batches = list(itertools.islice(lm.packed_batches("heldout"), 1))
     mask = np.concatenate([m for _, m in batches])
     d, w = 576, 8
     zero_sae = {

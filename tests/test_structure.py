@@ -135,3 +135,20 @@ def test_public_api_resolves_to_the_documented_objects():
         assert callable(getattr(gs, name)), name
     cfg = gs.get_config(os.path.join(REPO, "configs", "toy.py") + ":runlocal")
     assert cfg.source == "toy"
+
+
+def test_importing_the_package_starts_no_jax_backend():
+    """jax.distributed.initialize() must run before any JAX computation, so no module may compute
+    with JAX at import time (a module-level ``jnp`` constant once broke the multi-host start)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, gemmascope\n"
+        "from jax._src import xla_bridge as xb\n"
+        "for m in pkgutil.walk_packages(gemmascope.__path__, 'gemmascope.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "    assert not xb._backends, m.name\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]

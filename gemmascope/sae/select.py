@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-_SIGN = jnp.uint32(0x80000000)
+_SIGN = np.uint32(0x80000000)  # NumPy, not jnp: a jnp value at import would start the JAX backend
 
 
 def sortable_keys(x: jax.Array) -> jax.Array:
