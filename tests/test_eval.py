@@ -313,29 +313,34 @@ def test_matched_l0_interpolates_in_log_l0_and_never_extrapolates():
     assert f"{topk_32:.4g} ({topk_32 / jr_32:.2f}x)" in md
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def _head_cfg(arch: str) -> LMConfig:
+    """The tiny Llama (tied head, no soft-cap), or a tiny Gemma 2 / Gemma 3 with a final soft-cap and
+    an untied head: the output-head variants the chunked losses must reproduce (Gemma's final
+    norm scales by 1 + w)."""
+    if arch == "llama":
+        return CFG
+    return LMConfig(
+        arch=arch,
+        vocab_size=41,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=1,
+        head_dim=8,
+        d_mlp=24,
+        final_softcap=3.0,
+        tie_embeddings=False,
+        bos_id=1,
+        eos_id=2,
+        pad_id=0,
+    )
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
 def test_chunked_cross_entropy_matches_the_full_logits(arch):
     """next_token_ce_from_residual (vocabulary in chunks, running log-sum-exp; the last chunk
     padded; positions in blocks, the last block padded) equals next_token_loss on forward's logits, with Gemma 2's soft-cap and an untied head."""
-    cfg = (
-        CFG
-        if arch == "llama"
-        else LMConfig(
-            arch="gemma2",
-            vocab_size=41,
-            d_model=16,
-            n_layers=2,
-            n_heads=2,
-            n_kv_heads=1,
-            head_dim=8,
-            d_mlp=24,
-            final_softcap=3.0,
-            tie_embeddings=False,
-            bos_id=1,
-            eos_id=2,
-            pad_id=0,
-        )
-    )
+    cfg = _head_cfg(arch)
     params = model.init_params(jax.random.PRNGKey(1), cfg, std=0.5)
     toks = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, size=(3, 9)), jnp.int32)
     out = model.forward(params, toks, cfg, capture=[(cfg.n_layers - 1, "res")])
@@ -353,32 +358,14 @@ def test_splicing_the_last_layer_residual_changes_the_loss(lm):
     assert abs(ident["delta_loss"]) < 1e-6 and abs(ident["ce_zero"] - ident["ce_clean"]) > 1e-3
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
 def test_chunked_kl_matches_the_full_logits(arch):
     """next_token_ce_and_kl (vocabulary chunks with running maxima, blocks of positions, the clean
     logits shared by K spliced runs) equals NumPy's KL(softmax(a) || softmax(b)) and cross-entropy
     on forward's full logits, with Gemma 2's soft-cap and an untied head; float64 reference."""
     from gemmascope.eval.kl import next_token_ce_and_kl
 
-    cfg = (
-        CFG
-        if arch == "llama"
-        else LMConfig(
-            arch="gemma2",
-            vocab_size=41,
-            d_model=16,
-            n_layers=2,
-            n_heads=2,
-            n_kv_heads=1,
-            head_dim=8,
-            d_mlp=24,
-            final_softcap=3.0,
-            tie_embeddings=False,
-            bos_id=1,
-            eos_id=2,
-            pad_id=0,
-        )
-    )
+    cfg = _head_cfg(arch)
     params = model.init_params(jax.random.PRNGKey(1), cfg, std=0.5)
     toks = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, size=(3, 9)), jnp.int32)
     last = (cfg.n_layers - 1, "res")
