@@ -51,9 +51,7 @@ class LMActivations:
 
         self.lm = sites_lib.load_lm(config.lm.checkpoint, config.lm.dtype, log=log)
         self.lm_cfg, self.params, self.tokenizer = self.lm.cfg, self.lm.params, self.lm.tokenizer
-        self.model_name = self.tokenizer_name = self.lm.name
-        if config.lm.checkpoint in ("", "embedded"):
-            self.tokenizer_name = "SmolLM2 (from the GGUF file)"
+        self.model_name, self.tokenizer_name = self.lm.name, self.lm.tokenizer_name
         self.config = config
         self.seq_len = int(config.lm.context_length)
         self.n_seq = int(config.lm.batch_sequences)

