@@ -5,10 +5,37 @@ it and adds ``arg`` parsing and validation.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 LM_SITES = ("res", "att", "mlp", "mlp_in")  # gemmascope.lm.config.SITES (mlp_in: MLP input, for transcoders)
-SITES = LM_SITES + ("toy",)
+
+
+@dataclasses.dataclass(frozen=True)
+class SitePair:
+    """A transcoder's location: it reads ``input_site`` and predicts ``output_site`` of the same
+    layer; ``affine`` adds the trained skip ``x_in @ W_skip`` (Gemma Scope 2's affine transcoders)."""
+
+    input_site: str
+    output_site: str
+    affine: bool = False
+
+
+#: Paired sites (transcoders), named in ``config.sites`` like the LM sites: the MLP's input after
+#: its pre-norm -> the MLP's output, plain or with the affine skip connection.
+PAIR_SITES = {
+    "transcoder": SitePair("mlp_in", "mlp", False),
+    "transcoder_affine": SitePair("mlp_in", "mlp", True),
+}
+SITES = LM_SITES + tuple(PAIR_SITES) + ("toy",)
+
+
+def pair_of(site: str) -> SitePair | None:
+    """The :class:`SitePair` a transcoder site names (``None`` for a single site)."""
+    return PAIR_SITES.get(site)
+
+
 ARCHS = ("jumprelu", "relu", "topk", "gated", "batchtopk")
 # Architectures whose sweep axis is ``config.sae.topk_ks`` (latents kept per token) rather than
 # ``config.lambdas`` (sparsity coefficients).

@@ -24,7 +24,9 @@ import numpy as np
 from gemmascope.sae.jumprelu import LAYOUT_KEYS
 
 BASE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
-FILE_KEYS = {"jumprelu": LAYOUT_KEYS, "relu": BASE_KEYS, "topk": BASE_KEYS + ("k",)}
+FILE_KEYS = {"jumprelu": LAYOUT_KEYS, "relu": BASE_KEYS, "topk": BASE_KEYS + ("k",), "transcoder": LAYOUT_KEYS}
+# Keys a layout may hold beyond FILE_KEYS: an affine transcoder's skip connection [d_in, d_out].
+OPTIONAL_KEYS = {"transcoder": ("W_skip",)}
 # metadata.json "architecture" -> file layout (Gated SAEs export as JumpReLU, exactly)
 ARCH_FILE_LAYOUT = {
     "jumprelu": "jumprelu",
@@ -32,7 +34,8 @@ ARCH_FILE_LAYOUT = {
     "relu": "relu",
     "topk": "topk",
     "batchtopk": "jumprelu",
-}  # BatchTopK exports the JumpReLU it becomes
+    "transcoder": "transcoder",
+}  # BatchTopK exports the JumpReLU it becomes; a transcoder is a JumpReLU writing to another site
 
 
 class SAEFileError(ValueError):
@@ -84,13 +87,23 @@ def validate_params(
     if np.ndim(w_enc) != 2:
         raise SAEFileError(f"{source}: key 'W_enc' must be 2-D [d_in, d_sae], got shape {np.shape(w_enc)}")
     d_in, d_sae = np.shape(w_enc)
-    expected = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,), "k": ()}
+    # A transcoder's decoder writes to the output site: d_out from W_dec; an SAE's is d_in.
+    d_out = int(np.shape(params["W_dec"])[-1]) if layout == "transcoder" and np.ndim(params["W_dec"]) == 2 else d_in
+    keys = keys + tuple(k for k in OPTIONAL_KEYS.get(layout, ()) if k in params)
+    expected = {
+        "W_dec": (d_sae, d_out),
+        "b_enc": (d_sae,),
+        "b_dec": (d_out,),
+        "threshold": (d_sae,),
+        "k": (),
+        "W_skip": (d_in, d_out),
+    }
     expected = {k: v for k, v in expected.items() if k in keys}
+    dims = f"W_enc [d_in={d_in}, d_sae={d_sae}]" + (f", W_dec d_out={d_out}" if layout == "transcoder" else "")
     for key, shape in expected.items():
         if tuple(np.shape(params[key])) != shape:
             raise SAEFileError(
-                f"{source}: key {key!r} has shape {tuple(np.shape(params[key]))}, expected {shape} "
-                f"(from W_enc [d_in={d_in}, d_sae={d_sae}])"
+                f"{source}: key {key!r} has shape {tuple(np.shape(params[key]))}, expected {shape} (from {dims})"
             )
     for key in keys:
         if not np.all(np.isfinite(params[key])):
@@ -100,7 +113,7 @@ def validate_params(
         if k != int(k) or not 1 <= k <= d_sae:
             raise SAEFileError(f"{source}: key 'k' must be an integer in [1, d_sae={d_sae}], got {k!r}")
         return int(d_in), int(d_sae)
-    if layout != "jumprelu":
+    if layout not in ("jumprelu", "transcoder"):
         return int(d_in), int(d_sae)
     thr = np.asarray(params["threshold"])
     if np.any(thr <= 0):
@@ -151,4 +164,4 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
         raise SAEFileError(f"{path}: not a readable .npz file ({e})") from e
     layout = file_layout(metadata, path)
     validate_params(arrays, source=path, layout=layout)
-    return {k: arrays[k] for k in FILE_KEYS[layout]}
+    return {k: arrays[k] for k in FILE_KEYS[layout] + OPTIONAL_KEYS.get(layout, ()) if k in arrays}

@@ -11,6 +11,10 @@ told apart by their keys:
 * neither: ReLU, ``f = ReLU(pre)``.
 
 with ``pre = x @ W_enc + b_enc`` and ``x_hat = f @ W_dec + b_dec`` throughout.
+
+Transcoders (``metadata.json`` ``architecture: "transcoder"``) are JumpReLU files whose decoder
+writes to another site: ``W_dec [d_sae, d_out]``, ``b_dec [d_out]``, and, when affine, ``W_skip
+[d_in, d_out]``. :func:`transcode` is their forward, ``y_hat = f @ W_dec + b_dec (+ x_in @ W_skip)``.
 """
 
 from __future__ import annotations
@@ -67,6 +71,16 @@ def encode(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
 def decode(params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
     """``x_hat = f @ W_dec + b_dec``."""
     return f @ params["W_dec"] + params["b_dec"]
+
+
+def transcode(params: Mapping[str, jax.Array], x_in: jax.Array) -> jax.Array:
+    """A transcoder's prediction ``[..., d_out]`` of the output site from the input site ``x_in
+    [..., d_in]``: ``encode`` then ``decode``, plus the affine skip ``x_in @ W_skip`` when the file
+    has one. (For an SAE, ``W_skip`` absent, this is :func:`reconstruct`.)"""
+    y = decode(params, encode(params, x_in))
+    if "W_skip" in params:
+        y = y + x_in @ params["W_skip"]
+    return y
 
 
 def reconstruct(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
