@@ -18,6 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gemmascope import cli
+from gemmascope.config_base import LM_SITES, PAIR_SITES
 
 _SAE = flags.DEFINE_string("sae", None, "Exported SAE folder or its params.npz (metadata.json beside it).")
 _OUT = flags.DEFINE_string("out", None, "Output folder for the HTML site.")
@@ -34,7 +35,9 @@ _CHECKPOINT = flags.DEFINE_string(
     "LM: 'embedded', a .gguf, a HF dir or hub id (default: the config's lm.checkpoint, else 'embedded').",
 )
 _LAYER = flags.DEFINE_integer("layer", None, "Override the SAE's layer.")
-_SITE = flags.DEFINE_enum("site", None, ["res", "att", "mlp"], "Override the SAE's site.")
+_SITE = flags.DEFINE_enum(
+    "site", None, [*LM_SITES, *PAIR_SITES], "Override the SAE's site (transcoder, transcoder_affine: a transcoder)."
+)
 _SEQ = flags.DEFINE_integer("context_length", None, "Packed sequence length, BOS first (default: config, else 128)")
 _BATCH = flags.DEFINE_integer("batch_sequences", None, "Sequences per LM batch (default: config, else 32).")
 _ENRICH = flags.DEFINE_bool("enrichment", True, "Token-set enrichment of the listed latents' logit weights.")

@@ -9,13 +9,17 @@ released Gemma Scope file). ``--alphas=0,4,8`` prints one continuation per alpha
 
 from absl import app, flags
 
+from gemmascope.config_base import LM_SITES, PAIR_SITES
+
 _SAE = flags.DEFINE_string("sae", None, "params.npz or the folder holding it.")
 _LATENT = flags.DEFINE_integer("latent", None, "Latent whose decoder row is added.")
 _ALPHAS = flags.DEFINE_list("alphas", ["0", "8"], "Steering strengths (raw activation units).")
 _PROMPT = flags.DEFINE_string("prompt", "I think that", "Prompt text (BOS is prepended).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "embedded", "LM: 'embedded', a .gguf, a HF dir or hub id.")
 _LAYER = flags.DEFINE_integer("layer", None, "Override the SAE's layer.")
-_SITE = flags.DEFINE_enum("site", None, ["res", "att", "mlp"], "Override the SAE's site.")
+_SITE = flags.DEFINE_enum(
+    "site", None, [*LM_SITES, *PAIR_SITES], "Override the SAE's site (transcoder, transcoder_affine: a transcoder)."
+)
 _NEW = flags.DEFINE_integer("max_new_tokens", 30, "Tokens to generate.")
 _TEMP = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
 flags.mark_flags_as_required(["sae", "latent"])

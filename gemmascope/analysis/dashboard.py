@@ -53,6 +53,7 @@ from gemmascope.analysis.dashboard_scan import (
     scan_codes,
     text_batches,
 )
+from gemmascope.config_base import pair_of
 from gemmascope.data import sites as sites_lib
 
 __all__ = [
@@ -156,7 +157,10 @@ def build_dashboard(
 
     Args:
       sae_path: an exported SAE folder or ``params.npz`` (``metadata.json`` beside it gives the
-        layer and site; a released Gemma Scope file has none: pass ``layer`` and ``site``).
+        layer and site; a released Gemma Scope file has none: pass ``layer`` and ``site``). A
+        transcoder (site ``transcoder``/``transcoder_affine``) is scanned on its input site (the
+        MLP input); its logit lens and enrichment read its decoder rows, which live in the MLP
+        output space, part of the residual stream, so ``W_dec @ W_U`` means what it does for an SAE.
       n_tokens: text tokens to scan (the embedded held-out split holds about 29k).
       latents: which latents get a row and a page (``"0-99,512"``, a list, or None for all).
       checkpoint: the LM (``"embedded"``, a ``.gguf``, a Hugging Face dir); ``lm``: an already
@@ -225,8 +229,9 @@ def build_dashboard(
             f"[lens] logit lens{' and enrichment' if enrichment else ''} in {time.time() - t1:.1f}s: "
             + ", ".join(f"{c} {n}" for c, n in lens.class_counts().items())
         )
+    kind = "SAE" if pair_of(str(site)) is None else "Transcoder"
     info = SiteInfo(
-        title=f"SAE {os.path.basename(os.path.dirname(os.path.abspath(params_path)))}",
+        title=f"{kind} {os.path.basename(os.path.dirname(os.path.abspath(params_path)))}",
         sae_path=params_path,
         model=str(meta.get("model", checkpoint)),
         layer=int(layer),

@@ -13,7 +13,10 @@ architecture) and keeps, per latent (:class:`ScanResult`):
 
 Rows are the text positions of the packed batches: BOS, EOS and padding are never encoded, and, as
 in :mod:`gemmascope.data.activations`, rows whose norm is over ``outlier_norm_factor`` times the
-batch median (attention sinks) are dropped and counted. Everything per batch is one jitted encode
+batch median (attention sinks) are dropped and counted. A transcoder (``site`` ``"transcoder"`` or
+``"transcoder_affine"``) encodes the rows of its input site (the MLP input), and a row is kept when
+it passes the rule at both its input and output sites: the paired store's rows, the rows the
+evaluator scores. Everything per batch is one jitted encode
 plus a few numpy reductions over ``[B, d_sae]`` arrays; no Python loop runs over latents or tokens
 while scanning. :func:`scan_codes` builds the same result from codes computed elsewhere.
 
@@ -35,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.data import sites as sites_lib
+from gemmascope.eval.metrics import read_write_sites
 from gemmascope.progress import Progress
 from gemmascope.sae import model as sae_model
 
@@ -239,7 +243,7 @@ def scan(
     Args:
       lm_params, lm_cfg: the LM (:mod:`gemmascope.lm`).
       sae: exported SAE params (any architecture :func:`gemmascope.sae.model.encode` reads).
-      layer, site: where the SAE reads the LM.
+      layer, site: where the SAE reads the LM (a transcoder site: its input site is encoded).
       batches: ``(tokens [B, T] int32, mask [B, T] bool)`` with mask True at real text only; keep
         ``B, T`` fixed (pad the last batch with fully masked rows) to compile once.
       max_tokens: stop after the batch that reaches this many encoded tokens (None: all batches).
@@ -251,6 +255,7 @@ def scan(
       log: progress lines (tokens/s), or None.
     """
     d_in = int(np.shape(sae["W_enc"])[0])
+    read, write = read_write_sites(site)
     lm = sites_lib.LM(lm_cfg, lm_params, None, "")
     arrays, topk = sae_model.split_static_k(sae)
     acc = _Accumulator(int(arrays["W_enc"].shape[1]), k)
@@ -259,13 +264,14 @@ def scan(
     for tokens, mask in batches:
         tokens = np.asarray(tokens, np.int32)
         mask = np.asarray(mask, bool)
-        x, keep = sites_lib.capture(lm, tokens, mask, [(int(layer), site)], outlier_norm_factor)[(int(layer), site)]
+        caps = sites_lib.capture(lm, tokens, mask, [(int(layer), s) for s in (read, write)], outlier_norm_factor)
+        x, keep = caps[(int(layer), read)]
         if x.shape[-1] != d_in:
             raise DashboardInputError(
-                f"the SAE reads d_in={d_in} but {site!r} at layer {layer} of this model has "
+                f"the SAE reads d_in={d_in} but {read!r} at layer {layer} of this model has "
                 f"width {x.shape[-1]}: wrong model, layer or site for this SAE"
             )
-        valid = np.asarray(keep)
+        valid = np.asarray(keep) & np.asarray(caps[(int(layer), write)][1])  # an SAE: the same mask twice
         f, smax, sarg = _encode_batch(arrays, x, jnp.asarray(valid), topk)
         acc.add(tokens, mask, valid, np.asarray(f), np.asarray(smax), np.asarray(sarg))
         if log:

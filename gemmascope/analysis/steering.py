@@ -1,5 +1,10 @@
 """Steering: add ``alpha * W_dec[i]`` to a site's activation at every position while generating.
 
+For a transcoder (site ``transcoder``/``transcoder_affine``) the decoder rows live in the space of
+its output site: steering adds the row to the MLP output (the splice at ``(layer, "mlp")``), which
+the block then adds to the residual stream (the site a transcoder writes,
+:func:`gemmascope.eval.metrics.read_write_sites`).
+
 The steering vector is a traced argument of one compiled function, so changing the latent or
 alpha does not recompile. Generation recomputes the whole (padded) context each step rather than
 keeping a KV cache: one compilation for a fixed ``max_len``, fine for the short prompts of
@@ -15,12 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.eval.metrics import read_write_sites
 from gemmascope.lm.config import LMConfig
 from gemmascope.lm.model import forward
 
 
 def steering_vector(sae_params: dict[str, Any], latent: int, alpha: float) -> np.ndarray:
-    """``alpha * W_dec[latent]``: ``[d_in]`` float32. Raises naming the latent when out of range."""
+    """``alpha * W_dec[latent]``: ``[d_out]`` float32 (``d_in`` for an SAE). Raises naming the latent
+    when out of range."""
     w_dec = np.asarray(sae_params["W_dec"], np.float32)
     if not 0 <= int(latent) < w_dec.shape[0]:
         raise ValueError(f"latent {latent} out of range: the SAE has {w_dec.shape[0]} latents")
@@ -29,8 +36,10 @@ def steering_vector(sae_params: dict[str, Any], latent: int, alpha: float) -> np
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "site"))
 def steered_logits(params, tokens: jax.Array, vec: jax.Array, cfg: LMConfig, layer: int, site: str) -> jax.Array:
-    """Logits ``[B, T, V]`` with ``vec [d]`` added to ``(layer, site)`` at every position."""
-    return forward(params, tokens, cfg, splice={(layer, site): lambda a: a + vec.astype(a.dtype)}).logits
+    """Logits ``[B, T, V]`` with ``vec [d]`` added to ``(layer, site)`` at every position (a
+    transcoder site: its output site)."""
+    splice = {(layer, read_write_sites(site)[1]): lambda a: a + vec.astype(a.dtype)}
+    return forward(params, tokens, cfg, splice=splice).logits
 
 
 def generate(
@@ -48,7 +57,8 @@ def generate(
 ) -> list[int]:
     """Greedy (``temperature == 0``) or sampled continuation of ``prompt_ids`` under steering.
 
-    ``vec=None`` generates without steering (a zero vector). Returns the new token ids.
+    ``vec=None`` generates without steering (a zero vector). Returns the new token ids. ``site``
+    may be a transcoder site (the vector goes to its output site).
     """
     from gemmascope.lm.config import site_dim
 
@@ -58,7 +68,7 @@ def generate(
     max_len = max_len or n0 + max_new_tokens
     if n0 + max_new_tokens > max_len:
         raise ValueError(f"prompt ({n0}) + max_new_tokens ({max_new_tokens}) exceeds max_len {max_len}")
-    d = site_dim(cfg, site)
+    d = site_dim(cfg, read_write_sites(site)[1])
     vec = np.zeros(d, np.float32) if vec is None else np.asarray(vec, np.float32)
     if vec.shape != (d,):
         raise ValueError(f"steering vector has shape {vec.shape}; site {site!r} of this model has width {d}")

@@ -3,7 +3,16 @@
 Writes ``eval.json`` (and ``fire_counts.npy``, each latent's firing count) beside each
 ``params.npz`` (skipping SAEs that already have one, so a stopped run continues where it was),
 then ``workdir/eval/table.{csv,md}`` and the frontier plots ``workdir/eval/l0_vs_delta_loss.png``
-and ``l0_vs_fvu.png`` (log-scaled L0, one series per architecture).
+and ``l0_vs_fvu.png`` (log-scaled L0, one series per architecture; transcoders are a series per
+site, ``transcoder`` and ``transcoder_affine``: :func:`series_of`).
+
+Transcoders (``metadata.json`` site ``transcoder``/``transcoder_affine``) are evaluated beside the
+SAEs (:mod:`gemmascope.eval.metrics`: FVU of the MLP output, delta loss with the MLP output
+replaced by the prediction from the real MLP input); plain and affine ones of a layer share one
+pass. When a workdir holds transcoders, ``workdir/eval/transcoders_vs_saes.md`` and
+``transcoders_vs_saes_layer_<L>.png`` compare, per layer, the plain and affine transcoders with
+the SAEs on that layer's MLP output at matched L0: how much fidelity replacing the MLP's
+computation costs against reconstructing its output.
 """
 
 from __future__ import annotations
@@ -17,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from gemmascope.common import write_json_atomic
+from gemmascope.config_base import PAIR_SITES, pair_of
 from gemmascope.data.activations import LMActivations
-from gemmascope.eval.metrics import evaluate_saes, firing_histogram
+from gemmascope.eval.metrics import evaluate_saes, firing_histogram, read_write_sites
 from gemmascope.progress import Progress
 from gemmascope.sae import io as sae_io
 
@@ -59,6 +69,18 @@ def find_saes(workdir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(workdir, "saes", "**", "params.npz"), recursive=True))
 
 
+def pass_site(site: str) -> str:
+    """The site an SAE is evaluated under: itself, or for a transcoder the first paired-site name
+    reading and writing the same sites (``transcoder_affine`` -> ``transcoder``), so plain and
+    affine transcoders of a layer share one pass and one baseline cache."""
+    pair = pair_of(site)
+    if pair is None:
+        return site
+    return next(
+        n for n, p in PAIR_SITES.items() if (p.input_site, p.output_site) == (pair.input_site, pair.output_site)
+    )
+
+
 def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_pass: int = 4) -> list[dict[str, Any]]:
     """Evaluates every SAE under ``workdir/saes`` that has no ``eval.json`` yet.
 
@@ -80,7 +102,7 @@ def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_
         meta = sae_io.load_metadata(path)
         if "layer" not in meta or "site" not in meta:
             raise ValueError(f"{path}: metadata.json must give 'layer' and 'site' to evaluate it")
-        pending.setdefault((int(meta["layer"]), meta["site"]), []).append((path, meta))
+        pending.setdefault((int(meta["layer"]), pass_site(meta["site"])), []).append((path, meta))
     log(
         f"[eval] {len(paths)} SAEs under {workdir}/saes: {len(rows)} already evaluated, "
         f"{sum(len(v) for v in pending.values())} to go"
@@ -91,7 +113,7 @@ def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_
     done = len(rows)
     for (layer, site), items in sorted(pending.items()):
         if lm is None:
-            lm = LMActivations(config, [(layer, site)], log=log)
+            lm = LMActivations(config, [(layer, read_write_sites(site)[0])], log=log)  # an LM site
         ckey = f"{lm.model_name}|layer={layer}|site={site}|outliers={float(config.lm.outlier_norm_factor)}"
         site_cache = cache.setdefault(ckey, {})
         clean_cache = cache.setdefault(f"{lm.model_name}|clean", {})
@@ -139,6 +161,8 @@ def _n_text(batch) -> int:
 def _row(path: str, meta: dict[str, Any], r: dict[str, Any], model_name: str) -> dict[str, Any]:
     counts, edges, dead = firing_histogram(r["fire_counts"], r["n_tokens"])
     row = {k: meta.get(k) for k in ("architecture", "site", "layer", "d_sae", "sparsity_coefficient", "k")}
+    if pair_of(str(meta.get("site"))) is not None:  # a transcoder: where it reads and writes
+        row.update({k: meta.get(k) for k in ("input_site", "output_site", "affine_skip")})
     row.update(
         {
             k: r[k]
@@ -179,6 +203,13 @@ def _read_json(path: str, default):
 _write_json = write_json_atomic  # gemmascope/common.py
 
 
+def series_of(row: dict[str, Any]) -> str:
+    """A row's series in the frontier plots and matched-L0 tables: its architecture for an SAE, its
+    site for a transcoder (``transcoder``, ``transcoder_affine``: plain and affine apart)."""
+    site = str(row.get("site"))
+    return site if pair_of(site) is not None else str(row.get("architecture"))
+
+
 def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     rows = sorted(
@@ -205,66 +236,124 @@ def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:
             "Metrics at matched L0 (linear in log L0 between each architecture's two nearest SAEs; "
             "n/a outside its range; ratios to JumpReLU)\n\n" + matched_l0_markdown(rows)
         )
+    for ykey, ylabel, name in (
+        ("delta_loss", "delta LM loss (nats)", "l0_vs_delta_loss.png"),
+        ("fvu", "FVU", "l0_vs_fvu.png"),
+    ):
+        _frontier_plot([(rows, series_of, ykey, ylabel, None)], os.path.join(out_dir, name))
+    by_layer = transcoder_comparisons(rows)
+    if by_layer:
+        parts = [
+            "Transcoders (MLP input -> MLP output) against SAEs on the same layer's MLP output, at matched L0 "
+            "(linear in log L0 between a series' two nearest points; n/a outside its range). FVU is of the MLP "
+            "output for both; delta loss replaces the MLP output with the prediction (transcoder) or the "
+            "reconstruction (SAE). Ratios are to the first of: the JumpReLU SAE on mlp, the plain transcoder.\n"
+        ]
+        for layer, (sub, series, ref) in by_layer.items():
+            parts.append(f"\n## Layer {layer}\n\n" + matched_l0_markdown(sub, ref=ref, series=series))
+            _frontier_plot(
+                [
+                    (sub, series, k, label, f"layer {layer}")
+                    for k, label in (("delta_loss", "delta LM loss (nats)"), ("fvu", "FVU of the MLP output"))
+                ],
+                os.path.join(out_dir, f"transcoders_vs_saes_layer_{layer}.png"),
+            )
+        with open(os.path.join(out_dir, "transcoders_vs_saes.md"), "w") as fh:
+            fh.write("".join(parts))
+
+
+def transcoder_comparisons(rows: list[dict[str, Any]]) -> dict[int, tuple[list[dict[str, Any]], Any, str]]:
+    """``{layer: (rows, series, ref)}`` for every layer holding transcoders: its transcoders and the
+    SAEs on the site they write (the MLP output) at that layer; ``series`` labels a row
+    (``transcoder``, ``transcoder_affine``, ``"<arch> SAE on mlp"``) and ``ref`` is the reference
+    series for ratios (the JumpReLU SAE when present, else the plain transcoder, else the first)."""
+    out = {}
+    tcs = [r for r in rows if pair_of(str(r.get("site"))) is not None]
+    for layer in sorted({int(r["layer"]) for r in tcs}):
+        here = [r for r in tcs if int(r["layer"]) == layer]
+        writes = {read_write_sites(str(r["site"]))[1] for r in here}
+        saes = [r for r in rows if r.get("layer") is not None and int(r["layer"]) == layer and r.get("site") in writes]
+        sub = here + saes
+
+        def series(r: dict[str, Any]) -> str:
+            return (
+                series_of(r)
+                if pair_of(str(r.get("site"))) is not None
+                else f"{r.get('architecture')} SAE on {r['site']}"
+            )
+
+        names = [series(r) for r in sub]
+        ref = next((n for n in (f"jumprelu SAE on {w}" for w in sorted(writes)) if n in names), None)
+        ref = ref or ("transcoder" if "transcoder" in names else sorted(names)[0])
+        out[layer] = (sub, series, ref)
+    return out
+
+
+def _frontier_plot(panels, path: str) -> None:
+    """One figure, one panel per ``(rows, series, ykey, ylabel, title)``: ``ykey`` against
+    log-scaled L0, one line per series."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for ykey, ylabel, name in (
-        ("delta_loss", "delta LM loss (nats)", "l0_vs_delta_loss.png"),
-        ("fvu", "FVU", "l0_vs_fvu.png"),
-    ):
-        fig, ax = plt.subplots(figsize=(5, 3.6), dpi=110)
-        for arch in sorted({str(r.get("architecture")) for r in rows}):
-            pts = sorted((r["l0"], r[ykey]) for r in rows if str(r.get("architecture")) == arch and r["l0"] > 0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=110, squeeze=False)
+    for ax, (rows, series, ykey, ylabel, title) in zip(axes[0], panels):
+        for name in sorted({series(r) for r in rows}):
+            pts = sorted((r["l0"], r[ykey]) for r in rows if series(r) == name and r["l0"] > 0)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=arch)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
         ax.set_xscale("log")
         ax.set_xlabel("L0 (log scale)")
         ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, name))
-        plt.close(fig)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def matched_l0(
-    rows: list[dict[str, Any]], l0s=(20.0, 40.0, 80.0), keys=("delta_loss", "fvu")
+    rows: list[dict[str, Any]], l0s=(20.0, 40.0, 80.0), keys=("delta_loss", "fvu"), series=series_of
 ) -> dict[str, dict[float, dict[str, float | None]]]:
-    """Each architecture's metrics interpolated at common L0 values (linear in log L0 between its
-    two nearest SAEs; None outside its measured range, never extrapolated)."""
+    """Each series' (:func:`series_of`: architecture, or transcoder site) metrics interpolated at
+    common L0 values (linear in log L0 between its two nearest points; None outside its measured
+    range, never extrapolated)."""
     out: dict[str, dict[float, dict[str, float | None]]] = {}
-    for arch in sorted({str(r.get("architecture")) for r in rows}):
-        pts = sorted((r["l0"], r) for r in rows if str(r.get("architecture")) == arch and r["l0"] > 0)
+    for name in sorted({series(r) for r in rows}):
+        pts = sorted(((r["l0"], r) for r in rows if series(r) == name and r["l0"] > 0), key=lambda p: p[0])
         xs = np.log([p[0] for p in pts])
-        out[arch] = {}
+        out[name] = {}
         for l0 in l0s:
             x = np.log(l0)
             if len(pts) < 2 or x < xs[0] or x > xs[-1]:
-                out[arch][l0] = {k: None for k in keys}
+                out[name][l0] = {k: None for k in keys}
                 continue
-            out[arch][l0] = {k: float(np.interp(x, xs, [p[1][k] for p in pts])) for k in keys}
+            out[name][l0] = {k: float(np.interp(x, xs, [p[1][k] for p in pts])) for k in keys}
     return out
 
 
-def matched_l0_markdown(rows: list[dict[str, Any]], l0s=(20.0, 40.0, 80.0), ref: str = "jumprelu") -> str:
-    """A table of :func:`matched_l0` with each architecture's ratio to ``ref``."""
-    m = matched_l0(rows, l0s)
-    head = "| architecture | " + " | ".join(f"delta loss @ L0 {l0:g} | FVU @ L0 {l0:g}" for l0 in l0s) + " |"
+def matched_l0_markdown(
+    rows: list[dict[str, Any]], l0s=(20.0, 40.0, 80.0), ref: str = "jumprelu", series=series_of
+) -> str:
+    """A table of :func:`matched_l0` with each series' ratio to the series ``ref``."""
+    m = matched_l0(rows, l0s, series=series)
+    head = "| series | " + " | ".join(f"delta loss @ L0 {l0:g} | FVU @ L0 {l0:g}" for l0 in l0s) + " |"
     lines = [head, "|---|" + "---|---|" * len(l0s)]
-    for arch, by in m.items():
+    for name, by in m.items():
         cells = []
         for l0 in l0s:
             for k in ("delta_loss", "fvu"):
                 v, r = by[l0][k], (m.get(ref) or {}).get(l0, {}).get(k)
                 if v is None:
                     cells.append("n/a")
-                elif arch != ref and r:
+                elif name != ref and r:
                     cells.append(f"{v:.4g} ({v / r:.2f}x)")
                 else:
                     cells.append(f"{v:.4g}")
-        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

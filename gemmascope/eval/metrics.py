@@ -38,6 +38,19 @@ The SAE enters through :func:`reconstruct` on raw-unit params (``params.npz``, a
 architecture: :mod:`gemmascope.sae.model`), the same function for our exports and released
 Gemma Scope files.
 
+Transcoders (``site`` a paired site of :data:`gemmascope.config_base.PAIR_SITES`, e.g.
+``"transcoder"`` = ``mlp_in -> mlp``): ``x`` above is the *output* site (the MLP output), the
+prediction ``y_hat = transcode(x_in)`` is computed from the real input site ``x_in`` (the MLP
+input after its pre-norm) captured in the same prefix run, and the spliced runs replace the output
+site with ``y_hat``. The spliced forward from the layer recomputes the same ``x_in`` (nothing
+before the MLP output changes), so this equals a whole forward with the MLP's output replaced by
+the transcoder's prediction of it (tested). L0 counts the codes of ``x_in``; FVU and the SAEBench
+reconstruction metrics are of the MLP output, so a transcoder and an SAE on ``mlp`` of the same
+layer are scored on the same quantity. Zero ablation zeroes the MLP output. The positions are the
+paired store's: real text kept by the outlier rule at *both* sites (the AND of the two masks).
+Plain and affine transcoders differ only in the file (``W_skip`` present or not) and are
+evaluated together under either paired-site name.
+
 Speed: the SAEs of one site are evaluated together. The LM runs once up to the site's layer;
 the clean, zero-ablation and per-SAE runs each start from there. The clean and zero-ablation
 losses depend only on the LM, site and tokens, so they can be cached across SAEs and runs
@@ -59,9 +72,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.common import fvu_from_sums
+from gemmascope.config_base import pair_of
 from gemmascope.data import sites as sites_lib
 from gemmascope.eval.kl import next_token_ce_and_kl
-from gemmascope.lm.config import LMConfig
+from gemmascope.lm.config import LMConfig, site_dim
 from gemmascope.lm.model import forward, next_token_ce_from_residual
 from gemmascope.sae import model as sae_model
 
@@ -69,9 +83,47 @@ L2_RATIO_FLOOR = 1e-4  # ||x|| below this divides as 1 in the L2 ratio (SAELens'
 
 
 def reconstruct(sae: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Raw-unit SAE (any architecture): ``x [..., d] -> (x_hat [..., d], codes [..., d_sae])``."""
-    f = sae_model.encode(sae, x)
-    return sae_model.decode(sae, f), f
+    """Raw-unit SAE or transcoder (any architecture): ``x [..., d_in] -> (prediction [..., d_out],
+    codes [..., d_sae])``. For an SAE the prediction is the reconstruction of ``x``; for a
+    transcoder ``x`` is its input site and the prediction is of its output site, with the affine
+    skip ``x @ W_skip`` when the file has one (:func:`gemmascope.sae.model.transcode`; under jit
+    the encoder runs once)."""
+    return sae_model.transcode(sae, x), sae_model.encode(sae, x)
+
+
+def read_write_sites(site: str) -> tuple[str, str]:
+    """``(site read, site replaced)`` of an evaluated site: ``(site, site)`` for an SAE, the
+    input and output sites for a transcoder (``"transcoder"`` -> ``("mlp_in", "mlp")``)."""
+    pair = pair_of(site)
+    return (site, site) if pair is None else (pair.input_site, pair.output_site)
+
+
+def check_saes(saes: Sequence[dict[str, Any]], cfg: LMConfig, site: str) -> None:
+    """Raises a ValueError naming the SAE (index), key and shape when a file cannot be evaluated at
+    ``site`` of this LM: widths that are not the read / written sites' widths, or an affine skip
+    (a transcoder) evaluated at an SAE site."""
+    read, write = read_write_sites(site)
+    widths = ((0, read), (1, write))  # (axis, site): W_enc [d_in, .], W_dec [., d_out], W_skip [d_in, d_out]
+    axes = {"W_enc": widths[:1], "W_dec": widths[1:], "W_skip": widths}
+    for i, s in enumerate(saes):
+        if "affine_skip_connection" in s:
+            raise ValueError(
+                f"SAE {i}: key 'affine_skip_connection' (a raw Gemma Scope 2 transcoder file): load it with "
+                "gemmascope.sae.io.load_params, which names the skip 'W_skip'"
+            )
+        if "W_skip" in s and pair_of(site) is None:
+            raise ValueError(
+                f"SAE {i}: has 'W_skip' (an affine transcoder) but site {site!r} is not a transcoder site; "
+                "evaluate it at site 'transcoder_affine'"
+            )
+        for key, checks in axes.items():
+            for axis, where in checks:
+                want = site_dim(cfg, where)
+                if key in s and np.shape(s[key])[axis] != want:
+                    raise ValueError(
+                        f"SAE {i}: {key!r} has shape {tuple(np.shape(s[key]))}, but axis {axis} must be {want}, "
+                        f"the width of {where!r} in this LM (site {site!r}): wrong model or site for this file"
+                    )
 
 
 # Real-text positions that are not norm outliers: the filter the store applied (one implementation).
@@ -97,18 +149,24 @@ def _batch_metrics(
     each SAE encodes and decodes ``x`` once, and each run (clean and zero-ablation when named in
     ``baselines``, one per SAE) resumes from ``layer`` with the site replaced at the selected
     positions (from ``layer + 1`` for ``res``, whose replaced value is the next layer's input).
-    Returns ``(common, [per-SAE])`` sums.
+    For a transcoder site ``x`` is the output site and each transcoder reads ``x_in``, the input
+    site of the same prefix run (module doc). Returns ``(common, [per-SAE])`` sums.
     """
-    key, last = (layer, site), (cfg.n_layers - 1, "res")
+    read, write = read_write_sites(site)
+    key, last = (layer, write), (cfg.n_layers - 1, "res")
     start = dict(start_layer=0, h_in=None)
     if layer > 0:
         h_in = forward(lm_params, tokens, cfg, capture=[(layer - 1, "res")], stop_after=layer - 1).captures[
             (layer - 1, "res")
         ]
         start = dict(start_layer=layer, h_in=h_in)
-    x_raw = forward(lm_params, tokens, cfg, capture=[key], stop_after=layer, **start).captures[key]
-    x = x_raw.astype(jnp.float32)
+    caps = forward(lm_params, tokens, cfg, capture=[key, (layer, read)], stop_after=layer, **start).captures
+    x_raw = caps[key]
+    x = x_raw.astype(jnp.float32)  # the replaced site: the SAE's input and target, the transcoder's target
+    x_in = caps[(layer, read)].astype(jnp.float32)  # what the SAE or transcoder reads
     sel = splice_positions(x, mask, outlier_norm_factor)
+    if read != write:  # the paired store's rows: kept at both sites
+        sel = sel & splice_positions(x_in, mask, outlier_norm_factor)
     s = sel.astype(jnp.float32)
 
     def final_residual(replacement=None):
@@ -116,7 +174,7 @@ def _batch_metrics(
         fn = None
         if replacement is not None:
             fn = lambda a: jnp.where(sel[..., None], replacement.astype(a.dtype), a)  # noqa: E731
-        if site == "res":
+        if write == "res":
             # The block output is the residual entering the next layer: resume there, so the
             # site's layer runs once per batch instead of once per run.
             h = x_raw if fn is None else fn(x_raw)
@@ -149,7 +207,7 @@ def _batch_metrics(
         common["ce_zero"] = jnp.sum(
             next_token_ce_from_residual(lm_params, final_residual(jnp.zeros_like(x)), tokens, cfg) * w
         )
-    recons = [reconstruct(dict(sae, k=k) if k is not None else sae, x) for sae, k in zip(saes, ks)]
+    recons = [reconstruct(dict(sae, k=k) if k is not None else sae, x_in) for sae, k in zip(saes, ks)]
     # Every SAE's run against the clean run (KL), the clean logits computed once per vocabulary tile.
     ce_clean, ce_sae, kl = next_token_ce_and_kl(
         lm_params, final_residual(), jnp.stack([final_residual(x_hat) for x_hat, _ in recons]), tokens, cfg
@@ -213,13 +271,13 @@ def evaluate_saes(
     content hash -> ``ce_clean_sum``, for this LM, any site: the clean loss does not depend on the
     site) skips the clean run at a site that is new but whose text was evaluated at another site.
     New entries are added to both. Each result has the keys of :func:`evaluate_sae`.
+
+    ``site`` may be a transcoder site (``"transcoder"`` or ``"transcoder_affine"``, the same
+    computation: plain and affine transcoders of a layer can share the pass); ``saes`` are then
+    transcoder params (``W_skip`` when affine). Bad widths or a skip at an SAE site raise before
+    any compute (:func:`check_saes`).
     """
-    for s in saes:
-        if "affine_skip_connection" in s:
-            raise ValueError(
-                "evaluate_saes: an affine transcoder (key 'affine_skip_connection') reads one "
-                "site and writes another; evaluating transcoders is not supported here yet"
-            )
+    check_saes(saes, cfg, site)
     arrays, ks = zip(*(sae_model.split_static_k(s) for s in saes))
     arrays, ks = list(arrays), tuple(ks)
     common: dict[str, Any] = {}
