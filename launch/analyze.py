@@ -9,7 +9,9 @@ activation, activation histogram, logit-lens top/bottom tokens, token-set enrich
 ``<out>/summary.json``. Open ``index.html`` in any browser; nothing is fetched from the network.
 
 The layer and site come from the SAE's metadata.json (a released Gemma Scope params.npz has
-none: pass --layer and --site, and --checkpoint for its model). The LM (checkpoint, sequence
+none: pass --layer and --site, and --checkpoint for its model). A transcoder's dashboard encodes
+its input site (the MLP input, at the rows kept at both of its sites) and reads its decoder rows
+(MLP-output space, part of the residual stream) through the unembedding for the logit lens. The LM (checkpoint, sequence
 length, batch, outlier factor) comes from the config the SAE was trained with: ``--config``, or
 by default the ``config.json`` of the workdir the SAE was exported into; explicit flags win.
 """

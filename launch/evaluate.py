@@ -6,7 +6,13 @@ r"""Evaluates every exported SAE under ``<workdir>/saes`` on held-out text of th
 Without ``--config``, the workdir's ``config.json`` (written by ``launch/train.py``) names the LM
 and the text; ``--config.<field>=`` overrides apply to either. Writes eval.json beside each
 params.npz (rerunning skips finished SAEs), and
-``<workdir>/eval/{table.csv,table.md,l0_vs_delta_loss.png,l0_vs_fvu.png}``.
+``<workdir>/eval/{table.csv,table.md,matched_l0.md,l0_vs_delta_loss.png,l0_vs_fvu.png}``.
+
+Transcoders exported into the same workdir (sites ``transcoder``, ``transcoder_affine``) are scored
+with the MLP output replaced by their prediction from the real MLP input; with them come
+``<workdir>/eval/transcoders_vs_saes.md`` and ``transcoders_vs_saes_layer_<L>.png``: plain and affine
+transcoders against the SAEs on that layer's ``mlp`` at matched L0 (train those SAEs into the same
+workdir, e.g. ``config.sites = ("mlp", "transcoder", "transcoder_affine")``).
 """
 
 from absl import app, flags, logging

@@ -4,7 +4,9 @@ r"""Generate text with our LM while adding ``alpha * W_dec[latent]`` at the SAE'
         --latent=123 --alpha=8 --prompt="The best thing about" --max_new_tokens=30
 
 The layer and site come from the SAE's metadata.json (override with --layer/--site, e.g. for a
-released Gemma Scope file). ``--alphas=0,4,8`` prints one continuation per alpha.
+released Gemma Scope file). ``--alphas=0,4,8`` prints one continuation per alpha. For a
+transcoder (site ``transcoder``/``transcoder_affine``) the decoder row is added to the MLP output of
+its layer (the splice at ``(layer, "mlp")``), from where it joins the residual stream.
 """
 
 from absl import app, flags

@@ -287,6 +287,10 @@ def test_comparison_tables_interpolate_each_series_at_matched_l0(tmp_path):
     evaluate.write_table_and_plots(rows, str(tmp_path))
     md_all = open(tmp_path / "transcoders_vs_saes.md").read()
     assert md_all.count("## Layer") == 2 and (tmp_path / "transcoders_vs_saes_layer_2.png").exists()
+    t20 = np.log(2.0) / np.log(10.0)  # the tables' first L0, 20, between 10 and 100
+    aff, plain = 0.6 + (0.1 - 0.6) * t20, 1.0 + (0.2 - 1.0) * t20
+    # affine against plain: layer 1's second table
+    assert f"| transcoder_affine | {aff:.4g} ({aff / plain:.2f}x) |" in md_all.split("## Layer 2")[0]
     # a workdir of SAEs only writes no comparison
     evaluate.write_table_and_plots(rows[4:8], str(tmp_path / "saes_only"))
     assert not (tmp_path / "saes_only" / "transcoders_vs_saes.md").exists()

@@ -247,10 +247,15 @@ def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:
             "Transcoders (MLP input -> MLP output) against SAEs on the same layer's MLP output, at matched L0 "
             "(linear in log L0 between a series' two nearest points; n/a outside its range). FVU is of the MLP "
             "output for both; delta loss replaces the MLP output with the prediction (transcoder) or the "
-            "reconstruction (SAE). Ratios are to the first of: the JumpReLU SAE on mlp, the plain transcoder.\n"
+            "reconstruction (SAE). Ratios are to the JumpReLU SAE on mlp (else to the plain transcoder); a "
+            "second table gives the ratios to the plain transcoder (affine against plain).\n"
         ]
         for layer, (sub, series, ref) in by_layer.items():
-            parts.append(f"\n## Layer {layer}\n\n" + matched_l0_markdown(sub, ref=ref, series=series))
+            parts.append(
+                f"\n## Layer {layer}\n\nRatios to {ref}:\n\n" + matched_l0_markdown(sub, ref=ref, series=series)
+            )
+            if ref != "transcoder" and any(series(r) == "transcoder" for r in sub):
+                parts.append("\nRatios to transcoder:\n\n" + matched_l0_markdown(sub, ref="transcoder", series=series))
             _frontier_plot(
                 [
                     (sub, series, k, label, f"layer {layer}")
@@ -265,7 +270,7 @@ def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:
 def transcoder_comparisons(rows: list[dict[str, Any]]) -> dict[int, tuple[list[dict[str, Any]], Any, str]]:
     """``{layer: (rows, series, ref)}`` for every layer holding transcoders: its transcoders and the
     SAEs on the site they write (the MLP output) at that layer; ``series`` labels a row
-    (``transcoder``, ``transcoder_affine``, ``"<arch> SAE on mlp"``) and ``ref`` is the reference
+    (:func:`comparison_series`) and ``ref`` is the reference
     series for ratios (the JumpReLU SAE when present, else the plain transcoder, else the first)."""
     out = {}
     tcs = [r for r in rows if pair_of(str(r.get("site"))) is not None]
@@ -274,19 +279,19 @@ def transcoder_comparisons(rows: list[dict[str, Any]]) -> dict[int, tuple[list[d
         writes = {read_write_sites(str(r["site"]))[1] for r in here}
         saes = [r for r in rows if r.get("layer") is not None and int(r["layer"]) == layer and r.get("site") in writes]
         sub = here + saes
-
-        def series(r: dict[str, Any]) -> str:
-            return (
-                series_of(r)
-                if pair_of(str(r.get("site"))) is not None
-                else f"{r.get('architecture')} SAE on {r['site']}"
-            )
-
-        names = [series(r) for r in sub]
+        names = [comparison_series(r) for r in sub]
         ref = next((n for n in (f"jumprelu SAE on {w}" for w in sorted(writes)) if n in names), None)
         ref = ref or ("transcoder" if "transcoder" in names else sorted(names)[0])
-        out[layer] = (sub, series, ref)
+        out[layer] = (sub, comparison_series, ref)
     return out
+
+
+def comparison_series(row: dict[str, Any]) -> str:
+    """A row's series in the transcoder comparison: its site for a transcoder, ``"<architecture>
+    SAE on <site>"`` for an SAE."""
+    if pair_of(str(row.get("site"))) is not None:
+        return series_of(row)
+    return f"{row.get('architecture')} SAE on {row.get('site')}"
 
 
 def _frontier_plot(panels, path: str) -> None:
