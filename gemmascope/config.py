@@ -20,9 +20,13 @@ from gemmascope.config_base import (  # noqa: F401  (re-exported: callers use ge
     K_ARCHS,
     LM_SITES,
     MATRYOSHKA_ARCHS,
+    PAIR_SITES,
     SITES,
     ConfigError,
     base_config,
+    component_sites,
+    pair_of,
+    site_pairs,
 )
 
 
@@ -207,8 +211,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _nonneg_number(c, "toy.noise_std")
         _require(tuple(c.sites) == ("toy",), "sites", f"the toy source has the single site 'toy', got {tuple(c.sites)}")
     else:
+        lm_or_pair = ", ".join(LM_SITES + tuple(PAIR_SITES))
         for s in c.sites:
-            _require(s in LM_SITES, "sites", f"LM sites are {', '.join(LM_SITES)}, got {s!r}")
+            _require(s in LM_SITES or s in PAIR_SITES, "sites", f"LM sites are {lm_or_pair}, got {s!r}")
         _positive_int(c, "lm.context_length")
         _require(c.lm.context_length >= 2, "lm.context_length", f"must be >= 2, got {c.lm.context_length}")
         _positive_int(c, "lm.batch_sequences")
@@ -231,10 +236,16 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"must be in (0, 1), got {c.text.heldout_fraction!r}",
         )
         for s in c.store.sites:
-            _require(s in LM_SITES, "store.sites", f"LM sites are {', '.join(LM_SITES)}, got {s!r}")
+            _require(s in LM_SITES or s in PAIR_SITES, "store.sites", f"LM sites are {lm_or_pair}, got {s!r}")
         if c.source == "store":
-            missing = [s for s in c.sites if s not in c.store.sites]
-            _require(not missing, "store.sites", f"must include every trained site; missing {missing}")
+            have, pairs = component_sites(c.store.sites), site_pairs(c.store.sites)
+            missing = [s for s in c.sites if (site_pairs([s])[0] not in pairs if pair_of(s) else s not in have)]
+            _require(
+                not missing,
+                "store.sites",
+                f"must include every trained site (a transcoder site its pair, written with one joint "
+                f"row mask: e.g. 'transcoder'); missing {missing}",
+            )
         for f in ("store.max_tokens", "text.max_documents"):
             v = _get(c, f)
             _require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
@@ -259,16 +270,39 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones), not {c.sae.arch!r}",
     )
     _require(
-        "gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") for s in c.sites),
+        "gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") + tuple(PAIR_SITES) for s in c.sites),
         "export.layouts",
-        f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)}",
+        f"the gemma_scope_2 layout names LM sites (res, mlp, att) and transcoders, not {tuple(c.sites)}",
     )
+    pair_sites = [s for s in c.sites if pair_of(s) is not None]
+    _require(
+        "sae_lens" not in c.export.layouts or not pair_sites,
+        "export.layouts",
+        f"the sae_lens layout has no transcoder export here; drop 'sae_lens' or the sites {pair_sites}",
+    )
+    _validate_pairs(c, pair_sites)
     _require(
         c.wandb.mode in ("offline", "online", "disabled"),
         "wandb.mode",
         f"must be 'offline', 'online' or 'disabled', got {c.wandb.mode!r}",
     )
     return c
+
+
+def _validate_pairs(c: ml_collections.ConfigDict, pair_sites: list[str]) -> None:
+    """Transcoder sites: a JumpReLU transcoder (the arch field names the encoder), no Matryoshka."""
+    if not pair_sites:
+        return
+    _require(
+        c.sae.arch == "jumprelu",
+        "sae.arch",
+        f"the transcoder sites {pair_sites} train JumpReLU transcoders; set sae.arch='jumprelu', not {c.sae.arch!r}",
+    )
+    _require(
+        not c.sae.matryoshka_prefixes,
+        "sae.matryoshka_prefixes",
+        f"Matryoshka training is not implemented for the transcoder sites {pair_sites}",
+    )
 
 
 def _validate_sparsity(c: ml_collections.ConfigDict) -> None:

@@ -35,9 +35,7 @@ def export(src: str, layout: str, out: str, log10_freq: np.ndarray | None = None
     if layout == "gemma_scope_2":
         save_gemma_scope_2(out, params, meta or None)
         return out
-    if SKIP in params:
-        raise ValueError(f"{src}: an affine transcoder ({SKIP!r}) has no params.npz layout")
-    arch = meta.get("architecture") or sae_model_arch(params)
+    arch = meta.get("architecture") or ("transcoder" if SKIP in params else sae_model_arch(params))
     sae_io.save_params(os.path.join(out, "params.npz"), params, {**meta, "architecture": arch})
     return out
 
@@ -74,6 +72,7 @@ def export_layouts(layouts, workdir: str, folder: str, heldout: np.ndarray | Non
                 meta["layer"],
                 meta["d_sae"],
                 meta["l0"],
+                bool(meta.get("affine_skip", False)),
             )
             lf = None
         else:
@@ -81,7 +80,8 @@ def export_layouts(layouts, workdir: str, folder: str, heldout: np.ndarray | Non
             out = os.path.join(workdir, "saes_sae_lens", rel)
             lf = None
             if heldout is not None:
-                f = np.asarray(sae_model.encode(sae_io.load_params(folder), np.asarray(heldout, np.float32)))
+                x = np.asarray(heldout, np.float32)[:, : int(meta.get("d_in", heldout.shape[-1]))]
+                f = np.asarray(sae_model.encode(sae_io.load_params(folder), x))
                 lf = log10_firing_frequency((f != 0).sum(0), len(f))
         written.append(export(folder, layout, out, lf))
         if log:
