@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -74,6 +75,8 @@ def export_layouts(layouts, workdir: str, folder: str, heldout: np.ndarray | Non
                 meta["l0"],
                 bool(meta.get("affine_skip", False)),
             )
+            # two SAEs of a sweep on the same rounded L0: keep their folders apart, as in saes/
+            out += re.search(r"(_sae\d+)?$", folder).group(0)
             lf = None
         else:
             rel = os.path.relpath(folder, os.path.join(workdir, "saes"))
