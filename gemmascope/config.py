@@ -272,15 +272,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(
         "gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") + tuple(PAIR_SITES) for s in c.sites),
         "export.layouts",
-        f"the gemma_scope_2 layout names LM sites (res, mlp, att) and transcoders, not {tuple(c.sites)}",
+        f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)} (or transcoders)",
     )
-    pair_sites = [s for s in c.sites if pair_of(s) is not None]
-    _require(
-        "sae_lens" not in c.export.layouts or not pair_sites,
-        "export.layouts",
-        f"the sae_lens layout has no transcoder export here; drop 'sae_lens' or the sites {pair_sites}",
-    )
-    _validate_pairs(c, pair_sites)
+    _validate_pairs(c)
     _require(
         c.wandb.mode in ("offline", "online", "disabled"),
         "wandb.mode",
@@ -289,20 +283,15 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def _validate_pairs(c: ml_collections.ConfigDict, pair_sites: list[str]) -> None:
-    """Transcoder sites: a JumpReLU transcoder (the arch field names the encoder), no Matryoshka."""
-    if not pair_sites:
-        return
-    _require(
-        c.sae.arch == "jumprelu",
-        "sae.arch",
-        f"the transcoder sites {pair_sites} train JumpReLU transcoders; set sae.arch='jumprelu', not {c.sae.arch!r}",
-    )
-    _require(
-        not c.sae.matryoshka_prefixes,
-        "sae.matryoshka_prefixes",
-        f"Matryoshka training is not implemented for the transcoder sites {pair_sites}",
-    )
+def _validate_pairs(c: ml_collections.ConfigDict) -> None:
+    """Transcoder sites train JumpReLU transcoders: no other arch, no Matryoshka, no SAELens export."""
+    pairs = [s for s in c.sites if pair_of(s) is not None]
+    for field, bad, what in (
+        ("sae.arch", c.sae.arch != "jumprelu", f"they train JumpReLU transcoders; set 'jumprelu', not {c.sae.arch!r}"),
+        ("sae.matryoshka_prefixes", bool(c.sae.matryoshka_prefixes), "Matryoshka training is not implemented"),
+        ("export.layouts", "sae_lens" in c.export.layouts, "the sae_lens layout has no transcoder export here"),
+    ):
+        _require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
 
 
 def _validate_sparsity(c: ml_collections.ConfigDict) -> None:

@@ -259,9 +259,15 @@ def test_config_accepts_transcoders_and_names_bad_fields():
     config_lib.validate(_lm_cfg(**{"sae.sparsity_loss": "quadratic"}))
     bad = [
         ({"store.sites": ("mlp_in", "mlp")}, "config.store.sites: must include every trained site .* missing"),
-        ({"sae.arch": "topk"}, "config.sae.arch: the transcoder sites .* set sae.arch='jumprelu'"),
-        ({"export.layouts": ("sae_lens",)}, "config.export.layouts: the sae_lens layout has no transcoder export"),
-        ({"sae.matryoshka_prefixes": (16, 64)}, "config.sae.matryoshka_prefixes: .*not implemented for the transcoder"),
+        ({"sae.arch": "topk"}, "config.sae.arch: transcoder sites .* set 'jumprelu', not 'topk'"),
+        (
+            {"export.layouts": ("sae_lens",)},
+            "config.export.layouts: transcoder sites .*the sae_lens layout has no transcoder export",
+        ),
+        (
+            {"sae.matryoshka_prefixes": (16, 64)},
+            "config.sae.matryoshka_prefixes: transcoder sites .*Matryoshka training is not implemented",
+        ),
         ({"sites": ("transcoder_bias",)}, "config.sites: unknown site 'transcoder_bias' .*'transcoder_affine'"),
         ({"source": "toy", "sites": ("transcoder",)}, "config.sites"),
     ]
