@@ -343,3 +343,19 @@ def test_sharded_transcoder_step_equals_single_device():
     assert out.pop("moved") > 1e-3  # the skip trained: the comparison is not of untouched zeros
     for mesh, diff in out.items():
         assert diff < 1e-5, (mesh, diff)
+
+
+def test_demo_config_validates_and_the_repo_file_matches():
+    import importlib.util
+
+    from gemmascope.configs import transcoder as tc_config
+
+    spec = importlib.util.spec_from_file_location("cfgfile_transcoder", os.path.join(REPO, "configs", "transcoder.py"))
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    for arg in (None, "runlocal=True"):
+        assert m.get_config(arg).to_dict() == tc_config.get_config(arg).to_dict()
+        c = config_lib.prepare(tc_config.get_config(arg))
+        assert tuple(c.sites) == ("transcoder", "transcoder_affine") and tuple(c.layers) == (15,)
+        assert config_lib.component_sites(c.store.sites) == ("mlp_in", "mlp")
+    assert config_lib.prepare(tc_config.get_config("runlocal=True")).widths == (1024,)
