@@ -279,3 +279,20 @@ def test_trains_and_exports_plain_and_affine_transcoders(generated, use_tiny_lm)
     assert sum("_affine" in p for p in gs2) == 2  # (a second SAE on the same rounded L0: "_sae1")
     again = train_and_evaluate(lm_cfg(), wd, log=lambda *a: None)  # finished locations are skipped
     assert [r["path"] for r in again] == [r["path"] for r in recs]
+    # Killed after its step-6 checkpoint (the later one and the export removed): the rerun resumes
+    # the state (C_in, C_out) and the paired stream, and exports the same parameters bit for bit.
+    import shutil
+
+    run = os.path.join(wd, "runs", "transcoder_affine_layer1_width32")
+    before = {r["path"]: sae_io.load_params(os.path.dirname(r["path"])) for r in recs if r["affine_skip"]}
+    shutil.rmtree(os.path.join(run, "checkpoints", "12"))
+    os.remove(os.path.join(run, "exported.json"))
+    shutil.rmtree(os.path.join(wd, "saes", "transcoder_affine"))
+    logs = []
+    resumed = train_and_evaluate(lm_cfg(), wd, log=logs.append)
+    assert any("resumed from step 6" in line for line in logs), logs
+    for r in resumed:
+        if r["affine_skip"]:
+            got = sae_io.load_params(os.path.dirname(r["path"]))
+            for k, v in before[r["path"]].items():
+                np.testing.assert_array_equal(got[k], v, err_msg=k)
