@@ -1,7 +1,8 @@
 """JumpReLU transcoder (issue 14): gradients against hand-derived values (threshold, encoder, the
 affine skip, both sparsity losses), the folding identity with two normalisation constants, file
-layouts (ours and Gemma Scope 2) in and out with bad input, config validation, and the sharded
-step against the single-device one.
+layouts (ours and Gemma Scope 2) in and out with bad input, config validation, the partition
+rule, and the sharded step (a 2 x 2 mesh of fake CPU devices, sweep and latents split) against
+the single-device one.
 
 Tolerances: gradients rtol 1e-4 (fp32, values of order 1-100); folded codes and outputs within
 1e-4 relative to the scale C_out (the SAE folding test's); the sharded step within 1e-5 like
