@@ -360,3 +360,18 @@ def test_demo_config_validates_and_the_repo_file_matches():
         assert tuple(c.sites) == ("transcoder", "transcoder_affine") and tuple(c.layers) == (15,)
         assert config_lib.component_sites(c.store.sites) == ("mlp_in", "mlp")
     assert config_lib.prepare(tc_config.get_config("runlocal=True")).widths == (1024,)
+
+
+def test_quantile_threshold_init_reads_the_input_part():
+    """With the quantile init each threshold sits at the (1 - T/d_sae) quantile of its
+    pre-activations on the normalised x_in part of the sample (no pre-encoder bias)."""
+    c = config_lib.base_config()
+    c.sae.threshold_init_mode, c.sae.sparsity_loss, c.target_l0s = "quantile", "quadratic", (4.0,)
+    tc = archs.for_site(c, "transcoder", 6)
+    xy = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (512, 14)), np.float32)
+    sample = step_lib.init_sample(c, xy * 2.0, (2.0, 1.0), 8)  # normalised: x_in / 2, y / 1
+    np.testing.assert_allclose(sample, np.concatenate([xy[:, :8], 2 * xy[:, 8:]], 1), rtol=1e-6)
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 1, (2.0, 1.0), sample, arch=tc)
+    p = jax.tree.map(lambda a: a[0], state["params"])
+    pre = xy[:, :8] @ np.asarray(p["W_enc"]) + np.asarray(p["b_enc"])
+    np.testing.assert_allclose(p["threshold"], np.maximum(np.quantile(pre, 1 - 4 / 32, axis=0), 1e-6), rtol=1e-5)
