@@ -20,9 +20,13 @@ from gemmascope.config_base import (  # noqa: F401  (re-exported: callers use ge
     K_ARCHS,
     LM_SITES,
     MATRYOSHKA_ARCHS,
+    PAIR_SITES,
     SITES,
     ConfigError,
     base_config,
+    component_sites,
+    pair_of,
+    site_pairs,
 )
 
 
@@ -207,8 +211,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _nonneg_number(c, "toy.noise_std")
         _require(tuple(c.sites) == ("toy",), "sites", f"the toy source has the single site 'toy', got {tuple(c.sites)}")
     else:
+        lm_or_pair = ", ".join(LM_SITES + tuple(PAIR_SITES))
         for s in c.sites:
-            _require(s in LM_SITES, "sites", f"LM sites are {', '.join(LM_SITES)}, got {s!r}")
+            _require(s in LM_SITES or s in PAIR_SITES, "sites", f"LM sites are {lm_or_pair}, got {s!r}")
         _positive_int(c, "lm.context_length")
         _require(c.lm.context_length >= 2, "lm.context_length", f"must be >= 2, got {c.lm.context_length}")
         _positive_int(c, "lm.batch_sequences")
@@ -231,10 +236,16 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"must be in (0, 1), got {c.text.heldout_fraction!r}",
         )
         for s in c.store.sites:
-            _require(s in LM_SITES, "store.sites", f"LM sites are {', '.join(LM_SITES)}, got {s!r}")
+            _require(s in LM_SITES or s in PAIR_SITES, "store.sites", f"LM sites are {lm_or_pair}, got {s!r}")
         if c.source == "store":
-            missing = [s for s in c.sites if s not in c.store.sites]
-            _require(not missing, "store.sites", f"must include every trained site; missing {missing}")
+            have, pairs = component_sites(c.store.sites), site_pairs(c.store.sites)
+            missing = [s for s in c.sites if (site_pairs([s])[0] not in pairs if pair_of(s) else s not in have)]
+            _require(
+                not missing,
+                "store.sites",
+                f"must include every trained site (a transcoder site its pair, written with one joint "
+                f"row mask: e.g. 'transcoder'); missing {missing}",
+            )
         for f in ("store.max_tokens", "text.max_documents"):
             v = _get(c, f)
             _require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
@@ -259,16 +270,28 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones), not {c.sae.arch!r}",
     )
     _require(
-        "gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") for s in c.sites),
+        "gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") + tuple(PAIR_SITES) for s in c.sites),
         "export.layouts",
-        f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)}",
+        f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)} (or transcoders)",
     )
+    _validate_pairs(c)
     _require(
         c.wandb.mode in ("offline", "online", "disabled"),
         "wandb.mode",
         f"must be 'offline', 'online' or 'disabled', got {c.wandb.mode!r}",
     )
     return c
+
+
+def _validate_pairs(c: ml_collections.ConfigDict) -> None:
+    """Transcoder sites train JumpReLU transcoders: no other arch, no Matryoshka, no SAELens export."""
+    pairs = [s for s in c.sites if pair_of(s) is not None]
+    for field, bad, what in (
+        ("sae.arch", c.sae.arch != "jumprelu", f"they train JumpReLU transcoders; set 'jumprelu', not {c.sae.arch!r}"),
+        ("sae.matryoshka_prefixes", bool(c.sae.matryoshka_prefixes), "Matryoshka training is not implemented"),
+        ("export.layouts", "sae_lens" in c.export.layouts, "the sae_lens layout has no transcoder export here"),
+    ):
+        _require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
 
 
 def _validate_sparsity(c: ml_collections.ConfigDict) -> None:

@@ -36,6 +36,29 @@ def pair_of(site: str) -> SitePair | None:
     return PAIR_SITES.get(site)
 
 
+def component_sites(sites) -> tuple[str, ...]:
+    """The LM sites behind ``sites`` (pair sites expanded into their input and output sites),
+    each once, in order: ``("res", "transcoder") -> ("res", "mlp_in", "mlp")``."""
+    out: list[str] = []
+    for s in sites:
+        pair = pair_of(s)
+        for c in (pair.input_site, pair.output_site) if pair else (s,):
+            if c not in out:
+                out.append(c)
+    return tuple(out)
+
+
+def site_pairs(sites) -> tuple[tuple[str, str], ...]:
+    """The distinct ``(input_site, output_site)`` pairs named in ``sites`` (a plain and an affine
+    transcoder of the same sites share one pair of stored arrays)."""
+    out: list[tuple[str, str]] = []
+    for s in sites:
+        pair = pair_of(s)
+        if pair and (pair.input_site, pair.output_site) not in out:
+            out.append((pair.input_site, pair.output_site))
+    return tuple(out)
+
+
 ARCHS = ("jumprelu", "relu", "topk", "gated", "batchtopk")
 # Architectures whose sweep axis is ``config.sae.topk_ks`` (latents kept per token) rather than
 # ``config.lambdas`` (sparsity coefficients).
@@ -185,7 +208,9 @@ def base_config() -> ml_collections.ConfigDict:
     # The activation store (source = "store"): written once by launch/generate_activations.py.
     c.store = ml_collections.ConfigDict()
     c.store.path = ""  # local path or gs:// / s3:// URL; "" = <workdir>/activations
-    c.store.sites = ("res",)  # sites written at every layer of config.layers (one LM pass)
+    # Sites written at every layer of config.layers (one LM pass). A pair site ("transcoder")
+    # writes its two components (mlp_in, mlp) with one joint outlier mask, rows aligned.
+    c.store.sites = ("res",)
     c.store.max_tokens = 0  # stop generating after this many stored rows per location (0 = corpus)
     c.store.heldout_rows = 65_536  # held-out rows stored per location for evaluation
     c.store.shuffle_buffer_rows = 262_144

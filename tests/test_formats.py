@@ -181,7 +181,7 @@ def test_gemma_scope_2_round_trip_names_and_dispatch(tmp_path, x):
         np.testing.assert_array_equal(back[k], params[k])
     assert sae_io.load_metadata(folder) == {"site": "res", "layer": 12}
     assert formats.parse_gs2_dir(os.path.join("x", "transcoder_all", "layer_3_width_262k_l0_big_affine")) == {
-        "site": "mlp_in",
+        "site": "transcoder_affine",
         "layer": 3,
         "width": "262k",
         "l0": "big",
@@ -194,16 +194,18 @@ def test_gemma_scope_2_round_trip_names_and_dispatch(tmp_path, x):
 def test_gemma_scope_2_affine_transcoder_keeps_its_skip_connection(tmp_path):
     params = dict(
         rand_params("jumprelu"),
-        affine_skip_connection=np.random.default_rng(5).standard_normal((D, D)).astype(np.float32),
+        W_skip=np.random.default_rng(5).standard_normal((D, D)).astype(np.float32),
     )
     folder = formats.gs2_dir(str(tmp_path), "mlp_in", 2, 16384, "small", affine=True)
     formats.save_gemma_scope_2(folder, params)
     back = sae_io.load_params(folder)
-    np.testing.assert_array_equal(back["affine_skip_connection"], params["affine_skip_connection"])
-    bad = dict(params, affine_skip_connection=params["affine_skip_connection"][:, :3])
-    with pytest.raises(sae_io.SAEFileError, match=r"'affine_skip_connection' has shape \(8, 3\), expected \(8, 8\)"):
+    np.testing.assert_array_equal(back["W_skip"], params["W_skip"])
+    bad = dict(params, W_skip=params["W_skip"][:, :3])
+    with pytest.raises(
+        sae_io.SAEFileError, match=r"'affine_skip_connection' \(W_skip\) has shape \(8, 3\), expected \(8, 8\)"
+    ):
         formats.save_gemma_scope_2(str(tmp_path / "bad"), bad)
-    with pytest.raises(ValueError, match="affine transcoder"):
+    with pytest.raises(ValueError, match="transcoder .* has no SAELens export"):
         formats.save_sae_lens(str(tmp_path / "sl"), params, {"architecture": "jumprelu"})
 
 

@@ -40,13 +40,15 @@ def text_source_dict(config) -> dict[str, Any]:
 
 
 class LMActivations:
-    """The configured LM over the configured text. ``sites``: [(layer, site)].
+    """The configured LM over the configured text. ``sites``: [(layer, site)]; ``pairs``:
+    [(layer, input_site, output_site)] of transcoders, whose two sites share one outlier mask
+    (rows aligned; :func:`gemmascope.data.sites.site_rows`).
 
     A thin binding of :mod:`gemmascope.data.sites` to a config: which checkpoint, text, sequence
     length, batch size and outlier factor.
     """
 
-    def __init__(self, config, sites: list[tuple[int, str]], log=print):
+    def __init__(self, config, sites: list[tuple[int, str]], log=print, pairs: list[tuple[int, str, str]] = ()):
         from gemmascope.lm.config import site_dim
 
         self.lm = sites_lib.load_lm(config.lm.checkpoint, config.lm.dtype, log=log)
@@ -55,7 +57,8 @@ class LMActivations:
         self.config = config
         self.seq_len = int(config.lm.context_length)
         self.n_seq = int(config.lm.batch_sequences)
-        self.sites = sorted({(int(l), s) for l, s in sites})
+        self.pairs = sorted({(int(l), a, b) for l, a, b in pairs})
+        self.sites = sorted({(int(l), s) for l, s in sites} | {(l, x) for l, a, b in self.pairs for x in (a, b)})
         for layer, _ in self.sites:
             self.lm.check_layer(layer, "config.layers")
         self.dims = {location_key(s, l): site_dim(self.lm_cfg, s) for l, s in self.sites}
@@ -75,7 +78,8 @@ class LMActivations:
         """``{location_key: float32 [n_rows, d]}``: captured rows at real-text positions, less the
         norm outliers (``lm.outlier_norm_factor`` times the batch median; counted by position
         into ``stats[key]`` when given). See :func:`gemmascope.data.sites.site_rows`."""
-        return sites_lib.site_rows(self.lm, tokens, mask, self.sites, float(self.config.lm.outlier_norm_factor), stats)
+        factor = float(self.config.lm.outlier_norm_factor)
+        return sites_lib.site_rows(self.lm, tokens, mask, self.sites, factor, stats, self.pairs)
 
     def heldout_rows(self, n_rows: int) -> dict[str, np.ndarray]:
         """At least ``min(n_rows, all)`` held-out rows per location (whole batches)."""
@@ -98,15 +102,21 @@ class OnlineSource:
     index; training batches are consecutive slices of that stream, wrapping around the corpus
     (epochs). The position is ``(epoch, lm_batch, offset)``, so a resumed run recomputes one LM
     batch and continues the same stream.
+
+    ``out_key``: a transcoder's target location (``lm`` built with the pair): rows are then
+    ``concat(x_in [d_in], y [d_out])`` of the same token, shuffled together; ``d_out`` is set.
     """
 
-    def __init__(self, lm: LMActivations, key: str, batch_size: int, seed: int):
+    def __init__(self, lm: LMActivations, key: str, batch_size: int, seed: int, out_key: str | None = None):
         self.lm, self.key, self.batch_size, self.seed = lm, key, int(batch_size), int(seed)
+        self.out_key = out_key
         self.d_in = lm.dims[key]
+        if out_key is not None:
+            self.d_out = lm.dims[out_key]
         self.model_name = lm.model_name
         self._epoch, self._lm_batch, self._offset = 0, 0, 0
         self._iter = None
-        self._rows = np.zeros((0, self.d_in), np.float32)
+        self._rows = np.zeros((0, self.d_in + (self.d_out if out_key else 0)), np.float32)
         self._cached: tuple[int, int] | None = None  # (epoch, lm_batch) that self._rows holds
 
     def get_state(self) -> dict[str, Any]:
@@ -134,9 +144,15 @@ class OnlineSource:
         except StopIteration:
             return None
         self._iter_pos += 1
-        rows = self.lm.activations(toks, mask)[self.key]
+        rows = self._rows_of(self.lm.activations(toks, mask))
         rng = np.random.default_rng([self.seed, epoch, index])
         return rows[rng.permutation(len(rows))]
+
+    def _rows_of(self, acts: dict[str, np.ndarray]) -> np.ndarray:
+        """This source's rows of one LM batch (the pair's two parts side by side)."""
+        if self.out_key is None:
+            return acts[self.key]
+        return np.concatenate([acts[self.key], acts[self.out_key]], axis=-1)
 
     def __iter__(self):
         return self
@@ -163,7 +179,7 @@ class OnlineSource:
     def sample(self, n_rows: int) -> np.ndarray:
         rows, got = [], 0
         for toks, mask in self.lm.packed_batches("train"):
-            r = self.lm.activations(toks, mask)[self.key]
+            r = self._rows_of(self.lm.activations(toks, mask))
             rows.append(r)
             got += len(r)
             if got >= n_rows:
@@ -171,4 +187,4 @@ class OnlineSource:
         return np.concatenate(rows)[:n_rows]
 
     def heldout(self, n_rows: int) -> np.ndarray:
-        return self.lm.heldout_rows(n_rows)[self.key]
+        return self._rows_of(self.lm.heldout_rows(n_rows))

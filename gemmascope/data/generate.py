@@ -9,6 +9,11 @@ already wrote and finishes with every row present exactly once (see
 damage. BOS, EOS and padding positions are never
 stored. The norm distribution of what is stored (percentiles of ``||x||``) goes into each
 site's metadata and is printed, since a few early positions can carry huge norms.
+
+A transcoder pair in ``store.sites`` (``"transcoder"``) writes its two components (``mlp_in_L<L>``,
+``mlp_L<L>``) as ordinary arrays, shared with SAEs on those sites, but with one joint outlier mask
+and equal chunk rows, so row ``i`` of both is the same token; the store metadata lists them under
+``paired_arrays`` (absent, and the store unchanged, when no pair is asked for).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from gemmascope import config as config_lib
 from gemmascope.data import store as store_lib
-from gemmascope.data.activations import LMActivations
+from gemmascope.data.activations import LMActivations, location_key
 from gemmascope.progress import Progress, fmt_time
 
 
@@ -36,7 +41,29 @@ def part_root(root: str, part: str) -> str:
 
 
 def store_sites(config) -> list[tuple[int, str]]:
-    return [(int(layer), site) for layer in config.layers for site in config.store.sites]
+    """Every ``(layer, LM site)`` written: ``store.sites`` at every layer, pairs expanded."""
+    return [(int(layer), site) for layer in config.layers for site in config_lib.component_sites(config.store.sites)]
+
+
+def store_pairs(config) -> list[tuple[int, str, str]]:
+    """``(layer, input_site, output_site)`` of every transcoder pair in ``store.sites``."""
+    return [(int(layer), a, b) for layer in config.layers for a, b in config_lib.site_pairs(config.store.sites)]
+
+
+def paired_arrays(lm: LMActivations) -> list[list[str]]:
+    """``[[input key, output key], ...]``: the arrays written with a joint row mask."""
+    return [[location_key(a, layer), location_key(b, layer)] for layer, a, b in lm.pairs]
+
+
+def _chunk_rows(lm: LMActivations) -> dict[str, int] | None:
+    """Equal chunk rows for the two arrays of each pair (so their readers shuffle alike); None
+    (the writer's defaults) without pairs."""
+    if not lm.pairs:
+        return None
+    out: dict[str, int] = {}
+    for a, b in paired_arrays(lm):
+        out[a] = out[b] = min(store_lib.default_chunk_rows(lm.dims[a]), store_lib.default_chunk_rows(lm.dims[b]))
+    return out
 
 
 def _metadata(config, lm: LMActivations, part: str) -> dict[str, Any]:
@@ -50,6 +77,7 @@ def _metadata(config, lm: LMActivations, part: str) -> dict[str, Any]:
         "split": part,
         "special_tokens_excluded": {"bos": lm.lm_cfg.bos_id, "eos": lm.lm_cfg.eos_id, "pad": lm.lm_cfg.pad_id},
         "lm_dtype": config.lm.dtype,
+        **({"paired_arrays": paired_arrays(lm)} if lm.pairs else {}),
     }
 
 
@@ -72,7 +100,11 @@ def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | 
     """Writes one split's store (resuming a killed run); returns its StoreInfo.sites."""
     path = part_root(root, part)
     writer = store_lib.ActivationWriter(
-        path, lm.dims, _metadata(config, lm, part), rows_per_flush=int(config.store.rows_per_flush) or None
+        path,
+        lm.dims,
+        _metadata(config, lm, part),
+        rows_per_flush=int(config.store.rows_per_flush) or None,
+        chunk_rows=_chunk_rows(lm),
     )
     if writer.complete:
         log(
@@ -141,7 +173,7 @@ def generate(config, workdir: str, log=print, prepared: bool = False) -> str:
     if config.source == "toy":
         raise config_lib.ConfigError("config.source: the toy source needs no activation store")
     root = store_root(config, workdir)
-    lm = LMActivations(config, store_sites(config), log=log)
+    lm = LMActivations(config, store_sites(config), log=log, pairs=store_pairs(config))
     write_part(config, lm, root, "heldout", int(config.store.heldout_rows), log)
     write_part(config, lm, root, "train", int(config.store.max_tokens) or None, log)
     log(f"[generate] activation store complete at {root}")

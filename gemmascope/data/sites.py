@@ -15,6 +15,8 @@ rows it was trained on:
   after BOS reach ~140x the median; training never sees them, so evaluation never splices them
   and dashboards never encode them). ``factor <= 0`` keeps every real-text row.
 * :func:`site_rows`: per location, the kept rows ``[n, d]`` of a batch, as the store holds them.
+  The two sites of a transcoder pair (``pairs``) share one keep mask, the AND of theirs, so row
+  ``i`` of both is the same token.
 """
 
 from __future__ import annotations
@@ -139,15 +141,28 @@ def site_rows(
     sites: Iterable[Site],
     factor: float,
     stats: dict[str, Any] | None = None,
+    pairs: Iterable[tuple[int, str, str]] = (),
 ) -> dict[str, np.ndarray]:
     """``{location_key: float32 [n_rows, d]}``: the kept rows of one batch in row-major
     ``(sequence, position)`` order, as the store holds them. Dropped outliers are counted by
-    position into ``stats[location_key]`` when given."""
+    position into ``stats[location_key]`` when given.
+
+    ``pairs``: ``(layer, input_site, output_site)`` of transcoders; both sites (which must be in
+    ``sites``) keep the rows kept by both, so their arrays align row by row. Sites in no pair
+    keep their own mask (unchanged)."""
     positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+    caps = capture(lm, tokens, mask, sites, factor)
+    keeps = {k: np.asarray(keep) for k, (_, keep) in caps.items()}
+    for layer, a, b in pairs:
+        ka, kb = (int(layer), a), (int(layer), b)
+        if ka not in keeps or kb not in keeps:
+            pair = f"{location_key(a, layer)} -> {location_key(b, layer)}"
+            raise ValueError(f"site_rows: the pair {pair} is not among the captured sites")
+        keeps[ka] = keeps[kb] = keeps[ka] & keeps[kb]
     out = {}
-    for (layer, site), (a, keep) in capture(lm, tokens, mask, sites, factor).items():
+    for (layer, site), (a, _) in caps.items():
         key = location_key(site, layer)
-        keep = np.asarray(keep)
+        keep = keeps[(layer, site)]
         dropped = mask & ~keep
         if stats is not None and dropped.any():
             st = stats.setdefault(key, {"dropped_rows": 0, "dropped_at_position": {}})

@@ -9,6 +9,11 @@ Three implementations, picked by ``config.source``:
 
 Every source yields float32 batches ``[batch_size / n_slots, d_in]`` and saves its position as a
 JSON-able dict, so a resumed run sees exactly the batches an uninterrupted run would.
+
+A *paired* source (a transcoder's location, :data:`gemmascope.config_base.PAIR_SITES`) yields
+``[B, d_in + d_out] = concat(x_in, y)``: the input site's row then the target site's row of the
+same token, shuffled together; it has ``d_in`` (the input width) and ``d_out``. ``sample`` and
+``heldout`` return the same concatenated rows.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import numpy as np
 class ActivationSource(Protocol):
     """The stream interface the sweep trainer uses.
 
-    ``d_in``: row width. ``model_name``: recorded in exported metadata (``"toy"`` for the toy).
+    ``d_in``: row width (a paired source: the input part's, with ``d_out`` the target's).
+    ``model_name``: recorded in exported metadata (``"toy"`` for the toy).
     ``__next__() -> [B, d_in]`` float32: the next training batch (this process's rows of it).
     ``get_state() / set_state(state)``: the stream position (a JSON-able dict).
     ``sample(n) -> [n, d_in]``: rows for the normalisation constant (not consuming the stream).
@@ -54,8 +60,10 @@ def make_source(config, workdir: str, site: str, layer: int, slot: int = 0, n_sl
     """
     import jax
 
-    from gemmascope.config import ConfigError
+    from gemmascope.config import ConfigError, pair_of
     from gemmascope.data.sites import location_key
+
+    pair = pair_of(site)
 
     if config.source == "toy":
         from gemmascope.data.toy import ToySource
@@ -74,12 +82,20 @@ def make_source(config, workdir: str, site: str, layer: int, slot: int = 0, n_sl
     if config.source == "online":
         from gemmascope.data.activations import LMActivations, OnlineSource
 
-        lm = LMActivations(config, [(layer, site)])
-        src = OnlineSource(lm, location_key(site, layer), config.batch_size, config.seed)
+        if pair is None:
+            lm = LMActivations(config, [(layer, site)])
+            src = OnlineSource(lm, location_key(site, layer), config.batch_size, config.seed)
+        else:
+            lm = LMActivations(config, [], pairs=[(layer, pair.input_site, pair.output_site)])
+            keys = location_key(pair.input_site, layer), location_key(pair.output_site, layer)
+            src = OnlineSource(lm, keys[0], config.batch_size, config.seed, out_key=keys[1])
         return RowSlice(src, slot, n_slots) if n_slots > 1 else src
     if config.source == "store":
-        from gemmascope.data.store_source import StoreSource
+        from gemmascope.data.store_source import PairedStoreSource, StoreSource
 
+        if pair is not None:
+            keys = location_key(pair.input_site, layer), location_key(pair.output_site, layer)
+            return PairedStoreSource(config, workdir, *keys, process_index=slot, process_count=n_slots)
         return StoreSource(config, workdir, location_key(site, layer), process_index=slot, process_count=n_slots)
     raise ConfigError(f"config.source: unknown source {config.source!r}")
 
@@ -90,7 +106,7 @@ class RowSlice:
     def __init__(self, source: ActivationSource, slot: int, n_slots: int):
         self.source, self.slot, self.n_slots = source, int(slot), int(n_slots)
 
-    def __getattr__(self, name):  # d_in, model_name, get_state, set_state, sample, heldout
+    def __getattr__(self, name):  # d_in, d_out, model_name, get_state, set_state, sample, heldout
         return getattr(self.source, name)
 
     def __iter__(self):

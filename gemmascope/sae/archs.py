@@ -6,8 +6,10 @@ The modules import :mod:`gemmascope.sae.common` for what they share, never this 
 
 from __future__ import annotations
 
+from gemmascope.config_base import pair_of
 from gemmascope.sae import batchtopk, gated, jumprelu, relu, topk
 from gemmascope.sae.common import Architecture
+from gemmascope.sae.transcoder import Transcoder
 
 ARCHS: dict[str, Architecture] = {m.NAME: m for m in (jumprelu, relu, topk, gated, batchtopk)}
 
@@ -33,3 +35,22 @@ def get(name: str) -> Architecture:
     if name not in ARCHS:
         raise ValueError(f"unknown SAE architecture {name!r} (known: {sorted(ARCHS)})")
     return ARCHS[name]
+
+
+def for_site(config, site: str, d_out: int | None = None) -> Architecture:
+    """The architecture training at ``site``: ``config.sae.arch`` for a single site; for a paired
+    site (``config.sites`` entry of :data:`gemmascope.config_base.PAIR_SITES`) a JumpReLU
+    :class:`~gemmascope.sae.transcoder.Transcoder` writing ``d_out`` features (the paired
+    source's ``d_out``), affine as the pair says. ``config.sae.arch`` must then be ``"jumprelu"``
+    (the config's validation says so first)."""
+    pair = pair_of(site)
+    if pair is None:
+        return get(config.sae.arch)
+    if config.sae.arch != "jumprelu":
+        raise ValueError(f"config.sae.arch: site {site!r} trains a JumpReLU transcoder, not {config.sae.arch!r}")
+    if d_out is None:
+        raise ValueError(f"site {site!r}: a transcoder needs the output width d_out of its paired source")
+    arch = Transcoder(int(d_out), pair.affine)
+    if not isinstance(arch, Architecture):
+        raise TypeError("sae.transcoder.Transcoder does not satisfy sae.common.Architecture")
+    return arch

@@ -105,7 +105,7 @@ class Architecture(Protocol):
 
     NAME: str
     UNIT_NORM_DECODER: bool  # rows renormalised after each update, gradients projected
-    FILE_LAYOUT: str  # exported file layout: "jumprelu", "relu" or "topk" (gemmascope.sae.io)
+    FILE_LAYOUT: str  # exported file layout: "jumprelu", "relu", "topk" or "transcoder" (gemmascope.sae.io)
 
     def init(self, key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig) -> Params: ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -35,9 +36,7 @@ def export(src: str, layout: str, out: str, log10_freq: np.ndarray | None = None
     if layout == "gemma_scope_2":
         save_gemma_scope_2(out, params, meta or None)
         return out
-    if SKIP in params:
-        raise ValueError(f"{src}: an affine transcoder ({SKIP!r}) has no params.npz layout")
-    arch = meta.get("architecture") or sae_model_arch(params)
+    arch = meta.get("architecture") or ("transcoder" if SKIP in params else sae_model_arch(params))
     sae_io.save_params(os.path.join(out, "params.npz"), params, {**meta, "architecture": arch})
     return out
 
@@ -74,14 +73,18 @@ def export_layouts(layouts, workdir: str, folder: str, heldout: np.ndarray | Non
                 meta["layer"],
                 meta["d_sae"],
                 meta["l0"],
+                bool(meta.get("affine_skip", False)),
             )
+            # two SAEs of a sweep on the same rounded L0: keep their folders apart, as in saes/
+            out += re.search(r"(_sae\d+)?$", folder).group(0)
             lf = None
         else:
             rel = os.path.relpath(folder, os.path.join(workdir, "saes"))
             out = os.path.join(workdir, "saes_sae_lens", rel)
             lf = None
             if heldout is not None:
-                f = np.asarray(sae_model.encode(sae_io.load_params(folder), np.asarray(heldout, np.float32)))
+                x = np.asarray(heldout, np.float32)[:, : int(meta.get("d_in", heldout.shape[-1]))]
+                f = np.asarray(sae_model.encode(sae_io.load_params(folder), x))
                 lf = log10_firing_frequency((f != 0).sum(0), len(f))
         written.append(export(folder, layout, out, lf))
         if log:

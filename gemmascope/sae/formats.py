@@ -16,10 +16,12 @@ training writes; this module converts raw-unit params (keys ``W_enc [d_in, d_sae
   with ``n`` the decoder row norms: the same pre-activation ranking and reconstruction).
 * ``gemma_scope_2``: ``params.safetensors`` with lowercase keys ``w_enc [d_in, d_sae]``,
   ``w_dec [d_sae, d_out]``, ``b_enc``, ``b_dec``, ``threshold`` (and ``affine_skip_connection
-  [d_in, d_out]`` for affine transcoders), in folders
+  [d_in, d_out]`` for affine transcoders: our key ``W_skip``), in folders
   ``<resid_post|mlp_out|attn_out|transcoder_all>/layer_<L>_width_<W>_l0_<label>[_affine]``.
-  JumpReLU only (Gated exports as JumpReLU). Our exports name the L0 by its measured value
-  (``l0_12``); the release's ``small``/``medium``/``big`` labels are read as well.
+  JumpReLU SAEs (Gated exports as JumpReLU) and JumpReLU transcoders (our sites ``transcoder``
+  and ``transcoder_affine``; ``d_out`` may differ from ``d_in``). Our exports name the L0 by its
+  measured value (``l0_12``); the release's ``small``/``medium``/``big`` labels are read as well.
+  SAELens has no transcoder export here (an error says so).
 
 Site names: ours ``res``/``mlp``/``att`` are Gemma Scope 2's ``resid_post``/``mlp_out``/
 ``attn_out`` and TransformerLens's ``blocks.<L>.hook_resid_post``/``hook_mlp_out``/
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from gemmascope.common import atomic_write
-from gemmascope.config import EXPORT_LAYOUTS
+from gemmascope.config import EXPORT_LAYOUTS, pair_of
 from gemmascope.sae import layouts as sae_io
 
 LAYOUTS = EXPORT_LAYOUTS  # declared in the config, which must not import this module
@@ -45,8 +47,16 @@ SAE_LENS_FORMAT_VERSION = "6.54.12"  # the SAELens release whose loader this lay
 # our file layout (io.ARCH_FILE_LAYOUT values) -> SAELens architecture, and back
 SAE_LENS_ARCH = {"jumprelu": "jumprelu", "relu": "standard", "topk": "topk"}
 FROM_SAE_LENS_ARCH = {v: k for k, v in SAE_LENS_ARCH.items()}
-GS2_SITES = {"res": "resid_post", "mlp": "mlp_out", "att": "attn_out", "mlp_in": "transcoder_all"}
-FROM_GS2_SITES = {v: k for k, v in GS2_SITES.items()}
+GS2_SITES = {
+    "res": "resid_post",
+    "mlp": "mlp_out",
+    "att": "attn_out",
+    "transcoder": "transcoder_all",
+    "transcoder_affine": "transcoder_all",
+    "mlp_in": "transcoder_all",  # the transcoder's input site (older name of the folder's site)
+}
+FROM_GS2_SITES = {"resid_post": "res", "mlp_out": "mlp", "attn_out": "att", "transcoder_all": "transcoder"}
+GS2_TRANSCODERS = "transcoder_all"
 TL_HOOKS = {
     "res": "blocks.{layer}.hook_resid_post",
     "mlp": "blocks.{layer}.hook_mlp_out",
@@ -59,9 +69,9 @@ GS2_KEYS = {
     "b_enc": "b_enc",
     "b_dec": "b_dec",
     "threshold": "threshold",
-    "affine_skip_connection": "affine_skip_connection",
+    "W_skip": "affine_skip_connection",
 }
-SKIP = "affine_skip_connection"
+SKIP = "W_skip"  # our key of the affine skip connection (the file's: GS2_KEYS[SKIP])
 _GS2_NAME = re.compile(r"^layer_(\d+)_width_(\d+[km]?)_l0_([a-z]+|\d+)(_affine)?$")
 
 
@@ -125,20 +135,14 @@ def _write_json(path: str, obj: Any) -> None:
     atomic_write(path, lambda fh: fh.write(text))
 
 
-def _validate_with_skip(params: dict[str, np.ndarray], source: str) -> None:
-    """JumpReLU checks of :func:`sae_io.validate_params`, plus the skip connection's shape."""
-    if SKIP in params:
-        d_in = np.shape(params.get("W_enc", np.zeros((0, 0))))[0]
-        d_out = np.shape(params.get("W_dec", np.zeros((0, 0))))[-1]
-        if d_out != d_in:
-            raise sae_io.SAEFileError(f"{source}: transcoder with d_out={d_out} != d_in={d_in}: not supported")
-        if np.shape(params[SKIP]) != (d_in, d_out):
-            raise sae_io.SAEFileError(
-                f"{source}: key {SKIP!r} has shape {np.shape(params[SKIP])}, expected {(d_in, d_out)} [d_in, d_out]"
-            )
-        if not np.all(np.isfinite(params[SKIP])):
-            raise sae_io.SAEFileError(f"{source}: key {SKIP!r} holds NaN or inf values")
-    sae_io.validate_params(params, source=source, layout="jumprelu")
+def _validate_gs2(params: dict[str, np.ndarray], source: str, transcoder: bool) -> None:
+    """:func:`sae_io.validate_params` in the JumpReLU layout, or the transcoder layout (``d_out``
+    free, optional skip) for a transcoder; errors name the file's key for the skip."""
+    layout = "transcoder" if transcoder or SKIP in params else "jumprelu"
+    try:
+        sae_io.validate_params(params, source=source, layout=layout)
+    except sae_io.SAEFileError as e:
+        raise sae_io.SAEFileError(str(e).replace(f"key {SKIP!r}", f"key {GS2_KEYS[SKIP]!r} ({SKIP})")) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,9 +151,12 @@ def _validate_with_skip(params: dict[str, np.ndarray], source: str) -> None:
 
 def gs2_dir(root: str, site: str, layer: int, width: int, l0: float | str, affine: bool = False) -> str:
     """``root/<resid_post|mlp_out|attn_out|transcoder_all>/layer_<L>_width_<W>_l0_<label>[_affine]``;
-    a numeric ``l0`` is written rounded (``l0_12``), a string (``"small"``) as given."""
+    a numeric ``l0`` is written rounded (``l0_12``), a string (``"small"``) as given. The site
+    ``transcoder_affine`` gets the ``_affine`` suffix by itself."""
     if site not in GS2_SITES:
         raise ValueError(f"site {site!r} has no Gemma Scope 2 folder (known: {sorted(GS2_SITES)})")
+    pair = pair_of(site)
+    affine = affine or bool(pair and pair.affine)
     label = l0 if isinstance(l0, str) else str(int(round(float(l0))))
     name = f"layer_{int(layer)}_width_{sae_io.width_name(int(width))}_l0_{label}" + ("_affine" if affine else "")
     return os.path.join(root, GS2_SITES[site], name)
@@ -157,7 +164,8 @@ def gs2_dir(root: str, site: str, layer: int, width: int, l0: float | str, affin
 
 def parse_gs2_dir(folder: str) -> dict[str, Any]:
     """``.../resid_post/layer_12_width_16k_l0_small`` -> ``{"site": "res", "layer": 12, "width":
-    "16k", "l0": "small", "affine": False}``; {} when the names do not follow the layout."""
+    "16k", "l0": "small", "affine": False}``; {} when the names do not follow the layout. A
+    ``transcoder_all`` folder's site is ``transcoder`` (``transcoder_affine`` when ``_affine``)."""
     folder = os.path.normpath(folder)
     m = _GS2_NAME.match(os.path.basename(folder))
     site = FROM_GS2_SITES.get(os.path.basename(os.path.dirname(folder)))
@@ -165,21 +173,38 @@ def parse_gs2_dir(folder: str) -> dict[str, Any]:
         return {}
     out = {"layer": int(m.group(1)), "width": m.group(2), "l0": m.group(3), "affine": bool(m.group(4))}
     if site:
-        out["site"] = site
+        out["site"] = "transcoder_affine" if site == "transcoder" and out["affine"] else site
     return out
 
 
+def gs2_transcoder_metadata(folder: str) -> dict[str, Any]:
+    """Our transcoder metadata fields a Gemma Scope 2 ``transcoder_all`` folder name gives (its
+    sites: the MLP's input and output); {} for other folders."""
+    parsed = parse_gs2_dir(folder)
+    pair = pair_of(parsed.get("site", ""))
+    if pair is None:
+        return {}
+    return {
+        "architecture": "transcoder",
+        "encoder": "jumprelu",
+        "input_site": pair.input_site,
+        "output_site": pair.output_site,
+        "affine_skip": pair.affine,
+    }
+
+
 def save_gemma_scope_2(folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
-    """Writes ``folder/params.safetensors`` (lowercase keys; JumpReLU, optionally with the affine
-    skip connection) and our ``metadata.json`` beside it when given; returns the file's path."""
+    """Writes ``folder/params.safetensors`` (lowercase keys; a JumpReLU SAE or transcoder, the
+    latter optionally with the affine skip connection ``W_skip`` as ``affine_skip_connection``)
+    and our ``metadata.json`` beside it when given; returns the file's path."""
     arch = sae_io.file_layout(metadata, folder) if metadata is not None else sae_model_arch(params)
-    if arch != "jumprelu":
+    if arch not in ("jumprelu", "transcoder"):
         raise ValueError(
-            f"{folder}: the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones, exported as "
-            f"JumpReLU); architecture {(metadata or {}).get('architecture', arch)!r} cannot be written"
+            f"{folder}: the gemma_scope_2 layout holds JumpReLU SAEs and transcoders (and Gated SAEs, "
+            f"exported as JumpReLU); architecture {(metadata or {}).get('architecture', arch)!r} cannot be written"
         )
     arrays = {k: np.asarray(v, np.float32) for k, v in params.items() if k in GS2_KEYS}
-    _validate_with_skip(arrays, folder)
+    _validate_gs2(arrays, folder, arch == "transcoder")
     path = os.path.join(folder, "params.safetensors")
     _write_safetensors(path, {GS2_KEYS[k]: v for k, v in arrays.items()})
     if metadata is not None:
@@ -189,7 +214,8 @@ def save_gemma_scope_2(folder: str, params: Mapping[str, Any], metadata: Mapping
 
 def load_gemma_scope_2(path: str) -> dict[str, np.ndarray]:
     """Reads ``params.safetensors`` (the file or its folder) into our keys (``W_enc`` ...,
-    ``affine_skip_connection`` kept when present); raw units, as released."""
+    ``W_skip`` from ``affine_skip_connection``); raw units, as released. A ``transcoder_all``
+    folder (or a file with a skip) is checked as a transcoder (``d_out`` from ``w_dec``)."""
     if os.path.isdir(path):
         path = os.path.join(path, "params.safetensors")
     raw = _read_safetensors(path)
@@ -198,7 +224,7 @@ def load_gemma_scope_2(path: str) -> dict[str, np.ndarray]:
     if unknown:
         raise sae_io.SAEFileError(f"{path}: unexpected keys {unknown} (Gemma Scope 2 keys: {list(back)})")
     params = {back[k]: v for k, v in raw.items()}
-    _validate_with_skip(params, path)
+    _validate_gs2(params, path, bool(gs2_transcoder_metadata(os.path.dirname(path))))
     return params
 
 
@@ -233,8 +259,11 @@ def save_sae_lens(
     """
     meta = dict(metadata or {})
     arch = meta.get("architecture") or sae_model_arch(params)
-    if SKIP in params:
-        raise ValueError(f"{folder}: an affine transcoder ({SKIP!r}) has no SAELens export here yet")
+    if SKIP in params or arch == "transcoder":
+        raise ValueError(
+            f"{folder}: a transcoder ({meta.get('site', 'architecture transcoder')}) has no SAELens export "
+            "here; export it as gemma_scope (params.npz) or gemma_scope_2"
+        )
     layout = sae_io.file_layout({"architecture": arch}, folder) if arch in sae_io.ARCH_FILE_LAYOUT else None
     if layout not in SAE_LENS_ARCH:
         raise ValueError(
@@ -395,5 +424,6 @@ def foreign_metadata(folder: str) -> dict[str, Any]:
     if os.path.exists(os.path.join(folder, "cfg.json")):
         return sae_lens_metadata(folder)
     if os.path.exists(os.path.join(folder, "params.safetensors")):
-        return {k: v for k, v in parse_gs2_dir(folder).items() if k in ("site", "layer")}
+        out = {k: v for k, v in parse_gs2_dir(folder).items() if k in ("site", "layer")}
+        return {**out, **gs2_transcoder_metadata(folder)}
     return {}

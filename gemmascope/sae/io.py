@@ -38,6 +38,7 @@ from gemmascope.sae.layouts import (  # noqa: F401  (re-exported: the names call
     SAEFileError,
     file_layout,
     fold_normalisation,
+    fold_transcoder,
     json_default,
     load_npz,
     read_metadata_json,

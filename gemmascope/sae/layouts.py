@@ -59,6 +59,33 @@ def fold_normalisation(params: Mapping[str, Any], scale: float, pre_encoder_bias
     return out
 
 
+def fold_transcoder(params: Mapping[str, Any], c_in: float, c_out: float) -> dict[str, np.ndarray]:
+    """Transcoder layout params trained on ``(x_in / C_in, y / C_out)`` -> raw-unit params.
+
+    Trained: ``pre = (x_in / C_in) @ W_enc + b_enc`` (no pre-encoder bias), ``y_hat / C_out =
+    f @ W_dec + b_dec + (x_in / C_in) @ W_skip``. Exported with ``pre' = C_out * pre``::
+
+        W_enc' = W_enc * C_out / C_in   b_enc' = C_out * b_enc   threshold' = C_out * threshold
+        W_dec' = W_dec                  b_dec' = C_out * b_dec   W_skip'    = W_skip * C_out / C_in
+
+    so the same latents fire, ``f' = C_out * f`` and ``y_hat' = C_out * y_hat`` (raw units), and
+    the decoder rows stay unit norm, as the SAE fold (:func:`fold_normalisation`) keeps them.
+    """
+    p = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    ratio = np.float32(c_out / c_in)
+    c = np.float32(c_out)
+    out = {
+        "W_enc": (p["W_enc"] * ratio).astype(np.float32),
+        "W_dec": p["W_dec"],
+        "b_enc": (c * p["b_enc"]).astype(np.float32),
+        "b_dec": (c * p["b_dec"]).astype(np.float32),
+        "threshold": (c * p["threshold"]).astype(np.float32),
+    }
+    if "W_skip" in p:
+        out["W_skip"] = (p["W_skip"] * ratio).astype(np.float32)
+    return out
+
+
 def json_default(o):
     if isinstance(o, (np.generic,)):
         return o.item()

@@ -68,6 +68,7 @@ def _cost_flops(compiled) -> float | None:
 
 def dry_run(config, device_memory_gb: float = 95.0, log=print, prepared: bool = False) -> list[dict[str, Any]]:
     """Compiles the step of every distinct (d_in, width) of ``config``; returns one report each."""
+    from gemmascope.sae import archs
     from gemmascope.train import sharding
     from gemmascope.train import step as step_lib
 
@@ -84,17 +85,23 @@ def dry_run(config, device_memory_gb: float = 95.0, log=print, prepared: bool = 
         f"budget {device_memory_gb:g} GB/device"
     )
     reports = []
-    shapes_of: dict[tuple[int, int], list[str]] = {}  # sites of equal d_in share one compile
+    # Sites of equal shape share one compile; a transcoder's shape is (d_in, d_out, affine).
+    shapes_of: dict[tuple[int, int, int, int], list[str]] = {}
     for s in config.sites:
+        pair = config_lib.pair_of(s)
+        d_in = site_d_in(config, pair.input_site if pair else s)
+        d_out = site_d_in(config, pair.output_site) if pair else 0
         for w in config.widths:
-            shapes_of.setdefault((site_d_in(config, s), int(w)), []).append(s)
-    for (d_in, width), sites in sorted(shapes_of.items()):
+            shapes_of.setdefault((d_in, int(w), d_out, int(bool(pair and pair.affine))), []).append(s)
+    for (d_in, width, d_out, _), sites in sorted(shapes_of.items()):
         site = "/".join(sites)
         key = jax.random.PRNGKey(0)
-        shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, 1.0))
-        sweep = sharding.ShardedSweep(config, mesh, shapes, d_in, width)
+        arch = archs.for_site(config, sites[0], d_out or None)
+        ones = (1.0, 1.0) if d_out else 1.0
+        shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, ones, arch=arch))
+        sweep = sharding.ShardedSweep(config, mesh, shapes, d_in + d_out, width)
         t0 = time.time()
-        fn = sweep.jit_step(step_lib.make_train_step(config, dead_window_steps))
+        fn = sweep.jit_step(step_lib.make_train_step(config, dead_window_steps, arch=arch))
         compiled = fn.lower(*sweep.abstract_args(with_shardings=True)).compile()
         seconds = time.time() - t0
         mem = compiled.memory_analysis()

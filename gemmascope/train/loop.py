@@ -5,7 +5,9 @@ compiled step on the same batches, sharded over the
 config's device mesh). Per-SAE metrics go to ``workdir/metrics.jsonl`` and TensorBoard
 (``workdir/tensorboard``; :mod:`gemmascope.train.writers`),
 a progress line shows tokens/s and ETA, orbax checkpoints hold the state and the data position,
-and at the end every SAE is exported in the Gemma Scope layout under ``workdir/saes``. Rerunning
+and at the end every SAE is exported in the Gemma Scope layout under ``workdir/saes``. A transcoder
+site (``config.sites`` entry ``"transcoder"``/``"transcoder_affine"``) trains the same way on
+its paired source's rows ``concat(x_in, y)``, with one normalisation constant per part. Rerunning
 the same command on the same workdir resumes: finished locations are skipped, an unfinished one
 continues from its last checkpoint.
 """
@@ -27,6 +29,7 @@ from gemmascope import config as config_lib
 from gemmascope.common import fvu
 from gemmascope.data.sources import make_source
 from gemmascope.progress import TrainingProgress as Progress
+from gemmascope.sae import archs
 from gemmascope.sae import export as sae_export
 from gemmascope.sae import io as sae_io
 from gemmascope.train import step as step_lib
@@ -58,15 +61,17 @@ def _check_finite(state, step: int, lambdas, name: str) -> None:
         )
 
 
-def evaluate_exported(params: dict[str, np.ndarray], x: np.ndarray) -> dict[str, float]:
-    """L0 and FVU of a raw-unit SAE on raw held-out rows ``[n, d_in]`` (dataset-mean FVU)."""
+def evaluate_exported(params: dict[str, np.ndarray], x: np.ndarray, d_in: int | None = None) -> dict[str, float]:
+    """L0 and FVU of a raw-unit SAE on raw held-out rows ``[n, d_in]`` (dataset-mean FVU). A
+    transcoder (``d_in`` given): rows ``concat(x_in [d_in], y)``, the FVU of its prediction of y."""
     from gemmascope.sae import model as sae_model
 
     x = jnp.asarray(x, jnp.float32)
-    f = sae_model.encode(params, x)
-    x_hat = sae_model.decode(params, f)
+    x_in, target = (x, x) if d_in is None else (x[:, :d_in], x[:, d_in:])
+    f = sae_model.encode(params, x_in)
+    x_hat = sae_model.decode(params, f) if d_in is None else sae_model.transcode(params, x_in)
     l0 = float(jnp.mean(jnp.sum(f != 0, axis=-1)))
-    return {"l0": l0, "fvu": float(fvu(jnp.sum((x - x_hat) ** 2), x))}
+    return {"l0": l0, "fvu": float(fvu(jnp.sum((target - x_hat) ** 2), target))}
 
 
 @dataclasses.dataclass
@@ -87,6 +92,8 @@ class _Location:
     values: list  # the sweep values: sparsity coefficients, or k for TopK
     total: int
     log: Callable
+    arch: Any = None  # the location's architecture (archs.for_site)
+    d_out: int | None = None  # a transcoder's target width (its rows are d_in + d_out wide)
 
 
 def train_location(
@@ -116,10 +123,13 @@ def train_location(
     slot, n_slots = sharding.process_rows(mesh, int(config.batch_size))
     source = make_source(config, workdir, site, layer, slot, n_slots)
     d_in = int(source.d_in)
+    d_out = getattr(source, "d_out", None)  # a paired (transcoder) source
+    arch = archs.for_site(config, site, d_out)
     values = config_lib.sweep_values(config)
     key = jax.random.PRNGKey(config.seed)
     k = len(values)
-    shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, 1.0))
+    ones = 1.0 if d_out is None else (1.0, 1.0)
+    shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, ones, arch=arch))
     loc = _Location(
         config,
         workdir,
@@ -128,13 +138,15 @@ def train_location(
         width,
         name,
         source,
-        sharding.ShardedSweep(config, mesh, shapes, d_in, width),
+        sharding.ShardedSweep(config, mesh, shapes, d_in + (d_out or 0), width),
         Checkpoints(os.path.join(workdir, "runs", name, "checkpoints"), max_to_keep=config.max_checkpoints),
         key,
         d_in,
         values,
         config_lib.total_steps(config),
         log,
+        arch,
+        None if d_out is None else int(d_out),
     )
     start, state = _init_or_restore(loc, mesh)
     state = _run(loc, start, state)
@@ -151,17 +163,26 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
     if restored is not None:
         start, state, data_state = restored
         loc.source.set_state(_own_data_state(data_state))
-        loc.log(f"[{loc.name}] resumed from step {start} (C={_scalar(state['norm_scale']):.6g})")
+        loc.log(f"[{loc.name}] resumed from step {start} (C={_norm_text(state['norm_scale'])})")
         return start, state
     sample = np.asarray(loc.source.sample(config.norm_sample_rows), np.float32)
     _require_finite(sample, f"[{loc.name}] normalisation sample")
-    norm_scale = float(np.sqrt(np.mean(np.sum(sample.astype(np.float64) ** 2, axis=-1))))
-    norm_scale = distributed.broadcast_float(norm_scale)  # one C for every process
-    sample_n = step_lib.init_sample(config, sample, norm_scale)  # None unless quantile threshold init
-    state = loc.sweep.init(lambda: step_lib.init_state(loc.key, config, loc.d_in, loc.width, k, norm_scale, sample_n))
+
+    def scale_of(rows):  # one C for every process
+        return distributed.broadcast_float(float(np.sqrt(np.mean(np.sum(rows.astype(np.float64) ** 2, axis=-1)))))
+
+    if loc.d_out is None:
+        norm_scale = scale_of(sample)
+    else:  # a transcoder: (C_in, C_out), one per part of the paired rows
+        norm_scale = (scale_of(sample[:, : loc.d_in]), scale_of(sample[:, loc.d_in :]))
+    sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in)  # None unless quantile threshold init
+    state = loc.sweep.init(
+        lambda: step_lib.init_state(loc.key, config, loc.d_in, loc.width, k, norm_scale, sample_n, arch=loc.arch)
+    )
+    shape = f"d_in={loc.d_in}" + ("" if loc.d_out is None else f" d_out={loc.d_out}")
     loc.log(
-        f"[{loc.name}] {k} SAEs d_in={loc.d_in} d_sae={loc.width}, {loc.total} steps of {config.batch_size}; "
-        f"normalisation C={norm_scale:.6g} from {len(sample)} rows; mesh data={mesh.shape['data']} "
+        f"[{loc.name}] {k} {loc.arch.NAME} {shape} d_sae={loc.width}, {loc.total} steps of {config.batch_size}; "
+        f"normalisation C={_norm_text(norm_scale)} from {len(sample)} rows; mesh data={mesh.shape['data']} "
         f"model={mesh.shape['model']} sweep={config.mesh.sweep} over {jax.process_count()} process(es)"
     )
     return 0, state
@@ -175,7 +196,7 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
     config, values, name = loc.config, loc.values, loc.name
     main = distributed.is_main()
     dead_window_steps = max(1, math.ceil(config.dead_window_tokens / config.batch_size))
-    train_step = loc.sweep.jit_step(step_lib.make_train_step(config, dead_window_steps))
+    train_step = loc.sweep.jit_step(step_lib.make_train_step(config, dead_window_steps, arch=loc.arch))
     lam_arr = loc.sweep.put_values(values)
     progress = Progress(name, loc.total, start, config.batch_size)
     step = start
@@ -190,7 +211,7 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
                 for i in range(len(values)):
                     row = {
                         "location": name,
-                        "arch": config.sae.arch,
+                        "arch": loc.arch.NAME,
                         "site": loc.site,
                         "layer": loc.layer,
                         "width": loc.width,
@@ -229,6 +250,7 @@ def _export_and_mark(loc: _Location, state: Any, done_marker: str) -> list[dict[
             loc.values,
             loc.total,
             loc.log,
+            arch=loc.arch,
         )
 
     if distributed.is_main():
@@ -254,8 +276,10 @@ def _fetch(tree):
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
-def _scalar(a) -> float:
-    return float(np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a)
+def _norm_text(a) -> str:
+    """The normalisation constant(s) for a log line: ``C`` or ``(C_in, C_out)``."""
+    v = np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) else a, np.float64).reshape(-1)
+    return f"{v[0]:.6g}" if len(v) == 1 else "(" + ", ".join(f"{c:.6g}" for c in v) + ")"
 
 
 def _all_data_states(source) -> dict[str, Any]:
@@ -285,13 +309,15 @@ def _require_finite(x: np.ndarray, what: str) -> None:
         raise NonFiniteError(f"{what}: {len(rows)} rows hold NaN or inf (first row {int(rows[0])})")
 
 
-def export_location(config, workdir, state, source, site, layer, width, lambdas, total, log=print):
+def export_location(config, workdir, state, source, site, layer, width, lambdas, total, log=print, arch=None):
     """Writes ``saes/<site>/layer_<L>/width_<W>/average_l0_<N>/{params.npz,metadata.json}``."""
     heldout = np.asarray(source.heldout(config.eval_rows), np.float32)
+    d_out = getattr(source, "d_out", None)
+    d_in = int(source.d_in) if d_out is not None else None
     records, used = [], set()
     for i, lam in enumerate(lambdas):
-        params = step_lib.export_params(state, i, config)
-        ev = evaluate_exported(params, heldout)
+        params = step_lib.export_params(state, i, config, arch)
+        ev = evaluate_exported(params, heldout, d_in)
         folder = sae_io.sae_dir(
             os.path.join(workdir, "saes"), site, layer, width, ev["l0"], config_lib.variant_name(config)
         )
@@ -306,7 +332,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
             "layer": int(layer),
             "model": getattr(source, "model_name", "toy"),
             **step_lib.sweep_metadata(config, lam),
-            "normalisation_constant": float(state["norm_scale"]),
+            **_norm_metadata(state["norm_scale"], site, d_out),
             "tokens_trained": int(total * config.batch_size),
             "steps": int(total),
             "l0": ev["l0"],
@@ -325,6 +351,24 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
         )
         records.append({"path": path, **meta})
     return records
+
+
+def _norm_metadata(norm_scale, site: str, d_out: int | None) -> dict[str, Any]:
+    """``normalisation_constant`` of an SAE; a transcoder's two constants, its sites and shape."""
+    c = np.asarray(norm_scale, np.float64).reshape(-1)
+    if d_out is None:
+        return {"normalisation_constant": float(c[0])}
+    pair = config_lib.pair_of(site)
+    return {
+        "architecture": "transcoder",
+        "encoder": "jumprelu",
+        "input_site": pair.input_site,
+        "output_site": pair.output_site,
+        "affine_skip": bool(pair.affine),
+        "d_out": int(d_out),
+        "normalisation_constant_in": float(c[0]),
+        "normalisation_constant_out": float(c[1]),
+    }
 
 
 def train_and_evaluate(config, workdir: str, log=print, prepared: bool = False) -> list[dict[str, Any]]:

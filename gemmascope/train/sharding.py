@@ -14,9 +14,12 @@ leaf name and shape so that every architecture's params follow it without a tabl
 * the last axis of any other leaf of rank >= 2 whose last axis has size ``d_sae``
   (``W_enc [K, d_in, d_sae]``, ``b_enc``, ``threshold``/``log_threshold``, gated ``r_mag``,
   ``b_gate``, ``b_mag``, ``last_fired [K, d_sae]``) goes over "model";
+* a transcoder's ``W_skip [K, d_in, d_out]`` (no latent axis) is replicated but for its K axis,
+  whatever its sizes (its ``d_out`` may equal ``d_sae``);
 * the optimiser's moments mirror params (same leaf names under ``nu``/``mu``), so they follow;
 * the leading K axis (one SAE per sweep value) is replicated (``mesh.sweep = "replicated"``)
-  or split over "data" (``"sharded"``); scalars (``step``, ``norm_scale``) are replicated.
+  or split over "data" (``"sharded"``); scalars (``step``, ``norm_scale``) and a transcoder's
+  ``norm_scale [2]`` (C_in, C_out) are replicated.
 
 With ``mesh.sweep = "sharded"`` each data group trains its own K / data SAEs on the whole batch:
 the step is wrapped in a ``jax.shard_map`` that is manual over "data" only (the batch slice is
@@ -96,12 +99,15 @@ def _leaf_name(path) -> str | None:
 def leaf_spec(path, shape: Sequence[int], d_sae: int, k_axis: str | None) -> P:
     """The PartitionSpec of one stacked state leaf (see the module docstring)."""
     ndim = len(shape)
-    if ndim == 0:
-        return P()
+    name = _leaf_name(path)
+    if ndim == 0 or name == "norm_scale":
+        return P(*([None] * ndim))
     axes: list[str | None] = [None] * ndim
     axes[0] = k_axis
-    if _leaf_name(path) == "W_dec" and ndim == 3:
+    if name == "W_dec" and ndim == 3:
         axes[1] = "model"
+    elif name == "W_skip":
+        pass
     elif ndim >= 2 and int(shape[-1]) == int(d_sae):
         axes[-1] = "model"
     return P(*axes)
@@ -128,6 +134,7 @@ class ShardedSweep:
     """The shardings of one location's state and the step compiled with them.
 
     ``state_shapes``: the state tree from ``jax.eval_shape(init_state ...)`` (no allocation).
+    ``d_in``: the width of a batch row (``d_in + d_out`` for a transcoder's paired rows).
     """
 
     def __init__(self, config, mesh: Mesh, state_shapes: Any, d_in: int, d_sae: int):

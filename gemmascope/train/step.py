@@ -3,15 +3,21 @@
 State is a plain dict (big_vision style), every SAE-specific leaf stacked on a leading axis K::
 
     {"params": {...[K, ...]}, "opt": optimiser state [K, ...], "step": int32 [],
-     "norm_scale": float32 [] (C: training sees x / C), "last_fired": int32 [K, d_sae],
+     "norm_scale": float32 [] (C: training sees x / C), or [2] (C_in, C_out) for a transcoder,
+     "last_fired": int32 [K, d_sae],
      "bad_step": int32 [K] (first step, counted from 1, whose loss was NaN/inf; -1 if none)}
 
 One compiled step serves every SAE of the stack (an unrolled loop over K, see :func:`_per_sae`).
 The sweep value of each SAE is its sparsity coefficient lambda (JumpReLU, ReLU, Gated: an
 argument, so a new grid does not recompile), its target L0 (JumpReLU with the quadratic loss: an
 argument too) or its k (TopK: static, from the config). The architecture is ``config.sae.arch``
-(see :mod:`gemmascope.sae.archs`); its config travels as one frozen
+(see :mod:`gemmascope.sae.archs`), or the location's ``arch`` argument (a transcoder,
+:func:`gemmascope.sae.archs.for_site`); its config travels as one frozen
 :class:`gemmascope.sae.common.SAEConfig`.
+
+Transcoders train on paired rows ``[B, d_in + d_out] = concat(x_in, y)``: the input part is
+divided by ``C_in``, the target part by ``C_out`` (:func:`normalise`), and the ``fvu`` metric is
+of the target part only.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gemmascope import config as config_lib
@@ -44,24 +51,47 @@ def optimizer(config, arch) -> optax.GradientTransformation:
 QUANTILE_INIT_ROWS = 8192
 
 
-def init_sample(config, sample, norm_scale: float):
+def normalise(x: jax.Array, norm_scale: jax.Array, d_in: int) -> jax.Array:
+    """``x [B, w] / C`` in float32. ``norm_scale`` a scalar C, or ``[2] = (C_in, C_out)`` for a
+    paired row ``concat(x_in [B, d_in], y [B, w - d_in])``: each part divided by its own C."""
+    x = jnp.asarray(x, jnp.float32)
+    norm_scale = jnp.asarray(norm_scale, jnp.float32)
+    if norm_scale.ndim == 0:
+        return x / norm_scale
+    scale = jnp.concatenate(
+        [jnp.full((d_in,), norm_scale[0], jnp.float32), jnp.full((x.shape[-1] - d_in,), norm_scale[1], jnp.float32)]
+    )
+    return x / scale
+
+
+def init_sample(config, sample, norm_scale, d_in: int | None = None):
     """The normalised rows :func:`init_state` needs (``None`` unless the quantile threshold init
-    is configured): at most ``QUANTILE_INIT_ROWS`` rows of ``sample / norm_scale``."""
+    is configured): at most ``QUANTILE_INIT_ROWS`` rows of ``sample``, normalised by
+    :func:`normalise` (``d_in``: a paired row's input width, with ``norm_scale = (C_in, C_out)``)."""
     if config.sae.threshold_init_mode != "quantile":
         return None
-    return jnp.asarray(sample[:QUANTILE_INIT_ROWS], jnp.float32) / norm_scale
+    return normalise(jnp.asarray(sample[:QUANTILE_INIT_ROWS], jnp.float32), norm_scale, d_in or 0)
 
 
 def init_state(
-    key: jax.Array, config, d_in: int, d_sae: int, n_saes: int, norm_scale: float, init_sample: jax.Array | None = None
+    key: jax.Array,
+    config,
+    d_in: int,
+    d_sae: int,
+    n_saes: int,
+    norm_scale,
+    init_sample: jax.Array | None = None,
+    arch=None,
 ) -> dict[str, Any]:
     """Stacked initial state for ``n_saes`` SAEs (independent inits, one key each).
 
     ``init_sample [n, d_in]`` (normalised rows, from :func:`init_sample`): with
     ``config.sae.threshold_init_mode == "quantile"`` each SAE's thresholds start at the quantiles
     of its pre-activations that give its target L0 (:func:`gemmascope.sae.jumprelu.quantile_thresholds`).
+    ``arch``: the location's architecture (default ``config.sae.arch``); a transcoder takes
+    ``norm_scale = (C_in, C_out)`` and ``d_in`` its input width.
     """
-    arch = archs.get(config.sae.arch)
+    arch = archs.get(config.sae.arch) if arch is None else arch
     cfg = SAEConfig.from_config(config)
     tx = optimizer(config, arch)
     keys = jax.random.split(key, n_saes)
@@ -69,12 +99,10 @@ def init_state(
     if cfg.threshold_init_mode == "quantile" and init_sample is not None:
         from gemmascope.sae import jumprelu
 
+        quantiles = getattr(arch, "quantile_thresholds", jumprelu.quantile_thresholds)
         quadratic = cfg.sparsity_loss == "quadratic"
         targets = config_lib.sweep_values(config) if quadratic else [cfg.threshold_init_l0] * n_saes
-        per_sae = [
-            jumprelu.quantile_thresholds(jax.tree.map(lambda a: a[i], params), init_sample, targets[i], cfg)
-            for i in range(n_saes)
-        ]
+        per_sae = [quantiles(jax.tree.map(lambda a: a[i], params), init_sample, targets[i], cfg) for i in range(n_saes)]
         params = jax.tree.map(lambda *a: jnp.stack(a), *per_sae)
     opt = jax.vmap(tx.init)(params)
     return {
@@ -87,8 +115,11 @@ def init_state(
     }
 
 
-def make_train_step(config, dead_window_steps: int) -> Callable:
+def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
     """Returns ``train_step(state, x_raw [B, d_in], sweep [K]) -> (state, metrics)``.
+
+    ``arch``: the location's architecture (default ``config.sae.arch``); for a transcoder
+    ``x_raw`` is the paired row ``[B, d_in + d_out]``.
 
     ``sweep`` holds the lambdas or target L0s (ignored for TopK, whose k are static from
     ``config.sae.topk_ks``). ``metrics`` holds ``[K]`` arrays: loss, mse, l0, fvu (batch),
@@ -96,7 +127,7 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
     (0 without thresholds), the effective lambda (the warmed-up quadratic coefficient for the
     quadratic loss, k for TopK) and lr.
     """
-    arch = archs.get(config.sae.arch)
+    arch = archs.get(config.sae.arch) if arch is None else arch
     cfg = SAEConfig.from_config(config)
     tx = optimizer(config, arch)
     lam_sched = optim.sparsity_schedule(int(config.lambda_warmup_steps))
@@ -134,14 +165,16 @@ def make_train_step(config, dead_window_steps: int) -> Callable:
 
     def train_step(state, x_raw, lambdas):
         step = state["step"]
-        x = x_raw.astype(jnp.float32) / state["norm_scale"]
+        d_in = state["params"]["W_enc"].shape[-2]
+        x = normalise(x_raw, state["norm_scale"], d_in)
+        target = x if state["norm_scale"].ndim == 0 else x[:, d_in:]  # the FVU's reference
         params, opt, loss, aux, lam_t, thr = _per_sae(
             one, state["params"], state["opt"], x, lambdas, step, state["last_fired"]
         )
         last_fired = jnp.where(aux["fired"], step + 1, state["last_fired"])
         bad = ~jnp.isfinite(loss)
         bad_step = jnp.where((state["bad_step"] < 0) & bad, step + 1, state["bad_step"])
-        total_var = jnp.sum((x - jnp.mean(x, axis=0)) ** 2)
+        total_var = jnp.sum((target - jnp.mean(target, axis=0)) ** 2)
         metrics = {
             "loss": loss,
             "mse": aux["mse"],
@@ -191,15 +224,19 @@ def _per_sae(one, params, opt, x, lambdas, step, last_fired):
     return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
 
-def export_params(state: Mapping[str, Any], index: int, config) -> dict[str, Any]:
+def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> dict[str, Any]:
     """SAE ``index`` of the stack in its file layout, in raw activation units (normalisation and
-    pre-encoder bias folded)."""
-    from gemmascope.sae.io import fold_normalisation
+    pre-encoder bias folded; a transcoder's two constants by
+    :func:`gemmascope.sae.layouts.fold_transcoder`)."""
+    from gemmascope.sae.layouts import fold_normalisation, fold_transcoder
 
-    arch = archs.get(config.sae.arch)
+    arch = archs.get(config.sae.arch) if arch is None else arch
     p = jax.tree.map(lambda a: a[index], state["params"])
     layout = arch.export_layout(p, SAEConfig.from_config(config), config_lib.sweep_values(config)[index])
-    return fold_normalisation(jax.device_get(layout), float(state["norm_scale"]), bool(config.sae.pre_encoder_bias))
+    scale = np.asarray(jax.device_get(state["norm_scale"]), np.float64)
+    if scale.ndim == 1:
+        return fold_transcoder(jax.device_get(layout), float(scale[0]), float(scale[1]))
+    return fold_normalisation(jax.device_get(layout), float(scale), bool(config.sae.pre_encoder_bias))
 
 
 def sweep_metadata(config, value: float) -> dict[str, Any]:

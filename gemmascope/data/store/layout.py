@@ -37,7 +37,7 @@ DEFAULT_SHUFFLE_BUFFER_BYTES = 256 << 20
 _CONTEXT = ts.Context()
 
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_SITE_PARTS = re.compile(r"^(?P<kind>[A-Za-z]+)_L(?P<layer>\d+)$")
+_SITE_PARTS = re.compile(r"^(?P<kind>[A-Za-z][A-Za-z_]*)_L(?P<layer>\d+)$")  # mlp_in_L15: kind mlp_in
 _RESERVED_NAMES = {STORE_JSON, PROGRESS_JSON, COMPLETE, "c"}
 # Keys computed by the writer for site.json; caller metadata may not use them.
 _SITE_KEYS = (
