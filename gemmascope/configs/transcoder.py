@@ -15,9 +15,12 @@ Exports: ``saes/transcoder[_affine]/layer_15/width_<W>/average_l0_<N>/`` (params
 when affine; metadata.json names both sites and both normalisation constants) and Gemma Scope
 2's ``saes_gemma_scope_2/transcoder_all/layer_15_width_<W>_l0_<N>[_affine]/params.safetensors``.
 
-The recipe is the demo's (configs/demo.py) on the transcoder loss ``||y - y_hat||^2 + lambda L0``:
-inputs and targets each normalised to unit mean squared norm, decoder rows unit norm with
-projected gradients, Adam without first moment, the same sparsity coefficients.
+The recipe is the demo's (configs/demo.py) with Gemma Scope 2's target-L0 penalty, on the
+transcoder loss ``||y - y_hat||^2 + coef (2/T) (L0 - T)^2``: inputs and targets each normalised to
+unit mean squared norm, thresholds initialised at the quantiles giving each target L0, decoder rows
+unit norm with projected gradients, Adam without first moment. An SAE sweep on the MLP's output
+(``mlp``) at the same targets trains beside them, so ``launch/evaluate.py`` writes
+``eval/transcoders_vs_saes.md``: what replacing the MLP costs against reconstructing its output.
 """
 
 from gemmascope import config as config_lib
@@ -27,10 +30,15 @@ def get_config(arg=None):
     a = config_lib.parse_arg(arg, runlocal=False, layer=15, width=4096)
     c = config_lib.base_config()
     c.source = "store"
-    c.sites = ("transcoder", "transcoder_affine")
+    # The SAE on the MLP's output beside the transcoders: launch/evaluate.py compares them at matched L0.
+    c.sites = ("mlp", "transcoder", "transcoder_affine")
     c.layers = (a.layer,)
     c.widths = (a.width,)
-    c.lambdas = (3e-4, 1e-3, 3e-3, 1e-2)
+    # The target-L0 recipe (Gemma Scope 2): on the demo's res site it beat the L0 penalty at every
+    # L0 (docs/frontier.md); with lambdas the transcoders' L0 barely moved between 3e-3 and 1e-2.
+    c.sae.sparsity_loss = "quadratic"
+    c.sae.threshold_init_mode = "quantile"
+    c.target_l0s = (8.0, 16.0, 32.0, 64.0)
     c.lm.checkpoint = "embedded"
     c.lm.context_length = 128
     c.lm.batch_sequences = 32
