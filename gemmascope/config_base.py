@@ -116,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.adam_eps = 1e-8
     c.lambda_warmup_steps = 10_000
     c.project_decoder_grads = True
+    # Clip each SAE's gradient to this global L2 norm (over all its parameters) before the decoder
+    # projection and Adam, as SAELens's trainer does at 1.0. 0 = off (Gemma Scope clips nothing).
+    c.grad_clip_norm = 0.0
 
     c.batch_size = 4096
     c.num_tokens = 4_000_000_000  # training tokens per SAE; total_steps = ceil(num_tokens / batch)

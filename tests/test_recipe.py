@@ -349,3 +349,20 @@ def loop_train(c, tmp_path):
     from gemmascope.train import loop
 
     return loop.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
+
+
+def test_frontier_config_batch_form_variant_and_budget():
+    from gemmascope.configs import frontier
+
+    per, batch = frontier.get_config("arch=jumprelu_quadratic"), frontier.get_config("arch=jumprelu_quadratic_batch")
+    assert (per.sae.quadratic_form, batch.sae.quadratic_form) == ("per_example", "batch")
+    # The two forms must train into different run and export folders of one workdir.
+    assert config_lib.variant_name(per) == "jumprelu_quadratic"
+    assert config_lib.variant_name(batch) == "jumprelu_quadratic_batch"
+    assert batch.target_l0s == per.target_l0s and batch.sae.sparsity_loss == "quadratic"
+    one, four = frontier.get_config("arch=topk"), frontier.get_config("arch=topk,budget=4")
+    assert four.num_tokens == 4 * one.num_tokens
+    assert config_lib.total_steps(four) == 4 * config_lib.total_steps(one)
+    assert (four.lr_warmup_steps, four.lambda_warmup_steps) == (one.lr_warmup_steps, one.lambda_warmup_steps)
+    with pytest.raises(config_lib.ConfigError, match="budget=0 must be an integer >= 1"):
+        frontier.get_config("arch=topk,budget=0")
