@@ -366,3 +366,15 @@ def test_frontier_config_batch_form_variant_and_budget():
     assert (four.lr_warmup_steps, four.lambda_warmup_steps) == (one.lr_warmup_steps, one.lambda_warmup_steps)
     with pytest.raises(config_lib.ConfigError, match="budget=0 must be an integer >= 1"):
         frontier.get_config("arch=topk,budget=0")
+
+
+def test_eval_rows_name_the_variant_so_the_frontier_keeps_its_series_apart():
+    from gemmascope.eval import evaluate
+
+    r = {k: 0.5 for k in ("l0", "fvu", "delta_loss", "ce_clean", "ce_sae", "ce_zero", "dead_fraction")}
+    r.update({k: 0.5 for k in evaluate.SAEBENCH_CORE}, n_tokens=4, n_outliers_kept_clean=0, tokens_per_second=1.0)
+    r.update(fire_counts=np.array([0, 2]), err_by_position=np.array([1.0]))
+    meta = {"architecture": "jumprelu", "site": "res", "layer": 1, "variant": "jumprelu_quadratic_batch"}
+    assert evaluate._row("a/params.npz", meta, r, "toy")["architecture"] == "jumprelu_quadratic_batch"
+    del meta["variant"]
+    assert evaluate._row("b/params.npz", meta, r, "toy")["architecture"] == "jumprelu"

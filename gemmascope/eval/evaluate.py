@@ -139,6 +139,9 @@ def _n_text(batch) -> int:
 def _row(path: str, meta: dict[str, Any], r: dict[str, Any], model_name: str) -> dict[str, Any]:
     counts, edges, dead = firing_histogram(r["fire_counts"], r["n_tokens"])
     row = {k: meta.get(k) for k in ("architecture", "site", "layer", "d_sae", "sparsity_coefficient", "k")}
+    # The training variant (jumprelu_quadratic, matryoshka_batchtopk ...) is its own series in the
+    # tables and frontier plots, not merged into its base architecture's.
+    row["architecture"] = meta.get("variant") or meta.get("architecture")
     row.update(
         {
             k: r[k]
