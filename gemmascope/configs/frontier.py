@@ -17,8 +17,9 @@ already holds it), then evaluate them all together:
 Sweeps: JumpReLU and Gated over lambda (L0 penalty; L1 of the gate for Gated), ReLU over the
 lambda of its decoder-norm-weighted L1, TopK and BatchTopK over k (their L0 directly), the
 quadratic JumpReLU over target L0s (``jumprelu_quadratic``: the per-example form,
-``jumprelu_quadratic_batch``: the batch form; thresholds start at the quantiles giving each
-target). Each grid spans L0 of roughly 10 to 200, the range where the curves are compared.
+``jumprelu_quadratic_batch``: the batch form, which the 1x frontier prefers (docs/frontier.md);
+each arch names its form, whatever ``sae.quadratic_form``'s default; thresholds start at the
+quantiles giving each target). Each grid spans L0 of roughly 10 to 200, the range where the curves are compared.
 
 ``budget=N`` (default 1): N passes over the store, ``num_tokens`` times N; warm-ups (lr 50
 steps, sparsity 200 steps), checkpoint cadence and everything else unchanged, so only the
@@ -43,6 +44,7 @@ SWEEPS = {
     "jumprelu_quadratic": (20.0, 40.0, 80.0, 160.0),
     "jumprelu_quadratic_batch": (20.0, 40.0, 80.0, 160.0),
     "matryoshka_jumprelu_quadratic": (20.0, 40.0, 80.0, 160.0),
+    "matryoshka_jumprelu_quadratic_batch": (20.0, 40.0, 80.0, 160.0),
     "matryoshka_batchtopk": (16, 32, 64, 128),
 }
 
