@@ -187,6 +187,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(0.0 <= c.adam_b1 < 1.0, "adam_b1", f"must be in [0, 1), got {c.adam_b1!r}")
     _require(0.0 < c.adam_b2 < 1.0, "adam_b2", f"must be in (0, 1), got {c.adam_b2!r}")
     _require(c.adam_eps > 0, "adam_eps", f"must be > 0, got {c.adam_eps!r}")
+    _nonneg_number(c, "grad_clip_norm")  # 0 = off
     for f in (
         "batch_size",
         "num_tokens",
@@ -469,12 +470,15 @@ def sweep_field(c: ml_collections.ConfigDict) -> str:
 
 def variant_name(c: ml_collections.ConfigDict) -> str:
     """The architecture with its training variant, naming run and export folders: ``jumprelu``
-    (Gemma Scope), ``jumprelu_quadratic``, ``matryoshka_batchtopk`` ..."""
+    (Gemma Scope), ``jumprelu_quadratic``, ``jumprelu_quadratic_batch`` (the batch form of the
+    quadratic loss), ``matryoshka_batchtopk`` ..."""
     name = str(c.sae.arch)
     if c.sae.matryoshka_prefixes:
         name = f"matryoshka_{name}"
     if c.sae.arch == "jumprelu" and c.sae.sparsity_loss == "quadratic":
         name = f"{name}_quadratic"
+        if c.sae.quadratic_form == "batch":
+            name = f"{name}_batch"
     return name
 
 

@@ -121,3 +121,49 @@ def test_the_train_step_optimiser_follows_the_cosine_decay_to_the_end():
     assert sizes[3] > 0.9e-2  # after warm-up, near lr
     assert abs(sizes[-1] - 1e-3 * (1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 17 / 18)))) < 2e-4  # step 19 of 2..20
     assert sizes[-1] < 0.15 * sizes[3]
+
+
+def test_grad_clip_norm_scales_the_whole_tree_before_adam():
+    """Hand-derived: step 1's gradient (global norm 50) is scaled to norm 1 before Adam, step 2's
+    (norm 0.5) passes unchanged; Adam's second moment then holds the clipped square, so the second
+    update is ``g2 / sqrt(nu2 / (1 - b2^2))`` with ``nu2 = b2 (1 - b2) g1c^2 + (1 - b2) g2^2``.
+    Without clipping nu2 holds the raw g1^2 and the update is ~40x smaller (checked to differ)."""
+    b2, lr = 0.9, 0.5
+    cfg = dict(adam_b1=0.0, adam_b2=b2, adam_eps=1e-12, lr=lr, lr_warmup_steps=0, project_decoder_grads=False)
+    params = {"a": jnp.zeros(2), "b": jnp.zeros(1)}
+    g1 = {"a": jnp.asarray([30.0, 0.0]), "b": jnp.asarray([40.0])}  # ||g1|| = 50
+    g2 = {"a": jnp.asarray([0.3, 0.0]), "b": jnp.asarray([0.4])}  # ||g2|| = 0.5 < 1
+    out = {}
+    for clip in (1.0, 0.0):
+        tx = optim.make_optimizer({**cfg, "grad_clip_norm": clip})
+        state = tx.init(params)
+        _, state = tx.update(g1, state, params)
+        out[clip], _ = tx.update(g2, state, params)
+    scale = 1.0 / 50.0
+    for k in ("a", "b"):
+        g1c, g2k = np.asarray(g1[k]) * scale, np.asarray(g2[k])
+        nu2 = b2 * (1 - b2) * g1c**2 + (1 - b2) * g2k**2
+        want = np.where(nu2 > 0, -lr * g2k / (np.sqrt(nu2 / (1 - b2**2)) + 1e-12), 0.0)
+        np.testing.assert_allclose(out[1.0][k], want, rtol=1e-5, atol=1e-12)
+    # Unclipped: nu2 dominated by the raw g1^2, so the update on "b" is much smaller.
+    assert float(jnp.abs(out[0.0]["b"][0])) < 0.2 * float(jnp.abs(out[1.0]["b"][0]))
+
+
+def test_grad_clip_norm_reaches_the_train_step_optimiser_and_is_validated():
+    from gemmascope import config as config_lib
+    from gemmascope.sae import archs
+    from gemmascope.train import step as step_lib
+
+    c = config_lib.base_config()
+    assert c.grad_clip_norm == 0.0  # off by default (Gemma Scope clips nothing)
+    c.grad_clip_norm = 1.0
+    tx = step_lib.optimizer(c, archs.get("relu"))
+    params = {"w": jnp.zeros(4)}
+    state = tx.init(params)
+    # Clipping runs first: the Adam second moment sees the clipped gradient (norm 1, not 200).
+    _, state = tx.update({"w": jnp.full((4,), 100.0)}, state, params)
+    nu = [x for x in jax.tree.leaves(state) if x.shape == (4,)][0]
+    np.testing.assert_allclose(nu, (1 - c.adam_b2) * 0.5**2, rtol=1e-5)
+    c.grad_clip_norm = -1.0
+    with pytest.raises(config_lib.ConfigError, match="grad_clip_norm: must be a finite number >= 0"):
+        config_lib.validate(c)

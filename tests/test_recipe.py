@@ -349,3 +349,32 @@ def loop_train(c, tmp_path):
     from gemmascope.train import loop
 
     return loop.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
+
+
+def test_frontier_config_batch_form_variant_and_budget():
+    from gemmascope.configs import frontier
+
+    per, batch = frontier.get_config("arch=jumprelu_quadratic"), frontier.get_config("arch=jumprelu_quadratic_batch")
+    assert (per.sae.quadratic_form, batch.sae.quadratic_form) == ("per_example", "batch")
+    # The two forms must train into different run and export folders of one workdir.
+    assert config_lib.variant_name(per) == "jumprelu_quadratic"
+    assert config_lib.variant_name(batch) == "jumprelu_quadratic_batch"
+    assert batch.target_l0s == per.target_l0s and batch.sae.sparsity_loss == "quadratic"
+    one, four = frontier.get_config("arch=topk"), frontier.get_config("arch=topk,budget=4")
+    assert four.num_tokens == 4 * one.num_tokens
+    assert config_lib.total_steps(four) == 4 * config_lib.total_steps(one)
+    assert (four.lr_warmup_steps, four.lambda_warmup_steps) == (one.lr_warmup_steps, one.lambda_warmup_steps)
+    with pytest.raises(config_lib.ConfigError, match="budget=0 must be an integer >= 1"):
+        frontier.get_config("arch=topk,budget=0")
+
+
+def test_eval_rows_name_the_variant_so_the_frontier_keeps_its_series_apart():
+    from gemmascope.eval import evaluate
+
+    r = {k: 0.5 for k in ("l0", "fvu", "delta_loss", "ce_clean", "ce_sae", "ce_zero", "dead_fraction")}
+    r.update({k: 0.5 for k in evaluate.SAEBENCH_CORE}, n_tokens=4, n_outliers_kept_clean=0, tokens_per_second=1.0)
+    r.update(fire_counts=np.array([0, 2]), err_by_position=np.array([1.0]))
+    meta = {"architecture": "jumprelu", "site": "res", "layer": 1, "variant": "jumprelu_quadratic_batch"}
+    assert evaluate._row("a/params.npz", meta, r, "toy")["architecture"] == "jumprelu_quadratic_batch"
+    del meta["variant"]
+    assert evaluate._row("b/params.npz", meta, r, "toy")["architecture"] == "jumprelu"

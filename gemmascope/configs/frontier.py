@@ -8,15 +8,26 @@ already holds it), then evaluate them all together:
 
     W=workdirs/demo
     python launch/generate_activations.py --config=configs/demo.py --workdir=$W   # once
-    for a in jumprelu topk gated relu batchtopk jumprelu_quadratic matryoshka_batchtopk \
-             matryoshka_jumprelu_quadratic; do
+    for a in jumprelu_quadratic batchtopk jumprelu_quadratic_batch jumprelu topk \
+             matryoshka_batchtopk matryoshka_jumprelu_quadratic gated relu; do
       python launch/train.py --config=configs/frontier.py:arch=$a --workdir=$W
     done
     python launch/evaluate.py --config=configs/demo.py --workdir=$W
 
 Sweeps: JumpReLU and Gated over lambda (L0 penalty; L1 of the gate for Gated), ReLU over the
-lambda of its decoder-norm-weighted L1, TopK over k (its L0 directly). Each grid was chosen to
-span L0 of roughly 10 to 200, the range where the curves are compared.
+lambda of its decoder-norm-weighted L1, TopK and BatchTopK over k (their L0 directly), the
+quadratic JumpReLU over target L0s (``jumprelu_quadratic``: the per-example form,
+``jumprelu_quadratic_batch``: the batch form, which the 1x frontier prefers (docs/frontier.md);
+each arch names its form, whatever ``sae.quadratic_form``'s default; thresholds start at the
+quantiles giving each target). Each grid spans L0 of roughly 10 to 200, the range where the curves are compared.
+
+``budget=N`` (default 1): N passes over the store, ``num_tokens`` times N; warm-ups (lr 50
+steps, sparsity 200 steps), checkpoint cadence and everything else unchanged, so only the
+length of the constant-lr phase grows. Run and export folder names do not carry the budget:
+give each budget its own workdir, with the demo's store linked in:
+
+    mkdir -p workdirs/demo_4x && ln -s ../demo/activations workdirs/demo_4x/activations
+    python launch/train.py --config=configs/frontier.py:arch=topk,budget=4 --workdir=workdirs/demo_4x
 """
 
 from gemmascope import config as config_lib
@@ -31,25 +42,34 @@ SWEEPS = {
     # loss (thresholds start at the quantiles giving each target), k for BatchTopK.
     "batchtopk": (16, 32, 64, 128),
     "jumprelu_quadratic": (20.0, 40.0, 80.0, 160.0),
+    "jumprelu_quadratic_batch": (20.0, 40.0, 80.0, 160.0),
     "matryoshka_jumprelu_quadratic": (20.0, 40.0, 80.0, 160.0),
+    "matryoshka_jumprelu_quadratic_batch": (20.0, 40.0, 80.0, 160.0),
     "matryoshka_batchtopk": (16, 32, 64, 128),
 }
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, arch="jumprelu", runlocal=False, layer=15, width=4096)
+    a = config_lib.parse_arg(arg, arch="jumprelu", runlocal=False, layer=15, width=4096, budget=1)
     if a.arch not in SWEEPS:
         raise config_lib.ConfigError(f"configs/frontier.py: arch={a.arch!r} unknown (known: {sorted(SWEEPS)})")
+    if a.budget < 1:
+        raise config_lib.ConfigError(f"configs/frontier.py: budget={a.budget!r} must be an integer >= 1 (passes)")
     c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
     c.unlock()
-    base = a.arch.removeprefix("matryoshka_").removesuffix("_quadratic")
+    c.num_tokens *= a.budget
+    c.runlocal_overrides.num_tokens *= a.budget
+    form = "batch" if a.arch.endswith("_quadratic_batch") else "per_example"
+    arch = a.arch.removesuffix("_batch")
+    base = arch.removeprefix("matryoshka_").removesuffix("_quadratic")
     c.sae.arch = base
-    if a.arch.startswith("matryoshka_"):  # nested prefixes: 1/16, 1/4 and all of the dictionary
+    if arch.startswith("matryoshka_"):  # nested prefixes: 1/16, 1/4 and all of the dictionary
         c.sae.matryoshka_prefixes = (a.width // 16, a.width // 4, a.width)
         w = c.runlocal_overrides.widths[0]  # runlocal's narrower width needs its own prefixes
         c.runlocal_overrides.sae = {"matryoshka_prefixes": (w // 16, w // 4, w)}
-    if a.arch.endswith("_quadratic"):
+    if arch.endswith("_quadratic"):
         c.sae.sparsity_loss, c.sae.threshold_init_mode = "quadratic", "quantile"
+        c.sae.quadratic_form = form
         c.target_l0s = SWEEPS[a.arch]
     elif base in config_lib.K_ARCHS:
         c.sae.topk_ks = tuple(int(k) for k in SWEEPS[a.arch])

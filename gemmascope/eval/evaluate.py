@@ -161,6 +161,9 @@ def _n_text(batch) -> int:
 def _row(path: str, meta: dict[str, Any], r: dict[str, Any], model_name: str) -> dict[str, Any]:
     counts, edges, dead = firing_histogram(r["fire_counts"], r["n_tokens"])
     row = {k: meta.get(k) for k in ("architecture", "site", "layer", "d_sae", "sparsity_coefficient", "k")}
+    # The training variant (jumprelu_quadratic, matryoshka_batchtopk ...) is its own series in the
+    # tables and frontier plots, not merged into its base architecture's.
+    row["architecture"] = meta.get("variant") or meta.get("architecture")
     if pair_of(str(meta.get("site"))) is not None:  # a transcoder: where it reads and writes
         row.update({k: meta.get(k) for k in ("input_site", "output_site", "affine_skip")})
     row.update(
@@ -280,7 +283,16 @@ def transcoder_comparisons(rows: list[dict[str, Any]]) -> dict[int, tuple[list[d
         saes = [r for r in rows if r.get("layer") is not None and int(r["layer"]) == layer and r.get("site") in writes]
         sub = here + saes
         names = [comparison_series(r) for r in sub]
-        ref = next((n for n in (f"jumprelu SAE on {w}" for w in sorted(writes)) if n in names), None)
+        # the JumpReLU SAE (any training variant: jumprelu_quadratic_batch ...) on the written site
+        ref = next(
+            (
+                n
+                for w in sorted(writes)
+                for n in sorted(set(names))
+                if n.startswith("jumprelu") and n.endswith(f" SAE on {w}")
+            ),
+            None,
+        )
         ref = ref or ("transcoder" if "transcoder" in names else sorted(names)[0])
         out[layer] = (sub, comparison_series, ref)
     return out

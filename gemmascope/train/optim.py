@@ -4,6 +4,8 @@
   parallel to that row (rows are unit norm, so the update does not change the norm to first order).
 * :func:`scale_by_adam_no_momentum`: Adam with ``b1 = 0``. Its first moment is the gradient
   itself, so no first-moment buffer is stored: state is ``(count, nu)`` only.
+* :func:`make_optimizer` chains them, optionally after global-norm gradient clipping
+  (``grad_clip_norm``, off by default; SAELens clips at 1.0).
 * :func:`lr_schedule`: cosine warm-up from ``0.1 * lr`` to ``lr`` over the warm-up steps, then
   constant (or cosine decay to ``lr * final_fraction`` if configured).
 * :func:`sparsity_schedule`: linear warm-up of lambda from 0 over the warm-up steps.
@@ -105,13 +107,22 @@ def sparsity_schedule(warmup_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
-    """Decoder projection -> Adam (no first moment when ``adam_b1 == 0``) -> ``-lr(s)``."""
+    """[Global-norm clipping] -> decoder projection -> Adam (no first moment when ``adam_b1 == 0``)
+    -> ``-lr(s)``.
+
+    ``cfg["grad_clip_norm"] > 0`` scales the whole gradient tree by ``min(1, c / ||g||)`` with
+    ``||g||`` the L2 norm over every parameter of the tree (one SAE: the trainer maps this per SAE),
+    before anything else, as SAELens's trainer clips its raw gradients; 0 (default) = off.
+    """
     b1 = float(cfg["adam_b1"])
     if b1 == 0.0:
         adam = scale_by_adam_no_momentum(b2=float(cfg["adam_b2"]), eps=float(cfg["adam_eps"]))
     else:
         adam = optax.scale_by_adam(b1=b1, b2=float(cfg["adam_b2"]), eps=float(cfg["adam_eps"]))
     parts = []
+    clip = float(cfg.get("grad_clip_norm", 0.0))
+    if clip > 0:
+        parts.append(optax.clip_by_global_norm(clip))
     if cfg.get("project_decoder_grads", True):
         parts.append(project_out_decoder_parallel("W_dec"))
     parts += [adam, optax.scale_by_learning_rate(lr_schedule(cfg))]

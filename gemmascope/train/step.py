@@ -40,7 +40,16 @@ def optimizer(config, arch) -> optax.GradientTransformation:
     """The recipe's optimiser for ``arch``: no decoder projection where rows are not unit norm."""
     cfg = {
         k: config[k]
-        for k in ("adam_b1", "adam_b2", "adam_eps", "lr", "lr_warmup_steps", "lr_decay", "lr_final_fraction")
+        for k in (
+            "adam_b1",
+            "adam_b2",
+            "adam_eps",
+            "lr",
+            "lr_warmup_steps",
+            "lr_decay",
+            "lr_final_fraction",
+            "grad_clip_norm",
+        )
     }
     cfg["total_steps"] = config_lib.total_steps(config)
     cfg["project_decoder_grads"] = bool(config.project_decoder_grads) and arch.UNIT_NORM_DECODER
