@@ -1,8 +1,9 @@
 r"""Gemma Scope 2's sweep of a Gemma 3 model (SPEC.md section 7): every layer, sites res, mlp and att
 at widths 16k and 262k; the residual stream at 65k and 1m at four depths (25/50/65/85% of the
-layers); target L0s "small" and "big" (10 and 60) recorded in ``config.gemma_scope_2_l0s``.
+layers); one SAE per target L0, "small" and "big" (10 and 60: ``config.target_l0s``), trained with
+the target-L0 recipe (``sae.sparsity_loss = "quadratic"``, quantile threshold init).
 
-One config is one width of one model (its sites and layers, six lambdas, its token budget and
+One config is one width of one model (its sites and layers, its two targets, its token budget and
 mesh); see ``gemmascope/coverage.py`` for the table and the meshes. The jobs that cover a model:
 ``gemmascope.coverage.jobs("gemma3-270m")``.
 

@@ -86,9 +86,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.lambdas = (6e-4,)
     # The sweep axis of JumpReLU with sae.sparsity_loss = "quadratic": target L0s, one SAE each.
     c.target_l0s = (40.0,)
-    # Gemma Scope 2's target L0s ("small", "big") of a sweep config (configs/sweep_gemma3.py); recorded
-    # only, until the target-L0 recipe reads its own field (nothing reads this one).
-    c.gemma_scope_2_l0s = ()
 
     c.sae = ml_collections.ConfigDict()
     c.sae.arch = "jumprelu"

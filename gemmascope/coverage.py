@@ -2,8 +2,9 @@
 as data, and the sweep configs built on them.
 
 One config is one width of one model: the sites and layers Gemma Scope trained at that width, a
-lambda grid, the token budget of that width and a device mesh sized for it. ``configs/sweep_2b.py``,
-``sweep_9b.py`` and ``sweep_27b.py`` are thin wrappers over :func:`sweep_config`,
+lambda grid (Gemma Scope) or two target L0s (Gemma Scope 2), the token budget of that width and a
+device mesh sized for it. ``configs/sweep_2b.py``, ``sweep_9b.py`` and ``sweep_27b.py`` are thin
+wrappers over :func:`sweep_config`,
 ``configs/sweep_gemma3.py`` (``arg`` ``model=270m|1b|4b|12b|27b``) over :func:`sweep_config_gemma3`;
 the jobs that together cover a model are :func:`jobs` (one ``arg`` string each).
 
@@ -20,11 +21,12 @@ that gave L0 about 50 on 9B layer 20; the meshes below (8 devices up to 262k, 16
 
 Gemma Scope 2 (Gemma 3, every model 270M..27B): every layer, sites ``res``, ``mlp``, ``att`` at
 widths 16k and 262k, the residual stream at 65k and 1m at four depths, two target L0s per
-location ("small", "big"). Chosen here (not confirmed by the release notes docs/SPEC.md quotes): the four
-depths at 25%, 50%, 65% and 85% of the layers (:func:`four_depths`), and the target L0s 10 and 60
-for every model (docs/SPEC.md gives them for 270M only; the larger models also have a "medium"). The
-targets are recorded in ``config.gemma_scope_2_l0s`` until the target-L0 recipe reads its own
-field; training still sweeps :data:`LAMBDAS`.
+location ("small", "big"), trained with Gemma Scope 2's target-L0 recipe: the quadratic penalty
+around each target (``sae.sparsity_loss = "quadratic"``, sweep axis ``config.target_l0s``, one SAE
+per target) and thresholds initialised at the quantile giving each target. Chosen here (not
+confirmed by the release notes docs/SPEC.md quotes): the four depths at 25%, 50%, 65% and 85% of
+the layers (:func:`four_depths`), and the target L0s 10 and 60 for every model (docs/SPEC.md gives
+them for 270M only; the larger models also have a "medium").
 """
 
 from __future__ import annotations
@@ -203,8 +205,9 @@ def _sweep_config(model: str, a: ml_collections.ConfigDict, mesh_model: int) -> 
     c.mesh.data = int(a.data) or data
     c.mesh.model = mesh_model or model_par
     c.mesh.sweep = a.sweep or sweep
-    if "l0s" in m:
-        c.gemma_scope_2_l0s = tuple(m["l0s"])
+    if "l0s" in m:  # Gemma Scope 2: one SAE per target L0 instead of the lambda grid
+        c.sae.sparsity_loss, c.sae.threshold_init_mode = "quadratic", "quantile"
+        c.target_l0s = tuple(float(t) for t in m["l0s"])
     c.log_every = 1000
     c.checkpoint_every = 10_000
     r = c.runlocal_overrides

@@ -1,5 +1,6 @@
-"""configs/sweep_gemma3.py: Gemma Scope 2's coverage of Gemma 3 (SPEC.md section 7) as sweep configs,
-and the dry run of its largest job (27B, width 1m, 16 fake devices of 95 GB)."""
+"""configs/sweep_gemma3.py: Gemma Scope 2's coverage of Gemma 3 (SPEC.md section 7) as sweep configs
+(one SAE per target L0, the quadratic recipe), and the dry run of its largest job (27B, width 1m,
+16 fake devices of 95 GB)."""
 
 import importlib.util
 import os
@@ -41,8 +42,10 @@ def test_sweep_gemma3_covers_gemma_scope_2(size, n_layers, depths):
     got = set()
     for job in coverage.jobs(model):
         c = config_lib.validate(config_lib.resolve(_load(job)))
-        assert c.lm.checkpoint.startswith("google/gemma-3-") and c.gemma_scope_2_l0s == (10, 60)
-        assert len(c.lambdas) == 6 and c.batch_size == 4096 and all(0 <= l < n_layers for l in c.layers)
+        assert c.lm.checkpoint.startswith("google/gemma-3-") and c.batch_size == 4096
+        assert (c.sae.sparsity_loss, c.sae.threshold_init_mode) == ("quadratic", "quantile")
+        assert config_lib.sweep_field(c) == "target_l0s" and config_lib.sweep_values(c) == [10.0, 60.0]
+        assert all(0 <= l < n_layers for l in c.layers)
         got |= {(s, layer, w) for s in c.sites for layer in c.layers for w in c.widths}
     # every layer x {res, mlp, att} x {16k, 262k}; res at 65k and 1m at the four depths
     want = {(s, l, w) for s in ("res", "mlp", "att") for l in range(n_layers) for w in (2**14, 2**18)}
@@ -69,7 +72,8 @@ def test_sweep_gemma3_narrowing_and_errors():
 
 
 def test_dry_run_27b_width_1m_fits_16_devices_of_95_gb():
-    """Compiled on 16 fake devices (2 data groups of 3 SAEs x 8 latent shards), nothing allocated."""
+    """Compiled on 16 fake devices (2 data groups of 1 SAE, one per target L0, x 8 latent shards),
+    nothing allocated."""
     r = subprocess.run(
         [
             sys.executable,
@@ -84,14 +88,14 @@ def test_dry_run_27b_width_1m_fits_16_devices_of_95_gb():
     )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    assert "mesh data=2 x model=8 (16 fake cpu devices), sweep=sharded, K=6" in out
+    assert "mesh data=2 x model=8 (16 fake cpu devices), sweep=sharded, K=2" in out
     m = re.search(
         r"res width 1048576 \(d_in 5376\): per device state ([\d.]+) GB"
         r".*= peak ([\d.]+) GB -> fits 95 GB",
         out,
     )
     assert m, out[-2000:]
-    d, w, k_local, shards = 5376, 2**20, 3, 8
+    d, w, k_local, shards = 5376, 2**20, 1, 8
     # params + Adam nu (W_enc, W_dec, b_enc, threshold split 8 ways; b_dec whole), last_fired, counters
     per_sae = 2 * (2 * d * w + 2 * w) // shards * 4 + 2 * d * 4 + w // shards * 4 + 4 + 4 + 4
     assert abs(float(m.group(1)) - k_local * per_sae / 1e9) < 0.01
