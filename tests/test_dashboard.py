@@ -616,26 +616,9 @@ def test_scan_matches_a_numpy_oracle_over_several_batches(arch):
     import jax
 
     from gemmascope.lm import model
-    from gemmascope.lm.config import LMConfig
+    from tests.tiny import tiny_llama
 
-    cfg = LMConfig(
-        arch="llama",
-        vocab_size=50,
-        d_model=16,
-        n_layers=2,
-        n_heads=2,
-        n_kv_heads=1,
-        head_dim=8,
-        d_mlp=24,
-        attn_softcap=None,
-        final_softcap=None,
-        query_pre_attn_scalar=None,
-        sliding_window=None,
-        tie_embeddings=True,
-        bos_id=1,
-        eos_id=2,
-        pad_id=0,
-    )
+    cfg = tiny_llama(vocab_size=50, n_layers=2)
     params = model.init_params(jax.random.PRNGKey(0), cfg, std=0.5)
     rng = np.random.default_rng(0)
     d_sae, k_ctx = 24, 5

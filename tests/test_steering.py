@@ -7,26 +7,9 @@ import pytest
 
 from gemmascope.analysis import steering
 from gemmascope.lm import model
-from gemmascope.lm.config import LMConfig
+from tests.tiny import tiny_llama
 
-CFG = LMConfig(
-    arch="llama",
-    vocab_size=40,
-    d_model=16,
-    n_layers=2,
-    n_heads=2,
-    n_kv_heads=1,
-    head_dim=8,
-    d_mlp=24,
-    attn_softcap=None,
-    final_softcap=None,
-    query_pre_attn_scalar=None,
-    sliding_window=None,
-    tie_embeddings=True,
-    bos_id=1,
-    eos_id=2,
-    pad_id=0,
-)
+CFG = tiny_llama(n_layers=2)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from gemmascope.data import store as store_lib
 from gemmascope.data.sources import make_source
 from gemmascope.data.store_source import PairedStoreSource
 from gemmascope.lm import model as lm_model
-from gemmascope.lm.config import LMConfig
+from tests.tiny import tiny_llama
 
 LAYER = 1
 
@@ -117,24 +117,7 @@ def tiny_lm():
     from gemmascope.lm import loading
 
     tok = loading.load_tokenizer("embedded")
-    cfg = LMConfig(
-        arch="llama",
-        vocab_size=len(tok),
-        d_model=16,
-        n_layers=2,
-        n_heads=2,
-        n_kv_heads=1,
-        head_dim=8,
-        d_mlp=24,
-        attn_softcap=None,
-        final_softcap=None,
-        query_pre_attn_scalar=None,
-        sliding_window=None,
-        tie_embeddings=True,
-        bos_id=tok.bos_token_id,
-        eos_id=tok.eos_token_id,
-        pad_id=tok.pad_token_id,
-    )
+    cfg = tiny_llama(len(tok), 2, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     params = lm_model.init_params(jax.random.PRNGKey(0), cfg, std=0.5)
     return sites_lib.LM(cfg, params, tok, "tiny-random-llama", "embedded")
 

@@ -20,28 +20,11 @@ from gemmascope.analysis import dashboard as dash
 from gemmascope.analysis import steering
 from gemmascope.eval import evaluate, metrics
 from gemmascope.lm import model
-from gemmascope.lm.config import LMConfig
 from gemmascope.sae import io as sae_io
 from gemmascope.sae import model as sae_model
+from tests.tiny import tiny_llama
 
-CFG = LMConfig(
-    arch="llama",
-    vocab_size=40,
-    d_model=16,
-    n_layers=3,
-    n_heads=2,
-    n_kv_heads=1,
-    head_dim=8,
-    d_mlp=24,
-    attn_softcap=None,
-    final_softcap=None,
-    query_pre_attn_scalar=None,
-    sliding_window=None,
-    tie_embeddings=True,
-    bos_id=1,
-    eos_id=2,
-    pad_id=0,
-)
+CFG = tiny_llama()
 D = CFG.d_model
 LAYER = 1
 FACTOR = 1.1  # outlier rule tight enough that each site drops some rows, and the two sites differ
