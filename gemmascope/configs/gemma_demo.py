@@ -21,17 +21,17 @@ The targets are Gemma Scope 2's 270M "small" and "big" (10 and 60) and two log-s
 """
 
 from gemmascope import config as config_lib
+from gemmascope.configs import demo
 
 TARGET_L0S = (10.0, 18.0, 33.0, 60.0)
 
 
 def get_config(arg=None):
     a = config_lib.parse_arg(arg, runlocal=False, layer=9, width=4096)
-    c = config_lib.base_config()
-    c.source = "store"
-    c.sites = ("res",)
-    c.layers = (a.layer,)
-    c.widths = (a.width,)
+    # The SmolLM2 demo's text, batches, schedule and runlocal sizes; only the model, its sites and
+    # the sparsity recipe differ.
+    c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
+    c.unlock()
     c.sae.sparsity_loss = "quadratic"
     # The form measured on Gemma (docs/analysis.md); the batch form, now the default after the
     # SmolLM2 frontier, overshoots its targets more and is not yet tried on Gemma.
@@ -39,30 +39,6 @@ def get_config(arg=None):
     c.sae.threshold_init_mode = "quantile"
     c.target_l0s = TARGET_L0S
     c.lm.checkpoint = "embedded:gemma3-270m"
-    c.lm.context_length = 128
-    c.lm.batch_sequences = 32
-    c.text.kind = "embedded"
     c.store.sites = ("res", "att", "mlp_in", "mlp")
-    c.store.max_tokens = 0  # the whole training split of the embedded corpus
-    c.store.heldout_rows = 16_384
-    c.batch_size = 1024
     c.num_tokens = 550 * 1024  # 550 steps: one pass over the 564k stored training rows
-    c.lr = 1e-3
-    c.lr_warmup_steps = 50
-    c.lambda_warmup_steps = 200
-    c.norm_sample_rows = 65_536
-    c.eval_rows = 16_384
-    c.dead_window_tokens = 500_000
-    c.log_every = 50
-    c.checkpoint_every = 100
-    r = c.runlocal_overrides
-    r.widths = (1024,)
-    r.store = dict(max_tokens=40_000, heldout_rows=4096)
-    r.num_tokens = 120 * c.batch_size
-    r.norm_sample_rows = 8192
-    r.eval_rows = 4096
-    r.lambda_warmup_steps = 40
-    r.log_every = 20
-    r.checkpoint_every = 60
-    c.runlocal = bool(a.runlocal)
     return config_lib.lock(c)

@@ -24,49 +24,27 @@ unit norm with projected gradients, Adam without first moment. An SAE sweep on t
 """
 
 from gemmascope import config as config_lib
+from gemmascope.configs import demo
 
 
 def get_config(arg=None):
     a = config_lib.parse_arg(arg, runlocal=False, layer=15, width=4096)
-    c = config_lib.base_config()
-    c.source = "store"
+    # The SAE demo's model, text, batches, schedule and runlocal sizes (configs/demo.py); the sites,
+    # the sparsity recipe and the store's size differ.
+    c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
+    c.unlock()
     # The SAE on the MLP's output beside the transcoders: launch/evaluate.py compares them at matched L0.
     c.sites = ("mlp", "transcoder", "transcoder_affine")
-    c.layers = (a.layer,)
-    c.widths = (a.width,)
     # The target-L0 recipe (Gemma Scope 2): on the demo's res site it beat the L0 penalty at every
     # L0 (docs/frontier.md); with lambdas the transcoders' L0 barely moved between 3e-3 and 1e-2.
     c.sae.sparsity_loss = "quadratic"
     c.sae.threshold_init_mode = "quantile"
     c.target_l0s = (8.0, 16.0, 32.0, 64.0)
-    c.lm.checkpoint = "embedded"
-    c.lm.context_length = 128
-    c.lm.batch_sequences = 32
-    c.text.kind = "embedded"
     c.store.sites = ("transcoder",)  # writes mlp_in_L15 and mlp_L15 as an aligned pair
     # Half the embedded corpus and one pass over it: three sweeps (the mlp SAEs and both transcoder
     # kinds) train here, so the demo stays near the SAE demo's cost on 2 cores.
     c.store.max_tokens = 300_000
-    c.store.heldout_rows = 16_384
-    c.batch_size = 1024
     c.num_tokens = 300 * 1024  # 300 steps: about one pass over the ~300k stored training rows
-    c.lr = 1e-3
-    c.lr_warmup_steps = 50
     c.lambda_warmup_steps = 100  # a third of the run, as the demo's 200 of 600
-    c.norm_sample_rows = 65_536
-    c.eval_rows = 16_384
-    c.dead_window_tokens = 500_000
-    c.log_every = 50
-    c.checkpoint_every = 100
     c.export.layouts = ("gemma_scope", "gemma_scope_2")
-    r = c.runlocal_overrides
-    r.widths = (1024,)
-    r.store = dict(max_tokens=40_000, heldout_rows=4096)
-    r.num_tokens = 120 * c.batch_size
-    r.norm_sample_rows = 8192
-    r.eval_rows = 4096
-    r.lambda_warmup_steps = 40
-    r.log_every = 20
-    r.checkpoint_every = 60
-    c.runlocal = bool(a.runlocal)
     return config_lib.lock(c)
