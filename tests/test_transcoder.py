@@ -357,7 +357,8 @@ def test_demo_config_validates_and_the_repo_file_matches():
     for arg in (None, "runlocal=True"):
         assert m.get_config(arg).to_dict() == tc_config.get_config(arg).to_dict()
         c = config_lib.prepare(tc_config.get_config(arg))
-        assert tuple(c.sites) == ("transcoder", "transcoder_affine") and tuple(c.layers) == (15,)
+        # the SAEs on the MLP's output train beside the transcoders, for the comparison at matched L0
+        assert tuple(c.sites) == ("mlp", "transcoder", "transcoder_affine") and tuple(c.layers) == (15,)
         assert config_lib.component_sites(c.store.sites) == ("mlp_in", "mlp")
     assert config_lib.prepare(tc_config.get_config("runlocal=True")).widths == (1024,)
 
