@@ -8,7 +8,7 @@ import pytest
 from gemmascope.eval import metrics
 from gemmascope.lm import model
 from gemmascope.lm.config import LMConfig
-from tests.tiny import tiny_llama
+from tests.tiny import tiny_batches, tiny_llama
 
 CFG = tiny_llama()
 D = CFG.d_model
@@ -17,14 +17,7 @@ D = CFG.d_model
 @pytest.fixture(scope="module")
 def lm():
     params = model.init_params(jax.random.PRNGKey(0), CFG, std=0.4)
-    rng = np.random.default_rng(0)
-    batches = []
-    for _ in range(2):
-        toks = rng.integers(3, CFG.vocab_size, size=(4, 12)).astype(np.int32)
-        toks[:, 0] = CFG.bos_id
-        toks[1, 6] = CFG.eos_id
-        batches.append((toks, (toks != CFG.bos_id) & (toks != CFG.eos_id)))
-    return params, batches
+    return params, tiny_batches(CFG)
 
 
 def _log_softmax(lg: np.ndarray) -> np.ndarray:

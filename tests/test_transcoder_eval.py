@@ -22,7 +22,7 @@ from gemmascope.eval import evaluate, metrics
 from gemmascope.lm import model
 from gemmascope.sae import io as sae_io
 from gemmascope.sae import model as sae_model
-from tests.tiny import tiny_llama
+from tests.tiny import tiny_batches, tiny_llama
 
 CFG = tiny_llama()
 D = CFG.d_model
@@ -36,14 +36,7 @@ def lm():
     # MLP pre-norm weights spread out, so the MLP input's norm varies and its outlier rule drops rows
     rng = np.random.default_rng(7)
     params["layers"]["mlp_norm"] = jnp.asarray(rng.uniform(0.2, 2.0, params["layers"]["mlp_norm"].shape), jnp.float32)
-    rng = np.random.default_rng(0)
-    batches = []
-    for _ in range(2):
-        toks = rng.integers(3, CFG.vocab_size, size=(4, 12)).astype(np.int32)
-        toks[:, 0] = CFG.bos_id
-        toks[1, 6] = CFG.eos_id
-        batches.append((toks, (toks != CFG.bos_id) & (toks != CFG.eos_id)))
-    return params, batches
+    return params, tiny_batches(CFG)
 
 
 def transcoder(seed: int, affine: bool, d_sae: int = 24, d: int = D) -> dict[str, np.ndarray]:

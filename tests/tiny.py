@@ -1,5 +1,7 @@
 """The tiny random Llama the evaluation, steering, dashboard and transcoder tests share."""
 
+import numpy as np
+
 from gemmascope.lm.config import LMConfig
 
 
@@ -24,3 +26,16 @@ def tiny_llama(vocab_size: int = 40, n_layers: int = 3, bos_id: int = 1, eos_id:
         eos_id=eos_id,
         pad_id=pad_id,
     )
+
+
+def tiny_batches(cfg: LMConfig, n: int = 2, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``n`` batches ``(tokens [4, 12] int32, mask [4, 12] bool)`` of random ids, BOS first and one
+    EOS inside (position 6 of row 1); the mask is False at both, as at packed text."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(n):
+        toks = rng.integers(3, cfg.vocab_size, size=(4, 12)).astype(np.int32)
+        toks[:, 0] = cfg.bos_id
+        toks[1, 6] = cfg.eos_id
+        batches.append((toks, (toks != cfg.bos_id) & (toks != cfg.eos_id)))
+    return batches
