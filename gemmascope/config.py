@@ -333,11 +333,12 @@ def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
         "sae.frequency_max",
         f"must be a fraction of tokens in (0, 1], got {sae.frequency_max!r}",
     )
-    _require(
-        sae.threshold_init_mode in ("constant", "quantile"),
-        "sae.threshold_init_mode",
-        f"must be 'constant' or 'quantile', got {sae.threshold_init_mode!r}",
-    )
+    for field, value, allowed in (
+        ("threshold_init_mode", sae.threshold_init_mode, ("constant", "quantile")),
+        ("b_dec_init", sae.b_dec_init, ("zero", "mean")),
+        ("transcoder_init", sae.transcoder_init, ("random", "regression")),
+    ):
+        _require(value in allowed, f"sae.{field}", f"must be one of {allowed}, got {value!r}")
     prefixes = sae.matryoshka_prefixes
     if prefixes:
         _require(

@@ -115,6 +115,15 @@ def base_config() -> ml_collections.ConfigDict:
     # step sits near L0 = the SAE's target (quadratic) or threshold_init_l0 (the "l0" loss).
     c.sae.threshold_init_mode = "constant"
     c.sae.threshold_init_l0 = 0.0
+    # Data-dependent starts, from the normalisation sample (before the quantile thresholds):
+    # b_dec_init "zero" (Gemma Scope) or "mean" (b_dec at the sample mean, so a pre-encoder bias
+    # centres the encoder's input). transcoder_init "regression": the encoder reads the least-squares
+    # linear prediction of the target (W_enc = W_lin @ W_dec.T, as an SAE's W_dec.T reads x) with
+    # b_dec at the target mean, and an affine transcoder starts at the least-squares affine map (W_skip
+    # = W_lin) with its encoder scaled by 0.1; "random" = independent random encoder, W_skip = 0.
+    # Measured (docs/transcoders.md): "random" lets the affine transcoders' latents die.
+    c.sae.b_dec_init = "zero"
+    c.sae.transcoder_init = "regression"
     # Matryoshka training (arch "jumprelu" or "batchtopk"): nested dictionary prefix sizes,
     # increasing and ending at the width; the reconstruction loss is summed over the prefixes.
     # () = off.

@@ -115,6 +115,29 @@ def test_quantile_threshold_init_starts_at_each_target_l0():
     np.testing.assert_array_equal(st["params"]["threshold"], np.float32(0.001))
 
 
+def test_b_dec_mean_init_centres_the_encoder_input():
+    """sae.b_dec_init = "mean": b_dec starts at the mean of the normalised sample, and the quantile
+    thresholds (computed after it) are those of the centred pre-activations, so the first step's
+    L0 is still the target on rows whose mean dominates their norm (Gemma's residual stream)."""
+    from gemmascope.train import step as step_lib
+
+    c = config_lib.base_config()
+    c.sae.sparsity_loss, c.sae.threshold_init_mode, c.sae.b_dec_init = "quadratic", "quantile", "mean"
+    c.target_l0s, c.widths = (4.0,), (64,)
+    offset = 5.0 * jax.random.normal(jax.random.PRNGKey(2), (16,))
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2048, 16)) + offset)
+    sample = step_lib.init_sample(c, x, 3.0)
+    p = jax.tree.map(lambda a: a[0], step_lib.init_state(jax.random.PRNGKey(1), c, 16, 64, 1, 3.0, sample)["params"])
+    np.testing.assert_allclose(p["b_dec"], x.mean(0) / 3.0, rtol=1e-5, atol=1e-6)
+    pre = (x / 3.0 - x.mean(0) / 3.0) @ np.asarray(p["W_enc"]) + np.asarray(p["b_enc"])
+    np.testing.assert_allclose(p["threshold"], np.maximum(np.quantile(pre, 1 - 4 / 64, axis=0), 1e-6), rtol=1e-4)
+    l0 = float(jnp.mean(jnp.sum(jumprelu.encode_train(p, sample, SAEConfig.from_config(c)) != 0, axis=-1)))
+    assert abs(l0 - 4.0) / 4.0 < 0.02, l0
+    # "zero" (Gemma Scope) and no other data-dependent start: no sample is even drawn.
+    c.sae.b_dec_init, c.sae.threshold_init_mode = "zero", "constant"
+    assert step_lib.init_sample(c, x, 3.0) is None
+
+
 @pytest.mark.parametrize(
     "over,message",
     [
@@ -123,6 +146,11 @@ def test_quantile_threshold_init_starts_at_each_target_l0():
             "config.target_l0s: every target L0 must be a finite number > 0, got -1.0",
         ),
         (dict(target_l0s=(40.0, 5000.0)), "config.target_l0s: target L0 5000.0 exceeds width 4096"),
+        (dict(sae_b_dec_init="median"), "config.sae.b_dec_init: must be one of ('zero', 'mean'), got 'median'"),
+        (
+            dict(sae_transcoder_init="lstsq"),
+            "config.sae.transcoder_init: must be one of ('random', 'regression'), got 'lstsq'",
+        ),
         (dict(target_l0s=()), "config.target_l0s: must be a non-empty list"),
         (dict(sae_quadratic_form="mean"), "config.sae.quadratic_form: must be 'per_example' or 'batch'"),
         (dict(sae_arch="topk"), "config.sae.sparsity_loss: applies to arch 'jumprelu' only, not 'topk'"),

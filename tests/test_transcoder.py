@@ -376,3 +376,44 @@ def test_quantile_threshold_init_reads_the_input_part():
     p = jax.tree.map(lambda a: a[0], state["params"])
     pre = xy[:, :8] @ np.asarray(p["W_enc"]) + np.asarray(p["b_enc"])
     np.testing.assert_allclose(p["threshold"], np.maximum(np.quantile(pre, 1 - 4 / 32, axis=0), 1e-6), rtol=1e-5)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_regression_init_starts_from_the_least_squares_map(affine):
+    """sae.transcoder_init = "regression" on y = x_in A + c: with (W, b) the ridge least-squares
+    map of the normalised sample (NumPy, float64, the same ridge), a plain transcoder starts with
+    W_enc = W @ W_dec.T and b_dec = mean(y); an affine one with W_skip = W, b_dec = b and its
+    random encoder scaled by 0.1, so that its first prediction is the linear fit (FVU ~ 0)."""
+    c = config_lib.base_config()
+    assert c.sae.transcoder_init == "regression"  # the default
+    tc = archs.for_site(c, "transcoder_affine" if affine else "transcoder", 6)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((512, 8)) + rng.standard_normal(8)
+    y = x @ rng.standard_normal((8, 6)) + rng.standard_normal(6)
+    xy = np.concatenate([x, y], 1).astype(np.float32)
+    sample = step_lib.init_sample(c, xy, (2.0, 1.0), 8)  # normalised: x_in / 2, y / 1
+    assert sample is not None  # drawn for the regression init alone (constant thresholds)
+    p = jax.tree.map(
+        lambda a: np.asarray(a[0], np.float64),
+        step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 1, (2.0, 1.0), sample, arch=tc)["params"],
+    )
+    xs = x / 2.0
+    xc, yc = xs - xs.mean(0), y - y.mean(0)
+    gram = xc.T @ xc
+    w = np.linalg.solve(gram + transcoder.RIDGE * np.trace(gram) / 8 * np.eye(8), xc.T @ yc)
+    c.sae.transcoder_init = "random"
+    p0 = jax.tree.map(
+        lambda a: np.asarray(a[0]),
+        step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 1, (2.0, 1.0), sample, arch=tc)["params"],
+    )
+    np.testing.assert_allclose(p["W_dec"], p0["W_dec"], rtol=1e-6)  # the decoder is the random one
+    if affine:
+        np.testing.assert_allclose(p["W_skip"], w, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(p["b_dec"], y.mean(0) - xs.mean(0) @ w, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(p["W_enc"], 0.1 * p0["W_enc"], rtol=1e-6)
+        assert not p0["W_skip"].any()
+        fvu = np.sum((y - xs @ p["W_skip"] - p["b_dec"]) ** 2) / np.sum(yc**2)
+        assert fvu < 1e-4, fvu  # only the ridge's shrinkage is left
+    else:
+        np.testing.assert_allclose(p["W_enc"], w @ p["W_dec"].T, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(p["b_dec"], y.mean(0), rtol=1e-5, atol=1e-5)

@@ -46,6 +46,8 @@ class SAEConfig:
     frequency_max: float
     threshold_init_mode: str
     threshold_init_l0: float
+    b_dec_init: str
+    transcoder_init: str
     matryoshka_prefixes: tuple[int, ...]
     batchtopk_threshold_lr: float
 

@@ -47,6 +47,24 @@ from gemmascope.sae.common import (
 )
 
 SKIP_KEY = "W_skip"
+# transcoder_init "regression", affine: the encoder's random start is scaled by this, so that the
+# first codes (at the quantile thresholds' L0) add ~1% of the noise energy they would at scale 1
+# to the least-squares affine map the transcoder starts from.
+AFFINE_ENCODER_SCALE = 0.1
+# Ridge of the least-squares fit, relative to the mean variance of an input coordinate: only there
+# to keep the solve well posed in float32 (1e-3 and 1e-2 gave the same held-out FVU on the demo).
+RIDGE = 1e-3
+
+
+def least_squares(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The ridge-regularised least-squares affine map ``y ~ x @ W + b`` on rows ``x [n, d_in]``,
+    ``y [n, d_out]``: ``(W [d_in, d_out], b [d_out])``, fitted on centred rows in float32."""
+    x_mean, y_mean = jnp.mean(x, axis=0), jnp.mean(y, axis=0)
+    xc, yc = x - x_mean, y - y_mean
+    gram = xc.T @ xc
+    ridge = RIDGE * jnp.trace(gram) / x.shape[-1]
+    w = jax.scipy.linalg.solve(gram + ridge * jnp.eye(x.shape[-1], dtype=gram.dtype), xc.T @ yc, assume_a="pos")
+    return w, y_mean - x_mean @ w
 
 
 def split(xy: jax.Array, d_in: int) -> tuple[jax.Array, jax.Array]:
@@ -86,6 +104,32 @@ class Transcoder:
             params[SKIP_KEY] = jnp.zeros((d_in, self.d_out), jnp.float32)
         t0 = jnp.full((d_sae,), float(cfg.threshold_init), jnp.float32)
         return jumprelu.with_threshold(params, t0, cfg)
+
+    def data_init(self, params: Mapping[str, jax.Array], xy: jax.Array, cfg: SAEConfig) -> Params:
+        """The ``"regression"`` start (``cfg.transcoder_init``) on the normalised paired sample
+        ``xy [n, d_in + d_out]``, with ``(W_lin, b_lin)`` the least-squares affine map x_in -> y:
+
+        - plain: ``W_enc = W_lin @ W_dec.T`` and ``b_dec = mean(y)``. Each latent's pre-activation
+          is then ``<x_in W_lin, d_j>``, the SAE init's ``<y, d_j>`` on the linear prediction of y,
+          so the first codes reconstruct part of y instead of adding noise along random decoder
+          rows (which the MSE gradient answers by closing latents that nothing reopens).
+        - affine: ``W_skip = W_lin``, ``b_dec = b_lin`` (the run starts at the best linear map) and
+          the random encoder scaled by :data:`AFFINE_ENCODER_SCALE`: the latents learn the residual,
+          which has no linear part left to pull back.
+
+        ``"random"`` leaves ``params`` as :meth:`init` made them."""
+        cfg = as_sae_config(cfg)
+        if cfg.transcoder_init != "regression":
+            return dict(params)
+        x_in, y = split(xy, params["W_enc"].shape[0])
+        w_lin, b_lin = least_squares(x_in, y)
+        out = dict(params)
+        if self.affine:
+            out[SKIP_KEY], out["b_dec"] = w_lin, b_lin
+            out["W_enc"] = params["W_enc"] * AFFINE_ENCODER_SCALE
+        else:
+            out["W_enc"], out["b_dec"] = w_lin @ params["W_dec"].T, jnp.mean(y, axis=0)
+        return out
 
     def encode_train(
         self, params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any], sparsity: Any = None

@@ -32,7 +32,7 @@ import optax
 
 from gemmascope import config as config_lib
 from gemmascope.sae import archs
-from gemmascope.sae.common import SAEConfig
+from gemmascope.sae.common import Params, SAEConfig
 from gemmascope.train import optim
 
 
@@ -74,12 +74,39 @@ def normalise(x: jax.Array, norm_scale: jax.Array, d_in: int) -> jax.Array:
 
 
 def init_sample(config, sample, norm_scale, d_in: int | None = None):
-    """The normalised rows :func:`init_state` needs (``None`` unless the quantile threshold init
-    is configured): at most ``QUANTILE_INIT_ROWS`` rows of ``sample``, normalised by
-    :func:`normalise` (``d_in``: a paired row's input width, with ``norm_scale = (C_in, C_out)``)."""
-    if config.sae.threshold_init_mode != "quantile":
+    """The normalised rows :func:`init_state`'s data-dependent starts need (``None`` when none is
+    configured: no quantile threshold init, ``sae.b_dec_init`` "zero", and no transcoder with
+    ``sae.transcoder_init`` "regression"): at most ``QUANTILE_INIT_ROWS`` rows of ``sample``,
+    normalised by :func:`normalise` (``d_in``: a paired row's input width, with ``norm_scale =
+    (C_in, C_out)``)."""
+    sae = config.sae
+    paired = np.ndim(norm_scale) == 1
+    if not (
+        sae.threshold_init_mode == "quantile"
+        or sae.b_dec_init == "mean"
+        or (paired and sae.transcoder_init == "regression")
+    ):
         return None
     return normalise(jnp.asarray(sample[:QUANTILE_INIT_ROWS], jnp.float32), norm_scale, d_in or 0)
+
+
+def data_init(arch, params: Params, sample: jax.Array, target_l0, cfg: SAEConfig) -> Params:
+    """One SAE's data-dependent start on the normalised ``sample [n, w]``, in this order: ``b_dec``
+    at the mean of the sample's target part when ``cfg.b_dec_init == "mean"``, the architecture's
+    own (``arch.data_init``: a transcoder's regression init, which sets its own ``b_dec``), then
+    the quantile thresholds (which read the final encoder and ``b_dec``) when
+    ``cfg.threshold_init_mode == "quantile"``."""
+    from gemmascope.sae import jumprelu
+
+    if cfg.b_dec_init == "mean":
+        target = sample[:, sample.shape[-1] - params["b_dec"].shape[-1] :]  # a paired row's y part
+        params = {**params, "b_dec": jnp.mean(target, axis=0)}
+    own = getattr(arch, "data_init", None)
+    if own is not None:
+        params = own(params, sample, cfg)
+    if cfg.threshold_init_mode == "quantile":
+        params = getattr(arch, "quantile_thresholds", jumprelu.quantile_thresholds)(params, sample, target_l0, cfg)
+    return params
 
 
 def init_state(
@@ -94,9 +121,9 @@ def init_state(
 ) -> dict[str, Any]:
     """Stacked initial state for ``n_saes`` SAEs (independent inits, one key each).
 
-    ``init_sample [n, d_in]`` (normalised rows, from :func:`init_sample`): with
-    ``config.sae.threshold_init_mode == "quantile"`` each SAE's thresholds start at the quantiles
-    of its pre-activations that give its target L0 (:func:`gemmascope.sae.jumprelu.quantile_thresholds`).
+    ``init_sample [n, d_in]`` (normalised rows, from :func:`init_sample`): each SAE then gets the
+    configured data-dependent start (:func:`data_init`: a transcoder's regression init, ``b_dec``
+    at the mean, thresholds at the quantiles of its pre-activations that give its target L0).
     ``arch``: the location's architecture (default ``config.sae.arch``); a transcoder takes
     ``norm_scale = (C_in, C_out)`` and ``d_in`` its input width.
     """
@@ -105,13 +132,12 @@ def init_state(
     tx = optimizer(config, arch)
     keys = jax.random.split(key, n_saes)
     params = jax.vmap(lambda k: arch.init(k, d_in, d_sae, cfg))(keys)
-    if cfg.threshold_init_mode == "quantile" and init_sample is not None:
-        from gemmascope.sae import jumprelu
-
-        quantiles = getattr(arch, "quantile_thresholds", jumprelu.quantile_thresholds)
+    if init_sample is not None:
         quadratic = cfg.sparsity_loss == "quadratic"
         targets = config_lib.sweep_values(config) if quadratic else [cfg.threshold_init_l0] * n_saes
-        per_sae = [quantiles(jax.tree.map(lambda a: a[i], params), init_sample, targets[i], cfg) for i in range(n_saes)]
+        per_sae = [
+            data_init(arch, jax.tree.map(lambda a: a[i], params), init_sample, targets[i], cfg) for i in range(n_saes)
+        ]
         params = jax.tree.map(lambda *a: jnp.stack(a), *per_sae)
     opt = jax.vmap(tx.init)(params)
     return {
