@@ -121,7 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
     # linear prediction of the target (W_enc = W_lin @ W_dec.T, as an SAE's W_dec.T reads x) with
     # b_dec at the target mean, and an affine transcoder starts at the least-squares affine map (W_skip
     # = W_lin) with its encoder scaled by 0.1; "random" = independent random encoder, W_skip = 0.
-    # Measured (docs/transcoders.md): "random" lets the affine transcoders' latents die.
+    # Measured (README, "Transcoders"): with "random" the affine transcoders' latents died.
     c.sae.b_dec_init = "zero"
     c.sae.transcoder_init = "regression"
     # Matryoshka training (arch "jumprelu" or "batchtopk"): nested dictionary prefix sizes,

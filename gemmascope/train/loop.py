@@ -177,7 +177,7 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
         norm_scale = (scale_of(sample[:, : loc.d_in]), scale_of(sample[:, loc.d_in :]))
     sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in)  # None unless quantile threshold init
     state = loc.sweep.init(
-        lambda: step_lib.init_state(loc.key, config, loc.d_in, loc.width, k, norm_scale, sample_n, arch=loc.arch)
+        lambda s: step_lib.init_state(loc.key, config, loc.d_in, loc.width, k, norm_scale, s, arch=loc.arch), sample_n
     )
     shape = f"d_in={loc.d_in}" + ("" if loc.d_out is None else f" d_out={loc.d_out}")
     loc.log(
