@@ -472,7 +472,8 @@ def sweep_field(c: ml_collections.ConfigDict) -> str:
 def variant_name(c: ml_collections.ConfigDict) -> str:
     """The architecture with its training variant, naming run and export folders: ``jumprelu``
     (Gemma Scope), ``jumprelu_quadratic``, ``jumprelu_quadratic_batch`` (the batch form of the
-    quadratic loss), ``matryoshka_batchtopk`` ..."""
+    quadratic loss), ``matryoshka_batchtopk`` ..., with ``_centred`` when ``b_dec`` starts at the
+    data's mean (``sae.b_dec_init``)."""
     name = str(c.sae.arch)
     if c.sae.matryoshka_prefixes:
         name = f"matryoshka_{name}"
@@ -480,7 +481,7 @@ def variant_name(c: ml_collections.ConfigDict) -> str:
         name = f"{name}_quadratic"
         if c.sae.quadratic_form == "batch":
             name = f"{name}_batch"
-    return name
+    return f"{name}_centred" if c.sae.b_dec_init == "mean" else name
 
 
 def sweep_values(c: ml_collections.ConfigDict) -> list[float]:

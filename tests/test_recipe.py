@@ -387,6 +387,9 @@ def test_frontier_config_batch_form_variant_and_budget():
     # The two forms must train into different run and export folders of one workdir.
     assert config_lib.variant_name(per) == "jumprelu_quadratic"
     assert config_lib.variant_name(batch) == "jumprelu_quadratic_batch"
+    centred = frontier.get_config("arch=jumprelu_quadratic_batch_centred")
+    assert (centred.sae.b_dec_init, batch.sae.b_dec_init) == ("mean", "zero")
+    assert config_lib.variant_name(centred) == "jumprelu_quadratic_batch_centred"
     assert batch.target_l0s == per.target_l0s and batch.sae.sparsity_loss == "quadratic"
     one, four = frontier.get_config("arch=topk"), frontier.get_config("arch=topk,budget=4")
     assert four.num_tokens == 4 * one.num_tokens

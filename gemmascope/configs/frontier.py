@@ -19,7 +19,7 @@ lambda of its decoder-norm-weighted L1, TopK and BatchTopK over k (their L0 dire
 quadratic JumpReLU over target L0s (``jumprelu_quadratic``: the per-example form,
 ``jumprelu_quadratic_batch``: the batch form, which the 1x frontier prefers (docs/frontier.md);
 each arch names its form, whatever ``sae.quadratic_form``'s default; thresholds start at the
-quantiles giving each target). Each grid spans L0 of roughly 10 to 200, the range where the curves are compared.
+quantiles giving each target; ``_centred``: ``b_dec`` starts at the data's mean). Each grid spans L0 of roughly 10 to 200, the range where the curves are compared.
 
 ``budget=N`` (default 1): N passes over the store, ``num_tokens`` times N; warm-ups (lr 50
 steps, sparsity 200 steps), checkpoint cadence and everything else unchanged, so only the
@@ -46,6 +46,8 @@ SWEEPS = {
     "matryoshka_jumprelu_quadratic": (20.0, 40.0, 80.0, 160.0),
     "matryoshka_jumprelu_quadratic_batch": (20.0, 40.0, 80.0, 160.0),
     "matryoshka_batchtopk": (16, 32, 64, 128),
+    # b_dec starting at the data's mean (sae.b_dec_init = "mean"), on the best 1x recipe.
+    "jumprelu_quadratic_batch_centred": (20.0, 40.0, 80.0, 160.0),
 }
 
 
@@ -59,8 +61,11 @@ def get_config(arg=None):
     c.unlock()
     c.num_tokens *= a.budget
     c.runlocal_overrides.num_tokens *= a.budget
-    form = "batch" if a.arch.endswith("_quadratic_batch") else "per_example"
-    arch = a.arch.removesuffix("_batch")
+    name = a.arch.removesuffix("_centred")
+    if name != a.arch:
+        c.sae.b_dec_init = "mean"
+    form = "batch" if name.endswith("_quadratic_batch") else "per_example"
+    arch = name.removesuffix("_batch")
     base = arch.removeprefix("matryoshka_").removesuffix("_quadratic")
     c.sae.arch = base
     if arch.startswith("matryoshka_"):  # nested prefixes: 1/16, 1/4 and all of the dictionary
