@@ -147,6 +147,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.adam_eps = 1e-8
     c.lambda_warmup_steps = 10_000
     c.project_decoder_grads = True
+    # False: decoder rows free (no renormalising after each update, no gradient projection), as
+    # SAELens trains its JumpReLU; the recipe (Gemma Scope) keeps them unit norm. For the ablation.
+    c.unit_norm_decoder = True
     # Clip each SAE's gradient to this global L2 norm (over all its parameters) before the decoder
     # projection and Adam, as SAELens's trainer does at 1.0. 0 = off (Gemma Scope clips nothing).
     c.grad_clip_norm = 0.0

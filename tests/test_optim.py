@@ -82,6 +82,22 @@ def test_clamp_threshold_only_direct():
     assert optim.clamp_threshold(q, 1e-6) is q
 
 
+def test_free_decoder_rows_leave_the_unit_sphere():
+    """config.unit_norm_decoder = False (SAELens's JumpReLU, for the ablation): no renormalising and
+    no projection, so a step moves the rows' norms off 1 by about the learning rate."""
+    from gemmascope import config as config_lib
+    from gemmascope.train import step as step_lib
+
+    c = config_lib.base_config()
+    c.batch_size, c.unit_norm_decoder, c.lr_warmup_steps = 64, False, 0
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 1, norm_scale=2.0)
+    x = jax.random.normal(jax.random.PRNGKey(1), (64, 8)) * 2.0
+    new, _ = step_lib.make_train_step(c, dead_window_steps=10)(state, x, jnp.asarray([1e-3]))
+    norms = np.asarray(jnp.linalg.norm(new["params"]["W_dec"], axis=-1))
+    assert np.max(np.abs(norms - 1.0)) > 10 * 1e-5, norms  # the unit-norm test's tolerance, 10x over
+    assert step_lib.unit_norm_decoder(c, step_lib.archs.get("jumprelu")) is False
+
+
 @pytest.mark.parametrize("param", ["direct", "log"])
 def test_one_recipe_update_keeps_decoder_unit_norm(param):
     from gemmascope import config as config_lib

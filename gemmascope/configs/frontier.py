@@ -19,7 +19,8 @@ lambda of its decoder-norm-weighted L1, TopK and BatchTopK over k (their L0 dire
 quadratic JumpReLU over target L0s (``jumprelu_quadratic``: the per-example form,
 ``jumprelu_quadratic_batch``: the batch form, which the 1x frontier prefers (docs/frontier.md);
 each arch names its form, whatever ``sae.quadratic_form``'s default; thresholds start at the
-quantiles giving each target; ``_centred``: ``b_dec`` starts at the data's mean). Each grid spans L0 of roughly 10 to 200, the range where the curves are compared.
+quantiles giving each target; ``_centred``: ``b_dec`` starts at the data's mean). Each grid
+spans L0 of roughly 10 to 200, the range where the curves are compared.
 
 ``budget=N`` (default 1): N passes over the store, ``num_tokens`` times N; warm-ups (lr 50
 steps, sparsity 200 steps), checkpoint cadence and everything else unchanged, so only the

@@ -52,8 +52,14 @@ def optimizer(config, arch) -> optax.GradientTransformation:
         )
     }
     cfg["total_steps"] = config_lib.total_steps(config)
-    cfg["project_decoder_grads"] = bool(config.project_decoder_grads) and arch.UNIT_NORM_DECODER
+    cfg["project_decoder_grads"] = bool(config.project_decoder_grads) and unit_norm_decoder(config, arch)
     return optim.make_optimizer(cfg)
+
+
+def unit_norm_decoder(config, arch) -> bool:
+    """Whether ``W_dec`` rows are kept unit norm: the architecture's rule, unless
+    ``config.unit_norm_decoder`` frees them."""
+    return bool(arch.UNIT_NORM_DECODER) and bool(config.unit_norm_decoder)
 
 
 # Rows of the normalisation sample used by the quantile threshold init (a sort per latent).
@@ -173,6 +179,7 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
         }
     )
     threshold_min = float(config.sae.threshold_min)
+    renormalise = unit_norm_decoder(config, arch)
     quadratic = cfg.sparsity_loss == "quadratic"
     static_k = [int(k) for k in config.sae.topk_ks] if config.sae.arch in config_lib.K_ARCHS else None
     auxk_steps = max(1, -(-int(config.sae.auxk_dead_tokens) // int(config.batch_size)))
@@ -190,7 +197,7 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
         (loss, aux), grads = jax.value_and_grad(arch.loss, has_aux=True)(params, x, cfg, sparsity, dead)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        if arch.UNIT_NORM_DECODER:
+        if renormalise:
             params = optim.renormalise_decoder(params)
         params = optim.clamp_threshold(params, threshold_min)
         params = arch.after_update(params, aux, step, cfg)
