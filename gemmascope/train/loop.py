@@ -175,7 +175,7 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
         norm_scale = scale_of(sample)
     else:  # a transcoder: (C_in, C_out), one per part of the paired rows
         norm_scale = (scale_of(sample[:, : loc.d_in]), scale_of(sample[:, loc.d_in :]))
-    sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in)  # None unless quantile threshold init
+    sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in)  # None without a data-dependent init
     state = loc.sweep.init(
         lambda s: step_lib.init_state(loc.key, config, loc.d_in, loc.width, k, norm_scale, s, arch=loc.arch), sample_n
     )
