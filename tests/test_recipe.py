@@ -390,6 +390,9 @@ def test_frontier_config_batch_form_variant_and_budget():
     centred = frontier.get_config("arch=jumprelu_quadratic_batch_centred")
     assert (centred.sae.b_dec_init, batch.sae.b_dec_init) == ("mean", "zero")
     assert config_lib.variant_name(centred) == "jumprelu_quadratic_batch_centred"
+    topk_c = frontier.get_config("arch=topk_centred")  # every baseline takes the same centring
+    assert (topk_c.sae.b_dec_init, topk_c.sae.topk_ks, config_lib.variant_name(topk_c)) == (
+        "mean", (16, 32, 64, 128), "topk_centred")
     assert batch.target_l0s == per.target_l0s and batch.sae.sparsity_loss == "quadratic"
     one, four = frontier.get_config("arch=topk"), frontier.get_config("arch=topk,budget=4")
     assert four.num_tokens == 4 * one.num_tokens

@@ -47,22 +47,24 @@ SWEEPS = {
     "matryoshka_jumprelu_quadratic": (20.0, 40.0, 80.0, 160.0),
     "matryoshka_jumprelu_quadratic_batch": (20.0, 40.0, 80.0, 160.0),
     "matryoshka_batchtopk": (16, 32, 64, 128),
-    # b_dec starting at the data's mean (sae.b_dec_init = "mean"), on the best 1x recipe.
-    "jumprelu_quadratic_batch_centred": (20.0, 40.0, 80.0, 160.0),
 }
+# Any arch above may end in "_centred": b_dec starts at the data's mean (sae.b_dec_init = "mean"),
+# e.g. jumprelu_quadratic_batch_centred (the best 1x recipe), topk_centred, batchtopk_centred.
 
 
 def get_config(arg=None):
     a = config_lib.parse_arg(arg, arch="jumprelu", runlocal=False, layer=15, width=4096, budget=1)
-    if a.arch not in SWEEPS:
-        raise config_lib.ConfigError(f"configs/frontier.py: arch={a.arch!r} unknown (known: {sorted(SWEEPS)})")
+    name = a.arch.removesuffix("_centred")
+    if name not in SWEEPS:
+        raise config_lib.ConfigError(
+            f"configs/frontier.py: arch={a.arch!r} unknown (known: {sorted(SWEEPS)}, each optionally + '_centred')"
+        )
     if a.budget < 1:
         raise config_lib.ConfigError(f"configs/frontier.py: budget={a.budget!r} must be an integer >= 1 (passes)")
     c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
     c.unlock()
     c.num_tokens *= a.budget
     c.runlocal_overrides.num_tokens *= a.budget
-    name = a.arch.removesuffix("_centred")
     if name != a.arch:
         c.sae.b_dec_init = "mean"
     form = "batch" if name.endswith("_quadratic_batch") else "per_example"
@@ -76,12 +78,12 @@ def get_config(arg=None):
     if arch.endswith("_quadratic"):
         c.sae.sparsity_loss, c.sae.threshold_init_mode = "quadratic", "quantile"
         c.sae.quadratic_form = form
-        c.target_l0s = SWEEPS[a.arch]
+        c.target_l0s = SWEEPS[name]
     elif base in config_lib.K_ARCHS:
-        c.sae.topk_ks = tuple(int(k) for k in SWEEPS[a.arch])
+        c.sae.topk_ks = tuple(int(k) for k in SWEEPS[name])
         # AuxK: latents silent for 50 steps count as dead (the paper's 10M tokens is ~10k steps).
         c.sae.auxk_dead_tokens = 50 * c.batch_size
         c.sae.auxk_k = 256
     else:
-        c.lambdas = SWEEPS[a.arch]
+        c.lambdas = SWEEPS[name]
     return config_lib.lock(c)
