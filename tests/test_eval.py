@@ -273,7 +273,7 @@ def test_forward_resumed_from_a_layer_equals_the_full_forward(lm):
 
 
 def test_matched_l0_interpolates_in_log_l0_and_never_extrapolates():
-    from gemmascope.eval.evaluate import matched_l0, matched_l0_markdown
+    from gemmascope.eval.evaluate import matched_l0, matched_l0_markdown, matched_l0_report
 
     rows = [
         {"architecture": "jumprelu", "l0": 10.0, "delta_loss": 1.0, "fvu": 0.5},
@@ -288,6 +288,10 @@ def test_matched_l0_interpolates_in_log_l0_and_never_extrapolates():
     topk_32 = 1.2 + (0.3 - 1.2) * np.log(2.0) / np.log(4.0)
     jr_32 = 1.0 + (0.1 - 1.0) * np.log(3.2) / np.log(10.0)
     assert f"{topk_32:.4g} ({topk_32 / jr_32:.2f}x)" in md
+    # The written report adds the ratios to each TopK-type series (issue 12's goals are against them).
+    report = matched_l0_report(rows, (32.0,))
+    assert report.count("Ratios to ") == 2 and "Ratios to topk:" in report
+    assert f"{jr_32:.4g} ({jr_32 / topk_32:.2f}x)" in report.split("Ratios to topk:")[1]
 
 
 def _head_cfg(arch: str) -> LMConfig:

@@ -392,7 +392,10 @@ def test_frontier_config_batch_form_variant_and_budget():
     assert config_lib.variant_name(centred) == "jumprelu_quadratic_batch_centred"
     topk_c = frontier.get_config("arch=topk_centred")  # every baseline takes the same centring
     assert (topk_c.sae.b_dec_init, topk_c.sae.topk_ks, config_lib.variant_name(topk_c)) == (
-        "mean", (16, 32, 64, 128), "topk_centred")
+        "mean",
+        (16, 32, 64, 128),
+        "topk_centred",
+    )
     assert batch.target_l0s == per.target_l0s and batch.sae.sparsity_loss == "quadratic"
     one, four = frontier.get_config("arch=topk"), frontier.get_config("arch=topk,budget=4")
     assert four.num_tokens == 4 * one.num_tokens

@@ -32,6 +32,8 @@ from gemmascope.eval.metrics import evaluate_saes, firing_histogram, read_write_
 from gemmascope.progress import Progress
 from gemmascope.sae import io as sae_io
 
+# The L0s the frontier compares series at (issue 12: 20, 40, 80 and 160)
+MATCHED_L0S = (20.0, 40.0, 80.0, 160.0)
 # SAEBench's core metrics (gemmascope.eval.metrics module doc), in eval.json and the tables
 SAEBENCH_CORE = (
     "ce_loss_score",
@@ -235,10 +237,7 @@ def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:
     with open(os.path.join(out_dir, "table.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     with open(os.path.join(out_dir, "matched_l0.md"), "w") as fh:
-        fh.write(
-            "Metrics at matched L0 (linear in log L0 between each architecture's two nearest SAEs; "
-            "n/a outside its range; ratios to JumpReLU)\n\n" + matched_l0_markdown(rows)
-        )
+        fh.write(matched_l0_report(rows))
     for ykey, ylabel, name in (
         ("delta_loss", "delta LM loss (nats)", "l0_vs_delta_loss.png"),
         ("fvu", "FVU", "l0_vs_fvu.png"),
@@ -372,6 +371,18 @@ def matched_l0_markdown(
                     cells.append(f"{v:.4g}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def matched_l0_report(rows: list[dict[str, Any]], l0s=MATCHED_L0S) -> str:
+    """``matched_l0.md``: every series at matched L0 with its ratios to JumpReLU (the lambda
+    sweep), then once more against each TopK-type series present (``topk``, ``batchtopk_centred``
+    ...), the baselines issue 12's goals are stated against."""
+    head = "Metrics at matched L0 (linear in log L0 between each series' two nearest SAEs; n/a outside its range)\n\n"
+    parts = [head + "Ratios to jumprelu:\n\n" + matched_l0_markdown(rows, l0s)]
+    for ref in sorted({series_of(r) for r in rows}):
+        if ref.split("_")[0] in ("topk", "batchtopk"):
+            parts.append(f"\nRatios to {ref}:\n\n" + matched_l0_markdown(rows, l0s, ref=ref))
+    return "".join(parts)
 
 
 def _fmt(v) -> str:
