@@ -69,7 +69,6 @@ PEERS = {
     "batchtopk": ("batchtopk", "batchtopk", {}),
 }
 UNITS = ("defaults", "gemma_scope")
-MATCHED_L0S = (20.0, 40.0, 80.0, 160.0)
 LR_WARMUP, SPARSITY_WARMUP = 50, 200  # configs/demo.py's warm-up lengths (steps)
 
 
@@ -173,7 +172,7 @@ def ours_norm_constant(workdir: str) -> float:
 
 def compare(rows: list[dict], peers, units, ours_wall: dict[str, float], walls: dict[str, list[float]], load: str):
     """Markdown rows: ours over theirs at matched L0 40 and 80, wall time per SAE."""
-    from gemmascope.eval.evaluate import matched_l0
+    from gemmascope.eval.evaluate import MATCHED_L0S, matched_l0
 
     m = matched_l0(rows, MATCHED_L0S)
     out = []

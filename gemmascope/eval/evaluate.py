@@ -312,7 +312,7 @@ def _frontier_plot(panels, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=110, squeeze=False)
     for ax, (rows, series, ykey, ylabel, title) in zip(axes[0], panels):
@@ -322,9 +322,9 @@ def _frontier_plot(panels, path: str) -> None:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
         ax.set_xscale("log")
         # plain numbers at powers of two (the log axis's default minor labels overlap)
-        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=2))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=2))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("L0 (log scale)")
         ax.set_ylabel(ylabel)
         if title:
