@@ -4,6 +4,9 @@ r"""Our frontier SAEs against SAELens's, trained by SAELens's own trainer on the
     python bench/bench_frontier_peers.py --workdir=$W                     # both unit modes, all peers
     python bench/bench_frontier_peers.py --workdir=$W --units=gemma_scope --peers=jumprelu_step
     python bench/bench_frontier_peers.py --workdir=$W --steps=20 --values=1 --no-write   # smoke test
+    # SAELens's JumpReLU in Gemma Scope units against its counterparts and our best recipe:
+    python bench/bench_frontier_peers.py --workdir=$W --units=gemma_scope \
+        --peers=jumprelu_step,jumprelu_quadratic --ours=jumprelu_quadratic_batch_centred
 
 Peers (SAELens ``sae-lens==6.54.12``, pinned in setup.py's ``bench`` extra, on CPU torch):
 JumpReLU with ``jumprelu_sparsity_loss_mode="step"`` (Gemma Scope's L0 loss; our ``jumprelu``) and
@@ -170,8 +173,18 @@ def ours_norm_constant(workdir: str) -> float:
     )
 
 
-def compare(rows: list[dict], peers, units, ours_wall: dict[str, float], walls: dict[str, list[float]], load: str):
-    """Markdown rows: ours over theirs at matched L0 40 and 80, wall time per SAE."""
+def compare(
+    rows: list[dict],
+    peers,
+    units,
+    ours_wall: dict[str, float],
+    walls: dict[str, list[float]],
+    load: str,
+    extra_ours: tuple[str, ...] = (),
+):
+    """Markdown rows: ours over theirs at matched L0 40 and 80, wall time per SAE. Each peer is
+    compared with its counterpart (``PEERS``) and with every series in ``extra_ours`` (e.g. our
+    best recipe, ``jumprelu_quadratic_batch_centred``, against each SAELens JumpReLU)."""
     from gemmascope.eval.evaluate import MATCHED_L0S, matched_l0
 
     m = matched_l0(rows, MATCHED_L0S)
@@ -181,8 +194,8 @@ def compare(rows: list[dict], peers, units, ours_wall: dict[str, float], walls: 
         return "n/a" if o is None or t is None else f"{o:.4g} / {t:.4g} = {o / t:.2f}x"
 
     for u in units:
-        for peer in peers:
-            ours, theirs = PEERS[peer][1], variant(peer, u)
+        for peer, ours in ((p, o) for p in peers for o in dict.fromkeys((PEERS[p][1], *extra_ours))):
+            theirs = variant(peer, u)
             if theirs not in m or ours not in m:
                 continue
             cells = []
@@ -206,6 +219,13 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=0, help="override the steps (smoke tests; 0 = the budget's)")
     ap.add_argument("--values", type=int, default=0, help="train only the first N sweep values (0 = all)")
     ap.add_argument("--max_tokens", type=int, default=100_000, help="held-out tokens per SAE (launch/evaluate.py's)")
+    ap.add_argument("--ours", default="", help="more of our series to compare with every peer (comma list)")
+    ap.add_argument(
+        "--ours_from",
+        default="",
+        help="series from other workdirs of the same store, compared with every peer: "
+        "'WORKDIR:SERIES=LABEL,...' (e.g. workdirs/abl_coef_b1:jumprelu_quadratic_batch_centred=recipe_b1)",
+    )
     ap.add_argument("--ours_wall_s", default="", help="our wall seconds per SAE: 'jumprelu=90,topk=375'")
     ap.add_argument("--no-write", dest="write", action="store_false", help="print rows, leave BENCHMARKS.md")
     ap.add_argument("--no-eval", dest="evaluate", action="store_false", help="train and export only")
@@ -286,8 +306,18 @@ def main(argv=None) -> None:
     demo_cfg = config_lib.prepare(frontier.get_config("arch=jumprelu"))
     theirs = evaluate_workdir(demo_cfg, out, args.max_tokens)
     ours = evaluate_workdir(demo_cfg, args.workdir, args.max_tokens)
+    extra = tuple(o for o in args.ours.split(",") if o)
+    for item in filter(None, args.ours_from.split(",")):
+        wd, _, rest = item.partition(":")
+        series, _, label = rest.partition("=")
+        rows_wd = evaluate_workdir(demo_cfg, wd, args.max_tokens)
+        got = [{**r, "architecture": label} for r in rows_wd if r["architecture"] == series]
+        if not got or not label:
+            ap.error(f"--ours_from: {item!r}: no series {series!r} evaluated under {wd} (or no '=LABEL')")
+        ours += got
+        extra += (label,)
     load = f"{os.getloadavg()[0]:.1f}"
-    rows = compare(ours + theirs, peers, units, ours_wall, walls, load)
+    rows = compare(ours + theirs, peers, units, ours_wall, walls, load, extra)
     header = (
         "| ours vs theirs | units | delta loss @ L0 40 (ours / theirs) | FVU @ L0 40 | delta loss @ L0 80 | "
         "FVU @ L0 80 | ours wall s / SAE | theirs wall s / SAE | load |\n|---|---|---|---|---|---|---|---|---|"

@@ -6,7 +6,7 @@ The public API, in the order a researcher meets it::
 
     lm = gs.load_lm("embedded")                        # LM(cfg, params, tokenizer, name)
     acts = gs.capture(lm, tokens, mask, [(15, "res")], outlier_norm_factor=10.0)
-    sae = gs.load_sae("workdirs/demo/saes/res/layer_15/width_4k/average_l0_63")
+    sae = gs.load_sae("workdirs/demo/saes/res/layer_15/width_4k/jumprelu_quadratic_batch_centred/average_l0_42")
     f = gs.encode(sae, x)                              # [..., d_in] -> [..., d_sae], raw units
     x_hat = gs.decode(sae, f)
     gs.train_and_evaluate(gs.get_config("configs/demo.py"), "workdirs/demo")

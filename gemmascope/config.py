@@ -157,6 +157,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"every sparsity coefficient must be a finite number >= 0, got {lam!r}",
         )
     _require(c.sae.arch in ARCHS, "sae.arch", f"unknown architecture {c.sae.arch!r} (known: {list(ARCHS)})")
+    if c.sae.arch in K_ARCHS or c.sae.jumprelu_auxk:
+        _positive_int(c, "sae.auxk_k")
+        _nonneg_number(c, "sae.auxk_coefficient")
+        _positive_int(c, "sae.auxk_dead_tokens")
     if c.sae.arch in K_ARCHS:
         ks = c.sae.topk_ks
         _require(isinstance(ks, (tuple, list)) and len(ks) > 0, "sae.topk_ks", f"must be a non-empty list, got {ks!r}")
@@ -168,9 +172,6 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             )
             for w in c.widths:
                 _require(k <= w, "sae.topk_ks", f"k={k} exceeds width {w}")
-        _positive_int(c, "sae.auxk_k")
-        _nonneg_number(c, "sae.auxk_coefficient")
-        _positive_int(c, "sae.auxk_dead_tokens")
     _validate_sparsity(c)
     _require(
         c.sae.threshold_param in ("log", "direct"),
@@ -290,6 +291,7 @@ def _validate_pairs(c: ml_collections.ConfigDict) -> None:
     for field, bad, what in (
         ("sae.arch", c.sae.arch != "jumprelu", f"they train JumpReLU transcoders; set 'jumprelu', not {c.sae.arch!r}"),
         ("sae.matryoshka_prefixes", bool(c.sae.matryoshka_prefixes), "Matryoshka training is not implemented"),
+        ("sae.jumprelu_auxk", bool(c.sae.jumprelu_auxk), "the AuxK loss is not implemented for them"),
         ("export.layouts", "sae_lens" in c.export.layouts, "the sae_lens layout has no transcoder export here"),
     ):
         _require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
@@ -312,6 +314,7 @@ def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
         ("sae.sparsity_loss", sae.sparsity_loss != "l0"),
         ("sae.frequency_penalty", sae.frequency_penalty != 0),
         ("sae.threshold_init_mode", sae.threshold_init_mode != "constant"),
+        ("sae.jumprelu_auxk", bool(sae.jumprelu_auxk)),
     ]
     for field, used in jump_only:
         _require(not used or sae.arch == "jumprelu", field, f"applies to arch 'jumprelu' only, not {sae.arch!r}")
@@ -472,7 +475,8 @@ def sweep_field(c: ml_collections.ConfigDict) -> str:
 def variant_name(c: ml_collections.ConfigDict) -> str:
     """The architecture with its training variant, naming run and export folders: ``jumprelu``
     (Gemma Scope), ``jumprelu_quadratic``, ``jumprelu_quadratic_batch`` (the batch form of the
-    quadratic loss), ``matryoshka_batchtopk`` ..., with ``_centred`` when ``b_dec`` starts at the
+    quadratic loss), ``matryoshka_batchtopk`` ..., ``_auxk`` for JumpReLU with the AuxK loss
+    (``sae.jumprelu_auxk``), with ``_centred`` when ``b_dec`` starts at the
     data's mean (``sae.b_dec_init``)."""
     name = str(c.sae.arch)
     if c.sae.matryoshka_prefixes:
@@ -481,6 +485,8 @@ def variant_name(c: ml_collections.ConfigDict) -> str:
         name = f"{name}_quadratic"
         if c.sae.quadratic_form == "batch":
             name = f"{name}_batch"
+    if c.sae.arch == "jumprelu" and c.sae.jumprelu_auxk:
+        name = f"{name}_auxk"
     return f"{name}_centred" if c.sae.b_dec_init == "mean" else name
 
 

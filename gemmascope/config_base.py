@@ -136,6 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sae.auxk_k = 512  # arch "topk": latents in the AuxK reconstruction of the residual
     c.sae.auxk_coefficient = 1.0 / 32  # arch "topk": weight of the AuxK loss
     c.sae.auxk_dead_tokens = 10_000_000  # arch "topk": a latent is dead for AuxK after this many tokens unfired
+    # arch "jumprelu": add TopK's AuxK loss (the three auxk_ fields above) so dead latents get a
+    # gradient back (off: Gemma Scope has none; docs/frontier.md measures it).
+    c.sae.jumprelu_auxk = False
 
     # Optimiser (Adam with b1 = 0 stores no first moment).
     c.lr = 7e-5

@@ -1,6 +1,7 @@
 r"""Writes a static, offline HTML dashboard of an SAE's latents.
 
-    python launch/analyze.py --sae=workdirs/demo/saes/res/layer_15/width_4k/average_l0_63 --out=workdirs/dash
+    S=workdirs/demo/saes/res/layer_15/width_4k/jumprelu_quadratic_batch_centred/average_l0_42
+    python launch/analyze.py --sae=$S --out=workdirs/dash
 
 Scans held-out text of the embedded corpus with the LM (BOS/EOS/padding and norm outliers never
 encoded), then writes ``<out>/index.html`` (searchable, sortable list of latents with firing

@@ -1,6 +1,7 @@
 r"""Writes an SAE folder in another file layout.
 
-    python launch/export.py --sae=workdirs/demo/saes/res/layer_15/width_4k/average_l0_63 \
+    S=workdirs/demo/saes/res/layer_15/width_4k/jumprelu_quadratic_batch_centred/average_l0_42
+    python launch/export.py --sae=$S \
         --layout=sae_lens --out=/tmp/sae_lens_demo
 
 ``--sae``: a folder in any layout we read (our/Gemma Scope ``params.npz``, Gemma Scope 2

@@ -60,14 +60,21 @@ def test_demo_trains_from_store_and_exports(demo_workdir):
     assert "tok/s" in train and "ETA" in train
     metas = [
         json.load(open(p))
-        for p in glob.glob(os.path.join(wd, "saes", "res", "layer_15", "width_1k", "*", "metadata.json"))
+        for p in glob.glob(os.path.join(wd, "saes", "res", "layer_15", "width_1k", "*", "*", "metadata.json"))
     ]
-    metas.sort(key=lambda m: m["sparsity_coefficient"])
-    assert len(metas) == 4
+    # The default recipe: target L0s 20 .. 160 (quadratic penalty, batch form, centred), one
+    # variant folder; each SAE's held-out L0 rises with its target.
+    metas.sort(key=lambda m: m["target_l0"])
+    assert [m["target_l0"] for m in metas] == list(demo.TARGET_L0S)
     l0 = [m["l0"] for m in metas]
-    assert all(a > b for a, b in zip(l0, l0[1:])), l0
+    assert all(a < b for a, b in zip(l0, l0[1:])), l0
     for m in metas:
         assert m["model"].startswith("SmolLM2-135M") and m["site"] == "res" and m["layer"] == 15
+        assert (m["sparsity_loss"], m["quadratic_form"], m["variant"]) == (
+            "quadratic",
+            "batch",
+            "jumprelu_quadratic_batch_centred",
+        )
         assert 0 < m["fvu"] < 1
     from gemmascope.sae import io as sae_io
 
@@ -127,7 +134,7 @@ def test_generation_resumes_after_a_crash_with_every_row_once(tmp_path, monkeypa
 def test_online_mode_trains_straight_from_the_lm(tmp_path):
     from gemmascope.train.loop import train_and_evaluate
 
-    c = demo.get_config()
+    c = demo.get_config("recipe=gemma_scope")  # the lambda sweep
     with c.unlocked():
         c.source = "online"
         c.layers, c.widths, c.lambdas = (3,), (128,), (1e-3, 1e-2)

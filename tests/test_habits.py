@@ -142,7 +142,7 @@ def test_plot_metrics_writes_a_png_per_location(trained, tmp_path):
     w, h = struct.unpack(">II", data[16:24])
     assert w > 600 and h > 300, (w, h)  # 4 x 2 panels
     # legends name the sweep's target values (from the export records), not the warmed-up lambda
-    assert sweep_labels(wd, "toy_layer0_width32", "jumprelu") == {0: "sae0_lambda0.01", 1: "sae1_lambda0.1"}
+    assert sweep_labels(wd, "toy_layer0_width32") == {0: "sae0_lambda0.01", 1: "sae1_lambda0.1"}
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot_metrics(str(tmp_path / "empty"))
 
@@ -185,9 +185,11 @@ def test_writers_rows_and_tags(tmp_path):
         for i in range(2)
     ]
     assert writers.scalars(rows[1]) == {"k": 32.0, "loss": 1.5, "l0": 16.0, "threshold/mean": 0.0, "lr": 1e-3}
-    assert (
-        writers.run_name(1, 32.0, "topk") == "sae1_k32" and writers.run_name(0, 3e-4, "jumprelu") == "sae0_lambda0.0003"
-    )
+    assert writers.run_name(1, 32.0, "sae.topk_ks") == "sae1_k32"
+    assert writers.run_name(0, 3e-4, "lambdas") == "sae0_lambda0.0003"
+    assert writers.run_name(2, 40.0, "target_l0s") == "sae2_target40"
+    with pytest.raises(ValueError, match="sweep field 'sae.k'"):
+        writers.run_name(0, 1.0, "sae.k")
     c = tiny_config(tensorboard=False)
     with writers.for_location(c, str(tmp_path), "x") as w:
         w.write(5, rows)

@@ -379,6 +379,55 @@ def loop_train(c, tmp_path):
     return loop.train_and_evaluate(c, str(tmp_path), log=lambda *_: None)
 
 
+def test_jumprelu_auxk_gives_a_dead_latent_the_hand_derived_encoder_gradient():
+    """Latent 1 (threshold 5, pre-activations 0.05 / 0.7: outside the kernel window) never fires,
+    so without AuxK no term reaches its encoder column. With it marked dead, AuxK adds
+    ``alpha * mean_i ||e_i - relu(pre_i1) d_1||^2`` (e = x - x_hat held constant, d_1 its decoder
+    row), whose gradient on ``W_enc[:, 1]`` is ``alpha / B * sum_i -2 ((e_i - relu(pre_i1) d_1) . d_1) x_i``
+    where ``pre_i1 > 0``."""
+    params = _params()
+    d1 = np.array([0.6, 0.8], np.float32)
+    params["W_dec"] = jnp.asarray(np.stack([np.array([1.0, 0.0], np.float32), d1]))
+    params["threshold"] = jnp.array([T0, 5.0])
+    cfg = _cfg()
+    dead = jnp.array([False, True])
+    x = jnp.asarray(X)
+    (l_base, _), g_base = jax.value_and_grad(jumprelu.loss, has_aux=True)(params, x, cfg, 0.0)
+    (l_aux, aux), g_aux = jax.value_and_grad(jumprelu.loss, has_aux=True)(params, x, cfg, 0.0, dead)
+    assert float(g_base["W_enc"][0, 1]) == 0.0 and float(g_base["W_enc"][1, 1]) == 0.0
+    # by hand: latent 0 fires on row 1 only (0.7 > 0.1; 0.0998 is below), so x_hat = [[0, 0], [0.7, 0]]
+    e = X - np.array([[0.0, 0.0], [0.7, 0.0]], np.float32)
+    f_aux = np.maximum(X[:, 1], 0.0)  # pre of latent 1 = x_i1 (W_enc = I)
+    r = e - f_aux[:, None] * d1[None, :]
+    alpha = cfg.auxk_coefficient
+    want_loss = alpha * np.mean(np.sum(r**2, axis=-1))
+    want_grad = alpha / B * np.sum(-2.0 * (r @ d1)[:, None] * X * (f_aux > 0)[:, None], axis=0)
+    np.testing.assert_allclose(float(l_aux - l_base), want_loss, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g_aux["W_enc"][:, 1]), want_grad, rtol=1e-5, atol=1e-8)
+    assert np.all(np.abs(want_grad) > 1e-3)  # a real signal, not a rounding residue
+    np.testing.assert_allclose(float(aux["sparsity_loss"]), want_loss, rtol=1e-5)  # lambda 0: only AuxK logged
+
+
+def test_jumprelu_auxk_trains_on_the_toy_under_its_own_variant(tmp_path):
+    from configs import toy
+
+    c = toy.get_config()
+    c.widths, c.sae.jumprelu_auxk, c.sae.auxk_dead_tokens, c.sae.auxk_k = (32,), True, 20 * c.batch_size, 8
+    c.sae.sparsity_loss, c.target_l0s, c.sae.threshold_init_mode = "quadratic", (4.0,), "quantile"
+    c.num_tokens, c.log_every, c.checkpoint_every = 100 * c.batch_size, 50, 100
+    (r,) = loop_train(c, tmp_path)
+    assert r["variant"] == "jumprelu_quadratic_batch_auxk" and "/jumprelu_quadratic_batch_auxk/" in r["path"]
+    assert r["fvu"] < 0.6 and np.isfinite(r["l0"]), r
+    bad = toy.get_config()
+    bad.sae.arch, bad.sae.jumprelu_auxk = "gated", True
+    with pytest.raises(config_lib.ConfigError, match="config.sae.jumprelu_auxk: applies to arch 'jumprelu' only"):
+        config_lib.validate(bad)
+    bad = toy.get_config()
+    bad.sae.jumprelu_auxk, bad.sae.auxk_k = True, 0
+    with pytest.raises(config_lib.ConfigError, match="config.sae.auxk_k"):
+        config_lib.validate(bad)
+
+
 def test_frontier_config_batch_form_variant_and_budget():
     from gemmascope.configs import frontier
 
@@ -403,6 +452,40 @@ def test_frontier_config_batch_form_variant_and_budget():
     assert (four.lr_warmup_steps, four.lambda_warmup_steps) == (one.lr_warmup_steps, one.lambda_warmup_steps)
     with pytest.raises(config_lib.ConfigError, match="budget=0 must be an integer >= 1"):
         frontier.get_config("arch=topk,budget=0")
+
+
+def test_demo_defaults_to_the_target_l0_recipe_with_gemma_scope_one_arg_away():
+    from gemmascope.configs import demo, frontier, gemma_demo, transcoder
+
+    d = config_lib.prepare(demo.get_config())
+    assert (d.sae.sparsity_loss, d.sae.quadratic_form, d.sae.threshold_init_mode, d.sae.b_dec_init) == (
+        "quadratic",
+        "batch",
+        "quantile",
+        "mean",
+    )
+    assert (d.sae.quadratic_coefficient, d.adam_b1, config_lib.sweep_field(d)) == (1e-2, 0.9, "target_l0s")
+    assert config_lib.sweep_values(d) == [20.0, 40.0, 80.0, 160.0]
+    assert config_lib.variant_name(d) == "jumprelu_quadratic_batch_centred"
+    g = config_lib.prepare(demo.get_config("recipe=gemma_scope"))
+    assert (g.sae.sparsity_loss, g.sae.threshold_init_mode, g.sae.b_dec_init, g.adam_b1) == (
+        "l0",
+        "constant",
+        "zero",
+        0.0,
+    )
+    assert config_lib.sweep_field(g) == "lambdas" and config_lib.sweep_values(g) == [3e-4, 1e-3, 3e-3, 1e-2]
+    # Only the sparsity recipe differs: data, batches, schedule and sizes are the same run.
+    for f in ("batch_size", "num_tokens", "lr", "lr_warmup_steps", "lambda_warmup_steps", "widths", "layers"):
+        assert d[f] == g[f], f
+    # The configs built on the demo keep the recipe they were measured with (Gemma Scope's base).
+    assert frontier.get_config("arch=jumprelu").adam_b1 == 0.0 and frontier.get_config("arch=jumprelu").lambdas
+    assert frontier.get_config("arch=topk").sae.b_dec_init == "zero"
+    assert gemma_demo.get_config().adam_b1 == 0.0 and transcoder.get_config().adam_b1 == 0.0
+    with pytest.raises(
+        config_lib.ConfigError, match=r"recipe='gemmascope' unknown \(known: \['target_l0', 'gemma_scope'\]"
+    ):
+        demo.get_config("recipe=gemmascope")
 
 
 def test_eval_rows_name_the_variant_so_the_frontier_keeps_its_series_apart():

@@ -61,12 +61,16 @@ def get_config(arg=None):
         )
     if a.budget < 1:
         raise config_lib.ConfigError(f"configs/frontier.py: budget={a.budget!r} must be an integer >= 1 (passes)")
-    c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
+    c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width},recipe=gemma_scope")
     c.unlock()
     c.num_tokens *= a.budget
     c.runlocal_overrides.num_tokens *= a.budget
     if name != a.arch:
         c.sae.b_dec_init = "mean"
+    # AuxK (TopK, BatchTopK; JumpReLU with --config.sae.jumprelu_auxk=True): latents silent for 50
+    # steps count as dead (the paper's 10M tokens is ~10k steps).
+    c.sae.auxk_dead_tokens = 50 * c.batch_size
+    c.sae.auxk_k = 256
     form = "batch" if name.endswith("_quadratic_batch") else "per_example"
     arch = name.removesuffix("_batch")
     base = arch.removeprefix("matryoshka_").removesuffix("_quadratic")
@@ -81,9 +85,6 @@ def get_config(arg=None):
         c.target_l0s = SWEEPS[name]
     elif base in config_lib.K_ARCHS:
         c.sae.topk_ks = tuple(int(k) for k in SWEEPS[name])
-        # AuxK: latents silent for 50 steps count as dead (the paper's 10M tokens is ~10k steps).
-        c.sae.auxk_dead_tokens = 50 * c.batch_size
-        c.sae.auxk_k = 256
     else:
         c.lambdas = SWEEPS[name]
     return config_lib.lock(c)

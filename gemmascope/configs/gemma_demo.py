@@ -31,7 +31,7 @@ def get_config(arg=None):
     a = config_lib.parse_arg(arg, runlocal=False, layer=9, width=4096)
     # The SmolLM2 demo's text, batches, schedule and runlocal sizes; only the model, its sites and
     # the sparsity recipe differ.
-    c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
+    c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width},recipe=gemma_scope")
     c.unlock()
     c.sae.sparsity_loss = "quadratic"
     # The form measured on Gemma (docs/analysis.md); the batch form, now the default after the

@@ -31,7 +31,7 @@ def get_config(arg=None):
     a = config_lib.parse_arg(arg, runlocal=False, layer=15, width=4096)
     # The SAE demo's model, text, batches, schedule and runlocal sizes (configs/demo.py); the sites,
     # the sparsity recipe and the store's size differ.
-    c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
+    c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width},recipe=gemma_scope")
     c.unlock()
     # The SAE on the MLP's output beside the transcoders: launch/evaluate.py compares them at matched L0.
     c.sites = ("mlp", "transcoder", "transcoder_affine")

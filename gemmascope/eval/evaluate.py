@@ -54,6 +54,7 @@ COLUMNS = (
         "d_sae",
         "sparsity_coefficient",
         "k",
+        "target_l0",
         "l0",
         "fvu",
         "delta_loss",
@@ -162,7 +163,7 @@ def _n_text(batch) -> int:
 
 def _row(path: str, meta: dict[str, Any], r: dict[str, Any], model_name: str) -> dict[str, Any]:
     counts, edges, dead = firing_histogram(r["fire_counts"], r["n_tokens"])
-    row = {k: meta.get(k) for k in ("architecture", "site", "layer", "d_sae", "sparsity_coefficient", "k")}
+    row = {k: meta.get(k) for k in ("architecture", "site", "layer", "d_sae", "sparsity_coefficient", "k", "target_l0")}
     # The training variant (jumprelu_quadratic, matryoshka_batchtopk ...) is its own series in the
     # tables and frontier plots, not merged into its base architecture's.
     row["architecture"] = meta.get("variant") or meta.get("architecture")

@@ -39,6 +39,7 @@ class SAEConfig:
     auxk_k: int
     auxk_coefficient: float
     auxk_dead_tokens: int
+    jumprelu_auxk: bool
     sparsity_loss: str
     quadratic_form: str
     quadratic_coefficient: float

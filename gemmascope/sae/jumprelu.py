@@ -47,6 +47,7 @@ from gemmascope.sae.common import (  # noqa: F401  (decode_train, pre_activation
     recon_aux,
     reconstruction_loss,
 )
+from gemmascope.sae.topk import with_auxk
 
 LAYOUT_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
@@ -243,9 +244,14 @@ def loss(
     With ``cfg.matryoshka_prefixes`` the reconstruction term is summed over the nested prefixes
     (:func:`gemmascope.sae.common.reconstruction_loss`; aux's ``mse`` stays the full one).
     ``sparsity``: lambda (``"l0"``) or ``(target, coef)`` (``"quadratic"``). Returns
-    ``(loss, aux)`` (see :func:`gemmascope.sae.common.recon_aux`). ``dead`` is unused.
+    ``(loss, aux)`` (see :func:`gemmascope.sae.common.recon_aux`).
+
+    ``dead [d_sae]`` (given by the trainer with ``sae.jumprelu_auxk``): TopK's AuxK term
+    (:func:`gemmascope.sae.topk.with_auxk`) reconstructs the residual from the largest ReLU'd
+    pre-activations of the dead latents, so a latent whose pre-activations never reach the
+    threshold's kernel window (no gradient from the sparsity loss or the reconstruction) is
+    pulled toward inputs it could help with until it crosses its threshold.
     """
-    del dead
     cfg = as_sae_config(cfg)
     p = layout_params(params)
     pre = pre_activations(p, x, cfg.pre_encoder_bias)
@@ -258,7 +264,8 @@ def loss(
     if cfg.frequency_penalty:
         sparsity_term = sparsity_term + frequency_penalty(pre, p["threshold"], cfg)
     mse, aux = recon_aux(x, x_hat, f, l0_per_example, sparsity_term)
-    return (mse if recon is None else recon) + sparsity_term, aux
+    total = (mse if recon is None else recon) + sparsity_term
+    return with_auxk(total, aux, p, pre, x, x_hat, dead, cfg)
 
 
 def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0: Any, cfg: SAEConfig) -> Params:

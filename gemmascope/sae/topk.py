@@ -90,8 +90,8 @@ def loss(params, x, cfg, sparsity, dead=None):
 
 def with_auxk(total, aux, params, pre, x, x_hat, dead, cfg):
     """``(total + auxk_coefficient * AuxK, aux)`` when ``dead [d_sae]`` is given (skipped by
-    ``lax.cond`` while no latent is dead); ``aux["sparsity_loss"]`` logs the auxiliary term.
-    Shared by TopK and BatchTopK."""
+    ``lax.cond`` while no latent is dead); ``aux["sparsity_loss"]`` adds the auxiliary term.
+    Shared by TopK, BatchTopK and JumpReLU with ``sae.jumprelu_auxk``."""
     if dead is None:
         return total, aux
     residual = jax.lax.stop_gradient(x - x_hat)
@@ -101,7 +101,8 @@ def with_auxk(total, aux, params, pre, x, x_hat, dead, cfg):
         lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k),
         lambda: jnp.zeros([], jnp.float32),
     )
-    aux["sparsity_loss"] = jax.lax.stop_gradient(alpha * aux_l)  # the auxiliary term, for the logs
+    # The auxiliary term joins the logged sparsity loss (TopK's is 0; JumpReLU's its penalty).
+    aux["sparsity_loss"] = aux["sparsity_loss"] + jax.lax.stop_gradient(alpha * aux_l)
     return total + alpha * aux_l, aux
 
 

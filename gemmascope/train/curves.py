@@ -32,9 +32,10 @@ def series(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, dict[int, dict
     return out
 
 
-def sweep_labels(workdir: str, location: str, arch: str) -> dict[int, str]:
-    """``{sae: "sae0_lambda0.001"}`` from the location's export records (the rows' ``lambda`` is
-    the warmed-up value of that step, not the sweep's); ``{}`` before the location is exported."""
+def sweep_labels(workdir: str, location: str) -> dict[int, str]:
+    """``{sae: "sae0_lambda0.001"}`` (``sae0_k32``, ``sae0_target40``) from the location's export
+    records (the rows' ``lambda`` is the warmed-up value of that step, not the sweep's); ``{}``
+    before the location is exported."""
     import json
 
     from gemmascope.train.writers import run_name
@@ -44,9 +45,15 @@ def sweep_labels(workdir: str, location: str, arch: str) -> dict[int, str]:
         return {}
     with open(path) as fh:
         records = json.load(fh)
-    return {
-        i: run_name(i, r.get("k", r.get("sparsity_coefficient", float("nan"))), arch) for i, r in enumerate(records)
-    }
+
+    def label(i: int, r: dict[str, Any]) -> str:
+        if "k" in r:
+            return run_name(i, r["k"], "sae.topk_ks")
+        if "target_l0" in r:
+            return run_name(i, r["target_l0"], "target_l0s")
+        return run_name(i, r.get("sparsity_coefficient", float("nan")), "lambdas")
+
+    return {i: label(i, r) for i, r in enumerate(records)}
 
 
 def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> list[str]:
@@ -68,7 +75,7 @@ def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> lis
     for location, saes in sorted(series(iter_metrics(workdir)).items()):
         first = next(iter(next(iter(saes.values())).values()))
         panels = [p for p in PANELS if p[0] in first]
-        labels = sweep_labels(workdir, location, first.get("arch", "jumprelu"))
+        labels = sweep_labels(workdir, location)
         cols = min(4, len(panels))
         nrows = -(-len(panels) // cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.6 * nrows), squeeze=False)

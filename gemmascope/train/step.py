@@ -183,17 +183,17 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
     quadratic = cfg.sparsity_loss == "quadratic"
     static_k = [int(k) for k in config.sae.topk_ks] if config.sae.arch in config_lib.K_ARCHS else None
     auxk_steps = max(1, -(-int(config.sae.auxk_dead_tokens) // int(config.batch_size)))
+    use_auxk = static_k is not None or (config.sae.arch == "jumprelu" and bool(config.sae.jumprelu_auxk))
 
     def one(i, params, opt_state, x, lam, step, last_fired):
+        dead = (step + 1 - last_fired) > auxk_steps if use_auxk else None
         if static_k is not None:
             sparsity, reported = static_k[i], jnp.asarray(static_k[i], jnp.float32)
-            dead = (step + 1 - last_fired) > auxk_steps
         elif quadratic:  # lam is the target L0; the coefficient warms up like lambda
             reported = cfg.quadratic_coefficient * lam_sched(step)
-            sparsity, dead = (lam, reported), None
+            sparsity = (lam, reported)
         else:
             sparsity = reported = lam * lam_sched(step)
-            dead = None
         (loss, aux), grads = jax.value_and_grad(arch.loss, has_aux=True)(params, x, cfg, sparsity, dead)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)

@@ -55,11 +55,16 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_name(i: int, value: float, arch: str) -> str:
-    """``sae0_lambda0.0003`` or ``sae2_k64``: SAE ``i`` of the sweep and its target value."""
-    from gemmascope.config import K_ARCHS
+RUN_PREFIX = {"sae.topk_ks": "k", "target_l0s": "target", "lambdas": "lambda"}
 
-    return f"sae{i}_k{int(value)}" if arch in K_ARCHS else f"sae{i}_lambda{value:g}"
+
+def run_name(i: int, value: float, field: str) -> str:
+    """``sae0_lambda0.0003``, ``sae2_k64`` or ``sae1_target40``: SAE ``i`` of the sweep and its
+    value; ``field`` is the sweep's config field (``config.sweep_field``)."""
+    if field not in RUN_PREFIX:
+        raise ValueError(f"run_name: sweep field {field!r} unknown (known: {sorted(RUN_PREFIX)})")
+    v = int(value) if field == "sae.topk_ks" else value
+    return f"sae{i}_{RUN_PREFIX[field]}{v:g}"
 
 
 def iter_metrics(workdir: str) -> Iterator[dict[str, Any]]:
@@ -173,7 +178,8 @@ def for_location(config, workdir: str, location: str, enabled: bool = True) -> W
 
     out: list[MetricWriter] = [JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
     if config.tensorboard:
-        names = [run_name(i, v, config.sae.arch) for i, v in enumerate(config_lib.sweep_values(config))]
+        field = config_lib.sweep_field(config)
+        names = [run_name(i, v, field) for i, v in enumerate(config_lib.sweep_values(config))]
         out.append(TensorBoardWriter(os.path.join(workdir, "tensorboard", location), names))
     if config.wandb.project:
         out.append(WandbWriter(config.wandb, os.path.join(workdir, "wandb"), location, config.to_dict()))
