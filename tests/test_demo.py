@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from gemmascope import config as config_lib
 from gemmascope.data import store as store_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,7 @@ def test_demo_trains_from_store_and_exports(demo_workdir):
     # The default recipe: target L0s 20 .. 160 (quadratic penalty, batch form, centred), one
     # variant folder; each SAE's held-out L0 rises with its target.
     metas.sort(key=lambda m: m["target_l0"])
-    assert [m["target_l0"] for m in metas] == list(demo.TARGET_L0S)
+    assert [m["target_l0"] for m in metas] == config_lib.sweep_values(demo.get_config())
     l0 = [m["l0"] for m in metas]
     assert all(a < b for a, b in zip(l0, l0[1:])), l0
     for m in metas:
@@ -157,7 +158,7 @@ def test_evaluate_writes_eval_json_table_plots_and_resumes(demo_workdir):
         assert 0 < e["fvu"] < 1 and e["l0"] > 0 and e["n_tokens"] >= 1000
         assert e["err_by_position"][0] is None  # BOS is never evaluated
     table = open(os.path.join(wd, "eval", "table.md")).read()
-    assert table.count("| jumprelu |") == 4
+    assert table.count("| jumprelu_quadratic_batch_centred |") == 4
     for png in ("l0_vs_delta_loss.png", "l0_vs_fvu.png"):
         assert open(os.path.join(wd, "eval", png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     again = _run("evaluate.py", f"--workdir={wd}", "--config.runlocal=True", "--max_tokens=1000")

@@ -49,7 +49,9 @@ SWEEPS = {
     "matryoshka_batchtopk": (16, 32, 64, 128),
 }
 # Any arch above may end in "_centred": b_dec starts at the data's mean (sae.b_dec_init = "mean"),
-# e.g. jumprelu_quadratic_batch_centred (the best 1x recipe), topk_centred, batchtopk_centred.
+# e.g. jumprelu_quadratic_batch_centred, topk_centred, batchtopk_centred. The best 1x recipe is
+# jumprelu_quadratic_batch_centred with --config.sae.quadratic_coefficient=1e-2
+# --config.adam_b1=0.9: configs/demo.py's default, which trains the same SAEs.
 
 
 def get_config(arg=None):
