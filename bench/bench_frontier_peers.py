@@ -7,6 +7,9 @@ r"""Our frontier SAEs against SAELens's, trained by SAELens's own trainer on the
     # SAELens's JumpReLU in Gemma Scope units against its counterparts and our best recipe:
     python bench/bench_frontier_peers.py --workdir=$W --units=gemma_scope \
         --peers=jumprelu_step,jumprelu_quadratic --ours=jumprelu_quadratic_batch_centred
+    # three SAEs per peer, bracketing matched L0 40 and 80:
+    python bench/bench_frontier_peers.py --workdir=$W --units=gemma_scope --peers=topk,batchtopk \
+        --values_for='topk=32,64,128;batchtopk=32,64,128'
 
 Peers (SAELens ``sae-lens==6.54.12``, pinned in setup.py's ``bench`` extra, on CPU torch):
 JumpReLU with ``jumprelu_sparsity_loss_mode="step"`` (Gemma Scope's L0 loss; our ``jumprelu``) and
@@ -218,6 +221,12 @@ def main(argv=None) -> None:
     ap.add_argument("--budget", type=int, default=1, help="passes over the store (configs/frontier.py's budget)")
     ap.add_argument("--steps", type=int, default=0, help="override the steps (smoke tests; 0 = the budget's)")
     ap.add_argument("--values", type=int, default=0, help="train only the first N sweep values (0 = all)")
+    ap.add_argument(
+        "--values_for",
+        default="",
+        help="a peer's own values instead of the frontier sweep's: 'topk=32,64,128;jumprelu_quadratic=30,60,120' "
+        "(lambdas, target L0s or k; e.g. to bracket matched L0 40 and 80 with three SAEs)",
+    )
     ap.add_argument("--max_tokens", type=int, default=100_000, help="held-out tokens per SAE (launch/evaluate.py's)")
     ap.add_argument("--ours", default="", help="more of our series to compare with every peer (comma list)")
     ap.add_argument(
@@ -239,6 +248,15 @@ def main(argv=None) -> None:
     for u in units:
         if u not in UNITS:
             ap.error(f"--units: unknown unit mode {u!r} (known: {UNITS})")
+    values_for: dict[str, list[float]] = {}
+    for item in filter(None, args.values_for.split(";")):
+        k, _, v = item.partition("=")
+        if k.strip() not in PEERS or not v:
+            ap.error(f"--values_for: {item!r} is not PEER=V1,V2,... with PEER in {sorted(PEERS)}")
+        try:
+            values_for[k.strip()] = [float(x) for x in v.split(",")]
+        except ValueError:
+            ap.error(f"--values_for: {item!r}: values must be numbers")
     ours_wall = {}
     for item in filter(None, args.ours_wall_s.split(",")):
         k, _, v = item.partition("=")
@@ -255,7 +273,7 @@ def main(argv=None) -> None:
     for peer in peers:
         cfg = config_lib.prepare(frontier.get_config(f"arch={PEERS[peer][1]},budget={args.budget}"))
         steps = args.steps or config_lib.total_steps(cfg)
-        values = list(frontier.SWEEPS[PEERS[peer][1]])[: args.values or None]
+        values = values_for.get(peer) or list(frontier.SWEEPS[PEERS[peer][1]])[: args.values or None]
         for u in units:
             for value in values:
                 name = f"{variant(peer, u)}_{value:g}_steps{steps}"
