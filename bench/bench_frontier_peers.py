@@ -257,6 +257,11 @@ def main(argv=None) -> None:
             values_for[k.strip()] = [float(x) for x in v.split(",")]
         except ValueError:
             ap.error(f"--values_for: {item!r}: values must be numbers")
+        vals = values_for[k.strip()]
+        if any(x <= 0 for x in vals):
+            ap.error(f"--values_for: {item!r}: values must be positive (lambdas, target L0s or k)")
+        if PEERS[k.strip()][0] != "jumprelu" and any(x != int(x) for x in vals):
+            ap.error(f"--values_for: {item!r}: k must be a whole number")
     ours_wall = {}
     for item in filter(None, args.ours_wall_s.split(",")):
         k, _, v = item.partition("=")

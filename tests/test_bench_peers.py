@@ -59,6 +59,8 @@ def test_compare_writes_ours_over_theirs_at_matched_l0_and_the_wall_times():
         ("--values_for=topk", "is not PEER=V1,V2"),
         ("--values_for=nope=1,2", "is not PEER=V1,V2"),
         ("--values_for=topk=32,big", "values must be numbers"),
+        ("--values_for=jumprelu_step=1e-3,0", "values must be positive"),
+        ("--values_for=batchtopk=32,64.5", "k must be a whole number"),
         ("--peers=nope", "unknown peer 'nope'"),
     ],
 )
