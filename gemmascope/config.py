@@ -28,6 +28,8 @@ from gemmascope.config_base import (  # noqa: F401  (re-exported: callers use ge
     pair_of,
     site_pairs,
 )
+from gemmascope.config_checks import _get, _nonneg_number, _positive_int, _require
+from gemmascope.config_sparsity import _validate_sparsity
 
 
 def lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -86,32 +88,6 @@ def parse_width(v: Any) -> int:
     if s.endswith("m"):
         return int(s[:-1]) * 1024 * 1024
     return int(s)
-
-
-def _require(cond: bool, field: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"config.{field}: {msg}")
-
-
-def _positive_int(c, field: str) -> None:
-    v = _get(c, field)
-    _require(isinstance(v, int) and not isinstance(v, bool) and v > 0, field, f"must be a positive integer, got {v!r}")
-
-
-def _nonneg_number(c, field: str) -> None:
-    v = _get(c, field)
-    _require(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
-        field,
-        f"must be a finite number >= 0, got {v!r}",
-    )
-
-
-def _get(c, field: str):
-    obj = c
-    for part in field.split("."):
-        obj = obj[part]
-    return obj
 
 
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -186,6 +162,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
     _require(c.lr_decay in ("constant", "cosine"), "lr_decay", f"must be 'constant' or 'cosine', got {c.lr_decay!r}")
     _require(0.0 <= c.adam_b1 < 1.0, "adam_b1", f"must be in [0, 1), got {c.adam_b1!r}")
+    _require(
+        c.threshold_adam_b1 == -1.0 or 0.0 <= c.threshold_adam_b1 < 1.0,
+        "threshold_adam_b1",
+        f"must be -1 (adam_b1) or in [0, 1), got {c.threshold_adam_b1!r}",
+    )
     _require(0.0 < c.adam_b2 < 1.0, "adam_b2", f"must be in (0, 1), got {c.adam_b2!r}")
     _require(c.adam_eps > 0, "adam_eps", f"must be > 0, got {c.adam_eps!r}")
     _nonneg_number(c, "grad_clip_norm")  # 0 = off
@@ -292,91 +273,10 @@ def _validate_pairs(c: ml_collections.ConfigDict) -> None:
         ("sae.arch", c.sae.arch != "jumprelu", f"they train JumpReLU transcoders; set 'jumprelu', not {c.sae.arch!r}"),
         ("sae.matryoshka_prefixes", bool(c.sae.matryoshka_prefixes), "Matryoshka training is not implemented"),
         ("sae.jumprelu_auxk", bool(c.sae.jumprelu_auxk), "the AuxK loss is not implemented for them"),
+        ("sae.revive_dead_every", bool(c.sae.revive_dead_every), "threshold revival is not implemented for them"),
         ("export.layouts", "sae_lens" in c.export.layouts, "the sae_lens layout has no transcoder export here"),
     ):
         _require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
-
-
-def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
-    """JumpReLU's sparsity loss, its target L0s, the frequency penalty and the threshold init."""
-    sae = c.sae
-    _require(
-        sae.sparsity_loss in ("l0", "quadratic"),
-        "sae.sparsity_loss",
-        f"must be 'l0' or 'quadratic', got {sae.sparsity_loss!r}",
-    )
-    _require(
-        sae.quadratic_form in ("per_example", "batch"),
-        "sae.quadratic_form",
-        f"must be 'per_example' or 'batch', got {sae.quadratic_form!r}",
-    )
-    jump_only = [
-        ("sae.sparsity_loss", sae.sparsity_loss != "l0"),
-        ("sae.frequency_penalty", sae.frequency_penalty != 0),
-        ("sae.threshold_init_mode", sae.threshold_init_mode != "constant"),
-        ("sae.jumprelu_auxk", bool(sae.jumprelu_auxk)),
-    ]
-    for field, used in jump_only:
-        _require(not used or sae.arch == "jumprelu", field, f"applies to arch 'jumprelu' only, not {sae.arch!r}")
-    if sae.sparsity_loss == "quadratic":
-        ts = c.target_l0s
-        _require(isinstance(ts, (tuple, list)) and len(ts) > 0, "target_l0s", f"must be a non-empty list, got {ts!r}")
-        for t in ts:
-            _require(
-                isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
-                "target_l0s",
-                f"every target L0 must be a finite number > 0, got {t!r}",
-            )
-            for w in c.widths:
-                _require(t <= w, "target_l0s", f"target L0 {t} exceeds width {w}")
-    _nonneg_number(c, "sae.quadratic_coefficient")
-    _nonneg_number(c, "sae.frequency_penalty")
-    _require(
-        isinstance(sae.frequency_max, (int, float)) and 0 < sae.frequency_max <= 1,
-        "sae.frequency_max",
-        f"must be a fraction of tokens in (0, 1], got {sae.frequency_max!r}",
-    )
-    for field, value, allowed in (
-        ("threshold_init_mode", sae.threshold_init_mode, ("constant", "quantile")),
-        ("b_dec_init", sae.b_dec_init, ("zero", "mean")),
-        ("transcoder_init", sae.transcoder_init, ("random", "regression")),
-    ):
-        _require(value in allowed, f"sae.{field}", f"must be one of {allowed}, got {value!r}")
-    prefixes = sae.matryoshka_prefixes
-    if prefixes:
-        _require(
-            sae.arch in MATRYOSHKA_ARCHS,
-            "sae.matryoshka_prefixes",
-            f"Matryoshka training applies to {list(MATRYOSHKA_ARCHS)}, not {sae.arch!r}",
-        )
-        for m in prefixes:
-            _require(
-                isinstance(m, int) and not isinstance(m, bool) and m > 0,
-                "sae.matryoshka_prefixes",
-                f"every prefix size must be a positive integer, got {m!r}",
-            )
-        _require(
-            all(a < b for a, b in zip(prefixes, prefixes[1:])),
-            "sae.matryoshka_prefixes",
-            f"prefix sizes must be strictly increasing, got {tuple(prefixes)}",
-        )
-        for w in c.widths:
-            _require(
-                prefixes[-1] == w,
-                "sae.matryoshka_prefixes",
-                f"the last prefix must be the width {w} (the whole dictionary), got {prefixes[-1]}",
-            )
-    v = sae.batchtopk_threshold_lr
-    _require(isinstance(v, (int, float)) and 0 < v <= 1, "sae.batchtopk_threshold_lr", f"must be in (0, 1], got {v!r}")
-    if sae.threshold_init_mode == "quantile" and sae.sparsity_loss == "l0":
-        t = sae.threshold_init_l0
-        _require(
-            isinstance(t, (int, float)) and t > 0,
-            "sae.threshold_init_l0",
-            f"must be > 0 (the L0 the quantile init aims at) with the 'l0' loss, got {t!r}",
-        )
-        for w in c.widths:
-            _require(t <= w, "sae.threshold_init_l0", f"L0 {t} exceeds width {w}")
 
 
 def _validate_mesh(c: ml_collections.ConfigDict) -> None:
@@ -476,8 +376,8 @@ def variant_name(c: ml_collections.ConfigDict) -> str:
     """The architecture with its training variant, naming run and export folders: ``jumprelu``
     (Gemma Scope), ``jumprelu_quadratic``, ``jumprelu_quadratic_batch`` (the batch form of the
     quadratic loss), ``matryoshka_batchtopk`` ..., ``_auxk`` for JumpReLU with the AuxK loss
-    (``sae.jumprelu_auxk``), with ``_centred`` when ``b_dec`` starts at the
-    data's mean (``sae.b_dec_init``)."""
+    (``sae.jumprelu_auxk``), ``_revive`` with threshold revival (``sae.revive_dead_every``), with
+    ``_centred`` when ``b_dec`` starts at the data's mean (``sae.b_dec_init``)."""
     name = str(c.sae.arch)
     if c.sae.matryoshka_prefixes:
         name = f"matryoshka_{name}"
@@ -487,6 +387,8 @@ def variant_name(c: ml_collections.ConfigDict) -> str:
             name = f"{name}_batch"
     if c.sae.arch == "jumprelu" and c.sae.jumprelu_auxk:
         name = f"{name}_auxk"
+    if c.sae.arch == "jumprelu" and c.sae.revive_dead_every:
+        name = f"{name}_revive"
     return f"{name}_centred" if c.sae.b_dec_init == "mean" else name
 
 

@@ -139,6 +139,11 @@ def base_config() -> ml_collections.ConfigDict:
     # arch "jumprelu": add TopK's AuxK loss (the three auxk_ fields above) so dead latents get a
     # gradient back (off: Gemma Scope has none; docs/frontier.md measures it).
     c.sae.jumprelu_auxk = False
+    # arch "jumprelu": every N steps, each latent silent for those N steps gets its threshold
+    # lowered to the (1 - L0 / d_sae) quantile of its pre-activations on that step's batch (L0: the
+    # SAE's target, or threshold_init_l0), as the quantile init does at step 0. 0 = off. Why: a
+    # dead latent's threshold sits above every pre-activation, so no gradient reaches it again.
+    c.sae.revive_dead_every = 0
 
     # Optimiser (Adam with b1 = 0 stores no first moment).
     c.lr = 7e-5
@@ -146,6 +151,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_decay = "constant"  # "constant" (paper default, not stated after warm-up) or "cosine"
     c.lr_final_fraction = 0.0
     c.adam_b1 = 0.0
+    # JumpReLU thresholds' own Adam b1 (-1: adam_b1). With momentum a threshold pushed past the
+    # last pre-activation in its kernel window keeps rising and the latent dies (train/optim.py).
+    c.threshold_adam_b1 = -1.0
     c.adam_b2 = 0.999
     c.adam_eps = 1e-8
     c.lambda_warmup_steps = 10_000

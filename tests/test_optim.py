@@ -183,3 +183,51 @@ def test_grad_clip_norm_reaches_the_train_step_optimiser_and_is_validated():
     c.grad_clip_norm = -1.0
     with pytest.raises(config_lib.ConfigError, match="grad_clip_norm: must be a finite number >= 0"):
         config_lib.validate(c)
+
+
+def test_threshold_adam_b1_gives_thresholds_their_own_momentum():
+    """With adam_b1 0.9 and threshold_adam_b1 0, a threshold whose gradient stops stops moving at
+    once (the dead-latent mechanism, train/optim.py); every other parameter keeps its momentum,
+    and each part's update equals plain Adam with its own b1, step for step."""
+    from gemmascope import config as config_lib
+    from gemmascope.sae import archs
+    from gemmascope.train import step as step_lib
+
+    lr, b2, eps = 1e-3, 0.999, 1e-8
+    cfg = dict(adam_b1=0.9, adam_b2=b2, adam_eps=eps, lr=lr, lr_warmup_steps=0, project_decoder_grads=False)
+    params = {"W_enc": jnp.zeros((2, 3)), "threshold": jnp.zeros(3)}
+    grads = [
+        {"W_enc": jnp.full((2, 3), 0.5), "threshold": jnp.array([1.0, -2.0, 0.25])},
+        {"W_enc": jnp.zeros((2, 3)), "threshold": jnp.zeros(3)},  # the threshold leaves the window
+    ]
+
+    def run(tx):
+        state, out = tx.init(params), []
+        for g in grads:
+            u, state = tx.update(g, state, params)
+            out.append(u)
+        return out
+
+    split = run(optim.make_optimizer({**cfg, "threshold_adam_b1": 0.0}))
+    same = run(optim.make_optimizer({**cfg, "threshold_adam_b1": -1.0}))
+    ref = {b1: run(optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), optax.scale(-lr))) for b1 in (0.9, 0.0)}
+    for s in range(2):
+        np.testing.assert_allclose(split[s]["W_enc"], ref[0.9][s]["W_enc"], rtol=1e-6)
+        np.testing.assert_allclose(split[s]["threshold"], ref[0.0][s]["threshold"], rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(same[s]["threshold"], ref[0.9][s]["threshold"], rtol=1e-6)
+    np.testing.assert_array_equal(split[1]["threshold"], 0.0)  # no gradient, no move
+    assert float(jnp.min(jnp.abs(same[1]["threshold"]))) > 0.5 * lr  # momentum carries it on
+    # The trainer's optimiser takes the field; validation names it.
+    c = config_lib.base_config()
+    assert c.threshold_adam_b1 == -1.0
+    c.adam_b1, c.threshold_adam_b1 = 0.9, 0.0
+    c.lr_warmup_steps, c.project_decoder_grads = 0, False
+    tx = step_lib.optimizer(c, archs.get("jumprelu"))
+    p = {"threshold": jnp.zeros(3), "b_enc": jnp.zeros(3)}
+    state = tx.init(p)
+    _, state = tx.update({"threshold": jnp.ones(3), "b_enc": jnp.ones(3)}, state, p)
+    u, _ = tx.update({"threshold": jnp.zeros(3), "b_enc": jnp.zeros(3)}, state, p)
+    assert float(jnp.max(jnp.abs(u["threshold"]))) == 0.0 and float(jnp.min(jnp.abs(u["b_enc"]))) > 0.0
+    c.threshold_adam_b1 = 1.0
+    with pytest.raises(config_lib.ConfigError, match="threshold_adam_b1: must be -1"):
+        config_lib.validate(c)

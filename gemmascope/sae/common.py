@@ -40,6 +40,7 @@ class SAEConfig:
     auxk_coefficient: float
     auxk_dead_tokens: int
     jumprelu_auxk: bool
+    revive_dead_every: int
     sparsity_loss: str
     quadratic_form: str
     quadratic_coefficient: float

@@ -277,3 +277,25 @@ def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0
     q = 1.0 - jnp.asarray(target_l0, jnp.float32) / pre.shape[-1]
     thr = jnp.maximum(jnp.quantile(pre, q, axis=0), cfg.threshold_min).astype(jnp.float32)
     return with_threshold(params, thr, cfg)
+
+
+def revive_thresholds(
+    params: Mapping[str, jax.Array], x: jax.Array, dead: jax.Array, target_l0: Any, cfg: SAEConfig
+) -> Params:
+    """``params`` with each ``dead [d_sae]`` latent's threshold lowered to the ``1 - T / d_sae``
+    quantile of its pre-activations on the normalised batch ``x [B, d_in]`` (at least
+    ``cfg.threshold_min``; a threshold already below it is kept), so it fires on about
+    ``T / d_sae`` of the rows, where its encoder row reads most strongly, and the reconstruction
+    loss trains it again; live latents are untouched.
+
+    Why: a latent dies when the sparsity loss has pushed its threshold above every pre-activation
+    it sees; the straight-through estimator then gives the threshold no gradient (none reaches the
+    kernel window) and nothing brings it back (docs/frontier.md, session 11: dead latents'
+    thresholds sit at about twice the live ones', their largest pre-activations at 50-95% of it).
+    """
+    p = layout_params(params)
+    pre = pre_activations(p, x, cfg.pre_encoder_bias)
+    q = 1.0 - jnp.asarray(target_l0, jnp.float32) / pre.shape[-1]
+    fresh = jnp.maximum(jnp.quantile(pre, q, axis=0), cfg.threshold_min)
+    thr = jnp.where(dead, jnp.minimum(fresh, p["threshold"]), p["threshold"]).astype(jnp.float32)
+    return with_threshold(params, thr, cfg)

@@ -113,12 +113,23 @@ def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
     ``cfg["grad_clip_norm"] > 0`` scales the whole gradient tree by ``min(1, c / ||g||)`` with
     ``||g||`` the L2 norm over every parameter of the tree (one SAE: the trainer maps this per SAE),
     before anything else, as SAELens's trainer clips its raw gradients; 0 (default) = off.
+
+    ``cfg["threshold_adam_b1"] >= 0`` gives JumpReLU's thresholds their own Adam ``b1`` (-1, the
+    default: ``adam_b1`` for every parameter). Why: a threshold only gets a gradient while some
+    pre-activation sits inside the kernel window (``bandwidth`` wide) around it. With momentum a
+    threshold that the sparsity loss pushes up keeps rising after the last pre-activation has
+    left the window, by about ``lr / (1 - b1)`` (ten steps' worth at b1 0.9, about 10x the
+    bandwidth at lr 1e-3): it lands above every pre-activation it will see, gets no gradient again,
+    and the latent is dead for good (docs/frontier.md, session 11, measures this).
     """
     b1 = float(cfg["adam_b1"])
-    if b1 == 0.0:
-        adam = scale_by_adam_no_momentum(b2=float(cfg["adam_b2"]), eps=float(cfg["adam_eps"]))
-    else:
-        adam = optax.scale_by_adam(b1=b1, b2=float(cfg["adam_b2"]), eps=float(cfg["adam_eps"]))
+    adam = _adam(b1, cfg)
+    b1_thr = float(cfg.get("threshold_adam_b1", -1.0))
+    if b1_thr >= 0.0 and b1_thr != b1:  # the thresholds' own first moment (see the docstring)
+        adam = optax.multi_transform(
+            {"threshold": _adam(b1_thr, cfg), "rest": adam},
+            lambda params: {k: "threshold" if k in THRESHOLD_KEYS else "rest" for k in params},
+        )
     parts = []
     clip = float(cfg.get("grad_clip_norm", 0.0))
     if clip > 0:
@@ -127,6 +138,17 @@ def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
         parts.append(project_out_decoder_parallel("W_dec"))
     parts += [adam, optax.scale_by_learning_rate(lr_schedule(cfg))]
     return optax.chain(*parts)
+
+
+# Parameter keys that hold JumpReLU thresholds (``threshold_adam_b1`` applies to them).
+THRESHOLD_KEYS = ("threshold", "log_threshold")
+
+
+def _adam(b1: float, cfg: Mapping[str, Any]) -> optax.GradientTransformation:
+    """Adam with ``b1`` (no first-moment buffer when ``b1 == 0``), ``cfg``'s b2 and eps."""
+    if b1 == 0.0:
+        return scale_by_adam_no_momentum(b2=float(cfg["adam_b2"]), eps=float(cfg["adam_eps"]))
+    return optax.scale_by_adam(b1=b1, b2=float(cfg["adam_b2"]), eps=float(cfg["adam_eps"]))
 
 
 def renormalise_decoder(params: dict[str, jax.Array], key: str = "W_dec") -> dict[str, jax.Array]:

@@ -49,6 +49,7 @@ def optimizer(config, arch) -> optax.GradientTransformation:
             "lr_decay",
             "lr_final_fraction",
             "grad_clip_norm",
+            "threshold_adam_b1",
         )
     }
     cfg["total_steps"] = config_lib.total_steps(config)
@@ -184,6 +185,7 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
     static_k = [int(k) for k in config.sae.topk_ks] if config.sae.arch in config_lib.K_ARCHS else None
     auxk_steps = max(1, -(-int(config.sae.auxk_dead_tokens) // int(config.batch_size)))
     use_auxk = static_k is not None or (config.sae.arch == "jumprelu" and bool(config.sae.jumprelu_auxk))
+    revive_every = int(config.sae.revive_dead_every) if config.sae.arch == "jumprelu" else 0
 
     def one(i, params, opt_state, x, lam, step, last_fired):
         dead = (step + 1 - last_fired) > auxk_steps if use_auxk else None
@@ -200,6 +202,17 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
         if renormalise:
             params = optim.renormalise_decoder(params)
         params = optim.clamp_threshold(params, threshold_min)
+        if revive_every:  # latents silent for the last revive_every steps: thresholds re-seeded
+            from gemmascope.sae import jumprelu
+
+            silent = (step + 1 - last_fired) > revive_every
+            target = lam if quadratic else cfg.threshold_init_l0
+            params = jax.lax.cond(
+                ((step + 1) % revive_every == 0) & jnp.any(silent),
+                lambda q: jumprelu.revive_thresholds(q, x, silent, target, cfg),
+                lambda q: q,
+                params,
+            )
         params = arch.after_update(params, aux, step, cfg)
         thr = arch.thresholds(params)
         thr_stats = jnp.zeros((3,), jnp.float32) if thr is None else jnp.stack([thr.mean(), thr.min(), thr.max()])
@@ -302,6 +315,10 @@ def sweep_metadata(config, value: float) -> dict[str, Any]:
             frequency_penalty=float(config.sae.frequency_penalty), frequency_max=float(config.sae.frequency_max)
         )
     meta["threshold_init_mode"] = str(config.sae.threshold_init_mode)
+    if config.sae.revive_dead_every:
+        meta["revive_dead_every"] = int(config.sae.revive_dead_every)
+    if config.threshold_adam_b1 >= 0:
+        meta["threshold_adam_b1"] = float(config.threshold_adam_b1)
     return meta
 
 
