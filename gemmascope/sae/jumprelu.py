@@ -272,11 +272,16 @@ def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0
     """``params`` with each threshold at the ``1 - T / d_sae`` quantile of its pre-activations on
     the normalised sample ``x [n, d_in]`` (at least ``cfg.threshold_min``), so every latent fires on
     about ``T / d_sae`` of the rows and the mean L0 starts near ``T``."""
-    p = layout_params(params)
+    return with_threshold(params, target_quantile(layout_params(params), x, target_l0, cfg), cfg)
+
+
+def target_quantile(p: Params, x: jax.Array, target_l0: Any, cfg: SAEConfig) -> jax.Array:
+    """``[d_sae]``: each latent's ``1 - T / d_sae`` quantile of its pre-activations on the normalised
+    rows ``x [n, d_in]`` (at least ``cfg.threshold_min``), the threshold at which it fires on about
+    ``T / d_sae`` of them; ``p`` in :func:`layout_params` form."""
     pre = pre_activations(p, x, cfg.pre_encoder_bias)
     q = 1.0 - jnp.asarray(target_l0, jnp.float32) / pre.shape[-1]
-    thr = jnp.maximum(jnp.quantile(pre, q, axis=0), cfg.threshold_min).astype(jnp.float32)
-    return with_threshold(params, thr, cfg)
+    return jnp.maximum(jnp.quantile(pre, q, axis=0), cfg.threshold_min).astype(jnp.float32)
 
 
 def revive_thresholds(
@@ -294,8 +299,6 @@ def revive_thresholds(
     thresholds sit at about twice the live ones', their largest pre-activations at 50-95% of it).
     """
     p = layout_params(params)
-    pre = pre_activations(p, x, cfg.pre_encoder_bias)
-    q = 1.0 - jnp.asarray(target_l0, jnp.float32) / pre.shape[-1]
-    fresh = jnp.maximum(jnp.quantile(pre, q, axis=0), cfg.threshold_min)
+    fresh = target_quantile(p, x, target_l0, cfg)
     thr = jnp.where(dead, jnp.minimum(fresh, p["threshold"]), p["threshold"]).astype(jnp.float32)
     return with_threshold(params, thr, cfg)
