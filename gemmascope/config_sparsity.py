@@ -48,11 +48,6 @@ def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
     _nonneg_number(c, "sae.quadratic_coefficient")
     v = sae.revive_dead_every
     _require(isinstance(v, int) and v >= 0, "sae.revive_dead_every", f"must be an integer >= 0 (steps), got {v!r}")
-    _require(
-        not (v and sae.sparsity_loss == "l0" and not sae.threshold_init_l0 > 0),
-        "sae.threshold_init_l0",
-        "must be > 0 with sae.revive_dead_every and the 'l0' loss (the L0 a revived threshold aims at)",
-    )
     _nonneg_number(c, "sae.frequency_penalty")
     _require(
         isinstance(sae.frequency_max, (int, float)) and 0 < sae.frequency_max <= 1,
@@ -91,12 +86,13 @@ def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
             )
     v = sae.batchtopk_threshold_lr
     _require(isinstance(v, (int, float)) and 0 < v <= 1, "sae.batchtopk_threshold_lr", f"must be in (0, 1], got {v!r}")
-    if sae.threshold_init_mode == "quantile" and sae.sparsity_loss == "l0":
+    # With the 'l0' loss the quantile init and the revival aim their thresholds at this L0.
+    if (sae.threshold_init_mode == "quantile" or sae.revive_dead_every) and sae.sparsity_loss == "l0":
         t = sae.threshold_init_l0
         _require(
             isinstance(t, (int, float)) and t > 0,
             "sae.threshold_init_l0",
-            f"must be > 0 (the L0 the quantile init aims at) with the 'l0' loss, got {t!r}",
+            f"must be > 0 (the L0 the quantile init and the revival aim at) with the 'l0' loss, got {t!r}",
         )
         for w in c.widths:
             _require(t <= w, "sae.threshold_init_l0", f"L0 {t} exceeds width {w}")

@@ -157,7 +157,7 @@ def test_b_dec_mean_init_centres_the_encoder_input():
         (dict(sae_frequency_max=0.0), "config.sae.frequency_max: must be a fraction of tokens in (0, 1]"),
         (
             dict(sae_threshold_init_mode="quantile", sae_sparsity_loss="l0"),
-            "config.sae.threshold_init_l0: must be > 0 (the L0 the quantile init aims at)",
+            "config.sae.threshold_init_l0: must be > 0 (the L0 the quantile init and the revival aim at)",
         ),
     ],
 )

@@ -82,6 +82,12 @@ def test_the_train_step_revives_a_dead_latent_every_n_steps():
     c.sae.revive_dead_every = -1
     with pytest.raises(config_lib.ConfigError, match="config.sae.revive_dead_every: must be an integer >= 0"):
         config_lib.validate(c)
-    c.sae.revive_dead_every, c.sae.arch, c.sae.sparsity_loss = 5, "topk", "l0"
+    c.sae.revive_dead_every, c.sae.sparsity_loss, c.sae.threshold_init_l0 = 5, "l0", 0.0
+    with pytest.raises(config_lib.ConfigError, match="config.sae.threshold_init_l0: must be > 0"):
+        config_lib.validate(c)  # the 'l0' loss: the revival aims at threshold_init_l0
+    c.sae.threshold_init_l0 = 2.0 * D_SAE
+    with pytest.raises(config_lib.ConfigError, match="config.sae.threshold_init_l0: L0 64.0 exceeds width 32"):
+        config_lib.validate(c)
+    c.sae.revive_dead_every, c.sae.arch, c.sae.threshold_init_l0 = 5, "topk", 0.0
     with pytest.raises(config_lib.ConfigError, match="config.sae.revive_dead_every: applies to arch 'jumprelu'"):
         config_lib.validate(c)
