@@ -313,7 +313,6 @@ def _frontier_plot(panels, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib import ticker
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), dpi=110, squeeze=False)
     for ax, (rows, series, ykey, ylabel, title) in zip(axes[0], panels):
@@ -321,20 +320,27 @@ def _frontier_plot(panels, path: str) -> None:
             pts = sorted((r["l0"], r[ykey]) for r in rows if series(r) == name and r["l0"] > 0)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
-        ax.set_xscale("log")
-        # plain numbers at powers of two (the log axis's default minor labels overlap)
-        ax.xaxis.set_major_locator(ticker.LogLocator(base=2))
-        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-        ax.set_xlabel("L0 (log scale)")
-        ax.set_ylabel(ylabel)
+        log_l0_axis(ax, ylabel)
         if title:
             ax.set_title(title)
-        ax.grid(True, alpha=0.3)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def log_l0_axis(ax, ylabel: str) -> None:
+    """A frontier axis: log-scaled L0 with plain numbers at powers of two (the log axis's default
+    minor labels overlap), ``ylabel``, a light grid."""
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=2))
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel("L0 (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
 
 
 def matched_l0(
