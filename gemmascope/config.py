@@ -167,6 +167,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "threshold_adam_b1",
         f"must be -1 (adam_b1) or in [0, 1), got {c.threshold_adam_b1!r}",
     )
+    _require(c.threshold_lr_scale > 0, "threshold_lr_scale", f"must be > 0, got {c.threshold_lr_scale!r}")
     _require(0.0 < c.adam_b2 < 1.0, "adam_b2", f"must be in (0, 1), got {c.adam_b2!r}")
     _require(c.adam_eps > 0, "adam_eps", f"must be > 0, got {c.adam_eps!r}")
     _nonneg_number(c, "grad_clip_norm")  # 0 = off

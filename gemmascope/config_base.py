@@ -154,6 +154,9 @@ def base_config() -> ml_collections.ConfigDict:
     # JumpReLU thresholds' own Adam b1 (-1: adam_b1). With momentum a threshold pushed past the
     # last pre-activation in its kernel window keeps rising and the latent dies (train/optim.py).
     c.threshold_adam_b1 = -1.0
+    # Multiplies the JumpReLU thresholds' learning rate (Adam moves each by about lr a step, which
+    # at the demo's lr is one bandwidth and 3-6% of a threshold: train/optim.py). 1 = as the rest.
+    c.threshold_lr_scale = 1.0
     c.adam_b2 = 0.999
     c.adam_eps = 1e-8
     c.lambda_warmup_steps = 10_000

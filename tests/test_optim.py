@@ -231,3 +231,35 @@ def test_threshold_adam_b1_gives_thresholds_their_own_momentum():
     c.threshold_adam_b1 = 1.0
     with pytest.raises(config_lib.ConfigError, match="threshold_adam_b1: must be -1"):
         config_lib.validate(c)
+
+
+def test_threshold_lr_scale_scales_only_the_thresholds_steps():
+    """threshold_lr_scale s: each threshold update is s times Adam's (same b1), step for step;
+    every other parameter's update is unchanged. Validation names the field."""
+    from gemmascope import config as config_lib
+
+    cfg = dict(adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, lr=1e-3, lr_warmup_steps=0, project_decoder_grads=False)
+    params = {"W_enc": jnp.zeros((2, 3)), "threshold": jnp.zeros(3)}
+    grads = [
+        {"W_enc": jnp.full((2, 3), 0.5), "threshold": jnp.array([1.0, -2.0, 0.25])},
+        {"W_enc": jnp.full((2, 3), -0.1), "threshold": jnp.array([-1.0, 0.5, 0.0])},
+    ]
+
+    def run(scale):
+        tx = optim.make_optimizer({**cfg, "threshold_lr_scale": scale})
+        state, out = tx.init(params), []
+        for g in grads:
+            u, state = tx.update(g, state, params)
+            out.append(u)
+        return out
+
+    base, scaled = run(1.0), run(0.25)
+    for s in range(2):
+        np.testing.assert_allclose(scaled[s]["threshold"], 0.25 * base[s]["threshold"], rtol=1e-6)
+        np.testing.assert_array_equal(scaled[s]["W_enc"], base[s]["W_enc"])
+    assert float(jnp.min(jnp.abs(base[0]["threshold"]))) > 0.5 * cfg["lr"]  # Adam's step: about lr
+    c = config_lib.base_config()
+    assert c.threshold_lr_scale == 1.0
+    c.threshold_lr_scale = 0.0
+    with pytest.raises(config_lib.ConfigError, match="threshold_lr_scale: must be > 0"):
+        config_lib.validate(c)

@@ -121,13 +121,22 @@ def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
     left the window, by about ``lr / (1 - b1)`` (ten steps' worth at b1 0.9, about 10x the
     bandwidth at lr 1e-3): it lands above every pre-activation it will see, gets no gradient again,
     and the latent is dead for good (docs/frontier.md, session 11, measures this).
+
+    ``cfg["threshold_lr_scale"]`` (default 1) multiplies the thresholds' learning rate. Why: Adam
+    moves every parameter by about ``lr`` a step whatever its gradient's scale; at the demo's lr
+    1e-3 that is 3-6% of a normalised threshold (about 0.02) and one bandwidth, so a threshold whose
+    noisy straight-through gradient flips sign keeps jittering by that much (docs/frontier.md,
+    session 12, measures a smaller step).
     """
     b1 = float(cfg["adam_b1"])
     adam = _adam(b1, cfg)
     b1_thr = float(cfg.get("threshold_adam_b1", -1.0))
-    if b1_thr >= 0.0 and b1_thr != b1:  # the thresholds' own first moment (see the docstring)
+    b1_thr = b1 if b1_thr < 0.0 else b1_thr
+    thr_scale = float(cfg.get("threshold_lr_scale", 1.0))
+    if b1_thr != b1 or thr_scale != 1.0:  # the thresholds' own first moment and step size
+        thr = _adam(b1_thr, cfg) if thr_scale == 1.0 else optax.chain(_adam(b1_thr, cfg), optax.scale(thr_scale))
         adam = optax.multi_transform(
-            {"threshold": _adam(b1_thr, cfg), "rest": adam},
+            {"threshold": thr, "rest": adam},
             lambda params: {k: "threshold" if k in THRESHOLD_KEYS else "rest" for k in params},
         )
     parts = []
@@ -140,7 +149,7 @@ def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-# Parameter keys that hold JumpReLU thresholds (``threshold_adam_b1`` applies to them).
+# Parameter keys that hold JumpReLU thresholds (``threshold_adam_b1``, ``threshold_lr_scale``).
 THRESHOLD_KEYS = ("threshold", "log_threshold")
 
 

@@ -50,6 +50,7 @@ def optimizer(config, arch) -> optax.GradientTransformation:
             "lr_final_fraction",
             "grad_clip_norm",
             "threshold_adam_b1",
+            "threshold_lr_scale",
         )
     }
     cfg["total_steps"] = config_lib.total_steps(config)
@@ -319,6 +320,8 @@ def sweep_metadata(config, value: float) -> dict[str, Any]:
         meta["revive_dead_every"] = int(config.sae.revive_dead_every)
     if config.threshold_adam_b1 >= 0:
         meta["threshold_adam_b1"] = float(config.threshold_adam_b1)
+    if config.threshold_lr_scale != 1.0:
+        meta["threshold_lr_scale"] = float(config.threshold_lr_scale)
     return meta
 
 
