@@ -184,6 +184,12 @@ def test_quadratic_sweep_axis_and_metadata():
     assert meta["sparsity_loss"] == "quadratic" and meta["target_l0"] == 80.0
     c.sae.sparsity_loss = "l0"
     assert step_lib.sweep_metadata(c, 1e-3)["sparsity_loss"] == "l0"
+    # Every architecture names its variant, so a centred Gated SAE is not the plain one's series
+    for arch in ("gated", "relu", "topk", "batchtopk"):
+        c.sae.arch, c.sae.b_dec_init = arch, "mean"
+        assert step_lib.sweep_metadata(c, 0.1 if arch in ("gated", "relu") else 8)["variant"] == f"{arch}_centred"
+        c.sae.b_dec_init = "zero"
+        assert "variant" not in step_lib.sweep_metadata(c, 8)
 
 
 def test_every_architecture_satisfies_the_contract():

@@ -299,8 +299,8 @@ def sweep_metadata(config, value: float) -> dict[str, Any]:
     """The ``metadata.json`` fields naming one SAE's sweep value and sparsity loss."""
     if config.sae.arch in config_lib.K_ARCHS:
         return {"k": int(value), **variant_metadata(config)}
-    if config.sae.arch != "jumprelu":
-        return {"sparsity_coefficient": float(value)}
+    if config.sae.arch != "jumprelu":  # gated, relu: variant too (``_centred``: its own series)
+        return {"sparsity_coefficient": float(value), **variant_metadata(config)}
     meta: dict[str, Any] = {"sparsity_loss": str(config.sae.sparsity_loss)}
     if config.sae.sparsity_loss == "quadratic":
         meta.update(
