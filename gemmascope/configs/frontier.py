@@ -53,8 +53,9 @@ SWEEPS = {
 # jumprelu_quadratic_batch_centred with --config.sae.quadratic_coefficient=1e-2
 # --config.adam_b1=0.9: configs/demo.py's default, which trains the same SAEs. At budget=4 add
 # --config.sae.revive_dead_every=25 (threshold revival: dead latents 0.1-0.2% instead of 27-39%;
-# delta loss 0.94x / 0.93x BatchTopK's at matched L0 40 / 80, two seeds each; every 50 steps it
-# was 0.99x / 1.04x; docs/frontier.md, sessions 11-12). Revival every 50 was neutral at 1x.
+# delta loss 0.97x / 0.97x BatchTopK's at matched L0 40 / 80, three seeds against two, a tie inside
+# the seed spread; every 50 steps it was 0.99x / 1.04x; docs/frontier.md, sessions 11-12).
+# Revival every 50 was neutral at 1x.
 
 
 def get_config(arg=None):
