@@ -19,11 +19,14 @@ flags.mark_flags_as_required(["out"])
 
 
 def parse_table(spec: str) -> tuple[str, str | None]:
-    """``"PATH=LABEL"`` -> ``(PATH, LABEL)``, ``"PATH"`` -> ``(PATH, None)``."""
-    path, sep, label = spec.partition("=")
-    if not path or (sep and not label):
-        raise app.UsageError(f"--table={spec!r}: expected PATH or PATH=LABEL")
-    return path, label or None
+    """``"PATH=LABEL"`` -> ``(PATH, LABEL)``, ``"PATH"`` -> ``(PATH, None)``. The label is what
+    follows the last ``=`` after a ``.csv`` path, so a folder named ``budget=4`` stays in the path."""
+    path, sep, label = spec.rpartition("=")
+    if sep and path.endswith(".csv") and label:
+        return path, label
+    if spec.endswith(".csv"):
+        return spec, None
+    raise app.UsageError(f"--table={spec!r}: expected PATH.csv or PATH.csv=LABEL")
 
 
 def main(argv):

@@ -70,3 +70,20 @@ def test_bad_tables_fail_naming_file_column_and_value(tmp_path):
     with pytest.raises(ValueError, match="ref='nope'"):
         compare_tables([(good, None)], str(tmp_path / "out"), ref="nope")
     assert not (tmp_path / "out").exists()  # the bad ref is caught before anything is written
+
+
+def test_table_specs_split_at_the_label_not_at_an_equals_sign_in_the_path():
+    import importlib.util
+
+    from absl import app
+
+    spec = importlib.util.spec_from_file_location("compare_launch", "launch/compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_table("w/eval/table.csv=seed 0") == ("w/eval/table.csv", "seed 0")
+    assert mod.parse_table("w/eval/table.csv") == ("w/eval/table.csv", None)
+    assert mod.parse_table("runs/budget=4/eval/table.csv") == ("runs/budget=4/eval/table.csv", None)
+    assert mod.parse_table("runs/budget=4/eval/table.csv=4x") == ("runs/budget=4/eval/table.csv", "4x")
+    for bad in ("w/eval/table.csv=", "w/eval/table.md", "=x"):
+        with pytest.raises(app.UsageError, match="expected PATH.csv"):
+            mod.parse_table(bad)
