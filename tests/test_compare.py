@@ -64,7 +64,10 @@ def test_bad_tables_fail_naming_file_column_and_value(tmp_path):
     with pytest.raises(ValueError, match=r"t\.csv: column 'delta_loss' missing"):
         read_table(str(p))
     p.write_text("architecture,l0,delta_loss,fvu,dead_fraction\njumprelu,20,oops,0.2,0\n")
-    with pytest.raises(ValueError, match=r"row 2, column 'delta_loss' = 'oops'"):
+    with pytest.raises(ValueError, match=r"row 2, column 'delta_loss' = 'oops' is not a finite number"):
+        read_table(str(p))
+    p.write_text("architecture,l0,delta_loss,fvu,dead_fraction\njumprelu,20,0.3,0.2,0\njumprelu,40,0.2,nan,0\n")
+    with pytest.raises(ValueError, match=r"row 3, column 'fvu' = 'nan' is not a finite number"):
         read_table(str(p))
     good = _table(tmp_path / "g/table.csv", "topk", [(20, 0.3, 0.2, 0), (40, 0.2, 0.1, 0)])
     with pytest.raises(ValueError, match="ref='nope'"):

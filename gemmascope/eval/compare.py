@@ -34,7 +34,7 @@ def read_table(path: str, label: str | None = None) -> list[dict[str, Any]]:
     """The rows of one ``eval/table.csv``, numeric columns as floats, each with ``series`` set to
     ``label`` (``"<label>: <series>"`` when the table holds several series; the table's own
     series, :func:`series_of`, without a label). Raises ``ValueError`` naming the file and the
-    column when a needed column is missing or not a number, ``FileNotFoundError`` when absent."""
+    column when a needed column is missing or not a finite number, ``FileNotFoundError`` when absent."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such table (run launch/evaluate.py on its workdir first)")
     with open(path, newline="") as fh:
@@ -51,7 +51,9 @@ def read_table(path: str, label: str | None = None) -> list[dict[str, Any]]:
             try:
                 row[col] = float(r[col])
             except ValueError:
-                raise ValueError(f"{path}: row {i + 2}, column {col!r} = {r[col]!r} is not a number") from None
+                row[col] = float("nan")
+            if not np.isfinite(row[col]):  # a diverged or unfinished evaluation, not a frontier point
+                raise ValueError(f"{path}: row {i + 2}, column {col!r} = {r[col]!r} is not a finite number")
         out.append(row)
     names = sorted({series_of(r) for r in out})
     for r in out:
