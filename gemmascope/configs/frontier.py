@@ -53,8 +53,8 @@ SWEEPS = {
 # jumprelu_quadratic_batch_centred with --config.sae.quadratic_coefficient=1e-2
 # --config.adam_b1=0.9: configs/demo.py's default, which trains the same SAEs. At budget=4 add
 # --config.sae.revive_dead_every=25 (threshold revival: dead latents 0.1-0.2% instead of 27-39%;
-# delta loss 0.97x / 0.97x BatchTopK's at matched L0 40 / 80, three seeds against two, a tie inside
-# the seed spread; every 50 steps it was 0.99x / 1.04x; docs/frontier.md, sessions 11-12).
+# delta loss 0.96x / 0.94x BatchTopK's at matched L0 40 / 80, three seeds each, about one standard
+# error; every 50 steps it was 0.99x / 1.04x; docs/frontier.md, sessions 11-13).
 # Revival every 50 was neutral at 1x. Matryoshka JumpReLU: its reconstruction term counts once per
 # prefix (three here), so the same coefficient weighs less against it and the targets overshoot
 # (11-26% held out at 1x with 1e-2); use --config.sae.quadratic_coefficient=3e-2 (docs/frontier.md,
