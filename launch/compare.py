@@ -6,8 +6,8 @@ r"""Reads the ``eval/table.csv`` of several evaluated workdirs together: seeds, 
         --table=workdirs/rv4/peers/eval/table.csv=SAELens
 
 Each ``--table`` is ``PATH[=LABEL]``; tables sharing a label are runs (seeds) of one series and are
-averaged at matched L0. Writes ``<out>/compare.md`` and ``<out>/l0_vs_{delta_loss,fvu}.png``
-(:mod:`gemmascope.eval.compare`).
+averaged at matched L0, with standard errors and, against ``--ref``, Welch's t test. Writes
+``<out>/compare.md`` and ``<out>/l0_vs_{delta_loss,fvu}.png`` (:mod:`gemmascope.eval.compare`).
 """
 
 from absl import app, flags

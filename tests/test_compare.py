@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from gemmascope.eval.compare import compare_tables, read_table
+from gemmascope.eval.compare import compare_tables, read_table, welch
 from gemmascope.eval.evaluate import COLUMNS
 
 
@@ -47,6 +47,45 @@ def test_seeds_are_averaged_at_matched_l0_and_ratios_are_to_the_reference(tmp_pa
         in md
     )
     assert (out / "l0_vs_delta_loss.png").stat().st_size > 0 and (out / "l0_vs_fvu.png").stat().st_size > 0
+
+
+def test_welch_t_test_matches_hand_values_and_scipy():
+    # a = 1, 2, 3: mean 2, s^2 1, v 1/3; b = 4, 6: mean 5, s^2 2, v 1
+    # t = -3 / sqrt(4/3); df = (4/3)^2 / ((1/3)^2 / 2 + 1^2 / 1) = 32/19
+    w = welch([1.0, 2.0, 3.0], [4.0, 6.0])
+    assert w["t"] == pytest.approx(-3 / (4 / 3) ** 0.5, rel=1e-12)
+    assert w["df"] == pytest.approx(32 / 19, rel=1e-12)
+    from scipy import stats
+
+    ref = stats.ttest_ind([1.0, 2.0, 3.0], [4.0, 6.0], equal_var=False)
+    assert w["t"] == pytest.approx(ref.statistic, rel=1e-12) and w["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert welch([1.0], [2.0, 3.0]) is None  # one run has no spread to test against
+    assert welch([1.0, 1.0], [2.0, 2.0]) is None  # no spread at all: t is undefined
+
+
+def test_seed_spread_and_welch_against_the_reference_in_the_result_and_markdown(tmp_path):
+    # every run measured at L0 40 and 80, so the matched values are the rows themselves
+    ours = [(0.20, 0.10), (0.22, 0.12), (0.24, 0.11)]
+    ref = [(0.25, 0.13), (0.27, 0.12)]
+    tables = [
+        (_table(tmp_path / f"o{i}/table.csv", "jumprelu", [(40, a, 0.2, 0), (80, b, 0.1, 0)]), "ours")
+        for i, (a, b) in enumerate(ours)
+    ] + [
+        (_table(tmp_path / f"r{i}/table.csv", "batchtopk", [(40, a, 0.2, 0), (80, b, 0.1, 0)]), "btk")
+        for i, (a, b) in enumerate(ref)
+    ]
+    res = compare_tables(tables, str(tmp_path / "out"), ref="btk")
+    c = res["ours"][40.0]
+    assert c["delta_loss_se"] == pytest.approx(0.02 / 3**0.5)  # s = 0.02 over three runs
+    assert c["delta_loss_welch"] == welch([0.20, 0.22, 0.24], [0.25, 0.27])
+    assert c["fvu_welch"] is None  # identical FVUs everywhere: no spread, no test
+    assert res["btk"][40.0]["delta_loss_welch"] is None  # the reference is not tested against itself
+    assert res["btk"][40.0]["delta_loss_se"] == pytest.approx(0.01)
+    w = c["delta_loss_welch"]
+    md = (tmp_path / "out/compare.md").read_text()
+    assert "### Seed spread" in md
+    assert f"| ours | n/a | 0.22 ± 0.012 (t {w['t']:.2f}, p {w['p']:.2g}) |" in md
+    assert "| btk | n/a | 0.26 ± 0.01 |" in md
 
 
 def test_a_mean_needs_every_run_of_its_series(tmp_path):
