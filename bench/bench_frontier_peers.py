@@ -47,7 +47,10 @@ Rows appended to BENCHMARKS.md: per peer and unit mode, delta LM loss and FVU at
 here; ours from ``--ours_wall_s``, the sweep's wall time divided by its SAEs, e.g. from the log
 of the frontier runs, since our trainer trains a sweep of four together). Machine load (1-minute
 average) is written into every row: wall times on a shared 2-core CPU are only comparable at
-similar load.
+similar load. Each peer needs something of ours to be compared with: its counterpart series
+exported under ``<workdir>/saes/res`` (``PEERS``: e.g. ``batchtopk`` from ``configs/frontier.py``),
+or ``--ours`` / ``--ours_from``; without one the bench stops before training (``--no-eval`` trains
+regardless).
 """
 
 from __future__ import annotations
@@ -160,6 +163,15 @@ def export_peer(sae, folder: str, tmp: str, meta: dict, heldout: np.ndarray) -> 
     return {"path": os.path.join(out, "params.npz"), **meta}
 
 
+def our_series(workdir: str) -> set[str]:
+    """The series (export folder names, e.g. ``jumprelu_quadratic_batch_centred``) with an SAE
+    exported under ``<workdir>/saes/res``: the names the evaluator's rows carry."""
+    import glob
+
+    found = glob.glob(os.path.join(workdir, "saes", "res", "layer_*", "width_*", "*", "*", "params.npz"))
+    return {os.path.basename(os.path.dirname(os.path.dirname(f))) for f in found}
+
+
 def ours_norm_constant(workdir: str) -> float:
     """C = sqrt(E||x||^2) as our trainer measured it (every frontier export of the store records
     the same one): the peers use exactly our normalisation."""
@@ -266,6 +278,18 @@ def main(argv=None) -> None:
     for item in filter(None, args.ours_wall_s.split(",")):
         k, _, v = item.partition("=")
         ours_wall[k.strip()] = float(v)
+    if args.evaluate:  # a peer with nothing of ours to compare with would train for nothing
+        have = our_series(args.workdir)
+        extra = [o for o in args.ours.split(",") if o]
+        unknown = [o for o in extra if o not in have]
+        if unknown:
+            ap.error(f"--ours: {unknown} not exported under {args.workdir}/saes/res (found: {sorted(have)})")
+        for p in peers if not (extra or args.ours_from) else ():
+            if PEERS[p][1] not in have:
+                ap.error(
+                    f"--peers: {p} is compared with our {PEERS[p][1]!r} series, which is not exported under "
+                    f"{args.workdir}/saes/res (found: {sorted(have)}); pass --ours=SERIES, --ours_from or train it"
+                )
     out = args.out or os.path.join(args.workdir, "peers")
     import torch
 

@@ -68,3 +68,18 @@ def test_bad_arguments_fail_before_any_training_naming_the_flag(arg, message, tm
     with pytest.raises(SystemExit):
         peers.main([f"--workdir={tmp_path}", arg])
     assert message in capsys.readouterr().err
+
+
+def test_a_peer_without_our_counterpart_fails_before_training_naming_the_series(tmp_path, capsys):
+    sae = tmp_path / "saes" / "res" / "layer_15" / "width_4k" / "jumprelu_quadratic_batch_centred" / "average_l0_41"
+    sae.mkdir(parents=True)
+    (sae / "params.npz").write_bytes(b"")
+    assert peers.our_series(str(tmp_path)) == {"jumprelu_quadratic_batch_centred"}
+    # our plain `batchtopk` series is not there: the bench would train for nothing, so it stops first
+    with pytest.raises(SystemExit):
+        peers.main([f"--workdir={tmp_path}", "--peers=batchtopk", "--units=gemma_scope"])
+    err = capsys.readouterr().err
+    assert "batchtopk is compared with our 'batchtopk' series" in err and "jumprelu_quadratic_batch_centred" in err
+    with pytest.raises(SystemExit):
+        peers.main([f"--workdir={tmp_path}", "--peers=batchtopk", "--ours=nope"])
+    assert "--ours: ['nope'] not exported" in capsys.readouterr().err
