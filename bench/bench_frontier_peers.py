@@ -172,6 +172,19 @@ def our_series(workdir: str) -> set[str]:
     return {os.path.basename(os.path.dirname(os.path.dirname(f))) for f in found}
 
 
+def training_load(params_path: str) -> float | None:
+    """The 1-minute load average while a peer SAE trained (mean of the start and end values its
+    ``metadata.json`` records beside ``params_path``); None if it records none."""
+    path = os.path.join(os.path.dirname(params_path), "metadata.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        meta = json.load(fh)
+    if "load_1min_start" not in meta:
+        return None
+    return (float(meta["load_1min_start"]) + float(meta.get("load_1min_end", meta["load_1min_start"]))) / 2
+
+
 def ours_norm_constant(workdir: str) -> float:
     """C = sqrt(E||x||^2) as our trainer measured it (every frontier export of the store records
     the same one): the peers use exactly our normalisation."""
@@ -299,6 +312,7 @@ def main(argv=None) -> None:
 
     c = ours_norm_constant(args.workdir)
     walls: dict[str, list[float]] = {}
+    loads: list[float | None] = []  # the machine's load while each peer SAE trained
     for peer in peers:
         cfg = config_lib.prepare(frontier.get_config(f"arch={PEERS[peer][1]},budget={args.budget}"))
         steps = args.steps or config_lib.total_steps(cfg)
@@ -311,6 +325,7 @@ def main(argv=None) -> None:
                     with open(done) as fh:
                         rec = json.load(fh)
                     walls.setdefault(variant(peer, u), []).append(rec["wall_s"])
+                    loads.append(training_load(rec["path"]))
                     print(f"[peers] {name}: done ({rec['path']})")
                     continue
                 source = make_source(cfg, args.workdir, "res", int(cfg.layers[0]))  # our rows, our order
@@ -347,6 +362,7 @@ def main(argv=None) -> None:
                 with open(done, "w") as fh:
                     json.dump({"path": rec["path"], "wall_s": wall, "l0": rec["l0"], "fvu": rec["fvu"]}, fh)
                 walls.setdefault(variant(peer, u), []).append(wall)
+                loads.append(training_load(rec["path"]))
                 print(f"[peers] {name}: {wall:.0f} s, held-out L0 {rec['l0']:.1f} FVU {rec['fvu']:.4f}")
     if not args.evaluate:
         return
@@ -363,7 +379,8 @@ def main(argv=None) -> None:
             ap.error(f"--ours_from: {item!r}: no series {series!r} evaluated under {wd} (or no '=LABEL')")
         ours += got
         extra += (label,)
-    load = f"{os.getloadavg()[0]:.1f}"
+    known = [x for x in loads if x is not None]  # while SAELens trained; else now (older runs)
+    load = f"{np.mean(known):.1f}" if known else f"{os.getloadavg()[0]:.1f} (at evaluation)"
     rows = compare(ours + theirs, peers, units, ours_wall, walls, load, extra)
     header = (
         "| ours vs theirs | units | delta loss @ L0 40 (ours / theirs) | FVU @ L0 40 | delta loss @ L0 80 | "

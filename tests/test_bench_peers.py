@@ -83,3 +83,10 @@ def test_a_peer_without_our_counterpart_fails_before_training_naming_the_series(
     with pytest.raises(SystemExit):
         peers.main([f"--workdir={tmp_path}", "--peers=batchtopk", "--ours=nope"])
     assert "--ours: ['nope'] not exported" in capsys.readouterr().err
+
+
+def test_training_load_is_read_from_the_peer_saes_metadata(tmp_path):
+    (tmp_path / "metadata.json").write_text('{"load_1min_start": 1.5, "load_1min_end": 2.5}')
+    assert peers.training_load(str(tmp_path / "params.npz")) == 2.0
+    (tmp_path / "metadata.json").write_text('{"variant": "x"}')
+    assert peers.training_load(str(tmp_path / "params.npz")) is None
