@@ -171,6 +171,12 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(0.0 < c.adam_b2 < 1.0, "adam_b2", f"must be in (0, 1), got {c.adam_b2!r}")
     _require(c.adam_eps > 0, "adam_eps", f"must be > 0, got {c.adam_eps!r}")
     _nonneg_number(c, "grad_clip_norm")  # 0 = off
+    p = c.dim_scale_power
+    _require(
+        isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 1,
+        "dim_scale_power",
+        f"must be a number in [0, 1] (0 = one scalar C), got {p!r}",
+    )
     for f in (
         "batch_size",
         "num_tokens",
@@ -276,6 +282,7 @@ def _validate_pairs(c: ml_collections.ConfigDict) -> None:
         ("sae.jumprelu_auxk", bool(c.sae.jumprelu_auxk), "the AuxK loss is not implemented for them"),
         ("sae.revive_dead_every", bool(c.sae.revive_dead_every), "threshold revival is not implemented for them"),
         ("export.layouts", "sae_lens" in c.export.layouts, "the sae_lens layout has no transcoder export here"),
+        ("dim_scale_power", c.dim_scale_power != 0, "per-dimension input scaling is not implemented for them"),
     ):
         _require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
 
@@ -378,7 +385,8 @@ def variant_name(c: ml_collections.ConfigDict) -> str:
     (Gemma Scope), ``jumprelu_quadratic``, ``jumprelu_quadratic_batch`` (the batch form of the
     quadratic loss), ``matryoshka_batchtopk`` ..., ``_auxk`` for JumpReLU with the AuxK loss
     (``sae.jumprelu_auxk``), ``_revive`` with threshold revival (``sae.revive_dead_every``), with
-    ``_centred`` when ``b_dec`` starts at the data's mean (``sae.b_dec_init``)."""
+    ``_centred`` when ``b_dec`` starts at the data's mean (``sae.b_dec_init``), and ``_dimscale<p>``
+    with per-dimension input scaling (``dim_scale_power``)."""
     name = str(c.sae.arch)
     if c.sae.matryoshka_prefixes:
         name = f"matryoshka_{name}"
@@ -390,7 +398,8 @@ def variant_name(c: ml_collections.ConfigDict) -> str:
         name = f"{name}_auxk"
     if c.sae.arch == "jumprelu" and c.sae.revive_dead_every:
         name = f"{name}_revive"
-    return f"{name}_centred" if c.sae.b_dec_init == "mean" else name
+    name = f"{name}_centred" if c.sae.b_dec_init == "mean" else name
+    return f"{name}_dimscale{c.dim_scale_power:g}" if c.get("dim_scale_power") else name
 
 
 def sweep_values(c: ml_collections.ConfigDict) -> list[float]:

@@ -144,6 +144,12 @@ def base_config() -> ml_collections.ConfigDict:
     # SAE's target, or threshold_init_l0), as the quantile init does at step 0. 0 = off. Why: a
     # dead latent's threshold sits above every pre-activation, so no gradient reaches it again.
     c.sae.revive_dead_every = 0
+    # JumpReLU with the quadratic loss: an integral controller on the L0 miss, so held-out L0 lands
+    # on the target instead of where the quadratic term balances the reconstruction's pull. Each SAE
+    # carries a multiplier nu (state "l0_dual", starting at 0) that adds nu * mean_i L0_i to its loss
+    # (an L0 coefficient, trains the thresholds through the step STE, like Gemma Scope's lambda) and
+    # is updated after every step by dual ascent: nu += rate * (mean L0 - T) / T. 0 = off.
+    c.sae.l0_controller_rate = 0.0
 
     # Optimiser (Adam with b1 = 0 stores no first moment).
     c.lr = 7e-5
@@ -171,6 +177,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 4096
     c.num_tokens = 4_000_000_000  # training tokens per SAE; total_steps = ceil(num_tokens / batch)
     c.norm_sample_rows = 65_536  # rows used to estimate the normalisation constant C
+    # Per-dimension input scaling (0 = off: one scalar C, as Gemma Scope). With p > 0 the SAE
+    # trains on x / (C * s), s_d = std_d^p / rms_d(std^p) from the normalisation sample, and C on
+    # the scaled rows; the reconstruction loss then weighs dimension d by 1 / s_d^2. Why: on Gemma 3
+    # one residual dimension carries ~75% of the variance, so a loss in raw units spends the
+    # dictionary on it and leaves the dimensions the next layers read unexplained (docs/gemma3.md).
+    # The scales are folded into the exported weights (gemmascope.sae.layouts.fold_dim_scale):
+    # files stay plain SAEs in raw units. SAEs only (not transcoder sites).
+    c.dim_scale_power = 0.0
     c.eval_rows = 65_536  # held-out rows for the L0 / FVU written into metadata.json
     c.dead_window_tokens = 10_000_000  # a latent is dead if it has not fired in this window
     # File layouts written at the end of training (gemmascope.sae.formats.LAYOUTS): "gemma_scope"

@@ -46,6 +46,13 @@ def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
             for w in c.widths:
                 _require(t <= w, "target_l0s", f"target L0 {t} exceeds width {w}")
     _nonneg_number(c, "sae.quadratic_coefficient")
+    _nonneg_number(c, "sae.l0_controller_rate")
+    _require(
+        not sae.l0_controller_rate or (sae.arch == "jumprelu" and sae.sparsity_loss == "quadratic"),
+        "sae.l0_controller_rate",
+        f"the L0 controller steers JumpReLU's quadratic loss to its target; arch {sae.arch!r} with "
+        f"sparsity_loss {sae.sparsity_loss!r} has no target L0",
+    )
     v = sae.revive_dead_every
     _require(isinstance(v, int) and v >= 0, "sae.revive_dead_every", f"must be an integer >= 0 (steps), got {v!r}")
     _nonneg_number(c, "sae.frequency_penalty")

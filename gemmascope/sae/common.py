@@ -41,6 +41,7 @@ class SAEConfig:
     auxk_dead_tokens: int
     jumprelu_auxk: bool
     revive_dead_every: int
+    l0_controller_rate: float
     sparsity_loss: str
     quadratic_form: str
     quadratic_coefficient: float

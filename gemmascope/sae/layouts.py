@@ -42,6 +42,30 @@ class SAEFileError(ValueError):
     """A malformed SAE file; the message names the file and the key."""
 
 
+def fold_dim_scale(params: Mapping[str, Any], dim_scale: Any) -> dict[str, np.ndarray]:
+    """Layout params trained on ``u = x / s`` (``s [d_in]`` per dimension) -> params on ``x``.
+
+    With the pre-encoder bias the encoder reads ``(u - b_dec) @ W_enc + b_enc`` and the decoder
+    writes ``u_hat = f @ W_dec + b_dec``. Substituting ``u = x / s``::
+
+        W_enc' = W_enc / s[:, None]   W_dec' = W_dec * s[None, :]   b_dec' = b_dec * s
+
+    gives the same pre-activations (``(x - b_dec') @ W_enc' = (u - b_dec) @ W_enc``), the same codes
+    and ``x_hat = s * u_hat``; ``b_enc``, thresholds and ``k`` are unchanged. Applied before
+    :func:`fold_normalisation` (scalar ``C``), which it composes with exactly. The decoder rows are
+    no longer unit norm in the file (their norms are the scale each latent writes at).
+    """
+    p = {k: np.asarray(v) for k, v in params.items()}
+    s = np.asarray(dim_scale, np.float64)
+    if s.shape != (p["W_enc"].shape[0],):
+        raise ValueError(f"dim_scale has shape {s.shape}, expected ({p['W_enc'].shape[0]},) = [d_in]")
+    out = dict(p)
+    out["W_enc"] = (p["W_enc"] / s[:, None]).astype(np.float32)
+    out["W_dec"] = (p["W_dec"] * s[None, :]).astype(np.float32)
+    out["b_dec"] = (p["b_dec"] * s).astype(np.float32)
+    return out
+
+
 def fold_normalisation(params: Mapping[str, Any], scale: float, pre_encoder_bias: bool = True) -> dict[str, np.ndarray]:
     """Layout params trained on ``x / scale`` (with pre-encoder bias) -> raw-unit layout params."""
     p = {k: np.asarray(v, np.float32) for k, v in params.items()}

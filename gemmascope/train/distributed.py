@@ -103,6 +103,15 @@ def broadcast_float(value: float) -> float:
     return float(multihost_utils.broadcast_one_to_all(np.asarray(value, np.float64)))
 
 
+def broadcast_array(value: np.ndarray) -> np.ndarray:
+    """Process 0's float32 array on every process (e.g. the per-dimension input scales)."""
+    if jax.process_count() == 1:
+        return np.asarray(value, np.float32)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(value, np.float32)), np.float32)
+
+
 class GatherOnIndex:
     """A stacked ``[K, ...]`` global array that gathers one SAE to the host when indexed.
 
@@ -132,6 +141,8 @@ def host_view(state: dict[str, Any]) -> dict[str, Any]:
     out = dict(state)
     out["params"] = {k: GatherOnIndex(v) for k, v in state["params"].items()}
     out["norm_scale"] = np.asarray(_replicated_value(state["norm_scale"]))
+    if "dim_scale" in state:
+        out["dim_scale"] = np.asarray(_replicated_value(state["dim_scale"]))
     return out
 
 

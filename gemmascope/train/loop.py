@@ -129,7 +129,8 @@ def train_location(
     key = jax.random.PRNGKey(config.seed)
     k = len(values)
     ones = 1.0 if d_out is None else (1.0, 1.0)
-    shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, ones, arch=arch))
+    ones_s = np.ones((d_in,), np.float32) if config.dim_scale_power else None
+    shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, ones, arch=arch, dim_scale=ones_s))
     loc = _Location(
         config,
         workdir,
@@ -171,13 +172,20 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
     def scale_of(rows):  # one C for every process
         return distributed.broadcast_float(float(np.sqrt(np.mean(np.sum(rows.astype(np.float64) ** 2, axis=-1)))))
 
-    if loc.d_out is None:
+    dim_scale = None
+    if loc.d_out is None and config.dim_scale_power:  # per-dimension scales, then C of the scaled rows
+        dim_scale = distributed.broadcast_array(step_lib.dim_scales(sample, float(config.dim_scale_power)))
+        norm_scale = scale_of(sample / dim_scale)
+    elif loc.d_out is None:
         norm_scale = scale_of(sample)
     else:  # a transcoder: (C_in, C_out), one per part of the paired rows
         norm_scale = (scale_of(sample[:, : loc.d_in]), scale_of(sample[:, loc.d_in :]))
-    sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in)  # None without a data-dependent init
+    sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in, dim_scale)  # None without a data init
     state = loc.sweep.init(
-        lambda s: step_lib.init_state(loc.key, config, loc.d_in, loc.width, k, norm_scale, s, arch=loc.arch), sample_n
+        lambda s: step_lib.init_state(
+            loc.key, config, loc.d_in, loc.width, k, norm_scale, s, arch=loc.arch, dim_scale=dim_scale
+        ),
+        sample_n,
     )
     shape = f"d_in={loc.d_in}" + ("" if loc.d_out is None else f" d_out={loc.d_out}")
     loc.log(
@@ -333,6 +341,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
             "model": getattr(source, "model_name", "toy"),
             **step_lib.sweep_metadata(config, lam),
             **_norm_metadata(state["norm_scale"], site, d_out),
+            **({"dim_scale_power": float(config.dim_scale_power)} if config.dim_scale_power else {}),
             "tokens_trained": int(total * config.batch_size),
             "steps": int(total),
             "l0": ev["l0"],

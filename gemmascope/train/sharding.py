@@ -18,8 +18,8 @@ leaf name and shape so that every architecture's params follow it without a tabl
   whatever its sizes (its ``d_out`` may equal ``d_sae``);
 * the optimiser's moments mirror params (same leaf names under ``nu``/``mu``), so they follow;
 * the leading K axis (one SAE per sweep value) is replicated (``mesh.sweep = "replicated"``)
-  or split over "data" (``"sharded"``); scalars (``step``, ``norm_scale``) and a transcoder's
-  ``norm_scale [2]`` (C_in, C_out) are replicated.
+  or split over "data" (``"sharded"``); scalars (``step``, ``norm_scale``), a transcoder's
+  ``norm_scale [2]`` (C_in, C_out) and the per-dimension ``dim_scale [d_in]`` are replicated.
 
 With ``mesh.sweep = "sharded"`` each data group trains its own K / data SAEs on the whole batch:
 the step is wrapped in a ``jax.shard_map`` that is manual over "data" only (the batch slice is
@@ -100,7 +100,7 @@ def leaf_spec(path, shape: Sequence[int], d_sae: int, k_axis: str | None) -> P:
     """The PartitionSpec of one stacked state leaf (see the module docstring)."""
     ndim = len(shape)
     name = _leaf_name(path)
-    if ndim == 0 or name == "norm_scale":
+    if ndim == 0 or name in ("norm_scale", "dim_scale"):
         return P(*([None] * ndim))
     axes: list[str | None] = [None] * ndim
     axes[0] = k_axis

@@ -4,6 +4,8 @@ State is a plain dict (big_vision style), every SAE-specific leaf stacked on a l
 
     {"params": {...[K, ...]}, "opt": optimiser state [K, ...], "step": int32 [],
      "norm_scale": float32 [] (C: training sees x / C), or [2] (C_in, C_out) for a transcoder,
+     "dim_scale": float32 [d_in] (only with config.dim_scale_power > 0: training sees x / (C s)),
+     "l0_dual": float32 [K] (only with sae.l0_controller_rate > 0: the L0 controller's multipliers),
      "last_fired": int32 [K, d_sae],
      "bad_step": int32 [K] (first step, counted from 1, whose loss was NaN/inf; -1 if none)}
 
@@ -68,10 +70,13 @@ def unit_norm_decoder(config, arch) -> bool:
 QUANTILE_INIT_ROWS = 8192
 
 
-def normalise(x: jax.Array, norm_scale: jax.Array, d_in: int) -> jax.Array:
+def normalise(x: jax.Array, norm_scale: jax.Array, d_in: int, dim_scale: jax.Array | None = None) -> jax.Array:
     """``x [B, w] / C`` in float32. ``norm_scale`` a scalar C, or ``[2] = (C_in, C_out)`` for a
-    paired row ``concat(x_in [B, d_in], y [B, w - d_in])``: each part divided by its own C."""
+    paired row ``concat(x_in [B, d_in], y [B, w - d_in])``: each part divided by its own C.
+    ``dim_scale [w]`` (``config.dim_scale_power > 0``): ``x / (C * s)``, divided by ``s`` first."""
     x = jnp.asarray(x, jnp.float32)
+    if dim_scale is not None:
+        x = x / jnp.asarray(dim_scale, jnp.float32)
     norm_scale = jnp.asarray(norm_scale, jnp.float32)
     if norm_scale.ndim == 0:
         return x / norm_scale
@@ -81,7 +86,16 @@ def normalise(x: jax.Array, norm_scale: jax.Array, d_in: int) -> jax.Array:
     return x / scale
 
 
-def init_sample(config, sample, norm_scale, d_in: int | None = None):
+def dim_scales(sample: np.ndarray, power: float) -> np.ndarray:
+    """``s [d_in]`` of ``config.dim_scale_power``: ``std_d^p / rms_d(std^p)`` over the rows of
+    ``sample [n, d_in]`` (float64 statistics), so ``mean_d s_d^2 = 1``; a dimension with zero spread
+    gets the floor ``1e-6 * max_d std_d^p`` before the rescale (no division by zero)."""
+    std = np.std(np.asarray(sample, np.float64), axis=0) ** float(power)
+    std = np.maximum(std, 1e-6 * float(np.max(std)) if np.max(std) > 0 else 1.0)
+    return (std / np.sqrt(np.mean(std**2))).astype(np.float32)
+
+
+def init_sample(config, sample, norm_scale, d_in: int | None = None, dim_scale=None):
     """The normalised rows :func:`init_state`'s data-dependent starts need (``None`` when none is
     configured: no quantile threshold init, ``sae.b_dec_init`` "zero", and no transcoder with
     ``sae.transcoder_init`` "regression"): at most ``QUANTILE_INIT_ROWS`` rows of ``sample``,
@@ -95,7 +109,7 @@ def init_sample(config, sample, norm_scale, d_in: int | None = None):
         or (paired and sae.transcoder_init == "regression")
     ):
         return None
-    return normalise(jnp.asarray(sample[:QUANTILE_INIT_ROWS], jnp.float32), norm_scale, d_in or 0)
+    return normalise(jnp.asarray(sample[:QUANTILE_INIT_ROWS], jnp.float32), norm_scale, d_in or 0, dim_scale)
 
 
 def data_init(arch, params: Params, sample: jax.Array, target_l0, cfg: SAEConfig) -> Params:
@@ -126,6 +140,7 @@ def init_state(
     norm_scale,
     init_sample: jax.Array | None = None,
     arch=None,
+    dim_scale=None,
 ) -> dict[str, Any]:
     """Stacked initial state for ``n_saes`` SAEs (independent inits, one key each).
 
@@ -133,7 +148,8 @@ def init_state(
     configured data-dependent start (:func:`data_init`: a transcoder's regression init, ``b_dec``
     at the mean, thresholds at the quantiles of its pre-activations that give its target L0).
     ``arch``: the location's architecture (default ``config.sae.arch``); a transcoder takes
-    ``norm_scale = (C_in, C_out)`` and ``d_in`` its input width.
+    ``norm_scale = (C_in, C_out)`` and ``d_in`` its input width. ``dim_scale [d_in]``
+    (:func:`dim_scales`): kept in the state as ``"dim_scale"`` (only then), the step divides by it.
     """
     arch = archs.get(config.sae.arch) if arch is None else arch
     cfg = SAEConfig.from_config(config)
@@ -148,7 +164,7 @@ def init_state(
         ]
         params = jax.tree.map(lambda *a: jnp.stack(a), *per_sae)
     opt = jax.vmap(tx.init)(params)
-    return {
+    state = {
         "params": params,
         "opt": opt,
         "step": jnp.zeros([], jnp.int32),
@@ -156,6 +172,11 @@ def init_state(
         "last_fired": jnp.zeros((n_saes, d_sae), jnp.int32),
         "bad_step": jnp.full((n_saes,), -1, jnp.int32),
     }
+    if dim_scale is not None:
+        state["dim_scale"] = jnp.asarray(dim_scale, jnp.float32)
+    if cfg.l0_controller_rate and cfg.sparsity_loss == "quadratic":
+        state["l0_dual"] = jnp.zeros((n_saes,), jnp.float32)  # the L0 controller's multipliers nu
+    return state
 
 
 def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
@@ -187,14 +208,15 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
     auxk_steps = max(1, -(-int(config.sae.auxk_dead_tokens) // int(config.batch_size)))
     use_auxk = static_k is not None or (config.sae.arch == "jumprelu" and bool(config.sae.jumprelu_auxk))
     revive_every = int(config.sae.revive_dead_every) if config.sae.arch == "jumprelu" else 0
+    controller = bool(cfg.l0_controller_rate) and quadratic
 
-    def one(i, params, opt_state, x, lam, step, last_fired):
+    def one(i, params, opt_state, x, lam, step, last_fired, nu):
         dead = (step + 1 - last_fired) > auxk_steps if use_auxk else None
         if static_k is not None:
             sparsity, reported = static_k[i], jnp.asarray(static_k[i], jnp.float32)
         elif quadratic:  # lam is the target L0; the coefficient warms up like lambda
             reported = cfg.quadratic_coefficient * lam_sched(step)
-            sparsity = (lam, reported)
+            sparsity = (lam, reported, nu) if controller else (lam, reported)
         else:
             sparsity = reported = lam * lam_sched(step)
         (loss, aux), grads = jax.value_and_grad(arch.loss, has_aux=True)(params, x, cfg, sparsity, dead)
@@ -215,17 +237,22 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
                 params,
             )
         params = arch.after_update(params, aux, step, cfg)
+        if controller:  # dual ascent on E[L0] = T (gemmascope.sae.jumprelu.controller_update)
+            from gemmascope.sae import jumprelu
+
+            nu = jumprelu.controller_update(nu, aux["l0"], lam, cfg.l0_controller_rate, lam_sched(step))
         thr = arch.thresholds(params)
         thr_stats = jnp.zeros((3,), jnp.float32) if thr is None else jnp.stack([thr.mean(), thr.min(), thr.max()])
-        return params, opt_state, loss, aux, reported, thr_stats
+        return params, opt_state, loss, aux, reported, thr_stats, nu
 
     def train_step(state, x_raw, lambdas):
         step = state["step"]
         d_in = state["params"]["W_enc"].shape[-2]
-        x = normalise(x_raw, state["norm_scale"], d_in)
+        x = normalise(x_raw, state["norm_scale"], d_in, state.get("dim_scale"))
         target = x if state["norm_scale"].ndim == 0 else x[:, d_in:]  # the FVU's reference
-        params, opt, loss, aux, lam_t, thr = _per_sae(
-            one, state["params"], state["opt"], x, lambdas, step, state["last_fired"]
+        nus = state["l0_dual"] if controller else jnp.zeros(lambdas.shape, jnp.float32)
+        params, opt, loss, aux, lam_t, thr, nus = _per_sae(
+            one, state["params"], state["opt"], x, lambdas, step, state["last_fired"], nus
         )
         last_fired = jnp.where(aux["fired"], step + 1, state["last_fired"])
         bad = ~jnp.isfinite(loss)
@@ -243,20 +270,24 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
             "lambda": lam_t,
             "lr": jnp.broadcast_to(lr_sched(step), loss.shape),
         }
+        if controller:
+            metrics["l0_dual"] = nus
         new_state = {
+            **state,
             "params": params,
             "opt": opt,
             "step": step + 1,
-            "norm_scale": state["norm_scale"],
             "last_fired": last_fired,
             "bad_step": bad_step,
         }
+        if controller:
+            new_state["l0_dual"] = nus
         return new_state, metrics
 
     return train_step
 
 
-def _per_sae(one, params, opt, x, lambdas, step, last_fired):
+def _per_sae(one, params, opt, x, lambdas, step, last_fired, nus):
     """Applies ``one`` to each SAE of the stack and restacks the results.
 
     An unrolled loop rather than ``jax.vmap``: on XLA:CPU the vmapped step ran its matmuls as
@@ -274,6 +305,7 @@ def _per_sae(one, params, opt, x, lambdas, step, last_fired):
             lambdas[i],
             step,
             last_fired[i],
+            nus[i],
         )
         for i in range(k)
     ]
@@ -284,7 +316,7 @@ def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> di
     """SAE ``index`` of the stack in its file layout, in raw activation units (normalisation and
     pre-encoder bias folded; a transcoder's two constants by
     :func:`gemmascope.sae.layouts.fold_transcoder`)."""
-    from gemmascope.sae.layouts import fold_normalisation, fold_transcoder
+    from gemmascope.sae.layouts import fold_dim_scale, fold_normalisation, fold_transcoder
 
     arch = archs.get(config.sae.arch) if arch is None else arch
     p = jax.tree.map(lambda a: a[index], state["params"])
@@ -292,7 +324,10 @@ def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> di
     scale = np.asarray(jax.device_get(state["norm_scale"]), np.float64)
     if scale.ndim == 1:
         return fold_transcoder(jax.device_get(layout), float(scale[0]), float(scale[1]))
-    return fold_normalisation(jax.device_get(layout), float(scale), bool(config.sae.pre_encoder_bias))
+    layout = jax.device_get(layout)
+    if state.get("dim_scale") is not None:  # per-dimension scales first, then the scalar C
+        layout = fold_dim_scale(layout, np.asarray(jax.device_get(state["dim_scale"])))
+    return fold_normalisation(layout, float(scale), bool(config.sae.pre_encoder_bias))
 
 
 def sweep_metadata(config, value: float) -> dict[str, Any]:
@@ -318,6 +353,8 @@ def sweep_metadata(config, value: float) -> dict[str, Any]:
     meta["threshold_init_mode"] = str(config.sae.threshold_init_mode)
     if config.sae.revive_dead_every:
         meta["revive_dead_every"] = int(config.sae.revive_dead_every)
+    if config.sae.l0_controller_rate and config.sae.sparsity_loss == "quadratic":
+        meta["l0_controller_rate"] = float(config.sae.l0_controller_rate)
     if config.threshold_adam_b1 >= 0:
         meta["threshold_adam_b1"] = float(config.threshold_adam_b1)
     if config.threshold_lr_scale != 1.0:
