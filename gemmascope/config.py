@@ -171,6 +171,24 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(0.0 < c.adam_b2 < 1.0, "adam_b2", f"must be in (0, 1), got {c.adam_b2!r}")
     _require(c.adam_eps > 0, "adam_eps", f"must be > 0, got {c.adam_eps!r}")
     _nonneg_number(c, "grad_clip_norm")  # 0 = off
+    _require(
+        isinstance(c.e2e.fraction, (int, float)) and 0 <= c.e2e.fraction < 1,
+        "e2e.fraction",
+        f"must be a fraction of the steps in [0, 1), got {c.e2e.fraction!r}",
+    )
+    _nonneg_number(c, "e2e.kl_coefficient")
+    _require(
+        isinstance(c.e2e.sequences, int) and c.e2e.sequences >= 1,
+        "e2e.sequences",
+        f"must be an integer >= 1, got {c.e2e.sequences!r}",
+    )
+    if c.e2e.fraction:
+        _require(
+            set(c.sites) == {"res"} and c.source in ("store", "online"),
+            "e2e.fraction",
+            f"the end-to-end stage splices SAEs on 'res' sites of a real LM (store or online source); "
+            f"got sites {tuple(c.sites)} with source {c.source!r}",
+        )
     p = c.dim_scale_power
     _require(
         isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 1,
@@ -385,8 +403,8 @@ def variant_name(c: ml_collections.ConfigDict) -> str:
     (Gemma Scope), ``jumprelu_quadratic``, ``jumprelu_quadratic_batch`` (the batch form of the
     quadratic loss), ``matryoshka_batchtopk`` ..., ``_auxk`` for JumpReLU with the AuxK loss
     (``sae.jumprelu_auxk``), ``_revive`` with threshold revival (``sae.revive_dead_every``), with
-    ``_centred`` when ``b_dec`` starts at the data's mean (``sae.b_dec_init``), and ``_dimscale<p>``
-    with per-dimension input scaling (``dim_scale_power``)."""
+    ``_centred`` when ``b_dec`` starts at the data's mean (``sae.b_dec_init``), ``_dimscale<p>``
+    with per-dimension input scaling (``dim_scale_power``) and ``_e2e`` with the end-to-end stage."""
     name = str(c.sae.arch)
     if c.sae.matryoshka_prefixes:
         name = f"matryoshka_{name}"
@@ -399,7 +417,8 @@ def variant_name(c: ml_collections.ConfigDict) -> str:
     if c.sae.arch == "jumprelu" and c.sae.revive_dead_every:
         name = f"{name}_revive"
     name = f"{name}_centred" if c.sae.b_dec_init == "mean" else name
-    return f"{name}_dimscale{c.dim_scale_power:g}" if c.get("dim_scale_power") else name
+    name = f"{name}_dimscale{c.dim_scale_power:g}" if c.get("dim_scale_power") else name
+    return f"{name}_e2e" if c.get("e2e") and c.e2e.fraction else name
 
 
 def sweep_values(c: ml_collections.ConfigDict) -> list[float]:

@@ -174,6 +174,15 @@ def base_config() -> ml_collections.ConfigDict:
     # projection and Adam, as SAELens's trainer does at 1.0. 0 = off (Gemma Scope clips nothing).
     c.grad_clip_norm = 0.0
 
+    # The end-to-end stage (gemmascope/train/e2e.py): for the last `fraction` of the steps each SAE
+    # (site `res`, store or online source of a real LM) is spliced into the frozen LM and its loss
+    # adds kl_coefficient * KL(clean || spliced) next-token distributions over `sequences` packed
+    # train-split sequences per step. 0 = off.
+    c.e2e = ml_collections.ConfigDict()
+    c.e2e.fraction = 0.0
+    c.e2e.kl_coefficient = 1.0
+    c.e2e.sequences = 4
+
     c.batch_size = 4096
     c.num_tokens = 4_000_000_000  # training tokens per SAE; total_steps = ceil(num_tokens / batch)
     c.norm_sample_rows = 65_536  # rows used to estimate the normalisation constant C

@@ -169,3 +169,103 @@ def test_the_controller_is_validated_before_compute():
         _config(**{"sae.l0_controller_rate": 1e-3, "sae.sparsity_loss": "l0"})
     with pytest.raises(config_lib.ConfigError, match="config.sae.l0_controller_rate: must be"):
         _config(**{"sae.l0_controller_rate": -1.0})
+
+
+# ----------------------------------------------------------------------------------------------
+# The end-to-end stage (gemmascope/train/e2e.py)
+
+
+def _tiny_lm():
+    from gemmascope.lm.model import init_params
+    from tests.tiny import tiny_batches, tiny_llama
+
+    cfg = tiny_llama(n_layers=3)
+    return init_params(jax.random.PRNGKey(3), cfg, std=0.3), cfg, tiny_batches(cfg, n=1)[0]
+
+
+def test_the_end_to_end_kl_equals_kl_from_two_separate_forward_passes():
+    """``kl_term`` of training params equals KL(clean || spliced) computed from two separate full
+    forwards of the tiny LM, the spliced one with the *exported* raw-unit SAE at the real-text
+    positions of layer 1's residual (per-dimension scales folded): so the stage trains exactly the
+    model that evaluation splices."""
+    from gemmascope.lm.model import forward
+    from gemmascope.sae import archs
+    from gemmascope.sae import model as sae_model
+    from gemmascope.train import e2e
+
+    lm_params, lm_cfg, (tokens, mask) = _tiny_lm()
+    c = _config(dim_scale_power=1.0, widths=(32,))
+    c.unlock()
+    c.lm.outlier_norm_factor = 0.0  # every real-text position spliced
+    layer = 1
+    x = forward(lm_params, jnp.asarray(tokens), lm_cfg, capture=[(layer, "res")], stop_after=layer).captures
+    rows = np.asarray(x[(layer, "res")])[mask]
+    s = step_lib.dim_scales(rows, 1.0)
+    norm = float(np.sqrt(np.mean(np.sum((rows / s) ** 2, axis=-1))))
+    sample = step_lib.init_sample(c, rows, norm, 16, s)
+    c.sae.threshold_init_mode = "quantile"
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, 16, 32, 1, norm, sample, dim_scale=s)
+    arch = archs.get("jumprelu")
+    kl_term = e2e.make_kl_term(c, lm_params, lm_cfg, layer, arch)
+    p = jax.tree.map(lambda a: a[0], state["params"])
+    got = kl_term(p, state["norm_scale"], state["dim_scale"], jnp.asarray(tokens), jnp.asarray(mask))
+
+    raw = {k: jnp.asarray(v) for k, v in step_lib.export_params(state, 0, c).items()}
+    sel = jnp.asarray(mask)
+
+    def splice(a):
+        return jnp.where(sel[..., None], sae_model.transcode(raw, a), a)
+
+    lc = forward(lm_params, jnp.asarray(tokens), lm_cfg).logits[:, :-1]
+    ls = forward(lm_params, jnp.asarray(tokens), lm_cfg, splice={(layer, "res"): splice}).logits[:, :-1]
+    lc, ls = np.asarray(lc, np.float64), np.asarray(ls, np.float64)
+    lpc = lc - np.log(np.exp(lc - lc.max(-1, keepdims=True)).sum(-1, keepdims=True)) - lc.max(-1, keepdims=True)
+    lps = ls - np.log(np.exp(ls - ls.max(-1, keepdims=True)).sum(-1, keepdims=True)) - ls.max(-1, keepdims=True)
+    kl = (np.exp(lpc) * (lpc - lps)).sum(-1)
+    w = mask[:, 1:].astype(np.float64)
+    want = (kl * w).sum() / w.sum()
+    assert want > 1e-4  # the SAE is far from exact: a real difference to match
+    np.testing.assert_allclose(float(got), want, rtol=2e-3, atol=1e-6)
+    g = jax.grad(lambda q: kl_term(q, state["norm_scale"], state["dim_scale"], jnp.asarray(tokens), jnp.asarray(mask)))(
+        p
+    )
+    assert np.all(np.isfinite(np.asarray(g["W_dec"]))) and float(jnp.abs(g["W_dec"]).sum()) > 0
+
+
+def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
+    """A few steps of the stage with only the KL in the loss lower it (the gradient through the
+    frozen LM trains the SAE); the stage's start and its validation."""
+    from gemmascope.sae import archs
+    from gemmascope.train import e2e
+
+    lm_params, lm_cfg, (tokens, mask) = _tiny_lm()
+    c = _config(widths=(32,))
+    c.unlock()
+    c.lm.outlier_norm_factor, c.lr, c.e2e.kl_coefficient = 0.0, 3e-3, 100.0
+    c.sae.quadratic_coefficient = 0.0
+    kl_term = e2e.make_kl_term(c, lm_params, lm_cfg, 1, archs.get("jumprelu"))
+    from gemmascope.lm.model import forward
+
+    x = forward(lm_params, jnp.asarray(tokens), lm_cfg, capture=[(1, "res")], stop_after=1).captures[(1, "res")]
+    rows = np.asarray(x)[mask]
+    norm = float(np.sqrt(np.mean(np.sum(rows**2, axis=-1))))
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, 16, 32, 1, norm, step_lib.init_sample(c, rows, norm, 16))
+    step = jax.jit(step_lib.make_train_step(c, 10, kl_term=kl_term))
+    t, m, xr = jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(rows[:32])
+    kls = []
+    for _ in range(30):
+        state, metrics = step(state, xr, jnp.asarray(c.target_l0s), t, m)
+        kls.append(float(metrics["kl"][0]))
+    assert kls[-1] < 0.7 * kls[0], kls
+    c.e2e.fraction = 0.25
+    assert e2e.start_step(c, 100) == 75 and e2e.start_step(c, 3) == 2
+    assert config_lib.variant_name(c).endswith("_e2e")
+    assert e2e.describe(c) == {"e2e_fraction": 0.25, "e2e_kl_coefficient": 100.0, "e2e_sequences": 4}
+    c.sites, c.source = ("res",), "toy"
+    with pytest.raises(config_lib.ConfigError, match="config.e2e.fraction: the end-to-end stage splices"):
+        config_lib.validate(c)
+    c.e2e.fraction = 1.0
+    with pytest.raises(
+        config_lib.ConfigError, match=r"config.e2e.fraction: must be a fraction of the steps in \[0, 1\)"
+    ):
+        config_lib.validate(c)

@@ -32,6 +32,7 @@ from gemmascope.progress import TrainingProgress as Progress
 from gemmascope.sae import archs
 from gemmascope.sae import export as sae_export
 from gemmascope.sae import io as sae_io
+from gemmascope.train import e2e as e2e_lib
 from gemmascope.train import step as step_lib
 from gemmascope.train import writers
 from gemmascope.train.checkpoint import Checkpoints
@@ -206,12 +207,21 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
     dead_window_steps = max(1, math.ceil(config.dead_window_tokens / config.batch_size))
     train_step = loc.sweep.jit_step(step_lib.make_train_step(config, dead_window_steps, arch=loc.arch))
     lam_arr = loc.sweep.put_values(values)
+    e2e_from = e2e_lib.start_step(config, loc.total)
+    e2e_step = tokens = None
     progress = Progress(name, loc.total, start, config.batch_size)
     step = start
     with writers.for_location(config, loc.workdir, name, enabled=main) as mwriter:
         for step in range(start + 1, loc.total + 1):
             x = loc.sweep.put_batch(next(loc.source))
-            state, metrics = train_step(state, x, lam_arr)
+            if step > e2e_from:  # the end-to-end stage: the SAEs spliced into the frozen LM
+                if e2e_step is None:
+                    e2e_step, tokens = _e2e_pieces(loc, dead_window_steps)
+                    loc.log(f"[{name}] end-to-end stage: steps {e2e_from + 1}..{loc.total}")
+                t, m = tokens.batch(step - e2e_from - 1)
+                state, metrics = e2e_step(state, x, lam_arr, jnp.asarray(t), jnp.asarray(m))
+            else:
+                state, metrics = train_step(state, x, lam_arr)
             if step % config.log_every == 0 or step == loc.total:
                 _check_finite(state, step, values, name)
                 m = _fetch(metrics)
@@ -239,6 +249,20 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
     loc.ckpt.save(loc.total, state, _all_data_states(loc.source), force=True)
     loc.ckpt.close()
     return state
+
+
+def _e2e_pieces(loc: _Location, dead_window_steps: int):
+    """``(step, token_batches)`` of the end-to-end stage: the LM (the online source's, or loaded
+    once for a store) and the step with its KL term, jitted with the state donated."""
+    from gemmascope.data.activations import LMActivations
+
+    config = loc.config
+    lm = getattr(loc.source, "lm", None) or LMActivations(config, [(loc.layer, loc.site)], log=loc.log)
+    kl_term = e2e_lib.make_kl_term(config, lm.params, lm.lm_cfg, loc.layer, loc.arch)
+    step = jax.jit(
+        step_lib.make_train_step(config, dead_window_steps, arch=loc.arch, kl_term=kl_term), donate_argnums=(0,)
+    )
+    return step, e2e_lib.TokenBatches(lm, int(config.e2e.sequences))
 
 
 def _export_and_mark(loc: _Location, state: Any, done_marker: str) -> list[dict[str, Any]]:
@@ -342,6 +366,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
             **step_lib.sweep_metadata(config, lam),
             **_norm_metadata(state["norm_scale"], site, d_out),
             **({"dim_scale_power": float(config.dim_scale_power)} if config.dim_scale_power else {}),
+            **e2e_lib.describe(config),
             "tokens_trained": int(total * config.batch_size),
             "steps": int(total),
             "l0": ev["l0"],

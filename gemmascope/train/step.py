@@ -179,8 +179,12 @@ def init_state(
     return state
 
 
-def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
+def make_train_step(config, dead_window_steps: int, arch=None, kl_term: Callable | None = None) -> Callable:
     """Returns ``train_step(state, x_raw [B, d_in], sweep [K]) -> (state, metrics)``.
+
+    ``kl_term`` (the end-to-end stage, :func:`gemmascope.train.e2e.make_kl_term`): the step is then
+    ``train_step(state, x_raw, sweep, tokens [n, T], mask [n, T])`` and each SAE's loss adds
+    ``config.e2e.kl_coefficient * kl_term(params, C, s, tokens, mask)`` (metric ``kl``).
 
     ``arch``: the location's architecture (default ``config.sae.arch``); for a transcoder
     ``x_raw`` is the paired row ``[B, d_in + d_out]``.
@@ -210,7 +214,16 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
     revive_every = int(config.sae.revive_dead_every) if config.sae.arch == "jumprelu" else 0
     controller = bool(cfg.l0_controller_rate) and quadratic
 
-    def one(i, params, opt_state, x, lam, step, last_fired, nu):
+    kl_coef = float(config.e2e.kl_coefficient) if kl_term is not None else 0.0
+
+    def loss_fn(params, x, sparsity, dead, e2e):
+        loss, aux = arch.loss(params, x, cfg, sparsity, dead)
+        if e2e is None:
+            return loss, aux
+        kl = kl_term(params, *e2e)
+        return loss + kl_coef * kl, {**aux, "kl": jax.lax.stop_gradient(kl)}
+
+    def one(i, params, opt_state, x, lam, step, last_fired, nu, e2e=None):
         dead = (step + 1 - last_fired) > auxk_steps if use_auxk else None
         if static_k is not None:
             sparsity, reported = static_k[i], jnp.asarray(static_k[i], jnp.float32)
@@ -219,7 +232,7 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
             sparsity = (lam, reported, nu) if controller else (lam, reported)
         else:
             sparsity = reported = lam * lam_sched(step)
-        (loss, aux), grads = jax.value_and_grad(arch.loss, has_aux=True)(params, x, cfg, sparsity, dead)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, sparsity, dead, e2e)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         if renormalise:
@@ -245,14 +258,15 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
         thr_stats = jnp.zeros((3,), jnp.float32) if thr is None else jnp.stack([thr.mean(), thr.min(), thr.max()])
         return params, opt_state, loss, aux, reported, thr_stats, nu
 
-    def train_step(state, x_raw, lambdas):
+    def train_step(state, x_raw, lambdas, tokens=None, mask=None):
         step = state["step"]
         d_in = state["params"]["W_enc"].shape[-2]
         x = normalise(x_raw, state["norm_scale"], d_in, state.get("dim_scale"))
         target = x if state["norm_scale"].ndim == 0 else x[:, d_in:]  # the FVU's reference
         nus = state["l0_dual"] if controller else jnp.zeros(lambdas.shape, jnp.float32)
+        e2e = None if kl_term is None else (state["norm_scale"], state.get("dim_scale"), tokens, mask)
         params, opt, loss, aux, lam_t, thr, nus = _per_sae(
-            one, state["params"], state["opt"], x, lambdas, step, state["last_fired"], nus
+            one, state["params"], state["opt"], x, lambdas, step, state["last_fired"], nus, e2e
         )
         last_fired = jnp.where(aux["fired"], step + 1, state["last_fired"])
         bad = ~jnp.isfinite(loss)
@@ -272,6 +286,8 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
         }
         if controller:
             metrics["l0_dual"] = nus
+        if kl_term is not None:
+            metrics["kl"] = aux["kl"]
         new_state = {
             **state,
             "params": params,
@@ -287,7 +303,7 @@ def make_train_step(config, dead_window_steps: int, arch=None) -> Callable:
     return train_step
 
 
-def _per_sae(one, params, opt, x, lambdas, step, last_fired, nus):
+def _per_sae(one, params, opt, x, lambdas, step, last_fired, nus, e2e=None):
     """Applies ``one`` to each SAE of the stack and restacks the results.
 
     An unrolled loop rather than ``jax.vmap``: on XLA:CPU the vmapped step ran its matmuls as
@@ -306,6 +322,7 @@ def _per_sae(one, params, opt, x, lambdas, step, last_fired, nus):
             step,
             last_fired[i],
             nus[i],
+            e2e,
         )
         for i in range(k)
     ]

@@ -1,0 +1,144 @@
+"""The end-to-end stage: the SAE spliced into the frozen LM, trained on the KL between the clean
+and the spliced next-token distributions plus its usual loss.
+
+For the last ``config.e2e.fraction`` of the steps each SAE's loss becomes::
+
+    arch.loss(params, x_rows)  +  kl_coefficient * mean_t KL(p_clean(t) || p_spliced(t))
+
+``x_rows`` is the usual training batch (the reconstruction and sparsity terms, unchanged), and
+the KL is over a batch of ``config.e2e.sequences`` packed text sequences: the LM runs to the SAE's
+``res`` site, the site is replaced at real-text positions (norm outliers kept, as evaluation
+does) by the SAE's reconstruction in raw units, the LM finishes, and the KL is averaged over
+positions whose target is real text. The LM is frozen (no gradient reaches its weights); the
+gradient reaches the SAE through the later layers, and reaches its thresholds through the
+straight-through estimator like the reconstruction's does. The KL fine-tune of Karvonen et al.
+(arXiv 2503.17272) reports a 20-50% smaller CE-loss gap from such a stage.
+
+Cost: each step adds, per SAE, one LM forward and backward from the site to the logits over
+``sequences * context_length`` tokens (the whole vocabulary: 262k rows for Gemma 3), so the
+stage is kept short and its token batches small.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gemmascope.data.sites import keep_mask
+from gemmascope.lm.model import final_norm, forward, softcap_logits
+from gemmascope.sae.common import SAEConfig
+from gemmascope.train.step import normalise
+
+
+def start_step(config, total: int) -> int:
+    """The last step before the end-to-end stage (``total`` when it is off): steps
+    ``start_step + 1 .. total`` train end to end."""
+    frac = float(config.e2e.fraction)
+    return total if frac <= 0 else total - max(1, int(round(frac * total)))
+
+
+def next_token_kl(params, lm_cfg, h_clean: jax.Array, h_spliced: jax.Array, tokens: jax.Array, mask: jax.Array):
+    """``mean_t KL(p_clean || p_spliced)`` (nats) over positions whose target is real text, from
+    the last block's outputs ``h_* [B, T, d]``; the clean side carries no gradient. Full logits
+    ``[B, T-1, V]`` are formed, which is why the stage's token batches stay small."""
+    del tokens
+
+    def logp(h):
+        lg = softcap_logits(
+            (final_norm(params, h, lm_cfg)[:, :-1] @ _unembed(params, lm_cfg).T).astype(jnp.float32), lm_cfg
+        )
+        return jax.nn.log_softmax(lg, axis=-1)
+
+    lp_c = jax.lax.stop_gradient(logp(h_clean))
+    lp_s = logp(h_spliced)
+    kl = jnp.sum(jnp.exp(lp_c) * (lp_c - lp_s), axis=-1)  # [B, T-1]
+    w = mask[:, 1:].astype(jnp.float32)
+    return jnp.sum(kl * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def _unembed(params, lm_cfg) -> jax.Array:
+    return params["embed"].astype(jnp.float32) if lm_cfg.tie_embeddings else params["lm_head"].T.astype(jnp.float32)
+
+
+def make_kl_term(config, lm_params, lm_cfg, layer: int, arch) -> Callable:
+    """``kl_term(params, norm_scale, dim_scale, tokens, mask) -> kl`` for one SAE (training
+    params): the SAE encodes the site's raw activations in training units (``x / (C s)``) and its
+    reconstruction is scaled back to raw units before the splice."""
+    cfg = SAEConfig.from_config(config)
+    factor = float(config.lm.outlier_norm_factor)
+    L = lm_cfg.n_layers
+
+    def prefix(tokens):
+        start = {}
+        if layer > 0:
+            caps = forward(lm_params, tokens, lm_cfg, capture=[(layer - 1, "res")], stop_after=layer - 1).captures
+            start = dict(start_layer=layer, h_in=caps[(layer - 1, "res")])
+        x = forward(lm_params, tokens, lm_cfg, capture=[(layer, "res")], stop_after=layer, **start).captures
+        return jax.lax.stop_gradient(x[(layer, "res")])
+
+    def suffix(h, tokens):
+        if layer == L - 1:
+            return h
+        return forward(
+            lm_params, tokens, lm_cfg, capture=[(L - 1, "res")], stop_after=L - 1, start_layer=layer + 1, h_in=h
+        ).captures[(L - 1, "res")]
+
+    def kl_term(params, norm_scale, dim_scale, tokens, mask):
+        x = prefix(tokens)
+        B, T, d = x.shape
+        sel = keep_mask(x, mask, factor)
+        u = normalise(x.reshape(B * T, d), norm_scale, d, dim_scale)
+        u_hat = arch.decode_train(params, arch.encode_train(params, u, cfg))
+        scale = norm_scale if dim_scale is None else norm_scale * dim_scale
+        x_hat = (u_hat * scale).reshape(B, T, d)
+        h_s = jnp.where(sel[..., None], x_hat.astype(x.dtype), x)
+        h_clean = jax.lax.stop_gradient(suffix(x, tokens))
+        return next_token_kl(lm_params, lm_cfg, h_clean, suffix(h_s, tokens), tokens, mask)
+
+    return kl_term
+
+
+class TokenBatches:
+    """Batches of ``config.e2e.sequences`` packed train-split sequences for the end-to-end stage,
+    a deterministic function of the stage's step index (wrapping around the corpus), so a resumed
+    run sees the same batches: ``batch(j)`` re-reads the text up to batch ``j`` only when it is
+    not the next one."""
+
+    def __init__(self, lm, n_seq: int):
+        self.lm, self.n_seq = lm, int(n_seq)
+        self._it: Iterator | None = None
+        self._next = 0
+
+    def _chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        while True:
+            empty = True
+            for toks, mask in self.lm.packed_batches("train"):
+                for a in range(0, len(toks), self.n_seq):
+                    t, m = toks[a : a + self.n_seq], mask[a : a + self.n_seq]
+                    if len(t) == self.n_seq and m.any():
+                        empty = False
+                        yield t, m
+            if empty:
+                raise ValueError(f"end-to-end stage: the train split has no batch of {self.n_seq} sequences")
+
+    def batch(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._it is None or j != self._next:
+            self._it = itertools.islice(self._chunks(), j, None)
+        self._next = j + 1
+        return next(self._it)
+
+
+def describe(config) -> dict[str, Any]:
+    """The ``metadata.json`` fields of the stage (``{}`` when off)."""
+    if float(config.e2e.fraction) <= 0:
+        return {}
+    return {
+        "e2e_fraction": float(config.e2e.fraction),
+        "e2e_kl_coefficient": float(config.e2e.kl_coefficient),
+        "e2e_sequences": int(config.e2e.sequences),
+    }
