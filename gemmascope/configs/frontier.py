@@ -39,7 +39,7 @@ SWEEPS = {
     "gated": (0.06, 0.1, 0.17, 0.3),
     "relu": (0.03, 0.06, 0.1, 0.2),
     "topk": (16, 32, 64, 128),
-    # Issue 12's variants (grids not yet measured on the frontier): target L0s for the quadratic
+    # Target-L0 variants: target L0s for the quadratic
     # loss (thresholds start at the quantiles giving each target), k for BatchTopK.
     "batchtopk": (16, 32, 64, 128),
     "jumprelu_quadratic": (20.0, 40.0, 80.0, 160.0),
@@ -52,13 +52,11 @@ SWEEPS = {
 # e.g. jumprelu_quadratic_batch_centred, topk_centred, batchtopk_centred. The best 1x recipe is
 # jumprelu_quadratic_batch_centred with --config.sae.quadratic_coefficient=1e-2
 # --config.adam_b1=0.9: configs/demo.py's default, which trains the same SAEs. At budget=4 add
-# --config.sae.revive_dead_every=25 (threshold revival: dead latents 0.1-0.2% instead of 27-39%;
-# delta loss 0.96x / 0.94x BatchTopK's at matched L0 40 / 80, three seeds each, about one standard
-# error; every 50 steps it was 0.99x / 1.04x; docs/frontier.md, sessions 11-13).
+# --config.sae.revive_dead_every=25 (threshold revival: dead latents re-seeded; docs/frontier.md
+# measures it against BatchTopK).
 # Revival every 50 was neutral at 1x. Matryoshka JumpReLU: its reconstruction term counts once per
 # prefix (three here), so the same coefficient weighs less against it and the targets overshoot
-# (11-26% held out at 1x with 1e-2); use --config.sae.quadratic_coefficient=3e-2 (docs/frontier.md,
-# session 13).
+# at 1e-2); use --config.sae.quadratic_coefficient=3e-2 (docs/frontier.md).
 
 
 def get_config(arg=None):

@@ -32,7 +32,7 @@ from gemmascope.eval.metrics import evaluate_saes, firing_histogram, read_write_
 from gemmascope.progress import Progress
 from gemmascope.sae import io as sae_io
 
-# The L0s the frontier compares series at (issue 12: 20, 40, 80 and 160)
+# The L0s the frontier compares series at
 MATCHED_L0S = (20.0, 40.0, 80.0, 160.0)
 # SAEBench's core metrics (gemmascope.eval.metrics module doc), in eval.json and the tables
 SAEBENCH_CORE = (
@@ -388,7 +388,7 @@ def matched_l0_markdown(
 def matched_l0_report(rows: list[dict[str, Any]], l0s=MATCHED_L0S) -> str:
     """``matched_l0.md``: every series at matched L0 with its ratios to JumpReLU (the lambda
     sweep), then once more against each TopK-type series present (``topk``, ``batchtopk_centred``
-    ...), the baselines issue 12's goals are stated against."""
+    ...), the baselines the frontier is stated against."""
     head = "Metrics at matched L0 (linear in log L0 between each series' two nearest SAEs; n/a outside its range)\n\n"
     parts = [head + "Ratios to jumprelu:\n\n" + matched_l0_markdown(rows, l0s)]
     for ref in sorted({series_of(r) for r in rows}):

@@ -321,8 +321,8 @@ def revive_thresholds(
 
     Why: a latent dies when the sparsity loss has pushed its threshold above every pre-activation
     it sees; the straight-through estimator then gives the threshold no gradient (none reaches the
-    kernel window) and nothing brings it back (docs/frontier.md, session 11: dead latents'
-    thresholds sit at about twice the live ones', their largest pre-activations at 50-95% of it).
+    kernel window) and nothing brings it back (docs/frontier.md: dead latents' thresholds sit
+    well above the live ones', above their largest pre-activations).
     """
     p = layout_params(params)
     fresh = target_quantile(p, x, target_l0, cfg)

@@ -120,13 +120,13 @@ def make_optimizer(cfg: Mapping[str, Any]) -> optax.GradientTransformation:
     threshold that the sparsity loss pushes up keeps rising after the last pre-activation has
     left the window, by about ``lr / (1 - b1)`` (ten steps' worth at b1 0.9, about 10x the
     bandwidth at lr 1e-3): it lands above every pre-activation it will see, gets no gradient again,
-    and the latent is dead for good (docs/frontier.md, session 11, measures this).
+    and the latent is dead for good (measured in docs/frontier.md).
 
     ``cfg["threshold_lr_scale"]`` (default 1) multiplies the thresholds' learning rate. Why: Adam
     moves every parameter by about ``lr`` a step whatever its gradient's scale; at the demo's lr
     1e-3 that is 3-6% of a normalised threshold (about 0.02) and one bandwidth, so a threshold whose
-    noisy straight-through gradient flips sign keeps jittering by that much (docs/frontier.md,
-    session 12, measures a smaller step).
+    noisy straight-through gradient flips sign keeps jittering by that much (docs/frontier.md measures a
+    smaller step).
     """
     b1 = float(cfg["adam_b1"])
     adam = _adam(b1, cfg)
