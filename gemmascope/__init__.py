@@ -13,7 +13,7 @@ The public API, in the order a researcher meets it::
     gs.evaluate_workdir(config, "workdirs/demo", max_tokens=100_000)
 
 Names resolve lazily (importing ``gemmascope.config`` does not load JAX models). Layout of the
-package: ``lm/`` models and sites, ``sae/`` architectures and files, ``data/`` text, sites,
+package: ``lm/`` models, sites and loading, ``sae/`` architectures and files, ``data/`` text, sites,
 sources and the activation store, ``train/`` the sweep trainer, ``eval/`` metrics and frontier,
 ``analysis/`` logit lens, enrichment, dashboards and steering.
 """
@@ -25,8 +25,8 @@ from typing import Any
 
 # public name -> (module, attribute)
 _API = {
-    "load_lm": ("gemmascope.data.sites", "load_lm"),
-    "LM": ("gemmascope.data.sites", "LM"),
+    "load_lm": ("gemmascope.lm.loading", "load_lm"),
+    "LM": ("gemmascope.lm.loading", "LM"),
     "capture": ("gemmascope.data.sites", "capture"),
     "site_rows": ("gemmascope.data.sites", "site_rows"),
     "packed_batches": ("gemmascope.data.sites", "packed_batches"),

@@ -31,7 +31,7 @@ flags.mark_flags_as_required(["sae", "latent"])
 def main(argv):
     del argv
     from gemmascope.analysis.steering import steer_text
-    from gemmascope.data.sites import load_lm
+    from gemmascope.lm.loading import load_lm
     from gemmascope.sae import io as sae_io
 
     sae = sae_io.load_params(_SAE.value)

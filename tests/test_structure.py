@@ -124,11 +124,12 @@ def test_public_api_resolves_to_the_documented_objects():
     for m in pkgutil.walk_packages(gs.__path__, "gemmascope."):  # subpackages must not shadow API names
         importlib.import_module(m.name)
     from gemmascope.data import sites
+    from gemmascope.lm import loading as lm_loading
     from gemmascope.sae import io as sae_io
     from gemmascope.sae import model as sae_model
     from gemmascope.train import loop
 
-    assert gs.load_lm is sites.load_lm and gs.capture is sites.capture
+    assert gs.load_lm is lm_loading.load_lm and gs.LM is lm_loading.LM and gs.capture is sites.capture
     assert gs.load_sae is sae_io.load_params and gs.encode is sae_model.encode and gs.decode is sae_model.decode
     assert gs.train_and_evaluate is loop.train_and_evaluate
     for name in gs.__all__:

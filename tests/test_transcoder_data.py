@@ -25,6 +25,7 @@ from gemmascope.data import sites as sites_lib
 from gemmascope.data import store as store_lib
 from gemmascope.data.sources import make_source
 from gemmascope.data.store_source import PairedStoreSource
+from gemmascope.lm import loading as lm_loading
 from gemmascope.lm import model as lm_model
 from tests.tiny import tiny_llama
 
@@ -114,17 +115,15 @@ def test_bad_pairs_fail_naming_both(tmp_path, sites, rows, meta, message):
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from gemmascope.lm import loading
-
-    tok = loading.load_tokenizer("embedded")
+    tok = lm_loading.load_tokenizer("embedded")
     cfg = tiny_llama(len(tok), 2, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     params = lm_model.init_params(jax.random.PRNGKey(0), cfg, std=0.5)
-    return sites_lib.LM(cfg, params, tok, "tiny-random-llama", "embedded")
+    return lm_loading.LM(cfg, params, tok, "tiny-random-llama", "embedded")
 
 
 @pytest.fixture
 def use_tiny_lm(tiny_lm, monkeypatch):
-    monkeypatch.setattr(sites_lib, "load_lm", lambda *a, **k: tiny_lm)
+    monkeypatch.setattr(lm_loading, "load_lm", lambda *a, **k: tiny_lm)
     return tiny_lm
 
 
@@ -160,7 +159,7 @@ def generated(tiny_lm, tmp_path_factory):
     from gemmascope.data import activations, generate
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(sites_lib, "load_lm", lambda *a, **k: tiny_lm)
+    mp.setattr(lm_loading, "load_lm", lambda *a, **k: tiny_lm)
     ref = str(tmp_path_factory.mktemp("ref"))
     generate.generate(lm_cfg(), ref, log=lambda *a: None)
     real, calls = activations.LMActivations.activations, {"n": 0}

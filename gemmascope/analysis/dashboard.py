@@ -54,7 +54,7 @@ from gemmascope.analysis.dashboard_scan import (
     text_batches,
 )
 from gemmascope.config_base import pair_of
-from gemmascope.data import sites as sites_lib
+from gemmascope.lm.loading import load_lm
 
 __all__ = [
     "Context",
@@ -190,7 +190,7 @@ def build_dashboard(
     if split not in ("heldout", "train", "all"):
         raise DashboardInputError(f"split must be 'heldout', 'train' or 'all', got {split!r}")
     if lm is None:
-        loaded = sites_lib.load_lm(checkpoint)
+        loaded = load_lm(checkpoint)
         lm = (loaded.cfg, loaded.params, loaded.tokenizer)
     cfg, lm_params, tokenizer = lm
     if not 0 <= int(layer) < cfg.n_layers:

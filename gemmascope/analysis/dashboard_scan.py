@@ -39,6 +39,7 @@ import numpy as np
 
 from gemmascope.data import sites as sites_lib
 from gemmascope.eval.metrics import read_write_sites
+from gemmascope.lm.loading import LM
 from gemmascope.progress import Progress
 from gemmascope.sae import model as sae_model
 
@@ -256,7 +257,7 @@ def scan(
     """
     d_in = int(np.shape(sae["W_enc"])[0])
     read, write = read_write_sites(site)
-    lm = sites_lib.LM(lm_cfg, lm_params, None, "")
+    lm = LM(lm_cfg, lm_params, None, "")
     arrays, topk = sae_model.split_static_k(sae)
     acc = _Accumulator(int(arrays["W_enc"].shape[1]), k)
     t0 = time.time()

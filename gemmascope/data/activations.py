@@ -5,8 +5,8 @@ configured text (``config.text``) into ``[n, context_length]`` sequences with BO
 the model up to the deepest layer needed (one pass captures every requested site) and returns,
 per location, the rows at real text positions only: BOS, EOS and padding never leave this
 module. Batches are deterministic functions of their index, so generation and the online
-stream can resume. Loading, packing and the outlier filter live in :mod:`gemmascope.data.sites`,
-shared with evaluation, dashboards and steering.
+stream can resume. Loading lives in :mod:`gemmascope.lm.loading`; packing and the outlier filter in
+:mod:`gemmascope.data.sites`, shared with evaluation, dashboards and steering.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 from gemmascope.data import sites as sites_lib
 from gemmascope.data import text as text_lib
 from gemmascope.data.sites import location_key  # noqa: F401  (re-exported: the store's array names)
+from gemmascope.lm import loading as lm_loading
 
 
 def text_source_dict(config) -> dict[str, Any]:
@@ -51,7 +52,7 @@ class LMActivations:
     def __init__(self, config, sites: list[tuple[int, str]], log=print, pairs: list[tuple[int, str, str]] = ()):
         from gemmascope.lm.config import site_dim
 
-        self.lm = sites_lib.load_lm(config.lm.checkpoint, config.lm.dtype, log=log)
+        self.lm = lm_loading.load_lm(config.lm.checkpoint, config.lm.dtype, log=log)
         self.lm_cfg, self.params, self.tokenizer = self.lm.cfg, self.lm.params, self.lm.tokenizer
         self.model_name, self.tokenizer_name = self.lm.name, self.lm.tokenizer_name
         self.config = config

@@ -1,12 +1,11 @@
-"""One path from a checkpoint name and text to the activations of LM sites.
+"""One path from a loaded LM (:func:`gemmascope.lm.loading.load_lm`) and text to the activations of
+LM sites.
 
 Generation and the online stream (:mod:`gemmascope.data.activations`), evaluation
 (:mod:`gemmascope.eval.metrics`), dashboards (:mod:`gemmascope.analysis.dashboard`) and steering
 (``launch/steer.py``) all go through these functions, so an SAE is scored and read on exactly the
 rows it was trained on:
 
-* :func:`load_lm`: the LM, its tokenizer and a display name from a checkpoint name
-  (``"embedded"``, a ``.gguf`` file, a Hugging Face directory or hub id).
 * :func:`packed_batches`: ``(tokens [n_seq, T] int32, mask [n_seq, T] bool)`` with BOS first,
   mask True at real text only; the last batch is padded with fully masked rows so every batch has
   one shape (one compilation).
@@ -21,9 +20,7 @@ rows it was trained on:
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -31,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.data import text as text_lib
+from gemmascope.lm.loading import LM
 
 Site = tuple[int, str]  # (layer, site name)
 
@@ -38,47 +36,6 @@ Site = tuple[int, str]  # (layer, site name)
 def location_key(site: str, layer: int) -> str:
     """``("res", 15) -> "res_L15"``: the array name of a location in the activation store."""
     return f"{site}_L{layer}"
-
-
-@dataclasses.dataclass(frozen=True)
-class LM:
-    """A loaded language model: config, parameters, tokenizer and a name for metadata."""
-
-    cfg: Any  # gemmascope.lm.config.LMConfig
-    params: Any
-    tokenizer: Any
-    name: str
-    tokenizer_name: str = ""
-
-    @property
-    def special_ids(self) -> tuple[int, int, int]:
-        """``(bos, eos, pad)``."""
-        return self.cfg.bos_id, self.cfg.eos_id, self.cfg.pad_id
-
-    def check_layer(self, layer: int, field: str = "layer") -> None:
-        """Fails before any compute when ``layer`` is outside the model."""
-        if not 0 <= int(layer) < self.cfg.n_layers:
-            raise ValueError(f"{field}: layer {layer} out of range for {self.name} ({self.cfg.n_layers} layers)")
-
-
-def load_lm(checkpoint: str = "embedded", dtype: str = "float32", log: Callable[[str], None] | None = None) -> LM:
-    """The LM named by ``checkpoint``: ``"embedded"`` (or ``""``) or ``"embedded:<name>"`` (the
-    registry in :mod:`gemmascope.lm.embedded` names it), a ``.gguf`` file, a Hugging Face
-    directory or a hub id in the local cache."""
-    from gemmascope.lm import embedded, loading
-
-    t0 = time.time()
-    cfg, params = loading.load_checkpoint(checkpoint or "embedded", dtype)
-    tok = loading.load_tokenizer(checkpoint or "embedded")
-    name = embedded.parse(checkpoint)
-    if name is not None:
-        m = embedded.model(name)
-        lm = LM(cfg, params, tok, m.title, m.tokenizer)
-    else:
-        lm = LM(cfg, params, tok, str(checkpoint), str(checkpoint))
-    if log:
-        log(f"[lm] loaded {lm.name}: {cfg.n_layers} layers, d_model {cfg.d_model} in {time.time() - t0:.1f}s")
-    return lm
 
 
 def pad_batch(tokens: np.ndarray, mask: np.ndarray, n_seq: int, bos: int, pad: int) -> tuple[np.ndarray, np.ndarray]:

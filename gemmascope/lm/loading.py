@@ -1,4 +1,5 @@
-"""Weights in: Hugging Face checkpoint directories (safetensors) and GGUF files; tokenizers.
+"""Weights in: Hugging Face checkpoint directories (safetensors) and GGUF files; tokenizers; the
+:class:`LM` they make together (:func:`load_lm`).
 
 Nothing here imports torch. Safetensors are read with the ``safetensors`` numpy API, GGUF
 tensors are dequantised with ``gguf.quants.dequantize``. Both loaders return
@@ -26,7 +27,10 @@ tokenizers in :mod:`gemmascope.lm.tokenizer`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -259,3 +263,47 @@ def load_tokenizer(path: str, cache: bool = True):
     from gemmascope.lm.tokenizer import load_tokenizer as _load
 
     return _load(path, cache)
+
+
+# ----------------------------------------------------------------------------- the LM in one call
+
+
+@dataclasses.dataclass(frozen=True)
+class LM:
+    """A loaded language model: config, parameters, tokenizer and a name for metadata."""
+
+    cfg: Any  # gemmascope.lm.config.LMConfig
+    params: Any
+    tokenizer: Any
+    name: str
+    tokenizer_name: str = ""
+
+    @property
+    def special_ids(self) -> tuple[int, int, int]:
+        """``(bos, eos, pad)``."""
+        return self.cfg.bos_id, self.cfg.eos_id, self.cfg.pad_id
+
+    def check_layer(self, layer: int, field: str = "layer") -> None:
+        """Fails before any compute when ``layer`` is outside the model."""
+        if not 0 <= int(layer) < self.cfg.n_layers:
+            raise ValueError(f"{field}: layer {layer} out of range for {self.name} ({self.cfg.n_layers} layers)")
+
+
+def load_lm(checkpoint: str = "embedded", dtype: str = "float32", log: Callable[[str], None] | None = None) -> LM:
+    """The LM named by ``checkpoint``: ``"embedded"`` (or ``""``) or ``"embedded:<name>"`` (the
+    registry in :mod:`gemmascope.lm.embedded` names it), a ``.gguf`` file, a Hugging Face
+    directory or a hub id in the local cache."""
+    from gemmascope.lm import embedded
+
+    t0 = time.time()
+    cfg, params = load_checkpoint(checkpoint or "embedded", dtype)
+    tok = load_tokenizer(checkpoint or "embedded")
+    name = embedded.parse(checkpoint)
+    if name is not None:
+        m = embedded.model(name)
+        lm = LM(cfg, params, tok, m.title, m.tokenizer)
+    else:
+        lm = LM(cfg, params, tok, str(checkpoint), str(checkpoint))
+    if log:
+        log(f"[lm] loaded {lm.name}: {cfg.n_layers} layers, d_model {cfg.d_model} in {time.time() - t0:.1f}s")
+    return lm
