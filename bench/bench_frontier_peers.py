@@ -146,10 +146,10 @@ def train_one(cfg, units: str, c: float, batches, steps: int, batch_size: int, l
 
 def export_peer(sae, folder: str, tmp: str, meta: dict, heldout: np.ndarray) -> dict:
     """SAELens folder -> our raw-unit ``params.npz`` (via our SAELens reader) with metadata; the
-    held-out L0/FVU of ``gemmascope.train.loop.evaluate_exported`` name the folder."""
+    held-out L0/FVU of ``gemmascope.eval.exported.evaluate_exported`` name the folder."""
+    from gemmascope.eval.exported import evaluate_exported
     from gemmascope.sae import formats
     from gemmascope.sae import io as sae_io
-    from gemmascope.train.loop import evaluate_exported
 
     sae.save_inference_model(tmp)
     params = formats.load_sae_lens(tmp)

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope import config as config_lib
-from gemmascope.common import fvu
 from gemmascope.data.sources import make_source
+from gemmascope.eval.exported import evaluate_exported
 from gemmascope.progress import TrainingProgress as Progress
 from gemmascope.sae import archs
 from gemmascope.sae import export as sae_export
@@ -60,19 +60,6 @@ def _check_finite(state, step: int, lambdas, name: str) -> None:
             f"[{name}] loss became NaN or inf at step {int(bad[k])} for SAE {k} (lambda={lambdas[k]}); "
             f"stopped at step {step}. Check the activations (NaN/inf rows, huge norms) and the learning rate."
         )
-
-
-def evaluate_exported(params: dict[str, np.ndarray], x: np.ndarray, d_in: int | None = None) -> dict[str, float]:
-    """L0 and FVU of a raw-unit SAE on raw held-out rows ``[n, d_in]`` (dataset-mean FVU). A
-    transcoder (``d_in`` given): rows ``concat(x_in [d_in], y)``, the FVU of its prediction of y."""
-    from gemmascope.sae import model as sae_model
-
-    x = jnp.asarray(x, jnp.float32)
-    x_in, target = (x, x) if d_in is None else (x[:, :d_in], x[:, d_in:])
-    f = sae_model.encode(params, x_in)
-    x_hat = sae_model.decode(params, f) if d_in is None else sae_model.transcode(params, x_in)
-    l0 = float(jnp.mean(jnp.sum(f != 0, axis=-1)))
-    return {"l0": l0, "fvu": float(fvu(jnp.sum((target - x_hat) ** 2), target))}
 
 
 @dataclasses.dataclass
