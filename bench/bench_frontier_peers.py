@@ -36,7 +36,7 @@ Two unit modes (``--units``):
 
 Every SAE, ours and theirs, is scored by our evaluator (``gemmascope.eval.evaluate``) on the same
 held-out tokens (``--max_tokens``): theirs are converted with
-``gemmascope.sae.formats.load_sae_lens`` (pre-encoder bias and TopK decoder-norm rescaling
+``gemmascope.sae.files.formats.load_sae_lens`` (pre-encoder bias and TopK decoder-norm rescaling
 folded) into ``<out>/saes/res/layer_15/width_4k/saelens_<peer>[_gs]/average_l0_<N>``, ours are
 the exports under ``<workdir>/saes`` (evaluated there if they have no ``eval.json`` yet). Both are
 interpolated at matched L0 (20, 40, 80, 160: linear in log L0 between the two nearest SAEs, never
@@ -148,8 +148,8 @@ def export_peer(sae, folder: str, tmp: str, meta: dict, heldout: np.ndarray) -> 
     """SAELens folder -> our raw-unit ``params.npz`` (via our SAELens reader) with metadata; the
     held-out L0/FVU of ``gemmascope.eval.exported.evaluate_exported`` name the folder."""
     from gemmascope.eval.exported import evaluate_exported
-    from gemmascope.sae import formats
-    from gemmascope.sae import io as sae_io
+    from gemmascope.sae.files import formats
+    from gemmascope.sae.files import io as sae_io
 
     sae.save_inference_model(tmp)
     params = formats.load_sae_lens(tmp)

@@ -13,9 +13,10 @@ The public API, in the order a researcher meets it::
     gs.evaluate_workdir(config, "workdirs/demo", max_tokens=100_000)
 
 Names resolve lazily (importing ``gemmascope.config`` does not load JAX models). Layout of the
-package: ``lm/`` models, sites and loading, ``sae/`` architectures and files, ``data/`` text, sites,
-sources and the activation store, ``train/`` the sweep trainer, ``eval/`` metrics and frontier,
-``analysis/`` logit lens, enrichment, dashboards and steering.
+package: ``lm/`` models, sites and loading, ``sae/`` training architectures and ``sae/files/``
+exported files, ``data/`` text, sites, sources and the activation store, ``train/`` the sweep
+trainer, ``eval/`` metrics and frontier, ``analysis/`` logit lens, enrichment, dashboards and
+steering.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ _API = {
     "capture": ("gemmascope.data.sites", "capture"),
     "site_rows": ("gemmascope.data.sites", "site_rows"),
     "packed_batches": ("gemmascope.data.sites", "packed_batches"),
-    "load_sae": ("gemmascope.sae.io", "load_params"),
-    "save_sae": ("gemmascope.sae.io", "save_params"),
-    "load_sae_metadata": ("gemmascope.sae.io", "load_metadata"),
-    "encode": ("gemmascope.sae.model", "encode"),
-    "decode": ("gemmascope.sae.model", "decode"),
-    "reconstruct": ("gemmascope.sae.model", "reconstruct"),
+    "load_sae": ("gemmascope.sae.files.io", "load_params"),
+    "save_sae": ("gemmascope.sae.files.io", "save_params"),
+    "load_sae_metadata": ("gemmascope.sae.files.io", "load_metadata"),
+    "encode": ("gemmascope.sae.files.model", "encode"),
+    "decode": ("gemmascope.sae.files.model", "decode"),
+    "reconstruct": ("gemmascope.sae.files.model", "reconstruct"),
     "base_config": ("gemmascope.config", "base_config"),
     "get_config": ("gemmascope.config_files", "load_config_file"),
     # (not "train"/"evaluate": gemmascope.train is a subpackage and would shadow the function)

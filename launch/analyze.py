@@ -50,7 +50,7 @@ flags.mark_flags_as_required(["sae", "out"])
 def main(argv):
     del argv
     from gemmascope.analysis.dashboard import DashboardInputError, build_dashboard
-    from gemmascope.sae.io import SAEFileError
+    from gemmascope.sae.files.io import SAEFileError
 
     if _TOKENS.value <= 0 or _CONTEXTS.value <= 0:
         raise app.UsageError("--tokens and --contexts must be positive")

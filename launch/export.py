@@ -8,7 +8,7 @@ r"""Writes an SAE folder in another file layout.
 ``params.safetensors``, SAELens ``cfg.json``). ``--layout``: ``sae_lens`` (loads with
 ``sae_lens.SAE.load_from_disk(out)``), ``gemma_scope_2`` or ``gemma_scope``. SAELens exports
 carry ``sparsity.safetensors`` when the SAE was evaluated (``fire_counts.npy`` beside it).
-The logic lives in :mod:`gemmascope.sae.export` (and the layouts in :mod:`gemmascope.sae.formats`).
+The logic lives in :mod:`gemmascope.sae.files.export` (and the layouts in :mod:`gemmascope.sae.files.formats`).
 """
 
 from absl import app, flags
@@ -23,7 +23,7 @@ def main(argv):
     del argv
     import os
 
-    from gemmascope.sae import export, formats
+    from gemmascope.sae.files import export, formats
 
     try:
         formats.check_layout(_LAYOUT.value)

@@ -32,7 +32,7 @@ def main(argv):
     del argv
     from gemmascope.analysis.steering import steer_text
     from gemmascope.lm.loading import load_lm
-    from gemmascope.sae import io as sae_io
+    from gemmascope.sae.files import io as sae_io
 
     sae = sae_io.load_params(_SAE.value)
     meta = sae_io.load_metadata(_SAE.value)

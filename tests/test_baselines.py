@@ -14,8 +14,8 @@ import pytest
 
 from gemmascope import config as config_lib
 from gemmascope.sae import archs, gated, relu, topk
-from gemmascope.sae import io as sae_io
-from gemmascope.sae import model as sae_model
+from gemmascope.sae.files import io as sae_io
+from gemmascope.sae.files import model as sae_model
 from gemmascope.train import loop
 from gemmascope.train import step as step_lib
 

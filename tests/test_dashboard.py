@@ -286,7 +286,7 @@ def real_site(tmp_path_factory):
     from gemmascope.data import text as text_lib
     from gemmascope.lm import loading
     from gemmascope.lm.model import capture_activations
-    from gemmascope.sae import io as sae_io
+    from gemmascope.sae.files import io as sae_io
 
     root = tmp_path_factory.mktemp("real_site")
     sae = _constructed_sae()
@@ -385,7 +385,7 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(dash.DashboardInputError, match="cannot read 'a-b'"):
         dash.parse_latents("a-b", 64)
     assert dash.parse_latents("3,1-2,3", 64) == [3, 1, 2]
-    from gemmascope.sae import io as sae_io
+    from gemmascope.sae.files import io as sae_io
 
     sae_io.save_params(str(tmp_path / "bare" / "params.npz"), _constructed_sae())  # no metadata.json
     with pytest.raises(dash.DashboardInputError, match="no metadata.json with 'layer' and 'site'"):

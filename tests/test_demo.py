@@ -77,7 +77,7 @@ def test_demo_trains_from_store_and_exports(demo_workdir):
             "jumprelu_quadratic_batch_centred",
         )
         assert 0 < m["fvu"] < 1
-    from gemmascope.sae import io as sae_io
+    from gemmascope.sae.files import io as sae_io
 
     p = sae_io.load_params(os.path.dirname(glob.glob(os.path.join(wd, "saes", "**", "params.npz"), recursive=True)[0]))
     assert p["W_enc"].shape == (576, 1024)

@@ -430,7 +430,7 @@ def test_no_usable_checkpoint_is_a_named_error(tmp_path):
 
 @pytest.mark.parametrize("how", ["truncate", "flip", "flip_no_metadata"])
 def test_corrupted_export_is_a_named_error(tmp_path, how):
-    from gemmascope.sae import io as sae_io
+    from gemmascope.sae.files import io as sae_io
 
     rng = np.random.default_rng(1)
     p = {

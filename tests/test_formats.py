@@ -24,10 +24,10 @@ from sae_lens.saes import (
 from sae_lens.saes.sae import TrainStepInput
 
 from gemmascope.eval import metrics
-from gemmascope.sae import export as sae_export
-from gemmascope.sae import formats
-from gemmascope.sae import io as sae_io
-from gemmascope.sae import model as sae_model
+from gemmascope.sae.files import export as sae_export
+from gemmascope.sae.files import formats
+from gemmascope.sae.files import io as sae_io
+from gemmascope.sae.files import model as sae_model
 
 D, N = 8, 24
 TOL = dict(rtol=1e-5, atol=1e-5)

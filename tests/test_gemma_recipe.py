@@ -12,7 +12,7 @@ import pytest
 from gemmascope import config as config_lib
 from gemmascope.sae import jumprelu
 from gemmascope.sae.common import SAEConfig
-from gemmascope.sae.layouts import fold_dim_scale, fold_normalisation
+from gemmascope.sae.files.layouts import fold_dim_scale, fold_normalisation
 from gemmascope.train import step as step_lib
 
 D_IN, D_SAE, B = 6, 16, 256
@@ -190,7 +190,7 @@ def test_the_end_to_end_kl_equals_kl_from_two_separate_forward_passes():
     model that evaluation splices."""
     from gemmascope.lm.model import forward
     from gemmascope.sae import archs
-    from gemmascope.sae import model as sae_model
+    from gemmascope.sae.files import model as sae_model
     from gemmascope.train import e2e
 
     lm_params, lm_cfg, (tokens, mask) = _tiny_lm()

@@ -205,8 +205,8 @@ def test_every_architecture_satisfies_the_contract():
 
 
 def test_exact_topk_selection_by_bisection_matches_lax_top_k():
-    from gemmascope.sae import model as sae_model
     from gemmascope.sae import select
+    from gemmascope.sae.files import model as sae_model
 
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 300)) * 5.0
     x = x.at[3].set(-jnp.abs(x[3]))  # an all-negative row
@@ -238,8 +238,8 @@ def test_batchtopk_exported_jumprelu_gives_the_training_codes(tmp_path):
     (B k)-th and (B k + 1)-th activation of this batch, the exported JumpReLU file (raw units,
     through params.npz) gives the same codes, times C."""
     from gemmascope.sae import batchtopk
-    from gemmascope.sae import io as sae_io
-    from gemmascope.sae import model as sae_model
+    from gemmascope.sae.files import io as sae_io
+    from gemmascope.sae.files import model as sae_model
     from gemmascope.train import step as step_lib
 
     c, k, bsz = 2.5, 3, 32
@@ -353,7 +353,7 @@ def test_new_variants_train_on_the_toy_and_export(tmp_path, arch_name, prefixes,
     JumpReLU with the quadratic loss and quantile init: files load as JumpReLU; BatchTopK's
     held-out L0 follows k; quadratic targets are approached; metadata names the variant."""
     from configs import toy
-    from gemmascope.sae import io as sae_io
+    from gemmascope.sae.files import io as sae_io
 
     c = toy.get_config()
     c.sae.arch, c.sae.matryoshka_prefixes, c.widths = arch_name, prefixes, (32,)

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemmascope.sae import io as sae_io
 from gemmascope.sae import jumprelu
-from gemmascope.sae import model as sae_model
+from gemmascope.sae.files import io as sae_io
+from gemmascope.sae.files import model as sae_model
 
 EPS = 0.001
 T = 0.1

@@ -125,8 +125,8 @@ def test_public_api_resolves_to_the_documented_objects():
         importlib.import_module(m.name)
     from gemmascope.data import sites
     from gemmascope.lm import loading as lm_loading
-    from gemmascope.sae import io as sae_io
-    from gemmascope.sae import model as sae_model
+    from gemmascope.sae.files import io as sae_io
+    from gemmascope.sae.files import model as sae_model
     from gemmascope.train import loop
 
     assert gs.load_lm is lm_loading.load_lm and gs.LM is lm_loading.LM and gs.capture is sites.capture

@@ -21,10 +21,11 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from gemmascope import config as config_lib
-from gemmascope.sae import archs, formats, transcoder
-from gemmascope.sae import export as sae_export
-from gemmascope.sae import io as sae_io
-from gemmascope.sae import model as sae_model
+from gemmascope.sae import archs, transcoder
+from gemmascope.sae.files import export as sae_export
+from gemmascope.sae.files import formats
+from gemmascope.sae.files import io as sae_io
+from gemmascope.sae.files import model as sae_model
 from gemmascope.train import sharding
 from gemmascope.train import step as step_lib
 

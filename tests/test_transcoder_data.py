@@ -224,8 +224,8 @@ def test_online_source_pairs_the_same_rows(use_tiny_lm):
 
 
 def test_trains_and_exports_plain_and_affine_transcoders(generated, use_tiny_lm):
-    from gemmascope.sae import io as sae_io
-    from gemmascope.sae import model as sae_model
+    from gemmascope.sae.files import io as sae_io
+    from gemmascope.sae.files import model as sae_model
     from gemmascope.train.loop import train_and_evaluate
 
     _, wd, _ = generated

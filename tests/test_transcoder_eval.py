@@ -20,8 +20,8 @@ from gemmascope.analysis import dashboard as dash
 from gemmascope.analysis import steering
 from gemmascope.eval import evaluate, metrics
 from gemmascope.lm import model
-from gemmascope.sae import io as sae_io
-from gemmascope.sae import model as sae_model
+from gemmascope.sae.files import io as sae_io
+from gemmascope.sae.files import model as sae_model
 from tests.tiny import tiny_batches, tiny_llama
 
 CFG = tiny_llama()

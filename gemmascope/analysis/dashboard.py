@@ -173,7 +173,7 @@ def build_dashboard(
     from gemmascope.analysis import enrichment as enrichment_lib
     from gemmascope.analysis.logit_lens import logit_lens
     from gemmascope.data import text as text_lib
-    from gemmascope.sae import io as sae_io
+    from gemmascope.sae.files import io as sae_io
 
     t_start = time.time()
     params_path = resolve_sae_path(sae_path)

@@ -1,7 +1,7 @@
 """Dashboard scanning: text through the LM and an SAE into per-latent statistics (no HTML here).
 
 :func:`scan` streams packed text batches ``(tokens [B, T], mask [B, T])`` through the LM up to the
-SAE's layer, encodes the site's activations with :func:`gemmascope.sae.model.encode` (any exported
+SAE's layer, encodes the site's activations with :func:`gemmascope.sae.files.model.encode` (any exported
 architecture) and keeps, per latent (:class:`ScanResult`):
 
 * the firing count and the sum and maximum of its activations;
@@ -41,7 +41,7 @@ from gemmascope.data import sites as sites_lib
 from gemmascope.eval.metrics import read_write_sites
 from gemmascope.lm.loading import LM
 from gemmascope.progress import Progress
-from gemmascope.sae import model as sae_model
+from gemmascope.sae.files import model as sae_model
 
 
 class DashboardInputError(ValueError):
@@ -243,7 +243,7 @@ def scan(
 
     Args:
       lm_params, lm_cfg: the LM (:mod:`gemmascope.lm`).
-      sae: exported SAE params (any architecture :func:`gemmascope.sae.model.encode` reads).
+      sae: exported SAE params (any architecture :func:`gemmascope.sae.files.model.encode` reads).
       layer, site: where the SAE reads the LM (a transcoder site: its input site is encoded).
       batches: ``(tokens [B, T] int32, mask [B, T] bool)`` with mask True at real text only; keep
         ``B, T`` fixed (pad the last batch with fully masked rows) to compile once.

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.common import fvu
-from gemmascope.sae import model as sae_model
+from gemmascope.sae.files import model as sae_model
 
 
 def evaluate_exported(params: dict[str, np.ndarray], x: np.ndarray, d_in: int | None = None) -> dict[str, float]:

@@ -35,7 +35,7 @@ also never saw (``outlier_norm_factor`` times the batch median of real tokens; c
 result). Zero ablation replaces the same positions.
 
 The SAE enters through :func:`reconstruct` on raw-unit params (``params.npz``, any
-architecture: :mod:`gemmascope.sae.model`), the same function for our exports and released
+architecture: :mod:`gemmascope.sae.files.model`), the same function for our exports and released
 Gemma Scope files.
 
 Transcoders (``site`` a paired site of :data:`gemmascope.config_base.PAIR_SITES`, e.g.
@@ -77,7 +77,7 @@ from gemmascope.data import sites as sites_lib
 from gemmascope.eval.kl import next_token_ce_and_kl
 from gemmascope.lm.config import LMConfig, site_dim
 from gemmascope.lm.model import forward, next_token_ce_from_residual
-from gemmascope.sae import model as sae_model
+from gemmascope.sae.files import model as sae_model
 
 L2_RATIO_FLOOR = 1e-4  # ||x|| below this divides as 1 in the L2 ratio (SAELens's guard)
 
@@ -86,7 +86,7 @@ def reconstruct(sae: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, jax
     """Raw-unit SAE or transcoder (any architecture): ``x [..., d_in] -> (prediction [..., d_out],
     codes [..., d_sae])``. For an SAE the prediction is the reconstruction of ``x``; for a
     transcoder ``x`` is its input site and the prediction is of its output site, with the affine
-    skip ``x @ W_skip`` when the file has one (:func:`gemmascope.sae.model.transcode`; under jit
+    skip ``x @ W_skip`` when the file has one (:func:`gemmascope.sae.files.model.transcode`; under jit
     the encoder runs once)."""
     return sae_model.transcode(sae, x), sae_model.encode(sae, x)
 
@@ -109,7 +109,7 @@ def check_saes(saes: Sequence[dict[str, Any]], cfg: LMConfig, site: str) -> None
         if "affine_skip_connection" in s:
             raise ValueError(
                 f"SAE {i}: key 'affine_skip_connection' (a raw Gemma Scope 2 transcoder file): load it with "
-                "gemmascope.sae.io.load_params, which names the skip 'W_skip'"
+                "gemmascope.sae.files.io.load_params, which names the skip 'W_skip'"
             )
         if "W_skip" in s and pair_of(site) is None:
             raise ValueError(

@@ -2,7 +2,7 @@
 
 Units. Functions named ``*_train`` work in *training units*: inputs ``x / C`` (``E||x/C||^2 = 1``)
 with the pre-encoder bias (the encoder sees ``x - b_dec``) and the training parametrisation of
-the params (``log_threshold``, Gated's ``r_mag`` ...). :mod:`gemmascope.sae.model`'s ``encode`` /
+the params (``log_threshold``, Gated's ``r_mag`` ...). :mod:`gemmascope.sae.files.model`'s ``encode`` /
 ``decode`` work in *raw units* on exported files (normalisation and pre-encoder bias folded).
 
 :class:`Architecture` names what each module of :data:`gemmascope.sae.archs.ARCHS` provides;
@@ -110,7 +110,7 @@ class Architecture(Protocol):
 
     NAME: str
     UNIT_NORM_DECODER: bool  # rows renormalised after each update, gradients projected
-    FILE_LAYOUT: str  # exported file layout: "jumprelu", "relu", "topk" or "transcoder" (gemmascope.sae.io)
+    FILE_LAYOUT: str  # exported file layout: "jumprelu", "relu", "topk" or "transcoder" (gemmascope.sae.files.io)
 
     def init(self, key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig) -> Params: ...
 

@@ -6,7 +6,7 @@
 Weighting each latent's L1 by its decoder row norm makes the penalty invariant to moving scale
 between encoder and decoder, so the decoder needs no unit-norm constraint (Anthropic's April 2024
 recipe); rows are neither renormalised nor gradient-projected. Initialised like JumpReLU.
-Exported files have no ``threshold`` key (see :mod:`gemmascope.sae.model`). Training units
+Exported files have no ``threshold`` key (see :mod:`gemmascope.sae.files.model`). Training units
 throughout (see :mod:`gemmascope.sae.common`).
 """
 

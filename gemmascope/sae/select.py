@@ -98,7 +98,7 @@ BISECT_MIN_K = 384
 def topk_mask_rows(x: jax.Array, k: int) -> jax.Array:
     """Bool mask of the k largest entries of each row of ``x [..., n]``, by the faster exact method
     for this k on XLA:CPU: ``lax.top_k`` below :data:`BISECT_MIN_K`, bisection from it on."""
-    from gemmascope.sae.model import topk_mask as lax_topk_mask
+    from gemmascope.sae.files.model import topk_mask as lax_topk_mask
 
     return topk_mask(x, k) if int(k) >= BISECT_MIN_K else lax_topk_mask(x, int(k))
 

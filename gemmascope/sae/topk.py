@@ -35,7 +35,7 @@ from gemmascope.sae.common import (
     pre_activations,
     recon_aux,
 )
-from gemmascope.sae.model import topk_mask
+from gemmascope.sae.files.model import topk_mask
 
 NAME = "topk"
 UNIT_NORM_DECODER = True

@@ -180,7 +180,7 @@ class Transcoder:
 
     def export_layout(self, params: Mapping[str, jax.Array], cfg: SAEConfig, sparsity: Any = None) -> Params:
         """The transcoder file layout (W_enc, W_dec, b_enc, b_dec, threshold, and W_skip when
-        affine), still in training units (see :func:`gemmascope.sae.layouts.fold_transcoder`)."""
+        affine), still in training units (see :func:`gemmascope.sae.files.layouts.fold_transcoder`)."""
         out = jumprelu.layout_params(params)
         if SKIP_KEY in params:
             out[SKIP_KEY] = params[SKIP_KEY]

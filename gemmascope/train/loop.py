@@ -30,8 +30,8 @@ from gemmascope.data.sources import make_source
 from gemmascope.eval.exported import evaluate_exported
 from gemmascope.progress import TrainingProgress as Progress
 from gemmascope.sae import archs
-from gemmascope.sae import export as sae_export
-from gemmascope.sae import io as sae_io
+from gemmascope.sae.files import export as sae_export
+from gemmascope.sae.files import io as sae_io
 from gemmascope.train import e2e as e2e_lib
 from gemmascope.train import step as step_lib
 from gemmascope.train import writers

@@ -333,7 +333,7 @@ def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> di
     """SAE ``index`` of the stack in its file layout, in raw activation units (normalisation and
     pre-encoder bias folded; a transcoder's two constants by
     :func:`gemmascope.sae.layouts.fold_transcoder`)."""
-    from gemmascope.sae.layouts import fold_dim_scale, fold_normalisation, fold_transcoder
+    from gemmascope.sae.files.layouts import fold_dim_scale, fold_normalisation, fold_transcoder
 
     arch = archs.get(config.sae.arch) if arch is None else arch
     p = jax.tree.map(lambda a: a[index], state["params"])

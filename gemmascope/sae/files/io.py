@@ -13,8 +13,8 @@ So ``b_enc' = C (b_enc - b_dec W_enc)``, ``b_dec' = C b_dec``, ``threshold' = C 
 ``W_enc``, ``W_dec`` unchanged. The same folding serves ReLU and TopK SAEs (no threshold; a
 positive scale of ``pre`` keeps the ReLU and the top-k choice), and ``k`` is copied.
 
-The array layouts, validation and folding live in :mod:`gemmascope.sae.layouts`; Gemma Scope 2
-and SAELens folders in :mod:`gemmascope.sae.formats`. This module is the entry point for every
+The array layouts, validation and folding live in :mod:`gemmascope.sae.files.layouts`; Gemma Scope 2
+and SAELens folders in :mod:`gemmascope.sae.files.formats`. This module is the entry point for every
 layout: :func:`load_params` and :func:`load_metadata` take any SAE folder.
 """
 
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from gemmascope.common import atomic_write
-from gemmascope.sae import formats
-from gemmascope.sae.layouts import (  # noqa: F401  (re-exported: the names callers use)
+from gemmascope.sae.files import formats
+from gemmascope.sae.files.layouts import (  # noqa: F401  (re-exported: the names callers use)
     ARCH_FILE_LAYOUT,
     BASE_KEYS,
     FILE_KEYS,
@@ -71,11 +71,11 @@ def save_params(path: str, params: Mapping[str, Any], metadata: Mapping[str, Any
 def load_params(path: str) -> dict[str, np.ndarray]:
     """Loads an SAE in raw units from any layout: our / released Gemma Scope ``params.npz`` (the
     file or its folder), a Gemma Scope 2 ``params.safetensors`` folder or a SAELens ``cfg.json``
-    folder (:func:`gemmascope.sae.formats.load_any`; an error naming the folder when it holds none
+    folder (:func:`gemmascope.sae.files.formats.load_any`; an error naming the folder when it holds none
     of them). A ``params.npz``'s layout comes from the ``metadata.json`` beside it (JumpReLU
     without one). Raises :class:`SAEFileError` naming the problem (missing file, missing key,
     wrong shape, non-positive threshold, NaN, a file that does not match the ``params_sha256`` in
-    its metadata, a zip CRC error). Encode the result with :func:`gemmascope.sae.model.encode`.
+    its metadata, a zip CRC error). Encode the result with :func:`gemmascope.sae.files.model.encode`.
     """
     if not path.endswith(".npz") and not os.path.exists(os.path.join(path, "params.npz")):
         return formats.load_any(path)

@@ -1,9 +1,9 @@
 """Other libraries' SAE folders, in and out: SAELens and Gemma Scope 2.
 
-Our own layout (``params.npz`` + ``metadata.json``, :mod:`gemmascope.sae.io`) stays the one
+Our own layout (``params.npz`` + ``metadata.json``, :mod:`gemmascope.sae.files.io`) stays the one
 training writes; this module converts raw-unit params (keys ``W_enc [d_in, d_sae]``, ``W_dec
 [d_sae, d_in]``, ``b_enc``, ``b_dec`` and ``threshold`` or ``k``; forward in
-:mod:`gemmascope.sae.model`) to and from two layouts people already load:
+:mod:`gemmascope.sae.files.model`) to and from two layouts people already load:
 
 * ``sae_lens``: ``cfg.json`` + ``sae_weights.safetensors`` (+ ``sparsity.safetensors``, the
   log10 firing frequency of each latent, when known), which ``sae_lens.SAE.load_from_disk``
@@ -11,7 +11,7 @@ training writes; this module converts raw-unit params (keys ``W_enc [d_in, d_sae
   ``jumprelu``, ReLU -> ``standard``, TopK -> ``topk``. We write ``apply_b_dec_to_input=False``
   and ``normalize_activations="none"`` (our files are raw units with no pre-encoder bias); on
   reading, a SAELens pre-encoder bias is folded into ``b_enc`` (``b_enc - b_dec @ W_enc``, the
-  same fold as :func:`gemmascope.sae.io.fold_normalisation` with scale 1) and a TopK's
+  same fold as :func:`gemmascope.sae.files.io.fold_normalisation` with scale 1) and a TopK's
   ``rescale_acts_by_decoder_norm`` into the weights (``W_enc * n``, ``b_enc * n``, ``W_dec / n``
   with ``n`` the decoder row norms: the same pre-activation ranking and reconstruction).
 * ``gemma_scope_2``: ``params.safetensors`` with lowercase keys ``w_enc [d_in, d_sae]``,
@@ -40,7 +40,7 @@ import numpy as np
 
 from gemmascope.common import atomic_write
 from gemmascope.config import EXPORT_LAYOUTS, pair_of
-from gemmascope.sae import layouts as sae_io
+from gemmascope.sae.files import layouts as sae_io
 
 LAYOUTS = EXPORT_LAYOUTS  # declared in the config, which must not import this module
 SAE_LENS_FORMAT_VERSION = "6.54.12"  # the SAELens release whose loader this layout is tested against
@@ -229,7 +229,7 @@ def load_gemma_scope_2(path: str) -> dict[str, np.ndarray]:
 
 
 def sae_model_arch(params: Mapping[str, Any]) -> str:
-    from gemmascope.sae.model import arch_of
+    from gemmascope.sae.files.model import arch_of
 
     return arch_of(params)
 

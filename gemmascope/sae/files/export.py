@@ -1,7 +1,7 @@
 """Writing an SAE folder in another layout: ``launch/export.py`` and the end-of-training hook.
 
-Reads through :mod:`gemmascope.sae.io` (any layout) and writes through
-:mod:`gemmascope.sae.formats` (Gemma Scope 2, SAELens) or :func:`gemmascope.sae.io.save_params`.
+Reads through :mod:`gemmascope.sae.files.io` (any layout) and writes through
+:mod:`gemmascope.sae.files.formats` (Gemma Scope 2, SAELens) or :func:`gemmascope.sae.files.io.save_params`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import re
 
 import numpy as np
 
-from gemmascope.sae import io as sae_io
-from gemmascope.sae.formats import (
+from gemmascope.sae.files import io as sae_io
+from gemmascope.sae.files.formats import (
     SKIP,
     check_layout,
     gs2_dir,
@@ -58,7 +58,7 @@ def export_layouts(layouts, workdir: str, folder: str, heldout: np.ndarray | Non
     ``workdir/saes_sae_lens/<same sub-folders>`` (its sparsity file from the firing frequencies on
     the ``heldout [n, d_in]`` rows when given), Gemma Scope 2 under
     ``workdir/saes_gemma_scope_2/<gs2 folder>`` (:func:`gs2_dir`). Returns the written folders."""
-    from gemmascope.sae import model as sae_model
+    from gemmascope.sae.files import model as sae_model
 
     written = []
     for layout in layouts:

@@ -1,10 +1,10 @@
 """SAE file layouts at the array level: keys, validation, normalisation folding, ``params.npz``.
 
-The lowest layer of SAE files, imported by :mod:`gemmascope.sae.io` (our layout and the dispatch
-to every layout) and :mod:`gemmascope.sae.formats` (Gemma Scope 2 and SAELens), so neither
+The lowest layer of SAE files, imported by :mod:`gemmascope.sae.files.io` (our layout and the dispatch
+to every layout) and :mod:`gemmascope.sae.files.formats` (Gemma Scope 2 and SAELens), so neither
 imports the other back.
 
-Three array layouts (see :mod:`gemmascope.sae.model`), named in ``metadata.json``'s
+Three array layouts (see :mod:`gemmascope.sae.files.model`), named in ``metadata.json``'s
 ``architecture`` and told apart by their keys: ``jumprelu`` (the released Gemma Scope layout;
 also Gated and BatchTopK SAEs), ``relu`` (no threshold), ``topk`` (a scalar ``k`` instead of a
 threshold). A file without metadata (a released Gemma Scope file) must be a JumpReLU.
