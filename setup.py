@@ -58,7 +58,7 @@ setup(
         "datasets": ["datasets"],
         "tpu": ["jax[tpu]"],  # Cloud TPU / Colab TPU runtimes: pip install ".[tpu]"
         "wandb": ["wandb"],
-        # bench/bench_frontier_peers.py trains SAELens's SAEs with its own trainer beside ours (CPU torch).
+        # experiments/frontier_peers.py trains SAELens's SAEs with its own trainer beside ours (CPU torch).
         "bench": ["torch==2.13.0", "sae-lens==6.54.12"],
     },
 )

@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: the machine in words, and appending rows to BENCHMARKS.md."""
+"""Shared by the benchmarks (and ``experiments/frontier_peers.py``): the machine in words, and appending rows to BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATH = os.path.join(ROOT, "BENCHMARKS.md")
-HEADER = "# Benchmarks\n\nRatios measured within one run on the machine named in each row (absolute numbers on a shared\n2-core CPU are noise; the ratios are the result). Rows are appended by the scripts under `bench/`.\n"
+HEADER = "# Benchmarks\n\nRatios measured within one run on the machine named in each row (absolute numbers on a shared\n2-core CPU are noise; the ratios are the result). Rows are appended by the scripts under `bench/` and by\n`experiments/frontier_peers.py`.\n"
 
 
 def machine() -> str:

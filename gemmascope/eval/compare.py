@@ -1,7 +1,7 @@
 """Frontiers of several evaluated workdirs read together: seeds, budgets and peers side by side.
 
 ``launch/evaluate.py`` writes one ``eval/table.csv`` per workdir, and the run folders do not carry
-the seed or the budget, so a second seed, a 4x run or SAELens's SAEs (``bench/bench_frontier_peers.py``,
+the seed or the budget, so a second seed, a 4x run or SAELens's SAEs (``experiments/frontier_peers.py``,
 ``<workdir>/peers/eval/table.csv``) live in workdirs of their own. :func:`compare_tables` reads
 several tables, each under a label, and writes
 

@@ -1,7 +1,7 @@
 """L0 and FVU of an exported SAE on stored rows, without the LM.
 
 The score every SAE gets when training ends (:func:`gemmascope.train.loop.export_location`, on
-the held-out rows of its source) and the one ``bench/bench_frontier_peers.py`` names its peers'
+the held-out rows of its source) and the one ``experiments/frontier_peers.py`` names its peers'
 folders by. The metrics of an SAE spliced into the LM (delta LM loss, SAEBench's core metrics)
 are :mod:`gemmascope.eval.metrics`.
 """

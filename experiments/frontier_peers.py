@@ -1,14 +1,14 @@
 r"""Our frontier SAEs against SAELens's, trained by SAELens's own trainer on the same stored rows.
 
     W=workdirs/demo   # the demo store, with the frontier SAEs trained (configs/frontier.py)
-    python bench/bench_frontier_peers.py --workdir=$W                     # both unit modes, all peers
-    python bench/bench_frontier_peers.py --workdir=$W --units=gemma_scope --peers=jumprelu_step
-    python bench/bench_frontier_peers.py --workdir=$W --steps=20 --values=1 --no-write   # smoke test
+    python experiments/frontier_peers.py --workdir=$W                     # both unit modes, all peers
+    python experiments/frontier_peers.py --workdir=$W --units=gemma_scope --peers=jumprelu_step
+    python experiments/frontier_peers.py --workdir=$W --steps=20 --values=1 --no-write   # smoke test
     # SAELens's JumpReLU in Gemma Scope units against its counterparts and our best recipe:
-    python bench/bench_frontier_peers.py --workdir=$W --units=gemma_scope \
+    python experiments/frontier_peers.py --workdir=$W --units=gemma_scope \
         --peers=jumprelu_step,jumprelu_quadratic --ours=jumprelu_quadratic_batch_centred
     # three SAEs per peer, bracketing matched L0 40 and 80:
-    python bench/bench_frontier_peers.py --workdir=$W --units=gemma_scope --peers=topk,batchtopk \
+    python experiments/frontier_peers.py --workdir=$W --units=gemma_scope --peers=topk,batchtopk \
         --values_for='topk=32,64,128;batchtopk=32,64,128'
 
 Peers (SAELens ``sae-lens==6.54.12``, pinned in setup.py's ``bench`` extra, on CPU torch):
@@ -49,7 +49,7 @@ of the frontier runs, since our trainer trains a sweep of four together). Machin
 average) is written into every row: wall times on a shared 2-core CPU are only comparable at
 similar load. Each peer needs something of ours to be compared with: its counterpart series
 exported under ``<workdir>/saes/res`` (``PEERS``: e.g. ``batchtopk`` from ``configs/frontier.py``),
-or ``--ours`` / ``--ours_from``; without one the bench stops before training (``--no-eval`` trains
+or ``--ours`` / ``--ours_from``; without one the experiment stops before training (``--no-eval`` trains
 regardless).
 """
 
@@ -391,7 +391,7 @@ def main(argv=None) -> None:
     if args.write and rows:
         steps_note = f"{args.steps} steps (smoke)" if args.steps else f"budget {args.budget}x"
         append_rows(
-            f"Frontier against SAELens {SAE_LENS_VERSION} (bench/bench_frontier_peers.py; {steps_note}; {machine()})",
+            f"Frontier against SAELens {SAE_LENS_VERSION} (experiments/frontier_peers.py; {steps_note}; {machine()})",
             header,
             rows,
         )

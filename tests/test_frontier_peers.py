@@ -1,11 +1,11 @@
-"""bench/bench_frontier_peers.py: the SAELens configs it trains (both unit modes), the ours-over-theirs
-rows it writes, and its argument errors. The training itself is a benchmark run, not a test."""
+"""experiments/frontier_peers.py: the SAELens configs it trains (both unit modes), the ours-over-theirs
+rows it writes, and its argument errors. The training itself is an experiment run, not a test."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench import bench_frontier_peers as peers
+from experiments import frontier_peers as peers
 
 
 def test_gemma_scope_units_use_gemma_scopes_jumprelu_constants_and_our_coefficients():
@@ -75,7 +75,7 @@ def test_a_peer_without_our_counterpart_fails_before_training_naming_the_series(
     sae.mkdir(parents=True)
     (sae / "params.npz").write_bytes(b"")
     assert peers.our_series(str(tmp_path)) == {"jumprelu_quadratic_batch_centred"}
-    # our plain `batchtopk` series is not there: the bench would train for nothing, so it stops first
+    # our plain `batchtopk` series is not there: the experiment would train for nothing, so it stops first
     with pytest.raises(SystemExit):
         peers.main([f"--workdir={tmp_path}", "--peers=batchtopk", "--units=gemma_scope"])
     err = capsys.readouterr().err
