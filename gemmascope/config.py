@@ -71,7 +71,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 def parse_width(v: Any) -> int:
     """``16384``, ``"16k"`` (=16384), ``"1m"`` (=2**20) -> int.
 
-    Gemma Scope's names round powers of two down to thousands (``sae.io.width_name``): ``"65k"``
+    Gemma Scope's names round powers of two down to thousands (``sae.files.io.width_name``): ``"65k"``
     is 65536, ``"131k"`` 131072, ``"262k"`` 262144, ``"524k"`` 524288, so ``Nk`` is the power of two
     whose thousands are N when ``N * 1024`` is not a power of two itself.
     """

@@ -71,7 +71,7 @@ class ConfigError(ValueError):
     """An invalid config value; the message names the field."""
 
 
-#: SAE file layouts export can write (gemmascope/sae/formats.py implements each).
+#: SAE file layouts export can write (gemmascope/sae/files/formats.py implements each).
 EXPORT_LAYOUTS = ("gemma_scope", "gemma_scope_2", "sae_lens")
 
 
@@ -191,12 +191,12 @@ def base_config() -> ml_collections.ConfigDict:
     # the scaled rows; the reconstruction loss then weighs dimension d by 1 / s_d^2. Why: on Gemma 3
     # one residual dimension carries ~75% of the variance, so a loss in raw units spends the
     # dictionary on it and leaves the dimensions the next layers read unexplained (docs/gemma3.md).
-    # The scales are folded into the exported weights (gemmascope.sae.layouts.fold_dim_scale):
+    # The scales are folded into the exported weights (gemmascope.sae.files.layouts.fold_dim_scale):
     # files stay plain SAEs in raw units. SAEs only (not transcoder sites).
     c.dim_scale_power = 0.0
     c.eval_rows = 65_536  # held-out rows for the L0 / FVU written into metadata.json
     c.dead_window_tokens = 10_000_000  # a latent is dead if it has not fired in this window
-    # File layouts written at the end of training (gemmascope.sae.formats.LAYOUTS): "gemma_scope"
+    # File layouts written at the end of training (gemmascope.sae.files.formats.LAYOUTS): "gemma_scope"
     # (params.npz under workdir/saes, always written: evaluation reads it), "gemma_scope_2" and
     # "sae_lens" (under workdir/saes_<layout>, same sub-folders).
     c.export = ml_collections.ConfigDict()

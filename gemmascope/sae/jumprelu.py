@@ -24,7 +24,7 @@ params (the reference code), ``"direct"`` keeps ``threshold`` itself (clamped po
 update). :func:`layout_params` turns either into the released layout.
 
 Everything here works in training units (see :mod:`gemmascope.sae.common`); the raw-unit forward
-of exported files is :mod:`gemmascope.sae.model`.
+of exported files is :mod:`gemmascope.sae.files.model`.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def encode_train(
 
 
 def export_layout(params: Mapping[str, jax.Array], cfg: SAEConfig, sparsity: Any = None) -> Params:
-    """The released layout, still in training units (see :func:`gemmascope.sae.io.fold_normalisation`)."""
+    """The released layout, still in training units (see :func:`gemmascope.sae.files.layouts.fold_normalisation`)."""
     return layout_params(params)
 
 

@@ -332,7 +332,7 @@ def _per_sae(one, params, opt, x, lambdas, step, last_fired, nus, e2e=None):
 def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> dict[str, Any]:
     """SAE ``index`` of the stack in its file layout, in raw activation units (normalisation and
     pre-encoder bias folded; a transcoder's two constants by
-    :func:`gemmascope.sae.layouts.fold_transcoder`)."""
+    :func:`gemmascope.sae.files.layouts.fold_transcoder`)."""
     from gemmascope.sae.files.layouts import fold_dim_scale, fold_normalisation, fold_transcoder
 
     arch = archs.get(config.sae.arch) if arch is None else arch
