@@ -189,6 +189,17 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"the end-to-end stage splices SAEs on 'res' sites of a real LM (store or online source); "
             f"got sites {tuple(c.sites)} with source {c.source!r}",
         )
+    cap = c.dim_std_cap
+    _require(
+        isinstance(cap, (int, float)) and not isinstance(cap, bool) and (cap == 0 or cap >= 1),
+        "dim_std_cap",
+        f"must be 0 (off) or a number >= 1 (times the median dimension's spread), got {cap!r}",
+    )
+    _require(
+        not (cap and c.dim_scale_power),
+        "dim_std_cap",
+        f"choose one per-dimension scaling: dim_std_cap={cap!r} and dim_scale_power={c.dim_scale_power!r} are both set",
+    )
     p = c.dim_scale_power
     _require(
         isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 1,
@@ -301,6 +312,7 @@ def _validate_pairs(c: ml_collections.ConfigDict) -> None:
         ("sae.revive_dead_every", bool(c.sae.revive_dead_every), "threshold revival is not implemented for them"),
         ("export.layouts", "sae_lens" in c.export.layouts, "the sae_lens layout has no transcoder export here"),
         ("dim_scale_power", c.dim_scale_power != 0, "per-dimension input scaling is not implemented for them"),
+        ("dim_std_cap", c.dim_std_cap != 0, "per-dimension input scaling is not implemented for them"),
     ):
         _require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
 
@@ -398,13 +410,19 @@ def sweep_field(c: ml_collections.ConfigDict) -> str:
     return "lambdas"
 
 
+def scales_dims(c: ml_collections.ConfigDict) -> bool:
+    """Whether the SAE trains on per-dimension scaled rows (``dim_scale_power`` or ``dim_std_cap``)."""
+    return bool(c.get("dim_scale_power") or c.get("dim_std_cap"))
+
+
 def variant_name(c: ml_collections.ConfigDict) -> str:
     """The architecture with its training variant, naming run and export folders: ``jumprelu``
     (Gemma Scope), ``jumprelu_quadratic``, ``jumprelu_quadratic_batch`` (the batch form of the
     quadratic loss), ``matryoshka_batchtopk`` ..., ``_auxk`` for JumpReLU with the AuxK loss
     (``sae.jumprelu_auxk``), ``_revive`` with threshold revival (``sae.revive_dead_every``), with
     ``_centred`` when ``b_dec`` starts at the data's mean (``sae.b_dec_init``), ``_dimscale<p>``
-    with per-dimension input scaling (``dim_scale_power``) and ``_e2e`` with the end-to-end stage."""
+    with per-dimension input scaling (``dim_scale_power``), ``_stdcap<cap>`` with ``dim_std_cap``,
+    and ``_e2e`` with the end-to-end stage."""
     name = str(c.sae.arch)
     if c.sae.matryoshka_prefixes:
         name = f"matryoshka_{name}"
@@ -418,6 +436,7 @@ def variant_name(c: ml_collections.ConfigDict) -> str:
         name = f"{name}_revive"
     name = f"{name}_centred" if c.sae.b_dec_init == "mean" else name
     name = f"{name}_dimscale{c.dim_scale_power:g}" if c.get("dim_scale_power") else name
+    name = f"{name}_stdcap{c.dim_std_cap:g}" if c.get("dim_std_cap") else name
     return f"{name}_e2e" if c.get("e2e") and c.e2e.fraction else name
 
 

@@ -194,6 +194,11 @@ def base_config() -> ml_collections.ConfigDict:
     # The scales are folded into the exported weights (gemmascope.sae.files.layouts.fold_dim_scale):
     # files stay plain SAEs in raw units. SAEs only (not transcoder sites).
     c.dim_scale_power = 0.0
+    # The gentler alternative (0 = off): only dimensions whose standard deviation is over
+    # dim_std_cap times the median dimension's are scaled down to that cap (s_d = max(1, std_d /
+    # (cap * median std))), so a massive dimension weighs like cap^2 ordinary ones and every other
+    # dimension keeps its raw weight. Same fold at export. Choose one of the two.
+    c.dim_std_cap = 0.0
     c.eval_rows = 65_536  # held-out rows for the L0 / FVU written into metadata.json
     c.dead_window_tokens = 10_000_000  # a latent is dead if it has not fired in this window
     # File layouts written at the end of training (gemmascope.sae.files.formats.LAYOUTS): "gemma_scope"

@@ -38,13 +38,33 @@ def test_dim_scales_follow_the_std_to_the_power_with_unit_mean_square():
     x = _massive_rows(4096)
     std = x.astype(np.float64).std(axis=0)
     for power in (1.0, 0.5):
-        s = step_lib.dim_scales(x, power)
+        s = step_lib.dim_scales(x, power=power)
         np.testing.assert_allclose(np.mean(s.astype(np.float64) ** 2), 1.0, rtol=1e-6)
         np.testing.assert_allclose(s / s[1], std**power / std[1] ** power, rtol=1e-5)
     # A constant dimension gets the floor, not a division by zero.
     x[:, 3] = 7.0
     s = step_lib.dim_scales(x, 1.0)
     assert np.all(np.isfinite(s)) and s[3] > 0
+
+
+def test_the_std_cap_scales_only_dimensions_above_the_cap():
+    """``s_d = max(1, std_d / (cap * median std))`` (then rescaled to unit mean square): the massive
+    dimension comes down to ``cap`` times the median's spread, the others keep their ratios."""
+    x = _massive_rows(8192)
+    std = x.astype(np.float64).std(axis=0)
+    med = np.median(std)
+    s = step_lib.dim_scales(x, std_cap=3.0)
+    raw = np.maximum(1.0, std / (3.0 * med))
+    np.testing.assert_allclose(s, raw / np.sqrt(np.mean(raw**2)), rtol=1e-5)
+    assert raw[0] > 1 and np.all(raw[1:][std[1:] <= 3 * med] == 1.0)
+    # The scaled massive dimension's spread is 3x the median's, in the units of an unscaled one (s = 1 / rms).
+    np.testing.assert_allclose((std / s)[0] / med, 3.0 / s[1], rtol=1e-5)
+    c = _config(dim_std_cap=3.0)
+    assert config_lib.variant_name(c).endswith("_stdcap3") and config_lib.scales_dims(c)
+    with pytest.raises(config_lib.ConfigError, match="config.dim_std_cap: must be 0 .off. or a number >= 1"):
+        _config(dim_std_cap=0.5)
+    with pytest.raises(config_lib.ConfigError, match="config.dim_std_cap: choose one per-dimension scaling"):
+        _config(dim_std_cap=3.0, dim_scale_power=1.0)
 
 
 def test_fold_dim_scale_then_c_gives_the_training_models_codes_and_reconstruction_on_raw_rows():

@@ -117,7 +117,7 @@ def train_location(
     key = jax.random.PRNGKey(config.seed)
     k = len(values)
     ones = 1.0 if d_out is None else (1.0, 1.0)
-    ones_s = np.ones((d_in,), np.float32) if config.dim_scale_power else None
+    ones_s = np.ones((d_in,), np.float32) if config_lib.scales_dims(config) else None
     shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, ones, arch=arch, dim_scale=ones_s))
     loc = _Location(
         config,
@@ -161,8 +161,9 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
         return distributed.broadcast_float(float(np.sqrt(np.mean(np.sum(rows.astype(np.float64) ** 2, axis=-1)))))
 
     dim_scale = None
-    if loc.d_out is None and config.dim_scale_power:  # per-dimension scales, then C of the scaled rows
-        dim_scale = distributed.broadcast_array(step_lib.dim_scales(sample, float(config.dim_scale_power)))
+    if loc.d_out is None and config_lib.scales_dims(config):  # per-dimension scales, then C of the scaled rows
+        s = step_lib.dim_scales(sample, float(config.dim_scale_power), float(config.dim_std_cap))
+        dim_scale = distributed.broadcast_array(s)
         norm_scale = scale_of(sample / dim_scale)
     elif loc.d_out is None:
         norm_scale = scale_of(sample)
@@ -353,6 +354,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
             **step_lib.sweep_metadata(config, lam),
             **_norm_metadata(state["norm_scale"], site, d_out),
             **({"dim_scale_power": float(config.dim_scale_power)} if config.dim_scale_power else {}),
+            **({"dim_std_cap": float(config.dim_std_cap)} if config.dim_std_cap else {}),
             **e2e_lib.describe(config),
             "tokens_trained": int(total * config.batch_size),
             "steps": int(total),

@@ -4,7 +4,7 @@ State is a plain dict (big_vision style), every SAE-specific leaf stacked on a l
 
     {"params": {...[K, ...]}, "opt": optimiser state [K, ...], "step": int32 [],
      "norm_scale": float32 [] (C: training sees x / C), or [2] (C_in, C_out) for a transcoder,
-     "dim_scale": float32 [d_in] (only with config.dim_scale_power > 0: training sees x / (C s)),
+     "dim_scale": float32 [d_in] (only with dim_scale_power or dim_std_cap > 0: training sees x / (C s)),
      "l0_dual": float32 [K] (only with sae.l0_controller_rate > 0: the L0 controller's multipliers),
      "last_fired": int32 [K, d_sae],
      "bad_step": int32 [K] (first step, counted from 1, whose loss was NaN/inf; -1 if none)}
@@ -73,7 +73,7 @@ QUANTILE_INIT_ROWS = 8192
 def normalise(x: jax.Array, norm_scale: jax.Array, d_in: int, dim_scale: jax.Array | None = None) -> jax.Array:
     """``x [B, w] / C`` in float32. ``norm_scale`` a scalar C, or ``[2] = (C_in, C_out)`` for a
     paired row ``concat(x_in [B, d_in], y [B, w - d_in])``: each part divided by its own C.
-    ``dim_scale [w]`` (``config.dim_scale_power > 0``): ``x / (C * s)``, divided by ``s`` first."""
+    ``dim_scale [w]`` (:func:`dim_scales`): ``x / (C * s)``, divided by ``s`` first."""
     x = jnp.asarray(x, jnp.float32)
     if dim_scale is not None:
         x = x / jnp.asarray(dim_scale, jnp.float32)
@@ -86,13 +86,23 @@ def normalise(x: jax.Array, norm_scale: jax.Array, d_in: int, dim_scale: jax.Arr
     return x / scale
 
 
-def dim_scales(sample: np.ndarray, power: float) -> np.ndarray:
-    """``s [d_in]`` of ``config.dim_scale_power``: ``std_d^p / rms_d(std^p)`` over the rows of
-    ``sample [n, d_in]`` (float64 statistics), so ``mean_d s_d^2 = 1``; a dimension with zero spread
-    gets the floor ``1e-6 * max_d std_d^p`` before the rescale (no division by zero)."""
-    std = np.std(np.asarray(sample, np.float64), axis=0) ** float(power)
-    std = np.maximum(std, 1e-6 * float(np.max(std)) if np.max(std) > 0 else 1.0)
-    return (std / np.sqrt(np.mean(std**2))).astype(np.float32)
+def dim_scales(sample: np.ndarray, power: float = 0.0, std_cap: float = 0.0) -> np.ndarray:
+    """``s [d_in]``, the per-dimension input scales, from the rows of ``sample [n, d_in]`` (float64
+    statistics), rescaled so ``mean_d s_d^2 = 1`` (the scalar C absorbs any common factor).
+
+    * ``power`` (``config.dim_scale_power``): ``s_d = std_d^p``: p = 1 weighs every dimension alike.
+    * ``std_cap`` (``config.dim_std_cap``): ``s_d = max(1, std_d / (cap * median_d std_d))``: only
+      dimensions whose spread is over ``cap`` times the median's are scaled, down to that cap, so
+      massive dimensions weigh like ``cap^2`` ordinary ones and the rest keep their raw weights.
+
+    A dimension with zero spread gets the floor ``1e-6 * max_d std_d^p`` (no division by zero)."""
+    std = np.std(np.asarray(sample, np.float64), axis=0)
+    if std_cap:
+        s = np.maximum(1.0, std / (float(std_cap) * float(np.median(std))))
+    else:
+        s = std ** float(power)
+        s = np.maximum(s, 1e-6 * float(np.max(s)) if np.max(s) > 0 else 1.0)
+    return (s / np.sqrt(np.mean(s**2))).astype(np.float32)
 
 
 def init_sample(config, sample, norm_scale, d_in: int | None = None, dim_scale=None):
