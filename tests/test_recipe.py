@@ -487,7 +487,18 @@ def test_demo_defaults_to_the_target_l0_recipe_with_gemma_scope_one_arg_away():
     # The configs built on the demo keep the recipe they were measured with (Gemma Scope's base).
     assert frontier.get_config("arch=jumprelu").adam_b1 == 0.0 and frontier.get_config("arch=jumprelu").lambdas
     assert frontier.get_config("arch=topk").sae.b_dec_init == "zero"
-    assert gemma_demo.get_config().adam_b1 == 0.0 and transcoder.get_config().adam_b1 == 0.0
+    assert transcoder.get_config().adam_b1 == 0.0
+    # The Gemma demo: the demo's recipe plus the two fields for massive activations (docs/gemma3.md).
+    gd = config_lib.prepare(gemma_demo.get_config())
+    for f in ("adam_b1", "lr", "batch_size"):
+        assert gd[f] == d[f], f
+    assert (gd.sae.quadratic_form, gd.sae.quadratic_coefficient, gd.dim_scale_power, gd.sae.l0_controller_rate) == (
+        "batch",
+        1e-2,
+        1.0,
+        1e-3,
+    )
+    assert config_lib.variant_name(gd) == "jumprelu_quadratic_batch_centred_dimscale1"
     with pytest.raises(
         config_lib.ConfigError, match=r"recipe='gemmascope' unknown \(known: \['target_l0', 'gemma_scope'\]"
     ):

@@ -14,10 +14,17 @@ Everything but the model and the sparsity recipe is ``configs/demo.py``'s: the e
 5% of documents held out, batches of 1024 rows, about one pass over the stored training rows, the
 same learning rate and warm-ups.
 
-The sparsity recipe is Gemma Scope 2's (docs/SPEC.md section 7): a quadratic penalty around a
-target L0 (``sae.sparsity_loss = "quadratic"``), one SAE per target, thresholds initialised at the
-quantile of the pre-activations that gives each target (``sae.threshold_init_mode = "quantile"``),
-and ``b_dec`` starting at the mean of the normalisation sample (``sae.b_dec_init = "mean"``).
+The recipe is the SmolLM2 demo's target-L0 recipe (Gemma Scope 2's quadratic penalty around each
+target, batch form, coefficient 1e-2, thresholds initialised at the quantiles giving each target,
+``b_dec`` at the sample mean, Adam b1 0.9) plus two fields for Gemma's massive activations
+(docs/gemma3.md):
+
+* ``dim_scale_power = 1``: the SAE trains on per-dimension standardised rows, so its loss weighs
+  the 638 ordinary dimensions the next layers read instead of dimension 163, which carries about
+  75% of the raw variance; the scales are folded into the exported weights (plain raw-unit files).
+* ``sae.l0_controller_rate = 1e-3``: dual ascent on each target, so held-out L0 lands on it
+  (the scaling alone moves where the quadratic penalty balances the reconstruction).
+
 The targets are Gemma Scope 2's 270M "small" and "big" (10 and 60) and two log-spaced between.
 """
 
@@ -31,18 +38,10 @@ def get_config(arg=None):
     a = config_lib.parse_arg(arg, runlocal=False, layer=9, width=4096)
     # The SmolLM2 demo's text, batches, schedule and runlocal sizes; only the model, its sites and
     # the sparsity recipe differ.
-    c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width},recipe=gemma_scope")
+    c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
     c.unlock()
-    c.sae.sparsity_loss = "quadratic"
-    # The form measured on Gemma (docs/analysis.md); the batch form, now the default after the
-    # SmolLM2 frontier, overshoots its targets more and is not yet tried on Gemma.
-    c.sae.quadratic_form = "per_example"
-    c.sae.threshold_init_mode = "quantile"
-    # About 90% of the squared norm of Gemma's residual stream is its mean direction: with b_dec
-    # at 0 the first reconstructions miss it (training FVU 12 at step 1, still 0.6-0.8 after 250
-    # steps, L0 31 / 73 for targets 10 / 60); with b_dec at the sample mean the encoder reads
-    # centred rows and the same 250 steps end at L0 10.7 / 60.8, FVU 0.39 / 0.27 (docs/analysis.md).
-    c.sae.b_dec_init = "mean"
+    c.dim_scale_power = 1.0
+    c.sae.l0_controller_rate = 1e-3
     c.target_l0s = TARGET_L0S
     c.lm.checkpoint = "embedded:gemma3-270m"
     c.store.sites = ("res", "att", "mlp_in", "mlp")
