@@ -2,7 +2,7 @@ r"""Generate text with our LM while adding ``alpha * W_dec[latent]`` at the SAE'
 
     S=workdirs/demo/saes/res/layer_15/width_4k/jumprelu_quadratic_batch_centred/average_l0_42
     python launch/steer.py --sae=$S \
-        --latent=123 --alpha=8 --prompt="The best thing about" --max_new_tokens=30
+        --latent=123 --alphas=0,8 --prompt="The best thing about" --max_new_tokens=30
 
 The layer and site come from the SAE's metadata.json (override with --layer/--site, e.g. for a
 released Gemma Scope file). ``--alphas=0,4,8`` prints one continuation per alpha. For a
