@@ -226,9 +226,10 @@ def test_the_end_to_end_kl_equals_kl_from_two_separate_forward_passes():
     c.sae.threshold_init_mode = "quantile"
     state = step_lib.init_state(jax.random.PRNGKey(0), c, 16, 32, 1, norm, sample, dim_scale=s)
     arch = archs.get("jumprelu")
-    kl_term = e2e.make_kl_term(c, lm_params, lm_cfg, layer, arch)
+    kl_term = e2e.KLTerm(c, lm_params, lm_cfg, layer, arch)
     p = jax.tree.map(lambda a: a[0], state["params"])
-    got = kl_term(p, state["norm_scale"], state["dim_scale"], jnp.asarray(tokens), jnp.asarray(mask))
+    prepared = kl_term.prepare(jnp.asarray(tokens), jnp.asarray(mask))
+    got = kl_term(p, state["norm_scale"], state["dim_scale"], prepared)
 
     raw = {k: jnp.asarray(v) for k, v in step_lib.export_params(state, 0, c).items()}
     sel = jnp.asarray(mask)
@@ -246,9 +247,7 @@ def test_the_end_to_end_kl_equals_kl_from_two_separate_forward_passes():
     want = (kl * w).sum() / w.sum()
     assert want > 1e-4  # the SAE is far from exact: a real difference to match
     np.testing.assert_allclose(float(got), want, rtol=2e-3, atol=1e-6)
-    g = jax.grad(lambda q: kl_term(q, state["norm_scale"], state["dim_scale"], jnp.asarray(tokens), jnp.asarray(mask)))(
-        p
-    )
+    g = jax.grad(lambda q: kl_term(q, state["norm_scale"], state["dim_scale"], prepared))(p)
     assert np.all(np.isfinite(np.asarray(g["W_dec"]))) and float(jnp.abs(g["W_dec"]).sum()) > 0
 
 
@@ -263,7 +262,7 @@ def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
     c.unlock()
     c.lm.outlier_norm_factor, c.lr, c.e2e.kl_coefficient = 0.0, 3e-3, 100.0
     c.sae.quadratic_coefficient = 0.0
-    kl_term = e2e.make_kl_term(c, lm_params, lm_cfg, 1, archs.get("jumprelu"))
+    kl_term = e2e.KLTerm(c, lm_params, lm_cfg, 1, archs.get("jumprelu"))
     from gemmascope.lm.model import forward
 
     x = forward(lm_params, jnp.asarray(tokens), lm_cfg, capture=[(1, "res")], stop_after=1).captures[(1, "res")]

@@ -22,7 +22,7 @@ stage is kept short and its token batches small.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.data.sites import keep_mask
-from gemmascope.lm.model import final_norm, forward, softcap_logits
+from gemmascope.lm.model import final_norm, forward, softcap_logits, unembedding_chunks
 from gemmascope.sae.common import SAEConfig
 from gemmascope.train.step import normalise
 
@@ -42,65 +42,69 @@ def start_step(config, total: int) -> int:
     return total if frac <= 0 else total - max(1, int(round(frac * total)))
 
 
-def next_token_kl(params, lm_cfg, h_clean: jax.Array, h_spliced: jax.Array, tokens: jax.Array, mask: jax.Array):
-    """``mean_t KL(p_clean || p_spliced)`` (nats) over positions whose target is real text, from
-    the last block's outputs ``h_* [B, T, d]``; the clean side carries no gradient. Full logits
-    ``[B, T-1, V]`` are formed, which is why the stage's token batches stay small."""
-    del tokens
+def log_probs(params, lm_cfg, h: jax.Array) -> jax.Array:
+    """``[B, T-1, V]`` next-token log-probabilities from the last block's output ``h [B, T, d]``
+    (final norm, unembedding, soft-cap as :func:`gemmascope.lm.model.forward`). Full logits are
+    formed, which is why the stage's token batches stay small."""
+    w = unembedding_chunks(params, lm_cfg, 1)[0][0]  # [V, d]: one chunk, no padding
+    lg = softcap_logits((final_norm(params, h, lm_cfg)[:, :-1] @ w.T).astype(jnp.float32), lm_cfg)
+    return jax.nn.log_softmax(lg, axis=-1)
 
-    def logp(h):
-        lg = softcap_logits(
-            (final_norm(params, h, lm_cfg)[:, :-1] @ _unembed(params, lm_cfg).T).astype(jnp.float32), lm_cfg
-        )
-        return jax.nn.log_softmax(lg, axis=-1)
 
-    lp_c = jax.lax.stop_gradient(logp(h_clean))
-    lp_s = logp(h_spliced)
-    kl = jnp.sum(jnp.exp(lp_c) * (lp_c - lp_s), axis=-1)  # [B, T-1]
+def next_token_kl(lp_clean: jax.Array, lp_spliced: jax.Array, mask: jax.Array) -> jax.Array:
+    """``mean_t KL(p_clean || p_spliced)`` (nats) over positions whose target is real text
+    (``mask [B, T]``), from log-probabilities ``[B, T-1, V]``."""
+    kl = jnp.sum(jnp.exp(lp_clean) * (lp_clean - lp_spliced), axis=-1)  # [B, T-1]
     w = mask[:, 1:].astype(jnp.float32)
     return jnp.sum(kl * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def _unembed(params, lm_cfg) -> jax.Array:
-    return params["embed"].astype(jnp.float32) if lm_cfg.tie_embeddings else params["lm_head"].T.astype(jnp.float32)
+class KLTerm:
+    """The stage's KL for one location. :meth:`prepare` runs what does not depend on the SAE once
+    per step (the LM up to the site, the splice positions, the clean run's log-probabilities);
+    calling it with one SAE's training params splices that SAE's reconstruction (encoded in
+    training units ``x / (C s)``, scaled back to raw units) and finishes the LM."""
 
+    def __init__(self, config, lm_params, lm_cfg, layer: int, arch):
+        self.cfg = SAEConfig.from_config(config)
+        self.factor = float(config.lm.outlier_norm_factor)
+        self.lm_params, self.lm_cfg, self.layer, self.arch = lm_params, lm_cfg, int(layer), arch
 
-def make_kl_term(config, lm_params, lm_cfg, layer: int, arch) -> Callable:
-    """``kl_term(params, norm_scale, dim_scale, tokens, mask) -> kl`` for one SAE (training
-    params): the SAE encodes the site's raw activations in training units (``x / (C s)``) and its
-    reconstruction is scaled back to raw units before the splice."""
-    cfg = SAEConfig.from_config(config)
-    factor = float(config.lm.outlier_norm_factor)
-    L = lm_cfg.n_layers
-
-    def prefix(tokens):
-        start = {}
-        if layer > 0:
-            caps = forward(lm_params, tokens, lm_cfg, capture=[(layer - 1, "res")], stop_after=layer - 1).captures
-            start = dict(start_layer=layer, h_in=caps[(layer - 1, "res")])
-        x = forward(lm_params, tokens, lm_cfg, capture=[(layer, "res")], stop_after=layer, **start).captures
-        return jax.lax.stop_gradient(x[(layer, "res")])
-
-    def suffix(h, tokens):
-        if layer == L - 1:
+    def _suffix(self, h, tokens):
+        L = self.lm_cfg.n_layers
+        if self.layer == L - 1:
             return h
         return forward(
-            lm_params, tokens, lm_cfg, capture=[(L - 1, "res")], stop_after=L - 1, start_layer=layer + 1, h_in=h
+            self.lm_params,
+            tokens,
+            self.lm_cfg,
+            capture=[(L - 1, "res")],
+            stop_after=L - 1,
+            start_layer=self.layer + 1,
+            h_in=h,
         ).captures[(L - 1, "res")]
 
-    def kl_term(params, norm_scale, dim_scale, tokens, mask):
-        x = prefix(tokens)
+    def prepare(self, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, ...]:
+        """``(tokens, mask, x [B, T, d] the site, sel [B, T] spliced positions, lp_clean)``, no gradient."""
+        layer, p, c = self.layer, self.lm_params, self.lm_cfg
+        start = {}
+        if layer > 0:
+            caps = forward(p, tokens, c, capture=[(layer - 1, "res")], stop_after=layer - 1).captures
+            start = dict(start_layer=layer, h_in=caps[(layer - 1, "res")])
+        x = forward(p, tokens, c, capture=[(layer, "res")], stop_after=layer, **start).captures[(layer, "res")]
+        sel = keep_mask(x, mask, self.factor)
+        lp_clean = log_probs(p, c, self._suffix(x, tokens))
+        return jax.lax.stop_gradient((tokens, mask, x, sel, lp_clean))
+
+    def __call__(self, params, norm_scale, dim_scale, prepared) -> jax.Array:
+        tokens, mask, x, sel, lp_clean = prepared
         B, T, d = x.shape
-        sel = keep_mask(x, mask, factor)
         u = normalise(x.reshape(B * T, d), norm_scale, d, dim_scale)
-        u_hat = arch.decode_train(params, arch.encode_train(params, u, cfg))
+        u_hat = self.arch.decode_train(params, self.arch.encode_train(params, u, self.cfg))
         scale = norm_scale if dim_scale is None else norm_scale * dim_scale
         x_hat = (u_hat * scale).reshape(B, T, d)
         h_s = jnp.where(sel[..., None], x_hat.astype(x.dtype), x)
-        h_clean = jax.lax.stop_gradient(suffix(x, tokens))
-        return next_token_kl(lm_params, lm_cfg, h_clean, suffix(h_s, tokens), tokens, mask)
-
-    return kl_term
+        return next_token_kl(lp_clean, log_probs(self.lm_params, self.lm_cfg, self._suffix(h_s, tokens)), mask)
 
 
 class TokenBatches:

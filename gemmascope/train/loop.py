@@ -246,7 +246,7 @@ def _e2e_pieces(loc: _Location, dead_window_steps: int):
 
     config = loc.config
     lm = getattr(loc.source, "lm", None) or LMActivations(config, [(loc.layer, loc.site)], log=loc.log)
-    kl_term = e2e_lib.make_kl_term(config, lm.params, lm.lm_cfg, loc.layer, loc.arch)
+    kl_term = e2e_lib.KLTerm(config, lm.params, lm.lm_cfg, loc.layer, loc.arch)
     step = jax.jit(
         step_lib.make_train_step(config, dead_window_steps, arch=loc.arch, kl_term=kl_term), donate_argnums=(0,)
     )

@@ -189,12 +189,13 @@ def init_state(
     return state
 
 
-def make_train_step(config, dead_window_steps: int, arch=None, kl_term: Callable | None = None) -> Callable:
+def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> Callable:
     """Returns ``train_step(state, x_raw [B, d_in], sweep [K]) -> (state, metrics)``.
 
-    ``kl_term`` (the end-to-end stage, :func:`gemmascope.train.e2e.make_kl_term`): the step is then
-    ``train_step(state, x_raw, sweep, tokens [n, T], mask [n, T])`` and each SAE's loss adds
-    ``config.e2e.kl_coefficient * kl_term(params, C, s, tokens, mask)`` (metric ``kl``).
+    ``kl_term`` (the end-to-end stage, :class:`gemmascope.train.e2e.KLTerm`): the step is then
+    ``train_step(state, x_raw, sweep, tokens [n, T], mask [n, T])``; the LM's SAE-independent part
+    runs once (``kl_term.prepare``) and each SAE's loss adds ``config.e2e.kl_coefficient *
+    kl_term(params, C, s, prepared)`` (metric ``kl``).
 
     ``arch``: the location's architecture (default ``config.sae.arch``); for a transcoder
     ``x_raw`` is the paired row ``[B, d_in + d_out]``.
@@ -274,7 +275,7 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term: Callable
         x = normalise(x_raw, state["norm_scale"], d_in, state.get("dim_scale"))
         target = x if state["norm_scale"].ndim == 0 else x[:, d_in:]  # the FVU's reference
         nus = state["l0_dual"] if controller else jnp.zeros(lambdas.shape, jnp.float32)
-        e2e = None if kl_term is None else (state["norm_scale"], state.get("dim_scale"), tokens, mask)
+        e2e = None if kl_term is None else (state["norm_scale"], state.get("dim_scale"), kl_term.prepare(tokens, mask))
         params, opt, loss, aux, lam_t, thr, nus = _per_sae(
             one, state["params"], state["opt"], x, lambdas, step, state["last_fired"], nus, e2e
         )
