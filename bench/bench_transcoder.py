@@ -27,6 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 from bench.report import append_rows, machine  # noqa: E402
 from gemmascope import config as config_lib  # noqa: E402
 from gemmascope.sae import archs  # noqa: E402
+from gemmascope.sites import pair_of
 from gemmascope.train import step as step_lib  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def step_runner(site: str, batch: int, d: int, width: int):
     "transcoder_affine"): ``run()`` times one step and returns its wall seconds."""
     c = config_lib.base_config()
     c.batch_size, c.widths, c.lambdas = batch, (width,), (1e-3,)
-    pair = config_lib.pair_of(site)
+    pair = pair_of(site)
     arch = archs.for_site(c, site, d if pair else None)
     scale = (1.0, 1.0) if pair else 1.0
     state = step_lib.init_state(jax.random.PRNGKey(0), c, d, width, 1, scale, arch=arch)

@@ -15,7 +15,7 @@ Peers (SAELens ``sae-lens==6.54.12``, pinned in setup.py's ``bench`` extra, on C
 JumpReLU with ``jumprelu_sparsity_loss_mode="step"`` (Gemma Scope's L0 loss; our ``jumprelu``) and
 ``"quadratic"`` (Gemma Scope 2's; our ``jumprelu_quadratic``), TopK (our ``topk``) and BatchTopK
 (our ``batchtopk``). Each trains one SAE per value of our sweep for that architecture
-(``gemmascope.configs.frontier.SWEEPS``: the same lambdas, target L0s and k), with
+(``gemmascope.config.experiments.frontier.SWEEPS``: the same lambdas, target L0s and k), with
 ``SAETrainer`` on the rows our trainer reads, in the same order (``make_source`` with the
 frontier config's seed), for the same steps and batch, the same peak lr and warm-up lengths (lr
 50 steps, sparsity 200; each library keeps its own warm-up *shape*: SAELens linear from lr/50,
@@ -67,7 +67,7 @@ import numpy as np  # noqa: E402
 
 from bench.report import append_rows, machine  # noqa: E402
 from gemmascope import config as config_lib  # noqa: E402
-from gemmascope.configs import frontier  # noqa: E402
+from gemmascope.config.experiments import frontier  # noqa: E402
 
 SAE_LENS_VERSION = "6.54.12"
 # peer -> (SAELens training class name, our frontier arch it is compared with, extra cfg fields)

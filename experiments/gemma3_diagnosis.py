@@ -20,8 +20,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from gemmascope import cli
 from gemmascope import config as config_lib
+from gemmascope.config import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config naming the LM and text.", lock_config=True)
 _SAES = flags.DEFINE_list("saes", None, "params.npz files (globs allowed), all at one res site.")

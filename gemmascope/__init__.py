@@ -38,7 +38,7 @@ _API = {
     "decode": ("gemmascope.sae.files.model", "decode"),
     "reconstruct": ("gemmascope.sae.files.model", "reconstruct"),
     "base_config": ("gemmascope.config", "base_config"),
-    "get_config": ("gemmascope.config_files", "load_config_file"),
+    "get_config": ("gemmascope.config.files", "load_config_file"),
     # (not "train"/"evaluate": gemmascope.train is a subpackage and would shadow the function)
     "train_and_evaluate": ("gemmascope.train.loop", "train_and_evaluate"),
     "evaluate_workdir": ("gemmascope.eval.evaluate", "evaluate_workdir"),

@@ -20,8 +20,8 @@ by default the ``config.json`` of the workdir the SAE was exported into; explici
 from absl import app, flags
 from ml_collections import config_flags
 
-from gemmascope import cli
-from gemmascope.config_base import LM_SITES, PAIR_SITES
+from gemmascope.config import cli
+from gemmascope.sites import LM_SITES, PAIR_SITES
 
 _SAE = flags.DEFINE_string("sae", None, "Exported SAE folder or its params.npz (metadata.json beside it).")
 _OUT = flags.DEFINE_string("out", None, "Output folder for the HTML site.")

@@ -18,13 +18,14 @@ workdir, e.g. ``config.sites = ("mlp", "transcoder", "transcoder_affine")``).
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gemmascope import cli, config_files
 from gemmascope import config as config_lib
+from gemmascope.config import cli
+from gemmascope.config import files as config_files
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
-    "Config naming the LM and text (configs/*.py); default: the workdir's config.json.",
+    "Config naming the LM and text (configs/NAME.py or a path); default: the workdir's config.json.",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir holding saes/ (and config.json, from training).")

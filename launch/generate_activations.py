@@ -8,10 +8,15 @@ Rerun the same command after a kill: it resumes and finishes with every row pres
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gemmascope import cli
 from gemmascope import config as config_lib
+from gemmascope.config import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file (configs/NAME.py: gemmascope/config/experiments/, or a path).",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The store goes to <workdir>/activations unless config.store.path.")
 flags.mark_flags_as_required(["config", "workdir"])
 

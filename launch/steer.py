@@ -12,7 +12,7 @@ its layer (the splice at ``(layer, "mlp")``), from where it joins the residual s
 
 from absl import app, flags
 
-from gemmascope.config_base import LM_SITES, PAIR_SITES
+from gemmascope.sites import LM_SITES, PAIR_SITES
 
 _SAE = flags.DEFINE_string("sae", None, "params.npz or the folder holding it.")
 _LATENT = flags.DEFINE_integer("latent", None, "Latent whose decoder row is added.")

@@ -18,10 +18,15 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gemmascope import cli
 from gemmascope import config as config_lib
+from gemmascope.config import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file (configs/NAME.py: gemmascope/config/experiments/, or a path).",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exported SAEs go.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the sharded step on fake CPU devices and print memory/FLOPs.")
 _DEVICE_GB = flags.DEFINE_float("device_memory_gb", 95.0, "Per-device memory the dry run checks against.")

@@ -200,7 +200,7 @@ def test_topk_encode_with_a_traced_k_matches_the_static_one():
 def test_baseline_sweeps_train_on_the_toy_and_export(tmp_path, name, values):
     """The sweep trainer with each baseline: exports load, L0 falls as the sparsity rises, and
     the reconstruction is useful (FVU well below 1)."""
-    from configs import toy
+    from gemmascope.config.experiments import toy
 
     c = toy.get_config()
     c.sae.arch = name

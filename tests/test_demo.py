@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from gemmascope import config as config_lib
+from gemmascope.config.experiments import demo
 from gemmascope.data import store as store_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import demo  # noqa: E402
 
 
 def _run(script, *args, timeout=900):

@@ -11,13 +11,14 @@ import sys
 import pytest
 
 from gemmascope import config as config_lib
-from gemmascope import coverage
+from gemmascope.config import coverage
+from gemmascope.config.files import config_file_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(arg):
-    path = os.path.join(REPO, "configs", "sweep_gemma3.py")
+    path = config_file_path(os.path.join(REPO, "configs", "sweep_gemma3.py"))
     spec = importlib.util.spec_from_file_location("sweep_gemma3", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

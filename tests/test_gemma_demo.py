@@ -8,13 +8,16 @@ import os
 import pytest
 
 from gemmascope import config as config_lib
-from gemmascope.configs import demo, gemma_demo
+from gemmascope.config.experiments import demo, gemma_demo
+from gemmascope.config.files import config_file_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _shim(arg=None):
-    spec = importlib.util.spec_from_file_location("gemma_demo_shim", os.path.join(REPO, "configs", "gemma_demo.py"))
+    spec = importlib.util.spec_from_file_location(
+        "gemma_demo_shim", config_file_path(os.path.join(REPO, "configs", "gemma_demo.py"))
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return config_lib.prepare(mod.get_config(arg))

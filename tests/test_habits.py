@@ -23,9 +23,10 @@ import time
 import numpy as np
 import pytest
 
-from gemmascope import cli, config_files
 from gemmascope import config as config_lib
 from gemmascope import progress as progress_lib
+from gemmascope.config import cli
+from gemmascope.config import files as config_files
 from gemmascope.train import writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -403,10 +404,7 @@ def _parse(argv, saved=None):
     from absl import flags
     from ml_collections import config_flags
 
-    cli.check_overrides(argv[1:])
-    cli.install_tuple_parser()
-    if saved is not None:
-        argv = cli.with_saved_config(argv, saved(argv))
+    argv = cli.prepare_argv(argv, saved)
     fv = flags.FlagValues()
     cfg = config_flags.DEFINE_config_file("config", None, "c", flag_values=fv, lock_config=True, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "w", flag_values=fv)
@@ -442,7 +440,7 @@ def _saved_workdir(tmp_path, config):
 
 
 def test_saved_config_round_trip_and_errors(tmp_path):
-    from gemmascope.configs import demo
+    from gemmascope.config.experiments import demo
 
     c = demo.get_config("runlocal=True")
     wd = _saved_workdir(tmp_path, c)
@@ -468,7 +466,7 @@ def test_saved_config_round_trip_and_errors(tmp_path):
 
 
 def test_evaluate_and_analyze_default_to_the_workdirs_config(tmp_path):
-    from gemmascope.configs import demo
+    from gemmascope.config.experiments import demo
 
     c = demo.get_config()
     with c.unlocked():
@@ -511,21 +509,39 @@ def test_evaluate_and_analyze_default_to_the_workdirs_config(tmp_path):
 # ----------------------------------------------------------------------- configs, browser
 
 
-def test_configs_import_from_the_package_and_the_repo_files_match():
-    import importlib.util
+def test_configs_slash_name_resolves_to_the_package_config_from_any_directory(tmp_path):
+    """``--config=configs/NAME.py`` names ``gemmascope/config/experiments/NAME.py`` wherever no
+    such file exists; a file that does exist (a user's own ``configs/``) is taken as it is."""
+    from gemmascope.config import experiments
+    from gemmascope.config.experiments import frontier
 
-    from gemmascope.configs import demo, frontier, toy
-
-    for name, mod, arg in (
-        ("demo", demo, "runlocal=True"),
-        ("toy", toy, None),
-        ("frontier", frontier, "arch=topk"),
-    ):
-        spec = importlib.util.spec_from_file_location(f"cfgfile_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-        m = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(m)  # how ml_collections loads --config=configs/<name>.py
-        assert m.get_config(arg).to_dict() == mod.get_config(arg).to_dict()
+    packaged = os.path.join(os.path.dirname(experiments.__file__), "demo.py")
+    assert config_files.config_file_path("configs/demo.py") == packaged
+    assert config_files.config_file_path(str(tmp_path / "configs" / "demo.py")) == packaged
+    assert config_files.config_file_path("elsewhere/demo.py") == "elsewhere/demo.py"
+    assert config_files.config_file_path("configs/nope.py") == "configs/nope.py"
+    own = tmp_path / "configs" / "mine.py"
+    own.parent.mkdir()
+    own.write_text("from gemmascope.config.experiments.toy import get_config  # noqa\n")
+    assert config_files.config_file_path(str(own)) == str(own)
+    assert (
+        config_files.load_config_file("configs/frontier.py:arch=topk").to_dict()
+        == frontier.get_config("arch=topk").to_dict()
+    )
     assert frontier.get_config("arch=topk").sae.topk_ks == (16, 32, 64, 128)
+    argv = cli.with_config_path(["x", "--config=configs/demo.py:runlocal=True", "--config.seed=3"])
+    assert argv == ["x", f"--config={packaged}:runlocal=True", "--config.seed=3"]
+    assert cli.with_config_path(["x", "--config", "configs/demo.py"]) == ["x", "--config", packaged]
+    # and through absl in a directory without configs/: the demo's config, the override applied
+    r = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch", "train.py"), "--config=configs/toy.py", "--dry_run"],
+        cwd=str(tmp_path / "configs"),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert r.returncode == 0 and "dry run: mesh" in r.stdout, r.stderr[-2000:]
 
 
 def test_conftest_browser_plan():

@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from gemmascope.config.files import config_file_path
 from gemmascope.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +102,9 @@ def test_two_processes_match_one(tmp_path):
     assert "step 12/12" in outs[0] and "step 12/12" not in outs[1]  # progress from process 0 only
 
     # The same config in this (one-process, one-device) test process.
-    spec = importlib.util.spec_from_file_location("toy_config", os.path.join(REPO, "configs", "toy.py"))
+    spec = importlib.util.spec_from_file_location(
+        "toy_config", config_file_path(os.path.join(REPO, "configs", "toy.py"))
+    )
     toy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(toy)
     c = toy.get_config()  # the config file the processes loaded, with the same overrides

@@ -352,7 +352,7 @@ def test_new_variants_train_on_the_toy_and_export(tmp_path, arch_name, prefixes,
     """Sweep trainer, checkpoint and export for BatchTopK, Matryoshka BatchTopK and Matryoshka
     JumpReLU with the quadratic loss and quantile init: files load as JumpReLU; BatchTopK's
     held-out L0 follows k; quadratic targets are approached; metadata names the variant."""
-    from configs import toy
+    from gemmascope.config.experiments import toy
     from gemmascope.sae.files import io as sae_io
 
     c = toy.get_config()
@@ -415,7 +415,7 @@ def test_jumprelu_auxk_gives_a_dead_latent_the_hand_derived_encoder_gradient():
 
 
 def test_jumprelu_auxk_trains_on_the_toy_under_its_own_variant(tmp_path):
-    from configs import toy
+    from gemmascope.config.experiments import toy
 
     c = toy.get_config()
     c.widths, c.sae.jumprelu_auxk, c.sae.auxk_dead_tokens, c.sae.auxk_k = (32,), True, 20 * c.batch_size, 8
@@ -435,7 +435,7 @@ def test_jumprelu_auxk_trains_on_the_toy_under_its_own_variant(tmp_path):
 
 
 def test_frontier_config_batch_form_variant_and_budget():
-    from gemmascope.configs import frontier
+    from gemmascope.config.experiments import frontier
 
     per, batch = frontier.get_config("arch=jumprelu_quadratic"), frontier.get_config("arch=jumprelu_quadratic_batch")
     assert (per.sae.quadratic_form, batch.sae.quadratic_form) == ("per_example", "batch")
@@ -461,7 +461,7 @@ def test_frontier_config_batch_form_variant_and_budget():
 
 
 def test_demo_defaults_to_the_target_l0_recipe_with_gemma_scope_one_arg_away():
-    from gemmascope.configs import demo, frontier, gemma_demo, transcoder
+    from gemmascope.config.experiments import demo, frontier, gemma_demo, transcoder
 
     d = config_lib.prepare(demo.get_config())
     assert (d.sae.sparsity_loss, d.sae.quadratic_form, d.sae.threshold_init_mode, d.sae.b_dec_init) == (

@@ -271,7 +271,9 @@ def test_single_process_feeds_whole_batch():
 def _load_config(name: str, arg: str | None):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    from gemmascope.config.files import config_file_path
+
+    spec = importlib.util.spec_from_file_location(name, config_file_path(os.path.join(REPO, "configs", f"{name}.py")))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.get_config(arg)
@@ -286,7 +288,7 @@ def _load_config(name: str, arg: str | None):
     ],
 )
 def test_sweep_configs_cover_gemma_scope(model, n_layers, expected):
-    from gemmascope import coverage
+    from gemmascope.config import coverage
 
     got = set()
     for job in coverage.jobs(model):

@@ -21,11 +21,13 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from gemmascope import config as config_lib
+from gemmascope.config.files import config_file_path
 from gemmascope.sae import archs, transcoder
 from gemmascope.sae.files import export as sae_export
 from gemmascope.sae.files import formats
 from gemmascope.sae.files import io as sae_io
 from gemmascope.sae.files import model as sae_model
+from gemmascope.sites import component_sites
 from gemmascope.train import sharding
 from gemmascope.train import step as step_lib
 
@@ -350,9 +352,11 @@ def test_sharded_transcoder_step_equals_single_device():
 def test_demo_config_validates_and_the_repo_file_matches():
     import importlib.util
 
-    from gemmascope.configs import transcoder as tc_config
+    from gemmascope.config.experiments import transcoder as tc_config
 
-    spec = importlib.util.spec_from_file_location("cfgfile_transcoder", os.path.join(REPO, "configs", "transcoder.py"))
+    spec = importlib.util.spec_from_file_location(
+        "cfgfile_transcoder", config_file_path(os.path.join(REPO, "configs", "transcoder.py"))
+    )
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
     for arg in (None, "runlocal=True"):
@@ -360,7 +364,7 @@ def test_demo_config_validates_and_the_repo_file_matches():
         c = config_lib.prepare(tc_config.get_config(arg))
         # the SAEs on the MLP's output train beside the transcoders, for the comparison at matched L0
         assert tuple(c.sites) == ("mlp", "transcoder", "transcoder_affine") and tuple(c.layers) == (15,)
-        assert config_lib.component_sites(c.store.sites) == ("mlp_in", "mlp")
+        assert component_sites(c.store.sites) == ("mlp_in", "mlp")
     assert config_lib.prepare(tc_config.get_config("runlocal=True")).widths == (1024,)
 
 

@@ -53,8 +53,8 @@ from gemmascope.analysis.dashboard_scan import (
     scan_codes,
     text_batches,
 )
-from gemmascope.config_base import pair_of
 from gemmascope.lm.loading import load_lm
+from gemmascope.sites import pair_of
 
 __all__ = [
     "Context",

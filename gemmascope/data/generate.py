@@ -28,6 +28,7 @@ from gemmascope import config as config_lib
 from gemmascope.data import store as store_lib
 from gemmascope.data.activations import LMActivations, location_key
 from gemmascope.progress import Progress, fmt_time
+from gemmascope.sites import component_sites, site_pairs
 
 
 def store_root(config, workdir: str) -> str:
@@ -42,12 +43,12 @@ def part_root(root: str, part: str) -> str:
 
 def store_sites(config) -> list[tuple[int, str]]:
     """Every ``(layer, LM site)`` written: ``store.sites`` at every layer, pairs expanded."""
-    return [(int(layer), site) for layer in config.layers for site in config_lib.component_sites(config.store.sites)]
+    return [(int(layer), site) for layer in config.layers for site in component_sites(config.store.sites)]
 
 
 def store_pairs(config) -> list[tuple[int, str, str]]:
     """``(layer, input_site, output_site)`` of every transcoder pair in ``store.sites``."""
-    return [(int(layer), a, b) for layer in config.layers for a, b in config_lib.site_pairs(config.store.sites)]
+    return [(int(layer), a, b) for layer in config.layers for a, b in site_pairs(config.store.sites)]
 
 
 def paired_arrays(lm: LMActivations) -> list[list[str]]:

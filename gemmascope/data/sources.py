@@ -10,7 +10,7 @@ Three implementations, picked by ``config.source``:
 Every source yields float32 batches ``[batch_size / n_slots, d_in]`` and saves its position as a
 JSON-able dict, so a resumed run sees exactly the batches an uninterrupted run would.
 
-A *paired* source (a transcoder's location, :data:`gemmascope.config_base.PAIR_SITES`) yields
+A *paired* source (a transcoder's location, :data:`gemmascope.sites.PAIR_SITES`) yields
 ``[B, d_in + d_out] = concat(x_in, y)``: the input site's row then the target site's row of the
 same token, shuffled together; it has ``d_in`` (the input width) and ``d_out``. ``sample`` and
 ``heldout`` return the same concatenated rows.
@@ -60,8 +60,9 @@ def make_source(config, workdir: str, site: str, layer: int, slot: int = 0, n_sl
     """
     import jax
 
-    from gemmascope.config import ConfigError, pair_of
+    from gemmascope.config import ConfigError
     from gemmascope.data.sites import location_key
+    from gemmascope.sites import pair_of
 
     pair = pair_of(site)
 

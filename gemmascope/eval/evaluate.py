@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from gemmascope.common import write_json_atomic
-from gemmascope.config_base import PAIR_SITES, pair_of
 from gemmascope.data.activations import LMActivations
 from gemmascope.eval.metrics import evaluate_saes, firing_histogram, read_write_sites
 from gemmascope.progress import Progress
 from gemmascope.sae.files import io as sae_io
+from gemmascope.sites import PAIR_SITES, pair_of
 
 # The L0s the frontier compares series at
 MATCHED_L0S = (20.0, 40.0, 80.0, 160.0)

@@ -38,7 +38,7 @@ The SAE enters through :func:`reconstruct` on raw-unit params (``params.npz``, a
 architecture: :mod:`gemmascope.sae.files.model`), the same function for our exports and released
 Gemma Scope files.
 
-Transcoders (``site`` a paired site of :data:`gemmascope.config_base.PAIR_SITES`, e.g.
+Transcoders (``site`` a paired site of :data:`gemmascope.sites.PAIR_SITES`, e.g.
 ``"transcoder"`` = ``mlp_in -> mlp``): ``x`` above is the *output* site (the MLP output), the
 prediction ``y_hat = transcode(x_in)`` is computed from the real input site ``x_in`` (the MLP
 input after its pre-norm) captured in the same prefix run, and the spliced runs replace the output
@@ -72,12 +72,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.common import fvu_from_sums
-from gemmascope.config_base import pair_of
 from gemmascope.data import sites as sites_lib
 from gemmascope.eval.kl import next_token_ce_and_kl
 from gemmascope.lm.config import LMConfig, site_dim
 from gemmascope.lm.model import forward, next_token_ce_from_residual
 from gemmascope.sae.files import model as sae_model
+from gemmascope.sites import pair_of
 
 L2_RATIO_FLOOR = 1e-4  # ||x|| below this divides as 1 in the L2 ratio (SAELens's guard)
 

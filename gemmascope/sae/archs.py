@@ -6,10 +6,10 @@ The modules import :mod:`gemmascope.sae.common` for what they share, never this 
 
 from __future__ import annotations
 
-from gemmascope.config_base import pair_of
 from gemmascope.sae import batchtopk, gated, jumprelu, relu, topk
 from gemmascope.sae.common import Architecture
 from gemmascope.sae.transcoder import Transcoder
+from gemmascope.sites import pair_of
 
 ARCHS: dict[str, Architecture] = {m.NAME: m for m in (jumprelu, relu, topk, gated, batchtopk)}
 
@@ -39,7 +39,7 @@ def get(name: str) -> Architecture:
 
 def for_site(config, site: str, d_out: int | None = None) -> Architecture:
     """The architecture training at ``site``: ``config.sae.arch`` for a single site; for a paired
-    site (``config.sites`` entry of :data:`gemmascope.config_base.PAIR_SITES`) a JumpReLU
+    site (``config.sites`` entry of :data:`gemmascope.sites.PAIR_SITES`) a JumpReLU
     :class:`~gemmascope.sae.transcoder.Transcoder` writing ``d_out`` features (the paired
     source's ``d_out``), affine as the pair says. ``config.sae.arch`` must then be ``"jumprelu"``
     (the config's validation says so first)."""

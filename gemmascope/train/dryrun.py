@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from gemmascope import config as config_lib
+from gemmascope.sites import pair_of
 
 GB = 1e9
 
@@ -88,7 +89,7 @@ def dry_run(config, device_memory_gb: float = 95.0, log=print, prepared: bool = 
     # Sites of equal shape share one compile; a transcoder's shape is (d_in, d_out, affine).
     shapes_of: dict[tuple[int, int, int, int], list[str]] = {}
     for s in config.sites:
-        pair = config_lib.pair_of(s)
+        pair = pair_of(s)
         d_in = site_d_in(config, pair.input_site if pair else s)
         d_out = site_d_in(config, pair.output_site) if pair else 0
         for w in config.widths:

@@ -32,6 +32,7 @@ from gemmascope.progress import TrainingProgress as Progress
 from gemmascope.sae import archs
 from gemmascope.sae.files import export as sae_export
 from gemmascope.sae.files import io as sae_io
+from gemmascope.sites import pair_of
 from gemmascope.train import e2e as e2e_lib
 from gemmascope.train import step as step_lib
 from gemmascope.train import writers
@@ -381,7 +382,7 @@ def _norm_metadata(norm_scale, site: str, d_out: int | None) -> dict[str, Any]:
     c = np.asarray(norm_scale, np.float64).reshape(-1)
     if d_out is None:
         return {"normalisation_constant": float(c[0])}
-    pair = config_lib.pair_of(site)
+    pair = pair_of(site)
     return {
         "architecture": "transcoder",
         "encoder": "jumprelu",

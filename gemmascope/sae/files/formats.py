@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from gemmascope.common import atomic_write
-from gemmascope.config import EXPORT_LAYOUTS, pair_of
+from gemmascope.config import EXPORT_LAYOUTS
 from gemmascope.sae.files import layouts as sae_io
+from gemmascope.sites import pair_of
 
 LAYOUTS = EXPORT_LAYOUTS  # declared in the config, which must not import this module
 SAE_LENS_FORMAT_VERSION = "6.54.12"  # the SAELens release whose loader this layout is tested against

@@ -1,63 +1,13 @@
-"""Every config field with the Gemma Scope defaults (:func:`base_config`), and the names the
-config accepts (sites, architectures, export layouts). :mod:`gemmascope.config` re-exports all of
-it and adds ``arg`` parsing and validation.
+"""Every config field with the Gemma Scope defaults (:func:`base_config`): the one list of fields.
+
+Each field's comment says what it does and why its default; :mod:`gemmascope.config.validation`
+checks its values, and the typed per-SAE view (:class:`gemmascope.sae.common.SAEConfig`) is
+derived from the ``sae`` section here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import ml_collections
-
-LM_SITES = ("res", "att", "mlp", "mlp_in")  # gemmascope.lm.config.SITES (mlp_in: MLP input, for transcoders)
-
-
-@dataclasses.dataclass(frozen=True)
-class SitePair:
-    """A transcoder's location: it reads ``input_site`` and predicts ``output_site`` of the same
-    layer; ``affine`` adds the trained skip ``x_in @ W_skip`` (Gemma Scope 2's affine transcoders)."""
-
-    input_site: str
-    output_site: str
-    affine: bool = False
-
-
-#: Paired sites (transcoders), named in ``config.sites`` like the LM sites: the MLP's input after
-#: its pre-norm -> the MLP's output, plain or with the affine skip connection.
-PAIR_SITES = {
-    "transcoder": SitePair("mlp_in", "mlp", False),
-    "transcoder_affine": SitePair("mlp_in", "mlp", True),
-}
-SITES = LM_SITES + tuple(PAIR_SITES) + ("toy",)
-
-
-def pair_of(site: str) -> SitePair | None:
-    """The :class:`SitePair` a transcoder site names (``None`` for a single site)."""
-    return PAIR_SITES.get(site)
-
-
-def component_sites(sites) -> tuple[str, ...]:
-    """The LM sites behind ``sites`` (pair sites expanded into their input and output sites),
-    each once, in order: ``("res", "transcoder") -> ("res", "mlp_in", "mlp")``."""
-    out: list[str] = []
-    for s in sites:
-        pair = pair_of(s)
-        for c in (pair.input_site, pair.output_site) if pair else (s,):
-            if c not in out:
-                out.append(c)
-    return tuple(out)
-
-
-def site_pairs(sites) -> tuple[tuple[str, str], ...]:
-    """The distinct ``(input_site, output_site)`` pairs named in ``sites`` (a plain and an affine
-    transcoder of the same sites share one pair of stored arrays)."""
-    out: list[tuple[str, str]] = []
-    for s in sites:
-        pair = pair_of(s)
-        if pair and (pair.input_site, pair.output_site) not in out:
-            out.append((pair.input_site, pair.output_site))
-    return tuple(out)
-
 
 ARCHS = ("jumprelu", "relu", "topk", "gated", "batchtopk")
 # Architectures whose sweep axis is ``config.sae.topk_ks`` (latents kept per token) rather than
@@ -65,10 +15,6 @@ ARCHS = ("jumprelu", "relu", "topk", "gated", "batchtopk")
 K_ARCHS = ("topk", "batchtopk")
 # Architectures that can train Matryoshka-style (config.sae.matryoshka_prefixes).
 MATRYOSHKA_ARCHS = ("jumprelu", "batchtopk")
-
-
-class ConfigError(ValueError):
-    """An invalid config value; the message names the field."""
 
 
 #: SAE file layouts export can write (gemmascope/sae/files/formats.py implements each).

@@ -24,7 +24,7 @@ unit norm with projected gradients, Adam without first moment. An SAE sweep on t
 """
 
 from gemmascope import config as config_lib
-from gemmascope.configs import demo
+from gemmascope.config.experiments import demo
 
 
 def get_config(arg=None):

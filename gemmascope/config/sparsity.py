@@ -1,6 +1,6 @@
 """Validation of the sparsity fields: JumpReLU's sparsity loss and target L0s, the frequency
 penalty, the dead-latent remedies, the threshold init, Matryoshka prefixes and BatchTopK's
-threshold estimate (part of :func:`gemmascope.config.validate`)."""
+threshold estimate (part of :func:`gemmascope.config.validation.validate`)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ import math
 
 import ml_collections
 
-from gemmascope.config_base import MATRYOSHKA_ARCHS
-from gemmascope.config_checks import _nonneg_number, _require
+from gemmascope.config.checks import nonneg_number, require
+from gemmascope.config.defaults import MATRYOSHKA_ARCHS
 
 
-def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
+def validate_sparsity(c: ml_collections.ConfigDict) -> None:
     """JumpReLU's sparsity loss, its target L0s, the frequency penalty and the threshold init."""
     sae = c.sae
-    _require(
+    require(
         sae.sparsity_loss in ("l0", "quadratic"),
         "sae.sparsity_loss",
         f"must be 'l0' or 'quadratic', got {sae.sparsity_loss!r}",
     )
-    _require(
+    require(
         sae.quadratic_form in ("per_example", "batch"),
         "sae.quadratic_form",
         f"must be 'per_example' or 'batch', got {sae.quadratic_form!r}",
@@ -33,30 +33,30 @@ def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
         ("sae.revive_dead_every", sae.revive_dead_every != 0),
     ]
     for field, used in jump_only:
-        _require(not used or sae.arch == "jumprelu", field, f"applies to arch 'jumprelu' only, not {sae.arch!r}")
+        require(not used or sae.arch == "jumprelu", field, f"applies to arch 'jumprelu' only, not {sae.arch!r}")
     if sae.sparsity_loss == "quadratic":
         ts = c.target_l0s
-        _require(isinstance(ts, (tuple, list)) and len(ts) > 0, "target_l0s", f"must be a non-empty list, got {ts!r}")
+        require(isinstance(ts, (tuple, list)) and len(ts) > 0, "target_l0s", f"must be a non-empty list, got {ts!r}")
         for t in ts:
-            _require(
+            require(
                 isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
                 "target_l0s",
                 f"every target L0 must be a finite number > 0, got {t!r}",
             )
             for w in c.widths:
-                _require(t <= w, "target_l0s", f"target L0 {t} exceeds width {w}")
-    _nonneg_number(c, "sae.quadratic_coefficient")
-    _nonneg_number(c, "sae.l0_controller_rate")
-    _require(
+                require(t <= w, "target_l0s", f"target L0 {t} exceeds width {w}")
+    nonneg_number(c, "sae.quadratic_coefficient")
+    nonneg_number(c, "sae.l0_controller_rate")
+    require(
         not sae.l0_controller_rate or (sae.arch == "jumprelu" and sae.sparsity_loss == "quadratic"),
         "sae.l0_controller_rate",
         f"the L0 controller steers JumpReLU's quadratic loss to its target; arch {sae.arch!r} with "
         f"sparsity_loss {sae.sparsity_loss!r} has no target L0",
     )
     v = sae.revive_dead_every
-    _require(isinstance(v, int) and v >= 0, "sae.revive_dead_every", f"must be an integer >= 0 (steps), got {v!r}")
-    _nonneg_number(c, "sae.frequency_penalty")
-    _require(
+    require(isinstance(v, int) and v >= 0, "sae.revive_dead_every", f"must be an integer >= 0 (steps), got {v!r}")
+    nonneg_number(c, "sae.frequency_penalty")
+    require(
         isinstance(sae.frequency_max, (int, float)) and 0 < sae.frequency_max <= 1,
         "sae.frequency_max",
         f"must be a fraction of tokens in (0, 1], got {sae.frequency_max!r}",
@@ -66,40 +66,40 @@ def _validate_sparsity(c: ml_collections.ConfigDict) -> None:
         ("b_dec_init", sae.b_dec_init, ("zero", "mean")),
         ("transcoder_init", sae.transcoder_init, ("random", "regression")),
     ):
-        _require(value in allowed, f"sae.{field}", f"must be one of {allowed}, got {value!r}")
+        require(value in allowed, f"sae.{field}", f"must be one of {allowed}, got {value!r}")
     prefixes = sae.matryoshka_prefixes
     if prefixes:
-        _require(
+        require(
             sae.arch in MATRYOSHKA_ARCHS,
             "sae.matryoshka_prefixes",
             f"Matryoshka training applies to {list(MATRYOSHKA_ARCHS)}, not {sae.arch!r}",
         )
         for m in prefixes:
-            _require(
+            require(
                 isinstance(m, int) and not isinstance(m, bool) and m > 0,
                 "sae.matryoshka_prefixes",
                 f"every prefix size must be a positive integer, got {m!r}",
             )
-        _require(
+        require(
             all(a < b for a, b in zip(prefixes, prefixes[1:])),
             "sae.matryoshka_prefixes",
             f"prefix sizes must be strictly increasing, got {tuple(prefixes)}",
         )
         for w in c.widths:
-            _require(
+            require(
                 prefixes[-1] == w,
                 "sae.matryoshka_prefixes",
                 f"the last prefix must be the width {w} (the whole dictionary), got {prefixes[-1]}",
             )
     v = sae.batchtopk_threshold_lr
-    _require(isinstance(v, (int, float)) and 0 < v <= 1, "sae.batchtopk_threshold_lr", f"must be in (0, 1], got {v!r}")
+    require(isinstance(v, (int, float)) and 0 < v <= 1, "sae.batchtopk_threshold_lr", f"must be in (0, 1], got {v!r}")
     # With the 'l0' loss the quantile init and the revival aim their thresholds at this L0.
     if (sae.threshold_init_mode == "quantile" or sae.revive_dead_every) and sae.sparsity_loss == "l0":
         t = sae.threshold_init_l0
-        _require(
+        require(
             isinstance(t, (int, float)) and t > 0,
             "sae.threshold_init_l0",
             f"must be > 0 (the L0 the quantile init and the revival aim at) with the 'l0' loss, got {t!r}",
         )
         for w in c.widths:
-            _require(t <= w, "sae.threshold_init_l0", f"L0 {t} exceeds width {w}")
+            require(t <= w, "sae.threshold_init_l0", f"L0 {t} exceeds width {w}")

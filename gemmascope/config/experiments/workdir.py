@@ -7,7 +7,7 @@ given; ``--config.<field>=`` overrides apply on top. ``arg``: the workdir or its
 """
 
 from gemmascope import config as config_lib
-from gemmascope import config_files
+from gemmascope.config import files as config_files
 
 
 def get_config(arg=None):

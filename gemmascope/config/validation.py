@@ -1,207 +1,131 @@
-"""Configuration: the Gemma Scope defaults, ``arg`` strings, and validation before any compute.
-
-Every experiment config (``configs/*.py``) starts from :func:`base_config`, which holds every
-field the code reads, with the defaults of the Gemma Scope recipe (docs/SPEC.md section 1). The
-returned ConfigDict is locked, so an override of an unknown field (``--config.lamdas=...``)
-fails at once naming the field; :func:`validate` then checks values and names the field of the
-first bad one. Both happen before any model, store or device work.
-"""
+"""Validation before any compute: :func:`validate` names the field of the first bad value;
+:func:`prepare` (runlocal overrides, then validation) is what every entry point calls."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import ml_collections
 
-from gemmascope.config_base import (  # noqa: F401  (re-exported: callers use gemmascope.config)
-    ARCHS,
-    EXPORT_LAYOUTS,
-    K_ARCHS,
-    LM_SITES,
-    MATRYOSHKA_ARCHS,
-    PAIR_SITES,
-    SITES,
-    ConfigError,
-    base_config,
-    component_sites,
-    pair_of,
-    site_pairs,
-)
-from gemmascope.config_checks import _get, _nonneg_number, _positive_int, _require
-from gemmascope.config_sparsity import _validate_sparsity
-
-
-def lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    c.lock()
-    return c
-
-
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-    """``"layer=12,site=res,width=16k"`` -> typed fields, with the types of ``defaults``.
-
-    Widths accept ``16k``/``1m`` suffixes (powers of two: 16k = 16384, 1m = 2**20).
-    """
-    out = ml_collections.ConfigDict(defaults)
-    if not arg:
-        return out
-    for item in arg.split(","):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            if isinstance(defaults.get(item.strip()), bool):  # a bare flag: "runlocal"
-                item = item.strip() + "=true"
-            else:
-                raise ConfigError(f"config arg {item!r}: expected key=value")
-        k, v = (s.strip() for s in item.split("=", 1))
-        if k not in defaults:
-            raise ConfigError(f"config arg {k!r}: unknown key (known: {sorted(defaults)})")
-        d = defaults[k]
-        if isinstance(d, bool):
-            out[k] = v.lower() in ("1", "true", "yes")
-        elif isinstance(d, int):
-            out[k] = parse_width(v) if k.startswith("width") else int(v)
-        elif isinstance(d, float):
-            out[k] = float(v)
-        else:
-            out[k] = v
-    return out
-
-
-def parse_width(v: Any) -> int:
-    """``16384``, ``"16k"`` (=16384), ``"1m"`` (=2**20) -> int.
-
-    Gemma Scope's names round powers of two down to thousands (``sae.files.io.width_name``): ``"65k"``
-    is 65536, ``"131k"`` 131072, ``"262k"`` 262144, ``"524k"`` 524288, so ``Nk`` is the power of two
-    whose thousands are N when ``N * 1024`` is not a power of two itself.
-    """
-    if isinstance(v, int):
-        return v
-    s = str(v).strip().lower()
-    if s.endswith("k"):
-        n = int(s[:-1])
-        if n > 0 and (n * 1024) & (n * 1024 - 1):
-            p = 1 << (n * 1000 - 1).bit_length()
-            if p // 1000 == n:
-                return p
-        return n * 1024
-    if s.endswith("m"):
-        return int(s[:-1]) * 1024 * 1024
-    return int(s)
+from gemmascope.config.checks import ConfigError, get_field, nonneg_number, positive_int, require
+from gemmascope.config.defaults import ARCHS, EXPORT_LAYOUTS, K_ARCHS, base_config
+from gemmascope.config.sparsity import validate_sparsity
+from gemmascope.config.sweep import sweep_values
+from gemmascope.sites import LM_SITES, PAIR_SITES, SITES, component_sites, pair_of, site_pairs
 
 
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Raises :class:`ConfigError` naming the first invalid field; returns the config."""
     base = base_config()
     _check_no_unknown(c, base, "")
-    _require(
+    require(
         isinstance(c.sites, (tuple, list)) and len(c.sites) > 0, "sites", f"must be a non-empty list, got {c.sites!r}"
     )
     for s in c.sites:
-        _require(s in SITES, "sites", f"unknown site {s!r} (known: {list(SITES)})")
-    _require(
+        require(s in SITES, "sites", f"unknown site {s!r} (known: {list(SITES)})")
+    require(
         isinstance(c.layers, (tuple, list)) and len(c.layers) > 0,
         "layers",
         f"must be a non-empty list, got {c.layers!r}",
     )
     for layer in c.layers:
-        _require(
+        require(
             isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0,
             "layers",
             f"every layer must be an integer >= 0, got {layer!r}",
         )
-    _require(
+    require(
         isinstance(c.widths, (tuple, list)) and len(c.widths) > 0,
         "widths",
         f"must be a non-empty list, got {c.widths!r}",
     )
     for w in c.widths:
-        _require(
+        require(
             isinstance(w, int) and not isinstance(w, bool) and w > 0,
             "widths",
             f"every width must be a positive integer, got {w!r}",
         )
-    _require(
+    require(
         isinstance(c.lambdas, (tuple, list)) and len(c.lambdas) > 0,
         "lambdas",
         f"must be a non-empty list, got {c.lambdas!r}",
     )
     for lam in c.lambdas:
-        _require(
+        require(
             isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam >= 0,
             "lambdas",
             f"every sparsity coefficient must be a finite number >= 0, got {lam!r}",
         )
-    _require(c.sae.arch in ARCHS, "sae.arch", f"unknown architecture {c.sae.arch!r} (known: {list(ARCHS)})")
+    require(c.sae.arch in ARCHS, "sae.arch", f"unknown architecture {c.sae.arch!r} (known: {list(ARCHS)})")
     if c.sae.arch in K_ARCHS or c.sae.jumprelu_auxk:
-        _positive_int(c, "sae.auxk_k")
-        _nonneg_number(c, "sae.auxk_coefficient")
-        _positive_int(c, "sae.auxk_dead_tokens")
+        positive_int(c, "sae.auxk_k")
+        nonneg_number(c, "sae.auxk_coefficient")
+        positive_int(c, "sae.auxk_dead_tokens")
     if c.sae.arch in K_ARCHS:
         ks = c.sae.topk_ks
-        _require(isinstance(ks, (tuple, list)) and len(ks) > 0, "sae.topk_ks", f"must be a non-empty list, got {ks!r}")
+        require(isinstance(ks, (tuple, list)) and len(ks) > 0, "sae.topk_ks", f"must be a non-empty list, got {ks!r}")
         for k in ks:
-            _require(
+            require(
                 isinstance(k, int) and not isinstance(k, bool) and k > 0,
                 "sae.topk_ks",
                 f"every k must be a positive integer, got {k!r}",
             )
             for w in c.widths:
-                _require(k <= w, "sae.topk_ks", f"k={k} exceeds width {w}")
-    _validate_sparsity(c)
-    _require(
+                require(k <= w, "sae.topk_ks", f"k={k} exceeds width {w}")
+    validate_sparsity(c)
+    require(
         c.sae.threshold_param in ("log", "direct"),
         "sae.threshold_param",
         f"must be 'log' or 'direct', got {c.sae.threshold_param!r}",
     )
     for f in ("sae.bandwidth", "sae.threshold_init", "sae.threshold_min", "lr"):
-        v = _get(c, f)
-        _require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f, f"must be a number > 0, got {v!r}")
+        v = get_field(c, f)
+        require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f, f"must be a number > 0, got {v!r}")
     for f in ("lr_warmup_steps", "lambda_warmup_steps"):
-        v = _get(c, f)
-        _require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
-    _require(c.lr_decay in ("constant", "cosine"), "lr_decay", f"must be 'constant' or 'cosine', got {c.lr_decay!r}")
-    _require(0.0 <= c.adam_b1 < 1.0, "adam_b1", f"must be in [0, 1), got {c.adam_b1!r}")
-    _require(
+        v = get_field(c, f)
+        require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
+    require(c.lr_decay in ("constant", "cosine"), "lr_decay", f"must be 'constant' or 'cosine', got {c.lr_decay!r}")
+    require(0.0 <= c.adam_b1 < 1.0, "adam_b1", f"must be in [0, 1), got {c.adam_b1!r}")
+    require(
         c.threshold_adam_b1 == -1.0 or 0.0 <= c.threshold_adam_b1 < 1.0,
         "threshold_adam_b1",
         f"must be -1 (adam_b1) or in [0, 1), got {c.threshold_adam_b1!r}",
     )
-    _require(c.threshold_lr_scale > 0, "threshold_lr_scale", f"must be > 0, got {c.threshold_lr_scale!r}")
-    _require(0.0 < c.adam_b2 < 1.0, "adam_b2", f"must be in (0, 1), got {c.adam_b2!r}")
-    _require(c.adam_eps > 0, "adam_eps", f"must be > 0, got {c.adam_eps!r}")
-    _nonneg_number(c, "grad_clip_norm")  # 0 = off
-    _require(
+    require(c.threshold_lr_scale > 0, "threshold_lr_scale", f"must be > 0, got {c.threshold_lr_scale!r}")
+    require(0.0 < c.adam_b2 < 1.0, "adam_b2", f"must be in (0, 1), got {c.adam_b2!r}")
+    require(c.adam_eps > 0, "adam_eps", f"must be > 0, got {c.adam_eps!r}")
+    nonneg_number(c, "grad_clip_norm")  # 0 = off
+    require(
         isinstance(c.e2e.fraction, (int, float)) and 0 <= c.e2e.fraction < 1,
         "e2e.fraction",
         f"must be a fraction of the steps in [0, 1), got {c.e2e.fraction!r}",
     )
-    _nonneg_number(c, "e2e.kl_coefficient")
-    _require(
+    nonneg_number(c, "e2e.kl_coefficient")
+    require(
         isinstance(c.e2e.sequences, int) and c.e2e.sequences >= 1,
         "e2e.sequences",
         f"must be an integer >= 1, got {c.e2e.sequences!r}",
     )
     if c.e2e.fraction:
-        _require(
+        require(
             set(c.sites) == {"res"} and c.source in ("store", "online"),
             "e2e.fraction",
             f"the end-to-end stage splices SAEs on 'res' sites of a real LM (store or online source); "
             f"got sites {tuple(c.sites)} with source {c.source!r}",
         )
     cap = c.dim_std_cap
-    _require(
+    require(
         isinstance(cap, (int, float)) and not isinstance(cap, bool) and (cap == 0 or cap >= 1),
         "dim_std_cap",
         f"must be 0 (off) or a number >= 1 (times the median dimension's spread), got {cap!r}",
     )
-    _require(
+    require(
         not (cap and c.dim_scale_power),
         "dim_std_cap",
         f"choose one per-dimension scaling: dim_std_cap={cap!r} and dim_scale_power={c.dim_scale_power!r} are both set",
     )
     p = c.dim_scale_power
-    _require(
+    require(
         isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 1,
         "dim_scale_power",
         f"must be a number in [0, 1] (0 = one scalar C), got {p!r}",
@@ -216,85 +140,85 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "checkpoint_every",
         "max_checkpoints",
     ):
-        _positive_int(c, f)
-    _nonneg_number(c, "lr_final_fraction")
-    _require(c.source in ("toy", "store", "online"), "source", f"must be 'toy', 'store' or 'online', got {c.source!r}")
+        positive_int(c, f)
+    nonneg_number(c, "lr_final_fraction")
+    require(c.source in ("toy", "store", "online"), "source", f"must be 'toy', 'store' or 'online', got {c.source!r}")
     if c.source == "toy":
         for f in ("toy.d_in", "toy.n_features"):
-            _positive_int(c, f)
-        _require(
+            positive_int(c, f)
+        require(
             0 < c.toy.mean_active <= c.toy.n_features,
             "toy.mean_active",
             f"must be in (0, n_features={c.toy.n_features}], got {c.toy.mean_active!r}",
         )
-        _nonneg_number(c, "toy.noise_std")
-        _require(tuple(c.sites) == ("toy",), "sites", f"the toy source has the single site 'toy', got {tuple(c.sites)}")
+        nonneg_number(c, "toy.noise_std")
+        require(tuple(c.sites) == ("toy",), "sites", f"the toy source has the single site 'toy', got {tuple(c.sites)}")
     else:
         lm_or_pair = ", ".join(LM_SITES + tuple(PAIR_SITES))
         for s in c.sites:
-            _require(s in LM_SITES or s in PAIR_SITES, "sites", f"LM sites are {lm_or_pair}, got {s!r}")
-        _positive_int(c, "lm.context_length")
-        _require(c.lm.context_length >= 2, "lm.context_length", f"must be >= 2, got {c.lm.context_length}")
-        _positive_int(c, "lm.batch_sequences")
-        _nonneg_number(c, "lm.outlier_norm_factor")
-        _require(
+            require(s in LM_SITES or s in PAIR_SITES, "sites", f"LM sites are {lm_or_pair}, got {s!r}")
+        positive_int(c, "lm.context_length")
+        require(c.lm.context_length >= 2, "lm.context_length", f"must be >= 2, got {c.lm.context_length}")
+        positive_int(c, "lm.batch_sequences")
+        nonneg_number(c, "lm.outlier_norm_factor")
+        require(
             c.lm.dtype in ("float32", "bfloat16"), "lm.dtype", f"must be 'float32' or 'bfloat16', got {c.lm.dtype!r}"
         )
-        _require(
+        require(
             c.text.kind in ("embedded", "hf", "files"),
             "text.kind",
             f"must be 'embedded', 'hf' or 'files', got {c.text.kind!r}",
         )
         if c.text.kind == "hf":
-            _require(bool(c.text.name), "text.name", "a Hugging Face dataset name is needed when text.kind='hf'")
+            require(bool(c.text.name), "text.name", "a Hugging Face dataset name is needed when text.kind='hf'")
         if c.text.kind == "files":
-            _require(len(c.text.paths) > 0, "text.paths", "at least one file is needed when text.kind='files'")
-        _require(
+            require(len(c.text.paths) > 0, "text.paths", "at least one file is needed when text.kind='files'")
+        require(
             0.0 < c.text.heldout_fraction < 1.0,
             "text.heldout_fraction",
             f"must be in (0, 1), got {c.text.heldout_fraction!r}",
         )
         for s in c.store.sites:
-            _require(s in LM_SITES or s in PAIR_SITES, "store.sites", f"LM sites are {lm_or_pair}, got {s!r}")
+            require(s in LM_SITES or s in PAIR_SITES, "store.sites", f"LM sites are {lm_or_pair}, got {s!r}")
         if c.source == "store":
             have, pairs = component_sites(c.store.sites), site_pairs(c.store.sites)
             missing = [s for s in c.sites if (site_pairs([s])[0] not in pairs if pair_of(s) else s not in have)]
-            _require(
+            require(
                 not missing,
                 "store.sites",
                 f"must include every trained site (a transcoder site its pair, written with one joint "
                 f"row mask: e.g. 'transcoder'); missing {missing}",
             )
         for f in ("store.max_tokens", "text.max_documents"):
-            v = _get(c, f)
-            _require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
-        _positive_int(c, "store.heldout_rows")
-        _positive_int(c, "store.shuffle_buffer_rows")
-        _require(
+            v = get_field(c, f)
+            require(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
+        positive_int(c, "store.heldout_rows")
+        positive_int(c, "store.shuffle_buffer_rows")
+        require(
             isinstance(c.store.rows_per_flush, int) and c.store.rows_per_flush >= 0,
             "store.rows_per_flush",
             f"must be an integer >= 0, got {c.store.rows_per_flush!r}",
         )
     _validate_mesh(c)
-    _require(
+    require(
         isinstance(c.export.layouts, (tuple, list)),
         "export.layouts",
         f"must be a list of layouts, got {c.export.layouts!r}",
     )
     for lay in c.export.layouts:
-        _require(lay in EXPORT_LAYOUTS, "export.layouts", f"unknown layout {lay!r} (known: {list(EXPORT_LAYOUTS)})")
-    _require(
+        require(lay in EXPORT_LAYOUTS, "export.layouts", f"unknown layout {lay!r} (known: {list(EXPORT_LAYOUTS)})")
+    require(
         "gemma_scope_2" not in c.export.layouts or c.sae.arch in ("jumprelu", "gated"),
         "export.layouts",
         f"the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones), not {c.sae.arch!r}",
     )
-    _require(
+    require(
         "gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") + tuple(PAIR_SITES) for s in c.sites),
         "export.layouts",
         f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)} (or transcoders)",
     )
     _validate_pairs(c)
-    _require(
+    require(
         c.wandb.mode in ("offline", "online", "disabled"),
         "wandb.mode",
         f"must be 'offline', 'online' or 'disabled', got {c.wandb.mode!r}",
@@ -314,28 +238,28 @@ def _validate_pairs(c: ml_collections.ConfigDict) -> None:
         ("dim_scale_power", c.dim_scale_power != 0, "per-dimension input scaling is not implemented for them"),
         ("dim_std_cap", c.dim_std_cap != 0, "per-dimension input scaling is not implemented for them"),
     ):
-        _require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
+        require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
 
 
 def _validate_mesh(c: ml_collections.ConfigDict) -> None:
     """Mesh and multi-host fields; the shapes the mesh must split (the device count is checked
     when the mesh is built, :func:`gemmascope.train.sharding.make_mesh`)."""
-    _positive_int(c, "mesh.data")
-    _positive_int(c, "mesh.model")
-    _require(
+    positive_int(c, "mesh.data")
+    positive_int(c, "mesh.model")
+    require(
         c.mesh.sweep in ("replicated", "sharded"),
         "mesh.sweep",
         f"must be 'replicated' or 'sharded', got {c.mesh.sweep!r}",
     )
     data, model = int(c.mesh.data), int(c.mesh.model)
     for w in c.widths:
-        _require(
+        require(
             w % model == 0,
             "mesh.model",
             f"width {w} is not divisible by mesh.model={model} (latents are split "
             f"over 'model'; {w} % {model} = {w % model})",
         )
-    _require(
+    require(
         c.batch_size % data == 0,
         "mesh.data",
         f"batch_size {c.batch_size} is not divisible by mesh.data={data} "
@@ -343,24 +267,22 @@ def _validate_mesh(c: ml_collections.ConfigDict) -> None:
     )
     if c.mesh.sweep == "sharded":
         k = len(sweep_values(c))
-        _require(
+        require(
             k % data == 0,
             "mesh.sweep",
             f"'sharded' splits the K={k} SAEs of the sweep over mesh.data={data}, "
             f"but {k} % {data} = {k % data}; use 'replicated' or a mesh.data dividing {k}",
         )
-    _require(
+    require(
         isinstance(c.distributed.coordinator_address, str),
         "distributed.coordinator_address",
         f"must be a string ('' = from the environment, 'auto' = detect), got {c.distributed.coordinator_address!r}",
     )
     for f, lo in (("distributed.num_processes", 0), ("distributed.process_id", -1)):
-        v = _get(c, f)
-        _require(
-            isinstance(v, int) and not isinstance(v, bool) and v >= lo, f, f"must be an integer >= {lo}, got {v!r}"
-        )
+        v = get_field(c, f)
+        require(isinstance(v, int) and not isinstance(v, bool) and v >= lo, f, f"must be an integer >= {lo}, got {v!r}")
     n, pid = int(c.distributed.num_processes), int(c.distributed.process_id)
-    _require(n == 0 or pid < n, "distributed.process_id", f"must be < num_processes={n}, got {pid}")
+    require(n == 0 or pid < n, "distributed.process_id", f"must be < num_processes={n}, got {pid}")
 
 
 def prepare(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -398,52 +320,3 @@ def _check_no_unknown(c, base, prefix: str) -> None:
             raise ConfigError(f"config.{prefix}{k}: unknown field")
         if isinstance(c[k], ml_collections.ConfigDict) and isinstance(base[k], ml_collections.ConfigDict):
             _check_no_unknown(c[k], base[k], f"{prefix}{k}.")
-
-
-def sweep_field(c: ml_collections.ConfigDict) -> str:
-    """The config field holding the sweep axis: ``sae.topk_ks`` (TopK), ``target_l0s`` (JumpReLU
-    with the quadratic loss) or ``lambdas``."""
-    if c.sae.arch in K_ARCHS:
-        return "sae.topk_ks"
-    if c.sae.arch == "jumprelu" and c.sae.sparsity_loss == "quadratic":
-        return "target_l0s"
-    return "lambdas"
-
-
-def scales_dims(c: ml_collections.ConfigDict) -> bool:
-    """Whether the SAE trains on per-dimension scaled rows (``dim_scale_power`` or ``dim_std_cap``)."""
-    return bool(c.get("dim_scale_power") or c.get("dim_std_cap"))
-
-
-def variant_name(c: ml_collections.ConfigDict) -> str:
-    """The architecture with its training variant, naming run and export folders: ``jumprelu``
-    (Gemma Scope), ``jumprelu_quadratic``, ``jumprelu_quadratic_batch`` (the batch form of the
-    quadratic loss), ``matryoshka_batchtopk`` ..., ``_auxk`` for JumpReLU with the AuxK loss
-    (``sae.jumprelu_auxk``), ``_revive`` with threshold revival (``sae.revive_dead_every``), with
-    ``_centred`` when ``b_dec`` starts at the data's mean (``sae.b_dec_init``), ``_dimscale<p>``
-    with per-dimension input scaling (``dim_scale_power``), ``_stdcap<cap>`` with ``dim_std_cap``,
-    and ``_e2e`` with the end-to-end stage."""
-    name = str(c.sae.arch)
-    if c.sae.matryoshka_prefixes:
-        name = f"matryoshka_{name}"
-    if c.sae.arch == "jumprelu" and c.sae.sparsity_loss == "quadratic":
-        name = f"{name}_quadratic"
-        if c.sae.quadratic_form == "batch":
-            name = f"{name}_batch"
-    if c.sae.arch == "jumprelu" and c.sae.jumprelu_auxk:
-        name = f"{name}_auxk"
-    if c.sae.arch == "jumprelu" and c.sae.revive_dead_every:
-        name = f"{name}_revive"
-    name = f"{name}_centred" if c.sae.b_dec_init == "mean" else name
-    name = f"{name}_dimscale{c.dim_scale_power:g}" if c.get("dim_scale_power") else name
-    name = f"{name}_stdcap{c.dim_std_cap:g}" if c.get("dim_std_cap") else name
-    return f"{name}_e2e" if c.get("e2e") and c.e2e.fraction else name
-
-
-def sweep_values(c: ml_collections.ConfigDict) -> list[float]:
-    """The stacked sweep axis (one SAE each), from :func:`sweep_field`."""
-    return [float(v) for v in _get(c, sweep_field(c))]
-
-
-def total_steps(c: ml_collections.ConfigDict) -> int:
-    return max(1, -(-int(c.num_tokens) // int(c.batch_size)))

@@ -10,7 +10,7 @@
   ``ast.literal_eval``, which fails on bare words, and so kept the single site ``"res,mlp"``);
 * with ``saved_config=...``: when ``--config`` is not given, the config the workdir was trained
   with (``<workdir>/config.json``, written by ``launch/train.py``) through the config file
-  ``gemmascope/configs/workdir.py``, so ``--config.<field>=`` overrides still apply to it.
+  ``gemmascope/config/experiments/workdir.py``, so ``--config.<field>=`` overrides still apply to it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gemmascope import config as config_lib
-from gemmascope import config_files
+from gemmascope.config import files as config_files
 
 FLAG = "config"
 
@@ -105,7 +105,7 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
 
 def saved_config_file() -> str:
     """The config file that loads a workdir's ``config.json`` (``--config=<this>:<workdir>``)."""
-    from gemmascope.configs import workdir
+    from gemmascope.config.experiments import workdir
 
     return os.path.abspath(workdir.__file__)
 
@@ -133,22 +133,50 @@ def with_saved_config(argv: list[str], workdir: str | None, flag: str = FLAG) ->
     return [argv[0], f"--{flag}={saved_config_file()}:{workdir}", *argv[1:]]
 
 
+def with_config_path(argv: list[str], flag: str = FLAG) -> list[str]:
+    """``argv`` with ``--config=configs/NAME.py[:arg]`` pointing at the file
+    :func:`gemmascope.config.files.config_file_path` resolves it to (the package's experiment
+    config when no such file exists here)."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--":
+            break
+        for p in (f"--{flag}=", f"-{flag}="):
+            if a.startswith(p):
+                path, sep, arg = a[len(p) :].partition(":")
+                out[i] = f"{p}{config_files.config_file_path(path)}{sep}{arg}"
+        if a in (f"--{flag}", f"-{flag}") and i + 1 < len(out):
+            path, sep, arg = out[i + 1].partition(":")
+            out[i + 1] = f"{config_files.config_file_path(path)}{sep}{arg}"
+    return out
+
+
+def prepare_argv(argv: Sequence[str], saved_config: Callable[[list[str]], str | None] | None = None, flag: str = FLAG):
+    """What every launch script does to its argv before absl parses it: checks override names
+    (:class:`~gemmascope.config.ConfigError` on an unknown field), installs the comma tuple
+    parser, points ``--config=configs/NAME.py`` at the package's experiment config
+    (:func:`with_config_path`) and fills ``--config`` from the workdir when ``saved_config(argv)``
+    names one and ``--config`` is absent (:func:`with_saved_config`)."""
+    argv = list(argv)
+    check_overrides(argv[1:], flag)
+    install_tuple_parser()
+    argv = with_config_path(argv, flag)
+    if saved_config is not None:
+        argv = with_saved_config(argv, saved_config(argv), flag)
+    return argv
+
+
 def flags_parser(saved_config: Callable[[list[str]], str | None] | None = None, flag: str = FLAG):
-    """The ``flags_parser`` for ``absl.app.run``: checks override names (one line and exit 2 on
-    an unknown field), installs the comma tuple parser, fills ``--config`` from the workdir when
-    ``saved_config(argv)`` names one and ``--config`` is absent, then parses as absl does."""
+    """The ``flags_parser`` for ``absl.app.run``: :func:`prepare_argv` (one line and exit 2 on an
+    unknown field), then parses as absl does."""
     from absl import app
 
     def parse(argv):
-        argv = list(argv)
         try:
-            check_overrides(argv[1:], flag)
+            argv = prepare_argv(argv, saved_config, flag)
         except config_lib.ConfigError as e:
             sys.stderr.write(f"{os.path.basename(argv[0])}: {e}\n")
             sys.exit(2)
-        install_tuple_parser()
-        if saved_config is not None:
-            argv = with_saved_config(argv, saved_config(argv), flag)
         return app.parse_flags_with_usage(argv)
 
     return parse

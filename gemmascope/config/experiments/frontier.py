@@ -32,7 +32,7 @@ give each budget its own workdir, with the demo's store linked in:
 """
 
 from gemmascope import config as config_lib
-from gemmascope.configs import demo
+from gemmascope.config.experiments import demo
 
 SWEEPS = {
     "jumprelu": (3e-4, 1e-3, 3e-3, 1e-2),

@@ -29,7 +29,7 @@ The targets are Gemma Scope 2's 270M "small" and "big" (10 and 60) and two log-s
 """
 
 from gemmascope import config as config_lib
-from gemmascope.configs import demo
+from gemmascope.config.experiments import demo
 
 TARGET_L0S = (10.0, 18.0, 33.0, 60.0)
 

@@ -1,6 +1,7 @@
 """Configs from files and workdirs, and field names for the command line.
 
-* :func:`load_config_file`: ``get_config(arg)`` of a config file (``path[:arg]``).
+* :func:`load_config_file`: ``get_config(arg)`` of a config file (``path[:arg]``);
+  :func:`config_file_path`: where ``configs/NAME.py`` is (the package's experiment configs).
 * :func:`load_saved`: the resolved config a workdir was trained with (``workdir/config.json``).
 * :func:`field_paths` / :func:`unknown_field_error`: every dotted field of :func:`base_config`, and
   the one-line error with close matches that ``--config.<typo>=...`` gets.
@@ -15,14 +16,33 @@ import ml_collections
 
 from gemmascope.config import ConfigError, base_config, lock
 
+#: The folder name that stands for the package's experiment configs on the command line.
+CONFIGS_ALIAS = "configs"
+
+
+def config_file_path(path: str) -> str:
+    """The config file ``path`` names: ``path`` itself when the file exists, else for
+    ``configs/NAME.py`` (any folder named ``configs``) the package's experiment config
+    ``gemmascope/config/experiments/NAME.py``, so ``--config=configs/demo.py`` runs from any
+    directory and from an installed package; anything else unchanged (its loader then says it is
+    missing)."""
+    if os.path.isfile(path) or os.path.basename(os.path.dirname(path)) != CONFIGS_ALIAS:
+        return path
+    from gemmascope.config import experiments
+
+    packaged = os.path.join(os.path.dirname(os.path.abspath(experiments.__file__)), os.path.basename(path))
+    return packaged if os.path.isfile(packaged) else path
+
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """``get_config(arg)`` of a config file: ``"configs/demo.py"`` or ``"configs/demo.py:runlocal=True"``
-    (the same ``path[:arg]`` form as ``--config=`` on the command line)."""
+    (the same ``path[:arg]`` form as ``--config=`` on the command line, through
+    :func:`config_file_path`)."""
     import importlib.util
     import os
 
     path, _, arg = spec.partition(":")
+    path = config_file_path(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found")
     mod_spec = importlib.util.spec_from_file_location(f"_gemmascope_config_{abs(hash(path))}", path)

@@ -4,8 +4,8 @@ layers); one SAE per target L0, "small" and "big" (10 and 60: ``config.target_l0
 the target-L0 recipe (``sae.sparsity_loss = "quadratic"``, quantile threshold init).
 
 One config is one width of one model (its sites and layers, its two targets, its token budget and
-mesh); see ``gemmascope/coverage.py`` for the table and the meshes. The jobs that cover a model:
-``gemmascope.coverage.jobs("gemma3-270m")``.
+mesh); see ``gemmascope/config/coverage.py`` for the table and the meshes. The jobs that cover a model:
+``gemmascope.config.coverage.jobs("gemma3-270m")``.
 
     python launch/train.py --config=configs/sweep_gemma3.py:model=27b,width=1m,layer=31 --dry_run
     python launch/generate_activations.py --config=configs/sweep_gemma3.py:model=270m,width=16k --workdir=DIR
@@ -16,7 +16,7 @@ covered), ``layer=N``, ``site=res|att|mlp``, ``data=``, ``tp=`` (the mesh's mode
 ``sweep=replicated|sharded``, ``runlocal``.
 """
 
-from gemmascope import coverage
+from gemmascope.config import coverage
 
 
 def get_config(arg=None):

@@ -3,8 +3,8 @@ every layer and site at 16k and 131k; residual layer 20 at
 32k..524k; residual layers 9, 20, 31 at 1m.
 
 One config is one width (its sites and layers, six lambdas, its token budget and mesh); see
-``gemmascope/coverage.py`` for the table, the lambda grid and the meshes. The jobs that cover the
-model: ``gemmascope.coverage.jobs("9b")``.
+``gemmascope/config/coverage.py`` for the table, the lambda grid and the meshes. The jobs that cover the
+model: ``gemmascope.config.coverage.jobs("9b")``.
 
     python launch/train.py --config=configs/sweep_9b.py:width=1m,layer=20 --dry_run  # memory, no TPU
     python launch/generate_activations.py --config=configs/sweep_9b.py:width=16k --workdir=gs://BUCKET/9b
@@ -14,7 +14,7 @@ model: ``gemmascope.coverage.jobs("9b")``.
 ``model=``, ``sweep=replicated|sharded`` (mesh), ``runlocal``.
 """
 
-from gemmascope import coverage
+from gemmascope.config import coverage
 
 
 def get_config(arg=None):
