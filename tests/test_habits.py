@@ -40,7 +40,7 @@ TAGS = {
     "threshold/mean",
     "threshold/min",
     "threshold/max",
-    "lambda",
+    "sparsity_coefficient",
     "lr",
 }
 
@@ -124,16 +124,18 @@ def test_training_writes_tensorboard_events_equal_to_metrics_jsonl(trained):
                 ("dead_fraction", "dead_fraction"),
                 ("threshold_mean", "threshold/mean"),
                 ("threshold_max", "threshold/max"),
-                ("lambda", "lambda"),
+                ("sparsity_coefficient", "sparsity_coefficient"),
                 ("lr", "lr"),
             ):
                 np.testing.assert_allclose(got[tag][r["step"]], r[key], rtol=1e-6, atol=1e-12, err_msg=f"{run} {tag}")
-    # the warmed-up lambda reaches the sweep value (warm-up 8 steps), and L0 falls with lambda
-    assert got["lambda"][24] == pytest.approx(0.1, rel=1e-6)
+    # the warmed-up lambda reaches the sweep value (warm-up 8 steps), which each row names
+    assert got["sparsity_coefficient"][24] == pytest.approx(0.1, rel=1e-6)
+    assert {(r["sae"], r["sweep_kind"], r["sweep_value"]) for r in rows} == {(0, "lambda", 0.01), (1, "lambda", 0.1)}
 
 
 def test_plot_metrics_writes_a_png_per_location(trained, tmp_path):
-    from gemmascope.train.curves import plot_metrics, sweep_labels
+    from gemmascope.train.curves import plot_metrics, series, sweep_labels
+    from gemmascope.train.writers import iter_metrics
 
     wd, _ = trained
     pngs = plot_metrics(wd, str(tmp_path / "curves"))
@@ -142,8 +144,9 @@ def test_plot_metrics_writes_a_png_per_location(trained, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     w, h = struct.unpack(">II", data[16:24])
     assert w > 600 and h > 300, (w, h)  # 4 x 2 panels
-    # legends name the sweep's target values (from the export records), not the warmed-up lambda
-    assert sweep_labels(wd, "toy_layer0_width32") == {0: "sae0_lambda0.01", 1: "sae1_lambda0.1"}
+    # legends name the sweep's values (the rows' sweep_value), not the warmed-up lambda
+    saes = series(iter_metrics(wd))["toy_layer0_width32"]
+    assert sweep_labels(saes) == {0: "sae0_lambda0.01", 1: "sae1_lambda0.1"}
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot_metrics(str(tmp_path / "empty"))
 
@@ -175,8 +178,10 @@ def test_writers_rows_and_tags(tmp_path):
             "layer": 1,
             "width": 8,
             "sae": i,
-            "lambda": 16.0 * (i + 1),
+            "sweep_kind": "k",
+            "sweep_value": 16.0 * (i + 1),
             "step": 5,
+            "sparsity_coefficient": 16.0 * (i + 1),
             "tokens": 320,
             "loss": 0.5 + i,
             "l0": 16.0,
@@ -185,11 +190,17 @@ def test_writers_rows_and_tags(tmp_path):
         }
         for i in range(2)
     ]
-    assert writers.scalars(rows[1]) == {"k": 32.0, "loss": 1.5, "l0": 16.0, "threshold/mean": 0.0, "lr": 1e-3}
-    assert writers.run_name(1, 32.0, "sae.topk_ks") == "sae1_k32"
-    assert writers.run_name(0, 3e-4, "lambdas") == "sae0_lambda0.0003"
-    assert writers.run_name(2, 40.0, "target_l0s") == "sae2_target40"
-    with pytest.raises(ValueError, match="sweep field 'sae.k'"):
+    assert writers.scalars(rows[1]) == {
+        "sparsity_coefficient": 32.0,
+        "loss": 1.5,
+        "l0": 16.0,
+        "threshold/mean": 0.0,
+        "lr": 1e-3,
+    }
+    assert writers.run_name(1, 32.0, "k") == "sae1_k32"
+    assert writers.run_name(0, 3e-4, "lambda") == "sae0_lambda0.0003"
+    assert writers.run_name(2, 40.0, "target_l0") == "sae2_target40"
+    with pytest.raises(ValueError, match="sweep kind 'sae.k'"):
         writers.run_name(0, 1.0, "sae.k")
     c = tiny_config(tensorboard=False)
     with writers.for_location(c, str(tmp_path), "x") as w:
@@ -248,7 +259,15 @@ def test_wandb_offline_and_only_imported_when_asked(tmp_path):
     with c.unlocked():
         c.wandb.project, c.wandb.mode, c.tensorboard = "habits-test", "offline", False
     rows = [
-        {"location": "x", "arch": "jumprelu", "sae": i, "lambda": 0.01, "step": s, "l0": 10.0 * i + s}
+        {
+            "location": "x",
+            "arch": "jumprelu",
+            "sae": i,
+            "sweep_kind": "lambda",
+            "sweep_value": 0.01,
+            "step": s,
+            "l0": 10.0 * i + s,
+        }
         for s in (3, 6)
         for i in range(2)
     ]

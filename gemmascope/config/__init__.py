@@ -15,8 +15,9 @@ Where to look, field by field:
 | :mod:`~gemmascope.config.coverage` | Gemma Scope's and Gemma Scope 2's coverage, and the sweep configs on it |
 | :mod:`~gemmascope.config.experiments` | the experiment configs (``--config=configs/demo.py`` names them) |
 
-The sites a config names are :mod:`gemmascope.sites` (a module below this one, so the trainer and
-the evaluator learn what a site is without importing the config).
+The sites a config names are :mod:`gemmascope.sites` and the architectures
+:mod:`gemmascope.sae.archs` (modules below this one: the trainer and the evaluator learn what a
+site or an architecture is without importing the config, and the checks here derive from them).
 
 Every experiment config starts from :func:`base_config`. The returned ConfigDict is locked, so an
 override of an unknown field (``--config.lamdas=...``) fails at once naming the field; :func:`validate`
@@ -26,15 +27,12 @@ or device work.
 
 from gemmascope.config.args import lock, parse_arg, parse_width
 from gemmascope.config.checks import ConfigError
-from gemmascope.config.defaults import ARCHS, EXPORT_LAYOUTS, K_ARCHS, MATRYOSHKA_ARCHS, base_config
-from gemmascope.config.sweep import scales_dims, sweep_field, sweep_values, total_steps, variant_name
+from gemmascope.config.defaults import EXPORT_LAYOUTS, base_config
+from gemmascope.config.sweep import scales_dims, sweep_field, sweep_kind, sweep_values, total_steps, variant_name
 from gemmascope.config.validation import prepare, resolve, validate
 
 __all__ = [
-    "ARCHS",
     "EXPORT_LAYOUTS",
-    "K_ARCHS",
-    "MATRYOSHKA_ARCHS",
     "ConfigError",
     "base_config",
     "lock",
@@ -44,6 +42,7 @@ __all__ = [
     "resolve",
     "scales_dims",
     "sweep_field",
+    "sweep_kind",
     "sweep_values",
     "total_steps",
     "validate",

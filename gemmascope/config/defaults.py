@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-ARCHS = ("jumprelu", "relu", "topk", "gated", "batchtopk")
-# Architectures whose sweep axis is ``config.sae.topk_ks`` (latents kept per token) rather than
-# ``config.lambdas`` (sparsity coefficients).
-K_ARCHS = ("topk", "batchtopk")
-# Architectures that can train Matryoshka-style (config.sae.matryoshka_prefixes).
-MATRYOSHKA_ARCHS = ("jumprelu", "batchtopk")
-
+from gemmascope.sae.common import SAEConfig
 
 #: SAE file layouts export can write (gemmascope/sae/files/formats.py implements each).
 EXPORT_LAYOUTS = ("gemma_scope", "gemma_scope_2", "sae_lens")
@@ -33,69 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
     # The sweep axis of JumpReLU with sae.sparsity_loss = "quadratic": target L0s, one SAE each.
     c.target_l0s = (40.0,)
 
-    c.sae = ml_collections.ConfigDict()
-    c.sae.arch = "jumprelu"
-    c.sae.bandwidth = 0.001  # eps of the rectangle kernel, in normalised units
-    c.sae.threshold_init = 0.001
-    # "direct" (kept >= threshold_min) or "log" (the reference code). Measured on the toy sweep
-    # (2,000 steps, lr 2e-3): "log" left L0 at 40-54 for every lambda, "direct" spanned 48 -> 1.8.
-    c.sae.threshold_param = "direct"
-    c.sae.threshold_min = 1e-6
-    c.sae.pre_encoder_bias = True
-    # JumpReLU sparsity loss (gemmascope.sae.jumprelu.sparsity_penalty): "l0" = lambda * L0 (Gemma
-    # Scope; sweep over config.lambdas), "quadratic" = a penalty around a target L0 (Gemma Scope 2;
-    # sweep over config.target_l0s, one coefficient). quadratic_form: "per_example" =
-    # coef * mean_i (2/T) (L0_i - T)^2, "batch" = coef * (mean_i L0_i - T)^2 / T. The coefficient
-    # warms up with lambda_warmup_steps like lambda. "batch" is kept: on the 1x frontier
-    # (docs/frontier.md, 2026-11-30) its delta LM loss was 0.72-0.93x the per-example form's at
-    # matched L0 40-160, though it lands further above its target at the same (unmeasured) coefficient.
-    c.sae.sparsity_loss = "l0"
-    c.sae.quadratic_form = "batch"
-    c.sae.quadratic_coefficient = 1e-3
-    # JumpReLU frequency penalty: coef * sum_j relu(p_j - frequency_max)^2 / frequency_max, p_j the
-    # fraction of the batch on which latent j fires (through the step STE). 0 = off.
-    c.sae.frequency_penalty = 0.0
-    c.sae.frequency_max = 0.01
-    # JumpReLU threshold init: "constant" (threshold_init) or "quantile": each threshold at the
-    # (1 - L0 / d_sae) quantile of its pre-activations on the normalisation sample, so the first
-    # step sits near L0 = the SAE's target (quadratic) or threshold_init_l0 (the "l0" loss).
-    c.sae.threshold_init_mode = "constant"
-    c.sae.threshold_init_l0 = 0.0
-    # Data-dependent starts, from the normalisation sample (before the quantile thresholds):
-    # b_dec_init "zero" (Gemma Scope) or "mean" (b_dec at the sample mean, so a pre-encoder bias
-    # centres the encoder's input). transcoder_init "regression": the encoder reads the least-squares
-    # linear prediction of the target (W_enc = W_lin @ W_dec.T, as an SAE's W_dec.T reads x) with
-    # b_dec at the target mean, and an affine transcoder starts at the least-squares affine map (W_skip
-    # = W_lin) with its encoder scaled by 0.1; "random" = independent random encoder, W_skip = 0.
-    # Measured (README, "Transcoders"): with "random" the affine transcoders' latents died.
-    c.sae.b_dec_init = "zero"
-    c.sae.transcoder_init = "regression"
-    # Matryoshka training (arch "jumprelu" or "batchtopk"): nested dictionary prefix sizes,
-    # increasing and ending at the width; the reconstruction loss is summed over the prefixes.
-    # () = off.
-    c.sae.matryoshka_prefixes = ()
-    # arch "batchtopk": rate of the running mean of the smallest kept activation, the threshold
-    # of the JumpReLU it exports as.
-    c.sae.batchtopk_threshold_lr = 0.01
-    # Baselines (docs/SPEC.md section 4; arch "relu", "topk", "gated").
-    c.sae.topk_ks = (32,)  # arch "topk"/"batchtopk": the sweep axis, latents kept per token (lambdas unused)
-    c.sae.auxk_k = 512  # arch "topk": latents in the AuxK reconstruction of the residual
-    c.sae.auxk_coefficient = 1.0 / 32  # arch "topk": weight of the AuxK loss
-    c.sae.auxk_dead_tokens = 10_000_000  # arch "topk": a latent is dead for AuxK after this many tokens unfired
-    # arch "jumprelu": add TopK's AuxK loss (the three auxk_ fields above) so dead latents get a
-    # gradient back (off: Gemma Scope has none; docs/frontier.md measures it).
-    c.sae.jumprelu_auxk = False
-    # arch "jumprelu": every N steps, each latent silent for those N steps gets its threshold
-    # lowered to the (1 - L0 / d_sae) quantile of its pre-activations on that step's batch (L0: the
-    # SAE's target, or threshold_init_l0), as the quantile init does at step 0. 0 = off. Why: a
-    # dead latent's threshold sits above every pre-activation, so no gradient reaches it again.
-    c.sae.revive_dead_every = 0
-    # JumpReLU with the quadratic loss: an integral controller on the L0 miss, so held-out L0 lands
-    # on the target instead of where the quadratic term balances the reconstruction's pull. Each SAE
-    # carries a multiplier nu (state "l0_dual", starting at 0) that adds nu * mean_i L0_i to its loss
-    # (an L0 coefficient, trains the thresholds through the step STE, like Gemma Scope's lambda) and
-    # is updated after every step by dual ascent: nu += rate * (mean L0 - T) / T. 0 = off.
-    c.sae.l0_controller_rate = 0.0
+    # The SAE's own fields, one list with their defaults and why: gemmascope.sae.common.SAEConfig.
+    c.sae = ml_collections.ConfigDict(SAEConfig().to_dict())
 
     # Optimiser (Adam with b1 = 0 stores no first moment).
     c.lr = 7e-5

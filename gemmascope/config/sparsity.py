@@ -9,7 +9,8 @@ import math
 import ml_collections
 
 from gemmascope.config.checks import nonneg_number, require
-from gemmascope.config.defaults import MATRYOSHKA_ARCHS
+from gemmascope.sae import archs
+from gemmascope.sae.common import SAEConfig
 
 
 def validate_sparsity(c: ml_collections.ConfigDict) -> None:
@@ -25,15 +26,15 @@ def validate_sparsity(c: ml_collections.ConfigDict) -> None:
         "sae.quadratic_form",
         f"must be 'per_example' or 'batch', got {sae.quadratic_form!r}",
     )
-    jump_only = [
-        ("sae.sparsity_loss", sae.sparsity_loss != "l0"),
-        ("sae.frequency_penalty", sae.frequency_penalty != 0),
-        ("sae.threshold_init_mode", sae.threshold_init_mode != "constant"),
-        ("sae.jumprelu_auxk", bool(sae.jumprelu_auxk)),
-        ("sae.revive_dead_every", sae.revive_dead_every != 0),
-    ]
-    for field, used in jump_only:
-        require(not used or sae.arch == "jumprelu", field, f"applies to arch 'jumprelu' only, not {sae.arch!r}")
+    # Fields an architecture owns (its OWN_FIELDS) must keep their defaults under any other.
+    defaults = SAEConfig()
+    for field, owners in archs.own_fields().items():
+        used = sae[field] != getattr(defaults, field)
+        require(
+            not used or sae.arch in owners,
+            f"sae.{field}",
+            f"applies to arch {' or '.join(repr(o) for o in owners)} only, not {sae.arch!r}",
+        )
     if sae.sparsity_loss == "quadratic":
         ts = c.target_l0s
         require(isinstance(ts, (tuple, list)) and len(ts) > 0, "target_l0s", f"must be a non-empty list, got {ts!r}")
@@ -48,7 +49,7 @@ def validate_sparsity(c: ml_collections.ConfigDict) -> None:
     nonneg_number(c, "sae.quadratic_coefficient")
     nonneg_number(c, "sae.l0_controller_rate")
     require(
-        not sae.l0_controller_rate or (sae.arch == "jumprelu" and sae.sparsity_loss == "quadratic"),
+        not sae.l0_controller_rate or archs.sweep_axis(c).kind == "target_l0",
         "sae.l0_controller_rate",
         f"the L0 controller steers JumpReLU's quadratic loss to its target; arch {sae.arch!r} with "
         f"sparsity_loss {sae.sparsity_loss!r} has no target L0",
@@ -70,9 +71,9 @@ def validate_sparsity(c: ml_collections.ConfigDict) -> None:
     prefixes = sae.matryoshka_prefixes
     if prefixes:
         require(
-            sae.arch in MATRYOSHKA_ARCHS,
+            sae.arch in archs.matryoshka_archs(),
             "sae.matryoshka_prefixes",
-            f"Matryoshka training applies to {list(MATRYOSHKA_ARCHS)}, not {sae.arch!r}",
+            f"Matryoshka training applies to {list(archs.matryoshka_archs())}, not {sae.arch!r}",
         )
         for m in prefixes:
             require(

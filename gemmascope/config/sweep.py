@@ -6,17 +6,20 @@ from __future__ import annotations
 import ml_collections
 
 from gemmascope.config.checks import get_field
-from gemmascope.config.defaults import K_ARCHS
+from gemmascope.sae import archs
+from gemmascope.sae.common import SAEConfig
 
 
 def sweep_field(c: ml_collections.ConfigDict) -> str:
-    """The config field holding the sweep axis: ``sae.topk_ks`` (TopK), ``target_l0s`` (JumpReLU
-    with the quadratic loss) or ``lambdas``."""
-    if c.sae.arch in K_ARCHS:
-        return "sae.topk_ks"
-    if c.sae.arch == "jumprelu" and c.sae.sparsity_loss == "quadratic":
-        return "target_l0s"
-    return "lambdas"
+    """The config field holding the sweep axis (the architecture's
+    :meth:`~gemmascope.sae.common.Architecture.sweep_axis`): ``sae.topk_ks`` (TopK), ``target_l0s``
+    (JumpReLU with the quadratic loss) or ``lambdas``."""
+    return archs.sweep_axis(c).field
+
+
+def sweep_kind(c: ml_collections.ConfigDict) -> str:
+    """What the sweep values are, as metrics and files name them: ``lambda``, ``target_l0`` or ``k``."""
+    return archs.sweep_axis(c).kind
 
 
 def scales_dims(c: ml_collections.ConfigDict) -> bool:
@@ -35,14 +38,7 @@ def variant_name(c: ml_collections.ConfigDict) -> str:
     name = str(c.sae.arch)
     if c.sae.matryoshka_prefixes:
         name = f"matryoshka_{name}"
-    if c.sae.arch == "jumprelu" and c.sae.sparsity_loss == "quadratic":
-        name = f"{name}_quadratic"
-        if c.sae.quadratic_form == "batch":
-            name = f"{name}_batch"
-    if c.sae.arch == "jumprelu" and c.sae.jumprelu_auxk:
-        name = f"{name}_auxk"
-    if c.sae.arch == "jumprelu" and c.sae.revive_dead_every:
-        name = f"{name}_revive"
+    name += archs.get(c.sae.arch).variant_suffix(SAEConfig.from_config(c))
     name = f"{name}_centred" if c.sae.b_dec_init == "mean" else name
     name = f"{name}_dimscale{c.dim_scale_power:g}" if c.get("dim_scale_power") else name
     name = f"{name}_stdcap{c.dim_std_cap:g}" if c.get("dim_std_cap") else name

@@ -8,9 +8,12 @@ import math
 import ml_collections
 
 from gemmascope.config.checks import ConfigError, get_field, nonneg_number, positive_int, require
-from gemmascope.config.defaults import ARCHS, EXPORT_LAYOUTS, K_ARCHS, base_config
+from gemmascope.config.defaults import EXPORT_LAYOUTS, base_config
 from gemmascope.config.sparsity import validate_sparsity
 from gemmascope.config.sweep import sweep_values
+from gemmascope.sae import archs
+from gemmascope.sae.common import SAEConfig
+from gemmascope.sae.transcoder import Transcoder
 from gemmascope.sites import LM_SITES, PAIR_SITES, SITES, component_sites, pair_of, site_pairs
 
 
@@ -56,12 +59,14 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             "lambdas",
             f"every sparsity coefficient must be a finite number >= 0, got {lam!r}",
         )
-    require(c.sae.arch in ARCHS, "sae.arch", f"unknown architecture {c.sae.arch!r} (known: {list(ARCHS)})")
-    if c.sae.arch in K_ARCHS or c.sae.jumprelu_auxk:
+    known = archs.names()
+    require(c.sae.arch in known, "sae.arch", f"unknown architecture {c.sae.arch!r} (known: {list(known)})")
+    arch, sae = archs.get(c.sae.arch), sae_settings(c)
+    if arch.uses_auxk(sae):
         positive_int(c, "sae.auxk_k")
         nonneg_number(c, "sae.auxk_coefficient")
         positive_int(c, "sae.auxk_dead_tokens")
-    if c.sae.arch in K_ARCHS:
+    if arch.sweep_axis(sae).static:
         ks = c.sae.topk_ks
         require(isinstance(ks, (tuple, list)) and len(ks) > 0, "sae.topk_ks", f"must be a non-empty list, got {ks!r}")
         for k in ks:
@@ -208,9 +213,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for lay in c.export.layouts:
         require(lay in EXPORT_LAYOUTS, "export.layouts", f"unknown layout {lay!r} (known: {list(EXPORT_LAYOUTS)})")
     require(
-        "gemma_scope_2" not in c.export.layouts or c.sae.arch in ("jumprelu", "gated"),
+        "gemma_scope_2" not in c.export.layouts or arch.FILE_LAYOUT == "jumprelu",
         "export.layouts",
-        f"the gemma_scope_2 layout holds JumpReLU SAEs (and Gated ones), not {c.sae.arch!r}",
+        f"the gemma_scope_2 layout holds SAEs that export as JumpReLUs, not {c.sae.arch!r} "
+        f"(file layout {arch.FILE_LAYOUT!r})",
     )
     require(
         "gemma_scope_2" not in c.export.layouts or all(s in ("res", "mlp", "att") + tuple(PAIR_SITES) for s in c.sites),
@@ -226,11 +232,24 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+def sae_settings(c: ml_collections.ConfigDict) -> SAEConfig:
+    """``config.sae`` as the typed :class:`~gemmascope.sae.common.SAEConfig`, a value that cannot be
+    one raising :class:`ConfigError` naming its field."""
+    try:
+        return SAEConfig.from_config(c)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def _validate_pairs(c: ml_collections.ConfigDict) -> None:
     """Transcoder sites train JumpReLU transcoders: no other arch, no Matryoshka, no SAELens export."""
     pairs = [s for s in c.sites if pair_of(s) is not None]
     for field, bad, what in (
-        ("sae.arch", c.sae.arch != "jumprelu", f"they train JumpReLU transcoders; set 'jumprelu', not {c.sae.arch!r}"),
+        (
+            "sae.arch",
+            c.sae.arch != Transcoder.BASE,
+            f"they train JumpReLU transcoders; set {Transcoder.BASE!r}, not {c.sae.arch!r}",
+        ),
         ("sae.matryoshka_prefixes", bool(c.sae.matryoshka_prefixes), "Matryoshka training is not implemented"),
         ("sae.jumprelu_auxk", bool(c.sae.jumprelu_auxk), "the AuxK loss is not implemented for them"),
         ("sae.revive_dead_every", bool(c.sae.revive_dead_every), "threshold revival is not implemented for them"),

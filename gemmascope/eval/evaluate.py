@@ -391,9 +391,10 @@ def matched_l0_report(rows: list[dict[str, Any]], l0s=MATCHED_L0S) -> str:
     ...), the baselines the frontier is stated against."""
     head = "Metrics at matched L0 (linear in log L0 between each series' two nearest SAEs; n/a outside its range)\n\n"
     parts = [head + "Ratios to jumprelu:\n\n" + matched_l0_markdown(rows, l0s)]
-    for ref in sorted({series_of(r) for r in rows}):
-        if ref.split("_")[0] in ("topk", "batchtopk"):
-            parts.append(f"\nRatios to {ref}:\n\n" + matched_l0_markdown(rows, l0s, ref=ref))
+    # series swept over k (TopK-type): their rows carry k (metadata.json's sweep key for a k axis)
+    k_series = {series_of(r) for r in rows if r.get("k") not in (None, "") and r.get("k") == r.get("k")}
+    for ref in sorted(k_series):
+        parts.append(f"\nRatios to {ref}:\n\n" + matched_l0_markdown(rows, l0s, ref=ref))
     return "".join(parts)
 
 

@@ -1,40 +1,86 @@
-"""The SAE architectures the sweep trainer knows, each a module satisfying
-:class:`gemmascope.sae.common.Architecture` (checked at import).
+"""The registry of SAE architectures: one line per architecture module (:data:`ARCHS`).
+
+Each module satisfies :class:`gemmascope.sae.common.Architecture` (checked at registration) and
+is the only holder of its facts: its name, file layout, sweep axis, Matryoshka support, the
+fields only it reads, its sparsity argument, AuxK use, variant suffix and metadata. Everything
+the rest of the code asks about architectures (which exist, which sweep over k, which train
+Matryoshka-style, which file layout a ``metadata.json`` architecture has) is derived here from
+those declarations, so a new architecture is its module plus one line below.
 
 The modules import :mod:`gemmascope.sae.common` for what they share, never this registry.
 """
 
 from __future__ import annotations
 
+import typing
+from types import ModuleType
+
 from gemmascope.sae import batchtopk, gated, jumprelu, relu, topk
-from gemmascope.sae.common import Architecture
+from gemmascope.sae.common import Architecture, SAEConfig, SweepAxis
 from gemmascope.sae.transcoder import Transcoder
 from gemmascope.sites import pair_of
 
-ARCHS: dict[str, Architecture] = {m.NAME: m for m in (jumprelu, relu, topk, gated, batchtopk)}
+ARCHS: dict[str, Architecture] = {}
 
-for _m in ARCHS.values():
-    if not isinstance(_m, Architecture):
-        names = (
-            "NAME",
-            "UNIT_NORM_DECODER",
-            "FILE_LAYOUT",
-            "init",
-            "encode_train",
-            "decode_train",
-            "loss",
-            "export_layout",
-            "thresholds",
-            "after_update",
+
+def register(module: ModuleType | Architecture) -> Architecture:
+    """Adds an architecture module (or object) under its ``NAME``; raises ``TypeError`` naming
+    what it lacks of the contract. Returns it."""
+    if not isinstance(module, Architecture):
+        contract = set(typing.get_type_hints(Architecture)) | {
+            n for n, v in vars(Architecture).items() if not n.startswith("_") and callable(v)
+        }
+        missing = sorted(n for n in contract if not hasattr(module, n))
+        raise TypeError(
+            f"{getattr(module, '__name__', module)} does not satisfy sae.common.Architecture (missing {missing})"
         )
-        missing = [n for n in names if not hasattr(_m, n)]
-        raise TypeError(f"{_m.__name__} does not satisfy sae.common.Architecture (missing {missing})")
+    ARCHS[module.NAME] = module
+    return module
+
+
+for _m in (jumprelu, relu, topk, gated, batchtopk):
+    register(_m)
 
 
 def get(name: str) -> Architecture:
     if name not in ARCHS:
         raise ValueError(f"unknown SAE architecture {name!r} (known: {sorted(ARCHS)})")
     return ARCHS[name]
+
+
+def names() -> tuple[str, ...]:
+    """Every registered architecture, in registration order."""
+    return tuple(ARCHS)
+
+
+def sweep_axis(config) -> SweepAxis:
+    """The sweep axis of ``config`` (its ``sae.arch`` under its ``sae`` settings)."""
+    return get(config.sae.arch).sweep_axis(SAEConfig.from_config(config))
+
+
+def k_archs() -> tuple[str, ...]:
+    """The architectures whose sweep is over k (static ints in the step) under the defaults."""
+    return tuple(n for n, m in ARCHS.items() if m.sweep_axis(SAEConfig()).static)
+
+
+def matryoshka_archs() -> tuple[str, ...]:
+    """The architectures that train Matryoshka-style."""
+    return tuple(n for n, m in ARCHS.items() if m.MATRYOSHKA)
+
+
+def file_layouts() -> dict[str, str]:
+    """``metadata.json`` ``architecture`` -> file layout, for every architecture and the
+    transcoder (a JumpReLU writing to another site)."""
+    return {**{n: m.FILE_LAYOUT for n, m in ARCHS.items()}, Transcoder.NAME: Transcoder.FILE_LAYOUT}
+
+
+def own_fields() -> dict[str, tuple[str, ...]]:
+    """``sae`` field -> the architectures that read it, for the fields some architecture owns."""
+    out: dict[str, tuple[str, ...]] = {}
+    for n, m in ARCHS.items():
+        for f in m.OWN_FIELDS:
+            out[f] = out.get(f, ()) + (n,)
+    return out
 
 
 def for_site(config, site: str, d_out: int | None = None) -> Architecture:
@@ -46,7 +92,7 @@ def for_site(config, site: str, d_out: int | None = None) -> Architecture:
     pair = pair_of(site)
     if pair is None:
         return get(config.sae.arch)
-    if config.sae.arch != "jumprelu":
+    if config.sae.arch != Transcoder.BASE:
         raise ValueError(f"config.sae.arch: site {site!r} trains a JumpReLU transcoder, not {config.sae.arch!r}")
     if d_out is None:
         raise ValueError(f"site {site!r}: a transcoder needs the output width d_out of its paired source")

@@ -31,19 +31,31 @@ import jax.numpy as jnp
 from gemmascope.sae import select
 from gemmascope.sae.common import (
     SAEConfig,
+    always_auxk,
     as_sae_config,
     decode_train,  # noqa: F401  (the contract's decode)
     init_base,
+    k_axis,
     l0_per_example,
+    no_metadata,
+    no_suffix,
     pre_activations,
     recon_aux,
     reconstruction_loss,
+    static_k,
 )
 from gemmascope.sae.topk import with_auxk
 
 NAME = "batchtopk"
 UNIT_NORM_DECODER = True
 FILE_LAYOUT = "jumprelu"
+MATRYOSHKA = True
+OWN_FIELDS: tuple[str, ...] = ()
+sweep_axis = k_axis
+sparsity_argument = static_k
+uses_auxk = always_auxk
+variant_suffix = no_suffix
+metadata = no_metadata
 THRESHOLD_FLOOR = 1e-6
 # The batch threshold's bisection starts from a bracket found on every 16th activation
 # (:func:`gemmascope.sae.select.topk_threshold`; exact either way).

@@ -23,44 +23,86 @@ Params = dict[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
-    """``config.sae`` as a frozen, typed value, built once (:meth:`from_config`).
+    """The ``sae`` section of every config: each field with its default and why. The one list:
+    :func:`gemmascope.config.base_config` builds ``config.sae`` from these defaults, and
+    :meth:`from_config` reads it back as this frozen, hashable value (a static argument).
 
-    Hashable, so it can be a static argument; every field is described in
-    :func:`gemmascope.config.base_config`.
+    Fields that name an architecture apply to it only (the config's validation says so).
     """
 
-    arch: str
-    bandwidth: float
-    threshold_init: float
-    threshold_param: str
-    threshold_min: float
-    pre_encoder_bias: bool
-    topk_ks: tuple[int, ...]
-    auxk_k: int
-    auxk_coefficient: float
-    auxk_dead_tokens: int
-    jumprelu_auxk: bool
-    revive_dead_every: int
-    l0_controller_rate: float
-    sparsity_loss: str
-    quadratic_form: str
-    quadratic_coefficient: float
-    frequency_penalty: float
-    frequency_max: float
-    threshold_init_mode: str
-    threshold_init_l0: float
-    b_dec_init: str
-    transcoder_init: str
-    matryoshka_prefixes: tuple[int, ...]
-    batchtopk_threshold_lr: float
+    arch: str = "jumprelu"  # a module of gemmascope.sae.archs.ARCHS
+    bandwidth: float = 0.001  # JumpReLU: eps of the rectangle kernel, in normalised units
+    threshold_init: float = 0.001
+    # "direct" (kept >= threshold_min) or "log" (the reference code's). "direct", because on the toy
+    # sweep "log" left L0 at 40-54 for every lambda while "direct" spanned the range (docs/frontier.md).
+    threshold_param: str = "direct"
+    threshold_min: float = 1e-6
+    pre_encoder_bias: bool = True
+    # JumpReLU sparsity loss (gemmascope.sae.jumprelu.sparsity_penalty): "l0" = lambda * L0 (Gemma
+    # Scope; sweep over config.lambdas), "quadratic" = a penalty around a target L0 (Gemma Scope 2;
+    # sweep over config.target_l0s, one coefficient). quadratic_form: "per_example" =
+    # coef * mean_i (2/T) (L0_i - T)^2, "batch" = coef * (mean_i L0_i - T)^2 / T. The coefficient
+    # warms up with lambda_warmup_steps like lambda. "batch" by default: its delta LM loss was lower
+    # at matched L0 on the SmolLM2 frontier (docs/frontier.md), though it lands further above its
+    # target at the same coefficient (l0_controller_rate closes that).
+    sparsity_loss: str = "l0"
+    quadratic_form: str = "batch"
+    quadratic_coefficient: float = 1e-3
+    # JumpReLU frequency penalty: coef * sum_j relu(p_j - frequency_max)^2 / frequency_max, p_j the
+    # fraction of the batch on which latent j fires (through the step STE). 0 = off.
+    frequency_penalty: float = 0.0
+    frequency_max: float = 0.01
+    # JumpReLU threshold init: "constant" (threshold_init) or "quantile": each threshold at the
+    # (1 - L0 / d_sae) quantile of its pre-activations on the normalisation sample, so the first
+    # step sits near L0 = the SAE's target (quadratic) or threshold_init_l0 (the "l0" loss).
+    threshold_init_mode: str = "constant"
+    threshold_init_l0: float = 0.0
+    # Data-dependent starts, from the normalisation sample (before the quantile thresholds):
+    # b_dec_init "zero" (Gemma Scope) or "mean" (b_dec at the sample mean, so a pre-encoder bias
+    # centres the encoder's input). transcoder_init "regression": the encoder reads the least-squares
+    # linear prediction of the target (W_enc = W_lin @ W_dec.T, as an SAE's W_dec.T reads x) with
+    # b_dec at the target mean, and an affine transcoder starts at the least-squares affine map (W_skip
+    # = W_lin) with its encoder scaled by 0.1; "random" = independent random encoder, W_skip = 0
+    # (with which the affine transcoders' latents died: docs/results.md).
+    b_dec_init: str = "zero"
+    transcoder_init: str = "regression"
+    # Matryoshka training (architectures with MATRYOSHKA = True): nested dictionary prefix sizes,
+    # increasing and ending at the width; the reconstruction loss is summed over the prefixes.
+    # () = off.
+    matryoshka_prefixes: tuple[int, ...] = ()
+    # arch "batchtopk": rate of the running mean of the smallest kept activation, the threshold
+    # of the JumpReLU it exports as.
+    batchtopk_threshold_lr: float = 0.01
+    # Baselines (docs/SPEC.md section 4). arch "topk"/"batchtopk": the sweep axis, latents kept per
+    # token (lambdas unused).
+    topk_ks: tuple[int, ...] = (32,)
+    auxk_k: int = 512  # the AuxK loss: latents in the AuxK reconstruction of the residual
+    auxk_coefficient: float = 1.0 / 32  # the AuxK loss's weight
+    auxk_dead_tokens: int = 10_000_000  # a latent is dead for AuxK after this many tokens unfired
+    # arch "jumprelu": add TopK's AuxK loss (the three auxk_ fields above) so dead latents get a
+    # gradient back (off: Gemma Scope has none; docs/frontier.md measures it).
+    jumprelu_auxk: bool = False
+    # arch "jumprelu": every N steps, each latent silent for those N steps gets its threshold
+    # lowered to the (1 - L0 / d_sae) quantile of its pre-activations on that step's batch (L0: the
+    # SAE's target, or threshold_init_l0), as the quantile init does at step 0. 0 = off. Why: a
+    # dead latent's threshold sits above every pre-activation, so no gradient reaches it again.
+    revive_dead_every: int = 0
+    # JumpReLU with the quadratic loss: an integral controller on the L0 miss, so held-out L0 lands
+    # on the target instead of where the quadratic term balances the reconstruction's pull. Each SAE
+    # carries a multiplier nu (state "l0_dual", starting at 0) that adds nu * mean_i L0_i to its loss
+    # (an L0 coefficient, trains the thresholds through the step STE, like Gemma Scope's lambda) and
+    # is updated after every step by dual ascent: nu += rate * (mean L0 - T) / T. 0 = off.
+    l0_controller_rate: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{field: default-typed value}`` in declaration order (what ``config.sae`` holds)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> SAEConfig:
-        """From ``config.sae`` (or a partial dict: missing fields take the defaults of
-        :func:`gemmascope.config.base_config`). Unknown keys raise, naming the key."""
-        from gemmascope.config import base_config
-
-        defaults = base_config().sae
+        """From ``config.sae`` (or a partial dict: missing fields take the defaults above).
+        Unknown keys raise, naming the key."""
+        defaults = cls().to_dict()
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(m.keys()) - names)
         if unknown:
@@ -68,7 +110,10 @@ class SAEConfig:
         vals = {}
         for f in dataclasses.fields(cls):
             v = m[f.name] if f.name in m else defaults[f.name]
-            vals[f.name] = _coerce(f.type, v)
+            try:
+                vals[f.name] = _coerce(f.type, v)
+            except (TypeError, ValueError):
+                raise ValueError(f"config.sae.{f.name}: expected {f.type}, got {v!r}") from None
         return cls(**vals)
 
     @classmethod
@@ -98,6 +143,25 @@ def as_sae_config(cfg: SAEConfig | Mapping[str, Any]) -> SAEConfig:
     return cfg if isinstance(cfg, SAEConfig) else SAEConfig.from_mapping(cfg)
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepAxis:
+    """What tells the SAEs of one stacked sweep apart: ``kind`` names the value in metrics and
+    files (``"lambda"``: a sparsity coefficient, ``"target_l0"``, ``"k"``: latents kept per
+    token), ``field`` the config field listing the values, ``metadata_key`` its name in
+    ``metadata.json``; ``static`` values are Python ints compiled into the step (TopK's k), the
+    others a traced ``[K]`` array."""
+
+    kind: str
+    field: str
+    metadata_key: str
+    static: bool = False
+
+
+LAMBDA_AXIS = SweepAxis("lambda", "lambdas", "sparsity_coefficient")
+TARGET_L0_AXIS = SweepAxis("target_l0", "target_l0s", "target_l0")
+K_AXIS = SweepAxis("k", "sae.topk_ks", "k", static=True)
+
+
 @runtime_checkable
 class Architecture(Protocol):
     """The contract of an SAE architecture module (all in training units).
@@ -111,6 +175,30 @@ class Architecture(Protocol):
     NAME: str
     UNIT_NORM_DECODER: bool  # rows renormalised after each update, gradients projected
     FILE_LAYOUT: str  # exported file layout: "jumprelu", "relu", "topk" or "transcoder" (gemmascope.sae.files.io)
+    MATRYOSHKA: bool  # trains Matryoshka-style when cfg.matryoshka_prefixes is set
+    OWN_FIELDS: tuple[str, ...]  # SAEConfig fields only this architecture reads (others must leave them default)
+
+    def sweep_axis(self, cfg: SAEConfig) -> SweepAxis:
+        """The sweep axis this architecture trains over under ``cfg``."""
+        ...
+
+    def sparsity_argument(self, cfg: SAEConfig, value: Any, warmup: jax.Array, nu: jax.Array) -> tuple[Any, jax.Array]:
+        """``(sparsity, coefficient)``: what :meth:`loss` takes for sweep value ``value`` at a step
+        whose sparsity warm-up factor is ``warmup`` (``nu``: the L0 controller's multiplier), and
+        the effective sparsity coefficient reported in the metrics."""
+        ...
+
+    def uses_auxk(self, cfg: SAEConfig) -> bool:
+        """Whether :meth:`loss` takes the ``dead`` mask (TopK's AuxK loss)."""
+        ...
+
+    def variant_suffix(self, cfg: SAEConfig) -> str:
+        """The training variant's part of the run name (``"_quadratic_batch"``; ``""`` for none)."""
+        ...
+
+    def metadata(self, cfg: SAEConfig) -> dict[str, Any]:
+        """The ``metadata.json`` fields this architecture's settings add (beyond the sweep value)."""
+        ...
 
     def init(self, key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig) -> Params: ...
 
@@ -141,6 +229,46 @@ class Architecture(Protocol):
 def no_update(params: Params, aux: Mapping[str, jax.Array], step: jax.Array, cfg: SAEConfig) -> Params:
     """:meth:`Architecture.after_update` of every architecture without gradient-free state."""
     return params
+
+
+# The contract's common answers, for a module to name (``sweep_axis = common.lambda_axis``).
+
+
+def lambda_axis(cfg: SAEConfig) -> SweepAxis:
+    """:meth:`Architecture.sweep_axis` of a sparsity-coefficient sweep (``config.lambdas``)."""
+    return LAMBDA_AXIS
+
+
+def k_axis(cfg: SAEConfig) -> SweepAxis:
+    """:meth:`Architecture.sweep_axis` of a k sweep (``config.sae.topk_ks``)."""
+    return K_AXIS
+
+
+def warmed_coefficient(cfg: SAEConfig, value: Any, warmup: jax.Array, nu: jax.Array) -> tuple[Any, jax.Array]:
+    """:meth:`Architecture.sparsity_argument` of a coefficient sweep: ``lambda * warmup``, twice."""
+    lam = value * warmup
+    return lam, lam
+
+
+def static_k(cfg: SAEConfig, value: Any, warmup: jax.Array, nu: jax.Array) -> tuple[Any, jax.Array]:
+    """:meth:`Architecture.sparsity_argument` of a k sweep: the static int k (reported as a float)."""
+    return int(value), jnp.asarray(value, jnp.float32)
+
+
+def no_auxk(cfg: SAEConfig) -> bool:
+    return False
+
+
+def always_auxk(cfg: SAEConfig) -> bool:
+    return True
+
+
+def no_suffix(cfg: SAEConfig) -> str:
+    return ""
+
+
+def no_metadata(cfg: SAEConfig) -> dict[str, Any]:
+    return {}
 
 
 def init_base(key: jax.Array, d_in: int, d_sae: int) -> Params:

@@ -34,14 +34,26 @@ from gemmascope.sae.common import (
     decode_train,
     init_base,
     l0_per_example,
+    lambda_axis,
+    no_auxk,
+    no_metadata,
+    no_suffix,
     no_update,
     recon_aux,
+    warmed_coefficient,
 )
 
 NAME = "gated"
 UNIT_NORM_DECODER = True
 FILE_LAYOUT = "jumprelu"
 after_update = no_update
+MATRYOSHKA = False
+OWN_FIELDS: tuple[str, ...] = ()
+sweep_axis = lambda_axis
+sparsity_argument = warmed_coefficient
+uses_auxk = no_auxk
+variant_suffix = no_suffix
+metadata = no_metadata
 THRESHOLD_FLOOR = 1e-6
 
 

@@ -37,8 +37,11 @@ import jax
 import jax.numpy as jnp
 
 from gemmascope.sae.common import (  # noqa: F401  (decode_train, pre_activations: this module's contract)
+    LAMBDA_AXIS,
+    TARGET_L0_AXIS,
     Params,
     SAEConfig,
+    SweepAxis,
     as_sae_config,
     decode_train,
     init_base,
@@ -142,7 +145,57 @@ jumprelu_and_l0.defvjp(_jumprelu_and_l0_fwd, _jumprelu_and_l0_bwd)
 NAME = "jumprelu"
 UNIT_NORM_DECODER = True  # rows renormalised after each update, gradients projected
 FILE_LAYOUT = "jumprelu"
+MATRYOSHKA = True
+# The fields only JumpReLU reads: another architecture must leave them at their defaults.
+OWN_FIELDS = ("sparsity_loss", "frequency_penalty", "threshold_init_mode", "jumprelu_auxk", "revive_dead_every")
 after_update = no_update
+
+
+def sweep_axis(cfg: SAEConfig) -> SweepAxis:
+    """Target L0s with the quadratic loss (Gemma Scope 2), else sparsity coefficients (Gemma Scope)."""
+    return TARGET_L0_AXIS if as_sae_config(cfg).sparsity_loss == "quadratic" else LAMBDA_AXIS
+
+
+def sparsity_argument(cfg: SAEConfig, value: Any, warmup: jax.Array, nu: jax.Array) -> tuple[Any, jax.Array]:
+    """What :func:`sparsity_penalty` takes: ``lambda * warmup`` for the "l0" loss; for the quadratic
+    loss ``(T, coef * warmup)``, with the controller's ``nu`` appended when it runs. The
+    warmed-up coefficient is what the metrics report."""
+    cfg = as_sae_config(cfg)
+    if cfg.sparsity_loss != "quadratic":
+        return value * warmup, value * warmup
+    coef = cfg.quadratic_coefficient * warmup
+    return ((value, coef, nu) if cfg.l0_controller_rate else (value, coef)), coef
+
+
+def uses_auxk(cfg: SAEConfig) -> bool:
+    return bool(as_sae_config(cfg).jumprelu_auxk)
+
+
+def variant_suffix(cfg: SAEConfig) -> str:
+    """``_quadratic`` (``_batch`` for the batch form), ``_auxk``, ``_revive``, in that order."""
+    cfg = as_sae_config(cfg)
+    out = ""
+    if cfg.sparsity_loss == "quadratic":
+        out += "_quadratic_batch" if cfg.quadratic_form == "batch" else "_quadratic"
+    out += "_auxk" if cfg.jumprelu_auxk else ""
+    return out + ("_revive" if cfg.revive_dead_every else "")
+
+
+def metadata(cfg: SAEConfig) -> dict[str, Any]:
+    """The sparsity loss and, where set, its quadratic form and coefficient, the frequency
+    penalty, the threshold init, the revival period and the L0 controller's rate."""
+    cfg = as_sae_config(cfg)
+    meta: dict[str, Any] = {"sparsity_loss": cfg.sparsity_loss}
+    if cfg.sparsity_loss == "quadratic":
+        meta.update(quadratic_form=cfg.quadratic_form, quadratic_coefficient=cfg.quadratic_coefficient)
+    if cfg.frequency_penalty:
+        meta.update(frequency_penalty=cfg.frequency_penalty, frequency_max=cfg.frequency_max)
+    meta["threshold_init_mode"] = cfg.threshold_init_mode
+    if cfg.revive_dead_every:
+        meta["revive_dead_every"] = cfg.revive_dead_every
+    if cfg.l0_controller_rate and cfg.sparsity_loss == "quadratic":
+        meta["l0_controller_rate"] = cfg.l0_controller_rate
+    return meta
 
 
 def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> Params:

@@ -24,15 +24,27 @@ from gemmascope.sae.common import (
     decode_train,
     init_base,
     l0_per_example,
+    lambda_axis,
+    no_auxk,
+    no_metadata,
+    no_suffix,
     no_update,
     pre_activations,
     recon_aux,
+    warmed_coefficient,
 )
 
 NAME = "relu"
 UNIT_NORM_DECODER = False
 FILE_LAYOUT = "relu"
 after_update = no_update
+MATRYOSHKA = False
+OWN_FIELDS: tuple[str, ...] = ()
+sweep_axis = lambda_axis
+sparsity_argument = warmed_coefficient
+uses_auxk = no_auxk
+variant_suffix = no_suffix
+metadata = no_metadata
 
 
 def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> dict[str, jax.Array]:

@@ -27,13 +27,18 @@ import numpy as np
 from gemmascope.sae import select
 from gemmascope.sae.common import (
     SAEConfig,
+    always_auxk,
     as_sae_config,
     decode_train,
     init_base,
+    k_axis,
     l0_per_example,
+    no_metadata,
+    no_suffix,
     no_update,
     pre_activations,
     recon_aux,
+    static_k,
 )
 from gemmascope.sae.files.model import topk_mask
 
@@ -41,6 +46,13 @@ NAME = "topk"
 UNIT_NORM_DECODER = True
 FILE_LAYOUT = "topk"
 after_update = no_update
+MATRYOSHKA = False
+OWN_FIELDS: tuple[str, ...] = ()
+sweep_axis = k_axis
+sparsity_argument = static_k
+uses_auxk = always_auxk
+variant_suffix = no_suffix
+metadata = no_metadata
 
 
 def init(key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> dict[str, jax.Array]:

@@ -80,9 +80,18 @@ class Transcoder:
     affine: bool = False
 
     NAME = "transcoder"
+    BASE = jumprelu.NAME  # the architecture config.sae.arch names for transcoder sites
     UNIT_NORM_DECODER = True  # W_dec rows renormalised after each update, gradients projected
     FILE_LAYOUT = "transcoder"
+    MATRYOSHKA = False
+    OWN_FIELDS = jumprelu.OWN_FIELDS
     after_update = staticmethod(no_update)
+    # A JumpReLU writing to another site: its sweep, sparsity and metadata are JumpReLU's.
+    sweep_axis = staticmethod(jumprelu.sweep_axis)
+    sparsity_argument = staticmethod(jumprelu.sparsity_argument)
+    uses_auxk = staticmethod(jumprelu.uses_auxk)
+    variant_suffix = staticmethod(jumprelu.variant_suffix)
+    metadata = staticmethod(jumprelu.metadata)
 
     def init(self, key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> Params:
         """The SAE's initialisation with the decoder in the output space: ``W_dec [d_sae, d_out]``

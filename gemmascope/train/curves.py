@@ -2,7 +2,7 @@
 
 :func:`plot_metrics` draws one figure per location (``<out_dir>/<location>.png``, default
 ``out_dir = <workdir>/curves``): a panel per metric (loss, L0, FVU, dead fraction, threshold
-mean, lambda or k, learning rate; the ones the rows carry), one line per SAE of the sweep against
+mean, sparsity coefficient or k, learning rate; the ones the rows carry), one line per SAE of the sweep against
 the training step. A resumed run logs some steps twice (those after its last checkpoint); the
 last row of a step wins, as it is the one the resumed state continued from.
 """
@@ -19,7 +19,7 @@ PANELS = (
     ("fvu", "FVU (training batch)", False),
     ("dead_fraction", "dead fraction", False),
     ("threshold_mean", "threshold mean", True),
-    ("lambda", "lambda (warm-up)", False),
+    ("sparsity_coefficient", "sparsity coefficient (warm-up; k for TopK)", False),
     ("lr", "learning rate", False),
 )
 
@@ -32,28 +32,17 @@ def series(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, dict[int, dict
     return out
 
 
-def sweep_labels(workdir: str, location: str) -> dict[int, str]:
-    """``{sae: "sae0_lambda0.001"}`` (``sae0_k32``, ``sae0_target40``) from the location's export
-    records (the rows' ``lambda`` is the warmed-up value of that step, not the sweep's); ``{}``
-    before the location is exported."""
-    import json
-
+def sweep_labels(saes: dict[int, dict[int, dict[str, Any]]]) -> dict[int, str]:
+    """``{sae: "sae0_lambda0.001"}`` (``sae0_k32``, ``sae0_target40``) from the rows' own
+    ``sweep_kind`` and ``sweep_value``."""
     from gemmascope.train.writers import run_name
 
-    path = os.path.join(workdir, "runs", location, "exported.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as fh:
-        records = json.load(fh)
-
-    def label(i: int, r: dict[str, Any]) -> str:
-        if "k" in r:
-            return run_name(i, r["k"], "sae.topk_ks")
-        if "target_l0" in r:
-            return run_name(i, r["target_l0"], "target_l0s")
-        return run_name(i, r.get("sparsity_coefficient", float("nan")), "lambdas")
-
-    return {i: label(i, r) for i, r in enumerate(records)}
+    out = {}
+    for i, by_step in saes.items():
+        row = next(iter(by_step.values()))
+        if "sweep_kind" in row:
+            out[i] = run_name(i, row["sweep_value"], row["sweep_kind"])
+    return out
 
 
 def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> list[str]:
@@ -63,7 +52,6 @@ def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> lis
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gemmascope.config import K_ARCHS
     from gemmascope.train.writers import iter_metrics
 
     path = os.path.join(workdir, "metrics.jsonl")
@@ -75,7 +63,7 @@ def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> lis
     for location, saes in sorted(series(iter_metrics(workdir)).items()):
         first = next(iter(next(iter(saes.values())).values()))
         panels = [p for p in PANELS if p[0] in first]
-        labels = sweep_labels(workdir, location)
+        labels = sweep_labels(saes)
         cols = min(4, len(panels))
         nrows = -(-len(panels) // cols)
         fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.6 * nrows), squeeze=False)
@@ -85,8 +73,7 @@ def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> lis
                 ax.plot(steps, [by_step[s][key] for s in steps], label=labels.get(i, f"sae{i}"))
             if log and all(v > 0 for by_step in saes.values() for v in (r[key] for r in by_step.values())):
                 ax.set_yscale("log")
-            k_arch = first.get("arch") in K_ARCHS
-            ax.set_title("k" if key == "lambda" and k_arch else title, fontsize=9)
+            ax.set_title(title, fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(True, alpha=0.3)

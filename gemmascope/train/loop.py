@@ -30,6 +30,7 @@ from gemmascope.data.sources import make_source
 from gemmascope.eval.exported import evaluate_exported
 from gemmascope.progress import TrainingProgress as Progress
 from gemmascope.sae import archs
+from gemmascope.sae.common import SAEConfig
 from gemmascope.sae.files import export as sae_export
 from gemmascope.sae.files import io as sae_io
 from gemmascope.sites import pair_of
@@ -192,6 +193,7 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
     from gemmascope.train import distributed
 
     config, values, name = loc.config, loc.values, loc.name
+    sweep_kind = loc.arch.sweep_axis(SAEConfig.from_config(config)).kind  # names values[i] in the rows
     main = distributed.is_main()
     dead_window_steps = max(1, math.ceil(config.dead_window_tokens / config.batch_size))
     train_step = loc.sweep.jit_step(step_lib.make_train_step(config, dead_window_steps, arch=loc.arch))
@@ -223,7 +225,8 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
                         "layer": loc.layer,
                         "width": loc.width,
                         "sae": i,
-                        "lambda": values[i],
+                        "sweep_kind": sweep_kind,
+                        "sweep_value": values[i],
                         "step": step,
                         "tokens": step * config.batch_size,
                     }

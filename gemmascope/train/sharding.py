@@ -36,7 +36,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gemmascope.config import K_ARCHS, ConfigError
+from gemmascope.config import ConfigError
+from gemmascope.sae import archs
 
 AXES = ("data", "model")
 
@@ -195,7 +196,7 @@ class ShardedSweep:
         fn = train_step
         # TopK's k are static per SAE index inside the step, so a group cannot run a slice of the
         # stack on its own; it keeps the plain partitioned jit (K over "data", XLA partitions it).
-        if self.sweep == "sharded" and str(self.config.sae.arch) not in K_ARCHS:
+        if self.sweep == "sharded" and not archs.sweep_axis(self.config).static:
             fn = self._shard_over_sweep(train_step, jax.tree.map(lambda _: P("data"), metric_shapes))
         metric_sh = jax.tree.map(lambda _: self.values, metric_shapes)
         return jax.jit(

@@ -33,8 +33,9 @@ import numpy as np
 import optax
 
 from gemmascope import config as config_lib
-from gemmascope.sae import archs
+from gemmascope.sae import archs, jumprelu
 from gemmascope.sae.common import Params, SAEConfig
+from gemmascope.sae.files.layouts import fold_dim_scale, fold_normalisation, fold_transcoder
 from gemmascope.train import optim
 
 
@@ -128,8 +129,6 @@ def data_init(arch, params: Params, sample: jax.Array, target_l0, cfg: SAEConfig
     own (``arch.data_init``: a transcoder's regression init, which sets its own ``b_dec``), then
     the quantile thresholds (which read the final encoder and ``b_dec``) when
     ``cfg.threshold_init_mode == "quantile"``."""
-    from gemmascope.sae import jumprelu
-
     if cfg.b_dec_init == "mean":
         target = sample[:, sample.shape[-1] - params["b_dec"].shape[-1] :]  # a paired row's y part
         params = {**params, "b_dec": jnp.mean(target, axis=0)}
@@ -167,8 +166,8 @@ def init_state(
     keys = jax.random.split(key, n_saes)
     params = jax.vmap(lambda k: arch.init(k, d_in, d_sae, cfg))(keys)
     if init_sample is not None:
-        quadratic = cfg.sparsity_loss == "quadratic"
-        targets = config_lib.sweep_values(config) if quadratic else [cfg.threshold_init_l0] * n_saes
+        to_target = arch.sweep_axis(cfg).kind == "target_l0"
+        targets = config_lib.sweep_values(config) if to_target else [cfg.threshold_init_l0] * n_saes
         per_sae = [
             data_init(arch, jax.tree.map(lambda a: a[i], params), init_sample, targets[i], cfg) for i in range(n_saes)
         ]
@@ -184,7 +183,7 @@ def init_state(
     }
     if dim_scale is not None:
         state["dim_scale"] = jnp.asarray(dim_scale, jnp.float32)
-    if cfg.l0_controller_rate and cfg.sparsity_loss == "quadratic":
+    if cfg.l0_controller_rate and arch.sweep_axis(cfg).kind == "target_l0":
         state["l0_dual"] = jnp.zeros((n_saes,), jnp.float32)  # the L0 controller's multipliers nu
     return state
 
@@ -200,11 +199,13 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
     ``arch``: the location's architecture (default ``config.sae.arch``); for a transcoder
     ``x_raw`` is the paired row ``[B, d_in + d_out]``.
 
-    ``sweep`` holds the lambdas or target L0s (ignored for TopK, whose k are static from
-    ``config.sae.topk_ks``). ``metrics`` holds ``[K]`` arrays: loss, mse, l0, fvu (batch),
+    ``sweep`` holds the sweep values (the architecture's
+    :meth:`~gemmascope.sae.common.Architecture.sweep_axis`; ignored for a static axis, TopK's k,
+    compiled in from the config). ``metrics`` holds ``[K]`` arrays: loss, mse, l0, fvu (batch),
     dead_fraction (no firing in the last ``dead_window_steps`` steps), threshold mean/min/max
-    (0 without thresholds), the effective lambda (the warmed-up quadratic coefficient for the
-    quadratic loss, k for TopK) and lr.
+    (0 without thresholds), sparsity_coefficient (the architecture's
+    :meth:`~gemmascope.sae.common.Architecture.sparsity_argument`: the warmed-up lambda or
+    quadratic coefficient, k for TopK) and lr.
     """
     arch = archs.get(config.sae.arch) if arch is None else arch
     cfg = SAEConfig.from_config(config)
@@ -218,12 +219,13 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
     )
     threshold_min = float(config.sae.threshold_min)
     renormalise = unit_norm_decoder(config, arch)
-    quadratic = cfg.sparsity_loss == "quadratic"
-    static_k = [int(k) for k in config.sae.topk_ks] if config.sae.arch in config_lib.K_ARCHS else None
+    axis = arch.sweep_axis(cfg)
+    targets = axis.kind == "target_l0"
+    static_values = [int(v) for v in config_lib.sweep_values(config)] if axis.static else None
     auxk_steps = max(1, -(-int(config.sae.auxk_dead_tokens) // int(config.batch_size)))
-    use_auxk = static_k is not None or (config.sae.arch == "jumprelu" and bool(config.sae.jumprelu_auxk))
-    revive_every = int(config.sae.revive_dead_every) if config.sae.arch == "jumprelu" else 0
-    controller = bool(cfg.l0_controller_rate) and quadratic
+    use_auxk = arch.uses_auxk(cfg)
+    revive_every = int(cfg.revive_dead_every)  # JumpReLU's own field (the config's validation)
+    controller = bool(cfg.l0_controller_rate) and targets
 
     kl_coef = float(config.e2e.kl_coefficient) if kl_term is not None else 0.0
 
@@ -236,13 +238,8 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
 
     def one(i, params, opt_state, x, lam, step, last_fired, nu, e2e=None):
         dead = (step + 1 - last_fired) > auxk_steps if use_auxk else None
-        if static_k is not None:
-            sparsity, reported = static_k[i], jnp.asarray(static_k[i], jnp.float32)
-        elif quadratic:  # lam is the target L0; the coefficient warms up like lambda
-            reported = cfg.quadratic_coefficient * lam_sched(step)
-            sparsity = (lam, reported, nu) if controller else (lam, reported)
-        else:
-            sparsity = reported = lam * lam_sched(step)
+        value = static_values[i] if static_values is not None else lam
+        sparsity, reported = arch.sparsity_argument(cfg, value, lam_sched(step), nu)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, sparsity, dead, e2e)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -250,10 +247,8 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
             params = optim.renormalise_decoder(params)
         params = optim.clamp_threshold(params, threshold_min)
         if revive_every:  # latents silent for the last revive_every steps: thresholds re-seeded
-            from gemmascope.sae import jumprelu
-
             silent = (step + 1 - last_fired) > revive_every
-            target = lam if quadratic else cfg.threshold_init_l0
+            target = lam if targets else cfg.threshold_init_l0
             params = jax.lax.cond(
                 ((step + 1) % revive_every == 0) & jnp.any(silent),
                 lambda q: jumprelu.revive_thresholds(q, x, silent, target, cfg),
@@ -262,8 +257,6 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
             )
         params = arch.after_update(params, aux, step, cfg)
         if controller:  # dual ascent on E[L0] = T (gemmascope.sae.jumprelu.controller_update)
-            from gemmascope.sae import jumprelu
-
             nu = jumprelu.controller_update(nu, aux["l0"], lam, cfg.l0_controller_rate, lam_sched(step))
         thr = arch.thresholds(params)
         thr_stats = jnp.zeros((3,), jnp.float32) if thr is None else jnp.stack([thr.mean(), thr.min(), thr.max()])
@@ -292,7 +285,7 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
             "threshold_mean": thr[:, 0],
             "threshold_min": thr[:, 1],
             "threshold_max": thr[:, 2],
-            "lambda": lam_t,
+            "sparsity_coefficient": lam_t,
             "lr": jnp.broadcast_to(lr_sched(step), loss.shape),
         }
         if controller:
@@ -344,8 +337,6 @@ def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> di
     """SAE ``index`` of the stack in its file layout, in raw activation units (normalisation and
     pre-encoder bias folded; a transcoder's two constants by
     :func:`gemmascope.sae.files.layouts.fold_transcoder`)."""
-    from gemmascope.sae.files.layouts import fold_dim_scale, fold_normalisation, fold_transcoder
-
     arch = archs.get(config.sae.arch) if arch is None else arch
     p = jax.tree.map(lambda a: a[index], state["params"])
     layout = arch.export_layout(p, SAEConfig.from_config(config), config_lib.sweep_values(config)[index])
@@ -359,30 +350,15 @@ def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> di
 
 
 def sweep_metadata(config, value: float) -> dict[str, Any]:
-    """The ``metadata.json`` fields naming one SAE's sweep value and sparsity loss."""
-    if config.sae.arch in config_lib.K_ARCHS:
-        return {"k": int(value), **variant_metadata(config)}
-    if config.sae.arch != "jumprelu":  # gated, relu: variant too (``_centred``: its own series)
-        return {"sparsity_coefficient": float(value), **variant_metadata(config)}
-    meta: dict[str, Any] = {"sparsity_loss": str(config.sae.sparsity_loss)}
-    if config.sae.sparsity_loss == "quadratic":
-        meta.update(
-            target_l0=float(value),
-            quadratic_form=str(config.sae.quadratic_form),
-            quadratic_coefficient=float(config.sae.quadratic_coefficient),
-        )
-    else:
-        meta["sparsity_coefficient"] = float(value)
+    """The ``metadata.json`` fields naming one SAE's sweep value (under its axis's
+    ``metadata_key``: ``sparsity_coefficient``, ``target_l0`` or ``k``), the variant and the
+    architecture's own settings (:meth:`~gemmascope.sae.common.Architecture.metadata`)."""
+    arch = archs.get(config.sae.arch)
+    cfg = SAEConfig.from_config(config)
+    axis = arch.sweep_axis(cfg)
+    meta: dict[str, Any] = {axis.metadata_key: int(value) if axis.static else float(value)}
+    meta.update(arch.metadata(cfg))
     meta.update(variant_metadata(config))
-    if config.sae.frequency_penalty:
-        meta.update(
-            frequency_penalty=float(config.sae.frequency_penalty), frequency_max=float(config.sae.frequency_max)
-        )
-    meta["threshold_init_mode"] = str(config.sae.threshold_init_mode)
-    if config.sae.revive_dead_every:
-        meta["revive_dead_every"] = int(config.sae.revive_dead_every)
-    if config.sae.l0_controller_rate and config.sae.sparsity_loss == "quadratic":
-        meta["l0_controller_rate"] = float(config.sae.l0_controller_rate)
     if config.threshold_adam_b1 >= 0:
         meta["threshold_adam_b1"] = float(config.threshold_adam_b1)
     if config.threshold_lr_scale != 1.0:

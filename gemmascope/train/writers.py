@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
-IDENTITY = ("location", "arch", "site", "layer", "width", "sae", "step", "tokens")
+IDENTITY = ("location", "arch", "site", "layer", "width", "sae", "sweep_kind", "sweep_value", "step", "tokens")
 
 
 class MetricWriter(Protocol):
@@ -39,32 +39,28 @@ class MetricWriter(Protocol):
 
 
 def scalars(row: dict[str, Any]) -> dict[str, float]:
-    """The metric tags of one row: every numeric field but the identity ones; ``threshold_x`` ->
-    ``threshold/x``; ``lambda`` -> ``k`` for the architectures swept over k (TopK)."""
-    from gemmascope.config import K_ARCHS
-
+    """The metric tags of one row: every numeric field but the identity ones (the SAE's
+    ``sweep_value`` among them: it names the run); ``threshold_x`` -> ``threshold/x``."""
     out = {}
     for key, v in row.items():
         if key in IDENTITY or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if key.startswith("threshold_"):
             key = "threshold/" + key[len("threshold_") :]
-        elif key == "lambda" and row.get("arch") in K_ARCHS:
-            key = "k"
         out[key] = float(v)
     return out
 
 
-RUN_PREFIX = {"sae.topk_ks": "k", "target_l0s": "target", "lambdas": "lambda"}
+RUN_PREFIX = {"k": "k", "target_l0": "target", "lambda": "lambda"}
 
 
-def run_name(i: int, value: float, field: str) -> str:
+def run_name(i: int, value: float, kind: str) -> str:
     """``sae0_lambda0.0003``, ``sae2_k64`` or ``sae1_target40``: SAE ``i`` of the sweep and its
-    value; ``field`` is the sweep's config field (``config.sweep_field``)."""
-    if field not in RUN_PREFIX:
-        raise ValueError(f"run_name: sweep field {field!r} unknown (known: {sorted(RUN_PREFIX)})")
-    v = int(value) if field == "sae.topk_ks" else value
-    return f"sae{i}_{RUN_PREFIX[field]}{v:g}"
+    value; ``kind`` is the sweep's kind (``config.sweep_kind``: ``lambda``, ``target_l0``, ``k``)."""
+    if kind not in RUN_PREFIX:
+        raise ValueError(f"run_name: sweep kind {kind!r} unknown (known: {sorted(RUN_PREFIX)})")
+    v = int(value) if kind == "k" else value
+    return f"sae{i}_{RUN_PREFIX[kind]}{v:g}"
 
 
 def iter_metrics(workdir: str) -> Iterator[dict[str, Any]]:
@@ -178,8 +174,8 @@ def for_location(config, workdir: str, location: str, enabled: bool = True) -> W
 
     out: list[MetricWriter] = [JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
     if config.tensorboard:
-        field = config_lib.sweep_field(config)
-        names = [run_name(i, v, field) for i, v in enumerate(config_lib.sweep_values(config))]
+        kind = config_lib.sweep_kind(config)
+        names = [run_name(i, v, kind) for i, v in enumerate(config_lib.sweep_values(config))]
         out.append(TensorBoardWriter(os.path.join(workdir, "tensorboard", location), names))
     if config.wandb.project:
         out.append(WandbWriter(config.wandb, os.path.join(workdir, "wandb"), location, config.to_dict()))

@@ -33,6 +33,7 @@ give each budget its own workdir, with the demo's store linked in:
 
 from gemmascope import config as config_lib
 from gemmascope.config.experiments import demo
+from gemmascope.sae import archs
 
 SWEEPS = {
     "jumprelu": (3e-4, 1e-3, 3e-3, 1e-2),
@@ -90,7 +91,7 @@ def get_config(arg=None):
         c.sae.sparsity_loss, c.sae.threshold_init_mode = "quadratic", "quantile"
         c.sae.quadratic_form = form
         c.target_l0s = SWEEPS[name]
-    elif base in config_lib.K_ARCHS:
+    elif base in archs.k_archs():
         c.sae.topk_ks = tuple(int(k) for k in SWEEPS[name])
     else:
         c.lambdas = SWEEPS[name]

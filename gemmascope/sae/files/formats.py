@@ -40,12 +40,13 @@ import numpy as np
 
 from gemmascope.common import atomic_write
 from gemmascope.config import EXPORT_LAYOUTS
+from gemmascope.sae import archs
 from gemmascope.sae.files import layouts as sae_io
 from gemmascope.sites import pair_of
 
 LAYOUTS = EXPORT_LAYOUTS  # declared in the config, which must not import this module
 SAE_LENS_FORMAT_VERSION = "6.54.12"  # the SAELens release whose loader this layout is tested against
-# our file layout (io.ARCH_FILE_LAYOUT values) -> SAELens architecture, and back
+# our file layout (sae.archs.file_layouts() values) -> SAELens architecture, and back
 SAE_LENS_ARCH = {"jumprelu": "jumprelu", "relu": "standard", "topk": "topk"}
 FROM_SAE_LENS_ARCH = {v: k for k, v in SAE_LENS_ARCH.items()}
 GS2_SITES = {
@@ -265,11 +266,11 @@ def save_sae_lens(
             f"{folder}: a transcoder ({meta.get('site', 'architecture transcoder')}) has no SAELens export "
             "here; export it as gemma_scope (params.npz) or gemma_scope_2"
         )
-    layout = sae_io.file_layout({"architecture": arch}, folder) if arch in sae_io.ARCH_FILE_LAYOUT else None
+    layout = sae_io.file_layout({"architecture": arch}, folder) if arch in archs.file_layouts() else None
     if layout not in SAE_LENS_ARCH:
         raise ValueError(
             f"{folder}: architecture {arch!r} has no SAELens class (we export "
-            f"{sorted(sae_io.ARCH_FILE_LAYOUT)} as {sorted(set(SAE_LENS_ARCH.values()))})"
+            f"{sorted(archs.file_layouts())} as {sorted(set(SAE_LENS_ARCH.values()))})"
         )
     arrays = {k: np.asarray(v, np.float32) for k, v in params.items()}
     d_in, d_sae = sae_io.validate_params(arrays, source=folder, layout=layout)

@@ -32,7 +32,6 @@ import numpy as np
 from gemmascope.common import atomic_write
 from gemmascope.sae.files import formats
 from gemmascope.sae.files.layouts import (  # noqa: F401  (re-exported: the names callers use)
-    ARCH_FILE_LAYOUT,
     BASE_KEYS,
     FILE_KEYS,
     SAEFileError,

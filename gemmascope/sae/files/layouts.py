@@ -21,21 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from gemmascope.sae import archs
 from gemmascope.sae.jumprelu import LAYOUT_KEYS
 
 BASE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec")
 FILE_KEYS = {"jumprelu": LAYOUT_KEYS, "relu": BASE_KEYS, "topk": BASE_KEYS + ("k",), "transcoder": LAYOUT_KEYS}
 # Keys a layout may hold beyond FILE_KEYS: an affine transcoder's skip connection [d_in, d_out].
 OPTIONAL_KEYS = {"transcoder": ("W_skip",)}
-# metadata.json "architecture" -> file layout (Gated SAEs export as JumpReLU, exactly)
-ARCH_FILE_LAYOUT = {
-    "jumprelu": "jumprelu",
-    "gated": "jumprelu",
-    "relu": "relu",
-    "topk": "topk",
-    "batchtopk": "jumprelu",
-    "transcoder": "transcoder",
-}  # BatchTopK exports the JumpReLU it becomes; a transcoder is a JumpReLU writing to another site
 
 
 class SAEFileError(ValueError):
@@ -121,9 +113,10 @@ def json_default(o):
 def file_layout(metadata: Mapping[str, Any] | None, source: str = "<params>") -> str:
     """The file layout named by ``metadata["architecture"]`` (JumpReLU when there is none)."""
     arch = (metadata or {}).get("architecture", "jumprelu")
-    if arch not in ARCH_FILE_LAYOUT:
-        raise SAEFileError(f"{source}: metadata.json architecture {arch!r} unknown (known: {sorted(ARCH_FILE_LAYOUT)})")
-    return ARCH_FILE_LAYOUT[arch]
+    known = archs.file_layouts()  # each architecture declares its own (BatchTopK, Gated: "jumprelu")
+    if arch not in known:
+        raise SAEFileError(f"{source}: metadata.json architecture {arch!r} unknown (known: {sorted(known)})")
+    return known[arch]
 
 
 def validate_params(
