@@ -201,7 +201,7 @@ def test_evaluator_and_dashboard_see_exactly_the_stored_rows(demo_workdir):
     assert valid.shape == mask.shape and not (valid & ~mask).any()
     assert 0 < (mask & ~valid).sum() < 50  # the attention sinks after BOS were dropped, few others
     n = int(valid.sum())
-    arr = ts.open(store_lib._Root(os.path.join(wd, "activations", "heldout")).array_spec("res_L15")).result()
+    arr = ts.open(store_lib.Root(os.path.join(wd, "activations", "heldout")).array_spec("res_L15")).result()
     stored = arr[:n].read().result()
     acts = np.concatenate(
         [np.asarray(sites.capture(lm.lm, t, m, [(15, "res")], factor)[(15, "res")][0]) for t, m in batches]

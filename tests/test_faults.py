@@ -124,9 +124,9 @@ def test_chunk_missing_inside_a_shard(copy):
     for fill-value chunks in stores written without store_data_equal_to_fill_value)."""
     import tensorstore as ts
 
-    spec = st._Root(copy).array_spec("res_L3")
+    spec = st.Root(copy).array_spec("res_L3")
     spec["store_data_equal_to_fill_value"] = False
-    arr = ts.open(spec, open=True, context=st._CONTEXT).result()
+    arr = ts.open(spec, open=True, context=st.CONTEXT).result()
     arr[16:20].write(np.zeros((4, 8), np.float32)).result()  # chunk 4 of shard 1 dropped from its index
     assert_fault(copy, "res_L3", ("missing chunk",), shard_path(copy, "res_L3", 1), rows=(16, 20))
 
@@ -172,7 +172,7 @@ def test_garbled_progress_json(copy):
 
 
 def test_complete_marker_with_fewer_rows_than_recorded(copy):
-    kv = st._Root(copy)
+    kv = st.Root(copy)
     done = kv.read_json(st.COMPLETE)
     done["sites"]["att_L3"]["rows"] -= 5
     kv.write_json(st.COMPLETE, done)  # a consistent checksum: the counts disagree, not the bytes
@@ -220,7 +220,7 @@ def test_repair_then_rerun_rewrites_only_what_follows(copy):
 def test_verify_reports_non_finite_rows(copy):
     import tensorstore as ts
 
-    arr = ts.open(st._Root(copy).array_spec("res_L3"), open=True, context=st._CONTEXT).result()
+    arr = ts.open(st.Root(copy).array_spec("res_L3"), open=True, context=st.CONTEXT).result()
     arr[25, 3].write(np.float32(np.inf)).result()  # a valid chunk (checksum rewritten) holding an inf
     faults = st.verify_store(copy).faults
     assert [(f.fault, f.rows) for f in faults] == [("non-finite values", (24, 28))]
@@ -285,8 +285,8 @@ WRITER_CHILD = textwrap.dedent("""
             return out
         setattr(cls, name, wrapped)
 
-    hook(st._Root, "write_json", after=True)        # before/after every JSON file (progress, COMPLETE)
-    hook(st._Root, "delete")                        # inside finalize's trimming
+    hook(st.Root, "write_json", after=True)        # before/after every JSON file (progress, COMPLETE)
+    hook(st.Root, "delete")                        # inside finalize's trimming
     hook(st.ActivationWriter, "flush")              # before the data of a flush is written
     with st.ActivationWriter({root!r}, SITES, META, chunk_rows=4, chunks_per_shard=3, rows_per_flush=9) as w:
         for b in range(w.resume_from_batch, 12):

@@ -55,7 +55,7 @@ def read_all(reader) -> np.ndarray:
 
 def stored_rows(root, site, rows=slice(None)) -> np.ndarray:
     """The site's array as stored (before finalize it is capacity-long: pass a slice)."""
-    arr = ts.open(st._Root(str(root)).array_spec(site), open=True, context=st._CONTEXT).result()
+    arr = ts.open(st.Root(str(root)).array_spec(site), open=True, context=st.CONTEXT).result()
     return arr[rows].read().result()
 
 
@@ -118,7 +118,7 @@ def test_round_trip_layout_and_metadata(store):
         assert m["norm_scale"] == pytest.approx(c, rel=1e-6)
         assert st.estimate_norm_scale(store, site) == m["norm_scale"]
         assert st.estimate_norm_scale(store, site, n_rows=N_ROWS) == pytest.approx(c, rel=1e-5)
-        arr = ts.open(st._Root(store).array_spec(site), open=True, context=st._CONTEXT).result()
+        arr = ts.open(st.Root(store).array_spec(site), open=True, context=st.CONTEXT).result()
         assert list(arr.chunk_layout.read_chunk.shape) == [4, d]
         assert list(arr.chunk_layout.write_chunk.shape) == [12, d]
         assert arr.spec().to_json()["metadata"]["codecs"][0]["name"] == "sharding_indexed"
@@ -376,7 +376,7 @@ def test_writer_refuses_bad_input(tmp_path):
 def test_reader_detects_nan_on_disk(tmp_path):
     root = str(tmp_path / "acts")
     write_store(root, n_batches=6)
-    arr = ts.open(st._Root(root).array_spec("res_L3"), open=True, context=st._CONTEXT).result()
+    arr = ts.open(st.Root(root).array_spec("res_L3"), open=True, context=st.CONTEXT).result()
     arr[13:15, 2].write(np.array([np.nan, np.inf], np.float32)).result()  # corrupt rows 13..14
     r = st.ActivationReader(root, "res_L3", 4, seed=0, epochs=1)
     with pytest.raises(st.StoreError) as e:
@@ -419,7 +419,7 @@ def test_finalize_removes_stale_rows_past_the_end(tmp_path):
     assert not (root / "res_L3" / "c" / "5" / "0").exists()
     shards = sorted(int(p.parent.name) for p in (root / "res_L3" / "c").glob("*/0"))
     assert shards == list(range(-(-n // 12)))
-    arr = ts.open(st._Root(str(root)).array_spec("res_L3"), open=True, context=st._CONTEXT).result()
+    arr = ts.open(st.Root(str(root)).array_spec("res_L3"), open=True, context=st.CONTEXT).result()
     assert arr.shape == (n, 8)
     grown = arr.resize(exclusive_max=[-(-n // 12) * 12, None], resize_metadata_only=True).result()
     assert not grown[n:].read().result().any()  # the padded tail of the last shard is zeros

@@ -153,3 +153,123 @@ def test_importing_the_package_starts_no_jax_backend():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_no_module_imports_a_private_name_from_another():
+    bad = []
+    for mod, path in _modules().items():
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gemmascope"):
+                bad += [f"{mod}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert bad == []
+
+
+# A new architecture as a researcher would add it: this module (its own file) and one line,
+# ``archs.register(planted)`` (in the package: one entry in sae/archs.py's tuple). Nothing else.
+PLANTED = '''
+"""A ReLU SAE with a plain L1 penalty and unit-norm decoder rows (no decoder-norm weighting)."""
+import jax
+import jax.numpy as jnp
+
+from gemmascope.sae import common
+
+NAME = "planted_l1"
+UNIT_NORM_DECODER = True
+FILE_LAYOUT = "relu"
+MATRYOSHKA = False
+OWN_FIELDS = ()
+after_update = common.no_update
+sweep_axis = common.lambda_axis
+sparsity_argument = common.warmed_coefficient
+uses_auxk = common.no_auxk
+metadata = common.no_metadata
+decode_train = common.decode_train
+
+
+def variant_suffix(cfg):
+    return "_plain"
+
+
+def init(key, d_in, d_sae, cfg):
+    return common.init_base(key, d_in, d_sae)
+
+
+def encode_train(params, x, cfg, sparsity=None):
+    return jax.nn.relu(common.pre_activations(params, x, common.as_sae_config(cfg).pre_encoder_bias))
+
+
+def loss(params, x, cfg, sparsity, dead=None):
+    f = encode_train(params, x, cfg)
+    l1 = jnp.mean(jnp.sum(f, axis=-1))
+    mse, aux = common.recon_aux(x, decode_train(params, f), f, common.l0_per_example(f), sparsity * l1)
+    return mse + sparsity * l1, aux
+
+
+def export_layout(params, cfg, sparsity=None):
+    return {k: params[k] for k in ("W_enc", "W_dec", "b_enc", "b_dec")}
+
+
+def thresholds(params):
+    return None
+'''
+
+
+def test_a_planted_architecture_trains_end_to_end_from_its_module_and_one_line(tmp_path):
+    import importlib.util
+    import json
+
+    import numpy as np
+    import pytest
+
+    from gemmascope import config as config_lib
+    from gemmascope.config.experiments import toy
+    from gemmascope.data.toy import ToySource
+    from gemmascope.sae import archs
+    from gemmascope.sae.files import io as sae_io
+    from gemmascope.sae.files import model as sae_model
+    from gemmascope.train import loop
+
+    path = tmp_path / "planted_l1.py"
+    path.write_text(PLANTED)
+    spec = importlib.util.spec_from_file_location("planted_l1", path)
+    planted = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(planted)
+    with pytest.raises(TypeError, match=r"missing \['thresholds'\]"):
+        archs.register(type("Half", (), {k: v for k, v in vars(planted).items() if k != "thresholds"})())
+    archs.register(planted)  # the one line
+    try:
+        c = toy.get_config("steps=40")
+        with c.unlocked():
+            c.sae.arch, c.widths, c.lambdas, c.batch_size = "planted_l1", (64,), (0.003, 0.3), 256
+            c.num_tokens, c.log_every, c.checkpoint_every, c.tensorboard = 40 * 256, 20, 40, False
+            c.lr_warmup_steps, c.lambda_warmup_steps, c.norm_sample_rows, c.eval_rows = 5, 5, 2048, 2048
+        assert config_lib.sweep_kind(c) == "lambda" and config_lib.variant_name(c) == "planted_l1_plain"
+        with c.unlocked():  # derived from MATRYOSHKA = False: Matryoshka refused, naming the field
+            c.sae.matryoshka_prefixes = (32, 64)
+        with pytest.raises(config_lib.ConfigError, match="matryoshka_prefixes.*'planted_l1'"):
+            config_lib.prepare(c)
+        with c.unlocked():
+            c.sae.matryoshka_prefixes = ()
+        records = loop.train_and_evaluate(c, str(tmp_path / "wd"), log=lambda *a: None)
+        rows = [json.loads(x) for x in open(tmp_path / "wd" / "metrics.jsonl")]
+        assert {(r["arch"], r["sweep_kind"], r["sweep_value"]) for r in rows} == {
+            ("planted_l1", "lambda", 0.003),
+            ("planted_l1", "lambda", 0.3),
+        }
+        assert len(records) == 2
+        folders = sorted(os.path.dirname(r["path"]) for r in records)
+        x = ToySource(c.toy.d_in, c.toy.n_features, c.toy.mean_active, 512, seed=int(c.seed)).heldout(512)
+        l0s = []
+        for r in sorted(records, key=lambda r: r["sparsity_coefficient"]):
+            meta = sae_io.load_metadata(os.path.dirname(r["path"]))
+            assert meta["architecture"] == "planted_l1" and meta["variant"] == "planted_l1_plain"
+            p = sae_io.load_params(os.path.dirname(r["path"]))
+            assert sorted(p) == ["W_dec", "W_enc", "b_dec", "b_enc"]  # the "relu" file layout it declared
+            f = np.asarray(sae_model.encode(p, x))
+            np.testing.assert_allclose(f, np.maximum(x @ p["W_enc"] + p["b_enc"], 0), rtol=1e-5, atol=1e-5)
+            l0s.append(float((f > 0).sum(-1).mean()))
+        assert "planted_l1_plain" in folders[0] and l0s[0] > l0s[1] > 0  # more L1, fewer latents
+    finally:
+        archs.ARCHS.pop("planted_l1", None)

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from gemmascope.lm.config import LMConfig
-from gemmascope.lm.weights import _GEMMA_NORMS, CheckpointError, _check_filled, _empty_params, _maybe_device, _np_dtype  # noqa: F401
+from gemmascope.lm.weights import GEMMA_NORMS, CheckpointError, check_filled, empty_params, maybe_device, np_dtype  # noqa: F401
 
 # transformers' Gemma3TextConfig defaults (the Gemma 3 4B shape): multimodal checkpoints' config.json
 # give only the fields that differ from them in "text_config" (tested against transformers).
@@ -41,8 +41,8 @@ GEMMA3_TEXT_DEFAULTS = {
 
 
 _HF_LAYER = {
-    "gemma2": _GEMMA_NORMS,
-    "gemma3": {**_GEMMA_NORMS, "self_attn.q_norm": "q_norm", "self_attn.k_norm": "k_norm"},
+    "gemma2": GEMMA_NORMS,
+    "gemma3": {**GEMMA_NORMS, "self_attn.q_norm": "q_norm", "self_attn.k_norm": "k_norm"},
     "llama": {"input_layernorm": "attn_norm", "post_attention_layernorm": "mlp_norm"},
 }
 # Prefixes of the language model's tensors in multimodal Gemma 3 checkpoints (older and newer
@@ -209,8 +209,8 @@ def load_hf_checkpoint(path: str, dtype: str = "float32", to_device: bool = True
     with open(cfg_path) as f:
         hf = json.load(f)
     cfg = config_from_hf(hf, dtype)
-    npdt = _np_dtype(dtype)
-    params = _empty_params(cfg, npdt)
+    npdt = np_dtype(dtype)
+    params = empty_params(cfg, npdt)
     layer_map = _HF_LAYER[cfg.arch]
     filled: set = set()
     for fn in files:
@@ -242,8 +242,8 @@ def load_hf_checkpoint(path: str, dtype: str = "float32", to_device: bool = True
                     else:
                         continue
                     filled.add(("layers", key, i))
-    _check_filled(params, filled, path)
-    return cfg, _maybe_device(params, to_device)
+    check_filled(params, filled, path)
+    return cfg, maybe_device(params, to_device)
 
 
 # ----------------------------------------------------------------------------- GGUF

@@ -42,7 +42,7 @@ from gemmascope.lm.hf import (  # noqa: F401  (re-exported)
     load_hf_checkpoint,
     resolve_hub_id,
 )
-from gemmascope.lm.weights import _GEMMA_NORMS, CheckpointError, _check_filled, _empty_params, _maybe_device, _np_dtype  # noqa: F401  (CheckpointError re-exported)
+from gemmascope.lm.weights import GEMMA_NORMS, CheckpointError, check_filled, empty_params, maybe_device, np_dtype  # noqa: F401  (CheckpointError re-exported)
 
 
 def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -175,8 +175,8 @@ def load_gguf(path: str, dtype: str = "float32", to_device: bool = True) -> tupl
     meta, tensors = gguf_file.read(path)
     names = {t.name for t in tensors}
     cfg = config_from_gguf(meta, dtype, has_output="output.weight" in names, where=path)
-    npdt = _np_dtype(dtype)
-    params = _empty_params(cfg, npdt)
+    npdt = np_dtype(dtype)
+    params = empty_params(cfg, npdt)
     filled: set = set()
     for t in tensors:
         w = gguf_file.dequantize(t)
@@ -205,8 +205,8 @@ def load_gguf(path: str, dtype: str = "float32", to_device: bool = True) -> tupl
                 w = _unpermute_rope_rows(w, cfg.n_kv_heads)
             params["layers"][key][i] = w if w.ndim == 1 else w.T
             filled.add(("layers", key, i))
-    _check_filled(params, filled, path)
-    return cfg, _maybe_device(params, to_device)
+    check_filled(params, filled, path)
+    return cfg, maybe_device(params, to_device)
 
 
 # ----------------------------------------------------------------------------- hub ids, dispatch

@@ -18,7 +18,7 @@ class CheckpointError(FileNotFoundError):
 # ----------------------------------------------------------------------------- shared
 
 
-def _empty_params(cfg: LMConfig, dtype) -> dict[str, Any]:
+def empty_params(cfg: LMConfig, dtype) -> dict[str, Any]:
     """Uninitialised numpy arrays in the layout of :func:`gemmascope.lm.model.init_params`."""
     import jax
 
@@ -27,7 +27,7 @@ def _empty_params(cfg: LMConfig, dtype) -> dict[str, Any]:
     return jax.tree_util.tree_map(lambda x: np.empty(x.shape, dtype), param_shapes(cfg))
 
 
-def _maybe_device(params, to_device: bool):
+def maybe_device(params, to_device: bool):
     if not to_device:
         return params
     import jax
@@ -35,7 +35,7 @@ def _maybe_device(params, to_device: bool):
     return jax.device_put(params)
 
 
-def _np_dtype(dtype: str):
+def np_dtype(dtype: str):
     if dtype == "bfloat16":
         import ml_dtypes
 
@@ -45,7 +45,7 @@ def _np_dtype(dtype: str):
 
 # Checkpoint norm tensors -> our key. Per arch, since Llama's "post_attention_layernorm" is the
 # pre-MLP norm while Gemma's follows attention.
-_GEMMA_NORMS = {
+GEMMA_NORMS = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "post_attn_norm",
     "pre_feedforward_layernorm": "mlp_norm",
@@ -53,7 +53,7 @@ _GEMMA_NORMS = {
 }
 
 
-def _check_filled(params, filled: set, where: str):
+def check_filled(params, filled: set, where: str):
     missing = []
     for k in ("embed", "final_norm", "lm_head"):
         if k in params and k not in filled:

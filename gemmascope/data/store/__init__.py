@@ -57,9 +57,9 @@ Modules: :mod:`.layout` (paths, kvstore specs, file and array formats, errors), 
 (opening with every file cross-checked; rollback), :mod:`.writer`, :mod:`.reader`, :mod:`.verify`.
 """
 
-from gemmascope.data.store.layout import (  # noqa: F401 - the public names (_Root, _CONTEXT: tests)
-    _CONTEXT,
+from gemmascope.data.store.layout import (  # noqa: F401 - the public names (Root, CONTEXT: tests)
     COMPLETE,
+    CONTEXT,
     DEFAULT_CAPACITY_ROWS,
     DEFAULT_CHUNK_BYTES,
     DEFAULT_CHUNKS_PER_SHARD,
@@ -69,9 +69,9 @@ from gemmascope.data.store.layout import (  # noqa: F401 - the public names (_Ro
     SITE_JSON,
     STORE_JSON,
     VERSION,
+    Root,
     StoreError,
     StoreWarning,
-    _Root,
     chunks_checksummed,
     default_chunk_rows,
     json_checksum,

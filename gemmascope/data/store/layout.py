@@ -34,13 +34,13 @@ DEFAULT_SHUFFLE_BUFFER_BYTES = 256 << 20
 # One context for every open: in-process ``memory://`` stores persist between opens (tests), and
 # the file driver's defaults hold (``file_io_sync`` true: writes are fsynced before they resolve).
 # No cache pool: every read goes to the bytes on disk, so damage after open is still seen.
-_CONTEXT = ts.Context()
+CONTEXT = ts.Context()
 
-_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_SITE_PARTS = re.compile(r"^(?P<kind>[A-Za-z][A-Za-z_]*)_L(?P<layer>\d+)$")  # mlp_in_L15: kind mlp_in
-_RESERVED_NAMES = {STORE_JSON, PROGRESS_JSON, COMPLETE, "c"}
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+SITE_PARTS = re.compile(r"^(?P<kind>[A-Za-z][A-Za-z_]*)_L(?P<layer>\d+)$")  # mlp_in_L15: kind mlp_in
+RESERVED_NAMES = {STORE_JSON, PROGRESS_JSON, COMPLETE, "c"}
 # Keys computed by the writer for site.json; caller metadata may not use them.
-_SITE_KEYS = (
+SITE_KEYS = (
     "format",
     "version",
     "site",
@@ -154,7 +154,7 @@ def kvstore_spec(path: str) -> dict[str, Any]:
     return {"driver": "file", "path": folder(os.path.abspath(os.path.expanduser(path)))}
 
 
-def _join(root: str, key: str) -> str:
+def join_path(root: str, key: str) -> str:
     return root.rstrip("/") + "/" + key
 
 
@@ -170,13 +170,13 @@ def json_checksum(obj: dict) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class _Root:
+class Root:
     """Small JSON files under a root, through tensorstore's kvstore (same code for every backend)."""
 
     def __init__(self, root: str):
         self.root = root
         self.spec = kvstore_spec(root)
-        self.kv = ts.KvStore.open(self.spec, context=_CONTEXT).result()
+        self.kv = ts.KvStore.open(self.spec, context=CONTEXT).result()
 
     def read_json(self, key: str, site: str | None = None) -> dict | None:
         """The object in ``key`` (its checksum checked and removed), None if the file is absent.
@@ -186,7 +186,7 @@ class _Root:
         res = self.kv.read(key).result()
         if res.state != "value":
             return None
-        path = _join(self.root, key)
+        path = join_path(self.root, key)
         try:
             obj = json.loads(res.value.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
@@ -271,7 +271,7 @@ def default_chunk_rows(d_in: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int
     return int(2 ** max(0, round(math.log2(rows)))) if rows >= 1 else 1
 
 
-def _array_metadata(
+def array_metadata(
     d_in: int, chunk_rows: int, shard_rows: int, capacity: int, checksums: bool = True
 ) -> dict[str, Any]:
     """zarr v3 metadata: shards of ``shard_rows`` rows holding inner chunks of ``chunk_rows`` rows,
@@ -309,7 +309,7 @@ def chunks_checksummed(array) -> bool:
 def warn_unchecked(root: str, site: str) -> None:
     """The warning for a site written before per-chunk checksums (read anyway)."""
     warnings.warn(
-        f"{_join(root, site)}: this store was written before per-chunk checksums (its zarr.json has "
+        f"{join_path(root, site)}: this store was written before per-chunk checksums (its zarr.json has "
         "no crc32c in the chunk codecs), so a corrupted byte inside its chunk data cannot be detected; "
         "missing shards and a damaged shard index still are. Reading it anyway. Regenerate it (into a "
         "new root) to get checksums",
@@ -318,11 +318,11 @@ def warn_unchecked(root: str, site: str) -> None:
     )
 
 
-def open_site_array(kv: _Root, site: str, n_rows: int, d_in: int):
+def open_site_array(kv: Root, site: str, n_rows: int, d_in: int):
     """Opens a complete site's array for reading and checks its shape against ``site.json``."""
-    path = _join(kv.root, site)
+    path = join_path(kv.root, site)
     try:
-        arr = ts.open(kv.array_spec(site), open=True, read=True, context=_CONTEXT).result()
+        arr = ts.open(kv.array_spec(site), open=True, read=True, context=CONTEXT).result()
     except ValueError as e:
         raise StoreError(
             f"{path}/zarr.json: cannot open the site's array ({e})",
@@ -346,18 +346,20 @@ def open_site_array(kv: _Root, site: str, n_rows: int, d_in: int):
     return arr
 
 
-def check_shards(kv: _Root, site: str, n_rows: int, shard_rows: int) -> None:
+def check_shards(kv: Root, site: str, n_rows: int, shard_rows: int) -> None:
     """StoreError naming the first missing shard file (and how many are missing) of a site."""
     want = set(range(-(-n_rows // shard_rows)))
     missing = sorted(want - kv.shard_list(site))
     if missing:
         i = missing[0]
         more = (
-            f" ({len(missing)} of {len(want)} shards missing: {_ranges(np.array(missing))})" if len(missing) > 1 else ""
+            f" ({len(missing)} of {len(want)} shards missing: {format_ranges(np.array(missing))})"
+            if len(missing) > 1
+            else ""
         )
         raise StoreError(
             f"site {site} of activation store {kv.root}: shard file {shard_key(site, i)} is missing{more}",
-            path=_join(kv.root, shard_key(site, i)),
+            path=join_path(kv.root, shard_key(site, i)),
             site=site,
             rows=(i * shard_rows, min((i + 1) * shard_rows, n_rows)),
             fault="missing shard",
@@ -365,7 +367,7 @@ def check_shards(kv: _Root, site: str, n_rows: int, shard_rows: int) -> None:
         )
 
 
-def read_error(exc: Exception, kv: _Root, site: str, rows: tuple[int, int], shard_rows: int) -> StoreError:
+def read_error(exc: Exception, kv: Root, site: str, rows: tuple[int, int], shard_rows: int) -> StoreError:
     """A tensorstore read failure of rows ``[a, b)`` (within one shard) as a StoreError."""
     shard = rows[0] // shard_rows
     key = shard_key(site, shard)
@@ -387,7 +389,7 @@ def read_error(exc: Exception, kv: _Root, site: str, rows: tuple[int, int], shar
         fault, what = "corrupt shard", "cannot be decoded (truncated or corrupt)"
     return StoreError(
         f"site {site} of activation store {kv.root}: shard file {key} {what}; tensorstore: {text}",
-        path=_join(kv.root, key),
+        path=join_path(kv.root, key),
         site=site,
         rows=rows,
         fault=fault,
@@ -395,7 +397,7 @@ def read_error(exc: Exception, kv: _Root, site: str, rows: tuple[int, int], shar
     )
 
 
-def _check_finite(x: np.ndarray) -> np.ndarray | None:
+def check_finite(x: np.ndarray) -> np.ndarray | None:
     """Indices of rows with a NaN or inf, or None when all finite (a sum first: one fast pass)."""
     if x.size == 0 or np.isfinite(x.sum(dtype=np.float32)):
         return None
@@ -403,23 +405,23 @@ def _check_finite(x: np.ndarray) -> np.ndarray | None:
     return bad if bad.size else None  # the sum overflowed on finite values
 
 
-def nonfinite_error(kv: _Root, site: str, x: np.ndarray, a: int, b: int, shard_rows: int) -> StoreError | None:
+def nonfinite_error(kv: Root, site: str, x: np.ndarray, a: int, b: int, shard_rows: int) -> StoreError | None:
     """StoreError if chunk rows ``x = rows [a, b)`` hold a NaN or inf, else None."""
-    bad = _check_finite(x)
+    bad = check_finite(x)
     if bad is None:
         return None
     return StoreError(
-        f"site {site} of activation store {kv.root}: NaN or inf in rows {_ranges(bad + a)} "
+        f"site {site} of activation store {kv.root}: NaN or inf in rows {format_ranges(bad + a)} "
         f"(chunk rows [{a}, {b})); the store is corrupt",
         site=site,
         rows=(a, b),
-        path=_join(kv.root, shard_key(site, a // shard_rows)),
+        path=join_path(kv.root, shard_key(site, a // shard_rows)),
         fault="non-finite values",
         fix=repair_fix(kv.root),
     )
 
 
-def _ranges(rows: np.ndarray) -> str:
+def format_ranges(rows: np.ndarray) -> str:
     """``[3, 4, 5, 9]`` -> ``"3..5, 9"`` (at most a few ranges)."""
     out, start, prev = [], int(rows[0]), int(rows[0])
     for r in map(int, rows[1:]):

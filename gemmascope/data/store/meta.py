@@ -12,17 +12,17 @@ from typing import Any
 import tensorstore as ts
 
 from gemmascope.data.store.layout import (
-    _CONTEXT,
     COMPLETE,
+    CONTEXT,
     FORMAT,
     PROGRESS_JSON,
     SITE_JSON,
     STORE_JSON,
     VERSION,
+    Root,
     StoreError,
-    _array_metadata,
-    _join,
-    _Root,
+    array_metadata,
+    join_path,
     repair_fix,
     shard_key,
 )
@@ -47,7 +47,7 @@ def _int(obj: Mapping, key: str, where: str, lo: int = 0) -> int:
 
 def check_store_json(root: str, config: dict) -> dict:
     """Validates ``store.json``'s structure (format, version, per-site layout); returns it."""
-    where = _join(root, STORE_JSON)
+    where = join_path(root, STORE_JSON)
     try:
         if config.get("format") != FORMAT or config.get("version") != VERSION:
             raise StoreError(
@@ -76,7 +76,7 @@ def check_store_json(root: str, config: dict) -> dict:
     return config
 
 
-def _incomplete_message(root: str, kv: _Root) -> str:
+def _incomplete_message(root: str, kv: Root) -> str:
     progress = kv.read_json(PROGRESS_JSON) or {}
     done = int(progress.get("batches_done", 0))
     return (
@@ -92,12 +92,12 @@ def open_store(root: str) -> StoreInfo:
     StoreError for a missing or incomplete store, a missing, malformed or checksum-failing
     ``store.json`` / ``COMPLETE`` / ``site.json``, and row counts that disagree between
     ``COMPLETE``, ``progress.json`` and ``site.json``."""
-    kv = _Root(root)
+    kv = Root(root)
     config = kv.read_json(STORE_JSON)
     if config is None:
         raise StoreError(
-            f"no activation store at {root}: {_join(root, STORE_JSON)} does not exist",
-            path=_join(root, STORE_JSON),
+            f"no activation store at {root}: {join_path(root, STORE_JSON)} does not exist",
+            path=join_path(root, STORE_JSON),
             fault="missing store",
             fix="check the path, or create the store with the generate command; if this is a copy "
             "whose store.json was lost, copy it again from its source",
@@ -106,7 +106,7 @@ def open_store(root: str) -> StoreInfo:
     done = kv.read_json(COMPLETE)
     if done is None:
         raise StoreError(_incomplete_message(root, kv), fault="incomplete")
-    where = _join(root, COMPLETE)
+    where = join_path(root, COMPLETE)
     recorded = done.get("sites")
     if not isinstance(recorded, dict) or set(recorded) != set(config["sites"]):
         raise StoreError(
@@ -126,20 +126,22 @@ def open_store(root: str) -> StoreInfo:
         meta = kv.read_json(key, site=name)
         if meta is None:
             raise StoreError(
-                f"{_join(root, key)} is missing although the store is marked complete",
-                path=_join(root, key),
+                f"{join_path(root, key)} is missing although the store is marked complete",
+                path=join_path(root, key),
                 site=name,
                 fault="missing metadata",
                 fix=repair_fix(root),
             )
         try:
-            n = _int(meta, "n_rows", _join(root, key))
+            n = _int(meta, "n_rows", join_path(root, key))
             for field in ("d_in", "chunk_rows", "shard_rows"):
                 if meta.get(field) != lay[field]:
-                    raise StoreError(f"{_join(root, key)}: {field} {meta.get(field)!r}, store.json says {lay[field]!r}")
+                    raise StoreError(
+                        f"{join_path(root, key)}: {field} {meta.get(field)!r}, store.json says {lay[field]!r}"
+                    )
         except StoreError as e:
             raise StoreError(
-                e.message, path=_join(root, key), site=name, fault="malformed metadata", fix=repair_fix(root)
+                e.message, path=join_path(root, key), site=name, fault="malformed metadata", fix=repair_fix(root)
             ) from None
         counts = {
             COMPLETE: (recorded[name] or {}).get("rows") if isinstance(recorded[name], dict) else None,
@@ -149,7 +151,7 @@ def open_store(root: str) -> StoreInfo:
             if rows != n:
                 raise StoreError(
                     f"site {name} of activation store {root}: {fname} records {rows!r} rows but site.json records {n}",
-                    path=_join(root, fname),
+                    path=join_path(root, fname),
                     site=name,
                     rows=(min(n, rows), max(n, rows)) if isinstance(rows, int) else None,
                     fault="row count mismatch",
@@ -164,13 +166,13 @@ def open_store(root: str) -> StoreInfo:
     )
 
 
-def _durable_point(kv: _Root, log) -> dict | None:
+def _durable_point(kv: Root, log) -> dict | None:
     """The newest readable record of durable progress (progress.json, else COMPLETE), or None."""
     for key in (PROGRESS_JSON, COMPLETE):
         try:
             p = kv.read_json(key)
         except StoreError as e:
-            log(f"[repair] {_join(kv.root, key)} is unreadable ({e.message}); not used")
+            log(f"[repair] {join_path(kv.root, key)} is unreadable ({e.message}); not used")
             continue
         if p is not None and isinstance(p.get("sites"), dict):
             return p
@@ -188,12 +190,12 @@ def rollback(root: str, first_bad_row: Mapping[str, int] | None = None, log=prin
     ``store.json``; the generate command, rerun, then resumes there. A store whose
     ``store.json`` is damaged cannot be rolled back (StoreError: delete it and regenerate).
     """
-    kv = _Root(root)
+    kv = Root(root)
     config = kv.read_json(STORE_JSON)
     if config is None:
         raise StoreError(
             f"no activation store at {root}: nothing to repair",
-            path=_join(root, STORE_JSON),
+            path=join_path(root, STORE_JSON),
             fault="missing store",
         )
     check_store_json(root, config)
@@ -243,14 +245,14 @@ def rollback(root: str, first_bad_row: Mapping[str, int] | None = None, log=prin
     return b
 
 
-def _rewrite_zarr_json_if_unreadable(kv: _Root, site: str, lay: dict, config: dict) -> None:
+def _rewrite_zarr_json_if_unreadable(kv: Root, site: str, lay: dict, config: dict) -> None:
     """A site's ``zarr.json`` is a pure function of ``store.json``: rewritten when it cannot be opened."""
     try:
-        ts.open(kv.array_spec(site), open=True, context=_CONTEXT).result()
+        ts.open(kv.array_spec(site), open=True, context=CONTEXT).result()
         return
     except ValueError:
         pass
-    meta = _array_metadata(
+    meta = array_metadata(
         lay["d_in"],
         lay["chunk_rows"],
         lay["shard_rows"],

@@ -12,11 +12,11 @@ import numpy as np
 import tensorstore as ts
 
 from gemmascope.data.store.layout import (
-    _CONTEXT,
+    CONTEXT,
     DEFAULT_SHUFFLE_BUFFER_BYTES,
     VERSION,
+    Root,
     StoreError,
-    _Root,
     check_shards,
     nonfinite_error,
     open_site_array,
@@ -108,7 +108,7 @@ class ActivationReader:
         self.window_chunks = max(1, -(-int(shuffle_buffer_rows) // self.chunk_rows))
 
         self.shard_rows = int(meta["shard_rows"])
-        self._kv = _Root(root)
+        self._kv = Root(root)
         self._array = open_site_array(self._kv, site, self.n_rows, self.d_in)
         check_shards(self._kv, site, self.n_rows, self.shard_rows)  # a missing shard fails here, early
 
@@ -149,7 +149,7 @@ class ActivationReader:
         ranges = [self._chunk_range(int(c)) for c in chunks]
         n = sum(b - a for a, b in ranges)
         buf = np.empty((n, self.d_in), np.float32)
-        dst = ts.array(buf, copy=False, write=True, context=_CONTEXT)
+        dst = ts.array(buf, copy=False, write=True, context=CONTEXT)
         futures, off = [], 0
         for a, b in ranges:
             futures.append(dst[off : off + b - a].write(self._array[a:b]))

@@ -10,9 +10,9 @@ from typing import Any
 
 from gemmascope.data.store.layout import (
     PROGRESS_JSON,
+    Root,
     StoreError,
     StoreWarning,
-    _Root,
     check_shards,
     chunks_checksummed,
     nonfinite_error,
@@ -85,7 +85,7 @@ def verify_store(root: str, max_faults: int = 100) -> VerifyReport:
         report.faults.append(e)
         report.seconds = time.perf_counter() - t0
         return report
-    kv = _Root(root)
+    kv = Root(root)
     try:
         kv.read_json(PROGRESS_JSON)
     except StoreError as e:

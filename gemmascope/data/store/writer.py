@@ -13,27 +13,27 @@ import numpy as np
 import tensorstore as ts
 
 from gemmascope.data.store.layout import (
-    _CONTEXT,
-    _RESERVED_NAMES,
-    _SITE_KEYS,
-    _SITE_NAME,
-    _SITE_PARTS,
     COMPLETE,
+    CONTEXT,
     DEFAULT_CAPACITY_ROWS,
     DEFAULT_CHUNKS_PER_SHARD,
     FORMAT,
     PROGRESS_JSON,
+    RESERVED_NAMES,
     SITE_JSON,
+    SITE_KEYS,
+    SITE_NAME,
+    SITE_PARTS,
     STORE_JSON,
     VERSION,
+    Root,
     StoreError,
-    _array_metadata,
-    _check_finite,
-    _join,
-    _ranges,
-    _Root,
+    array_metadata,
+    check_finite,
     chunks_checksummed,
     default_chunk_rows,
+    format_ranges,
+    join_path,
     read_error,
     repair_fix,
     warn_unchecked,
@@ -107,7 +107,7 @@ class ActivationWriter:
         chunk_checksums: bool = True,
     ):
         self.root = root
-        self._kv = _Root(root)
+        self._kv = Root(root)
         if not sites:
             raise StoreError(f"{root}: ActivationWriter needs at least one site")
         metadata = dict(metadata or {})
@@ -115,11 +115,11 @@ class ActivationWriter:
             metadata = json.loads(json.dumps(metadata))
         except (TypeError, ValueError) as e:
             raise StoreError(f"{root}: store metadata must be JSON-serialisable ({e})") from None
-        clash = sorted(set(metadata) & set(_SITE_KEYS))
+        clash = sorted(set(metadata) & set(SITE_KEYS))
         if clash:
             raise StoreError(f"{root}: metadata keys {clash} are reserved (the writer computes them)")
         for name, d_in in sites.items():
-            if not _SITE_NAME.match(name) or name in _RESERVED_NAMES:
+            if not SITE_NAME.match(name) or name in RESERVED_NAMES:
                 raise StoreError(f"{root}: invalid site name {name!r} (letters, digits, '_', '.', '-')")
             if int(d_in) < 1:
                 raise StoreError(f"{root}: site {name} has d_in {d_in}; it must be positive")
@@ -171,7 +171,7 @@ class ActivationWriter:
 
     # -- setup ----------------------------------------------------------------------------------
     def _check_resumable(self, stored: dict, sites: Mapping[str, int], metadata: dict) -> dict:
-        where = _join(self.root, STORE_JSON)
+        where = join_path(self.root, STORE_JSON)
         check_store_json(self.root, stored)
         have = {k: v["d_in"] for k, v in stored["sites"].items()}
         want = {k: int(v) for k, v in sites.items()}
@@ -204,9 +204,9 @@ class ActivationWriter:
     def _open_array(self, name: str, s: _SiteBuffer, capacity: int):
         spec = self._kv.array_spec(name)
         try:
-            arr = ts.open(spec, open=True, context=_CONTEXT).result()
+            arr = ts.open(spec, open=True, context=CONTEXT).result()
         except ValueError:  # not created yet (NOT_FOUND surfaces as ValueError)
-            spec["metadata"] = _array_metadata(
+            spec["metadata"] = array_metadata(
                 s.d_in,
                 s.chunk_rows,
                 s.shard_rows,
@@ -214,9 +214,9 @@ class ActivationWriter:
                 checksums=self._config.get("chunk_checksum") == "crc32c",
             )
             try:
-                return ts.open(spec, create=True, open=True, context=_CONTEXT).result()
+                return ts.open(spec, create=True, open=True, context=CONTEXT).result()
             except ValueError as e:  # a zarr.json that exists but cannot be parsed
-                path = _join(self.root, f"{name}/zarr.json")
+                path = join_path(self.root, f"{name}/zarr.json")
                 raise StoreError(
                     f"{path}: cannot open or create the site's array ({e})",
                     path=path,
@@ -234,7 +234,7 @@ class ActivationWriter:
             or list(layout.write_chunk.shape) != [s.shard_rows, s.d_in]
         ):
             raise StoreError(
-                f"{_join(self.root, name)}: existing array (dtype {arr.dtype}, shape {arr.shape}, "
+                f"{join_path(self.root, name)}: existing array (dtype {arr.dtype}, shape {arr.shape}, "
                 f"chunks {layout.read_chunk.shape}/{layout.write_chunk.shape}) does not match "
                 f"store.json; delete the store and regenerate it"
             )
@@ -293,11 +293,11 @@ class ActivationWriter:
                     f"{self.root}: site {name}, batch {batch_index}: shape {x.shape}, expected [n_rows, {s.d_in}]"
                 )
             x = np.array(x, dtype=np.float32, order="C", copy=True)  # the caller may reuse its buffer
-            bad = _check_finite(x)
+            bad = check_finite(x)
             if bad is not None:
                 raise StoreError(
                     f"{self.root}: site {name}, batch {batch_index}: NaN or inf in rows "
-                    f"{_ranges(bad)} of the batch; refusing to store them"
+                    f"{format_ranges(bad)} of the batch; refusing to store them"
                 )
             checked[name] = x
         for name, x in checked.items():
@@ -372,7 +372,7 @@ class ActivationWriter:
         ``COMPLETE``. A no-op (returning the info) on a store already complete."""
         if not self.complete:
             extra = json.loads(json.dumps(dict(extra_metadata or {})))
-            clash = sorted(set(extra) & set(_SITE_KEYS))
+            clash = sorted(set(extra) & set(SITE_KEYS))
             if clash:
                 raise StoreError(f"{self.root}: metadata keys {clash} are reserved (the writer computes them)")
             self.flush(_final=True)
@@ -392,7 +392,7 @@ class ActivationWriter:
         return open_store(self.root)
 
     def _site_metadata(self, name: str, s: _SiteBuffer, extra: Mapping[str, Any]) -> dict[str, Any]:
-        m = _SITE_PARTS.match(name)
+        m = SITE_PARTS.match(name)
         n = s.durable_rows
         mean_sq = s.durable_sum_sq / n if n else 0.0
         return {
