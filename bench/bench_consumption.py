@@ -30,7 +30,7 @@ from gemmascope.train import step as step_lib  # noqa: E402
 def step_tokens_per_s(d_in, width, k, batch, steps) -> float:
     c = config_lib.base_config()
     c.batch_size = batch
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, d_in, width, k, norm_scale=1.0)
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, d_in, d_sae=width, n_saes=k, norm_scale=1.0)
     fn = jax.jit(step_lib.make_train_step(c, dead_window_steps=1000), donate_argnums=(0,))
     x = np.random.default_rng(0).standard_normal((batch, d_in)).astype(np.float32)
     lam = jnp.full((k,), 1e-3)

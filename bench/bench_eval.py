@@ -121,9 +121,9 @@ def timed(lm, batches, saes, layer, site, cache) -> float:
     from gemmascope.eval.metrics import evaluate_saes
 
     # Compile the variant the timed pass runs (with or without the baseline runs) on a copy of the cache.
-    evaluate_saes(lm.params, lm.lm_cfg, batches[:1], saes, layer, site, baseline_cache=dict(cache))
+    evaluate_saes(lm.params, lm.lm_cfg, batches[:1], saes=saes, layer=layer, site=site, baseline_cache=dict(cache))
     t0 = time.time()
-    r = evaluate_saes(lm.params, lm.lm_cfg, batches, saes, layer, site, baseline_cache=cache)
+    r = evaluate_saes(lm.params, lm.lm_cfg, batches, saes=saes, layer=layer, site=site, baseline_cache=cache)
     return r[0]["n_tokens"] / (time.time() - t0)
 
 

@@ -78,7 +78,7 @@ def main() -> None:
     label = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}[args.model]
     layer = cfg.n_layers // 2 if args.layer is None else args.layer
     _, held = text.split_texts(text.embedded_corpus())
-    tokens, _ = text.pack(tok, held, args.seq, cfg.bos_id, cfg.eos_id, max_sequences=args.batch)
+    tokens, _ = text.pack(tok, held, args.seq, bos_id=cfg.bos_id, eos_id=cfg.eos_id, max_sequences=args.batch)
     assert tokens.shape == (args.batch, args.seq), tokens.shape
     n_tok = tokens.size
 

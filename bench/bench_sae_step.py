@@ -55,7 +55,7 @@ def matmul_flops(batch: int, d_in: int, d_sae: int, repeats: int) -> float:
 def step_flops(batch: int, d_in: int, d_sae: int, k: int, repeats: int) -> float:
     c = config_lib.base_config()
     c.batch_size = batch
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, d_in, d_sae, k, norm_scale=1.0)
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, d_in, d_sae=d_sae, n_saes=k, norm_scale=1.0)
     fn = jax.jit(step_lib.make_train_step(c, dead_window_steps=1000), donate_argnums=(0,))
     x = jax.random.normal(jax.random.PRNGKey(2), (batch, d_in), jnp.float32)
     lam = jnp.full((k,), 1e-3, jnp.float32)
@@ -81,7 +81,7 @@ def arch_step_runner(arch: str, batch: int, d_in: int, d_sae: int, k: int, dead_
     if arch != base:
         c.sae.matryoshka_prefixes = (d_sae // 16, d_sae // 4, d_sae)
     config_lib.validate(c)
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, d_in, d_sae, 1, norm_scale=1.0)
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, d_in, d_sae=d_sae, n_saes=1, norm_scale=1.0)
     fn = jax.jit(step_lib.make_train_step(c, dead_window_steps=1000), donate_argnums=(0,))
     x = jax.random.normal(jax.random.PRNGKey(2), (batch, d_in), jnp.float32)
     lam = jnp.full((1,), 1e-3, jnp.float32)

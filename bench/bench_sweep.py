@@ -48,7 +48,7 @@ class Runner:
     def __init__(self, batch: int, d_in: int, d_sae: int, k: int, sharded: bool = True):
         c = _config(batch, d_sae, k)
         key = jax.random.PRNGKey(0)
-        init = lambda: step_lib.init_state(key, c, d_in, d_sae, k, 1.0)  # noqa: E731
+        init = lambda: step_lib.init_state(key, c, d_in, d_sae=d_sae, n_saes=k, norm_scale=1.0)  # noqa: E731
         fn = step_lib.make_train_step(c, dead_window_steps=1000)
         x = np.random.default_rng(0).standard_normal((batch, d_in)).astype(np.float32)
         if sharded:

@@ -39,7 +39,7 @@ def step_runner(site: str, batch: int, d: int, width: int):
     pair = pair_of(site)
     arch = archs.for_site(c, site, d if pair else None)
     scale = (1.0, 1.0) if pair else 1.0
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, d, width, 1, scale, arch=arch)
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, d, d_sae=width, n_saes=1, norm_scale=scale, arch=arch)
     fn = jax.jit(step_lib.make_train_step(c, dead_window_steps=1000, arch=arch), donate_argnums=(0,))
     x = jax.random.normal(jax.random.PRNGKey(2), (batch, 2 * d if pair else d), jnp.float32)
     lam = jnp.full((1,), 1e-3, jnp.float32)

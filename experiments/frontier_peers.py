@@ -155,7 +155,7 @@ def export_peer(sae, folder: str, tmp: str, meta: dict, heldout: np.ndarray) -> 
     params = formats.load_sae_lens(tmp)
     ev = evaluate_exported(params, heldout)
     layout = "topk" if "k" in params else "jumprelu"
-    out = sae_io.sae_dir(folder, "res", meta["layer"], meta["d_sae"], ev["l0"], meta["variant"])
+    out = sae_io.sae_dir(folder, "res", meta["layer"], width=meta["d_sae"], l0=ev["l0"], arch=meta["variant"])
     if os.path.exists(out):  # another sweep value landed on the same rounded L0
         out = f"{out}_v{meta['sweep_value']:g}"
     meta = {**meta, "architecture": layout, "l0": ev["l0"], "fvu": ev["fvu"], "units": "raw activations"}
@@ -328,7 +328,7 @@ def main(argv=None) -> None:
                     loads.append(training_load(rec["path"]))
                     print(f"[peers] {name}: done ({rec['path']})")
                     continue
-                source = make_source(cfg, args.workdir, "res", int(cfg.layers[0]))  # our rows, our order
+                source = make_source(cfg, args.workdir, "res", layer=int(cfg.layers[0]))  # our rows, our order
                 scfg = sae_lens_config(
                     peer, u, value, source.d_in, int(cfg.widths[0]), c * c, float(cfg.sae.quadratic_coefficient)
                 )

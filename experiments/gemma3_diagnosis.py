@@ -68,12 +68,12 @@ def main(argv):
             lm.params,
             lm.lm_cfg,
             lm.packed_batches("heldout"),
-            sae,
-            layer,
-            variants,
-            dims,
-            float(config.lm.outlier_norm_factor),
-            _TOKENS.value,
+            sae=sae,
+            layer=layer,
+            variants=variants,
+            dims=dims,
+            outlier_norm_factor=float(config.lm.outlier_norm_factor),
+            max_tokens=_TOKENS.value,
         )
         r.update(path=path, l0=meta.get("l0"), variant=meta.get("variant", meta.get("architecture")))
         r["per_dim"] = _per_dim_fvu(sae, rows, dims)

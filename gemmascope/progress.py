@@ -185,7 +185,7 @@ class TrainingProgress(Progress):
     the bar counts tokens. It closes itself at the last step."""
 
     def __init__(
-        self, name: str, total_steps: int, start_step: int, batch_size: int, stream=None, tty: bool | None = None
+        self, name: str, total_steps: int, start_step: int, *, batch_size: int, stream=None, tty: bool | None = None
     ):
         stream = stream or sys.stdout
         self.name, self.total_steps, self.batch = name, total_steps, batch_size

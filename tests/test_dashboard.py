@@ -163,8 +163,8 @@ def synthetic_site(tmp_path_factory):
         out,
         res,
         lens,
-        VOCAB,
-        list(range(d_sae)),
+        tokens=VOCAB,
+        latents=list(range(d_sae)),
         info=dash.SiteInfo(title="synthetic <SAE> & co", text="hand-made rows"),
         log=None,
     )
@@ -304,9 +304,9 @@ def real_site(tmp_path_factory):
         tok,
         text_lib.iter_texts({"kind": "embedded", "split_part": "heldout"}),
         128,
-        cfg.bos_id,
-        cfg.eos_id,
-        cfg.pad_id,
+        bos_id=cfg.bos_id,
+        eos_id=cfg.eos_id,
+        pad_id=cfg.pad_id,
         max_sequences=32,
     )
     x = np.asarray(capture_activations(params, tokens, cfg, [(15, "res")])[(15, "res")], np.float32)
@@ -490,7 +490,15 @@ def test_templates_autoescape_every_string(tmp_path):
     info = dash.SiteInfo(title="T <i>x</i> {{ t }}", model='m "q" <b>', layer=2, site="res", text="<u>text</u>")
     out = str(tmp_path / "site")
     dash.write_site(
-        out, res, lens, vocab, list(range(d_sae)), info=info, enrichment=enr, enrichment_floor={set_name: 0.5}, log=None
+        out,
+        res,
+        lens,
+        tokens=vocab,
+        latents=list(range(d_sae)),
+        info=info,
+        enrichment=enr,
+        enrichment_floor={set_name: 0.5},
+        log=None,
     )
     allowed = {
         "html",
@@ -639,7 +647,7 @@ def test_scan_matches_a_numpy_oracle_over_several_batches(arch):
         toks[:, 0] = 1
         toks[1, 6] = 2  # an EOS inside a row
         batches.append((toks, toks >= 3))
-    res = dash.scan(params, cfg, sae, 1, "res", batches, k=k_ctx, outlier_norm_factor=1.15, log=None)
+    res = dash.scan(params, cfg, sae, layer=1, site="res", batches=batches, k=k_ctx, outlier_norm_factor=1.15, log=None)
     f_all, valid_all = [], []
     for toks, mask in batches:  # the oracle, batch by batch
         x = np.asarray(model.forward(params, toks, cfg, capture=[(1, "res")]).captures[(1, "res")], np.float32)
@@ -676,9 +684,9 @@ def test_scan_matches_a_numpy_oracle_over_several_batches(arch):
         params,
         cfg,
         sae,
-        1,
-        "res",
-        batches,
+        layer=1,
+        site="res",
+        batches=batches,
         k=k_ctx,
         outlier_norm_factor=1.15,
         log=None,

@@ -195,7 +195,7 @@ def test_evaluator_and_dashboard_see_exactly_the_stored_rows(demo_workdir):
     }
 
     scanned = dashboard.scan(
-        lm.params, lm.lm_cfg, zero_sae, 15, "res", batches, k=1, outlier_norm_factor=factor, log=None
+        lm.params, lm.lm_cfg, zero_sae, layer=15, site="res", batches=batches, k=1, outlier_norm_factor=factor, log=None
     )
     valid = scanned.valid
     assert valid.shape == mask.shape and not (valid & ~mask).any()
@@ -211,7 +211,9 @@ def test_evaluator_and_dashboard_see_exactly_the_stored_rows(demo_workdir):
 
     # The evaluator with a zero SAE: its error at a position is ||x||^2, so the per-position mean
     # over the spliced rows equals the stored rows' only if it splices exactly those rows.
-    r = metrics.evaluate_saes(lm.params, lm.lm_cfg, batches, [zero_sae], 15, "res", factor)[0]
+    r = metrics.evaluate_saes(
+        lm.params, lm.lm_cfg, batches, saes=[zero_sae], layer=15, site="res", outlier_norm_factor=factor
+    )[0]
     assert r["n_tokens"] == n and r["n_outliers_kept_clean"] == int(mask.sum()) - n
     pos = np.nonzero(valid)[1]
     sq = np.sum(stored.astype(np.float64) ** 2, axis=-1)

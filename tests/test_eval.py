@@ -38,7 +38,7 @@ def identity_sae():
 
 def test_identity_sae_has_fvu_0_and_delta_loss_0(lm):
     params, batches = lm
-    r = metrics.evaluate_sae(params, CFG, batches, identity_sae(), layer=1, site="res", outlier_norm_factor=0)
+    r = metrics.evaluate_sae(params, CFG, batches, sae=identity_sae(), layer=1, site="res", outlier_norm_factor=0)
     assert r["fvu"] < 1e-10
     assert abs(r["delta_loss"]) < 1e-6
     assert abs(r["ce_zero"] - r["ce_clean"]) > 1e-3  # ablation changes the loss (random model: either way)
@@ -61,7 +61,7 @@ def test_zero_sae_gives_zero_ablation_loss_and_mean_sae_gives_fvu_1(lm):
         "b_dec": np.zeros(D, np.float32),
         "threshold": np.ones(8, np.float32),
     }
-    r = metrics.evaluate_sae(params, CFG, batches, zero, layer=1, site="mlp", outlier_norm_factor=0)
+    r = metrics.evaluate_sae(params, CFG, batches, sae=zero, layer=1, site="mlp", outlier_norm_factor=0)
     np.testing.assert_allclose(r["ce_sae"], r["ce_zero"], rtol=1e-6)
     assert r["l0"] == 0 and r["dead_fraction"] == 1.0
     # SAEBench core metrics of the zero SAE: none of the gap recovered, x_hat = 0 so cos (taken as 0),
@@ -79,9 +79,9 @@ def test_zero_sae_gives_zero_ablation_loss_and_mean_sae_gives_fvu_1(lm):
         [np.asarray(model.forward(params, t, CFG, capture=[(1, "mlp")]).captures[(1, "mlp")])[m] for t, m in batches]
     )
     mean_sae = dict(zero, b_dec=xs.mean(0).astype(np.float32))
-    r = metrics.evaluate_sae(params, CFG, batches, mean_sae, layer=1, site="mlp", outlier_norm_factor=0)
+    r = metrics.evaluate_sae(params, CFG, batches, sae=mean_sae, layer=1, site="mlp", outlier_norm_factor=0)
     np.testing.assert_allclose(r["fvu"], 1.0, rtol=1e-4)
-    zero_r = metrics.evaluate_sae(params, CFG, batches, zero, layer=1, site="mlp", outlier_norm_factor=0)
+    zero_r = metrics.evaluate_sae(params, CFG, batches, sae=zero, layer=1, site="mlp", outlier_norm_factor=0)
     xs64 = xs.astype(np.float64)
     ev_zero = 1 - (xs64**2).sum() / ((xs64 - xs64.mean(0)) ** 2).sum()
     np.testing.assert_allclose(zero_r["explained_variance"], ev_zero, rtol=1e-4)
@@ -97,7 +97,7 @@ def test_l0_fvu_and_positions_match_numpy(lm):
         "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1,
         "threshold": rng.uniform(0.05, 0.5, 24).astype(np.float32),
     }
-    r = metrics.evaluate_sae(params, CFG, batches, sae, layer=2, site="att", outlier_norm_factor=0)
+    r = metrics.evaluate_sae(params, CFG, batches, sae=sae, layer=2, site="att", outlier_norm_factor=0)
     xs, pos = [], []
     for t, m in batches:
         a = np.asarray(model.forward(params, t, CFG, capture=[(2, "att")]).captures[(2, "att")], np.float64)
@@ -150,7 +150,7 @@ def test_losses_match_full_forwards_with_the_splice(lm, layer, site):
         "b_dec": rng.standard_normal(D).astype(np.float32) * 0.1,
         "threshold": rng.uniform(0.05, 0.5, n).astype(np.float32),
     }
-    r = metrics.evaluate_sae(params, CFG, batches, sae, layer=layer, site=site, outlier_norm_factor=0)
+    r = metrics.evaluate_sae(params, CFG, batches, sae=sae, layer=layer, site=site, outlier_norm_factor=0)
     jsae = {k: jnp.asarray(v) for k, v in sae.items()}
     sums = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     kl_sum, n_targets = 0.0, 0
@@ -202,14 +202,16 @@ def test_several_saes_in_one_pass_and_cached_baselines_match_one_at_a_time(lm):
         }
 
     saes = [rand(24, threshold=rng.uniform(0.05, 0.5, 24).astype(np.float32)), rand(32, k=np.float32(5)), rand(16)]
-    alone = [metrics.evaluate_sae(params, CFG, batches, s, layer=2, site="res", outlier_norm_factor=0) for s in saes]
+    alone = [
+        metrics.evaluate_sae(params, CFG, batches, sae=s, layer=2, site="res", outlier_norm_factor=0) for s in saes
+    ]
     cache: dict = {}
     together = metrics.evaluate_saes(
-        params, CFG, batches, saes, layer=2, site="res", outlier_norm_factor=0, baseline_cache=cache
+        params, CFG, batches, saes=saes, layer=2, site="res", outlier_norm_factor=0, baseline_cache=cache
     )
     assert len(cache) == len(batches)
     again = metrics.evaluate_saes(
-        params, CFG, batches, saes[1:], layer=2, site="res", outlier_norm_factor=0, baseline_cache=cache
+        params, CFG, batches, saes=saes[1:], layer=2, site="res", outlier_norm_factor=0, baseline_cache=cache
     )
     for a, b in zip(alone, together):
         for key in ("l0", "fvu", "ce_clean", "ce_sae", "ce_zero", "delta_loss", "kl_div_with_sae", "cossim"):
@@ -232,7 +234,7 @@ def test_clean_loss_is_shared_across_sites(lm):
         params,
         CFG,
         batches,
-        [sae],
+        saes=[sae],
         layer=1,
         site="res",
         outlier_norm_factor=0,
@@ -240,13 +242,13 @@ def test_clean_loss_is_shared_across_sites(lm):
         clean_cache=clean_cache,
     )[0]
     assert len(clean_cache) == len(batches)
-    cold = metrics.evaluate_sae(params, CFG, batches, sae, layer=2, site="res", outlier_norm_factor=0)
+    cold = metrics.evaluate_sae(params, CFG, batches, sae=sae, layer=2, site="res", outlier_norm_factor=0)
     site_cache: dict = {}
     shared = metrics.evaluate_saes(
         params,
         CFG,
         batches,
-        [sae],
+        saes=[sae],
         layer=2,
         site="res",
         outlier_norm_factor=0,
@@ -258,7 +260,15 @@ def test_clean_loss_is_shared_across_sites(lm):
     np.testing.assert_allclose(r_res["ce_clean"], cold["ce_clean"], rtol=1e-6)
     poisoned = {k: v + 1000.0 for k, v in clean_cache.items()}
     r = metrics.evaluate_saes(
-        params, CFG, batches, [sae], layer=0, site="mlp", outlier_norm_factor=0, baseline_cache={}, clean_cache=poisoned
+        params,
+        CFG,
+        batches,
+        saes=[sae],
+        layer=0,
+        site="mlp",
+        outlier_norm_factor=0,
+        baseline_cache={},
+        clean_cache=poisoned,
     )[0]
     np.testing.assert_allclose(r["ce_clean"] - cold["ce_clean"], 1000.0 * len(batches) / r["n_targets"], rtol=1e-5)
 
@@ -340,7 +350,7 @@ def test_chunked_cross_entropy_matches_the_full_logits(arch):
 
 def test_splicing_the_last_layer_residual_changes_the_loss(lm):
     params, batches = lm
-    ident = metrics.evaluate_sae(params, CFG, batches, identity_sae(), layer=2, site="res", outlier_norm_factor=0)
+    ident = metrics.evaluate_sae(params, CFG, batches, sae=identity_sae(), layer=2, site="res", outlier_norm_factor=0)
     assert abs(ident["delta_loss"]) < 1e-6 and abs(ident["ce_zero"] - ident["ce_clean"]) > 1e-3
 
 
@@ -368,7 +378,7 @@ def test_chunked_kl_matches_the_full_logits(arch):
             outs[0].captures[last],
             jnp.stack([o.captures[last] for o in outs[1:]]),
             toks,
-            cfg,
+            cfg=cfg,
             n_chunks=n,
             token_block=tb,
         )

@@ -167,7 +167,7 @@ def test_sae_trained_by_sae_lens_loads_into_our_loader_and_evaluator(tmp_path, x
 
 def test_gemma_scope_2_round_trip_names_and_dispatch(tmp_path, x):
     params = rand_params("jumprelu")
-    folder = formats.gs2_dir(str(tmp_path), "res", 12, 16384, 11.6)
+    folder = formats.gs2_dir(str(tmp_path), "res", 12, width=16384, l0=11.6)
     assert folder.endswith(os.path.join("resid_post", "layer_12_width_16k_l0_12"))
     path = formats.save_gemma_scope_2(folder, params)
     from safetensors.numpy import load_file
@@ -188,7 +188,9 @@ def test_gemma_scope_2_round_trip_names_and_dispatch(tmp_path, x):
         "affine": True,
     }
     for site, name in (("mlp", "mlp_out"), ("att", "attn_out"), ("mlp_in", "transcoder_all")):
-        assert formats.gs2_dir("r", site, 0, 1 << 20, "small") == os.path.join("r", name, "layer_0_width_1m_l0_small")
+        assert formats.gs2_dir("r", site, 0, width=1 << 20, l0="small") == os.path.join(
+            "r", name, "layer_0_width_1m_l0_small"
+        )
 
 
 def test_gemma_scope_2_affine_transcoder_keeps_its_skip_connection(tmp_path):
@@ -196,7 +198,7 @@ def test_gemma_scope_2_affine_transcoder_keeps_its_skip_connection(tmp_path):
         rand_params("jumprelu"),
         W_skip=np.random.default_rng(5).standard_normal((D, D)).astype(np.float32),
     )
-    folder = formats.gs2_dir(str(tmp_path), "mlp_in", 2, 16384, "small", affine=True)
+    folder = formats.gs2_dir(str(tmp_path), "mlp_in", 2, width=16384, l0="small", affine=True)
     formats.save_gemma_scope_2(folder, params)
     back = sae_io.load_params(folder)
     np.testing.assert_array_equal(back["W_skip"], params["W_skip"])
@@ -307,7 +309,7 @@ def test_end_of_training_hook_writes_the_configured_layouts(tmp_path, x):
     from tests.test_train import tiny_config
 
     work = str(tmp_path / "w")
-    folder = sae_io.sae_dir(os.path.join(work, "saes"), "res", 5, N, 6.6)
+    folder = sae_io.sae_dir(os.path.join(work, "saes"), "res", 5, width=N, l0=6.6)
     params = rand_params("jumprelu")
     sae_io.save_params(
         os.path.join(folder, "params.npz"),

@@ -118,7 +118,9 @@ def test_a_trained_dim_scaled_sae_exports_to_exactly_its_training_time_model():
     s = step_lib.dim_scales(x, 1.0)
     norm = float(np.sqrt(np.mean(np.sum((x / s) ** 2, axis=-1))))
     sample = step_lib.init_sample(c, x, norm, D_IN, s)
-    state = step_lib.init_state(jax.random.PRNGKey(1), c, D_IN, D_SAE, 1, norm, sample, dim_scale=s)
+    state = step_lib.init_state(
+        jax.random.PRNGKey(1), c, D_IN, d_sae=D_SAE, n_saes=1, norm_scale=norm, init_sample=sample, dim_scale=s
+    )
     assert state["dim_scale"].shape == (D_IN,)
     train_step = jax.jit(step_lib.make_train_step(c, dead_window_steps=10))
     for i in range(4):
@@ -224,7 +226,9 @@ def test_the_end_to_end_kl_equals_kl_from_two_separate_forward_passes():
     norm = float(np.sqrt(np.mean(np.sum((rows / s) ** 2, axis=-1))))
     sample = step_lib.init_sample(c, rows, norm, 16, s)
     c.sae.threshold_init_mode = "quantile"
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, 16, 32, 1, norm, sample, dim_scale=s)
+    state = step_lib.init_state(
+        jax.random.PRNGKey(0), c, 16, d_sae=32, n_saes=1, norm_scale=norm, init_sample=sample, dim_scale=s
+    )
     arch = archs.get("jumprelu")
     kl_term = e2e.KLTerm(c, lm_params, lm_cfg, layer, arch)
     p = jax.tree.map(lambda a: a[0], state["params"])
@@ -268,7 +272,15 @@ def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
     x = forward(lm_params, jnp.asarray(tokens), lm_cfg, capture=[(1, "res")], stop_after=1).captures[(1, "res")]
     rows = np.asarray(x)[mask]
     norm = float(np.sqrt(np.mean(np.sum(rows**2, axis=-1))))
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, 16, 32, 1, norm, step_lib.init_sample(c, rows, norm, 16))
+    state = step_lib.init_state(
+        jax.random.PRNGKey(0),
+        c,
+        16,
+        d_sae=32,
+        n_saes=1,
+        norm_scale=norm,
+        init_sample=step_lib.init_sample(c, rows, norm, 16),
+    )
     step = jax.jit(step_lib.make_train_step(c, 10, kl_term=kl_term))
     t, m, xr = jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(rows[:32])
     kls = []

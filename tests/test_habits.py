@@ -363,7 +363,7 @@ def test_progress_mode_choice(monkeypatch):
 @pytest.mark.parametrize("tty", [False, True])
 def test_training_progress_both_modes(tty):
     out = _Tty() if tty else io.StringIO()
-    p = progress_lib.TrainingProgress("toy_layer0_width32", 20, 4, 64, stream=out)
+    p = progress_lib.TrainingProgress("toy_layer0_width32", 20, 4, batch_size=64, stream=out)
     line = p.report(10, [12.5, 3.25], [0.1234, 0.5])
     assert line.startswith("[toy_layer0_width32] step 10/20 (50%) ") and " tok/s ETA 0:" in line
     assert line.endswith("| L0 12.5 3.2 | FVU 0.123 0.500")

@@ -104,7 +104,7 @@ def test_bos_residual_norms_are_outliers_and_masked(embedded):
     consumer excludes special positions. Packed held-out fortunes, 8 x 128 tokens."""
     cfg, params, tok = embedded
     _, held = text.split_texts(text.embedded_corpus())
-    tokens, mask = text.pack(tok, held, 128, cfg.bos_id, cfg.eos_id, max_sequences=8)
+    tokens, mask = text.pack(tok, held, 128, bos_id=cfg.bos_id, eos_id=cfg.eos_id, max_sequences=8)
     layers = (0, 5, 15, 29)
     caps = model.capture_activations(params, tokens, cfg, [(l, "res") for l in layers])
     lines = []

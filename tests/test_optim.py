@@ -90,7 +90,7 @@ def test_free_decoder_rows_leave_the_unit_sphere():
 
     c = config_lib.base_config()
     c.batch_size, c.unit_norm_decoder, c.lr_warmup_steps = 64, False, 0
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 1, norm_scale=2.0)
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, 8, d_sae=32, n_saes=1, norm_scale=2.0)
     x = jax.random.normal(jax.random.PRNGKey(1), (64, 8)) * 2.0
     new, _ = step_lib.make_train_step(c, dead_window_steps=10)(state, x, jnp.asarray([1e-3]))
     norms = np.asarray(jnp.linalg.norm(new["params"]["W_dec"], axis=-1))
@@ -106,7 +106,7 @@ def test_one_recipe_update_keeps_decoder_unit_norm(param):
     c = config_lib.base_config()
     c.sae.threshold_param = param
     c.batch_size = 64
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 2, norm_scale=2.0)
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, 8, d_sae=32, n_saes=2, norm_scale=2.0)
     train_step = step_lib.make_train_step(c, dead_window_steps=10)
     x = jax.random.normal(jax.random.PRNGKey(1), (64, 8)) * 2.0
     new, metrics = train_step(state, x, jnp.asarray([1e-3, 1e-2]))

@@ -32,8 +32,19 @@ def test_the_sae_variant_is_the_evaluators_splice_and_the_variants_split_the_err
     sae = _sae()
     dims = [0, 5]
     variants = probe_lib.variant_library(dims, D)
-    got = probe_lib.probe(params, CFG, batches, sae, 1, variants, dims, 0.0, max_tokens=10_000, log=lambda s: None)
-    want = metrics.evaluate_sae(params, CFG, batches, sae, layer=1, site="res", outlier_norm_factor=0)
+    got = probe_lib.probe(
+        params,
+        CFG,
+        batches,
+        sae=sae,
+        layer=1,
+        variants=variants,
+        dims=dims,
+        outlier_norm_factor=0.0,
+        max_tokens=10_000,
+        log=lambda s: None,
+    )
+    want = metrics.evaluate_sae(params, CFG, batches, sae=sae, layer=1, site="res", outlier_norm_factor=0)
     v = got["variants"]
     np.testing.assert_allclose(got["clean_loss"], want["ce_clean"], rtol=1e-5)
     np.testing.assert_allclose(v["sae"]["delta_loss"], want["delta_loss"], rtol=1e-4, atol=1e-6)
@@ -61,7 +72,17 @@ def test_an_exact_reconstruction_costs_nothing_and_massive_dims_are_found():
         "threshold": np.full(2 * D, 1e-9, np.float32),
     }
     variants = probe_lib.variant_library([1], D)
-    got = probe_lib.probe(params, CFG, tiny_batches(CFG, n=1), exact, 1, {"sae": variants["sae"]}, [1], 0.0, 100)
+    got = probe_lib.probe(
+        params,
+        CFG,
+        tiny_batches(CFG, n=1),
+        sae=exact,
+        layer=1,
+        variants={"sae": variants["sae"]},
+        dims=[1],
+        outlier_norm_factor=0.0,
+        max_tokens=100,
+    )
     assert abs(got["variants"]["sae"]["delta_loss"]) < 1e-5 and got["variants"]["sae"]["kl"] < 1e-6
     rows = np.random.default_rng(0).standard_normal((500, 8))
     rows[:, 3] += 100.0

@@ -103,7 +103,7 @@ def test_quantile_threshold_init_starts_at_each_target_l0():
     c.target_l0s, c.widths = (4.0, 16.0), (64,)
     x = jax.random.normal(jax.random.PRNGKey(0), (2048, 16)) * 3.0
     sample = step_lib.init_sample(c, np.asarray(x), 3.0)
-    state = step_lib.init_state(jax.random.PRNGKey(1), c, 16, 64, 2, 3.0, sample)
+    state = step_lib.init_state(jax.random.PRNGKey(1), c, 16, d_sae=64, n_saes=2, norm_scale=3.0, init_sample=sample)
     for i, target in enumerate(c.target_l0s):
         p = jax.tree.map(lambda a: a[i], state["params"])
         f = jumprelu.encode_train(p, sample, SAEConfig.from_config(c))
@@ -111,7 +111,15 @@ def test_quantile_threshold_init_starts_at_each_target_l0():
         assert abs(l0 - target) / target < 0.02, (target, l0)  # quantiles of these very rows
     # The constant init is untouched by a sample.
     c.sae.threshold_init_mode = "constant"
-    st = step_lib.init_state(jax.random.PRNGKey(1), c, 16, 64, 2, 3.0, step_lib.init_sample(c, np.asarray(x), 3.0))
+    st = step_lib.init_state(
+        jax.random.PRNGKey(1),
+        c,
+        16,
+        d_sae=64,
+        n_saes=2,
+        norm_scale=3.0,
+        init_sample=step_lib.init_sample(c, np.asarray(x), 3.0),
+    )
     np.testing.assert_array_equal(st["params"]["threshold"], np.float32(0.001))
 
 
@@ -127,7 +135,12 @@ def test_b_dec_mean_init_centres_the_encoder_input():
     offset = 5.0 * jax.random.normal(jax.random.PRNGKey(2), (16,))
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2048, 16)) + offset)
     sample = step_lib.init_sample(c, x, 3.0)
-    p = jax.tree.map(lambda a: a[0], step_lib.init_state(jax.random.PRNGKey(1), c, 16, 64, 1, 3.0, sample)["params"])
+    p = jax.tree.map(
+        lambda a: a[0],
+        step_lib.init_state(jax.random.PRNGKey(1), c, 16, d_sae=64, n_saes=1, norm_scale=3.0, init_sample=sample)[
+            "params"
+        ],
+    )
     np.testing.assert_allclose(p["b_dec"], x.mean(0) / 3.0, rtol=1e-5, atol=1e-6)
     pre = (x / 3.0 - x.mean(0) / 3.0) @ np.asarray(p["W_enc"]) + np.asarray(p["b_enc"])
     np.testing.assert_allclose(p["threshold"], np.maximum(np.quantile(pre, 1 - 4 / 64, axis=0), 1e-6), rtol=1e-4)

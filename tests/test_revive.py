@@ -62,7 +62,7 @@ def test_the_train_step_revives_a_dead_latent_every_n_steps():
     c.widths, c.batch_size, c.lr, c.lr_warmup_steps = (D_SAE,), 256, 1e-3, 0
     c.sae.sparsity_loss, c.target_l0s, c.sae.revive_dead_every = "quadratic", (4.0,), 2
     config_lib.validate(c)
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, D_IN, D_SAE, 1, 1.0)
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, D_IN, d_sae=D_SAE, n_saes=1, norm_scale=1.0)
     state["params"]["threshold"] = state["params"]["threshold"].at[0, :5].set(100.0)
     train_step = jax.jit(step_lib.make_train_step(c, dead_window_steps=100))
     lams = jnp.asarray(c.target_l0s)

@@ -42,7 +42,7 @@ def test_splice_adds_the_decoder_row_exactly(params):
     np.testing.assert_allclose(vec, 2.5 * sae["W_dec"][3])
     tokens = jnp.asarray([[1, 5, 6, 7, 8]], jnp.int32)
     last = CFG.n_layers - 1
-    got = steering.steered_logits(params, tokens, jnp.asarray(vec), CFG, last, "res")
+    got = steering.steered_logits(params, tokens, jnp.asarray(vec), CFG, layer=last, site="res")
     res = model.forward(params, tokens, CFG, capture=[(last, "res")]).captures[(last, "res")]
     h = model.rms_norm(res + vec, params["final_norm"], CFG.norm_eps, plus_one=False)
     want = h @ params["embed"].T

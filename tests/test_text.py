@@ -49,7 +49,7 @@ def test_embedded_corpus_has_enough_tokens(docs, smollm_tokenizer):
 def test_pack_layout_and_mask():
     texts = ["hello world", "a", "", "the quick brown fox jumps over the lazy dog", "xyz"]
     T = 8
-    tokens, mask = text.pack(CharTokenizer(), texts, T, BOS, EOS, PAD)
+    tokens, mask = text.pack(CharTokenizer(), texts, T, bos_id=BOS, eos_id=EOS, pad_id=PAD)
     assert tokens.dtype == np.int32 and mask.dtype == bool and tokens.shape == mask.shape
     assert tokens.shape[1] == T and (tokens[:, 0] == BOS).all()
     # The rows' bodies are exactly the EOS-joined stream (empty documents skipped), then padding.
@@ -65,29 +65,29 @@ def test_pack_layout_and_mask():
     assert (mask == ~np.isin(tokens, [BOS, EOS, PAD])).all()
     assert mask.sum() == sum(len(t) for t in texts)
     # drop_last drops the padded row; max_sequences truncates.
-    t2, _ = text.pack(CharTokenizer(), texts, T, BOS, EOS, PAD, drop_last=True)
+    t2, _ = text.pack(CharTokenizer(), texts, T, bos_id=BOS, eos_id=EOS, pad_id=PAD, drop_last=True)
     assert len(t2) == n // (T - 1) and (t2 != PAD).all()
-    t3, m3 = text.pack(CharTokenizer(), texts, T, BOS, EOS, PAD, max_sequences=2)
+    t3, m3 = text.pack(CharTokenizer(), texts, T, bos_id=BOS, eos_id=EOS, pad_id=PAD, max_sequences=2)
     assert t3.shape == (2, T) and (t3 == tokens[:2]).all()
 
 
 def test_pack_masks_padding_even_when_pad_is_eos():
-    tokens, mask = text.pack(CharTokenizer(), ["abc"], 10, BOS, EOS)  # pad defaults to EOS
+    tokens, mask = text.pack(CharTokenizer(), ["abc"], 10, bos_id=BOS, eos_id=EOS)  # pad defaults to EOS
     assert tokens[0].tolist() == [BOS, 107, 108, 109, EOS, EOS, EOS, EOS, EOS, EOS]
     assert mask[0].tolist() == [False, True, True, True] + [False] * 6
 
 
 def test_iter_packed_batches_stream():
     texts = [f"document number {i}" for i in range(50)]
-    batches = list(text.iter_packed(CharTokenizer(), texts, 16, BOS, EOS, PAD, batch_size=8))
+    batches = list(text.iter_packed(CharTokenizer(), texts, 16, bos_id=BOS, eos_id=EOS, pad_id=PAD, batch_size=8))
     assert all(b[0].shape[0] == 8 for b in batches[:-1]) and 1 <= batches[-1][0].shape[0] <= 8
-    whole, _ = text.pack(CharTokenizer(), texts, 16, BOS, EOS, PAD)
+    whole, _ = text.pack(CharTokenizer(), texts, 16, bos_id=BOS, eos_id=EOS, pad_id=PAD)
     assert (np.concatenate([b[0] for b in batches]) == whole).all()
 
 
 def test_pack_real_tokenizer(smollm_tokenizer):
     tok = smollm_tokenizer
-    tokens, mask = text.pack(tok, ["Hello world.", "Second document here."], 6, 0, 0)
+    tokens, mask = text.pack(tok, ["Hello world.", "Second document here."], 6, bos_id=0, eos_id=0)
     assert (tokens[:, 0] == 0).all() and not mask[tokens == 0].any()
     ids = tok(["Hello world.", "Second document here."], add_special_tokens=False)["input_ids"]
     assert mask.sum() == sum(len(i) for i in ids)

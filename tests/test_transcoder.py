@@ -148,7 +148,7 @@ def test_step_normalises_each_part_and_exports_in_raw_units():
     c = config_lib.base_config()
     c.batch_size, c.lambdas = 64, (1e-3,)
     tc = archs.for_site(c, "transcoder_affine", 6)
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 1, (3.0, 0.5), arch=tc)
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, 8, d_sae=32, n_saes=1, norm_scale=(3.0, 0.5), arch=tc)
     xy = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (64, 14)), np.float32) * np.r_[[3.0] * 8, [0.5] * 6]
     p0 = jax.tree.map(lambda a: a[0], state["params"])
     want, aux = tc.loss(p0, jnp.asarray(xy / np.r_[[3.0] * 8, [0.5] * 6]), c.sae, 0.0)
@@ -191,7 +191,7 @@ def test_export_round_trips_ours_and_gemma_scope_2(tmp_path, affine):
     assert sorted(back) == sorted(params)
     for k in params:
         np.testing.assert_array_equal(back[k], params[k])
-    folder = formats.gs2_dir(str(tmp_path / "gs2"), meta["site"], 3, 32, meta["l0"])
+    folder = formats.gs2_dir(str(tmp_path / "gs2"), meta["site"], 3, width=32, l0=meta["l0"])
     assert folder.endswith(os.path.join("transcoder_all", "layer_3_width_32_l0_12" + ("_affine" if affine else "")))
     sae_export.export(src, "gemma_scope_2", folder)
     from safetensors.numpy import load_file
@@ -226,7 +226,7 @@ def test_bad_transcoder_files_name_the_key(tmp_path):
     ):
         with pytest.raises(sae_io.SAEFileError, match=f"key '{key}' has shape"):
             sae_io.save_params(str(tmp_path / "a" / "params.npz"), dict(params, **{key: bad}), meta)
-    folder = formats.gs2_dir(str(tmp_path), "transcoder_affine", 3, 32, "small")
+    folder = formats.gs2_dir(str(tmp_path), "transcoder_affine", 3, width=32, l0="small")
     with pytest.raises(sae_io.SAEFileError, match=r"key 'affine_skip_connection' \(W_skip\) has shape \(8, 3\)"):
         formats.save_gemma_scope_2(folder, dict(params, W_skip=params["W_skip"][:, :3]), meta)
     # a released file whose skip disagrees with w_dec: loading names the file's key
@@ -377,7 +377,9 @@ def test_quantile_threshold_init_reads_the_input_part():
     xy = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (512, 14)), np.float32)
     sample = step_lib.init_sample(c, xy * 2.0, (2.0, 1.0), 8)  # normalised: x_in / 2, y / 1
     np.testing.assert_allclose(sample, np.concatenate([xy[:, :8], 2 * xy[:, 8:]], 1), rtol=1e-6)
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 1, (2.0, 1.0), sample, arch=tc)
+    state = step_lib.init_state(
+        jax.random.PRNGKey(0), c, 8, d_sae=32, n_saes=1, norm_scale=(2.0, 1.0), init_sample=sample, arch=tc
+    )
     p = jax.tree.map(lambda a: a[0], state["params"])
     pre = xy[:, :8] @ np.asarray(p["W_enc"]) + np.asarray(p["b_enc"])
     np.testing.assert_allclose(p["threshold"], np.maximum(np.quantile(pre, 1 - 4 / 32, axis=0), 1e-6), rtol=1e-5)
@@ -400,7 +402,9 @@ def test_regression_init_starts_from_the_least_squares_map(affine):
     assert sample is not None  # drawn for the regression init alone (constant thresholds)
     p = jax.tree.map(
         lambda a: np.asarray(a[0], np.float64),
-        step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 1, (2.0, 1.0), sample, arch=tc)["params"],
+        step_lib.init_state(
+            jax.random.PRNGKey(0), c, 8, d_sae=32, n_saes=1, norm_scale=(2.0, 1.0), init_sample=sample, arch=tc
+        )["params"],
     )
     xs = x / 2.0
     xc, yc = xs - xs.mean(0), y - y.mean(0)
@@ -409,7 +413,9 @@ def test_regression_init_starts_from_the_least_squares_map(affine):
     c.sae.transcoder_init = "random"
     p0 = jax.tree.map(
         lambda a: np.asarray(a[0]),
-        step_lib.init_state(jax.random.PRNGKey(0), c, 8, 32, 1, (2.0, 1.0), sample, arch=tc)["params"],
+        step_lib.init_state(
+            jax.random.PRNGKey(0), c, 8, d_sae=32, n_saes=1, norm_scale=(2.0, 1.0), init_sample=sample, arch=tc
+        )["params"],
     )
     np.testing.assert_allclose(p["W_dec"], p0["W_dec"], rtol=1e-6)  # the decoder is the random one
     if affine:

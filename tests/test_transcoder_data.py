@@ -65,7 +65,7 @@ SITES = {"mlp_in_L1": 4, "mlp_L1": 3}
 def test_paired_store_source_aligns_shuffles_and_resumes(tmp_path):
     root = str(tmp_path / "s")
     write_store(root, SITES, pair_rows, PAIRED)
-    src = make_source(store_cfg(root), "", "transcoder", LAYER)
+    src = make_source(store_cfg(root), "", "transcoder", layer=LAYER)
     assert isinstance(src, PairedStoreSource) and (src.d_in, src.d_out) == (4, 3)
     batches = [next(src) for _ in range(5)]
     for xy in batches + [src.sample(200), src.heldout(150)]:
@@ -73,11 +73,11 @@ def test_paired_store_source_aligns_shuffles_and_resumes(tmp_path):
         np.testing.assert_array_equal(xy[:, 4:], 2 * xy[:, :3] + 1)
     first = np.concatenate([pair_rows("mlp_in", 0), pair_rows("mlp_in", 1)])[:32]
     assert not np.array_equal(batches[0][:, :4], first)  # shuffled, not in store order
-    src2 = make_source(store_cfg(root), "", "transcoder", LAYER)
+    src2 = make_source(store_cfg(root), "", "transcoder", layer=LAYER)
     for _ in range(3):
         next(src2)
     state = json.loads(json.dumps(src2.get_state()))
-    src3 = make_source(store_cfg(root), "", "transcoder_affine", LAYER)
+    src3 = make_source(store_cfg(root), "", "transcoder_affine", layer=LAYER)
     src3.set_state(state)
     np.testing.assert_array_equal(next(src3), batches[3])
     np.testing.assert_array_equal(next(src3), batches[4])
@@ -107,7 +107,7 @@ def test_bad_pairs_fail_naming_both(tmp_path, sites, rows, meta, message):
     write_store(root, sites, rows, meta, n_batches=6)
     out = "mlp_L2" if "mlp_L2" in sites else "mlp_L1"
     with pytest.raises(store_lib.StoreError, match=message):
-        PairedStoreSource(store_cfg(root), "", "mlp_in_L1", out)
+        PairedStoreSource(store_cfg(root), "", "mlp_in_L1", out_key=out)
 
 
 # ----------------------------------------------------------------------------- a tiny LM
@@ -200,24 +200,29 @@ def test_killed_writer_rerun_keeps_pairs_aligned(generated, tiny_lm):
     from gemmascope.data.activations import LMActivations
 
     toks, mask = next(LMActivations(c, [(LAYER, "mlp_in")], log=lambda *a: None).packed_batches("train"))
-    own = sites_lib.site_rows(tiny_lm, toks, mask, [(LAYER, "mlp_in"), (LAYER, "mlp")], 1.5)
+    own = sites_lib.site_rows(tiny_lm, toks, mask, [(LAYER, "mlp_in"), (LAYER, "mlp")], factor=1.5)
     joint = sites_lib.site_rows(
-        tiny_lm, toks, mask, [(LAYER, "mlp_in"), (LAYER, "mlp")], 1.5, pairs=[(LAYER, "mlp_in", "mlp")]
+        tiny_lm, toks, mask, [(LAYER, "mlp_in"), (LAYER, "mlp")], factor=1.5, pairs=[(LAYER, "mlp_in", "mlp")]
     )
     assert len(own["mlp_in_L1"]) != len(own["mlp_L1"])
     n_own = sorted((len(own["mlp_in_L1"]), len(own["mlp_L1"])))
     assert len(joint["mlp_in_L1"]) == len(joint["mlp_L1"]) <= n_own[0] < n_own[1]
     # sites in no pair keep their own mask (a store without pairs is unchanged)
-    solo = sites_lib.site_rows(tiny_lm, toks, mask, [(LAYER, "res")], 1.5)
+    solo = sites_lib.site_rows(tiny_lm, toks, mask, [(LAYER, "res")], factor=1.5)
     res = sites_lib.site_rows(
-        tiny_lm, toks, mask, [(LAYER, "res"), (LAYER, "mlp_in"), (LAYER, "mlp")], 1.5, pairs=[(LAYER, "mlp_in", "mlp")]
+        tiny_lm,
+        toks,
+        mask,
+        [(LAYER, "res"), (LAYER, "mlp_in"), (LAYER, "mlp")],
+        factor=1.5,
+        pairs=[(LAYER, "mlp_in", "mlp")],
     )
     np.testing.assert_array_equal(solo["res_L1"], res["res_L1"])
 
 
 def test_online_source_pairs_the_same_rows(use_tiny_lm):
     c = lm_cfg(source="online")
-    src = make_source(c, "", "transcoder", LAYER)
+    src = make_source(c, "", "transcoder", layer=LAYER)
     assert (src.d_in, src.d_out) == (16, 16)
     for xy in (next(src), next(src), src.heldout(100)):
         np.testing.assert_allclose(mlp(use_tiny_lm, xy[:, :16]), xy[:, 16:], atol=1e-5, rtol=0)
@@ -249,7 +254,7 @@ def test_trains_and_exports_plain_and_affine_transcoders(generated, use_tiny_lm)
         p = sae_io.load_params(folder)
         assert ("W_skip" in p) is r["affine_skip"]
         # the recorded FVU is the exported file's on the held-out pairs
-        src = make_source(lm_cfg(), wd, r["site"], LAYER)
+        src = make_source(lm_cfg(), wd, r["site"], layer=LAYER)
         xy = src.heldout(256)
         y_hat = np.asarray(sae_model.transcode(p, xy[:, :16]))
         y = xy[:, 16:]

@@ -77,7 +77,9 @@ def test_losses_l0_and_fvu_equal_a_whole_forward_with_the_mlp_output_replaced(lm
     kept by the outlier rule at both sites."""
     params, batches = lm
     tcs = [transcoder(1, False), transcoder(2, True)]
-    rs = metrics.evaluate_saes(params, CFG, batches, tcs, layer=LAYER, site="transcoder", outlier_norm_factor=FACTOR)
+    rs = metrics.evaluate_saes(
+        params, CFG, batches, saes=tcs, layer=LAYER, site="transcoder", outlier_norm_factor=FACTOR
+    )
     ce = {"clean": 0.0, "zero": 0.0, **{i: 0.0 for i in range(len(tcs))}}
     kl = np.zeros(len(tcs))
     n_t = n_sel = n_text = 0
@@ -135,7 +137,7 @@ def test_losses_l0_and_fvu_equal_a_whole_forward_with_the_mlp_output_replaced(lm
 
 def test_bad_files_fail_before_any_compute_naming_the_problem(lm):
     params, batches = lm
-    run = lambda tc, site: metrics.evaluate_saes(params, CFG, batches, [tc], 1, site)  # noqa: E731
+    run = lambda tc, site: metrics.evaluate_saes(params, CFG, batches, saes=[tc], layer=1, site=site)  # noqa: E731
     with pytest.raises(ValueError, match="SAE 0: has 'W_skip' .* site 'mlp' is not a transcoder site"):
         run(transcoder(0, True), "mlp")
     raw = transcoder(0, False)
@@ -211,7 +213,13 @@ def test_evaluate_workdir_scores_plain_and_affine_transcoders_in_one_pass(lm, tm
     cache = json.load(open(os.path.join(wd, "eval", "baseline_cache.json")))
     assert [k.split("|")[2] for k in cache if "site=" in k] == ["site=transcoder"]
     direct = metrics.evaluate_saes(
-        params, CFG, batches, [transcoder(1, False), transcoder(2, True)], LAYER, "transcoder", FACTOR
+        params,
+        CFG,
+        batches,
+        saes=[transcoder(1, False), transcoder(2, True)],
+        layer=LAYER,
+        site="transcoder",
+        outlier_norm_factor=FACTOR,
     )
     for row, r in zip((tc, tca), direct):
         for key in ("l0", "fvu", "delta_loss", "ce_zero", "kl_div_with_sae"):
@@ -275,7 +283,17 @@ def test_comparison_tables_interpolate_each_series_at_matched_l0(tmp_path):
 def test_scan_encodes_the_mlp_input_at_the_rows_kept_at_both_sites(lm):
     params, batches = lm
     tc = transcoder(1, True)
-    res = dash.scan(params, CFG, tc, LAYER, "transcoder_affine", batches, k=3, outlier_norm_factor=FACTOR, log=None)
+    res = dash.scan(
+        params,
+        CFG,
+        tc,
+        layer=LAYER,
+        site="transcoder_affine",
+        batches=batches,
+        k=3,
+        outlier_norm_factor=FACTOR,
+        log=None,
+    )
     fs, valids = [], []
     for toks, mask in batches:
         x_in, _, keep_in, keep_out = _oracle_sites(params, toks, mask, FACTOR)
@@ -337,10 +355,10 @@ def test_steering_a_transcoder_latent_adds_its_decoder_row_to_the_mlp_output():
     vec = steering.steering_vector(tc, 3, 2.5)
     np.testing.assert_array_equal(vec, 2.5 * tc["W_dec"][3])
     tokens = jnp.asarray([[1, 5, 6, 7, 8]], jnp.int32)
-    got = steering.steered_logits(params, tokens, jnp.asarray(vec), CFG, 0, "transcoder")
-    want = steering.steered_logits(params, tokens, jnp.asarray(vec), CFG, 0, "res")
+    got = steering.steered_logits(params, tokens, jnp.asarray(vec), CFG, layer=0, site="transcoder")
+    want = steering.steered_logits(params, tokens, jnp.asarray(vec), CFG, layer=0, site="res")
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     plain = model.forward(params, tokens, CFG).logits
     assert np.abs(np.asarray(got) - np.asarray(plain)).max() > 1e-2
-    out = steering.generate(params, CFG, [1, 7, 9], vec, 0, "transcoder", max_new_tokens=2)  # width of mlp
+    out = steering.generate(params, CFG, [1, 7, 9], vec, layer=0, site="transcoder", max_new_tokens=2)  # width of mlp
     assert len(out) == 2

@@ -85,7 +85,7 @@ __all__ = [
 
 
 def random_direction_floor(
-    W_U: Any, d_in: int, token_sets: Mapping[str, Any], n: int = 256, q: float = 99.0, seed: int = 0
+    W_U: Any, d_in: int, token_sets: Mapping[str, Any], *, n: int = 256, q: float = 99.0, seed: int = 0
 ) -> dict[str, float]:
     """``{set: percentile q of |enrichment score|}`` over ``n`` random unit directions ``[n, d_in]``
     read through ``W_U``: how strong an enrichment any direction shows, the baseline a latent must beat."""
@@ -201,9 +201,9 @@ def build_dashboard(
         lm_params,
         cfg,
         sae,
-        int(layer),
-        site,
-        batches,
+        layer=int(layer),
+        site=site,
+        batches=batches,
         max_tokens=n_tokens,
         k=k,
         outlier_norm_factor=outlier_norm_factor,
@@ -239,7 +239,16 @@ def build_dashboard(
         text=f"the embedded corpus ({split} split)" if split != "all" else "the embedded corpus",
     )
     summary = write_site(
-        out_dir, res, lens, toks, chosen, sae=sae, info=info, enrichment=enr, enrichment_floor=floor, log=log
+        out_dir,
+        res,
+        lens,
+        tokens=toks,
+        latents=chosen,
+        sae=sae,
+        info=info,
+        enrichment=enr,
+        enrichment_floor=floor,
+        log=log,
     )
     summary["class_counts_all_latents"] = lens.class_counts()
     summary["total_seconds"] = time.time() - t_start

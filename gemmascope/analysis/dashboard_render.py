@@ -122,6 +122,7 @@ def histogram_view(
     counts: np.ndarray,
     lo: float,
     hi: float,
+    *,
     threshold: float | None = None,
     xlabel: str = "activation",
     width: int = 420,
@@ -168,6 +169,7 @@ def histogram_svg(
     counts: np.ndarray,
     lo: float,
     hi: float,
+    *,
     threshold: float | None = None,
     xlabel: str = "activation",
     width: int = 420,
@@ -175,13 +177,15 @@ def histogram_svg(
 ) -> markupsafe.Markup:
     """:func:`histogram_view` drawn as an SVG element (safe markup), e.g. for a notebook."""
     macros = _ENV.get_template("macros.html").module
-    return macros.histogram(histogram_view(counts, lo, hi, threshold, xlabel, width, height))
+    return macros.histogram(
+        histogram_view(counts, lo, hi, threshold=threshold, xlabel=xlabel, width=width, height=height)
+    )
 
 
 # ----------------------------------------------------------------------------------- views
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class SiteInfo:
     """Labels for the pages: where the SAE reads, which model, which text."""
 
@@ -217,6 +221,7 @@ class _Pages:
         res: ScanResult,
         lens,
         tokens: Sequence[str],
+        *,
         latents: list[int],
         sae,
         enrichment,
@@ -259,7 +264,9 @@ class _Pages:
         ctxs = latent_contexts(res, i, self.before, self.after, self.bounds)
         thr = float(self.thr[i]) if self.thr is not None else None
         hist = (
-            histogram_view(self.counts[n_page], 0.0, float(self.upper[n_page]), thr) if res.fire_counts[i] > 0 else None
+            histogram_view(self.counts[n_page], 0.0, float(self.upper[n_page]), threshold=thr)
+            if res.fire_counts[i] > 0
+            else None
         )
         scale = float(res.act_max[i])
         return {
@@ -347,6 +354,7 @@ def write_site(
     out_dir: str,
     res: ScanResult,
     lens,
+    *,
     tokens: Sequence[str],
     latents: Sequence[int],
     sae: Mapping[str, Any] | None = None,
@@ -382,7 +390,16 @@ def write_site(
         if not 0 <= i < res.d_sae:
             raise DashboardInputError(f"latent {i} out of range: the SAE has {res.d_sae} latents")
     pages = _Pages(
-        res, lens, tokens, latents, sae, enrichment, enrichment_floor, contexts_before, contexts_after, hist_bins
+        res,
+        lens,
+        tokens,
+        latents=latents,
+        sae=sae,
+        enrichment=enrichment,
+        enrichment_floor=enrichment_floor,
+        contexts_before=contexts_before,
+        contexts_after=contexts_after,
+        hist_bins=hist_bins,
     )
     t0 = time.time()
     os.makedirs(os.path.join(out_dir, "latents"), exist_ok=True)

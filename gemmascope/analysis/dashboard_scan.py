@@ -52,7 +52,7 @@ class DashboardInputError(ValueError):
 # ----------------------------------------------------------------------------------- scanning
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class ScanResult:
     """What :func:`scan` keeps. ``S`` sequences of length ``T``, ``d_sae`` latents, ``k`` contexts.
 
@@ -229,10 +229,10 @@ def scan(
     lm_params,
     lm_cfg,
     sae: Mapping[str, Any],
+    *,
     layer: int,
     site: str,
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
-    *,
     max_tokens: int | None = None,
     k: int = 12,
     outlier_norm_factor: float = 10.0,
@@ -305,7 +305,7 @@ def text_batches(
 # ----------------------------------------------------------------------------------- contexts
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class Context:
     """One top-activating context of a latent: the document's tokens around ``seq``/``pos``.
 

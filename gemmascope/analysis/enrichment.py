@@ -276,7 +276,7 @@ def adjust_pvalues(p: np.ndarray, method: str = "bh") -> np.ndarray:
     return q.reshape(p.shape)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class EnrichmentResult:
     """Enrichment of every (latent, set) pair.
 

@@ -88,7 +88,7 @@ def ids_to_tokens(ids: np.ndarray | Sequence[int], token_strings: Sequence[str])
     return table[np.asarray(ids)]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class LogitLensResult:
     """Per-latent logit-lens statistics; every array is ``[d_sae]`` unless stated.
 

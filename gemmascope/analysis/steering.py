@@ -35,7 +35,7 @@ def steering_vector(sae_params: dict[str, Any], latent: int, alpha: float) -> np
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "site"))
-def steered_logits(params, tokens: jax.Array, vec: jax.Array, cfg: LMConfig, layer: int, site: str) -> jax.Array:
+def steered_logits(params, tokens: jax.Array, vec: jax.Array, cfg: LMConfig, *, layer: int, site: str) -> jax.Array:
     """Logits ``[B, T, V]`` with ``vec [d]`` added to ``(layer, site)`` at every position (a
     transcoder site: its output site)."""
     splice = {(layer, read_write_sites(site)[1]): lambda a: a + vec.astype(a.dtype)}
@@ -47,6 +47,7 @@ def generate(
     cfg: LMConfig,
     prompt_ids: list[int],
     vec: np.ndarray | None,
+    *,
     layer: int,
     site: str,
     max_new_tokens: int = 20,
@@ -78,7 +79,8 @@ def generate(
     out: list[int] = []
     for t in range(n0, n0 + max_new_tokens):
         logits = np.asarray(
-            steered_logits(params, jnp.asarray(buf), jnp.asarray(vec), cfg, layer, site)[0, t - 1], np.float64
+            steered_logits(params, jnp.asarray(buf), jnp.asarray(vec), cfg, layer=layer, site=site)[0, t - 1],
+            np.float64,
         )
         if temperature > 0:
             p = np.exp((logits - logits.max()) / temperature)
@@ -96,6 +98,7 @@ def steer_text(
     params,
     cfg: LMConfig,
     tokenizer,
+    *,
     prompt: str,
     sae_params: dict[str, Any] | None,
     latent: int,
@@ -107,5 +110,5 @@ def steer_text(
     """Text in, steered continuation out (BOS is prepended to the prompt)."""
     ids = [cfg.bos_id] + list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     vec = None if sae_params is None or alpha == 0 else steering_vector(sae_params, latent, alpha)
-    new = generate(params, cfg, ids, vec, layer, site, stop_ids=(cfg.eos_id,), **kw)
+    new = generate(params, cfg, ids, vec, layer=layer, site=site, stop_ids=(cfg.eos_id,), **kw)
     return tokenizer.decode(new)

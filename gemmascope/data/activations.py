@@ -80,7 +80,7 @@ class LMActivations:
         norm outliers (``lm.outlier_norm_factor`` times the batch median; counted by position
         into ``stats[key]`` when given). See :func:`gemmascope.data.sites.site_rows`."""
         factor = float(self.config.lm.outlier_norm_factor)
-        return sites_lib.site_rows(self.lm, tokens, mask, self.sites, factor, stats, self.pairs)
+        return sites_lib.site_rows(self.lm, tokens, mask, self.sites, factor=factor, stats=stats, pairs=self.pairs)
 
     def heldout_rows(self, n_rows: int) -> dict[str, np.ndarray]:
         """At least ``min(n_rows, all)`` held-out rows per location (whole batches)."""

@@ -97,7 +97,7 @@ def _norm_summary(norms: np.ndarray) -> dict[str, float]:
     }
 
 
-def write_part(config, lm: LMActivations, root: str, part: str, max_rows: int | None, log=print) -> dict:
+def write_part(config, lm: LMActivations, root: str, *, part: str, max_rows: int | None, log=print) -> dict:
     """Writes one split's store (resuming a killed run); returns its StoreInfo.sites."""
     path = part_root(root, part)
     writer = store_lib.ActivationWriter(
@@ -175,7 +175,7 @@ def generate(config, workdir: str, log=print, prepared: bool = False) -> str:
         raise config_lib.ConfigError("config.source: the toy source needs no activation store")
     root = store_root(config, workdir)
     lm = LMActivations(config, store_sites(config), log=log, pairs=store_pairs(config))
-    write_part(config, lm, root, "heldout", int(config.store.heldout_rows), log)
-    write_part(config, lm, root, "train", int(config.store.max_tokens) or None, log)
+    write_part(config, lm, root, part="heldout", max_rows=int(config.store.heldout_rows), log=log)
+    write_part(config, lm, root, part="train", max_rows=int(config.store.max_tokens) or None, log=log)
     log(f"[generate] activation store complete at {root}")
     return root

@@ -54,7 +54,9 @@ def packed_batches(
     """``(tokens [n_seq, seq_len] int32, mask [n_seq, seq_len] bool)`` packed with BOS first, in
     the order of ``texts``; the last batch padded (see :func:`pad_batch`)."""
     bos, eos, pad = lm_cfg.bos_id, lm_cfg.eos_id, lm_cfg.pad_id
-    for toks, mask in text_lib.iter_packed(tokenizer, texts, seq_len, bos, eos, pad, batch_size=n_seq):
+    for toks, mask in text_lib.iter_packed(
+        tokenizer, texts, seq_len, bos_id=bos, eos_id=eos, pad_id=pad, batch_size=n_seq
+    ):
         yield pad_batch(toks, mask, n_seq, bos, pad)
 
 
@@ -96,6 +98,7 @@ def site_rows(
     tokens: np.ndarray,
     mask: np.ndarray,
     sites: Iterable[Site],
+    *,
     factor: float,
     stats: dict[str, Any] | None = None,
     pairs: Iterable[tuple[int, str, str]] = (),

@@ -50,7 +50,7 @@ class ActivationSource(Protocol):
     def heldout(self, n_rows: int) -> np.ndarray: ...
 
 
-def make_source(config, workdir: str, site: str, layer: int, slot: int = 0, n_slots: int = 1) -> ActivationSource:
+def make_source(config, workdir: str, site: str, *, layer: int, slot: int = 0, n_slots: int = 1) -> ActivationSource:
     """The activation stream for one location ``(site, layer)``.
 
     With several processes (``n_slots > 1``) each yields only its rows of every global batch:

@@ -246,6 +246,7 @@ def iter_packed(
     tokenizer,
     texts: Iterable[str],
     seq_len: int,
+    *,
     bos_id: int,
     eos_id: int,
     pad_id: int | None = None,
@@ -304,6 +305,7 @@ def pack(
     tokenizer,
     texts: Iterable[str],
     seq_len: int,
+    *,
     bos_id: int,
     eos_id: int,
     pad_id: int | None = None,
@@ -313,7 +315,9 @@ def pack(
     """All of ``texts`` packed: (tokens [N, seq_len] int32, mask [N, seq_len] bool). See module doc."""
     toks, masks = [], []
     n = 0
-    for t, m in iter_packed(tokenizer, texts, seq_len, bos_id, eos_id, pad_id, drop_last=drop_last):
+    for t, m in iter_packed(
+        tokenizer, texts, seq_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, drop_last=drop_last
+    ):
         toks.append(t)
         masks.append(m)
         n += len(t)

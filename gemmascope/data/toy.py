@@ -22,7 +22,7 @@ class ToySource:
     """Synthetic activations ``[batch, d_in]`` with ground-truth ``features [n_features, d_in]``."""
 
     def __init__(
-        self, d_in: int, n_features: int, mean_active: float, batch_size: int, seed: int = 0, noise_std: float = 0.0
+        self, d_in: int, n_features: int, mean_active: float, batch_size: int, *, seed: int = 0, noise_std: float = 0.0
     ):
         self.d_in = int(d_in)
         self.n_features = int(n_features)

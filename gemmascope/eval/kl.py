@@ -30,6 +30,7 @@ def next_token_ce_and_kl(
     h_clean: jax.Array,
     h_spliced: jax.Array,
     tokens: jax.Array,
+    *,
     cfg: LMConfig,
     n_chunks: int = 8,
     token_block: int = 1024,

@@ -136,6 +136,7 @@ def _batch_metrics(
     saes,
     tokens,
     mask,
+    *,
     cfg: LMConfig,
     layer: int,
     site: str,
@@ -210,7 +211,7 @@ def _batch_metrics(
     recons = [reconstruct(dict(sae, k=k) if k is not None else sae, x_in) for sae, k in zip(saes, ks)]
     # Every SAE's run against the clean run (KL), the clean logits computed once per vocabulary tile.
     ce_clean, ce_sae, kl = next_token_ce_and_kl(
-        lm_params, final_residual(), jnp.stack([final_residual(x_hat) for x_hat, _ in recons]), tokens, cfg
+        lm_params, final_residual(), jnp.stack([final_residual(x_hat) for x_hat, _ in recons]), tokens, cfg=cfg
     )
     if "clean" in baselines:
         common["ce_clean"] = jnp.sum(ce_clean * w)
@@ -255,6 +256,7 @@ def evaluate_saes(
     lm_params,
     cfg: LMConfig,
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
     saes: Sequence[dict[str, Any]],
     layer: int,
     site: str,
@@ -297,12 +299,12 @@ def evaluate_saes(
                 arrays,
                 jnp.asarray(tokens, jnp.int32),
                 jnp.asarray(mask),
-                cfg,
-                int(layer),
-                site,
-                float(outlier_norm_factor),
-                ks,
-                need,
+                cfg=cfg,
+                layer=int(layer),
+                site=site,
+                outlier_norm_factor=float(outlier_norm_factor),
+                ks=ks,
+                baselines=need,
             )
         )
         if cached is None:
@@ -375,6 +377,7 @@ def evaluate_sae(
     lm_params,
     cfg: LMConfig,
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
     sae: dict[str, Any],
     layer: int,
     site: str,
@@ -390,7 +393,17 @@ def evaluate_sae(
     (module doc): ce_loss_score, kl_div_with_sae, explained_variance, cossim, l2_ratio,
     relative_reconstruction_bias, frac_alive, freq_over_1_percent, freq_over_10_percent.
     """
-    return evaluate_saes(lm_params, cfg, batches, [sae], layer, site, outlier_norm_factor, max_tokens, log)[0]
+    return evaluate_saes(
+        lm_params,
+        cfg,
+        batches,
+        saes=[sae],
+        layer=layer,
+        site=site,
+        outlier_norm_factor=outlier_norm_factor,
+        max_tokens=max_tokens,
+        log=log,
+    )[0]
 
 
 def firing_histogram(fire_counts: np.ndarray, n_tokens: int, bins: int = 40) -> tuple[np.ndarray, np.ndarray, int]:

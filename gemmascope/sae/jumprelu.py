@@ -344,7 +344,7 @@ def loss(
         sparsity_term = sparsity_term + frequency_penalty(pre, p["threshold"], cfg)
     mse, aux = recon_aux(x, x_hat, f, l0_per_example, sparsity_term)
     total = (mse if recon is None else recon) + sparsity_term
-    return with_auxk(total, aux, p, pre, x, x_hat, dead, cfg)
+    return with_auxk(total, aux, p, pre=pre, x=x, x_hat=x_hat, dead=dead, cfg=cfg)
 
 
 def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0: Any, cfg: SAEConfig) -> Params:

@@ -97,10 +97,10 @@ def loss(params, x, cfg, sparsity, dead=None):
     f, pre = codes_and_pre(params, x, cfg, int(sparsity))
     x_hat = decode_train(params, f)
     mse, aux = recon_aux(x, x_hat, f, l0_per_example(f), jnp.zeros([], jnp.float32))
-    return with_auxk(mse, aux, params, pre, x, x_hat, dead, cfg)
+    return with_auxk(mse, aux, params, pre=pre, x=x, x_hat=x_hat, dead=dead, cfg=cfg)
 
 
-def with_auxk(total, aux, params, pre, x, x_hat, dead, cfg):
+def with_auxk(total, aux, params, *, pre, x, x_hat, dead, cfg):
     """``(total + auxk_coefficient * AuxK, aux)`` when ``dead [d_sae]`` is given (skipped by
     ``lax.cond`` while no latent is dead); ``aux["sparsity_loss"]`` adds the auxiliary term.
     Shared by TopK, BatchTopK and JumpReLU with ``sae.jumprelu_auxk``."""

@@ -99,7 +99,9 @@ def dry_run(config, device_memory_gb: float = 95.0, log=print, prepared: bool = 
         key = jax.random.PRNGKey(0)
         arch = archs.for_site(config, sites[0], d_out or None)
         ones = (1.0, 1.0) if d_out else 1.0
-        shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, ones, arch=arch))
+        shapes = jax.eval_shape(
+            lambda: step_lib.init_state(key, config, d_in, d_sae=width, n_saes=k, norm_scale=ones, arch=arch)
+        )
         sweep = sharding.ShardedSweep(config, mesh, shapes, d_in + d_out, width)
         t0 = time.time()
         fn = sweep.jit_step(step_lib.make_train_step(config, dead_window_steps, arch=arch))

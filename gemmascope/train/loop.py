@@ -64,7 +64,7 @@ def _check_finite(state, step: int, lambdas, name: str) -> None:
         )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class _Location:
     """What the three phases of one location share: names, the stream, the sweep and checkpoints."""
 
@@ -87,7 +87,7 @@ class _Location:
 
 
 def train_location(
-    config, workdir: str, site: str, layer: int, width: int, log=print, mesh=None
+    config, workdir: str, site: str, *, layer: int, width: int, log=print, mesh=None
 ) -> list[dict[str, Any]]:
     """Trains all lambdas at one location; returns the export records (path, metrics) per SAE.
 
@@ -111,7 +111,7 @@ def train_location(
 
     mesh = sharding.make_mesh(config) if mesh is None else mesh
     slot, n_slots = sharding.process_rows(mesh, int(config.batch_size))
-    source = make_source(config, workdir, site, layer, slot, n_slots)
+    source = make_source(config, workdir, site, layer=layer, slot=slot, n_slots=n_slots)
     d_in = int(source.d_in)
     d_out = getattr(source, "d_out", None)  # a paired (transcoder) source
     arch = archs.for_site(config, site, d_out)
@@ -120,24 +120,28 @@ def train_location(
     k = len(values)
     ones = 1.0 if d_out is None else (1.0, 1.0)
     ones_s = np.ones((d_in,), np.float32) if config_lib.scales_dims(config) else None
-    shapes = jax.eval_shape(lambda: step_lib.init_state(key, config, d_in, width, k, ones, arch=arch, dim_scale=ones_s))
+    shapes = jax.eval_shape(
+        lambda: step_lib.init_state(
+            key, config, d_in, d_sae=width, n_saes=k, norm_scale=ones, arch=arch, dim_scale=ones_s
+        )
+    )
     loc = _Location(
-        config,
-        workdir,
-        site,
-        layer,
-        width,
-        name,
-        source,
-        sharding.ShardedSweep(config, mesh, shapes, d_in + (d_out or 0), width),
-        Checkpoints(os.path.join(workdir, "runs", name, "checkpoints"), max_to_keep=config.max_checkpoints),
-        key,
-        d_in,
-        values,
-        config_lib.total_steps(config),
-        log,
-        arch,
-        None if d_out is None else int(d_out),
+        config=config,
+        workdir=workdir,
+        site=site,
+        layer=layer,
+        width=width,
+        name=name,
+        source=source,
+        sweep=sharding.ShardedSweep(config, mesh, shapes, d_in + (d_out or 0), width),
+        ckpt=Checkpoints(os.path.join(workdir, "runs", name, "checkpoints"), max_to_keep=config.max_checkpoints),
+        key=key,
+        d_in=d_in,
+        values=values,
+        total=config_lib.total_steps(config),
+        log=log,
+        arch=arch,
+        d_out=None if d_out is None else int(d_out),
     )
     start, state = _init_or_restore(loc, mesh)
     state = _run(loc, start, state)
@@ -174,7 +178,15 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
     sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in, dim_scale)  # None without a data init
     state = loc.sweep.init(
         lambda s: step_lib.init_state(
-            loc.key, config, loc.d_in, loc.width, k, norm_scale, s, arch=loc.arch, dim_scale=dim_scale
+            loc.key,
+            config,
+            loc.d_in,
+            d_sae=loc.width,
+            n_saes=k,
+            norm_scale=norm_scale,
+            init_sample=s,
+            arch=loc.arch,
+            dim_scale=dim_scale,
         ),
         sample_n,
     )
@@ -200,7 +212,7 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
     lam_arr = loc.sweep.put_values(values)
     e2e_from = e2e_lib.start_step(config, loc.total)
     e2e_step = tokens = None
-    progress = Progress(name, loc.total, start, config.batch_size)
+    progress = Progress(name, loc.total, start, batch_size=config.batch_size)
     step = start
     with writers.for_location(config, loc.workdir, name, enabled=main) as mwriter:
         for step in range(start + 1, loc.total + 1):
@@ -267,13 +279,13 @@ def _export_and_mark(loc: _Location, state: Any, done_marker: str) -> list[dict[
             loc.config,
             root,
             distributed.host_view(state),
-            loc.source,
-            loc.site,
-            loc.layer,
-            loc.width,
-            loc.values,
-            loc.total,
-            loc.log,
+            source=loc.source,
+            site=loc.site,
+            layer=loc.layer,
+            width=loc.width,
+            lambdas=loc.values,
+            total=loc.total,
+            log=loc.log,
             arch=loc.arch,
         )
 
@@ -333,7 +345,7 @@ def _require_finite(x: np.ndarray, what: str) -> None:
         raise NonFiniteError(f"{what}: {len(rows)} rows hold NaN or inf (first row {int(rows[0])})")
 
 
-def export_location(config, workdir, state, source, site, layer, width, lambdas, total, log=print, arch=None):
+def export_location(config, workdir, state, *, source, site, layer, width, lambdas, total, log=print, arch=None):
     """Writes ``saes/<site>/layer_<L>/width_<W>/average_l0_<N>/{params.npz,metadata.json}``."""
     heldout = np.asarray(source.heldout(config.eval_rows), np.float32)
     d_out = getattr(source, "d_out", None)
@@ -343,7 +355,7 @@ def export_location(config, workdir, state, source, site, layer, width, lambdas,
         params = step_lib.export_params(state, i, config, arch)
         ev = evaluate_exported(params, heldout, d_in)
         folder = sae_io.sae_dir(
-            os.path.join(workdir, "saes"), site, layer, width, ev["l0"], config_lib.variant_name(config)
+            os.path.join(workdir, "saes"), site, layer, width=width, l0=ev["l0"], arch=config_lib.variant_name(config)
         )
         if folder in used:  # two lambdas landed on the same rounded L0
             folder = f"{folder}_sae{i}"
@@ -412,5 +424,5 @@ def train_and_evaluate(config, workdir: str, log=print, prepared: bool = False) 
             fh.write(config.to_json_best_effort(indent=2))
     records = []
     for site, layer, width in locations(config):
-        records += train_location(config, workdir, site, layer, width, log=log, mesh=mesh)
+        records += train_location(config, workdir, site, layer=layer, width=width, log=log, mesh=mesh)
     return records

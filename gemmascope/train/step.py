@@ -144,6 +144,7 @@ def init_state(
     key: jax.Array,
     config,
     d_in: int,
+    *,
     d_sae: int,
     n_saes: int,
     norm_scale,
@@ -236,7 +237,7 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
         kl = kl_term(params, *e2e)
         return loss + kl_coef * kl, {**aux, "kl": jax.lax.stop_gradient(kl)}
 
-    def one(i, params, opt_state, x, lam, step, last_fired, nu, e2e=None):
+    def one(i, params, opt_state, *, x, lam, step, last_fired, nu, e2e=None):
         dead = (step + 1 - last_fired) > auxk_steps if use_auxk else None
         value = static_values[i] if static_values is not None else lam
         sparsity, reported = arch.sparsity_argument(cfg, value, lam_sched(step), nu)
@@ -270,7 +271,15 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
         nus = state["l0_dual"] if controller else jnp.zeros(lambdas.shape, jnp.float32)
         e2e = None if kl_term is None else (state["norm_scale"], state.get("dim_scale"), kl_term.prepare(tokens, mask))
         params, opt, loss, aux, lam_t, thr, nus = _per_sae(
-            one, state["params"], state["opt"], x, lambdas, step, state["last_fired"], nus, e2e
+            one,
+            state["params"],
+            state["opt"],
+            x=x,
+            lambdas=lambdas,
+            step=step,
+            last_fired=state["last_fired"],
+            nus=nus,
+            e2e=e2e,
         )
         last_fired = jnp.where(aux["fired"], step + 1, state["last_fired"])
         bad = ~jnp.isfinite(loss)
@@ -307,7 +316,7 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
     return train_step
 
 
-def _per_sae(one, params, opt, x, lambdas, step, last_fired, nus, e2e=None):
+def _per_sae(one, params, opt, *, x, lambdas, step, last_fired, nus, e2e=None):
     """Applies ``one`` to each SAE of the stack and restacks the results.
 
     An unrolled loop rather than ``jax.vmap``: on XLA:CPU the vmapped step ran its matmuls as
@@ -321,12 +330,12 @@ def _per_sae(one, params, opt, x, lambdas, step, last_fired, nus, e2e=None):
             i,
             jax.tree.map(lambda a: a[i], params),
             jax.tree.map(lambda a: a[i], opt),
-            x,
-            lambdas[i],
-            step,
-            last_fired[i],
-            nus[i],
-            e2e,
+            x=x,
+            lam=lambdas[i],
+            step=step,
+            last_fired=last_fired[i],
+            nu=nus[i],
+            e2e=e2e,
         )
         for i in range(k)
     ]

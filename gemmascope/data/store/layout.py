@@ -405,7 +405,7 @@ def check_finite(x: np.ndarray) -> np.ndarray | None:
     return bad if bad.size else None  # the sum overflowed on finite values
 
 
-def nonfinite_error(kv: Root, site: str, x: np.ndarray, a: int, b: int, shard_rows: int) -> StoreError | None:
+def nonfinite_error(kv: Root, site: str, x: np.ndarray, *, a: int, b: int, shard_rows: int) -> StoreError | None:
     """StoreError if chunk rows ``x = rows [a, b)`` hold a NaN or inf, else None."""
     bad = check_finite(x)
     if bad is None:

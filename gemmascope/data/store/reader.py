@@ -161,7 +161,7 @@ class ActivationReader:
         off = 0
         for (a, b), f in zip(ranges, futures):
             self._result(f, a, b)
-            err = nonfinite_error(self._kv, self.site, buf[off : off + b - a], a, b, self.shard_rows)
+            err = nonfinite_error(self._kv, self.site, buf[off : off + b - a], a=a, b=b, shard_rows=self.shard_rows)
             if err is not None:  # checked per chunk as it is loaded
                 raise err
             off += b - a
@@ -356,7 +356,7 @@ class ActivationReader:
         blocks = []
         for (a, b), f in zip(ranges, futures):
             x = self._result(f, a, b)
-            err = nonfinite_error(self._kv, self.site, x, a, b, self.shard_rows)
+            err = nonfinite_error(self._kv, self.site, x, a=a, b=b, shard_rows=self.shard_rows)
             if err is not None:
                 raise err
             blocks.append(x)

@@ -119,7 +119,7 @@ def verify_store(root: str, max_faults: int = 100) -> VerifyReport:
                 except ValueError as e:
                     report.faults.append(read_error(e, kv, name, (a, b), sr))
                     continue
-                err = nonfinite_error(kv, name, x, a, b, sr)
+                err = nonfinite_error(kv, name, x, a=a, b=b, shard_rows=sr)
                 if err is not None:
                     report.faults.append(err)
                 entry["bytes"] += x.nbytes

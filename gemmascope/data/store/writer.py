@@ -41,7 +41,7 @@ from gemmascope.data.store.layout import (
 from gemmascope.data.store.meta import StoreInfo, check_store_json, open_store
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _SiteBuffer:
     name: str
     d_in: int
@@ -159,7 +159,7 @@ class ActivationWriter:
         self._next_batch = self._durable_batches
         self._sites: dict[str, _SiteBuffer] = {}
         for name, lay in self._config["sites"].items():
-            s = _SiteBuffer(name, lay["d_in"], lay["chunk_rows"], lay["shard_rows"])
+            s = _SiteBuffer(name=name, d_in=lay["d_in"], chunk_rows=lay["chunk_rows"], shard_rows=lay["shard_rows"])
             p = progress.get("sites", {}).get(name, {})
             s.durable_rows = int(p.get("rows", 0))
             s.durable_sum_sq = s.sum_sq = float(p.get("sum_sq", 0.0))

@@ -71,9 +71,9 @@ def export_layouts(layouts, workdir: str, folder: str, heldout: np.ndarray | Non
                 os.path.join(workdir, "saes_gemma_scope_2"),
                 meta["site"],
                 meta["layer"],
-                meta["d_sae"],
-                meta["l0"],
-                bool(meta.get("affine_skip", False)),
+                width=meta["d_sae"],
+                l0=meta["l0"],
+                affine=bool(meta.get("affine_skip", False)),
             )
             # two SAEs of a sweep on the same rounded L0: keep their folders apart, as in saes/
             out += re.search(r"(_sae\d+)?$", folder).group(0)

@@ -151,7 +151,7 @@ def _validate_gs2(params: dict[str, np.ndarray], source: str, transcoder: bool) 
 # Gemma Scope 2
 
 
-def gs2_dir(root: str, site: str, layer: int, width: int, l0: float | str, affine: bool = False) -> str:
+def gs2_dir(root: str, site: str, layer: int, *, width: int, l0: float | str, affine: bool = False) -> str:
     """``root/<resid_post|mlp_out|attn_out|transcoder_all>/layer_<L>_width_<W>_l0_<label>[_affine]``;
     a numeric ``l0`` is written rounded (``l0_12``), a string (``"small"``) as given. The site
     ``transcoder_affine`` gets the ``_affine`` suffix by itself."""

@@ -89,7 +89,7 @@ def load_metadata(path: str) -> dict[str, Any]:
     return formats.foreign_metadata(folder) if meta is None else meta
 
 
-def sae_dir(root: str, site: str, layer: int, width: int, l0: float, arch: str = "jumprelu") -> str:
+def sae_dir(root: str, site: str, layer: int, *, width: int, l0: float, arch: str = "jumprelu") -> str:
     """``root/<site>/layer_<L>/width_<W>/average_l0_<N>`` (the Hugging Face Gemma Scope layout);
     other architectures than JumpReLU get a folder of their own above ``average_l0_<N>``."""
     parts = [root, site, f"layer_{layer}", f"width_{width_name(width)}"]
