@@ -12,7 +12,11 @@ The public API, in the order a researcher meets it::
     gs.train_and_evaluate(gs.get_config("configs/demo.py"), "workdirs/demo")
     gs.evaluate_workdir(config, "workdirs/demo", max_tokens=100_000)
 
-Names resolve lazily (importing ``gemmascope.config`` does not load JAX models). Layout of the
+Names resolve lazily (importing ``gemmascope.config`` does not load JAX models). Imports sit at
+the top of every module except the optional or heavy third-party ones a function alone needs
+(matplotlib, transformers, datasets, pyarrow, safetensors, gguf, huggingface_hub, scipy,
+tensorboardX, wandb, tqdm): they are imported where used, so a run that never plots or reads a
+Hugging Face checkpoint never pays their start-up. Layout of the
 package: ``lm/`` models, sites and loading, ``sae/`` training architectures and ``sae/files/``
 exported files, ``data/`` text, sites, sources and the activation store, ``train/`` the sweep
 trainer, ``eval/`` metrics and frontier, ``analysis/`` logit lens, enrichment, dashboards and

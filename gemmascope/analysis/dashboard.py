@@ -29,6 +29,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.analysis import enrichment as enrichment_lib
 from gemmascope.analysis.dashboard_render import (
     SiteInfo,
     chip_text,
@@ -53,7 +54,10 @@ from gemmascope.analysis.dashboard_scan import (
     scan_codes,
     text_batches,
 )
+from gemmascope.analysis.logit_lens import logit_lens
+from gemmascope.data import text as text_lib
 from gemmascope.lm.loading import load_lm
+from gemmascope.sae.files import io as sae_io
 from gemmascope.sites import pair_of
 
 __all__ = [
@@ -89,8 +93,6 @@ def random_direction_floor(
 ) -> dict[str, float]:
     """``{set: percentile q of |enrichment score|}`` over ``n`` random unit directions ``[n, d_in]``
     read through ``W_U``: how strong an enrichment any direction shows, the baseline a latent must beat."""
-    from gemmascope.analysis import enrichment as enrichment_lib
-
     r = np.random.default_rng(seed).standard_normal((n, d_in)).astype(np.float32)
     r /= np.linalg.norm(r, axis=1, keepdims=True)
     res = enrichment_lib.token_set_enrichment(r, W_U, token_sets, correction="none")
@@ -170,11 +172,6 @@ def build_dashboard(
       k: top contexts per latent; enrichment: also run token-set enrichment of the listed latents
         (shown when beyond the 99th percentile of 256 random directions, :func:`random_direction_floor`).
     """
-    from gemmascope.analysis import enrichment as enrichment_lib
-    from gemmascope.analysis.logit_lens import logit_lens
-    from gemmascope.data import text as text_lib
-    from gemmascope.sae.files import io as sae_io
-
     t_start = time.time()
     params_path = resolve_sae_path(sae_path)
     sae = sae_io.load_params(params_path)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.eval.metrics import read_write_sites
-from gemmascope.lm.config import LMConfig
+from gemmascope.lm.config import LMConfig, site_dim
 from gemmascope.lm.model import forward
 
 
@@ -61,8 +61,6 @@ def generate(
     ``vec=None`` generates without steering (a zero vector). Returns the new token ids. ``site``
     may be a transcoder site (the vector goes to its output site).
     """
-    from gemmascope.lm.config import site_dim
-
     n0 = len(prompt_ids)
     if n0 == 0:
         raise ValueError("generate needs a non-empty prompt (start it with BOS)")

@@ -20,8 +20,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from absl import app
+from ml_collections.config_flags import config_flags, tuple_parser
+
 from gemmascope import config as config_lib
 from gemmascope.config import files as config_files
+from gemmascope.config.experiments import workdir
 
 FLAG = "config"
 
@@ -78,7 +82,6 @@ def install_tuple_parser() -> None:
     """Registers :func:`parse_tuple` for ``tuple`` config fields with ``ml_collections`` (its
     documented ``register_flag_parser_for_type``; the parser must stay a ``TupleParser`` so that
     repeated ``--config.x=a --config.x=b`` still collect)."""
-    from ml_collections.config_flags import config_flags, tuple_parser
 
     class CommaTupleParser(tuple_parser.TupleParser):
         def parse(self, argument):
@@ -105,8 +108,6 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
 
 def saved_config_file() -> str:
     """The config file that loads a workdir's ``config.json`` (``--config=<this>:<workdir>``)."""
-    from gemmascope.config.experiments import workdir
-
     return os.path.abspath(workdir.__file__)
 
 
@@ -169,7 +170,6 @@ def prepare_argv(argv: Sequence[str], saved_config: Callable[[list[str]], str | 
 def flags_parser(saved_config: Callable[[list[str]], str | None] | None = None, flag: str = FLAG):
     """The ``flags_parser`` for ``absl.app.run``: :func:`prepare_argv` (one line and exit 2 on an
     unknown field), then parses as absl does."""
-    from absl import app
 
     def parse(argv):
         try:

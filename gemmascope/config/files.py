@@ -9,12 +9,14 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import json
 import os
 
 import ml_collections
 
-from gemmascope.config import ConfigError, base_config, lock
+from gemmascope.config import ConfigError, base_config, experiments, lock
 
 #: The folder name that stands for the package's experiment configs on the command line.
 CONFIGS_ALIAS = "configs"
@@ -28,7 +30,6 @@ def config_file_path(path: str) -> str:
     missing)."""
     if os.path.isfile(path) or os.path.basename(os.path.dirname(path)) != CONFIGS_ALIAS:
         return path
-    from gemmascope.config import experiments
 
     packaged = os.path.join(os.path.dirname(os.path.abspath(experiments.__file__)), os.path.basename(path))
     return packaged if os.path.isfile(packaged) else path
@@ -38,9 +39,6 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """``get_config(arg)`` of a config file: ``"configs/demo.py"`` or ``"configs/demo.py:runlocal=True"``
     (the same ``path[:arg]`` form as ``--config=`` on the command line, through
     :func:`config_file_path`)."""
-    import importlib.util
-    import os
-
     path, _, arg = spec.partition(":")
     path = config_file_path(path)
     if not os.path.isfile(path):
@@ -67,8 +65,6 @@ def unknown_field_error(path: str, known: list[str] | None = None) -> ConfigErro
     """None when ``path`` (``"sae.arch"``) names a field of :func:`base_config` (anything under
     ``runlocal_overrides`` is left to that config), else an error naming it with the closest
     known paths (difflib): ``config.lamdas: unknown field; did you mean config.lambdas?``."""
-    import difflib
-
     known = field_paths() if known is None else known
     if path in known or path == "runlocal_overrides" or path.startswith("runlocal_overrides."):
         return None

@@ -21,6 +21,7 @@ from gemmascope.data import sites as sites_lib
 from gemmascope.data import text as text_lib
 from gemmascope.data.sites import location_key  # noqa: F401  (re-exported: the store's array names)
 from gemmascope.lm import loading as lm_loading
+from gemmascope.lm.config import site_dim
 
 
 def text_source_dict(config) -> dict[str, Any]:
@@ -50,7 +51,6 @@ class LMActivations:
     """
 
     def __init__(self, config, sites: list[tuple[int, str]], log=print, pairs: list[tuple[int, str, str]] = ()):
-        from gemmascope.lm.config import site_dim
 
         self.lm = lm_loading.load_lm(config.lm.checkpoint, config.lm.dtype, log=log)
         self.lm_cfg, self.params, self.tokenizer = self.lm.cfg, self.lm.params, self.lm.tokenizer

@@ -29,6 +29,7 @@ import numpy as np
 
 from gemmascope.data import text as text_lib
 from gemmascope.lm.loading import LM
+from gemmascope.lm.model import capture_activations
 
 Site = tuple[int, str]  # (layer, site name)
 
@@ -81,8 +82,6 @@ def capture(
 ) -> dict[Site, tuple[jax.Array, jax.Array]]:
     """``{(layer, site): (act [B, T, d] float32, keep [B, T] bool)}`` for one batch; the LM stops
     after the deepest requested layer."""
-    from gemmascope.lm.model import capture_activations
-
     sites = sorted({(int(l), s) for l, s in sites})
     caps = capture_activations(lm.params, jnp.asarray(tokens, jnp.int32), lm.cfg, sites)
     m = jnp.asarray(mask, bool)

@@ -20,7 +20,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import jax
 import numpy as np
+
+from gemmascope.config import ConfigError
+from gemmascope.data.activations import LMActivations, OnlineSource
+from gemmascope.data.sites import location_key
+from gemmascope.data.store_source import PairedStoreSource, StoreSource
+from gemmascope.data.toy import ToySource
+from gemmascope.sites import pair_of
 
 
 @runtime_checkable
@@ -58,17 +66,9 @@ def make_source(config, workdir: str, site: str, *, layer: int, slot: int = 0, n
     its chunks per slot; the toy and online sources compute the global batch and keep their rows
     (the toy batch is a pure function of its index, so the union equals the one-process batch).
     """
-    import jax
-
-    from gemmascope.config import ConfigError
-    from gemmascope.data.sites import location_key
-    from gemmascope.sites import pair_of
-
     pair = pair_of(site)
 
     if config.source == "toy":
-        from gemmascope.data.toy import ToySource
-
         src = ToySource(
             config.toy.d_in,
             config.toy.n_features,
@@ -81,8 +81,6 @@ def make_source(config, workdir: str, site: str, *, layer: int, slot: int = 0, n
             src.save_ground_truth(workdir)
         return RowSlice(src, slot, n_slots) if n_slots > 1 else src
     if config.source == "online":
-        from gemmascope.data.activations import LMActivations, OnlineSource
-
         if pair is None:
             lm = LMActivations(config, [(layer, site)])
             src = OnlineSource(lm, location_key(site, layer), config.batch_size, config.seed)
@@ -92,8 +90,6 @@ def make_source(config, workdir: str, site: str, *, layer: int, slot: int = 0, n
             src = OnlineSource(lm, keys[0], config.batch_size, config.seed, out_key=keys[1])
         return RowSlice(src, slot, n_slots) if n_slots > 1 else src
     if config.source == "store":
-        from gemmascope.data.store_source import PairedStoreSource, StoreSource
-
         if pair is not None:
             keys = location_key(pair.input_site, layer), location_key(pair.output_site, layer)
             return PairedStoreSource(config, workdir, *keys, process_index=slot, process_count=n_slots)

@@ -14,6 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax.numpy as jnp
+import numpy as np
+
 ARCHS = ("gemma2", "gemma3", "llama")
 #: Architectures with Gemma's RMSNorm (scale ``1 + w``), four norms per block, gelu_tanh MLP and
 #: embedding times ``sqrt(d_model)``.
@@ -366,9 +369,6 @@ def embed_scale_array(cfg: LMConfig):
     Gemma 3 ``float64 -> float32 -> dtype`` (``torch.tensor(scale).to(dtype)``), Gemma 2 directly
     ``float64 -> dtype`` (``torch.tensor(scale, dtype=dtype)``). Both agree for every preset
     (tested); bfloat16 turns sqrt(640) = 25.298 into 25.25."""
-    import jax.numpy as jnp
-    import numpy as np
-
     s = embed_scale(cfg)
     if cfg.arch == "gemma3":
         return jnp.asarray(np.float32(s)).astype(cfg.dtype)

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from gemmascope.lm import embedded, gguf_file
 from gemmascope.lm.config import LMConfig
 from gemmascope.lm.hf import (  # noqa: F401  (re-exported)
     GEMMA3_TEXT_DEFAULTS,
@@ -42,6 +43,7 @@ from gemmascope.lm.hf import (  # noqa: F401  (re-exported)
     load_hf_checkpoint,
     resolve_hub_id,
 )
+from gemmascope.lm.tokenizer import load_tokenizer as _load
 from gemmascope.lm.weights import GEMMA_NORMS, CheckpointError, check_filled, empty_params, maybe_device, np_dtype  # noqa: F401  (CheckpointError re-exported)
 
 
@@ -168,8 +170,6 @@ def load_gguf(path: str, dtype: str = "float32", to_device: bool = True) -> tupl
 
     Params are jax arrays on the default device (``to_device``) or numpy arrays. The file is read
     by :mod:`gemmascope.lm.gguf_file` (the metadata in well under a second, vocabulary included)."""
-    from gemmascope.lm import gguf_file
-
     if not os.path.isfile(path):
         raise CheckpointError(f"GGUF file not found: {path!r}")
     meta, tensors = gguf_file.read(path)
@@ -215,8 +215,6 @@ def load_gguf(path: str, dtype: str = "float32", to_device: bool = True) -> tupl
 def load_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -> tuple[LMConfig, dict[str, Any]]:
     """Dispatch: ``"embedded"`` / ``"embedded:<name>"`` (:mod:`gemmascope.lm.embedded`), a ``.gguf``
     file, a Hugging Face directory, or a hub id (``org/name``, through the hub cache)."""
-    from gemmascope.lm import embedded
-
     name = embedded.parse(path)
     if name is not None:
         m = embedded.model(name)
@@ -246,22 +244,16 @@ def load_embedded(dtype: str = "float32", to_device: bool = True, name: str | No
 
 def embedded_gguf_path(name: str | None = None) -> str:
     """Path of an embedded model's GGUF file (default: SmolLM2); see :mod:`gemmascope.lm.embedded`."""
-    from gemmascope.lm import embedded
-
     return embedded.gguf_path(name or embedded.DEFAULT)
 
 
 def embedded_special_ids() -> dict[str, int]:
     """BOS/EOS/PAD ids used with the embedded SmolLM2 model."""
-    from gemmascope.lm import embedded
-
     return dict(embedded.model("smollm2-135m").special_ids)
 
 
 def load_tokenizer(path: str, cache: bool = True):
     """See :func:`gemmascope.lm.tokenizer.load_tokenizer`."""
-    from gemmascope.lm.tokenizer import load_tokenizer as _load
-
     return _load(path, cache)
 
 
@@ -293,8 +285,6 @@ def load_lm(checkpoint: str = "embedded", dtype: str = "float32", log: Callable[
     """The LM named by ``checkpoint``: ``"embedded"`` (or ``""``) or ``"embedded:<name>"`` (the
     registry in :mod:`gemmascope.lm.embedded` names it), a ``.gguf`` file, a Hugging Face
     directory or a hub id in the local cache."""
-    from gemmascope.lm import embedded
-
     t0 = time.time()
     cfg, params = load_checkpoint(checkpoint or "embedded", dtype)
     tok = load_tokenizer(checkpoint or "embedded")

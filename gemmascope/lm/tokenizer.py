@@ -15,6 +15,10 @@ import sys
 import threading
 import time
 
+from gemmascope.lm import embedded
+from gemmascope.lm.embedded import cache_root
+from gemmascope.lm.hf import CheckpointError, resolve_hub_id
+
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -40,8 +44,6 @@ def _with_heartbeat(what: str, fn, log, every: float):
 
 def gguf_tokenizer_cache_dir(path: str) -> str:
     """Where the tokenizer built from the GGUF file ``path`` is cached (keyed by name, size, mtime)."""
-    from gemmascope.lm.embedded import cache_root
-
     st = os.stat(path)
     return os.path.join(cache_root(), "tokenizers", f"{os.path.basename(path)}-{st.st_size}-{st.st_mtime_ns}")
 
@@ -55,9 +57,6 @@ def load_tokenizer(path: str, cache: bool = True, log=_stderr, heartbeat_s: floa
     (with ``cache``); later calls load that (a broken cache entry is rebuilt).
     """
     from transformers import AutoTokenizer
-
-    from gemmascope.lm import embedded
-    from gemmascope.lm.hf import CheckpointError, resolve_hub_id
 
     name = embedded.parse(path)
     if name is not None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import ml_dtypes
 import numpy as np
 
 from gemmascope.lm.config import LMConfig
+from gemmascope.lm.model import param_shapes
 
 
 class CheckpointError(FileNotFoundError):
@@ -20,25 +23,18 @@ class CheckpointError(FileNotFoundError):
 
 def empty_params(cfg: LMConfig, dtype) -> dict[str, Any]:
     """Uninitialised numpy arrays in the layout of :func:`gemmascope.lm.model.init_params`."""
-    import jax
-
-    from gemmascope.lm.model import param_shapes
-
     return jax.tree_util.tree_map(lambda x: np.empty(x.shape, dtype), param_shapes(cfg))
 
 
 def maybe_device(params, to_device: bool):
     if not to_device:
         return params
-    import jax
 
     return jax.device_put(params)
 
 
 def np_dtype(dtype: str):
     if dtype == "bfloat16":
-        import ml_dtypes
-
         return ml_dtypes.bfloat16
     return np.dtype(dtype)
 

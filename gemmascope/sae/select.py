@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.sae.files.model import topk_mask as lax_topk_mask
+
 _SIGN = np.uint32(0x80000000)  # NumPy, not jnp: a jnp value at import would start the JAX backend
 
 
@@ -98,8 +100,6 @@ BISECT_MIN_K = 384
 def topk_mask_rows(x: jax.Array, k: int) -> jax.Array:
     """Bool mask of the k largest entries of each row of ``x [..., n]``, by the faster exact method
     for this k on XLA:CPU: ``lax.top_k`` below :data:`BISECT_MIN_K`, bisection from it on."""
-    from gemmascope.sae.files.model import topk_mask as lax_topk_mask
-
     return topk_mask(x, k) if int(k) >= BISECT_MIN_K else lax_topk_mask(x, int(k))
 
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 _ITEMS = ("state", "data", "digest")
 _ODD = np.uint32(2654435761)  # Knuth's multiplicative constant; weights are 2 * idx * K + 1 (odd)
@@ -169,8 +170,6 @@ class Checkpoints:
                 if os.path.exists(src):
                     os.replace(src, os.path.join(aside, f"{s}-{int(time.time())}"))
         if jax.process_count() > 1:  # every process reopens after the move
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices("gemmascope_checkpoint_move_aside")
         self.manager.reload()  # re-reads the steps on disk
 

@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from gemmascope.train.writers import iter_metrics, run_name
+
 PANELS = (
     ("loss", "loss", True),
     ("l0", "L0", True),
@@ -35,8 +37,6 @@ def series(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, dict[int, dict
 def sweep_labels(saes: dict[int, dict[int, dict[str, Any]]]) -> dict[int, str]:
     """``{sae: "sae0_lambda0.001"}`` (``sae0_k32``, ``sae0_target40``) from the rows' own
     ``sweep_kind`` and ``sweep_value``."""
-    from gemmascope.train.writers import run_name
-
     out = {}
     for i, by_step in saes.items():
         row = next(iter(by_step.values()))
@@ -51,8 +51,6 @@ def plot_metrics(workdir: str, out_dir: str | None = None, dpi: int = 90) -> lis
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from gemmascope.train.writers import iter_metrics
 
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):

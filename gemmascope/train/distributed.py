@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from gemmascope.config import ConfigError
 
@@ -84,7 +85,6 @@ def allgather_json(obj: Any) -> list[Any]:
     """Every process's JSON-able ``obj``, in process order (one list on every process)."""
     if jax.process_count() == 1:
         return [obj]
-    from jax.experimental import multihost_utils
 
     raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
     n = int(np.max(multihost_utils.process_allgather(np.asarray([raw.size], np.int32))))
@@ -98,7 +98,6 @@ def broadcast_float(value: float) -> float:
     """Process 0's ``value`` on every process (e.g. the normalisation constant)."""
     if jax.process_count() == 1:
         return float(value)
-    from jax.experimental import multihost_utils
 
     return float(multihost_utils.broadcast_one_to_all(np.asarray(value, np.float64)))
 
@@ -107,7 +106,6 @@ def broadcast_array(value: np.ndarray) -> np.ndarray:
     """Process 0's float32 array on every process (e.g. the per-dimension input scales)."""
     if jax.process_count() == 1:
         return np.asarray(value, np.float32)
-    from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(value, np.float32)), np.float32)
 
@@ -124,7 +122,6 @@ class GatherOnIndex:
         self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
 
     def __getitem__(self, index):
-        from jax.experimental import multihost_utils
 
         part = jax.jit(lambda a: a[index])(self.array)  # still sharded; only SAE ``index``
         return np.asarray(multihost_utils.process_allgather(part, tiled=True))

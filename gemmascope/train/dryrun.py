@@ -24,7 +24,11 @@ import jax
 import numpy as np
 
 from gemmascope import config as config_lib
+from gemmascope.lm import config as lm_config
+from gemmascope.sae import archs
 from gemmascope.sites import pair_of
+from gemmascope.train import sharding
+from gemmascope.train import step as step_lib
 
 GB = 1e9
 
@@ -33,7 +37,6 @@ def site_d_in(config, site: str) -> int:
     """``d_in`` of a site without loading the LM: the toy source's, or the known model's."""
     if config.source == "toy":
         return int(config.toy.d_in)
-    from gemmascope.lm import config as lm_config
 
     name = os.path.basename(str(config.lm.checkpoint).rstrip("/")).lower()
     for suffix in ("-it", "-pt"):
@@ -69,10 +72,6 @@ def _cost_flops(compiled) -> float | None:
 
 def dry_run(config, device_memory_gb: float = 95.0, log=print, prepared: bool = False) -> list[dict[str, Any]]:
     """Compiles the step of every distinct (d_in, width) of ``config``; returns one report each."""
-    from gemmascope.sae import archs
-    from gemmascope.train import sharding
-    from gemmascope.train import step as step_lib
-
     config = config if prepared else config_lib.prepare(config)
     mesh = sharding.make_mesh(config)
     k = len(config_lib.sweep_values(config))

@@ -18,14 +18,17 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from gemmascope import config as config_lib
+from gemmascope.data.activations import LMActivations
 from gemmascope.data.sources import make_source
 from gemmascope.eval.exported import evaluate_exported
 from gemmascope.progress import TrainingProgress as Progress
@@ -34,9 +37,9 @@ from gemmascope.sae.common import SAEConfig
 from gemmascope.sae.files import export as sae_export
 from gemmascope.sae.files import io as sae_io
 from gemmascope.sites import pair_of
+from gemmascope.train import distributed, sharding, writers
 from gemmascope.train import e2e as e2e_lib
 from gemmascope.train import step as step_lib
-from gemmascope.train import writers
 from gemmascope.train.checkpoint import Checkpoints
 
 
@@ -98,8 +101,6 @@ def train_location(
     ``mesh``: the ``("data", "model")`` device mesh (default: from ``config.mesh``). With several
     processes every process runs this; process 0 alone writes metrics, progress and exports.
     """
-    from gemmascope.train import distributed, sharding
-
     log = log if distributed.is_main() else (lambda *a, **k: None)
     name = location_name(site, layer, width, config_lib.variant_name(config))
     done_marker = os.path.join(workdir, "runs", name, "exported.json")
@@ -151,8 +152,6 @@ def train_location(
 def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
     """``(start_step, state)``: the latest checkpoint (and its data position), else a fresh state
     whose normalisation constant ``C = sqrt(E||x||^2)`` comes from ``config.norm_sample_rows``."""
-    from gemmascope.train import distributed
-
     config, k = loc.config, len(loc.values)
     restored = loc.ckpt.restore_latest(loc.sweep.abstract_state())
     if restored is not None:
@@ -202,8 +201,6 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
 def _run(loc: _Location, start: int, state: Any) -> Any:
     """Steps ``start + 1 .. total``: metrics every ``log_every`` steps (process 0 writes them),
     a NaN/inf check, checkpoints every ``checkpoint_every`` steps and a final one."""
-    from gemmascope.train import distributed
-
     config, values, name = loc.config, loc.values, loc.name
     sweep_kind = loc.arch.sweep_axis(SAEConfig.from_config(config)).kind  # names values[i] in the rows
     main = distributed.is_main()
@@ -258,8 +255,6 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
 def _e2e_pieces(loc: _Location, dead_window_steps: int):
     """``(step, token_batches)`` of the end-to-end stage: the LM (the online source's, or loaded
     once for a store) and the step with its KL term, jitted with the state donated."""
-    from gemmascope.data.activations import LMActivations
-
     config = loc.config
     lm = getattr(loc.source, "lm", None) or LMActivations(config, [(loc.layer, loc.site)], log=loc.log)
     kl_term = e2e_lib.KLTerm(config, lm.params, lm.lm_cfg, loc.layer, loc.arch)
@@ -272,7 +267,6 @@ def _e2e_pieces(loc: _Location, dead_window_steps: int):
 def _export_and_mark(loc: _Location, state: Any, done_marker: str) -> list[dict[str, Any]]:
     """Exports every SAE (process 0 to ``workdir/saes``; other processes run the same collectives
     into a scratch folder), writes the ``exported.json`` marker, returns process 0's records."""
-    from gemmascope.train import distributed
 
     def export_to(root: str) -> list[dict[str, Any]]:
         return export_location(
@@ -295,8 +289,6 @@ def _export_and_mark(loc: _Location, state: Any, done_marker: str) -> list[dict[
         with open(done_marker, "w") as fh:
             json.dump(records, fh, indent=2)
     else:  # same collectives as process 0 (one SAE gathered at a time), files to a scratch dir
-        import tempfile
-
         with tempfile.TemporaryDirectory() as scratch:
             export_to(scratch)
         records = []
@@ -307,7 +299,6 @@ def _fetch(tree):
     """Device arrays -> numpy on this host (a collective when several processes share them)."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    from jax.experimental import multihost_utils
 
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
@@ -320,8 +311,6 @@ def _norm_text(a) -> str:
 
 def _all_data_states(source) -> dict[str, Any]:
     """The data position to checkpoint: this source's state, or every process's when several."""
-    from gemmascope.train import distributed
-
     if jax.process_count() == 1:
         return source.get_state()
     return {"per_process": distributed.allgather_json(source.get_state())}
@@ -413,8 +402,6 @@ def _norm_metadata(norm_scale, site: str, d_out: int | None) -> dict[str, Any]:
 def train_and_evaluate(config, workdir: str, log=print, prepared: bool = False) -> list[dict[str, Any]]:
     """Validates the config (before any compute), starts the multi-process runtime when launched
     that way, checks the mesh against the devices, trains every location, exports every SAE."""
-    from gemmascope.train import distributed, sharding
-
     config = config if prepared else config_lib.prepare(config)
     distributed.maybe_initialize(config)
     mesh = sharding.make_mesh(config)  # data * model must equal the devices: fails before compute

@@ -27,6 +27,8 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+from gemmascope import config as config_lib
+
 IDENTITY = ("location", "arch", "site", "layer", "width", "sae", "sweep_kind", "sweep_value", "step", "tokens")
 
 
@@ -170,7 +172,6 @@ def for_location(config, workdir: str, location: str, enabled: bool = True) -> W
     (processes other than 0) writes nothing."""
     if not enabled:
         return Writers()
-    from gemmascope import config as config_lib
 
     out: list[MetricWriter] = [JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
     if config.tensorboard:

@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from gemmascope.sae.files import io as sae_io
+from gemmascope.sae.files import model as sae_model
 from gemmascope.sae.files.formats import (
     SKIP,
     check_layout,
@@ -58,8 +59,6 @@ def export_layouts(layouts, workdir: str, folder: str, heldout: np.ndarray | Non
     ``workdir/saes_sae_lens/<same sub-folders>`` (its sparsity file from the firing frequencies on
     the ``heldout [n, d_in]`` rows when given), Gemma Scope 2 under
     ``workdir/saes_gemma_scope_2/<gs2 folder>`` (:func:`gs2_dir`). Returns the written folders."""
-    from gemmascope.sae.files import model as sae_model
-
     written = []
     for layout in layouts:
         check_layout(layout)

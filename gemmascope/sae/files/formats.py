@@ -42,6 +42,7 @@ from gemmascope.common import atomic_write
 from gemmascope.config import EXPORT_LAYOUTS
 from gemmascope.sae import archs
 from gemmascope.sae.files import layouts as sae_io
+from gemmascope.sae.files.model import arch_of
 from gemmascope.sites import pair_of
 
 LAYOUTS = EXPORT_LAYOUTS  # declared in the config, which must not import this module
@@ -231,7 +232,6 @@ def load_gemma_scope_2(path: str) -> dict[str, np.ndarray]:
 
 
 def sae_model_arch(params: Mapping[str, Any]) -> str:
-    from gemmascope.sae.files.model import arch_of
 
     return arch_of(params)
 
