@@ -1,4 +1,4 @@
-"""configs/gemma_demo.py: the embedded demo on Gemma 3 270M (issue 13 item 5) validates as written,
+"""configs/gemma_demo.py: the embedded demo on Gemma 3 270M validates as written,
 before any compute: four target-L0 JumpReLU SAEs at Gemma Scope 2's 270M targets, four sites stored in
 one pass, and the runlocal and late-layer variants. No LM is loaded and nothing trains here."""
 

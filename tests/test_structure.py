@@ -265,6 +265,7 @@ def test_a_planted_architecture_trains_end_to_end_from_its_module_and_one_line(t
         for r in sorted(records, key=lambda r: r["sparsity_coefficient"]):
             meta = sae_io.load_metadata(os.path.dirname(r["path"]))
             assert meta["architecture"] == "planted_l1" and meta["variant"] == "planted_l1_plain"
+            assert meta["sweep_kind"] == "lambda" and meta["sweep_value"] == meta["sparsity_coefficient"]
             p = sae_io.load_params(os.path.dirname(r["path"]))
             assert sorted(p) == ["W_dec", "W_enc", "b_dec", "b_enc"]  # the "relu" file layout it declared
             f = np.asarray(sae_model.encode(p, x))

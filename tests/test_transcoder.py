@@ -1,4 +1,4 @@
-"""JumpReLU transcoder (issue 14): gradients against hand-derived values (threshold, encoder, the
+"""JumpReLU transcoder: gradients against hand-derived values (threshold, encoder, the
 affine skip, both sparsity losses), the folding identity with two normalisation constants, file
 layouts (ours and Gemma Scope 2) in and out with bad input, config validation, the partition
 rule, and the sharded step (a 2 x 2 mesh of fake CPU devices, sweep and latents split) against

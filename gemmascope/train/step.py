@@ -359,13 +359,16 @@ def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> di
 
 
 def sweep_metadata(config, value: float) -> dict[str, Any]:
-    """The ``metadata.json`` fields naming one SAE's sweep value (under its axis's
-    ``metadata_key``: ``sparsity_coefficient``, ``target_l0`` or ``k``), the variant and the
-    architecture's own settings (:meth:`~gemmascope.sae.common.Architecture.metadata`)."""
+    """The ``metadata.json`` fields naming one SAE's sweep value (``sweep_kind`` and
+    ``sweep_value``, and under its axis's ``metadata_key``: ``sparsity_coefficient``,
+    ``target_l0`` or ``k``), the variant and the architecture's own settings
+    (:meth:`~gemmascope.sae.common.Architecture.metadata`)."""
     arch = archs.get(config.sae.arch)
     cfg = SAEConfig.from_config(config)
     axis = arch.sweep_axis(cfg)
-    meta: dict[str, Any] = {axis.metadata_key: int(value) if axis.static else float(value)}
+    value = int(value) if axis.static else float(value)
+    # the one name for every architecture, beside the key each layout's readers know
+    meta: dict[str, Any] = {"sweep_kind": axis.kind, "sweep_value": value, axis.metadata_key: value}
     meta.update(arch.metadata(cfg))
     meta.update(variant_metadata(config))
     if config.threshold_adam_b1 >= 0:
