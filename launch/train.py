@@ -8,6 +8,9 @@ Several processes (multi-host): start one per host (or per GPU) with ``JAX_COORD
 ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set (or ``--config.distributed.*``); see
 ``launch/tpu_pod.sh`` and ``launch/multi_gpu.sh``.
 
+One run per workdir: a second ``train.py`` on a workdir in use stops and names the holder of
+``<workdir>/.lock-train``; ``--force_unlock`` takes over a lease left by a run known to be dead.
+
 ``--dry_run``: compile the real-size sharded step on ``D * M`` fake CPU devices with abstract
 shapes and print per-device memory and FLOPs; needs no LM, no store and no workdir.
 """
@@ -20,6 +23,7 @@ from ml_collections import config_flags
 
 from gemmascope import config as config_lib
 from gemmascope.config import cli
+from gemmascope.lease import LeaseHeldError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -30,6 +34,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exported SAEs go.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the sharded step on fake CPU devices and print memory/FLOPs.")
 _DEVICE_GB = flags.DEFINE_float("device_memory_gb", 95.0, "Per-device memory the dry run checks against.")
+_FORCE_UNLOCK = flags.DEFINE_bool(
+    "force_unlock", False, "Remove the workdir's train lease (its holder is known to be dead) and take it."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -61,9 +68,11 @@ def main(argv):
     from gemmascope.train.loop import train_and_evaluate  # imports JAX only after validation
 
     try:
-        train_and_evaluate(config, _WORKDIR.value, prepared=True)
+        train_and_evaluate(config, _WORKDIR.value, prepared=True, force_unlock=_FORCE_UNLOCK.value)
     except config_lib.ConfigError as e:  # e.g. mesh.data * mesh.model != the devices present
         raise app.UsageError(str(e)) from None
+    except LeaseHeldError as e:  # another run holds the workdir: its holder, not a traceback
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

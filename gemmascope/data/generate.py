@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gemmascope import config as config_lib
+from gemmascope import lease as lease_lib
 from gemmascope.data import store as store_lib
 from gemmascope.data.activations import LMActivations, location_key
 from gemmascope.progress import Progress, fmt_time
@@ -168,14 +169,22 @@ def write_part(config, lm: LMActivations, root: str, *, part: str, max_rows: int
     return info.sites
 
 
-def generate(config, workdir: str, log=print, prepared: bool = False) -> str:
-    """Validates the config, then writes the held-out and train stores; returns the root."""
+def generate(config, workdir: str, log=print, prepared: bool = False, force_unlock: bool = False) -> str:
+    """Validates the config, takes the store's "generate" lease, then writes the held-out and train
+    stores; returns the root.
+
+    The lease (:mod:`gemmascope.lease`) is ``<root>/.lock-generate`` when the store is a local
+    folder: two runs writing one store collide even from different workdirs (``config.store.path``).
+    A store at a URL (``gs://``, ...) cannot hold a lock file, so the lease is the workdir's then.
+    It is released at the end, also on error; ``force_unlock`` removes one left by a run known to
+    be dead."""
     config = config if prepared else config_lib.prepare(config)
     if config.source == "toy":
         raise config_lib.ConfigError("config.source: the toy source needs no activation store")
     root = store_root(config, workdir)
-    lm = LMActivations(config, store_sites(config), log=log, pairs=store_pairs(config))
-    write_part(config, lm, root, part="heldout", max_rows=int(config.store.heldout_rows), log=log)
-    write_part(config, lm, root, part="train", max_rows=int(config.store.max_tokens) or None, log=log)
+    with lease_lib.acquire(workdir if "://" in root else root, "generate", force=force_unlock, log=log):
+        lm = LMActivations(config, store_sites(config), log=log, pairs=store_pairs(config))
+        write_part(config, lm, root, part="heldout", max_rows=int(config.store.heldout_rows), log=log)
+        write_part(config, lm, root, part="train", max_rows=int(config.store.max_tokens) or None, log=log)
     log(f"[generate] activation store complete at {root}")
     return root

@@ -28,6 +28,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from gemmascope import config as config_lib
+from gemmascope import lease as lease_lib
 from gemmascope.data.activations import LMActivations
 from gemmascope.data.sources import make_source
 from gemmascope.eval.exported import evaluate_exported
@@ -399,17 +400,35 @@ def _norm_metadata(norm_scale, site: str, d_out: int | None) -> dict[str, Any]:
     }
 
 
-def train_and_evaluate(config, workdir: str, log=print, prepared: bool = False) -> list[dict[str, Any]]:
+def train_and_evaluate(
+    config, workdir: str, log=print, prepared: bool = False, force_unlock: bool = False
+) -> list[dict[str, Any]]:
     """Validates the config (before any compute), starts the multi-process runtime when launched
-    that way, checks the mesh against the devices, trains every location, exports every SAE."""
+    that way, checks the mesh against the devices, takes the workdir's "train" lease (process 0;
+    :mod:`gemmascope.lease`: a second run on the same workdir would overwrite this one's
+    checkpoints), trains every location, exports every SAE, and releases the lease, also on error.
+    ``force_unlock`` removes a lease left by a run known to be dead."""
     config = config if prepared else config_lib.prepare(config)
     distributed.maybe_initialize(config)
     mesh = sharding.make_mesh(config)  # data * model must equal the devices: fails before compute
     os.makedirs(workdir, exist_ok=True)
+    held, refusal = None, None
     if distributed.is_main():
-        with open(os.path.join(workdir, "config.json"), "w") as fh:
-            fh.write(config.to_json_best_effort(indent=2))
-    records = []
-    for site, layer, width in locations(config):
-        records += train_location(config, workdir, site, layer=layer, width=width, log=log, mesh=mesh)
-    return records
+        try:
+            held = lease_lib.acquire(workdir, "train", force=force_unlock, log=log)
+        except lease_lib.LeaseHeldError as e:
+            refusal = str(e)
+    refusal = distributed.allgather_json(refusal)[0]  # every process stops, not only process 0
+    if refusal is not None:
+        raise lease_lib.LeaseHeldError(refusal)
+    try:
+        if distributed.is_main():
+            with open(os.path.join(workdir, "config.json"), "w") as fh:
+                fh.write(config.to_json_best_effort(indent=2))
+        records = []
+        for site, layer, width in locations(config):
+            records += train_location(config, workdir, site, layer=layer, width=width, log=log, mesh=mesh)
+        return records
+    finally:
+        if held is not None:
+            held.release()
