@@ -11,10 +11,13 @@ Why a file created with ``O_CREAT | O_EXCL`` and not ``flock``: the exclusive cr
 local disks and on NFS, which multi-host runs share, where advisory locks are unreliable; and the
 file names its holder (host, pid, start time, command), which is what a person needs to decide.
 
-Why a stale lease is never broken automatically: whether the holder is alive can only be asked on
-its own host (``os.kill(pid, 0)``), pids are reused, and breaking a live lease is exactly the
-collision this prevents. A lease whose pid is gone on this host is *reported* as probably stale;
-the person who knows reruns with ``--force_unlock`` (``force=True``).
+What happens to a lease whose run died: a killed run cannot release its lease, and "kill it and
+rerun the same command" must keep working. Whether the holder is alive can only be asked on its
+own host (``os.kill(pid, 0)``), so a lease taken on *this* host whose pid is no longer running is
+taken over, with a message naming the dead holder (a reused pid only ever makes a dead holder look
+alive, never the reverse, so a live run is never displaced). A lease from *another* host (a
+re-queued multi-host job, a shared filesystem) cannot be judged from here: the run refuses, names
+the holder, and the person who knows reruns with ``--force_unlock`` (``force=True``).
 """
 
 from __future__ import annotations
@@ -121,6 +124,41 @@ def liveness(holder: dict, host: str) -> str:
     return f"pid {holder['pid']} is not running on this host: the lease is probably stale (its run died)"
 
 
+def stale_here(holder: dict, host: str) -> bool:
+    """Whether ``holder`` provably died: it ran on this host and its pid is gone."""
+    return holder["host"] == host and holder["pid"] != os.getpid() and not pid_alive(holder["pid"])
+
+
+def take_over(path: str, holder: dict, *, log=print) -> None:
+    """Moves a dead holder's lease aside (``<path>.stale-<our pid>``, kept for the record) and says so.
+
+    The move is a rename, and the file moved is checked against the holder judged dead: when two
+    runs take over at once, the second may have moved the first's fresh lease, which it then puts
+    back (and its create fails, naming that live holder)."""
+    aside = f"{path}.stale-{os.getpid()}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:  # another run moved it first: our create decides
+        return
+    try:
+        moved = read_holder(aside, retries=0)
+    except LeaseHeldError:
+        moved = None
+    if moved != holder:
+        try:
+            os.link(aside, path)  # put the fresh lease back unless yet another run holds the path
+        except FileExistsError:
+            pass
+        os.remove(aside)
+        return
+    command = " ".join(holder["argv"]) if isinstance(holder["argv"], list) else str(holder["argv"])
+    log(
+        f"[lease] taking over {path}: its holder (host {holder['host']}, pid {holder['pid']}, started "
+        f"{holder['started']}, command: {command}) is not running on this host; its run died. "
+        f"The old lease is kept as {aside}."
+    )
+
+
 def held_message(path: str, role: str, holder: dict, host: str) -> str:
     """The refusal: which file, who holds it, whether it looks alive, and how to proceed."""
     command = " ".join(holder["argv"]) if isinstance(holder["argv"], list) else str(holder["argv"])
@@ -128,7 +166,7 @@ def held_message(path: str, role: str, holder: dict, host: str) -> str:
         f"the {role} lease of this workdir is held: lock file {path} was taken by host {holder['host']}, "
         f"pid {holder['pid']}, started {holder['started']} (command: {command}); {liveness(holder, host)}. "
         f"Two {role} runs on one workdir would overwrite each other's files. Wait for that run or stop it; "
-        f"if it is known to be dead, rerun with --force_unlock (this lease is never broken automatically)."
+        f"if it is known to be dead, rerun with --force_unlock."
     )
 
 
@@ -156,14 +194,18 @@ def acquire(workdir: str, role: str, force: bool = False, *, log=print) -> Lease
             log(f"[lease] --force_unlock: removed {path}, which held {old.strip()[:500]}")
         except FileNotFoundError:  # no lease (or its holder just released it): nothing to remove
             pass
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+    for attempt in range(2):
         try:
-            holder = read_holder(path)
-        except FileNotFoundError:  # released between our create and our read: say so, do not loop
-            raise LeaseHeldError(f"lock file {path} was held a moment ago and just released; rerun") from None
-        raise LeaseHeldError(held_message(path, role, holder, host)) from None
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                holder = read_holder(path)
+            except FileNotFoundError:  # released between our create and our read: say so, do not loop
+                raise LeaseHeldError(f"lock file {path} was held a moment ago and just released; rerun") from None
+            if attempt or not stale_here(holder, host):
+                raise LeaseHeldError(held_message(path, role, holder, host)) from None
+            take_over(path, holder, log=log)
     record = {"host": lease.host, "pid": lease.pid, "started": lease.started, "argv": list(lease.argv)}
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(record, fh)

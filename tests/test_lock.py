@@ -1,5 +1,6 @@
 """One writer per workdir (gemmascope.lease): a held lease stops a second run, in this process or
-another, with the holder named; a stale one is reported, never broken; ``force`` takes over; a
+another, with the holder named; a dead holder's lease on this host is taken over, loudly, so a
+killed run's rerun resumes; another host's is never judged from here; ``force`` takes over; a
 release never removes another run's lease; ``launch/train.py`` refuses a held workdir and takes it
 with ``--force_unlock``."""
 
@@ -79,15 +80,30 @@ def test_second_acquire_in_another_process_fails_naming_host_and_pid(tmp_path):
     assert not os.path.exists(lk.path)
 
 
-def test_stale_lease_is_reported_and_not_broken(tmp_path):
+def test_a_dead_holders_lease_on_this_host_is_taken_over_loudly(tmp_path):
+    """A killed run cannot release its lease; its rerun must still resume, saying whose it took."""
     path = str(tmp_path / ".lock-train")
     pid = dead_pid()
-    record = write_lock(path, pid=pid)
-    with pytest.raises(LeaseHeldError) as e:
-        lease.acquire(str(tmp_path), "train")
-    msg = str(e.value)
-    assert "probably stale" in msg and f"pid {pid}" in msg and path in msg and "--force_unlock" in msg
-    assert json.load(open(path)) == record  # still there, unchanged
+    record = write_lock(path, pid=pid, argv=["train.py", "--workdir=w"])
+    logged = []
+    lk = lease.acquire(str(tmp_path), "train", log=logged.append)
+    assert len(logged) == 1 and f"pid {pid}" in logged[0] and "not running" in logged[0] and "train.py" in logged[0]
+    assert json.load(open(path))["pid"] == os.getpid() and json.load(open(f"{path}.stale-{os.getpid()}")) == record
+    lk.release()
+    assert not os.path.exists(path)
+
+
+def test_a_live_holder_is_never_taken_over(tmp_path):
+    path = str(tmp_path / ".lock-train")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = write_lock(path, pid=holder.pid)
+        with pytest.raises(LeaseHeldError, match=f"pid {holder.pid} is alive"):
+            lease.acquire(str(tmp_path), "train")
+        assert json.load(open(path)) == record
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_lease_from_another_host_says_it_cannot_tell(tmp_path):
