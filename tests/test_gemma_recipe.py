@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gemmascope import config as config_lib
-from gemmascope.sae import jumprelu
+from gemmascope.sae import jumprelu, transcoder
 from gemmascope.sae.common import SAEConfig
 from gemmascope.sae.files.layouts import fold_dim_scale, fold_normalisation
 from gemmascope.train import step as step_lib
@@ -142,8 +142,61 @@ def test_a_trained_dim_scaled_sae_exports_to_exactly_its_training_time_model():
 def test_dim_scale_power_is_validated_before_compute():
     with pytest.raises(config_lib.ConfigError, match=r"config.dim_scale_power: must be a number in \[0, 1\]"):
         _config(dim_scale_power=2.0)
-    with pytest.raises(config_lib.ConfigError, match="config.dim_scale_power: transcoder sites"):
-        _config(**{"dim_scale_power": 1.0, "sites": ("transcoder",), "source": "store", "store.sites": ("transcoder",)})
+    with pytest.raises(config_lib.ConfigError, match="config.dim_std_cap: choose one per-dimension scaling"):
+        _config(dim_scale_power=1.0, dim_std_cap=10.0)
+
+
+def test_a_trained_dim_scaled_affine_transcoder_exports_to_exactly_its_training_time_model():
+    """A transcoder scales input and target per dimension (one ``s`` per column of its paired
+    rows, then ``(C_in, C_out)``); its exported file's NumPy forward on raw rows (codes, and the
+    MLP output predicted with the skip) equals the training-time model's, scaled back."""
+    d_out = 5
+    c = _config(dim_scale_power=1.0)
+    x_in = _massive_rows(4 * B)
+    rng = np.random.default_rng(3)
+    y = x_in[:, 1:] @ rng.standard_normal((D_IN - 1, d_out)).astype(np.float32) + rng.standard_normal((4 * B, d_out))
+    y[:, 0] = 20.0 * y[:, 0] + 100.0  # a massive output dimension too
+    xy = np.concatenate([x_in, y], axis=1).astype(np.float32)
+    s = step_lib.dim_scales(xy, 1.0)
+    u = xy / s
+    norm = (
+        float(np.sqrt(np.mean(np.sum(u[:, :D_IN] ** 2, -1)))),
+        float(np.sqrt(np.mean(np.sum(u[:, D_IN:] ** 2, -1)))),
+    )
+    arch = transcoder.Transcoder(d_out, affine=True)
+    sample = step_lib.init_sample(c, xy, norm, D_IN, s)
+    state = step_lib.init_state(
+        jax.random.PRNGKey(2),
+        c,
+        D_IN,
+        d_sae=D_SAE,
+        n_saes=1,
+        norm_scale=norm,
+        init_sample=sample,
+        arch=arch,
+        dim_scale=s,
+    )
+    assert state["dim_scale"].shape == (D_IN + d_out,)
+    train_step = jax.jit(step_lib.make_train_step(c, dead_window_steps=10, arch=arch))
+    for i in range(4):
+        state, metrics = train_step(state, jnp.asarray(xy[i * B : (i + 1) * B]), jnp.asarray(c.target_l0s))
+    assert np.isfinite(np.asarray(metrics["loss"])).all()
+    raw = {k: np.asarray(v, np.float64) for k, v in step_lib.export_params(state, 0, c, arch=arch).items()}
+    cfg = SAEConfig.from_config(c)
+    p = jax.tree.map(lambda a: a[0], state["params"])
+    un = step_lib.normalise(jnp.asarray(xy), state["norm_scale"], D_IN, state["dim_scale"])
+    f_train = np.asarray(arch.encode_train(p, un, cfg), np.float64)
+    lay = jumprelu.layout_params(p) | {"W_skip": p["W_skip"]}
+    y_hat_u = np.asarray(arch.predict(lay, jnp.asarray(f_train, jnp.float32), un[:, :D_IN]), np.float64)
+    pre = x_in.astype(np.float64) @ raw["W_enc"] + raw["b_enc"]
+    f_raw = pre * (pre > raw["threshold"])
+    y_hat = f_raw @ raw["W_dec"] + raw["b_dec"] + x_in.astype(np.float64) @ raw["W_skip"]
+    assert 0 < (f_train > 0).mean() < 1
+    np.testing.assert_array_equal(f_raw > 0, f_train > 0)
+    np.testing.assert_allclose(f_raw, norm[1] * f_train, rtol=1e-3, atol=1e-4 * norm[1])
+    np.testing.assert_allclose(y_hat, norm[1] * s[D_IN:] * y_hat_u, rtol=1e-4, atol=1e-4 * np.abs(y).max())
+    with pytest.raises(ValueError, match=r"dim_scale has shape \(6,\), expected \(11,\) = \[d_in \+ d_out\]"):
+        fold_dim_scale({k: v for k, v in raw.items()}, s[:D_IN])
 
 
 def test_the_controller_term_and_its_threshold_gradient_against_hand_values():

@@ -71,7 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
     # one residual dimension carries ~75% of the variance, so a loss in raw units spends the
     # dictionary on it and leaves the dimensions the next layers read unexplained (docs/gemma3.md).
     # The scales are folded into the exported weights (gemmascope.sae.files.layouts.fold_dim_scale):
-    # files stay plain SAEs in raw units. SAEs only (not transcoder sites).
+    # files stay plain SAEs in raw units. A transcoder scales its input and its target alike (its
+    # paired rows: one s per column, each part then its own C).
     c.dim_scale_power = 0.0
     # The gentler alternative (0 = off): only dimensions whose standard deviation is over
     # dim_std_cap times the median dimension's are scaled down to that cap (s_d = max(1, std_d /

@@ -254,8 +254,6 @@ def _validate_pairs(c: ml_collections.ConfigDict) -> None:
         ("sae.jumprelu_auxk", bool(c.sae.jumprelu_auxk), "the AuxK loss is not implemented for them"),
         ("sae.revive_dead_every", bool(c.sae.revive_dead_every), "threshold revival is not implemented for them"),
         ("export.layouts", "sae_lens" in c.export.layouts, "the sae_lens layout has no transcoder export here"),
-        ("dim_scale_power", c.dim_scale_power != 0, "per-dimension input scaling is not implemented for them"),
-        ("dim_std_cap", c.dim_std_cap != 0, "per-dimension input scaling is not implemented for them"),
     ):
         require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
 

@@ -121,7 +121,7 @@ def train_location(
     key = jax.random.PRNGKey(config.seed)
     k = len(values)
     ones = 1.0 if d_out is None else (1.0, 1.0)
-    ones_s = np.ones((d_in,), np.float32) if config_lib.scales_dims(config) else None
+    ones_s = np.ones((d_in + (d_out or 0),), np.float32) if config_lib.scales_dims(config) else None
     shapes = jax.eval_shape(
         lambda: step_lib.init_state(
             key, config, d_in, d_sae=width, n_saes=k, norm_scale=ones, arch=arch, dim_scale=ones_s
@@ -166,15 +166,15 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
     def scale_of(rows):  # one C for every process
         return distributed.broadcast_float(float(np.sqrt(np.mean(np.sum(rows.astype(np.float64) ** 2, axis=-1)))))
 
-    dim_scale = None
-    if loc.d_out is None and config_lib.scales_dims(config):  # per-dimension scales, then C of the scaled rows
+    dim_scale, rows = None, sample
+    if config_lib.scales_dims(config):  # per-dimension scales (of a paired row's both parts), then C(s)
         s = step_lib.dim_scales(sample, float(config.dim_scale_power), float(config.dim_std_cap))
         dim_scale = distributed.broadcast_array(s)
-        norm_scale = scale_of(sample / dim_scale)
-    elif loc.d_out is None:
-        norm_scale = scale_of(sample)
+        rows = sample / dim_scale
+    if loc.d_out is None:
+        norm_scale = scale_of(rows)
     else:  # a transcoder: (C_in, C_out), one per part of the paired rows
-        norm_scale = (scale_of(sample[:, : loc.d_in]), scale_of(sample[:, loc.d_in :]))
+        norm_scale = (scale_of(rows[:, : loc.d_in]), scale_of(rows[:, loc.d_in :]))
     sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in, dim_scale)  # None without a data init
     state = loc.sweep.init(
         lambda s: step_lib.init_state(

@@ -4,7 +4,8 @@ State is a plain dict (big_vision style), every SAE-specific leaf stacked on a l
 
     {"params": {...[K, ...]}, "opt": optimiser state [K, ...], "step": int32 [],
      "norm_scale": float32 [] (C: training sees x / C), or [2] (C_in, C_out) for a transcoder,
-     "dim_scale": float32 [d_in] (only with dim_scale_power or dim_std_cap > 0: training sees x / (C s)),
+     "dim_scale": float32 [d_in] ([d_in + d_out] for a transcoder; only with dim_scale_power or
+                  dim_std_cap > 0: training sees x / (C s)),
      "l0_dual": float32 [K] (only with sae.l0_controller_rate > 0: the L0 controller's multipliers),
      "last_fired": int32 [K, d_sae],
      "bad_step": int32 [K] (first step, counted from 1, whose loss was NaN/inf; -1 if none)}
@@ -158,7 +159,8 @@ def init_state(
     configured data-dependent start (:func:`data_init`: a transcoder's regression init, ``b_dec``
     at the mean, thresholds at the quantiles of its pre-activations that give its target L0).
     ``arch``: the location's architecture (default ``config.sae.arch``); a transcoder takes
-    ``norm_scale = (C_in, C_out)`` and ``d_in`` its input width. ``dim_scale [d_in]``
+    ``norm_scale = (C_in, C_out)`` and ``d_in`` its input width. ``dim_scale [d_in]`` (a
+    transcoder's ``[d_in + d_out]``, as its paired rows)
     (:func:`dim_scales`): kept in the state as ``"dim_scale"`` (only then), the step divides by it.
     """
     arch = archs.get(config.sae.arch) if arch is None else arch
@@ -350,11 +352,11 @@ def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> di
     p = jax.tree.map(lambda a: a[index], state["params"])
     layout = arch.export_layout(p, SAEConfig.from_config(config), config_lib.sweep_values(config)[index])
     scale = np.asarray(jax.device_get(state["norm_scale"]), np.float64)
-    if scale.ndim == 1:
-        return fold_transcoder(jax.device_get(layout), float(scale[0]), float(scale[1]))
     layout = jax.device_get(layout)
-    if state.get("dim_scale") is not None:  # per-dimension scales first, then the scalar C
+    if state.get("dim_scale") is not None:  # per-dimension scales first, then the scalar C(s)
         layout = fold_dim_scale(layout, np.asarray(jax.device_get(state["dim_scale"])))
+    if scale.ndim == 1:
+        return fold_transcoder(layout, float(scale[0]), float(scale[1]))
     return fold_normalisation(layout, float(scale), bool(config.sae.pre_encoder_bias))
 
 

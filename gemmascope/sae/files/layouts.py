@@ -30,31 +30,57 @@ FILE_KEYS = {"jumprelu": LAYOUT_KEYS, "relu": BASE_KEYS, "topk": BASE_KEYS + ("k
 OPTIONAL_KEYS = {"transcoder": ("W_skip",)}
 
 
+# metadata.json fields that loaders and their callers rely on: (types, lower bound or None).
+METADATA_TYPES = {
+    "architecture": ((str,), None),
+    "site": ((str,), None),
+    "model": ((str,), None),
+    "params_sha256": ((str,), None),
+    "layer": ((int,), 0),
+    "d_in": ((int,), 1),
+    "d_sae": ((int,), 1),
+}
+
+
 class SAEFileError(ValueError):
     """A malformed SAE file; the message names the file and the key."""
 
 
 def fold_dim_scale(params: Mapping[str, Any], dim_scale: Any) -> dict[str, np.ndarray]:
-    """Layout params trained on ``u = x / s`` (``s [d_in]`` per dimension) -> params on ``x``.
+    """Layout params trained on per-dimension scaled rows -> params on the unscaled rows.
 
-    With the pre-encoder bias the encoder reads ``(u - b_dec) @ W_enc + b_enc`` and the decoder
-    writes ``u_hat = f @ W_dec + b_dec``. Substituting ``u = x / s``::
+    An SAE (``dim_scale [d_in]``) trains on ``u = x / s``; with the pre-encoder bias its encoder
+    reads ``(u - b_dec) @ W_enc + b_enc`` and its decoder writes ``u_hat = f @ W_dec + b_dec``.
+    Substituting ``u = x / s``::
 
         W_enc' = W_enc / s[:, None]   W_dec' = W_dec * s[None, :]   b_dec' = b_dec * s
 
     gives the same pre-activations (``(x - b_dec') @ W_enc' = (u - b_dec) @ W_enc``), the same codes
-    and ``x_hat = s * u_hat``; ``b_enc``, thresholds and ``k`` are unchanged. Applied before
-    :func:`fold_normalisation` (scalar ``C``), which it composes with exactly. The decoder rows are
-    no longer unit norm in the file (their norms are the scale each latent writes at).
+    and ``x_hat = s * u_hat``. A transcoder (``dim_scale [d_in + d_out] = concat(s_in, s_out)``,
+    as its paired rows) trains on ``x_in / s_in`` and predicts ``y / s_out``; its encoder reads
+    the input without the pre-encoder bias, so the same substitution gives ``W_enc' = W_enc /
+    s_in[:, None]``, ``W_dec' = W_dec * s_out``, ``b_dec' = b_dec * s_out`` and ``W_skip' = W_skip *
+    s_out[None, :] / s_in[:, None]``. ``b_enc``, thresholds and ``k`` are unchanged. Applied before
+    :func:`fold_normalisation` or :func:`fold_transcoder` (the scalar C), which compose with it
+    exactly. The decoder rows are no longer unit norm in the file (their norms are the scale each
+    latent writes at).
     """
     p = {k: np.asarray(v) for k, v in params.items()}
     s = np.asarray(dim_scale, np.float64)
-    if s.shape != (p["W_enc"].shape[0],):
-        raise ValueError(f"dim_scale has shape {s.shape}, expected ({p['W_enc'].shape[0]},) = [d_in]")
+    d_in, d_out = p["W_enc"].shape[0], p["W_dec"].shape[1]
+    if s.shape == (d_in,) and d_in == d_out:
+        s_in = s_out = s
+    elif s.shape == (d_in + d_out,) and (d_in != d_out or "W_skip" in p):
+        s_in, s_out = s[:d_in], s[d_in:]
+    else:
+        expected = f"({d_in},) = [d_in]" if d_in == d_out else f"({d_in + d_out},) = [d_in + d_out]"
+        raise ValueError(f"dim_scale has shape {s.shape}, expected {expected}")
     out = dict(p)
-    out["W_enc"] = (p["W_enc"] / s[:, None]).astype(np.float32)
-    out["W_dec"] = (p["W_dec"] * s[None, :]).astype(np.float32)
-    out["b_dec"] = (p["b_dec"] * s).astype(np.float32)
+    out["W_enc"] = (p["W_enc"] / s_in[:, None]).astype(np.float32)
+    out["W_dec"] = (p["W_dec"] * s_out[None, :]).astype(np.float32)
+    out["b_dec"] = (p["b_dec"] * s_out).astype(np.float32)
+    if "W_skip" in p:
+        out["W_skip"] = (p["W_skip"] * s_out[None, :] / s_in[:, None]).astype(np.float32)
     return out
 
 
@@ -114,7 +140,7 @@ def file_layout(metadata: Mapping[str, Any] | None, source: str = "<params>") ->
     """The file layout named by ``metadata["architecture"]`` (JumpReLU when there is none)."""
     arch = (metadata or {}).get("architecture", "jumprelu")
     known = archs.file_layouts()  # each architecture declares its own (BatchTopK, Gated: "jumprelu")
-    if arch not in known:
+    if not isinstance(arch, str) or arch not in known:
         raise SAEFileError(f"{source}: metadata.json architecture {arch!r} unknown (known: {sorted(known)})")
     return known[arch]
 
@@ -176,15 +202,25 @@ def width_name(width: int) -> str:
 
 
 def read_metadata_json(folder: str) -> dict[str, Any] | None:
-    """``folder/metadata.json`` as a dict, None when there is none; a garbled one is an error."""
+    """``folder/metadata.json`` as a dict, None when there is none; a garbled one is an error: not
+    UTF-8 JSON, not an object, or one of the fields loaders rely on (:data:`METADATA_TYPES`) of
+    another type, so that a damaged file fails here, naming the field, not in its consumer."""
     meta = os.path.join(folder, "metadata.json")
     if not os.path.exists(meta):
         return None
     try:
-        with open(meta) as fh:
-            return json.load(fh)
-    except ValueError as e:
+        with open(meta, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise SAEFileError(f"{meta}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise SAEFileError(f"{meta}: holds a JSON {type(obj).__name__}, not an object")
+    for key, (types, lo) in METADATA_TYPES.items():
+        v = obj.get(key)
+        if v is not None and (not isinstance(v, types) or isinstance(v, bool) or (lo is not None and v < lo)):
+            want = " or ".join(t.__name__ for t in types) + (f" >= {lo}" if lo is not None else "")
+            raise SAEFileError(f"{meta}: field {key!r} must be {want}, got {v!r}")
+    return obj
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
