@@ -49,7 +49,7 @@ key = jax.random.PRNGKey(0)
 
 # Reference: today's single-device path (plain jit on the default device).
 c1 = cfg(1, 1, "replicated")
-init = lambda c: step_lib.init_state(key, c, D_IN, D_SAE, K, 2.5)
+init = lambda c: step_lib.init_state(key, c, D_IN, d_sae=D_SAE, n_saes=K, norm_scale=2.5)
 state0 = jax.device_get(init(c1))
 ref_fn = jax.jit(step_lib.make_train_step(c1, 5))
 ref, ref_m, ref_states = state0, None, []
@@ -111,13 +111,13 @@ with tempfile.TemporaryDirectory() as d:
     out["restore"]["continued"] = maxdiff(jax.device_get(st_c), ref)
 # TopK (k static per SAE index): a sharded sweep takes the plain partitioned jit, same result.
 ct = cfg(1, 1, "replicated", "topk")
-st_t = jax.device_get(step_lib.init_state(key, ct, D_IN, D_SAE, K, 2.5))
+st_t = jax.device_get(step_lib.init_state(key, ct, D_IN, d_sae=D_SAE, n_saes=K, norm_scale=2.5))
 ref_t, fn_t = st_t, jax.jit(step_lib.make_train_step(ct, 5))
 for x in xs:
     ref_t, _ = fn_t(ref_t, jnp.asarray(x), jnp.asarray([4.0, 8.0]))
 c2 = cfg(2, 4, "sharded", "topk")
 sw = sharding.ShardedSweep(c2, sharding.make_mesh(c2), jax.eval_shape(lambda: st_t), D_IN, D_SAE)
-st, fn = sw.init(lambda: step_lib.init_state(key, c2, D_IN, D_SAE, K, 2.5)), sw.jit_step(step_lib.make_train_step(c2, 5))
+st, fn = sw.init(lambda: step_lib.init_state(key, c2, D_IN, d_sae=D_SAE, n_saes=K, norm_scale=2.5)), sw.jit_step(step_lib.make_train_step(c2, 5))
 for x in xs:
     st, m = fn(st, sw.put_batch(x), sw.put_values([4.0, 8.0]))
 out["topk_sharded"] = {"state": maxdiff(jax.device_get(st), jax.device_get(ref_t)), "l0": jax.device_get(m["l0"]).tolist(),

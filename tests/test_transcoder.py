@@ -314,7 +314,7 @@ rng = np.random.default_rng(0)
 xs = [(rng.standard_normal((B, D_IN + D_OUT)) * 3.0).astype(np.float32) for _ in range(2)]
 lams = [1e-3, 3e-2]
 def init(c):
-    return step_lib.init_state(jax.random.PRNGKey(0), c, D_IN, D_SAE, 2, (2.5, 0.5), arch=archs.for_site(c, "transcoder_affine", D_OUT))
+    return step_lib.init_state(jax.random.PRNGKey(0), c, D_IN, d_sae=D_SAE, n_saes=2, norm_scale=(2.5, 0.5), arch=archs.for_site(c, "transcoder_affine", D_OUT))
 def run(data, model, sweep):
     c = cfg(data, model, sweep)
     arch = archs.for_site(c, "transcoder_affine", D_OUT)
