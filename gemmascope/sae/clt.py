@@ -1,0 +1,167 @@
+"""A cross-layer transcoder (CLT): JumpReLU features that read one layer and write to it and every
+later layer (Ameisen et al. 2025, "Circuit Tracing"; Gemma Scope 2 ships them for Gemma 3 270M and
+1B), in training units. It satisfies :class:`gemmascope.sae.common.Architecture`, as the per-layer
+:class:`~gemmascope.sae.transcoder.Transcoder` does, on paired rows that hold every layer.
+
+For ``L`` layers, features of source layer ``l`` read that layer's MLP input ``x_l [d_in]`` and
+the prediction of layer ``m``'s MLP output sums the writes of every source layer up to ``m``::
+
+    f_l   = JumpReLU(x_l @ W_enc[l] + b_enc[l], threshold[l])                 [d_sae]
+    y_m^  = sum_{l <= m} f_l @ W_dec[l, :, m, :] + b_dec[m]  (+ x_m @ W_skip[m])  [d_out]
+    loss  = mean_batch sum_m ||y_m - y_m^||^2 + sparsity(mean_l L0_l)
+
+``W_dec [L, d_sae, L, d_out]`` is stored whole and multiplied by the causal mask ``l <= m`` in
+the forward, so the entries that write to earlier layers stay at zero with zero gradient (Gemma
+Scope 2's files hold them as zeros too). The sparsity term is JumpReLU's
+(:func:`gemmascope.sae.jumprelu.sparsity_penalty`, the quadratic target-L0 form or lambda * L0)
+on the per-layer L0 averaged over layers, so a target L0 means "per layer", as it does for the
+18 per-layer transcoders a CLT is compared with. Decoder rows are not kept unit norm: a feature's
+norm is spread over the layers it writes to, and the threshold is what gates it.
+
+Rows: ``[B, L * d_in + L * d_out]``, every layer's input then every layer's target, each block in
+layer order (:meth:`CrossLayerTranscoder.split`). A one-layer CLT is exactly the JumpReLU
+transcoder on the same weights (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gemmascope.sae import jumprelu
+from gemmascope.sae.common import Params, SAEConfig, as_sae_config, init_base, no_update
+
+SKIP_KEY = "W_skip"
+
+
+def causal_mask(n_layers: int) -> jax.Array:
+    """``[L, 1, L, 1]`` float: 1 where source layer ``l`` may write to target layer ``m >= l``."""
+    m = jnp.triu(jnp.ones((n_layers, n_layers), jnp.float32))
+    return m[:, None, :, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossLayerTranscoder:
+    """A CLT over ``n_layers`` layers writing ``d_out`` features per layer; ``affine`` adds a
+    per-layer ``x_m @ W_skip[m]``."""
+
+    n_layers: int
+    d_out: int
+    affine: bool = False
+
+    NAME = "clt"
+    BASE = jumprelu.NAME  # the architecture config.sae.arch names for it (its features are JumpReLU)
+    UNIT_NORM_DECODER = False
+    FILE_LAYOUT = "clt"
+    MATRYOSHKA = False
+    OWN_FIELDS = jumprelu.OWN_FIELDS
+    after_update = staticmethod(no_update)
+    sweep_axis = staticmethod(jumprelu.sweep_axis)
+    sparsity_argument = staticmethod(jumprelu.sparsity_argument)
+    uses_auxk = staticmethod(jumprelu.uses_auxk)
+    variant_suffix = staticmethod(jumprelu.variant_suffix)
+    metadata = staticmethod(jumprelu.metadata)
+
+    def init(self, key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> Params:
+        """Per source layer: the transcoder's start (He-uniform unit rows, encoder the decoder's
+        transpose when ``d_in == d_out``), its decoder copied to every target layer at or after
+        it and scaled by ``1 / sqrt(L - l)`` (so a feature's total write starts at unit norm);
+        biases 0, thresholds ``cfg.threshold_init``, ``W_skip = 0`` when affine."""
+        cfg = as_sae_config(cfg)
+        n = self.n_layers
+        enc, dec = [], []
+        for lk in jax.random.split(key, n):
+            k_dec, k_enc = jax.random.split(lk)
+            d = init_base(k_dec, self.d_out, d_sae)
+            e = d if d_in == self.d_out else init_base(k_enc, d_in, d_sae)
+            enc.append(e["W_enc"])
+            dec.append(d["W_dec"])
+        writes = jnp.arange(n, 0, -1, dtype=jnp.float32)  # layers each source writes to: L - l
+        w_dec = jnp.stack(dec)[:, :, None, :] / jnp.sqrt(writes)[:, None, None, None]
+        params = {
+            "W_enc": jnp.stack(enc),
+            "W_dec": jnp.broadcast_to(w_dec, (n, d_sae, n, self.d_out)) * causal_mask(n),
+            "b_enc": jnp.zeros((n, d_sae), jnp.float32),
+            "b_dec": jnp.zeros((n, self.d_out), jnp.float32),
+            "threshold": jnp.full((n, d_sae), float(cfg.threshold_init), jnp.float32),
+        }
+        if self.affine:
+            params[SKIP_KEY] = jnp.zeros((n, d_in, self.d_out), jnp.float32)
+        return params
+
+    def split(self, xy: jax.Array, d_in: int) -> tuple[jax.Array, jax.Array]:
+        """``[B, L * d_in + L * d_out] -> (x [B, L, d_in], y [B, L, d_out])``."""
+        n = self.n_layers
+        x = xy[..., : n * d_in].reshape(*xy.shape[:-1], n, d_in)
+        y = xy[..., n * d_in :].reshape(*xy.shape[:-1], n, self.d_out)
+        return x, y
+
+    def pre_activations(self, params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
+        """``x [B, L, d_in] -> [B, L, d_sae]``: each layer's encoder on its own input."""
+        return jnp.einsum("bld,lds->bls", x, params["W_enc"]) + params["b_enc"]
+
+    def encode_train(
+        self, params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any], sparsity: Any = None
+    ) -> jax.Array:
+        """Codes ``f [B, L, d_sae]`` of a whole row ``[B, L * d_in + L * d_out]`` (its input part)."""
+        del sparsity
+        cfg = as_sae_config(cfg)
+        xs, _ = self.split(x, params["W_enc"].shape[1])
+        return jumprelu.jumprelu(self.pre_activations(params, xs), params["threshold"], cfg.bandwidth)
+
+    def decode_train(self, params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
+        """``f [B, L, d_sae] -> [B, L, d_out]``: every target layer's sum of the writes of the
+        layers at or before it, plus its bias (without the skip, which needs ``x``: :meth:`predict`)."""
+        w = params["W_dec"] * causal_mask(self.n_layers)
+        return jnp.einsum("bls,lsmo->bmo", f, w) + params["b_dec"]
+
+    def predict(self, params: Mapping[str, jax.Array], f: jax.Array, x: jax.Array) -> jax.Array:
+        """``y^ [B, L, d_out]`` from the codes and the inputs ``x [B, L, d_in]`` (for the skip)."""
+        y_hat = self.decode_train(params, f)
+        if SKIP_KEY in params:
+            y_hat = y_hat + jnp.einsum("bld,ldo->blo", x, params[SKIP_KEY])
+        return y_hat
+
+    def loss(
+        self,
+        params: Mapping[str, jax.Array],
+        xy: jax.Array,
+        cfg: SAEConfig | Mapping[str, Any],
+        sparsity: Any,
+        dead: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mean over the batch of ``sum_m ||y_m - y_m^||^2`` plus JumpReLU's sparsity penalty on the
+        per-layer L0 averaged over layers. aux as every architecture's (``l0``: that per-layer
+        mean; ``fired [L * d_sae]``: any firing per feature)."""
+        del dead
+        cfg = as_sae_config(cfg)
+        xs, ys = self.split(xy, params["W_enc"].shape[1])
+        f, l0 = jumprelu.jumprelu_and_l0(self.pre_activations(params, xs), params["threshold"], cfg.bandwidth)
+        l0_mean = jnp.mean(l0, axis=-1)  # [B]: per-layer L0, averaged over layers
+        sparsity_term = jumprelu.sparsity_penalty(l0_mean, cfg, sparsity)
+        sq_err = jnp.sum((ys - self.predict(params, f, xs)) ** 2, axis=(-2, -1))
+        mse = jnp.mean(sq_err)
+        sg = jax.lax.stop_gradient
+        aux = {
+            "mse": sg(mse),
+            "l0": sg(jnp.mean(l0_mean)),
+            "sparsity_loss": sg(sparsity_term),
+            "fired": sg(jnp.any(f != 0, axis=0).reshape(-1)),
+            "sq_err_sum": sg(jnp.sum(sq_err)),
+        }
+        return mse + sparsity_term, aux
+
+    def export_layout(self, params: Mapping[str, jax.Array], cfg: SAEConfig, sparsity: Any = None) -> Params:
+        """The stacked arrays, still in training units, the decoder's non-causal entries zero."""
+        out = {k: params[k] for k in ("W_enc", "b_enc", "b_dec", "threshold")}
+        out["W_dec"] = params["W_dec"] * causal_mask(self.n_layers)
+        if SKIP_KEY in params:
+            out[SKIP_KEY] = params[SKIP_KEY]
+        return out
+
+    def thresholds(self, params: Mapping[str, jax.Array]) -> jax.Array:
+        return params["threshold"]
