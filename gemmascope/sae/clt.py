@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from gemmascope.sae import jumprelu
-from gemmascope.sae.common import Params, SAEConfig, as_sae_config, init_base, no_update
+from gemmascope.sae.common import Params, SAEConfig, as_sae_config, init_base
+from gemmascope.sae.transcoder import JumpReLUWriter
 
 SKIP_KEY = "W_skip"
 
@@ -45,7 +46,7 @@ def causal_mask(n_layers: int) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class CrossLayerTranscoder:
+class CrossLayerTranscoder(JumpReLUWriter):
     """A CLT over ``n_layers`` layers writing ``d_out`` features per layer; ``affine`` adds a
     per-layer ``x_m @ W_skip[m]``."""
 
@@ -54,17 +55,8 @@ class CrossLayerTranscoder:
     affine: bool = False
 
     NAME = "clt"
-    BASE = jumprelu.NAME  # the architecture config.sae.arch names for it (its features are JumpReLU)
     UNIT_NORM_DECODER = False
     FILE_LAYOUT = "clt"
-    MATRYOSHKA = False
-    OWN_FIELDS = jumprelu.OWN_FIELDS
-    after_update = staticmethod(no_update)
-    sweep_axis = staticmethod(jumprelu.sweep_axis)
-    sparsity_argument = staticmethod(jumprelu.sparsity_argument)
-    uses_auxk = staticmethod(jumprelu.uses_auxk)
-    variant_suffix = staticmethod(jumprelu.variant_suffix)
-    metadata = staticmethod(jumprelu.metadata)
 
     def init(self, key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> Params:
         """Per source layer: the transcoder's start (He-uniform unit rows, encoder the decoder's

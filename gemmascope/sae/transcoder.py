@@ -72,26 +72,33 @@ def split(xy: jax.Array, d_in: int) -> tuple[jax.Array, jax.Array]:
     return xy[..., :d_in], xy[..., d_in:]
 
 
+class JumpReLUWriter:
+    """What every JumpReLU model that writes to other sites than it reads (a transcoder, a
+    cross-layer transcoder) shares of the architecture contract: its sweep, sparsity argument,
+    fields, variant names and metadata are JumpReLU's, and ``config.sae.arch`` names it as
+    ``BASE`` (``"jumprelu"``)."""
+
+    BASE = jumprelu.NAME
+    MATRYOSHKA = False
+    OWN_FIELDS = jumprelu.OWN_FIELDS
+    after_update = staticmethod(no_update)
+    sweep_axis = staticmethod(jumprelu.sweep_axis)
+    sparsity_argument = staticmethod(jumprelu.sparsity_argument)
+    uses_auxk = staticmethod(jumprelu.uses_auxk)
+    variant_suffix = staticmethod(jumprelu.variant_suffix)
+    metadata = staticmethod(jumprelu.metadata)
+
+
 @dataclasses.dataclass(frozen=True)
-class Transcoder:
+class Transcoder(JumpReLUWriter):
     """A JumpReLU transcoder writing ``d_out`` features; ``affine`` adds ``x_in @ W_skip``."""
 
     d_out: int
     affine: bool = False
 
     NAME = "transcoder"
-    BASE = jumprelu.NAME  # the architecture config.sae.arch names for transcoder sites
     UNIT_NORM_DECODER = True  # W_dec rows renormalised after each update, gradients projected
     FILE_LAYOUT = "transcoder"
-    MATRYOSHKA = False
-    OWN_FIELDS = jumprelu.OWN_FIELDS
-    after_update = staticmethod(no_update)
-    # A JumpReLU writing to another site: its sweep, sparsity and metadata are JumpReLU's.
-    sweep_axis = staticmethod(jumprelu.sweep_axis)
-    sparsity_argument = staticmethod(jumprelu.sparsity_argument)
-    uses_auxk = staticmethod(jumprelu.uses_auxk)
-    variant_suffix = staticmethod(jumprelu.variant_suffix)
-    metadata = staticmethod(jumprelu.metadata)
 
     def init(self, key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> Params:
         """The SAE's initialisation with the decoder in the output space: ``W_dec [d_sae, d_out]``
