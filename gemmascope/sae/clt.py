@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from gemmascope.sae import jumprelu
-from gemmascope.sae.common import Params, SAEConfig, as_sae_config, init_base
+from gemmascope.sae.common import Params, SAEConfig, as_sae_config, init_base, recon_aux
 from gemmascope.sae.transcoder import JumpReLUWriter
 
 SKIP_KEY = "W_skip"
@@ -135,16 +135,9 @@ class CrossLayerTranscoder(JumpReLUWriter):
         f, l0 = jumprelu.jumprelu_and_l0(self.pre_activations(params, xs), params["threshold"], cfg.bandwidth)
         l0_mean = jnp.mean(l0, axis=-1)  # [B]: per-layer L0, averaged over layers
         sparsity_term = jumprelu.sparsity_penalty(l0_mean, cfg, sparsity)
-        sq_err = jnp.sum((ys - self.predict(params, f, xs)) ** 2, axis=(-2, -1))
-        mse = jnp.mean(sq_err)
-        sg = jax.lax.stop_gradient
-        aux = {
-            "mse": sg(mse),
-            "l0": sg(jnp.mean(l0_mean)),
-            "sparsity_loss": sg(sparsity_term),
-            "fired": sg(jnp.any(f != 0, axis=0).reshape(-1)),
-            "sq_err_sum": sg(jnp.sum(sq_err)),
-        }
+        b = xy.shape[0]  # every layer's target as one row: the shared squared error and statistics
+        y_hat = self.predict(params, f, xs)
+        mse, aux = recon_aux(ys.reshape(b, -1), y_hat.reshape(b, -1), f.reshape(b, -1), l0_mean, sparsity_term)
         return mse + sparsity_term, aux
 
     def export_layout(self, params: Mapping[str, jax.Array], cfg: SAEConfig, sparsity: Any = None) -> Params:
