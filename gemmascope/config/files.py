@@ -81,6 +81,29 @@ def unknown_field_error(path: str, known: list[str] | None = None) -> ConfigErro
     return ConfigError(f"config.{path}: unknown field{hint}")
 
 
+def _kind(v) -> str:
+    """A JSON value's kind: ``bool``, ``int``, ``float``, ``str``, ``NoneType``, ``list``, ``dict``."""
+    return "float" if isinstance(v, float) else type(v).__name__
+
+
+def saved_value_problem(default, v) -> str | None:
+    """What is wrong with the saved value ``v`` of a field whose default is ``default``, or None.
+
+    ml_collections accepts None and bools in any (int) field and ``tuple("abc")`` turns a string
+    into a tuple of letters; a resolved config never holds those, so they are corruption: the value
+    must have its default's type (an int in a float field, too), and a tuple field a list of items
+    of the default items' type (of strings or numbers when the default is empty)."""
+    if isinstance(default, tuple):
+        if not isinstance(v, list):
+            return "must be a list"
+        kinds = {_kind(x) for x in default} or {"str", "int", "float"}
+        kinds |= {"int"} if "float" in kinds else set()
+        bad = [x for x in v if _kind(x) not in kinds]
+        return f"every item must be a {' or '.join(sorted(kinds))}" if bad else None
+    want = {_kind(default)} | ({"int"} if isinstance(default, float) else set())
+    return None if _kind(v) in want else f"must be a {' or '.join(sorted(want))}"
+
+
 def load_saved(path: str) -> ml_collections.ConfigDict:
     """The config a workdir was trained with: ``path`` is the workdir or its ``config.json``
     (written by :func:`gemmascope.train.loop.train_and_evaluate`, already resolved, so
@@ -93,14 +116,17 @@ def load_saved(path: str) -> ml_collections.ConfigDict:
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     if not os.path.exists(file):
         raise ConfigError(f"{file}: no saved config (launch/train.py writes it into the workdir); pass --config")
-    with open(file) as fh:
+    with open(file, encoding="utf-8") as fh:
         try:
             saved = json.load(fh)
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
             raise ConfigError(f"{file}: not valid JSON ({e})") from None
     c = base_config()
 
     def fill(dst, src, prefix):
+        if not isinstance(src, dict):
+            where = f"config.{prefix[:-1]}" if prefix else "the config"
+            raise ConfigError(f"{file}: {where} must be a JSON object, got {src!r:.80}")
         for k, v in src.items():
             if k == "runlocal_overrides":
                 continue
@@ -109,6 +135,9 @@ def load_saved(path: str) -> ml_collections.ConfigDict:
             if isinstance(dst[k], ml_collections.ConfigDict):
                 fill(dst[k], v, f"{prefix}{k}.")
                 continue
+            problem = saved_value_problem(dst[k], v)
+            if problem:
+                raise ConfigError(f"{file}: config.{prefix}{k}: {problem}, got {v!r:.80}")
             try:
                 dst[k] = tuple(v) if isinstance(dst[k], tuple) else v
             except TypeError as e:

@@ -16,7 +16,9 @@ from gemmascope.data.store.layout import (
     CONTEXT,
     FORMAT,
     PROGRESS_JSON,
+    RESERVED_NAMES,
     SITE_JSON,
+    SITE_NAME,
     STORE_JSON,
     VERSION,
     Root,
@@ -58,6 +60,8 @@ def check_store_json(root: str, config: dict) -> dict:
         if not isinstance(sites, dict) or not sites:
             raise StoreError(f"{where}: field 'sites' must be a non-empty object, got {sites!r}")
         for name, lay in sites.items():
+            if not SITE_NAME.match(name) or name in RESERVED_NAMES:
+                raise StoreError(f"{where}: site name {name!r} is not a valid site name")
             if not isinstance(lay, dict):
                 raise StoreError(f"{where}: sites.{name} must be an object, got {lay!r}")
             _int(lay, "d_in", f"{where}: sites.{name}", 1)
@@ -65,6 +69,8 @@ def check_store_json(root: str, config: dict) -> dict:
             if _int(lay, "shard_rows", f"{where}: sites.{name}", 1) % cr:
                 raise StoreError(f"{where}: sites.{name}: shard_rows is not a multiple of chunk_rows")
         _int(config, "capacity_rows", where, 1)
+        if not isinstance(config.get("metadata", {}), dict):
+            raise StoreError(f"{where}: field 'metadata' must be an object, got {config['metadata']!r}")
     except StoreError as e:
         raise StoreError(
             e.message,
@@ -78,7 +84,8 @@ def check_store_json(root: str, config: dict) -> dict:
 
 def _incomplete_message(root: str, kv: Root) -> str:
     progress = kv.read_json(PROGRESS_JSON) or {}
-    done = int(progress.get("batches_done", 0))
+    done = progress.get("batches_done", 0)
+    done = done if isinstance(done, int) and not isinstance(done, bool) and done >= 0 else 0
     return (
         f"activation store at {root} is incomplete (no {COMPLETE} marker; {done} batches recorded in "
         f"{PROGRESS_JSON}): its writer was killed or has not finished. To finish it, rerun the "
@@ -120,6 +127,15 @@ def open_store(root: str) -> StoreInfo:
         progress = kv.read_json(PROGRESS_JSON) or {}
     except StoreError:
         progress = {}  # not needed once complete; verify reports it
+    n_batches = done.get("batches_done", 0)
+    if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 0:
+        raise StoreError(
+            f"{where}: field 'batches_done' must be an integer >= 0, got {n_batches!r}",
+            path=where,
+            fault="malformed metadata",
+            fix=repair_fix(root),
+        )
+    recorded_progress = progress.get("sites") if isinstance(progress.get("sites"), dict) else {}
     sites = {}
     for name, lay in config["sites"].items():
         key = f"{name}/{SITE_JSON}"
@@ -135,7 +151,7 @@ def open_store(root: str) -> StoreInfo:
         try:
             n = _int(meta, "n_rows", join_path(root, key))
             for field in ("d_in", "chunk_rows", "shard_rows"):
-                if meta.get(field) != lay[field]:
+                if _int(meta, field, join_path(root, key), 1) != lay[field]:
                     raise StoreError(
                         f"{join_path(root, key)}: {field} {meta.get(field)!r}, store.json says {lay[field]!r}"
                     )
@@ -143,9 +159,10 @@ def open_store(root: str) -> StoreInfo:
             raise StoreError(
                 e.message, path=join_path(root, key), site=name, fault="malformed metadata", fix=repair_fix(root)
             ) from None
+        in_progress = recorded_progress.get(name)
         counts = {
-            COMPLETE: (recorded[name] or {}).get("rows") if isinstance(recorded[name], dict) else None,
-            PROGRESS_JSON: ((progress.get("sites") or {}).get(name) or {}).get("rows", n),
+            COMPLETE: recorded[name].get("rows") if isinstance(recorded[name], dict) else None,
+            PROGRESS_JSON: in_progress.get("rows", n) if isinstance(in_progress, dict) else n,
         }
         for fname, rows in counts.items():
             if rows != n:
@@ -162,7 +179,7 @@ def open_store(root: str) -> StoreInfo:
         root=root,
         sites=sites,
         metadata=config.get("metadata", {}),
-        n_batches=int(done.get("batches_done", 0)),
+        n_batches=n_batches,
     )
 
 

@@ -121,9 +121,10 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     if not os.path.exists(path):
         raise sae_io.SAEFileError(f"{path}: no such file")
     try:
-        return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+        raw = load_file(path)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise sae_io.SAEFileError(f"{path}: not a readable .safetensors file ({e})") from e
+    return sae_io.float32_arrays(raw, path)
 
 
 def _write_safetensors(path: str, arrays: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
@@ -312,14 +313,33 @@ def save_sae_lens(
 
 
 def read_sae_lens_cfg(folder: str) -> dict[str, Any]:
+    """``cfg.json`` as a dict; SAEFileError for a missing file, one that is not UTF-8 JSON or not
+    an object, or a ``metadata`` field that is not an object."""
     path = os.path.join(_folder(folder), "cfg.json")
     try:
-        with open(path) as fh:
-            return json.load(fh)
+        with open(path, encoding="utf-8") as fh:
+            cfg = json.load(fh)
     except FileNotFoundError:
         raise sae_io.SAEFileError(f"{path}: no such file (a SAELens SAE folder holds cfg.json)") from None
-    except json.JSONDecodeError as e:
-        raise sae_io.SAEFileError(f"{path}: not valid JSON ({e})") from e
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise sae_io.SAEFileError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise sae_io.SAEFileError(f"{path}: holds a JSON {type(cfg).__name__}, not an object")
+    cfg_field(cfg, "metadata", dict, path)
+    return cfg
+
+
+def cfg_field(cfg: Mapping[str, Any], key: str, kind: type | tuple[type, ...], src: str, default: Any = None) -> Any:
+    """``cfg[key]`` checked to be of type ``kind`` (a bool is no number here); ``default`` when
+    absent, and null allowed only where the default is None. SAEFileError naming the field."""
+    v = cfg.get(key, default)
+    if v is None and default is None:
+        return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+        want = " or ".join(k.__name__ for k in kinds)
+        raise sae_io.SAEFileError(f"{src}: field {key!r} must be a {want}, got {v!r}")
+    return v
 
 
 def load_sae_lens(path: str) -> dict[str, np.ndarray]:
@@ -328,7 +348,7 @@ def load_sae_lens(path: str) -> dict[str, np.ndarray]:
     folder = _folder(path)
     cfg = read_sae_lens_cfg(folder)
     src = os.path.join(folder, "cfg.json")
-    arch = cfg.get("architecture", "standard")
+    arch = cfg_field(cfg, "architecture", str, src, "standard")
     if arch not in FROM_SAE_LENS_ARCH:
         raise sae_io.SAEFileError(
             f"{src}: SAELens architecture {arch!r} is not one we have (we read {sorted(FROM_SAE_LENS_ARCH)})"
@@ -355,11 +375,12 @@ def load_sae_lens(path: str) -> dict[str, np.ndarray]:
     if layout == "topk":
         if "k" not in cfg:
             raise sae_io.SAEFileError(f"{src}: a topk SAE needs the field 'k'")
-        if cfg.get("rescale_acts_by_decoder_norm", False):
+        cfg_field(cfg, "k", (int, float), src)
+        if cfg_field(cfg, "rescale_acts_by_decoder_norm", bool, src, False):
             n = np.maximum(np.linalg.norm(p["W_dec"], axis=-1), 1e-8)  # SAELens's clamp
             p["W_enc"], p["b_enc"], p["W_dec"] = p["W_enc"] * n, p["b_enc"] * n, p["W_dec"] / n[:, None]
         p["k"] = np.float64(cfg["k"])
-    if cfg.get("apply_b_dec_to_input", True):
+    if cfg_field(cfg, "apply_b_dec_to_input", bool, src, True):
         p = sae_io.fold_normalisation(p, 1.0, pre_encoder_bias=True)
     params = {k: np.asarray(v, np.float32) for k, v in p.items()}
     if layout == "jumprelu":
@@ -374,21 +395,23 @@ def load_sae_lens(path: str) -> dict[str, np.ndarray]:
 def sae_lens_metadata(folder: str) -> dict[str, Any]:
     """Our metadata fields (architecture, d_in, d_sae, site, layer, model) from a SAELens cfg.json."""
     cfg = read_sae_lens_cfg(folder)
+    src = os.path.join(_folder(folder), "cfg.json")
     md = cfg.get("metadata") or {}
+    arch = cfg_field(cfg, "architecture", str, src, "standard")
     out: dict[str, Any] = {
-        "architecture": FROM_SAE_LENS_ARCH.get(cfg.get("architecture", "standard"), cfg.get("architecture")),
-        "d_in": cfg.get("d_in"),
-        "d_sae": cfg.get("d_sae"),
+        "architecture": FROM_SAE_LENS_ARCH.get(arch, arch),
+        "d_in": cfg_field(cfg, "d_in", int, src),
+        "d_sae": cfg_field(cfg, "d_sae", int, src),
     }
-    if md.get("gemmascope_architecture"):
+    if cfg_field(md, "gemmascope_architecture", str, f"{src}: metadata"):
         out["architecture"] = md["gemmascope_architecture"]
     if "k" in cfg:
-        out["k"] = cfg["k"]
-    if md.get("model_name"):
+        out["k"] = cfg_field(cfg, "k", (int, float), src)
+    if cfg_field(md, "model_name", str, f"{src}: metadata"):
         out["model"] = md["model_name"]
     m = re.match(
         r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|attn\.hook_z|ln2\.hook_normalized)$",
-        md.get("hook_name") or "",
+        cfg_field(md, "hook_name", str, f"{src}: metadata") or "",
     )
     if m:
         out["layer"] = int(m.group(1))

@@ -223,6 +223,18 @@ def read_metadata_json(folder: str) -> dict[str, Any] | None:
     return obj
 
 
+def float32_arrays(arrays: Mapping[str, Any], source: str) -> dict[str, np.ndarray]:
+    """The arrays as float32; SAEFileError naming the key for one that does not hold real numbers
+    (complex, bool, strings), which a cast would turn into numbers without a word."""
+    out = {}
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        if v.dtype.kind not in "fiu":
+            raise SAEFileError(f"{source}: key {k!r} has dtype {v.dtype}, expected real numbers (float32)")
+        out[k] = v.astype(np.float32)
+    return out
+
+
 def load_npz(path: str) -> dict[str, np.ndarray]:
     """A ``params.npz`` file checked against the ``params_sha256`` of the ``metadata.json`` beside
     it (when there is one) and validated for its layout."""
@@ -239,9 +251,10 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
         )
     try:
         with np.load(io.BytesIO(data)) as npz:
-            arrays = {k: np.asarray(npz[k], np.float32) for k in npz.files}
+            raw = {k: npz[k] for k in npz.files}
     except Exception as e:  # zipfile (CRC, truncation) / pickle errors come in many types
         raise SAEFileError(f"{path}: not a readable .npz file ({e})") from e
+    arrays = float32_arrays(raw, path)
     layout = file_layout(metadata, path)
     validate_params(arrays, source=path, layout=layout)
     return {k: arrays[k] for k in FILE_KEYS[layout] + OPTIONAL_KEYS.get(layout, ()) if k in arrays}
