@@ -92,7 +92,9 @@ def make_source(config, workdir: str, site: str, *, layer: int, slot: int = 0, n
     if config.source == "store":
         if pair is not None:
             keys = location_key(pair.input_site, layer), location_key(pair.output_site, layer)
-            return PairedStoreSource(config, workdir, *keys, process_index=slot, process_count=n_slots)
+            return PairedStoreSource(
+                config, workdir, keys[0], out_key=keys[1], process_index=slot, process_count=n_slots
+            )
         return StoreSource(config, workdir, location_key(site, layer), process_index=slot, process_count=n_slots)
     raise ConfigError(f"config.source: unknown source {config.source!r}")
 
