@@ -197,6 +197,14 @@ def test_a_trained_dim_scaled_affine_transcoder_exports_to_exactly_its_training_
     np.testing.assert_allclose(y_hat, norm[1] * s[D_IN:] * y_hat_u, rtol=1e-4, atol=1e-4 * np.abs(y).max())
     with pytest.raises(ValueError, match=r"dim_scale has shape \(6,\), expected \(11,\) = \[d_in \+ d_out\]"):
         fold_dim_scale({k: v for k, v in raw.items()}, s[:D_IN])
+    # a plain transcoder reading and writing the same width (Gemma's mlp_in -> mlp): the paired
+    # scales [2 d] split into input and output halves, not taken for an SAE's
+    d = D_IN
+    plain = {"W_enc": np.ones((d, 3)), "W_dec": np.ones((3, d)), "b_enc": np.zeros(3), "b_dec": np.ones(d)}
+    s2 = np.arange(1.0, 2 * d + 1)
+    out = fold_dim_scale(plain, s2)
+    np.testing.assert_allclose(out["W_enc"], 1.0 / s2[:d, None] * np.ones((d, 3)), rtol=1e-6)
+    np.testing.assert_allclose(out["b_dec"], s2[d:], rtol=1e-6)
 
 
 def test_the_controller_term_and_its_threshold_gradient_against_hand_values():

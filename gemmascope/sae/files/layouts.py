@@ -68,10 +68,10 @@ def fold_dim_scale(params: Mapping[str, Any], dim_scale: Any) -> dict[str, np.nd
     p = {k: np.asarray(v) for k, v in params.items()}
     s = np.asarray(dim_scale, np.float64)
     d_in, d_out = p["W_enc"].shape[0], p["W_dec"].shape[1]
-    if s.shape == (d_in,) and d_in == d_out:
-        s_in = s_out = s
-    elif s.shape == (d_in + d_out,) and (d_in != d_out or "W_skip" in p):
+    if s.shape == (d_in + d_out,):  # a transcoder's paired rows (also when d_in == d_out)
         s_in, s_out = s[:d_in], s[d_in:]
+    elif s.shape == (d_in,) and d_in == d_out:  # an SAE
+        s_in = s_out = s
     else:
         expected = f"({d_in},) = [d_in]" if d_in == d_out else f"({d_in + d_out},) = [d_in + d_out]"
         raise ValueError(f"dim_scale has shape {s.shape}, expected {expected}")
