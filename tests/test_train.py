@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gemmascope import config as config_lib
+from gemmascope.train.loop import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -203,3 +204,25 @@ def test_toy_end_to_end(tmp_path):
     assert {"loss", "mse", "l0", "fvu", "dead_fraction", "threshold_mean", "threshold_min", "threshold_max"} <= set(
         rows[0]
     )
+
+
+def test_a_run_killed_between_its_last_checkpoint_and_the_export_resumes_to_the_same_files(tmp_path):
+    """The last checkpoint is written before the export: a rerun restores at the final step, saves
+    nothing new and exports exactly what the uninterrupted run exported."""
+    c = tiny_config(tensorboard=False)
+    wd = str(tmp_path / "wd")
+    first = train_and_evaluate(c, wd, log=lambda *a: None)
+    want = {r["path"]: dict(np.load(r["path"])) for r in first}
+    for r in first:  # as if killed before the export: no files, no marker
+        os.remove(r["path"])
+    (marker,) = glob.glob(os.path.join(wd, "runs", "*", "exported.json"))
+    os.remove(marker)
+    logs = []
+    again = train_and_evaluate(c, wd, log=logs.append)
+    assert any("resumed from step 60" in line for line in logs), logs
+    assert sorted(r["path"] for r in again) == sorted(want)
+    for r in again:
+        got = dict(np.load(r["path"]))
+        assert sorted(got) == sorted(want[r["path"]])
+        for k in got:
+            np.testing.assert_array_equal(got[k], want[r["path"]][k], err_msg=k)

@@ -248,7 +248,8 @@ def _run(loc: _Location, start: int, state: Any) -> Any:
             if step % config.checkpoint_every == 0 and step != loc.total:
                 loc.ckpt.save(step, state, _all_data_states(loc.source))
     _check_finite(state, step, values, name)
-    loc.ckpt.save(loc.total, state, _all_data_states(loc.source), force=True)
+    if step > start:  # restored at the last step (killed between it and the export): nothing new
+        loc.ckpt.save(loc.total, state, _all_data_states(loc.source), force=True)
     loc.ckpt.close()
     return state
 
