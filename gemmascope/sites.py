@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
-LM_SITES = ("res", "att", "mlp", "mlp_in")  # gemmascope.lm.config.SITES (mlp_in: MLP input, for transcoders)
+# gemmascope.lm.config.SITES (mlp_in: MLP input, for transcoders; res_mid: residual before the
+# pre-MLP norm, hook_resid_mid, for cross-layer transcoders)
+LM_SITES = ("res", "att", "mlp", "mlp_in", "res_mid")
 
 
 @dataclasses.dataclass(frozen=True)

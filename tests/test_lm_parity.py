@@ -1,7 +1,8 @@
 """Parity of gemmascope.lm (JAX) with transformers (PyTorch, CPU, eager attention) on tiny random
 Gemma 2, Gemma 3 and Llama models saved as safetensors and read back by our loader.
 
-Tolerance: 1e-4 absolute, fp32, on logits and on every site (res, att, mlp, mlp_in) at every layer.
+Tolerance: 1e-4 absolute, fp32, on logits and on every site (res, att, mlp, mlp_in, res_mid) at every
+layer.
 The Gemma 3 models have T = 12 > sliding window 5, both layer types (distinct RoPE bases, linear
 RoPE scaling on the full layers), random q/k norms; one without soft-caps (as released), one with.
 """
@@ -121,9 +122,11 @@ def _build(kind, tmp_path_factory):
     return m, cfg, params, tokens
 
 
-def _reference(m, tokens, arch, zero_mlp_layer=None, scale_mlp_in_layer=None):
+def _reference(m, tokens, arch, zero_mlp_layer=None, scale_mlp_in_layer=None, shift_res_mid=None):
     """(logits, {(layer, site): array}) from transformers with forward hooks; optionally the MLP
-    output of one layer zeroed or the MLP input of one layer halved."""
+    output of one layer zeroed, the MLP input of one layer halved, or ``shift_res_mid = (layer,
+    delta [d])`` added to that layer's mid-block residual (through the attention branch's last
+    output, which the residual adds: the same as splicing ``res_mid + delta``)."""
     caps, handles = {}, []
     gemma = arch.startswith("gemma")
     for i, layer in enumerate(m.model.layers):
@@ -132,9 +135,20 @@ def _reference(m, tokens, arch, zero_mlp_layer=None, scale_mlp_in_layer=None):
                 lambda mod, args, i=i: caps.__setitem__((i, "att"), args[0].detach().numpy().copy())
             )
         )
+        if shift_res_mid is not None and shift_res_mid[0] == i:
+            # Gemma: residual + post_attention_layernorm(o); Llama: residual + o_proj(a).
+            attn_out = layer.post_attention_layernorm if gemma else layer.self_attn.o_proj
+            delta = torch.tensor(np.asarray(shift_res_mid[1]), dtype=torch.float32)
+            handles.append(attn_out.register_forward_hook(lambda mod, args, out, d=delta: out + d))
         # mlp_in: the pre-MLP norm's output (Gemma: pre_feedforward_layernorm; Llama: its
         # post_attention_layernorm)
         in_mod = layer.pre_feedforward_layernorm if gemma else layer.post_attention_layernorm
+        # res_mid: that norm's input (the residual after the attention add, TL's hook_resid_mid)
+        handles.append(
+            in_mod.register_forward_pre_hook(
+                lambda mod, args, i=i: caps.__setitem__((i, "res_mid"), args[0].detach().numpy().copy())
+            )
+        )
 
         def mlp_in_hook(mod, args, out, i=i):
             caps[(i, "mlp_in")] = out.detach().numpy().copy()
@@ -207,7 +221,8 @@ def _check_logits_and_sites(arch, cfg, params, tokens, ref_logits, ref_caps):
 
 
 def test_logits_and_every_site_match_transformers(setup):
-    """Logits and res/att/mlp/mlp_in at every layer within 1e-4 (fp32), captured in ONE forward pass."""
+    """Logits and res/att/mlp/mlp_in/res_mid at every layer within 1e-4 (fp32), captured in ONE
+    forward pass."""
     arch, m, cfg, params, tokens, ref_logits, ref_caps = setup
     _check_logits_and_sites(arch, cfg, params, tokens, ref_logits, ref_caps)
 
@@ -277,6 +292,17 @@ def test_splice_identity_keeps_loss_and_zero_ablation_matches_hooked_reference(s
     np.testing.assert_allclose(np.asarray(out.captures[(1, "mlp")]), h_caps[(1, "mlp")], atol=ATOL, rtol=0)
     np.testing.assert_allclose(np.asarray(out.captures[(1, "mlp_in")]), ref_caps[(1, "mlp_in")], atol=ATOL, rtol=0)
     assert float(np.abs(h_logits - ref_logits).max()) > 1e-3
+    # Shift the mid-block residual of layer 1 (the res_mid splice): unlike mlp_in, the residual
+    # itself changes, so the MLP reads it and it carries on past the MLP into the later layers.
+    delta = np.random.default_rng(5).normal(0.0, 0.5, cfg.d_model).astype(np.float32)
+    s_logits, s_caps = _reference(m, tokens, arch, shift_res_mid=(1, delta))
+    out = model.jit_forward(
+        params, tokens, cfg, splice={(1, "res_mid"): lambda a: a + delta}, capture=[(1, "res_mid"), (1, "res")]
+    )
+    np.testing.assert_allclose(np.asarray(out.logits), s_logits, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(out.captures[(1, "res")]), s_caps[(1, "res")], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(out.captures[(1, "res_mid")]), ref_caps[(1, "res_mid")], atol=ATOL, rtol=0)
+    assert float(np.abs(s_logits - ref_logits).max()) > 1e-3
     # Splicing under jit with traced arguments (how an SAE reconstruction is spliced).
     f = jax.jit(lambda p, s, tok: model.forward(p, tok, cfg, splice={(0, "res"): lambda a: a * s}).logits)
     np.testing.assert_allclose(np.asarray(f(params, jnp.float32(1.0), tokens)), ref_logits, atol=ATOL, rtol=0)

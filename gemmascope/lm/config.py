@@ -29,7 +29,12 @@ GEMMA_ARCHS = ("gemma2", "gemma3")
 #:           down-projection output), width ``d_model``.
 #:  ``mlp_in``: the MLP input (Gemma 2/3: after the pre-feed-forward RMSNorm; Llama: after the
 #:           post-attention RMSNorm, its pre-MLP norm), width ``d_model``: what a transcoder reads.
-SITES = ("res", "att", "mlp", "mlp_in")
+#:  ``res_mid``: the residual stream mid-block, after the attention output is added and before
+#:           the pre-MLP RMSNorm (TransformerLens ``hook_resid_mid``; the input of HF Gemma's
+#:           ``pre_feedforward_layernorm`` / Llama's ``post_attention_layernorm``), width
+#:           ``d_model``: what a cross-layer transcoder reads. Splicing it changes the residual
+#:           the MLP and every later layer see.
+SITES = ("res", "att", "mlp", "mlp_in", "res_mid")
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -143,8 +148,9 @@ class LMConfig:
 
 
 def site_dim(cfg: LMConfig, site: str) -> int:
-    """Width of a site's activation: ``d_model`` for res/mlp/mlp_in, ``n_heads * head_dim`` for att."""
-    if site in ("res", "mlp", "mlp_in"):
+    """Width of a site's activation: ``d_model`` for res/mlp/mlp_in/res_mid, ``n_heads * head_dim``
+    for att."""
+    if site in ("res", "mlp", "mlp_in", "res_mid"):
         return cfg.d_model
     if site == "att":
         return cfg.n_heads * cfg.head_dim

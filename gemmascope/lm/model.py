@@ -22,7 +22,9 @@ onto the pytree, and ``jax.eval_shape(init_params, ...)`` gives the shapes witho
 Sites (see :data:`gemmascope.lm.config.SITES`): ``res`` = block output, ``att`` = per-head
 attention outputs concatenated before ``o`` ([B, T, H*D]), ``mlp`` = MLP output (Gemma:
 after the post-feed-forward norm), ``mlp_in`` = MLP input (after the pre-MLP norm; splicing it
-changes what the MLP reads, not the residual stream). A capture records the activation as
+changes what the MLP reads, not the residual stream), ``res_mid`` = the residual mid-block,
+after the attention add and before the pre-MLP norm (``hook_resid_mid``; splicing it changes the
+residual that the MLP and all later layers see). A capture records the activation as
 computed (before any splice at the same site).
 
 Attention is causal over the whole packed sequence (documents joined with EOS see earlier
@@ -158,6 +160,7 @@ def _block(
     if gem:
         o = rms_norm(o, lp["post_attn_norm"], eps, True)
     h = h + o
+    h = hook("res_mid", h)
     x = hook("mlp_in", rms_norm(h, lp["mlp_norm"], eps, gem))
     act = functools.partial(jax.nn.gelu, approximate=True) if gem else jax.nn.silu
     m = (act(x @ lp["gate"]) * (x @ lp["up"])) @ lp["down"]
