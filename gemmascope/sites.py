@@ -31,7 +31,27 @@ PAIR_SITES = {
     "transcoder": SitePair("mlp_in", "mlp", False),
     "transcoder_affine": SitePair("mlp_in", "mlp", True),
 }
-SITES = LM_SITES + tuple(PAIR_SITES) + ("toy",)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpan:
+    """A cross-layer model's location: it reads ``input_site`` at every layer of ``config.layers``
+    and writes ``output_site`` at each, trained as one model from one LM pass per batch."""
+
+    input_site: str
+    output_site: str
+    affine: bool = False
+
+
+#: Cross-layer sites: a cross-layer transcoder (Ameisen et al. 2025; Gemma Scope 2's CLTs) reads
+#: each layer's residual before the pre-MLP norm (``hook_resid_mid``) and writes every later
+#: layer's MLP output (after Gemma's post-MLP norm, ``hook_mlp_out``), plain or with an affine
+#: skip per layer.
+SPAN_SITES = {
+    "clt": LayerSpan("res_mid", "mlp", False),
+    "clt_affine": LayerSpan("res_mid", "mlp", True),
+}
+SITES = LM_SITES + tuple(PAIR_SITES) + tuple(SPAN_SITES) + ("toy",)
 
 
 def pair_of(site: str) -> SitePair | None:
@@ -39,12 +59,28 @@ def pair_of(site: str) -> SitePair | None:
     return PAIR_SITES.get(site)
 
 
+def span_of(site: str) -> LayerSpan | None:
+    """The :class:`LayerSpan` a cross-layer site names (``None`` for any other site)."""
+    return SPAN_SITES.get(site)
+
+
+def layers_name(layer) -> str:
+    """A location's layers in names: ``15 -> "layer15"``; a cross-layer site's tuple
+    ``(0, 1, ..., 17) -> "layers0-17"`` (a consecutive run), ``(2, 5, 9) -> "layers2_5_9"``."""
+    if isinstance(layer, (int,)) or not hasattr(layer, "__len__"):
+        return f"layer{int(layer)}"
+    ls = [int(l) for l in layer]
+    if len(ls) > 2 and ls == list(range(ls[0], ls[-1] + 1)):
+        return f"layers{ls[0]}-{ls[-1]}"
+    return "layers" + "_".join(str(l) for l in ls)
+
+
 def component_sites(sites) -> tuple[str, ...]:
-    """The LM sites behind ``sites`` (pair sites expanded into their input and output sites),
-    each once, in order: ``("res", "transcoder") -> ("res", "mlp_in", "mlp")``."""
+    """The LM sites behind ``sites`` (pair and cross-layer sites expanded into their input and
+    output sites), each once, in order: ``("res", "transcoder") -> ("res", "mlp_in", "mlp")``."""
     out: list[str] = []
     for s in sites:
-        pair = pair_of(s)
+        pair = pair_of(s) or span_of(s)
         for c in (pair.input_site, pair.output_site) if pair else (s,):
             if c not in out:
                 out.append(c)

@@ -202,7 +202,12 @@ def test_killed_writer_rerun_keeps_pairs_aligned(generated, tiny_lm):
     toks, mask = next(LMActivations(c, [(LAYER, "mlp_in")], log=lambda *a: None).packed_batches("train"))
     own = sites_lib.site_rows(tiny_lm, toks, mask, [(LAYER, "mlp_in"), (LAYER, "mlp")], factor=1.5)
     joint = sites_lib.site_rows(
-        tiny_lm, toks, mask, [(LAYER, "mlp_in"), (LAYER, "mlp")], factor=1.5, pairs=[(LAYER, "mlp_in", "mlp")]
+        tiny_lm,
+        toks,
+        mask,
+        [(LAYER, "mlp_in"), (LAYER, "mlp")],
+        factor=1.5,
+        groups=[[(LAYER, "mlp_in"), (LAYER, "mlp")]],
     )
     assert len(own["mlp_in_L1"]) != len(own["mlp_L1"])
     n_own = sorted((len(own["mlp_in_L1"]), len(own["mlp_L1"])))
@@ -215,7 +220,7 @@ def test_killed_writer_rerun_keeps_pairs_aligned(generated, tiny_lm):
         mask,
         [(LAYER, "res"), (LAYER, "mlp_in"), (LAYER, "mlp")],
         factor=1.5,
-        pairs=[(LAYER, "mlp_in", "mlp")],
+        groups=[[(LAYER, "mlp_in"), (LAYER, "mlp")]],
     )
     np.testing.assert_array_equal(solo["res_L1"], res["res_L1"])
 

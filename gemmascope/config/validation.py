@@ -14,7 +14,7 @@ from gemmascope.config.sweep import sweep_values
 from gemmascope.sae import archs
 from gemmascope.sae.common import SAEConfig
 from gemmascope.sae.transcoder import Transcoder
-from gemmascope.sites import LM_SITES, PAIR_SITES, SITES, component_sites, pair_of, site_pairs
+from gemmascope.sites import LM_SITES, PAIR_SITES, SITES, SPAN_SITES, component_sites, pair_of, site_pairs, span_of
 
 
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -147,6 +147,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ):
         positive_int(c, f)
     nonneg_number(c, "lr_final_fraction")
+    _validate_spans(c)  # before the store's checks: a cross-layer site has no store
     require(c.source in ("toy", "store", "online"), "source", f"must be 'toy', 'store' or 'online', got {c.source!r}")
     if c.source == "toy":
         for f in ("toy.d_in", "toy.n_features"):
@@ -161,7 +162,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     else:
         lm_or_pair = ", ".join(LM_SITES + tuple(PAIR_SITES))
         for s in c.sites:
-            require(s in LM_SITES or s in PAIR_SITES, "sites", f"LM sites are {lm_or_pair}, got {s!r}")
+            require(
+                s in LM_SITES or s in PAIR_SITES or s in SPAN_SITES,
+                "sites",
+                f"LM sites are {lm_or_pair} and {', '.join(SPAN_SITES)}, got {s!r}",
+            )
         positive_int(c, "lm.context_length")
         require(c.lm.context_length >= 2, "lm.context_length", f"must be >= 2, got {c.lm.context_length}")
         positive_int(c, "lm.batch_sequences")
@@ -243,7 +248,7 @@ def sae_settings(c: ml_collections.ConfigDict) -> SAEConfig:
 
 def _validate_pairs(c: ml_collections.ConfigDict) -> None:
     """Transcoder sites train JumpReLU transcoders: no other arch, no Matryoshka, no SAELens export."""
-    pairs = [s for s in c.sites if pair_of(s) is not None]
+    pairs = [s for s in c.sites if pair_of(s) is not None or span_of(s) is not None]
     for field, bad, what in (
         (
             "sae.arch",
@@ -256,6 +261,35 @@ def _validate_pairs(c: ml_collections.ConfigDict) -> None:
         ("export.layouts", "sae_lens" in c.export.layouts, "the sae_lens layout has no transcoder export here"),
     ):
         require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
+
+
+def _validate_spans(c: ml_collections.ConfigDict) -> None:
+    """Cross-layer sites train JumpReLU CLTs online over ``config.layers`` (ascending: a layer
+    writes only to the layers after it), with the plain JumpReLU recipe: none of the options the
+    CLT's loss does not implement, no per-dimension scales (a CLT has per-layer constants), and
+    its own file layout."""
+    spans = [s for s in c.sites if span_of(s) is not None]
+    if not spans:
+        return
+    require(
+        list(c.layers) == sorted(set(c.layers)),
+        "layers",
+        f"cross-layer sites {spans} need ascending layers without repeats, got {list(c.layers)}",
+    )
+    for field, bad, what in (
+        ("source", c.source != "online", f"they train online from one LM pass, not from {c.source!r}"),
+        ("sae.threshold_param", c.sae.threshold_param != "direct", "a CLT keeps its thresholds direct"),
+        ("sae.frequency_penalty", bool(c.sae.frequency_penalty), "the CLT's loss has no frequency penalty"),
+        ("dim_scale_power", bool(c.dim_scale_power), "a CLT has per-layer constants, not per-dimension scales"),
+        ("dim_std_cap", bool(c.dim_std_cap), "a CLT has per-layer constants, not per-dimension scales"),
+        ("e2e.fraction", bool(c.e2e.fraction), "no end-to-end stage for CLTs"),
+        (
+            "export.layouts",
+            bool(set(c.export.layouts) - {"gemma_scope"}),
+            f"a CLT exports in Gemma Scope 2's CLT files only, not {list(c.export.layouts)}",
+        ),
+    ):
+        require(not bad, field, f"cross-layer sites {spans}: {what}")
 
 
 def _validate_mesh(c: ml_collections.ConfigDict) -> None:

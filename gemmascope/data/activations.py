@@ -43,15 +43,23 @@ def text_source_dict(config) -> dict[str, Any]:
 
 class LMActivations:
     """The configured LM over the configured text. ``sites``: [(layer, site)]; ``pairs``:
-    [(layer, input_site, output_site)] of transcoders, whose two sites share one outlier mask
-    (rows aligned; :func:`gemmascope.data.sites.site_rows`).
+    [(layer, input_site, output_site)] of transcoders; ``groups``: further sets of (layer, site)
+    locations read together (a cross-layer transcoder's inputs and outputs at every layer). The
+    locations of a pair or group share one outlier mask (rows aligned;
+    :func:`gemmascope.data.sites.site_rows`), and one LM pass captures every location.
 
     A thin binding of :mod:`gemmascope.data.sites` to a config: which checkpoint, text, sequence
     length, batch size and outlier factor.
     """
 
-    def __init__(self, config, sites: list[tuple[int, str]], log=print, pairs: list[tuple[int, str, str]] = ()):
-
+    def __init__(
+        self,
+        config,
+        sites: list[tuple[int, str]],
+        log=print,
+        pairs: list[tuple[int, str, str]] = (),
+        groups: list[list[tuple[int, str]]] = (),
+    ):
         self.lm = lm_loading.load_lm(config.lm.checkpoint, config.lm.dtype, log=log)
         self.lm_cfg, self.params, self.tokenizer = self.lm.cfg, self.lm.params, self.lm.tokenizer
         self.model_name, self.tokenizer_name = self.lm.name, self.lm.tokenizer_name
@@ -59,7 +67,8 @@ class LMActivations:
         self.seq_len = int(config.lm.context_length)
         self.n_seq = int(config.lm.batch_sequences)
         self.pairs = sorted({(int(l), a, b) for l, a, b in pairs})
-        self.sites = sorted({(int(l), s) for l, s in sites} | {(l, x) for l, a, b in self.pairs for x in (a, b)})
+        self.groups = [((l, a), (l, b)) for l, a, b in self.pairs] + [tuple((int(l), s) for l, s in g) for g in groups]
+        self.sites = sorted({(int(l), s) for l, s in sites} | {k for g in self.groups for k in g})
         for layer, _ in self.sites:
             self.lm.check_layer(layer, "config.layers")
         self.dims = {location_key(s, l): site_dim(self.lm_cfg, s) for l, s in self.sites}
@@ -80,7 +89,7 @@ class LMActivations:
         norm outliers (``lm.outlier_norm_factor`` times the batch median; counted by position
         into ``stats[key]`` when given). See :func:`gemmascope.data.sites.site_rows`."""
         factor = float(self.config.lm.outlier_norm_factor)
-        return sites_lib.site_rows(self.lm, tokens, mask, self.sites, factor=factor, stats=stats, pairs=self.pairs)
+        return sites_lib.site_rows(self.lm, tokens, mask, self.sites, factor=factor, stats=stats, groups=self.groups)
 
     def heldout_rows(self, n_rows: int) -> dict[str, np.ndarray]:
         """At least ``min(n_rows, all)`` held-out rows per location (whole batches)."""
@@ -104,20 +113,43 @@ class OnlineSource:
     (epochs). The position is ``(epoch, lm_batch, offset)``, so a resumed run recomputes one LM
     batch and continues the same stream.
 
-    ``out_key``: a transcoder's target location (``lm`` built with the pair): rows are then
-    ``concat(x_in [d_in], y [d_out])`` of the same token, shuffled together; ``d_out`` is set.
+    ``key``: one location, or a list of locations of equal width read from the same token (a
+    cross-layer transcoder's input at every layer), side by side. ``out_key``: likewise the
+    target location(s) of a transcoder (``lm`` built with them grouped): rows are then
+    ``concat(x_1 .. x_L [L * d_in], y_1 .. y_L [L * d_out])`` of the same token, shuffled
+    together; ``d_in`` and ``d_out`` are one location's widths and ``n_layers`` is ``L``
+    (1 for a single location or a transcoder).
     """
 
-    def __init__(self, lm: LMActivations, key: str, batch_size: int, seed: int, out_key: str | None = None):
-        self.lm, self.key, self.batch_size, self.seed = lm, key, int(batch_size), int(seed)
-        self.out_key = out_key
-        self.d_in = lm.dims[key]
-        if out_key is not None:
-            self.d_out = lm.dims[out_key]
+    def __init__(
+        self,
+        lm: LMActivations,
+        key: str | list[str],
+        batch_size: int,
+        seed: int,
+        out_key: str | list[str] | None = None,
+    ):
+        self.in_keys = [key] if isinstance(key, str) else list(key)
+        self.out_keys = [] if out_key is None else [out_key] if isinstance(out_key, str) else list(out_key)
+        if self.out_keys and len(self.out_keys) != len(self.in_keys):
+            raise ValueError(f"online source: {len(self.in_keys)} input locations but {len(self.out_keys)} targets")
+        for keys in (self.in_keys, self.out_keys):
+            widths = {k: lm.dims[k] for k in keys}
+            if len(set(widths.values())) > 1:
+                raise ValueError(f"online source: the locations read side by side differ in width: {widths}")
+        # the state's name of the stream: the location (as before) or every location, joined
+        self.key = "+".join(self.in_keys + self.out_keys) if len(self.in_keys) > 1 else self.in_keys[0]
+        self.lm, self.batch_size, self.seed = lm, int(batch_size), int(seed)
+        self.n_layers = len(self.in_keys)
+        self.d_in = lm.dims[self.in_keys[0]]
+        width = self.n_layers * self.d_in
+        if self.out_keys:
+            self.d_out = lm.dims[self.out_keys[0]]
+            width += self.n_layers * self.d_out
         self.model_name = lm.model_name
         self._epoch, self._lm_batch, self._offset = 0, 0, 0
         self._iter = None
-        self._rows = np.zeros((0, self.d_in + (self.d_out if out_key else 0)), np.float32)
+        self._rows = np.zeros((0, width), np.float32)
         self._cached: tuple[int, int] | None = None  # (epoch, lm_batch) that self._rows holds
 
     def get_state(self) -> dict[str, Any]:
@@ -150,10 +182,9 @@ class OnlineSource:
         return rows[rng.permutation(len(rows))]
 
     def _rows_of(self, acts: dict[str, np.ndarray]) -> np.ndarray:
-        """This source's rows of one LM batch (the pair's two parts side by side)."""
-        if self.out_key is None:
-            return acts[self.key]
-        return np.concatenate([acts[self.key], acts[self.out_key]], axis=-1)
+        """This source's rows of one LM batch (every location's part side by side)."""
+        keys = self.in_keys + self.out_keys
+        return acts[keys[0]] if len(keys) == 1 else np.concatenate([acts[k] for k in keys], axis=-1)
 
     def __iter__(self):
         return self

@@ -14,8 +14,9 @@ rows it was trained on:
   after BOS reach ~140x the median; training never sees them, so evaluation never splices them
   and dashboards never encode them). ``factor <= 0`` keeps every real-text row.
 * :func:`site_rows`: per location, the kept rows ``[n, d]`` of a batch, as the store holds them.
-  The two sites of a transcoder pair (``pairs``) share one keep mask, the AND of theirs, so row
-  ``i`` of both is the same token.
+  The locations of a group (``groups``: a transcoder's two sites, a cross-layer transcoder's input
+  and output at every layer) share one keep mask, the AND of theirs, so row ``i`` of each is the
+  same token.
 """
 
 from __future__ import annotations
@@ -100,24 +101,27 @@ def site_rows(
     *,
     factor: float,
     stats: dict[str, Any] | None = None,
-    pairs: Iterable[tuple[int, str, str]] = (),
+    groups: Iterable[Iterable[Site]] = (),
 ) -> dict[str, np.ndarray]:
     """``{location_key: float32 [n_rows, d]}``: the kept rows of one batch in row-major
     ``(sequence, position)`` order, as the store holds them. Dropped outliers are counted by
     position into ``stats[location_key]`` when given.
 
-    ``pairs``: ``(layer, input_site, output_site)`` of transcoders; both sites (which must be in
-    ``sites``) keep the rows kept by both, so their arrays align row by row. Sites in no pair
-    keep their own mask (unchanged)."""
+    ``groups``: sets of ``(layer, site)`` locations (each in ``sites``) read together: a
+    transcoder's input and output, a cross-layer transcoder's inputs and outputs at every layer.
+    Every location of a group keeps the rows kept by all of them, so their arrays align row by
+    row. Locations in no group keep their own mask (unchanged)."""
     positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
     caps = capture(lm, tokens, mask, sites, factor)
     keeps = {k: np.asarray(keep) for k, (_, keep) in caps.items()}
-    for layer, a, b in pairs:
-        ka, kb = (int(layer), a), (int(layer), b)
-        if ka not in keeps or kb not in keeps:
-            pair = f"{location_key(a, layer)} -> {location_key(b, layer)}"
-            raise ValueError(f"site_rows: the pair {pair} is not among the captured sites")
-        keeps[ka] = keeps[kb] = keeps[ka] & keeps[kb]
+    for group in groups:
+        group = [(int(l), s) for l, s in group]
+        missing = [location_key(s, l) for l, s in group if (l, s) not in keeps]
+        if missing:
+            raise ValueError(f"site_rows: the group's locations {missing} are not among the captured sites")
+        joint = np.logical_and.reduce([keeps[k] for k in group])
+        for k in group:
+            keeps[k] = joint
     out = {}
     for (layer, site), (a, _) in caps.items():
         key = location_key(site, layer)

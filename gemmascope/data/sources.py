@@ -28,7 +28,7 @@ from gemmascope.data.activations import LMActivations, OnlineSource
 from gemmascope.data.sites import location_key
 from gemmascope.data.store_source import PairedStoreSource, StoreSource
 from gemmascope.data.toy import ToySource
-from gemmascope.sites import pair_of
+from gemmascope.sites import pair_of, span_of
 
 
 @runtime_checkable
@@ -58,8 +58,11 @@ class ActivationSource(Protocol):
     def heldout(self, n_rows: int) -> np.ndarray: ...
 
 
-def make_source(config, workdir: str, site: str, *, layer: int, slot: int = 0, n_slots: int = 1) -> ActivationSource:
-    """The activation stream for one location ``(site, layer)``.
+def make_source(
+    config, workdir: str, site: str, *, layer: int | tuple[int, ...], slot: int = 0, n_slots: int = 1
+) -> ActivationSource:
+    """The activation stream for one location ``(site, layer)`` (a cross-layer site: ``layer`` the
+    tuple of its layers, rows ``[B, L * d_in + L * d_out]`` from one LM pass per batch).
 
     With several processes (``n_slots > 1``) each yields only its rows of every global batch:
     rows ``[slot * B / n_slots, (slot + 1) * B / n_slots)``. The store reads a disjoint slice of
@@ -67,7 +70,17 @@ def make_source(config, workdir: str, site: str, *, layer: int, slot: int = 0, n
     (the toy batch is a pure function of its index, so the union equals the one-process batch).
     """
     pair = pair_of(site)
+    span = span_of(site)
 
+    if span is not None:  # a cross-layer site: every layer's input and output from one LM pass
+        if config.source != "online":
+            raise ConfigError(f"config.source: the cross-layer site {site!r} trains online, not from {config.source!r}")
+        ins = [(int(l), span.input_site) for l in layer]
+        outs = [(int(l), span.output_site) for l in layer]
+        lm = LMActivations(config, [], groups=[ins + outs])
+        keys = [location_key(s, l) for l, s in ins], [location_key(s, l) for l, s in outs]
+        src = OnlineSource(lm, keys[0], config.batch_size, config.seed, out_key=keys[1])
+        return RowSlice(src, slot, n_slots) if n_slots > 1 else src
     if config.source == "toy":
         src = ToySource(
             config.toy.d_in,

@@ -16,9 +16,10 @@ import typing
 from types import ModuleType
 
 from gemmascope.sae import batchtopk, gated, jumprelu, relu, topk
+from gemmascope.sae.clt import CrossLayerTranscoder
 from gemmascope.sae.common import Architecture, SAEConfig, SweepAxis
 from gemmascope.sae.transcoder import Transcoder
-from gemmascope.sites import pair_of
+from gemmascope.sites import pair_of, span_of
 
 ARCHS: dict[str, Architecture] = {}
 
@@ -83,20 +84,24 @@ def own_fields() -> dict[str, tuple[str, ...]]:
     return out
 
 
-def for_site(config, site: str, d_out: int | None = None) -> Architecture:
+def for_site(config, site: str, d_out: int | None = None, *, n_layers: int = 1) -> Architecture:
     """The architecture training at ``site``: ``config.sae.arch`` for a single site; for a paired
     site (``config.sites`` entry of :data:`gemmascope.sites.PAIR_SITES`) a JumpReLU
     :class:`~gemmascope.sae.transcoder.Transcoder` writing ``d_out`` features (the paired
-    source's ``d_out``), affine as the pair says. ``config.sae.arch`` must then be ``"jumprelu"``
+    source's ``d_out``), affine as the pair says; for a cross-layer site
+    (:data:`gemmascope.sites.SPAN_SITES`) a :class:`~gemmascope.sae.clt.CrossLayerTranscoder`
+    over the source's ``n_layers``. ``config.sae.arch`` must then be ``"jumprelu"``
     (the config's validation says so first)."""
-    pair = pair_of(site)
-    if pair is None:
+    pair, span = pair_of(site), span_of(site)
+    if pair is None and span is None:
         return get(config.sae.arch)
     if config.sae.arch != Transcoder.BASE:
         raise ValueError(f"config.sae.arch: site {site!r} trains a JumpReLU transcoder, not {config.sae.arch!r}")
     if d_out is None:
         raise ValueError(f"site {site!r}: a transcoder needs the output width d_out of its paired source")
-    arch = Transcoder(int(d_out), pair.affine)
+    arch = (
+        Transcoder(int(d_out), pair.affine) if span is None else CrossLayerTranscoder(n_layers, int(d_out), span.affine)
+    )
     if not isinstance(arch, Architecture):
         raise TypeError("sae.transcoder.Transcoder does not satisfy sae.common.Architecture")
     return arch

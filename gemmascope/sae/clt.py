@@ -31,10 +31,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gemmascope.sae import jumprelu
 from gemmascope.sae.common import Params, SAEConfig, as_sae_config, init_base, recon_aux
-from gemmascope.sae.transcoder import JumpReLUWriter
+from gemmascope.sae.transcoder import JumpReLUWriter, Transcoder
 
 SKIP_KEY = "W_skip"
 
@@ -84,6 +85,77 @@ class CrossLayerTranscoder(JumpReLUWriter):
         if self.affine:
             params[SKIP_KEY] = jnp.zeros((n, d_in, self.d_out), jnp.float32)
         return params
+
+    def layer_params(self, params: Mapping[str, jax.Array], layer: int) -> Params:
+        """Source layer ``layer``'s slice as a per-layer :class:`~gemmascope.sae.transcoder.Transcoder`'s
+        params (its write to its own layer as ``W_dec [d_sae, d_out]``)."""
+        out = {k: params[k][layer] for k in ("W_enc", "b_enc", "threshold", "b_dec")}
+        out["W_dec"] = params["W_dec"][layer, :, layer]
+        if SKIP_KEY in params:
+            out[SKIP_KEY] = params[SKIP_KEY][layer]
+        return out
+
+    def layer_rows(self, xy: jax.Array, d_in: int, layer: int) -> jax.Array:
+        """``[n, d_in + d_out]``: layer ``layer``'s input and target parts of the rows ``xy``."""
+        x, y = self.split(xy, d_in)
+        return jnp.concatenate([x[:, layer], y[:, layer]], axis=-1)
+
+    def data_init(self, params: Mapping[str, jax.Array], xy: jax.Array, cfg: SAEConfig) -> Params:
+        """The per-layer transcoder's ``"regression"`` start (``cfg.transcoder_init``), layer by
+        layer on that layer's rows of the normalised sample ``xy``: each source layer's encoder
+        (plain) or skip and bias (affine) start from the least-squares map of its own layer, as the
+        18 per-layer transcoders a CLT is compared with do; the writes to later layers keep
+        :meth:`init`'s scaled copies."""
+        d_in = params["W_enc"].shape[1]
+        one = Transcoder(self.d_out, self.affine)
+        out = dict(params)
+        for layer in range(self.n_layers):
+            p = one.data_init(self.layer_params(params, layer), self.layer_rows(xy, d_in, layer), cfg)
+            out["W_enc"] = out["W_enc"].at[layer].set(p["W_enc"])
+            out["b_dec"] = out["b_dec"].at[layer].set(p["b_dec"])
+            if SKIP_KEY in p:
+                out[SKIP_KEY] = out[SKIP_KEY].at[layer].set(p[SKIP_KEY])
+        return out
+
+    def quantile_thresholds(self, params: Mapping[str, jax.Array], xy: jax.Array, target_l0: Any, cfg: SAEConfig):
+        """Every layer's thresholds at the quantiles of its own pre-activations on the normalised
+        sample that give the target L0 per layer (the per-layer transcoder's rule, layer by layer)."""
+        d_in = params["W_enc"].shape[1]
+        one = Transcoder(self.d_out, self.affine)
+        thr = [
+            one.quantile_thresholds(self.layer_params(params, l), self.layer_rows(xy, d_in, l), target_l0, cfg)[
+                "threshold"
+            ]
+            for l in range(self.n_layers)
+        ]
+        return {**params, "threshold": jnp.stack(thr)}
+
+    def fold_scales(self, layout: Mapping[str, Any], norm_scale: Any) -> dict[str, np.ndarray]:
+        """Training-unit arrays (:meth:`export_layout`) trained on ``x_l / C_in[l]`` and
+        ``y_m / C_out[m]`` (``norm_scale [2L]``) -> raw units, the features left in training units
+        (a feature writes to several layers, each with its own ``C_out``, so no one factor could
+        move into them)::
+
+            W_enc'[l] = W_enc[l] / C_in[l]      b_enc', threshold' unchanged
+            W_dec'[l, :, m] = W_dec[l, :, m] * C_out[m]   b_dec'[m] = b_dec[m] * C_out[m]
+            W_skip'[m] = W_skip[m] * C_out[m] / C_in[m]
+        """
+        c = np.asarray(norm_scale, np.float64).reshape(-1)
+        n = self.n_layers
+        if c.shape != (2 * n,):
+            raise ValueError(f"a {n}-layer CLT needs 2 * {n} normalisation constants, got shape {c.shape}")
+        c_in, c_out = c[:n], c[n:]
+        p = {k: np.asarray(v, np.float64) for k, v in layout.items()}
+        out = {
+            "W_enc": p["W_enc"] / c_in[:, None, None],
+            "b_enc": p["b_enc"],
+            "threshold": p["threshold"],
+            "W_dec": p["W_dec"] * c_out[None, None, :, None],
+            "b_dec": p["b_dec"] * c_out[:, None],
+        }
+        if SKIP_KEY in p:
+            out[SKIP_KEY] = p[SKIP_KEY] * (c_out / c_in)[:, None, None]
+        return {k: v.astype(np.float32) for k, v in out.items()}
 
     def split(self, xy: jax.Array, d_in: int) -> tuple[jax.Array, jax.Array]:
         """``[B, L * d_in + L * d_out] -> (x [B, L, d_in], y [B, L, d_out])``."""

@@ -37,24 +37,33 @@ from gemmascope.sae import archs
 from gemmascope.sae.common import SAEConfig
 from gemmascope.sae.files import export as sae_export
 from gemmascope.sae.files import io as sae_io
-from gemmascope.sites import pair_of
+from gemmascope.sites import layers_name, pair_of, span_of
 from gemmascope.train import distributed, sharding, writers
 from gemmascope.train import e2e as e2e_lib
 from gemmascope.train import step as step_lib
 from gemmascope.train.checkpoint import Checkpoints
+from gemmascope.train.export_clt import export_clt_location
 
 
 class NonFiniteError(FloatingPointError):
     """A NaN or inf loss; the message names the step and the SAE."""
 
 
-def locations(config) -> list[tuple[str, int, int]]:
-    return [(s, int(l), int(w)) for s in config.sites for l in config.layers for w in config.widths]
+def locations(config) -> list[tuple[str, int | tuple[int, ...], int]]:
+    """``(site, layer, width)`` of every model the config trains: one per layer for a site of one
+    layer; one over all of ``config.layers`` (``layer`` their tuple) for a cross-layer site
+    (:data:`gemmascope.sites.SPAN_SITES`)."""
+    out = []
+    for s in config.sites:
+        layers = [tuple(int(l) for l in config.layers)] if span_of(s) else [int(l) for l in config.layers]
+        out += [(s, layer, int(w)) for layer in layers for w in config.widths]
+    return out
 
 
-def location_name(site: str, layer: int, width: int, arch: str = "jumprelu") -> str:
-    """``res_layer15_width4k`` (JumpReLU) or ``res_layer15_width4k_topk`` (other architectures)."""
-    base = f"{site}_layer{layer}_width{sae_io.width_name(width)}"
+def location_name(site: str, layer: int | tuple[int, ...], width: int, arch: str = "jumprelu") -> str:
+    """``res_layer15_width4k`` (JumpReLU) or ``res_layer15_width4k_topk`` (other architectures);
+    ``clt_layers0-17_width4k`` for a cross-layer site (:func:`gemmascope.sites.layers_name`)."""
+    base = f"{site}_{layers_name(layer)}_width{sae_io.width_name(width)}"
     return base if arch == "jumprelu" else f"{base}_{arch}"
 
 
@@ -88,6 +97,7 @@ class _Location:
     log: Callable
     arch: Any = None  # the location's architecture (archs.for_site)
     d_out: int | None = None  # a transcoder's target width (its rows are d_in + d_out wide)
+    n_layers: int = 1  # a cross-layer transcoder's layers (its rows are n_layers * (d_in + d_out) wide)
 
 
 def train_location(
@@ -116,12 +126,14 @@ def train_location(
     source = make_source(config, workdir, site, layer=layer, slot=slot, n_slots=n_slots)
     d_in = int(source.d_in)
     d_out = getattr(source, "d_out", None)  # a paired (transcoder) source
-    arch = archs.for_site(config, site, d_out)
+    n_layers = int(getattr(source, "n_layers", 1))  # a cross-layer source's layers
+    arch = archs.for_site(config, site, d_out, n_layers=n_layers)
     values = config_lib.sweep_values(config)
     key = jax.random.PRNGKey(config.seed)
     k = len(values)
-    ones = 1.0 if d_out is None else (1.0, 1.0)
-    ones_s = np.ones((d_in + (d_out or 0),), np.float32) if config_lib.scales_dims(config) else None
+    ones = 1.0 if d_out is None else (1.0,) * (2 * n_layers)
+    row_width = n_layers * (d_in + (d_out or 0))
+    ones_s = np.ones((row_width,), np.float32) if config_lib.scales_dims(config) else None
     shapes = jax.eval_shape(
         lambda: step_lib.init_state(
             key, config, d_in, d_sae=width, n_saes=k, norm_scale=ones, arch=arch, dim_scale=ones_s
@@ -135,7 +147,7 @@ def train_location(
         width=width,
         name=name,
         source=source,
-        sweep=sharding.ShardedSweep(config, mesh, shapes, d_in + (d_out or 0), width),
+        sweep=sharding.ShardedSweep(config, mesh, shapes, row_width, width),
         ckpt=Checkpoints(os.path.join(workdir, "runs", name, "checkpoints"), max_to_keep=config.max_checkpoints),
         key=key,
         d_in=d_in,
@@ -144,6 +156,7 @@ def train_location(
         log=log,
         arch=arch,
         d_out=None if d_out is None else int(d_out),
+        n_layers=n_layers,
     )
     start, state = _init_or_restore(loc, mesh)
     state = _run(loc, start, state)
@@ -173,8 +186,11 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
         rows = sample / dim_scale
     if loc.d_out is None:
         norm_scale = scale_of(rows)
-    else:  # a transcoder: (C_in, C_out), one per part of the paired rows
-        norm_scale = (scale_of(rows[:, : loc.d_in]), scale_of(rows[:, loc.d_in :]))
+    else:  # a transcoder: (C_in, C_out), one per part of the paired rows; a CLT's per layer
+        n, d_in, d_out = loc.n_layers, loc.d_in, loc.d_out
+        ins = [scale_of(rows[:, l * d_in : (l + 1) * d_in]) for l in range(n)]
+        outs = [scale_of(rows[:, n * d_in + m * d_out : n * d_in + (m + 1) * d_out]) for m in range(n)]
+        norm_scale = tuple(ins + outs)
     sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in, dim_scale)  # None without a data init
     state = loc.sweep.init(
         lambda s: step_lib.init_state(
@@ -271,18 +287,20 @@ def _export_and_mark(loc: _Location, state: Any, done_marker: str) -> list[dict[
     into a scratch folder), writes the ``exported.json`` marker, returns process 0's records."""
 
     def export_to(root: str) -> list[dict[str, Any]]:
-        return export_location(
+        export = export_clt_location if span_of(loc.site) else export_location
+        kw = {"layers": loc.layer} if span_of(loc.site) else {"layer": loc.layer}
+        return export(
             loc.config,
             root,
             distributed.host_view(state),
             source=loc.source,
             site=loc.site,
-            layer=loc.layer,
             width=loc.width,
             lambdas=loc.values,
             total=loc.total,
             log=loc.log,
             arch=loc.arch,
+            **kw,
         )
 
     if distributed.is_main():

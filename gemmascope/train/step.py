@@ -4,6 +4,7 @@ State is a plain dict (big_vision style), every SAE-specific leaf stacked on a l
 
     {"params": {...[K, ...]}, "opt": optimiser state [K, ...], "step": int32 [],
      "norm_scale": float32 [] (C: training sees x / C), or [2] (C_in, C_out) for a transcoder,
+                   [2L] (C_in of every layer, then C_out of every layer) for a cross-layer one,
      "dim_scale": float32 [d_in] ([d_in + d_out] for a transcoder; only with dim_scale_power or
                   dim_std_cap > 0: training sees x / (C s)),
      "l0_dual": float32 [K] (only with sae.l0_controller_rate > 0: the L0 controller's multipliers),
@@ -73,19 +74,28 @@ QUANTILE_INIT_ROWS = 8192
 
 
 def normalise(x: jax.Array, norm_scale: jax.Array, d_in: int, dim_scale: jax.Array | None = None) -> jax.Array:
-    """``x [B, w] / C`` in float32. ``norm_scale`` a scalar C, or ``[2] = (C_in, C_out)`` for a
-    paired row ``concat(x_in [B, d_in], y [B, w - d_in])``: each part divided by its own C.
-    ``dim_scale [w]`` (:func:`dim_scales`): ``x / (C * s)``, divided by ``s`` first."""
+    """``x [B, w] / C`` in float32. ``norm_scale`` a scalar C, or ``[2L]`` for a paired row of
+    ``L`` input blocks ``[d_in]`` then ``L`` target blocks of equal width (a transcoder: ``L = 1``,
+    ``(C_in, C_out)``; a cross-layer transcoder: every layer's ``C_in``, then every layer's
+    ``C_out``): each block divided by its own C. ``dim_scale [w]`` (:func:`dim_scales`):
+    ``x / (C * s)``, divided by ``s`` first."""
     x = jnp.asarray(x, jnp.float32)
     if dim_scale is not None:
         x = x / jnp.asarray(dim_scale, jnp.float32)
     norm_scale = jnp.asarray(norm_scale, jnp.float32)
     if norm_scale.ndim == 0:
         return x / norm_scale
-    scale = jnp.concatenate(
-        [jnp.full((d_in,), norm_scale[0], jnp.float32), jnp.full((x.shape[-1] - d_in,), norm_scale[1], jnp.float32)]
-    )
-    return x / scale
+    n = norm_scale.shape[0] // 2
+    d_out = (x.shape[-1] - n * d_in) // n
+    return x / jnp.concatenate([jnp.repeat(norm_scale[:n], d_in), jnp.repeat(norm_scale[n:], d_out)])
+
+
+def target_part(x: jax.Array, norm_scale: jax.Array, d_in: int) -> jax.Array:
+    """The part of a normalised row an SAE reconstructs (its FVU's reference): the whole row, or
+    a paired row's target blocks (after its ``L`` input blocks of ``d_in``; ``norm_scale [2L]``)."""
+    if jnp.ndim(norm_scale) == 0:
+        return x
+    return x[:, (jnp.shape(norm_scale)[0] // 2) * d_in :]
 
 
 def dim_scales(sample: np.ndarray, power: float = 0.0, std_cap: float = 0.0) -> np.ndarray:
@@ -130,9 +140,10 @@ def data_init(arch, params: Params, sample: jax.Array, target_l0, cfg: SAEConfig
     own (``arch.data_init``: a transcoder's regression init, which sets its own ``b_dec``), then
     the quantile thresholds (which read the final encoder and ``b_dec``) when
     ``cfg.threshold_init_mode == "quantile"``."""
-    if cfg.b_dec_init == "mean":
-        target = sample[:, sample.shape[-1] - params["b_dec"].shape[-1] :]  # a paired row's y part
-        params = {**params, "b_dec": jnp.mean(target, axis=0)}
+    if cfg.b_dec_init == "mean":  # a paired row's target blocks, one b_dec per block
+        b_dec = params["b_dec"]
+        target = sample[:, sample.shape[-1] - b_dec.size :]
+        params = {**params, "b_dec": jnp.mean(target, axis=0).reshape(b_dec.shape)}
     own = getattr(arch, "data_init", None)
     if own is not None:
         params = own(params, sample, cfg)
@@ -181,7 +192,8 @@ def init_state(
         "opt": opt,
         "step": jnp.zeros([], jnp.int32),
         "norm_scale": jnp.asarray(norm_scale, jnp.float32),
-        "last_fired": jnp.zeros((n_saes, d_sae), jnp.int32),
+        # one entry per latent: a cross-layer transcoder has d_sae of them per layer
+        "last_fired": jnp.zeros((n_saes, d_sae * int(getattr(arch, "n_layers", 1))), jnp.int32),
         "bad_step": jnp.full((n_saes,), -1, jnp.int32),
     }
     if dim_scale is not None:
@@ -269,7 +281,7 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
         step = state["step"]
         d_in = state["params"]["W_enc"].shape[-2]
         x = normalise(x_raw, state["norm_scale"], d_in, state.get("dim_scale"))
-        target = x if state["norm_scale"].ndim == 0 else x[:, d_in:]  # the FVU's reference
+        target = target_part(x, state["norm_scale"], d_in)  # the FVU's reference
         nus = state["l0_dual"] if controller else jnp.zeros(lambdas.shape, jnp.float32)
         e2e = None if kl_term is None else (state["norm_scale"], state.get("dim_scale"), kl_term.prepare(tokens, mask))
         params, opt, loss, aux, lam_t, thr, nus = _per_sae(
@@ -355,6 +367,9 @@ def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> di
     layout = jax.device_get(layout)
     if state.get("dim_scale") is not None:  # per-dimension scales first, then the scalar C(s)
         layout = fold_dim_scale(layout, np.asarray(jax.device_get(state["dim_scale"])))
+    own = getattr(arch, "fold_scales", None)  # an architecture with its own normalisation (a CLT's per layer)
+    if own is not None:
+        return own(layout, scale)
     if scale.ndim == 1:
         return fold_transcoder(layout, float(scale[0]), float(scale[1]))
     return fold_normalisation(layout, float(scale), bool(config.sae.pre_encoder_bias))
