@@ -22,6 +22,10 @@ attribution graph has per token).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import glob
+import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -29,10 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.data.activations import LMActivations
 from gemmascope.data.sites import keep_mask
 from gemmascope.eval.kl import next_token_ce_and_kl
 from gemmascope.lm.model import forward, next_token_ce_from_residual
+from gemmascope.sae.files import io as sae_io
 from gemmascope.sae.files import model as sae_model
+from gemmascope.sae.files import multilayer
 
 
 class Replacement(Protocol):
@@ -84,9 +91,8 @@ class TranscoderSet:
         return sae_model.transcode(self.params[i], reads[i].astype(jnp.float32))
 
 
-def _batch(lm_params, rep_params, tokens, mask, *, cfg, rep: Replacement, factor: float):
+def _batch(lm_params, tokens, mask, *, cfg, rep: Replacement, factor: float):
     """Sums over one batch: real targets, clean / replaced / zero-ablated CE, KL and codes."""
-    rep = dataclasses.replace(rep, params=rep_params)
     last = (cfg.n_layers - 1, "res")
     locs = [(l, s) for l in rep.layers for s in (rep.read_site, "mlp")]
     clean = forward(lm_params, tokens, cfg, capture=locs + [last], stop_after=cfg.n_layers - 1).captures
@@ -127,13 +133,25 @@ def _batch(lm_params, rep_params, tokens, mask, *, cfg, rep: Replacement, factor
     }
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(cfg, rep_type, layers: tuple[int, ...], read_site: str, factor: float):
+    """One jitted batch step per LM, kind of replacement and span: the replacements of a workdir
+    (every sweep value) share it, their arrays traced arguments."""
+
+    def run(lm_params, rep_params, tokens, mask):
+        rep = rep_type(rep_params, layers, read_site)
+        return _batch(lm_params, tokens, mask, cfg=cfg, rep=rep, factor=factor)
+
+    return jax.jit(run)
+
+
 def replacement_scores(
     lm, rep: Replacement, batches: Iterable[tuple[np.ndarray, np.ndarray]], *, outlier_norm_factor: float
 ) -> dict[str, float]:
     """``{ce_clean, ce_replaced, delta_loss, kl, ce_zero, ce_loss_score, l0_total, n_tokens}`` of
     the replacement model over ``batches`` of ``(tokens [B, T], mask [B, T])`` (module doc);
     ``ce_loss_score`` is the fraction of the all-MLPs-zeroed loss gap recovered."""
-    step = jax.jit(lambda lp, rp, t, m: _batch(lp, rp, t, m, cfg=lm.cfg, rep=rep, factor=float(outlier_norm_factor)))
+    step = _compiled(lm.cfg, type(rep), tuple(rep.layers), rep.read_site, float(outlier_norm_factor))
     rep_params = jax.tree.map(jnp.asarray, rep.params)
     acc: dict[str, float] = {}
     for tokens, mask in batches:
@@ -152,3 +170,67 @@ def replacement_scores(
         "l0_total": acc["l0_sum"] / max(acc["n_tokens"], 1.0),
         "n_tokens": acc["n_tokens"],
     }
+
+
+def workdir_replacements(workdir: str) -> list[tuple[str, Replacement, dict[str, Any]]]:
+    """``(name, replacement, metadata)`` of every CLT under ``workdir/saes`` and of every set of
+    per-layer transcoders there trained at one sweep value on the CLTs' layers (the peers):
+    ``transcoder[_affine] <sweep_value>`` when every one of those layers has one."""
+    out, clt_layers = [], None
+    for cfg_path in sorted(glob.glob(os.path.join(workdir, "saes", "*", "layers*", "*", "*", "config.json"))):
+        folder = os.path.dirname(cfg_path)
+        with open(cfg_path) as fh:
+            meta = json.load(fh)
+        clt_layers = tuple(int(l) for l in meta["layers"])
+        out.append(
+            (
+                os.path.relpath(folder, workdir),
+                CLTReplacement(multilayer.load_gemma_scope_2_clt(folder), clt_layers),
+                meta,
+            )
+        )
+    if clt_layers is None:
+        return out
+    sets: dict[tuple[str, float], dict[int, str]] = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "saes", "transcoder*", "layer_*", "*", "*", "params.npz"))):
+        meta = sae_io.load_metadata(path)
+        sets.setdefault((meta["site"], float(meta["sweep_value"])), {})[int(meta["layer"])] = path
+    for (site, value), by_layer in sorted(sets.items()):
+        if all(l in by_layer for l in clt_layers):
+            params = [sae_io.load_params(by_layer[l]) for l in clt_layers]
+            out.append((f"{site} {value:g}", TranscoderSet(params, clt_layers), {"site": site, "sweep_value": value}))
+    return out
+
+
+def evaluate_replacements(config, workdir: str, max_tokens: int, log=print) -> list[dict[str, Any]]:
+    """Scores every replacement of :func:`workdir_replacements` on at most ``max_tokens`` held-out
+    tokens of the config's text; writes ``workdir/eval/replacement.{json,md}`` and returns the rows."""
+    reps = workdir_replacements(workdir)
+    if not reps:
+        raise FileNotFoundError(f"no cross-layer transcoders under {os.path.join(workdir, 'saes')} (train first)")
+    lm = LMActivations(config, [], log=log)
+    batches, got = [], 0
+    for toks, mask in lm.packed_batches("heldout"):
+        batches.append((toks, mask))
+        got += int(mask.sum())
+        if got >= max_tokens:
+            break
+    rows = []
+    for name, rep, meta in reps:
+        r = replacement_scores(lm.lm, rep, batches, outlier_norm_factor=float(config.lm.outlier_norm_factor))
+        rows.append({"name": name, "sweep_value": meta.get("sweep_value"), **r})
+        log(f"[replacement] {name}: L0 total {r['l0_total']:.0f}, delta loss {r['delta_loss']:.3f}, KL {r['kl']:.3f}")
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(os.path.join(workdir, "eval", "replacement.json"), "w") as fh:
+        json.dump(rows, fh, indent=2)
+    lines = [
+        "| replacement (every MLP of the span) | L0 total | delta loss (nats) | KL | CE loss score |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['name']} | {r['l0_total']:.0f} | {r['delta_loss']:.3f} | {r['kl']:.3f} | {r['ce_loss_score']:.3f} |"
+        for r in rows
+    ]
+    with open(os.path.join(workdir, "eval", "replacement.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return rows

@@ -1,0 +1,34 @@
+"""configs/clt.py end to end on the embedded Gemma 3 270M (its runlocal, as CI runs it): a CLT
+over all 18 layers trains online from one LM pass per batch, exports Gemma Scope 2's CLT files
+for both target L0s, and the replacement model (all 18 MLPs replaced at once) is scored."""
+
+import json
+import os
+
+import numpy as np
+
+from gemmascope import config as config_lib
+from gemmascope.config.experiments import clt as clt_config
+from gemmascope.eval.replacement import evaluate_replacements
+from gemmascope.sae.files import multilayer
+from gemmascope.train.loop import train_and_evaluate
+
+
+def test_clt_demo_runlocal_trains_exports_and_scores_the_replacement_model(tmp_path):
+    wd = str(tmp_path)
+    config = config_lib.prepare(clt_config.get_config("runlocal=True"))
+    assert tuple(config.layers) == tuple(range(18)) and tuple(config.sites) == ("clt",)
+    recs = train_and_evaluate(config, wd, log=lambda *a: None)
+    assert [r["sweep_value"] for r in recs] == list(clt_config.TARGET_L0S)
+    for r in recs:
+        p = multilayer.load_gemma_scope_2_clt(r["path"])
+        assert p["W_enc"].shape == (18, 640, 64) and p["W_dec"].shape == (18, 64, 18, 640)
+        assert len(r["fvu_per_layer"]) == 18 and all(np.isfinite(r["fvu_per_layer"]))
+        assert r["l0"] > 0 and r["model"].startswith("Gemma 3 270M")
+    rows = evaluate_replacements(config, wd, max_tokens=200, log=lambda *a: None)
+    assert len(rows) == 2
+    for row in rows:
+        assert np.isfinite(row["delta_loss"]) and row["kl"] > 0 and row["l0_total"] > 0
+        assert row["ce_zero"] > row["ce_clean"]
+    with open(os.path.join(wd, "eval", "replacement.json")) as fh:
+        assert len(json.load(fh)) == 2
