@@ -13,6 +13,10 @@ with the MLP output replaced by their prediction from the real MLP input; with t
 ``<workdir>/eval/transcoders_vs_saes.md`` and ``transcoders_vs_saes_layer_<L>.png``: plain and affine
 transcoders against the SAEs on that layer's ``mlp`` at matched L0 (train those SAEs into the same
 workdir, e.g. ``config.sites = ("mlp", "transcoder", "transcoder_affine")``).
+
+Cross-layer transcoders (``configs/clt.py``) are scored by their replacement model, every MLP of
+their layers replaced at once, beside the per-layer transcoders trained with them at each sweep
+value: ``<workdir>/eval/replacement.{json,md}`` (:mod:`gemmascope.eval.replacement`).
 """
 
 from absl import app, flags, logging
@@ -30,6 +34,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir holding saes/ (and config.json, from training).")
 _TOKENS = flags.DEFINE_integer("max_tokens", 100_000, "Held-out tokens per SAE.")
+_CLT_TOKENS = flags.DEFINE_integer("clt_max_tokens", 20_000, "Held-out tokens per replacement model (CLTs).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -42,9 +47,14 @@ def main(argv):
         config = config_lib.prepare(_CONFIG.value)
     except config_lib.ConfigError as e:
         raise app.UsageError(str(e)) from None
-    from gemmascope.eval.evaluate import evaluate_workdir
+    from gemmascope.eval.evaluate import evaluate_workdir, find_saes
+    from gemmascope.eval.replacement import evaluate_replacements, workdir_replacements
 
-    evaluate_workdir(config, _WORKDIR.value, _TOKENS.value)
+    clts = bool(workdir_replacements(_WORKDIR.value))
+    if find_saes(_WORKDIR.value) or not clts:  # one-layer SAEs and transcoders (or the error naming none)
+        evaluate_workdir(config, _WORKDIR.value, _TOKENS.value)
+    if clts:
+        evaluate_replacements(config, _WORKDIR.value, min(_TOKENS.value, _CLT_TOKENS.value))
 
 
 if __name__ == "__main__":
