@@ -201,20 +201,29 @@ def width_name(width: int) -> str:
     return str(width)
 
 
+def read_json_object(path: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``, None when there is no such file; SAEFileError naming the file
+    for one that is not UTF-8 JSON or not an object."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            obj = json.load(fh)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise SAEFileError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise SAEFileError(f"{path}: holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
 def read_metadata_json(folder: str) -> dict[str, Any] | None:
     """``folder/metadata.json`` as a dict, None when there is none; a garbled one is an error: not
     UTF-8 JSON, not an object, or one of the fields loaders rely on (:data:`METADATA_TYPES`) of
     another type, so that a damaged file fails here, naming the field, not in its consumer."""
     meta = os.path.join(folder, "metadata.json")
-    if not os.path.exists(meta):
+    obj = read_json_object(meta)
+    if obj is None:
         return None
-    try:
-        with open(meta, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise SAEFileError(f"{meta}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise SAEFileError(f"{meta}: holds a JSON {type(obj).__name__}, not an object")
     for key, (types, lo) in METADATA_TYPES.items():
         v = obj.get(key)
         if v is not None and (not isinstance(v, types) or isinstance(v, bool) or (lo is not None and v < lo)):

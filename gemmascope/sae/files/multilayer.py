@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from gemmascope.common import atomic_write
-from gemmascope.sae.files.layouts import SAEFileError, float32_arrays, json_default
+from gemmascope.sae.files.layouts import SAEFileError, float32_arrays, json_default, read_json_object
 
 CONFIG = "config.json"
 HOOK_IN = "hook_resid_mid"  # the MLP input each layer's encoder reads (TransformerLens's name)
@@ -165,15 +165,9 @@ def read_clt_config(folder: str) -> dict[str, Any] | None:
     """``folder/config.json`` as a dict, None when there is none; SAEFileError for one that is
     not a JSON object or whose ``n_layers`` is not a positive integer."""
     path = os.path.join(folder, CONFIG)
-    if not os.path.exists(path):
+    cfg = read_json_object(path)
+    if cfg is None:
         return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            cfg = json.load(fh)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        raise SAEFileError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise SAEFileError(f"{path}: holds a JSON {type(cfg).__name__}, not an object")
     n = cfg.get("n_layers")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise SAEFileError(f"{path}: field 'n_layers' must be an integer >= 1, got {n!r}")
