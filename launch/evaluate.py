@@ -17,6 +17,10 @@ workdir, e.g. ``config.sites = ("mlp", "transcoder", "transcoder_affine")``).
 Cross-layer transcoders (``configs/clt.py``) are scored by their replacement model, every MLP of
 their layers replaced at once, beside the per-layer transcoders trained with them at each sweep
 value: ``<workdir>/eval/replacement.{json,md}`` (:mod:`gemmascope.eval.replacement`).
+
+``--probing`` adds sparse probing (:mod:`gemmascope.eval.probing`, docs/probing.md): k-sparse probes on
+each SAE's latents and on the raw activations at its site, topic of each embedded text, into eval.json,
+the tables and ``<workdir>/eval/probing.md``.
 """
 
 from absl import app, flags, logging
@@ -35,6 +39,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir holding saes/ (and config.json, from training).")
 _TOKENS = flags.DEFINE_integer("max_tokens", 100_000, "Held-out tokens per SAE.")
 _CLT_TOKENS = flags.DEFINE_integer("clt_max_tokens", 20_000, "Held-out tokens per replacement model (CLTs).")
+_PROBING = flags.DEFINE_bool(
+    "probing", False, "Also sparse probing (gemmascope.eval.probing): eval.json fields and eval/probing.md."
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -53,6 +60,10 @@ def main(argv):
     clts = bool(workdir_replacements(_WORKDIR.value))
     if find_saes(_WORKDIR.value) or not clts:  # one-layer SAEs and transcoders (or the error naming none)
         evaluate_workdir(config, _WORKDIR.value, _TOKENS.value)
+        if _PROBING.value:
+            from gemmascope.eval.probing import probe_workdir
+
+            probe_workdir(config, _WORKDIR.value)
     if clts:
         evaluate_replacements(config, _WORKDIR.value, min(_TOKENS.value, _CLT_TOKENS.value))
 

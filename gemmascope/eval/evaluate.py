@@ -46,6 +46,14 @@ SAEBENCH_CORE = (
     "freq_over_1_percent",
     "freq_over_10_percent",
 )
+# Sparse probing's mean test accuracies (gemmascope.eval.probing, launch/evaluate.py --probing), SAEBench's
+# names: k latents of the SAE, k dimensions of the raw activations ("llm") at its site; empty when not run
+SPARSE_PROBING = (
+    "sae_top_1_test_accuracy",
+    "sae_top_5_test_accuracy",
+    "llm_top_1_test_accuracy",
+    "llm_top_5_test_accuracy",
+)
 COLUMNS = (
     (
         "architecture",
@@ -64,6 +72,7 @@ COLUMNS = (
         "dead_fraction",
     )
     + SAEBENCH_CORE
+    + SPARSE_PROBING
     + ("n_tokens", "path")
 )
 
