@@ -7,6 +7,7 @@ The public API, in the order a researcher meets it::
     lm = gs.load_lm("embedded")                        # LM(cfg, params, tokenizer, name)
     acts = gs.capture(lm, tokens, mask, [(15, "res")], outlier_norm_factor=10.0)
     sae = gs.load_sae("workdirs/demo/saes/res/layer_15/width_4k/jumprelu_quadratic_batch_centred/average_l0_42")
+    sae = gs.load_sae("gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_medium", root="/data/mirror")
     f = gs.encode(sae, x)                              # [..., d_in] -> [..., d_sae], raw units
     x_hat = gs.decode(sae, f)
     gs.train_and_evaluate(gs.get_config("configs/demo.py"), "workdirs/demo")
@@ -35,7 +36,8 @@ _API = {
     "capture": ("gemmascope.data.sites", "capture"),
     "site_rows": ("gemmascope.data.sites", "site_rows"),
     "packed_batches": ("gemmascope.data.sites", "packed_batches"),
-    "load_sae": ("gemmascope.sae.files.io", "load_params"),
+    # a folder of any layout, or with root=MIRROR a Gemma Scope 2 release name (sae/files/release.py)
+    "load_sae": ("gemmascope.sae.files.release", "load_sae"),
     "save_sae": ("gemmascope.sae.files.io", "save_params"),
     "load_sae_metadata": ("gemmascope.sae.files.io", "load_metadata"),
     "encode": ("gemmascope.sae.files.model", "encode"),

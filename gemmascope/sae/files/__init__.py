@@ -10,4 +10,7 @@ architectures in :mod:`gemmascope.sae`.
 - :mod:`gemmascope.sae.files.formats`: other libraries' folders, SAELens and Gemma Scope 2.
 - :mod:`gemmascope.sae.files.export`: writing a folder in another layout (``launch/export.py``
   and the end-of-training hook).
+- :mod:`gemmascope.sae.files.multilayer`: cross-layer transcoder folders (Gemma Scope 2's per-layer files).
+- :mod:`gemmascope.sae.files.release`: a whole workdir as Gemma Scope 2's release tree, and SAEs
+  loaded back from a local mirror by release name (``gemmascope.load_sae(name, root=...)``).
 """

@@ -58,7 +58,18 @@ GS2_SITES = {
     "transcoder_affine": "transcoder_all",
     "mlp_in": "transcoder_all",  # the transcoder's input site (older name of the folder's site)
 }
-FROM_GS2_SITES = {"resid_post": "res", "mlp_out": "mlp", "attn_out": "att", "transcoder_all": "transcoder"}
+# every folder of the release tree (gemmascope.sae.files.release): the selected-layer folders and
+# the every-layer ``_all`` ones name the same sites
+FROM_GS2_SITES = {
+    "resid_post": "res",
+    "resid_post_all": "res",
+    "mlp_out": "mlp",
+    "mlp_out_all": "mlp",
+    "attn_out": "att",
+    "attn_out_all": "att",
+    "transcoder": "transcoder",
+    "transcoder_all": "transcoder",
+}
 GS2_TRANSCODERS = "transcoder_all"
 TL_HOOKS = {
     "res": "blocks.{layer}.hook_resid_post",
@@ -75,7 +86,8 @@ GS2_KEYS = {
     "W_skip": "affine_skip_connection",
 }
 SKIP = "W_skip"  # our key of the affine skip connection (the file's: GS2_KEYS[SKIP])
-_GS2_NAME = re.compile(r"^layer_(\d+)_width_(\d+[km]?)_l0_([a-z]+|\d+)(_affine)?$")
+# ``_seed_<k>``: the release's suffix for a second SAE of the same name (layer_12_width_262k_l0_medium_seed_1)
+_GS2_NAME = re.compile(r"^layer_(\d+)_width_(\d+[km]?)_l0_([a-z]+|\d+)(_affine)?(?:_seed_\d+)?$")
 
 
 def layout_of(folder: str) -> str:
