@@ -224,7 +224,7 @@ def _loss_grad(theta: np.ndarray, x: np.ndarray, t: np.ndarray, C: float) -> tup
     return float(loss), np.concatenate([w + x.T @ r, [r.sum()]])
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, C: float = 1.0, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
+def fit_logistic(x: np.ndarray, y: np.ndarray, C: float = 1.0, tol: float = 1e-14, max_iter: int = 100) -> np.ndarray:
     """``theta [d + 1]`` (weights, then the intercept) minimising scikit-learn's L2 logistic
     objective ``0.5 ||w||^2 + C sum_i log(1 + exp(-s_i (x_i w + b)))`` (``s_i = +-1``, intercept
     unpenalised) for ``x [n, d]``, ``y [n]`` in {0, 1}.
@@ -252,9 +252,11 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, C: float = 1.0, tol: float = 1e-1
         a = 1.0
         while True:
             new_loss, new_g = _loss_grad(theta - a * step, x, t, C)
-            if new_loss <= loss - 0.25 * a * decrement or a < 1e-10:
+            if new_loss <= loss - 0.25 * a * decrement:
                 break
             a *= 0.5
+            if a < 1e-10:  # no decrease left above round-off: at the optimum
+                return theta
         theta, loss, g = theta - a * step, new_loss, new_g
     return theta
 
