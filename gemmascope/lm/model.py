@@ -43,7 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.lm.config import SITES, LMConfig, embed_scale_array
-from gemmascope.lm.ops import apply_rope, attention, layer_rope_tables, rms_norm, rope_tables  # noqa: F401
+from gemmascope.lm.ops import (  # noqa: F401
+    apply_rope,
+    attention,
+    attention_weights,
+    layer_rope_tables,
+    rms_norm,
+    rope_tables,
+)
 
 Params = dict[str, Any]
 Site = tuple[int, str]
@@ -113,6 +120,37 @@ def param_shapes(cfg: LMConfig) -> Params:
 # ----------------------------------------------------------------------------- block
 
 
+def _queries_keys(lp: Params, h: jax.Array, cfg: LMConfig, *, cos, sin, freeze: bool = False):
+    """``(x, q, k)``: the pre-attention norm's output [B, T, d], and the queries [B, T, H, D] and
+    keys [B, T, K, D] after Gemma 3's per-head norms and RoPE, of the residual ``h`` entering a block."""
+    B, T, _ = h.shape
+    x = rms_norm(h, lp["attn_norm"], cfg.norm_eps, cfg.gemma, freeze)
+    q = (x @ lp["q"]).reshape(B, T, cfg.n_heads, cfg.head_dim)
+    k = (x @ lp["k"]).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:  # per head, before RoPE
+        q = rms_norm(q, lp["q_norm"], cfg.norm_eps, True)
+        k = rms_norm(k, lp["k_norm"], cfg.norm_eps, True)
+    return x, apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+def attention_patterns(params: Params, tokens: jax.Array, cfg: LMConfig) -> jax.Array:
+    """``[L, B, H, T, T]`` float32: every layer's attention pattern on ``tokens [B, T]`` (what an
+    attribution graph's local replacement model freezes; :func:`gemmascope.lm.ops.attention_weights`)."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    L = cfg.n_layers
+    caps = forward(params, tokens, cfg, capture=[(l, "res") for l in range(L - 1)], stop_after=max(L - 2, 0)).captures
+    entering = [embed(params, tokens, cfg)] + [caps[(l, "res")] for l in range(L - 1)]
+    cos, sin, rope_idx = layer_rope_tables(cfg, tokens.shape[1])
+    windows = _windows(cfg)
+    out = []
+    for l in range(L):
+        lp = jax.tree_util.tree_map(lambda x: x[l], params["layers"])
+        r = int(rope_idx[l])
+        _, q, k = _queries_keys(lp, entering[l], cfg, cos=cos[r], sin=sin[r])
+        out.append(attention_weights(q, k, cfg, window=int(windows[l])))
+    return jnp.stack(out)
+
+
 def _block(
     lp: Params,
     h: jax.Array,
@@ -125,10 +163,12 @@ def _block(
     hooks: Mapping[str, SpliceFn | None] | None = None,
     caps: dict | None = None,
     layer: int | None = None,
+    freeze: bool = False,
 ) -> jax.Array:
     """One decoder block: [B, T, d] -> [B, T, d]. ``cos``/``sin`` [T, D/2]: this layer's RoPE.
     ``hooks`` maps the sites of this layer to a splice function (or None to only capture);
-    captured values go into ``caps``."""
+    captured values go into ``caps``. ``freeze``: norms' denominators and attention weights are
+    constants for differentiation (see :func:`forward`)."""
     gem = cfg.gemma
     eps = cfg.norm_eps
     B, T, _ = h.shape
@@ -146,26 +186,19 @@ def _block(
             a = a2.astype(a.dtype)
         return a
 
-    x = rms_norm(h, lp["attn_norm"], eps, gem)
-    q = (x @ lp["q"]).reshape(B, T, cfg.n_heads, cfg.head_dim)
-    k = (x @ lp["k"]).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+    x, q, k = _queries_keys(lp, h, cfg, cos=cos, sin=sin, freeze=freeze)
     v = (x @ lp["v"]).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
-    if cfg.qk_norm:  # per head, before RoPE
-        q = rms_norm(q, lp["q_norm"], eps, True)
-        k = rms_norm(k, lp["k_norm"], eps, True)
-    q = apply_rope(q, cos, sin)
-    k = apply_rope(k, cos, sin)
-    a = hook("att", attention(q, k, v, cfg, window=window, key_mask=key_mask))
+    a = hook("att", attention(q, k, v, cfg, window=window, key_mask=key_mask, freeze=freeze))
     o = a @ lp["o"]
     if gem:
-        o = rms_norm(o, lp["post_attn_norm"], eps, True)
+        o = rms_norm(o, lp["post_attn_norm"], eps, True, freeze)
     h = h + o
     h = hook("res_mid", h)
-    x = hook("mlp_in", rms_norm(h, lp["mlp_norm"], eps, gem))
+    x = hook("mlp_in", rms_norm(h, lp["mlp_norm"], eps, gem, freeze))
     act = functools.partial(jax.nn.gelu, approximate=True) if gem else jax.nn.silu
     m = (act(x @ lp["gate"]) * (x @ lp["up"])) @ lp["down"]
     if gem:
-        m = rms_norm(m, lp["post_mlp_norm"], eps, True)
+        m = rms_norm(m, lp["post_mlp_norm"], eps, True, freeze)
     m = hook("mlp", m)
     h = h + m
     return hook("res", h)
@@ -207,6 +240,7 @@ def forward(
     scan_layers: bool = True,
     start_layer: int = 0,
     h_in: jax.Array | None = None,
+    freeze: bool = False,
 ) -> LMOutput:
     """Run the model on ``tokens`` [B, T] int32.
 
@@ -222,6 +256,12 @@ def forward(
     start_layer, h_in: resume from the residual stream ``h_in [B, T, d]`` entering layer
       ``start_layer`` (the ``(start_layer - 1, "res")`` capture of an earlier call), skipping the
       embedding and the layers before: several splices at one site share the prefix this way.
+      With ``start_layer=0``, ``h_in`` replaces the embedding (:func:`embed`).
+    freeze: every RMSNorm's denominator and every attention pattern is a constant for
+      differentiation (``stop_gradient``): the values are unchanged, and the gradients are those
+      of the model with those pieces frozen at this input (circuit tracing's local replacement
+      model, :mod:`gemmascope.circuits`). The final norm is not applied frozen: logits are not
+      differentiated there (use :func:`final_norm` with ``freeze=True``).
 
     Pure and traceable: jit it with ``cfg``/``capture``/``stop_after``/``splice`` static (see
     :func:`jit_forward`).
@@ -245,10 +285,9 @@ def forward(
     if bad:
         raise ValueError(f"capture/splice at layer(s) {sorted(bad)} but stop_after={stop_after}")
     start_layer = int(start_layer)
-    if (h_in is None) != (start_layer == 0) or not 0 <= start_layer <= last:
+    if (h_in is None and start_layer != 0) or not 0 <= start_layer <= last:
         raise ValueError(
-            f"start_layer={start_layer} needs h_in (and h_in needs start_layer >= 1), "
-            f"within the {cfg.n_layers}-layer model and stop_after={stop_after}"
+            f"start_layer={start_layer} needs h_in, within the {cfg.n_layers}-layer model and stop_after={stop_after}"
         )
     early = [l for l in hooks if l < start_layer]
     if early:
@@ -259,9 +298,7 @@ def forward(
     B, T = tokens.shape
     emb = params["embed"]
     if h_in is None:
-        h = jnp.take(emb, tokens, axis=0).astype(dt)
-        if cfg.gemma:
-            h = h * embed_scale_array(cfg)
+        h = embed(params, tokens, cfg)
     else:
         if tuple(h_in.shape) != (B, T, cfg.d_model):
             raise ValueError(f"h_in has shape {tuple(h_in.shape)}, expected {(B, T, cfg.d_model)}")
@@ -280,14 +317,26 @@ def forward(
         if not scan_layers or stop - start == 1:
             for i in range(start, stop):
                 r = int(rope_idx[i])
-                h = _block(layer_params(i), h, cfg, window=int(windows[i]), cos=cos[r], sin=sin[r], key_mask=key_mask)
+                h = _block(
+                    layer_params(i),
+                    h,
+                    cfg,
+                    window=int(windows[i]),
+                    cos=cos[r],
+                    sin=sin[r],
+                    key_mask=key_mask,
+                    freeze=freeze,
+                )
             return h
         win = jnp.asarray(windows)
         ridx = jnp.asarray(rope_idx)
 
         def body(h, i):
             lp = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), layers)
-            return _block(lp, h, cfg, window=win[i], cos=cos[ridx[i]], sin=sin[ridx[i]], key_mask=key_mask), None
+            out = _block(
+                lp, h, cfg, window=win[i], cos=cos[ridx[i]], sin=sin[ridx[i]], key_mask=key_mask, freeze=freeze
+            )
+            return out, None
 
         h, _ = jax.lax.scan(body, h, jnp.arange(start, stop, dtype=jnp.int32))
         return h
@@ -307,6 +356,7 @@ def forward(
             hooks=hooks[hl],
             caps=caps,
             layer=hl,
+            freeze=freeze,
         )
         i = hl + 1
     h = run_plain(h, i, last + 1)
@@ -380,9 +430,17 @@ def capture_activations(
 # ----------------------------------------------------------------------------- loss
 
 
-def final_norm(params: Params, h: jax.Array, cfg: LMConfig) -> jax.Array:
-    """The norm after the last block, ``[..., d] -> [..., d]`` (Gemma's ``1 + w`` scale when Gemma)."""
-    return rms_norm(h, params["final_norm"], cfg.norm_eps, cfg.gemma)
+def embed(params: Params, tokens: jax.Array, cfg: LMConfig) -> jax.Array:
+    """The residual stream entering layer 0, ``[B, T] int -> [B, T, d]``: the token embeddings
+    (times ``sqrt(d_model)``, rounded to the model's dtype, for Gemma)."""
+    h = jnp.take(params["embed"], jnp.asarray(tokens, jnp.int32), axis=0).astype(jnp.dtype(cfg.dtype))
+    return h * embed_scale_array(cfg) if cfg.gemma else h
+
+
+def final_norm(params: Params, h: jax.Array, cfg: LMConfig, freeze: bool = False) -> jax.Array:
+    """The norm after the last block, ``[..., d] -> [..., d]`` (Gemma's ``1 + w`` scale when Gemma;
+    ``freeze``: its denominator a constant for differentiation, see :func:`forward`)."""
+    return rms_norm(h, params["final_norm"], cfg.norm_eps, cfg.gemma, freeze)
 
 
 def softcap_logits(logits: jax.Array, cfg: LMConfig) -> jax.Array:

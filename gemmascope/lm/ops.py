@@ -15,12 +15,17 @@ import numpy as np
 from gemmascope.lm.config import LMConfig
 
 
-def rms_norm(x: jax.Array, w: jax.Array, eps: float, plus_one: bool) -> jax.Array:
+def rms_norm(x: jax.Array, w: jax.Array, eps: float, plus_one: bool, freeze: bool = False) -> jax.Array:
     """[..., d] -> [..., d]. Normalised in float32; scale ``1 + w`` (Gemma 2/3, applied in float32)
     or ``w`` (Llama, applied after casting back, as transformers does). Gemma 3 applies the same
-    norm to each query / key head ([..., H, D] with ``w`` [D])."""
+    norm to each query / key head ([..., H, D] with ``w`` [D]).
+
+    freeze: the denominator is a constant for differentiation (``stop_gradient``): the same value,
+    but the norm is linear in ``x`` for gradients (the frozen norms of an attribution graph's local
+    replacement model, :mod:`gemmascope.circuits`)."""
     xf = x.astype(jnp.float32)
-    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    inv = jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    y = xf * (jax.lax.stop_gradient(inv) if freeze else inv)
     if plus_one:
         return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
     return w * y.astype(x.dtype)
@@ -67,12 +72,21 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, cfg: LMConfig, *, window: Any, key_mask: jax.Array | None = None
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    cfg: LMConfig,
+    *,
+    window: Any,
+    key_mask: jax.Array | None = None,
+    freeze: bool = False,
 ) -> jax.Array:
     """Grouped-query causal attention.
 
     q: [B, T, H, D]; k, v: [B, T, K, D]; window: int (static or traced); key_mask: [B, T] bool
     (False keys are never attended). Returns [B, T, H*D] (head h uses kv head h // (H/K)).
+    freeze: the attention weights are constants for differentiation (``stop_gradient``), so the
+    output is linear in ``v`` for gradients (an attribution graph's frozen attention patterns).
 
     Layout: the G = H/K query heads sharing a kv head are stacked on the query axis, so both
     products are plain batched matmuls over (batch, kv head): ``[B, K, G*T, D] x [B, K, D, S]``.
@@ -82,9 +96,31 @@ def attention(
     B, T, H, D = q.shape
     K = k.shape[2]
     G = H // K
+    p = _grouped_weights(q, k, cfg, window=window, key_mask=key_mask).astype(v.dtype)
+    if freeze:
+        p = jax.lax.stop_gradient(p)
+    vt = v.transpose(0, 2, 1, 3)  # [B, K, S, D]
+    o = jnp.einsum("bkqs,bksd->bkqd", p, vt)  # [B, K, G*T, D]
+    return o.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
+
+
+def attention_weights(q: jax.Array, k: jax.Array, cfg: LMConfig, *, window: Any, key_mask: jax.Array | None = None):
+    """The attention pattern ``[B, H, T, S]`` float32 of :func:`attention` (same arguments, no ``v``):
+    row ``t`` of head ``h`` is the softmax over keys ``s``."""
+    B, T, H, _ = q.shape
+    K = k.shape[2]
+    p = _grouped_weights(q, k, cfg, window=window, key_mask=key_mask)  # [B, K, G*T, S]
+    return p.reshape(B, K, H // K, T, -1).reshape(B, H, T, -1)
+
+
+def _grouped_weights(q, k, cfg: LMConfig, *, window: Any, key_mask) -> jax.Array:
+    """Softmax weights ``[B, K, G*T, S]`` float32, query row ``g*T + t`` of kv head ``k`` being
+    query head ``k*G + g`` (the layout of :func:`attention`)."""
+    B, T, H, D = q.shape
+    K = k.shape[2]
+    G = H // K
     qt = q.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, D)
     kt = k.transpose(0, 2, 1, 3)  # [B, K, S, D]
-    vt = v.transpose(0, 2, 1, 3)
     s = jnp.einsum("bkqd,bksd->bkqs", qt, kt, preferred_element_type=jnp.float32) * cfg.query_scale
     if cfg.attn_softcap is not None:
         s = jnp.tanh(s / cfg.attn_softcap) * cfg.attn_softcap
@@ -95,6 +131,4 @@ def attention(
         allowed = allowed[None, None] & key_mask[:, None, None, :]
     # Additive mask: a row with no allowed key gets a uniform softmax instead of NaN.
     s = s + jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)
-    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bkqs,bksd->bkqd", p, vt)  # [B, K, G*T, D]
-    return o.reshape(B, K, G, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
+    return jax.nn.softmax(s, axis=-1)

@@ -1,0 +1,315 @@
+"""Attribution graphs (Ameisen et al. 2025, "Circuit Tracing"): the direct effect of every active
+transcoder feature, error node and input token on every active feature and on the top output
+logits of one prompt, through the local replacement model.
+
+**The local replacement model** of a prompt: the LM with every MLP replaced by what the
+transcoders write (active features times their decoder rows, plus the decoder bias and, for
+affine transcoders, the skip path) plus an *error node* per (layer, position) holding what they
+miss (``MLP output - reconstruction``), so it reproduces the LM's logits on this prompt exactly;
+and with every RMSNorm denominator and attention pattern frozen at their values on this prompt.
+With the features' activations held fixed, what reaches any read (a feature's pre-activation
+``read . W_enc[:, f]`` or a logit) is then *linear* in the sources' contributions: the edge from
+a source to a target is the target's gradient with respect to the source's scale (1 at the
+prompt), i.e. exactly the change in the target when the source is removed.
+
+Implementation: one forward of our own LM (:func:`gemmascope.lm.model.forward` with
+``freeze=True``: the same values, frozen pieces under ``stop_gradient``), in which the MLP output
+of layer ``l`` is ``stop_gradient(m) + (w - stop_gradient(w))`` with ``w`` the sources' writes as a
+function of their scales: the value stays the LM's own (so the model output is exact), the
+gradient is the replacement model's. Rows of the adjacency matrix are vector-Jacobian products
+of this one function, batched over targets with ``vmap`` under one ``jit``.
+
+Nodes, in the order circuit-tracer uses (so its pruning and files read the same matrix)::
+
+    [active features (layer, position, feature), sorted] [errors: layer * T + position]
+    [tokens: position] [logits: by probability]
+
+``adjacency [n_nodes, n_nodes]``: ``[target, source]``; rows of errors and tokens are zero (they
+are only sources), columns of logits are zero. The first ``zero_positions`` positions (BOS)
+carry no feature and no error node: their MLP outputs are constants of the replacement model,
+as in circuit-tracer. Logit targets are pre-soft-cap: the demeaned unembedding row of the token
+against the frozen final norm of the last position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gemmascope.circuits.transcoders import TranscoderStack, check_against
+from gemmascope.lm.model import embed, final_norm, forward, jit_forward, softcap_logits
+from gemmascope.sae.files import multilayer
+
+
+@dataclasses.dataclass
+class Graph:
+    """An unpruned attribution graph (module doc for the node order).
+
+    tokens [T] int; active_features [n_feat, 3] int (layer, position, feature); activations
+    [n_feat]; logit_tokens [k] int, logit_probabilities [k]; adjacency [n_nodes, n_nodes]
+    float32 ([target, source]); n_layers; info: provenance (model, transcoders, settings).
+    """
+
+    tokens: np.ndarray
+    active_features: np.ndarray
+    activations: np.ndarray
+    logit_tokens: np.ndarray
+    logit_probabilities: np.ndarray
+    adjacency: np.ndarray
+    n_layers: int
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_pos(self) -> int:
+        return int(len(self.tokens))
+
+    @property
+    def n_features(self) -> int:
+        return int(len(self.active_features))
+
+    @property
+    def error_start(self) -> int:
+        return self.n_features
+
+    @property
+    def token_start(self) -> int:
+        return self.n_features + self.n_layers * self.n_pos
+
+    @property
+    def logit_start(self) -> int:
+        return self.token_start + self.n_pos
+
+    @property
+    def n_nodes(self) -> int:
+        return self.logit_start + len(self.logit_tokens)
+
+    def node_kind(self, i: int) -> str:
+        """``"feature"``, ``"error"``, ``"token"`` or ``"logit"``."""
+        if i < self.error_start:
+            return "feature"
+        if i < self.token_start:
+            return "error"
+        return "token" if i < self.logit_start else "logit"
+
+
+def unembedding(lm_params, cfg) -> jax.Array:
+    """``[V, d]``: the rows whose dot with the final-normed residual are the logits."""
+    return lm_params["embed"] if cfg.tie_embeddings else lm_params["lm_head"].T
+
+
+def select_logits(logits: np.ndarray, max_n_logits: int, desired_logit_prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(tokens [k], probabilities [k])``: the most probable next tokens until their cumulative
+    probability reaches ``desired_logit_prob``, at most ``max_n_logits`` of them."""
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")[: int(max_n_logits)]
+    k = int(np.searchsorted(np.cumsum(p[order]), desired_logit_prob)) + 1
+    order = order[: min(k, len(order))]
+    return order.astype(np.int64), p[order].astype(np.float32)
+
+
+def _prepare(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_positions: int):
+    """Phase 0, the clean pass: every layer's read and MLP output, the codes, the error nodes and
+    the padded per-(layer, position) source layout the replacement function takes."""
+    L, T = cfg.n_layers, len(tokens)
+    site = stack.read_site
+    capture = [(l, s) for l in range(L) for s in (site, "mlp")]
+    out = jit_forward(lm_params, jnp.asarray(tokens[None], jnp.int32), cfg, capture=capture)
+    reads = np.stack([np.asarray(out.captures[(l, site)][0], np.float32) for l in range(L)])  # [L, T, d]
+    mlp = np.stack([np.asarray(out.captures[(l, "mlp")][0], np.float32) for l in range(L)])
+    replaced = np.arange(T) >= zero_positions
+    codes = np.stack([np.asarray(stack.encode(l, reads[l])) for l in range(L)]) * replaced[None, :, None]
+
+    p = {k: np.asarray(v, np.float32) for k, v in stack.params.items()}
+    if stack.cross_layer:
+        recon = np.einsum("ltn,lnmd->mtd", codes, p["W_dec"] * multilayer.causal_mask(L))
+    else:
+        recon = np.einsum("ltn,lnd->ltd", codes, p["W_dec"])
+    recon = recon + p["b_dec"][:, None, :]
+    if stack.has_skip:
+        recon = recon + np.einsum("ltd,lde->lte", reads, p["W_skip"])
+    err = np.where(replaced[None, :, None], mlp - recon, 0.0).astype(np.float32)
+
+    layer, pos, feat = np.nonzero(codes)  # sorted by (layer, position, feature)
+    acts = codes[layer, pos, feat].astype(np.float32)
+    counts = np.zeros((L, T), np.int64)
+    np.add.at(counts, (layer, pos), 1)
+    M = max(int(counts.max()), 1)
+    first = np.concatenate([[0], np.cumsum(counts.reshape(-1))[:-1]]).reshape(L, T)
+    slot_in_group = np.arange(len(layer)) - first[layer, pos]
+    slot = (layer * T + pos) * M + slot_in_group  # flat index into [L, T, M]
+    dec_shape = (L, T, M, L, cfg.d_model) if stack.cross_layer else (L, T, M, cfg.d_model)
+    dec = np.zeros(dec_shape, np.float32)
+    for l in range(L):
+        sel = layer == l
+        if sel.any():
+            rows = stack.decoder_rows(l, feat[sel])  # [k, d] or [k, L, d]
+            dec[l, pos[sel], slot_in_group[sel]] = acts[sel].reshape((-1,) + (1,) * (rows.ndim - 1)) * rows
+    enc_cols = p["W_enc"][layer, :, feat]  # [n_feat, d]: each feature's encoder column
+    consts = {
+        "tokens": np.asarray(tokens, np.int32),
+        "dec": dec,
+        "err": err,
+        "replaced": replaced.astype(np.float32),
+        "slot": slot.astype(np.int32),
+    }
+    if stack.has_skip:
+        consts["W_skip"] = p["W_skip"]
+    features = np.stack([layer, pos, feat], axis=1).astype(np.int64)
+    logits = np.asarray(out.logits[0, -1], np.float32)
+    return consts, features, acts, enc_cols.astype(np.float32), logits, M
+
+
+def replacement_outputs(lm_params, consts, s_feat, s_err, s_emb, *, cfg, cross_layer: bool, read_site: str):
+    """The local replacement model as a function of the sources' scales (1 at the prompt):
+    ``s_feat [L, T, M]`` (padded features), ``s_err [L, T]``, ``s_emb [T]`` ->
+    ``[L + 1, T, d]``: every layer's read (``read_site``), then the frozen final norm's output.
+    Values are the LM's own; gradients are those of the frozen replacement model (module doc)."""
+    L = cfg.n_layers
+    h0 = s_emb[:, None] * embed(lm_params, consts["tokens"][None], cfg)[0].astype(jnp.float32)
+    eq = "stm,stmld->ltd" if cross_layer else "ltm,ltmd->ltd"
+    writes = jnp.einsum(eq, s_feat, consts["dec"]) + s_err[..., None] * consts["err"]
+    reads: dict[int, jax.Array] = {}
+
+    def read_fn(l):
+        def fn(a):
+            reads[l] = a
+            return a
+
+        return fn
+
+    def mlp_fn(l):
+        def fn(m):
+            w = writes[l]
+            if "W_skip" in consts:
+                w = w + consts["replaced"][:, None] * (reads[l][0].astype(jnp.float32) @ consts["W_skip"][l])
+            w = w[None].astype(m.dtype)
+            return jax.lax.stop_gradient(m) + (w - jax.lax.stop_gradient(w))
+
+        return fn
+
+    splice = {(l, read_site): read_fn(l) for l in range(L)}
+    splice.update({(l, "mlp"): mlp_fn(l) for l in range(L)})
+    last = (L - 1, "res")
+    out = forward(
+        lm_params,
+        consts["tokens"][None],
+        cfg,
+        capture=[last],
+        splice=splice,
+        h_in=h0[None].astype(jnp.dtype(cfg.dtype)),
+        stop_after=L - 1,
+        freeze=True,
+    )
+    final = final_norm(lm_params, out.captures[last][0], cfg, freeze=True)
+    return jnp.concatenate([jnp.stack([reads[l][0] for l in range(L)]), final[None]]).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "cross_layer", "read_site"))
+def _rows(lm_params, consts, t_layer, t_pos, t_vec, *, cfg, cross_layer, read_site):
+    """Adjacency rows ``[nb, n_feat + L*T + T]`` of targets read at ``(t_layer [nb], t_pos [nb])``
+    with vector ``t_vec [nb, d]`` (a feature's encoder column, or a demeaned unembedding row at
+    layer index ``L``, the final norm's output)."""
+    L, T = cfg.n_layers, consts["tokens"].shape[0]
+    M = consts["dec"].shape[2]
+    fn = functools.partial(
+        replacement_outputs, lm_params, consts, cfg=cfg, cross_layer=cross_layer, read_site=read_site
+    )
+    ones = (jnp.ones((L, T, M), jnp.float32), jnp.ones((L, T), jnp.float32), jnp.ones((T,), jnp.float32))
+    out, vjp = jax.vjp(fn, *ones)
+
+    def one(l, p, v):
+        return vjp(jnp.zeros_like(out).at[l, p].set(v))
+
+    g_feat, g_err, g_emb = jax.vmap(one)(t_layer, t_pos, t_vec)
+    nb = t_layer.shape[0]
+    feat_cols = g_feat.reshape(nb, -1)[:, consts["slot"]]
+    return jnp.concatenate([feat_cols, g_err.reshape(nb, -1), g_emb], axis=1)
+
+
+def attribute(
+    lm_params,
+    cfg,
+    tokens,
+    stack: TranscoderStack,
+    *,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    batch_size: int = 64,
+    zero_positions: int = 1,
+    max_context: int | None = None,
+    log=None,
+) -> Graph:
+    """The unpruned attribution graph of ``tokens [T]`` (BOS first) through ``stack`` (module doc).
+
+    batch_size: targets per vector-Jacobian batch (one compile per prompt shape). max_context:
+    the model's context length, when known; a longer prompt is an error naming both.
+    """
+    tokens = np.asarray(tokens, np.int64).reshape(-1)
+    if tokens.size < 2:
+        raise ValueError(f"prompt has {tokens.size} token(s): attribution needs BOS and at least one more")
+    if max_context is not None and tokens.size > max_context:
+        raise ValueError(f"prompt has {tokens.size} tokens, longer than the model's context of {max_context}")
+    if not 0 <= zero_positions < tokens.size:
+        raise ValueError(f"zero_positions={zero_positions} must be in [0, {tokens.size})")
+    check_against(stack, cfg)
+    consts, features, acts, enc_cols, logits, M = _prepare(lm_params, cfg, tokens, stack, zero_positions)
+    logit_tokens, logit_probs = select_logits(
+        np.asarray(softcap_logits(jnp.asarray(logits), cfg)), max_n_logits, desired_logit_prob
+    )
+    u = np.asarray(unembedding(lm_params, cfg), np.float32)
+    logit_vecs = u[logit_tokens] - u.mean(axis=0, keepdims=True)
+
+    L, T = cfg.n_layers, tokens.size
+    n_feat = len(features)
+    t_layer = np.concatenate([features[:, 0], np.full(len(logit_tokens), L)]).astype(np.int32)
+    t_pos = np.concatenate([features[:, 1], np.full(len(logit_tokens), T - 1)]).astype(np.int32)
+    t_vec = np.concatenate([enc_cols.reshape(n_feat, cfg.d_model), logit_vecs]).astype(np.float32)
+    n_t = len(t_layer)
+    jconsts = jax.tree.map(jnp.asarray, consts)
+    n_src = n_feat + L * T + T
+    rows = np.zeros((n_t, n_src), np.float32)
+    nb = max(1, min(int(batch_size), n_t))
+    for i in range(0, n_t, nb):
+        j = min(i + nb, n_t)
+        pad = nb - (j - i)
+        sl = slice(i, j)
+        r = _rows(
+            lm_params,
+            jconsts,
+            jnp.asarray(np.pad(t_layer[sl], (0, pad))),
+            jnp.asarray(np.pad(t_pos[sl], (0, pad))),
+            jnp.asarray(np.pad(t_vec[sl], ((0, pad), (0, 0)))),
+            cfg=cfg,
+            cross_layer=stack.cross_layer,
+            read_site=stack.read_site,
+        )
+        rows[i:j] = np.asarray(r)[: j - i]
+        if log is not None:
+            log(f"[attribute] {j}/{n_t} targets")
+    n_nodes = n_src + len(logit_tokens)
+    adjacency = np.zeros((n_nodes, n_nodes), np.float32)
+    adjacency[:n_feat, :n_src] = rows[:n_feat]
+    adjacency[n_src:, :n_src] = rows[n_feat:]
+    return Graph(
+        tokens=tokens,
+        active_features=features,
+        activations=acts,
+        logit_tokens=logit_tokens,
+        logit_probabilities=logit_probs,
+        adjacency=adjacency,
+        n_layers=L,
+        info={
+            "transcoders": list(stack.names),
+            "cross_layer": stack.cross_layer,
+            "read_site": stack.read_site,
+            "zero_positions": int(zero_positions),
+            "max_features_per_token_layer": int(M),
+        },
+    )
