@@ -28,12 +28,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gemmascope.sae import select
+from gemmascope.sae import select, sparse
 from gemmascope.sae.common import (
     SAEConfig,
     always_auxk,
     as_sae_config,
     decode_train,  # noqa: F401  (the contract's decode)
+    encoder_bias,
     init_base,
     k_axis,
     l0_per_example,
@@ -72,11 +73,17 @@ def codes_and_pre(params, x, cfg, k: int) -> tuple[jax.Array, jax.Array, jax.Arr
     smallest kept activation ``tau`` (a scalar; 0 if fewer than ``B k`` entries are positive)."""
     pre = pre_activations(params, x, as_sae_config(cfg).pre_encoder_bias)
     act = jax.nn.relu(pre)
-    a = jax.lax.stop_gradient(act)
+    keep, tau = batch_keep(jax.lax.stop_gradient(act), k)
+    return jnp.where(keep, act, 0.0), pre, tau
+
+
+def batch_keep(a: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``(keep [B, d_sae] bool, tau)`` of the activations ``a = ReLU(pre)``: the ``B k`` largest
+    (and positive) of the batch, and the smallest kept (0 if none)."""
     t = select.topk_threshold(a.reshape(1, -1), a.shape[0] * int(k), sample_stride=SAMPLE_STRIDE).reshape(())
     keep = (a >= t) & (a > 0)
     tau = jnp.where(jnp.any(keep), jnp.min(jnp.where(keep, a, jnp.inf)), 0.0)
-    return jnp.where(keep, act, 0.0), pre, tau
+    return keep, tau
 
 
 def encode_train(params, x, cfg, sparsity: Any = None) -> jax.Array:
@@ -91,6 +98,34 @@ def loss(params, x, cfg, sparsity, dead=None):
     _, aux = recon_aux(x, x_hat, f, l0_per_example(f), jnp.zeros([], jnp.float32))
     aux["batch_tau"] = jax.lax.stop_gradient(tau)
     return with_auxk(recon, aux, params, pre=pre, x=x, x_hat=x_hat, dead=dead, cfg=cfg)
+
+
+def sparse_capacity(cfg: SAEConfig, k: Any) -> int:
+    """The sparse path's default slots per row: 4k (a row may keep more than k; one over 4k sends
+    its batch to the dense step)."""
+    return 4 * int(k)
+
+
+def sparse_select(params, x, cfg, k: int, capacity: int) -> dict[str, Any]:
+    """The sparse path's slots (:mod:`gemmascope.sae.sparse`): the dense ``pre [B, d_sae]`` and the
+    kept latents of each row in ``idx [B, cap]`` (``keep`` there, ``tau``), ``overflow`` when a row
+    keeps more than ``capacity``."""
+    pre = pre_activations(jax.lax.stop_gradient(params), x, as_sae_config(cfg).pre_encoder_bias)
+    keep, tau = batch_keep(jax.nn.relu(pre), k)
+    idx, overflow = sparse.active_slots(keep, capacity)
+    return {"pre": pre, "idx": idx, "overflow": overflow, "keep": jnp.take_along_axis(keep, idx, axis=1), "tau": tau}
+
+
+def sparse_loss(params, x, cfg, sparsity, dead=None, sel=None):
+    """:func:`loss` over the slots of :func:`sparse_select`: the same value and gradients."""
+    cfg = as_sae_config(cfg)
+    idx, d_sae = sel["idx"], params["b_enc"].shape[-1]
+    z = sparse.gather_pre(x, params["W_enc"], encoder_bias(params, cfg.pre_encoder_bias), idx, sel["pre"])
+    f = jnp.where(sel["keep"], jax.nn.relu(z), 0.0)
+    recon, x_hat = reconstruction_loss(params, f, x, cfg.matryoshka_prefixes, idx)
+    _, aux = recon_aux(x, x_hat, f, l0_per_example(f), jnp.zeros([], jnp.float32), idx, d_sae)
+    aux["batch_tau"] = jax.lax.stop_gradient(sel["tau"])
+    return with_auxk(recon, aux, params, pre=None, x=x, x_hat=x_hat, dead=dead, cfg=cfg, sel=sel)
 
 
 def after_update(params, aux, step, cfg):

@@ -18,7 +18,12 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 
+from gemmascope.sae import sparse
+
 Params = dict[str, jax.Array]
+
+
+SPARSE_PATHS = ("auto", "dense", "sparse")
 
 
 @dataclasses.dataclass(kw_only=True, frozen=True)
@@ -93,6 +98,22 @@ class SAEConfig:
     # (an L0 coefficient, trains the thresholds through the step STE, like Gemma Scope's lambda) and
     # is updated after every step by dual ascent: nu += rate * (mean L0 - T) / T. 0 = off.
     l0_controller_rate: float = 0.0
+    # The training step's sparse path (gemmascope.sae.sparse): decoder and weight gradients over the
+    # latents that fire, the encoder's forward dense. "dense", "sparse", or "auto": sparse from width
+    # gemmascope.sae.sparse.AUTO_MIN_WIDTH on, where the slots are at most 1/8 of the width (below
+    # it the dense step is as fast). Architectures without a sparse loss (relu, gated, the
+    # cross-layer transcoder) always train dense; "sparse" is then an error.
+    sparse_path: str = "auto"
+    # Slots per row of the sparse path (the latents it can hold per token; a batch with a row over
+    # it takes the dense step instead, reported as the metric sparse_fallback). 0 = each SAE's own
+    # default: TopK's k; BatchTopK 4k; JumpReLU 4x its target L0 with the quadratic loss, else 256.
+    sparse_capacity: int = 0
+
+    def __post_init__(self):
+        if self.sparse_path not in SPARSE_PATHS:
+            raise ValueError(f"config.sae.sparse_path: must be one of {SPARSE_PATHS}, got {self.sparse_path!r}")
+        if self.sparse_capacity < 0:
+            raise ValueError(f"config.sae.sparse_capacity: must be >= 0 (0 = chosen), got {self.sparse_capacity!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """``{field: default-typed value}`` in declaration order (what ``config.sae`` holds)."""
@@ -292,10 +313,21 @@ def pre_activations(params: Mapping[str, jax.Array], x: jax.Array, pre_encoder_b
     ``[batch, d_sae] x [d_sae, d_in]`` matmul (measured: a third off the gradient's time at
     4096 x 576 x 4096).
     """
+    return x @ params["W_enc"] + encoder_bias(params, pre_encoder_bias)
+
+
+def encoder_bias(params: Mapping[str, jax.Array], pre_encoder_bias: bool = True) -> jax.Array:
+    """``[d_sae]``: the bias of :func:`pre_activations`, ``b_enc - b_dec @ W_enc`` (or ``b_enc``)."""
     b = params["b_enc"]
     if pre_encoder_bias:
         b = b - params["b_dec"] @ params["W_enc"]
-    return x @ params["W_enc"] + b
+    return b
+
+
+def sparse_decode(params: Mapping[str, jax.Array], f: jax.Array, idx: jax.Array) -> jax.Array:
+    """``[batch, cap] -> [batch, d_in]``: :func:`decode_train` of the codes ``f`` held at latents
+    ``idx [batch, cap]`` (the sparse path's slots, :mod:`gemmascope.sae.sparse`)."""
+    return sparse.decode(f, idx, params["W_dec"]) + params["b_dec"]
 
 
 def decode_train(params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
@@ -304,10 +336,17 @@ def decode_train(params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
 
 
 def recon_aux(
-    x: jax.Array, x_hat: jax.Array, f: jax.Array, l0_per_example: jax.Array, sparsity_loss: jax.Array
+    x: jax.Array,
+    x_hat: jax.Array,
+    f: jax.Array,
+    l0_per_example: jax.Array,
+    sparsity_loss: jax.Array,
+    idx: jax.Array | None = None,
+    d_sae: int | None = None,
 ) -> tuple[jax.Array, dict[str, Any]]:
     """``(mse, aux)`` shared by every architecture's loss: ``mse`` is ``||x - x_hat||^2`` summed
-    over d_in and averaged over the batch (differentiable); aux holds stop-gradient statistics."""
+    over d_in and averaged over the batch (differentiable); aux holds stop-gradient statistics.
+    The sparse path passes its slots: codes ``f [batch, cap]`` at latents ``idx``, of ``d_sae``."""
     sq_err = jnp.sum((x - x_hat) ** 2, axis=-1)
     mse = jnp.mean(sq_err)
     sg = jax.lax.stop_gradient
@@ -315,14 +354,18 @@ def recon_aux(
         "mse": sg(mse),
         "l0": sg(jnp.mean(l0_per_example)),
         "sparsity_loss": sg(sparsity_loss),
-        "fired": sg(jnp.any(f != 0, axis=0)),
+        "fired": sg(jnp.any(f != 0, axis=0)) if idx is None else sparse.fired(idx, f, d_sae),
         "sq_err_sum": sg(jnp.sum(sq_err)),
     }
     return mse, aux
 
 
 def reconstruction_loss(
-    params: Mapping[str, jax.Array], f: jax.Array, x: jax.Array, prefixes: tuple[int, ...] = ()
+    params: Mapping[str, jax.Array],
+    f: jax.Array,
+    x: jax.Array,
+    prefixes: tuple[int, ...] = (),
+    idx: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """``(loss, x_hat)``: the reconstruction term of the loss and the full reconstruction.
 
@@ -332,13 +375,19 @@ def reconstruction_loss(
     first latents must reconstruct on their own. Computed group by group (``f[:, m_{p-1}:m_p] @
     W_dec[m_{p-1}:m_p]`` added to a running sum): the decoder's matmul FLOPs are those of one
     full decode; the extra cost is P residuals of ``[batch, d_in]``.
+
+    ``idx [batch, cap]`` (the sparse path): ``f`` holds the codes at those latents, and each group
+    decodes the slots whose latent lies in it (P slot decodes, each ``batch * cap * d_in``).
     """
     if not prefixes:
-        x_hat = decode_train(params, f)
+        x_hat = decode_train(params, f) if idx is None else sparse_decode(params, f, idx)
         return jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1)), x_hat
     x_hat, total, start = params["b_dec"], 0.0, 0
     for end in prefixes:
-        x_hat = x_hat + f[:, start:end] @ params["W_dec"][start:end]
+        if idx is None:
+            x_hat = x_hat + f[:, start:end] @ params["W_dec"][start:end]
+        else:
+            x_hat = x_hat + sparse.decode(jnp.where((idx >= start) & (idx < end), f, 0.0), idx, params["W_dec"])
         total = total + jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1))
         start = end
     return total, x_hat

@@ -29,6 +29,7 @@ of exported files is :mod:`gemmascope.sae.files.model`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from gemmascope.sae import sparse
 from gemmascope.sae.common import (  # noqa: F401  (decode_train, pre_activations: this module's contract)
     LAMBDA_AXIS,
     TARGET_L0_AXIS,
@@ -44,6 +46,7 @@ from gemmascope.sae.common import (  # noqa: F401  (decode_train, pre_activation
     SweepAxis,
     as_sae_config,
     decode_train,
+    encoder_bias,
     init_base,
     no_update,
     pre_activations,
@@ -305,7 +308,11 @@ def frequency_penalty(pre: jax.Array, threshold: jax.Array, cfg: SAEConfig) -> j
     log-frequency target: dense latents are the failure it guards against (Gemma Scope 2 pairs a
     frequency penalty with the quadratic loss; its form is not public).
     """
-    p = jnp.mean(step(pre, threshold, cfg.bandwidth), axis=0)
+    return frequency_term(jnp.mean(step(pre, threshold, cfg.bandwidth), axis=0), cfg)
+
+
+def frequency_term(p: jax.Array, cfg: SAEConfig) -> jax.Array:
+    """:func:`frequency_penalty` of the firing fractions ``p [d_sae]``."""
     excess = jax.nn.relu(p - cfg.frequency_max)
     return cfg.frequency_penalty * jnp.sum(excess**2) / cfg.frequency_max
 
@@ -345,6 +352,59 @@ def loss(
     mse, aux = recon_aux(x, x_hat, f, l0_per_example, sparsity_term)
     total = (mse if recon is None else recon) + sparsity_term
     return with_auxk(total, aux, p, pre=pre, x=x, x_hat=x_hat, dead=dead, cfg=cfg)
+
+
+def sparse_capacity(cfg: SAEConfig, value: Any) -> int:
+    """The sparse path's default slots per row (``cfg.sparse_capacity == 0``): 4x the target L0 with
+    the quadratic loss (``value``), else :data:`SPARSE_CAPACITY` (a lambda says nothing of L0)."""
+    if as_sae_config(cfg).sparsity_loss == "quadratic":
+        return max(64, 4 * math.ceil(float(value)))
+    return SPARSE_CAPACITY
+
+
+# The sparse path's slots per row for a lambda sweep: 4x the L0 of the recipe's sweeps (~64).
+SPARSE_CAPACITY = 256
+
+
+def sparse_select(
+    params: Mapping[str, jax.Array], x: jax.Array, cfg: SAEConfig | Mapping[str, Any], sparsity: Any, capacity: int
+) -> dict[str, Any]:
+    """The sparse path's slots (:mod:`gemmascope.sae.sparse`): the dense ``pre [B, d_sae]``
+    (stop-gradient) and ``idx [B, cap]`` holding each row's firing latents and those within half
+    the bandwidth of the threshold (where the straight-through pseudo-derivatives are non-zero),
+    with ``overflow`` when a row has more than ``capacity``."""
+    cfg = as_sae_config(cfg)
+    p = jax.lax.stop_gradient(layout_params(params))
+    pre = pre_activations(p, x, cfg.pre_encoder_bias)
+    t = p["threshold"]
+    active = (pre > t) | (rectangle((pre - t) / cfg.bandwidth) > 0)
+    idx, overflow = sparse.active_slots(active, capacity)
+    return {"pre": pre, "idx": idx, "overflow": overflow}
+
+
+def sparse_loss(
+    params: Mapping[str, jax.Array],
+    x: jax.Array,
+    cfg: SAEConfig | Mapping[str, Any],
+    sparsity: Any,
+    dead: jax.Array | None = None,
+    sel: Mapping[str, Any] | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`loss` over the slots ``sel`` of :func:`sparse_select` (no row overflowing): the same
+    value and gradients, with the decoder and both weight gradients over ``[B, cap]`` slots."""
+    cfg = as_sae_config(cfg)
+    p = layout_params(params)
+    idx, d_sae = sel["idx"], p["b_enc"].shape[-1]
+    z = sparse.gather_pre(x, p["W_enc"], encoder_bias(p, cfg.pre_encoder_bias), idx, sel["pre"])
+    t = p["threshold"][idx]
+    f, l0_per_example = jumprelu_and_l0(z, t, cfg.bandwidth)
+    recon, x_hat = reconstruction_loss(p, f, x, cfg.matryoshka_prefixes, idx)
+    sparsity_term = sparsity_penalty(l0_per_example, cfg, sparsity)
+    if cfg.frequency_penalty:
+        fraction = sparse.per_latent_sum(idx, step(z, t, cfg.bandwidth), d_sae) / x.shape[0]
+        sparsity_term = sparsity_term + frequency_term(fraction, cfg)
+    _, aux = recon_aux(x, x_hat, f, l0_per_example, sparsity_term, idx, d_sae)
+    return with_auxk(recon + sparsity_term, aux, p, pre=None, x=x, x_hat=x_hat, dead=dead, cfg=cfg, sel=sel)
 
 
 def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0: Any, cfg: SAEConfig) -> Params:

@@ -24,12 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gemmascope.sae import select
+from gemmascope.sae import select, sparse
 from gemmascope.sae.common import (
     SAEConfig,
     always_auxk,
     as_sae_config,
     decode_train,
+    encoder_bias,
     init_base,
     k_axis,
     l0_per_example,
@@ -38,6 +39,7 @@ from gemmascope.sae.common import (
     no_update,
     pre_activations,
     recon_aux,
+    sparse_decode,
     static_k,
 )
 from gemmascope.sae.files.model import topk_mask
@@ -88,8 +90,20 @@ def auxk_loss(params, pre: jax.Array, residual: jax.Array, dead: jax.Array, k_au
 
         chosen = jax.lax.cond(jnp.sum(dead) <= k_aux, lambda: all_dead, top_dead)
     f_aux = jnp.where(chosen, jax.nn.relu(pre), 0.0)
-    e_hat = f_aux @ params["W_dec"]
+    return _auxk_error(residual, f_aux @ params["W_dec"])
+
+
+def _auxk_error(residual: jax.Array, e_hat: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum((residual - e_hat) ** 2, axis=-1))
+
+
+def sparse_auxk_loss(params, x: jax.Array, sel, residual: jax.Array, dead: jax.Array, cfg: SAEConfig) -> jax.Array:
+    """:func:`auxk_loss` on the sparse path: the same choice of dead latents as slots
+    (:func:`gemmascope.sae.sparse.auxk_slots`, ``k_aux`` per row), decoded and differentiated
+    over those slots; ``sel["pre"]`` is the dense ``pre`` of :func:`sparse_select`."""
+    idx, chosen = sparse.auxk_slots(sel["pre"], dead, cfg.auxk_k)
+    z = sparse.gather_pre(x, params["W_enc"], encoder_bias(params, cfg.pre_encoder_bias), idx, sel["pre"])
+    return _auxk_error(residual, sparse.decode(jnp.where(chosen, jax.nn.relu(z), 0.0), idx, params["W_dec"]))
 
 
 def loss(params, x, cfg, sparsity, dead=None):
@@ -100,22 +114,47 @@ def loss(params, x, cfg, sparsity, dead=None):
     return with_auxk(mse, aux, params, pre=pre, x=x, x_hat=x_hat, dead=dead, cfg=cfg)
 
 
-def with_auxk(total, aux, params, *, pre, x, x_hat, dead, cfg):
+def with_auxk(total, aux, params, *, pre, x, x_hat, dead, cfg, sel=None):
     """``(total + auxk_coefficient * AuxK, aux)`` when ``dead [d_sae]`` is given (skipped by
     ``lax.cond`` while no latent is dead); ``aux["sparsity_loss"]`` adds the auxiliary term.
-    Shared by TopK, BatchTopK and JumpReLU with ``sae.jumprelu_auxk``."""
+    Shared by TopK, BatchTopK and JumpReLU with ``sae.jumprelu_auxk``; ``sel`` (the sparse
+    path's slot choice) computes it by :func:`sparse_auxk_loss`."""
     if dead is None:
         return total, aux
     residual = jax.lax.stop_gradient(x - x_hat)
     alpha = cfg.auxk_coefficient
-    aux_l = jax.lax.cond(
-        jnp.any(dead),
-        lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k),
-        lambda: jnp.zeros([], jnp.float32),
-    )
+    if sel is None:
+        term = lambda: auxk_loss(params, pre, residual, dead, cfg.auxk_k)  # noqa: E731
+    else:
+        term = lambda: sparse_auxk_loss(params, x, sel, residual, dead, cfg)  # noqa: E731
+    aux_l = jax.lax.cond(jnp.any(dead), term, lambda: jnp.zeros([], jnp.float32))
     # The auxiliary term joins the logged sparsity loss (TopK's is 0; JumpReLU's its penalty).
     aux["sparsity_loss"] = aux["sparsity_loss"] + jax.lax.stop_gradient(alpha * aux_l)
     return total + alpha * aux_l, aux
+
+
+def sparse_capacity(cfg: SAEConfig, k: Any) -> int:
+    """The sparse path's slots per row: k (the top-k indices are the slots: no row overflows)."""
+    return int(k)
+
+
+def sparse_select(params, x, cfg, k: int, capacity: int) -> dict[str, Any]:
+    """The sparse path's slots (:mod:`gemmascope.sae.sparse`): the dense ``pre [B, d_sae]``
+    (stop-gradient) and ``idx [B, k]``, the top-k indices :func:`codes_and_pre`'s mask is built
+    from (the same ``lax.top_k``). ``overflow`` is ``None``: never (``capacity`` is k)."""
+    pre = pre_activations(jax.lax.stop_gradient(params), x, as_sae_config(cfg).pre_encoder_bias)
+    return {"pre": pre, "idx": jax.lax.top_k(pre, int(k))[1].astype(jnp.int32), "overflow": None}
+
+
+def sparse_loss(params, x, cfg, sparsity, dead=None, sel=None):
+    """:func:`loss` over the top-k slots of :func:`sparse_select`: the same value and gradients."""
+    cfg = as_sae_config(cfg)
+    idx, d_sae = sel["idx"], params["b_enc"].shape[-1]
+    z = sparse.gather_pre(x, params["W_enc"], encoder_bias(params, cfg.pre_encoder_bias), idx, sel["pre"])
+    f = jax.nn.relu(z)
+    x_hat = sparse_decode(params, f, idx)
+    mse, aux = recon_aux(x, x_hat, f, l0_per_example(f), jnp.zeros([], jnp.float32), idx, d_sae)
+    return with_auxk(mse, aux, params, pre=None, x=x, x_hat=x_hat, dead=dead, cfg=cfg, sel=sel)
 
 
 def export_layout(params, cfg, sparsity):

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from gemmascope import config as config_lib
-from gemmascope.sae import archs, jumprelu
+from gemmascope.sae import archs, jumprelu, sparse
 from gemmascope.sae.common import Params, SAEConfig
 from gemmascope.sae.files.layouts import fold_dim_scale, fold_normalisation, fold_transcoder
 from gemmascope.train import optim
@@ -236,7 +236,9 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
     renormalise = unit_norm_decoder(config, arch)
     axis = arch.sweep_axis(cfg)
     targets = axis.kind == "target_l0"
-    static_values = [int(v) for v in config_lib.sweep_values(config)] if axis.static else None
+    sweep_values = config_lib.sweep_values(config)
+    sparse.available(cfg, arch)  # "sparse" for an architecture without that path fails here, naming the field
+    static_values = [int(v) for v in sweep_values] if axis.static else None
     auxk_steps = max(1, -(-int(config.sae.auxk_dead_tokens) // int(config.batch_size)))
     use_auxk = arch.uses_auxk(cfg)
     revive_every = int(cfg.revive_dead_every)  # JumpReLU's own field (the config's validation)
@@ -244,8 +246,11 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
 
     kl_coef = float(config.e2e.kl_coefficient) if kl_term is not None else 0.0
 
-    def loss_fn(params, x, sparsity, dead, e2e):
-        loss, aux = arch.loss(params, x, cfg, sparsity, dead)
+    def loss_fn(params, x, sparsity, dead, e2e, sel=None):
+        if sel is None:
+            loss, aux = arch.loss(params, x, cfg, sparsity, dead)
+        else:
+            loss, aux = arch.sparse_loss(params, x, cfg, sparsity, dead, sel)
         if e2e is None:
             return loss, aux
         kl = kl_term(params, *e2e)
@@ -255,7 +260,20 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
         dead = (step + 1 - last_fired) > auxk_steps if use_auxk else None
         value = static_values[i] if static_values is not None else lam
         sparsity, reported = arch.sparsity_argument(cfg, value, lam_sched(step), nu)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, sparsity, dead, e2e)
+        caps = sparse.capacities(cfg, arch, params["W_enc"].shape[-1], sweep_values)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if caps is None:
+            (loss, aux), grads = grad_fn(params, x, sparsity, dead, e2e)
+        else:  # the sparse path; a batch with a row over the slots takes the dense step
+            sel = arch.sparse_select(params, x, cfg, sparsity, caps[i])
+            sparse_step = lambda: grad_fn(params, x, sparsity, dead, e2e, sel)  # noqa: E731
+            if sel["overflow"] is None:  # TopK: never
+                (loss, aux), grads = sparse_step()
+                aux = {**aux, "sparse_fallback": jnp.zeros([], jnp.float32)}
+            else:
+                dense_step = lambda: grad_fn(params, x, sparsity, dead, e2e)  # noqa: E731
+                (loss, aux), grads = jax.lax.cond(sel["overflow"], dense_step, sparse_step)
+                aux = {**aux, "sparse_fallback": sel["overflow"].astype(jnp.float32)}
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         if renormalise:
@@ -313,6 +331,8 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
         }
         if controller:
             metrics["l0_dual"] = nus
+        if "sparse_fallback" in aux:  # the sparse path: 1 where a row overflowed its slots (dense step)
+            metrics["sparse_fallback"] = aux["sparse_fallback"]
         if kl_term is not None:
             metrics["kl"] = aux["kl"]
         new_state = {
