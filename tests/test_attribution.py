@@ -2,12 +2,15 @@
 frozen replacement model (float64 NumPy, built from the recorded norm denominators and attention
 patterns), for per-layer transcoders on a Llama and an affine CLT on a Gemma 3 with a window."""
 
+import dataclasses
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemmascope.circuits import attribution
+from gemmascope.circuits import attribution, graph_file, intervene, prune
 from gemmascope.circuits.transcoders import TranscoderStack
 from gemmascope.lm import model
 from gemmascope.lm.config import LMConfig
@@ -184,3 +187,85 @@ def test_edges_equal_finite_differences_in_frozen_model(case):
     assert np.all(g.adjacency[:n_feat, :n_feat][later] == 0)
     assert np.all(g.adjacency[:, g.error_start : g.token_start].reshape(-1, L, T)[:, :, 0] == 0)
     assert np.all(g.adjacency[:, g.logit_start :] == 0) and np.all(g.adjacency[n_feat : g.logit_start] == 0)
+
+
+def test_prune_keeps_influence_and_scores():
+    cfg = tiny_llama(n_layers=3)
+    params = _lm(cfg, seed=1)
+    stack = _stack(cfg, cross_layer=False, skip=False)
+    g = attribution.attribute(params, cfg, np.array([cfg.bos_id, 5, 9, 17, 5, 30, 11]), stack, batch_size=64)
+    na = prune.normalise(g.adjacency)
+    w = prune.logit_weights(g)
+    infl = prune.node_influence(g)
+    # The series equals the closed form w^T ((I - A)^-1 - I).
+    closed = w @ (np.linalg.inv(np.eye(g.n_nodes) - na) - np.eye(g.n_nodes))
+    np.testing.assert_allclose(infl, closed, rtol=1e-9, atol=1e-12)
+    for thr in (0.5, 0.8):
+        kept = infl >= prune.threshold_for(infl, thr)
+        assert infl[kept].sum() >= thr * infl.sum()  # the stated fraction of influence kept
+        smaller = kept.copy()
+        smaller[np.flatnonzero(kept)[np.argmin(infl[kept])]] = False
+        assert infl[smaller].sum() < thr * infl.sum()  # and no node more than needed
+    pr = prune.prune(g, 0.8, 0.98)
+    assert pr.node_mask[g.token_start :].all()
+    assert not (pr.edge_mask & ~(pr.node_mask[:, None] & pr.node_mask[None, :])).any()
+    feats = np.flatnonzero(pr.node_mask[: g.n_features])
+    assert pr.edge_mask[feats].any(axis=1).all() and pr.edge_mask[:, feats].any(axis=0).all()
+    sc = prune.scores(g)
+    assert 0 < sc["replacement_score"] < 1 and 0 < sc["completeness_score"] < 1
+    # Without errors every path goes through features and tokens: both scores are 1.
+    g0 = dataclasses.replace(g, adjacency=g.adjacency.copy())
+    g0.adjacency[:, g.error_start : g.token_start] = 0
+    assert prune.scores(g0) == {"replacement_score": 1.0, "completeness_score": 1.0}
+
+
+def test_graph_file_follows_circuit_tracer_schema(tmp_path):
+    cfg = tiny_llama(n_layers=3)
+    params = _lm(cfg, seed=1)
+    g = attribution.attribute(params, cfg, np.array([cfg.bos_id, 5, 9, 17]), _stack(cfg, cross_layer=False, skip=False))
+    rec = graph_file.graph_record(g, slug="t", scan="tiny", prompt_tokens=["<s>", "a", "\n", "c"])
+    path = graph_file.write_graph(str(tmp_path), rec)
+    data = json.loads(open(path).read())
+    assert set(data) == {"metadata", "qParams", "nodes", "links"}
+    assert data["metadata"]["prompt_tokens"][2] == "⏎" and data["metadata"]["schema_version"] == 1
+    node_fields = {
+        "node_id": str, "feature": int, "layer": str, "ctx_idx": int, "feature_type": str, "token_prob": float,
+        "is_target_logit": bool, "run_idx": int, "reverse_ctx_idx": int, "jsNodeId": str, "clerp": str,
+    }  # fmt: skip
+    ids = set()
+    for n in data["nodes"]:
+        for k, t in node_fields.items():
+            assert isinstance(n[k], t), (k, n)
+        assert n["feature_type"] in graph_file.FEATURE_TYPES
+        ids.add(n["node_id"])
+    # circuit-tracer 0.5.0's ids are unique except error "0_{l}_{p}" against layer-0 feature l at p:
+    # the same scheme here (module doc of graph_file), so only that pair may collide.
+    clash = len(data["nodes"]) - len(ids)
+    errs = {n["node_id"] for n in data["nodes"] if n["feature_type"] == "mlp reconstruction error"}
+    l0 = {n["node_id"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder" and n["layer"] == "0"}
+    assert clash == len(errs & l0)
+    assert all(lk["source"] in ids and lk["target"] in ids and isinstance(lk["weight"], float) for lk in data["links"])
+    kinds = [n["feature_type"] for n in data["nodes"]]
+    assert kinds.count("embedding") == 4 and kinds.count("logit") == len(g.logit_tokens)
+    assert json.loads(open(tmp_path / "graph-metadata.json").read())["graphs"][0]["slug"] == "t"
+
+
+def test_interventions_agree_where_nothing_is_downstream():
+    cfg = tiny_llama(n_layers=3)
+    params = _lm(cfg, seed=1)
+    stack = _stack(cfg, cross_layer=False, skip=True)
+    tokens = np.array([cfg.bos_id, 5, 9, 17, 5])
+    codes = np.asarray(
+        stack.encode(
+            2, model.forward(params, jnp.asarray(tokens[None]), cfg, capture=[(2, "mlp_in")]).captures[(2, "mlp_in")][0]
+        )
+    )
+    f = int(np.argmax(codes[-1]))
+    same = intervene.intervene(params, cfg, tokens, stack, [(2, 4, f, float(codes[-1, f]))])
+    np.testing.assert_allclose(same["replacement_clean"]["logits"], same["clean"]["logits"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(same["lm"]["logits"], same["clean"]["logits"], rtol=1e-5, atol=1e-5)
+    # Off at the last layer and position: nothing downstream, so the LM and the replacement agree,
+    # and the logits move by the removed decoder row through the final norm.
+    off = intervene.intervene(params, cfg, tokens, stack, [(2, 4, f, 0.0)])
+    np.testing.assert_allclose(off["replacement"]["logits"], off["lm"]["logits"], rtol=1e-4, atol=1e-4)
+    assert np.abs(off["lm"]["logits"] - off["clean"]["logits"]).max() > 1e-3
