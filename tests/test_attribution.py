@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from gemmascope.circuits import attribution, graph_file, intervene, prune
-from gemmascope.circuits.transcoders import TranscoderStack
+from gemmascope.circuits.transcoders import TranscoderStack, load_stack
 from gemmascope.lm import model
 from gemmascope.lm.config import LMConfig
+from gemmascope.sae.files import io as sae_io
 from tests.tiny import tiny_llama
 
 #: Edges are float32 gradients; the reference is float64: each edge within this fraction of the
@@ -269,3 +270,36 @@ def test_interventions_agree_where_nothing_is_downstream():
     off = intervene.intervene(params, cfg, tokens, stack, [(2, 4, f, 0.0)])
     np.testing.assert_allclose(off["replacement"]["logits"], off["lm"]["logits"], rtol=1e-4, atol=1e-4)
     assert np.abs(off["lm"]["logits"] - off["clean"]["logits"]).max() > 1e-3
+
+
+def test_bad_inputs_name_the_problem(tmp_path):
+    cfg = tiny_llama(n_layers=3)
+    params = _lm(cfg, seed=1)
+    stack = _stack(cfg, cross_layer=False, skip=False)
+    with pytest.raises(ValueError, match="8 tokens, longer than the model's context of 6"):
+        attribution.attribute(params, cfg, np.arange(8) + 3, stack, max_context=6)
+    short = TranscoderStack({k: v[:2] for k, v in stack.params.items()}, cross_layer=False, read_site="mlp_in")
+    with pytest.raises(ValueError, match="cover 2 layer.*LM has 3"):
+        attribution.attribute(params, cfg, np.arange(4) + 3, short)
+    other = _stack(cfg.replace(d_model=24, head_dim=12), cross_layer=False, skip=False)
+    with pytest.raises(ValueError, match="read width 24 .* d_model is 16: transcoders from another model"):
+        attribution.attribute(params, cfg, np.arange(4) + 3, other)
+    # A folder of per-layer transcoder files with a layer missing.
+    for layer in (0, 2):
+        d = tmp_path / f"layer_{layer}"
+        sae_io.save_params(
+            str(d / "params.npz"),
+            {k: v[layer] for k, v in stack.params.items()},
+            {"architecture": "transcoder", "layer": layer},
+        )
+    with pytest.raises(ValueError, match=r"no transcoder for layer\(s\) \[1\]"):
+        load_stack(str(tmp_path))
+    sae_io.save_params(
+        str(tmp_path / "layer_1" / "params.npz"),
+        {k: v[1] for k, v in stack.params.items()},
+        {"architecture": "transcoder", "layer": 1},
+    )
+    loaded = load_stack(str(tmp_path))
+    assert not loaded.cross_layer and loaded.read_site == "mlp_in"
+    for k, v in stack.params.items():
+        np.testing.assert_array_equal(loaded.params[k], v)

