@@ -13,6 +13,8 @@ setup(
         "gemmascope.analysis": ["dashboard_templates/*.html", "dashboard_static/*"],
     },
     include_package_data=True,
+    # `gemmascope <command> [flags]`: the launch/ scripts as one installed command (gemmascope/commands/)
+    entry_points={"console_scripts": ["gemmascope=gemmascope.commands:main"]},
     python_requires=">=3.10",
     install_requires=[
         "jax",

@@ -36,8 +36,8 @@ _API = {
     "capture": ("gemmascope.data.sites", "capture"),
     "site_rows": ("gemmascope.data.sites", "site_rows"),
     "packed_batches": ("gemmascope.data.sites", "packed_batches"),
-    # a folder of any layout, or with root=MIRROR a Gemma Scope 2 release name (sae/files/release.py)
-    "load_sae": ("gemmascope.sae.files.release", "load_sae"),
+    # a folder of any layout, or with root=MIRROR a Gemma Scope 2 release name (sae/files/mirror.py)
+    "load_sae": ("gemmascope.sae.files.io", "load_params"),
     "save_sae": ("gemmascope.sae.files.io", "save_params"),
     "load_sae_metadata": ("gemmascope.sae.files.io", "load_metadata"),
     "encode": ("gemmascope.sae.files.model", "encode"),

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gemmascope.sae.files import io as sae_io
+from gemmascope.sae.files import mirror as sae_mirror
 from gemmascope.sae.files import model as sae_model
 from gemmascope.sae.files import multilayer as ml
 from gemmascope.sae.files import release
@@ -157,10 +158,10 @@ def test_names_folders_and_index(workdir, mirror):
 @pytest.mark.parametrize("key", sorted(EXPECTED))
 def test_every_sae_loads_back_by_every_name_with_the_same_codes(workdir, mirror, key):
     wd, src = workdir
-    want = release.load_sae(src[key])
+    want = sae_io.load_params(src[key])
     x = x_for(want)
     folder, name = EXPECTED[key].split("/")
-    suffix = {v: k for k, v in release.SAE_LENS_SUFFIXES}[folder]
+    suffix = {v: k for k, v in sae_mirror.SAE_LENS_SUFFIXES}[folder]
     names = [
         f"gemma-scope-2-270m-pt/{folder}/{name}",
         f"google/gemma-scope-2-270m-pt/{folder}/{name}",
@@ -169,11 +170,11 @@ def test_every_sae_loads_back_by_every_name_with_the_same_codes(workdir, mirror,
     if folder == "transcoder":  # SAELens's -transcoders ids keep the folder
         names.append(f"gemma-scope-2-270m-pt-{suffix}/transcoder/{name}")
     for n in names:
-        got = release.load_sae(n, root=mirror)
+        got = sae_io.load_params(n, root=mirror)
         assert sorted(got) == sorted(want), n
         np.testing.assert_allclose(codes(got, x), codes(want, x), **TOL)
     if key != "clt":  # site, layer and transcoder-ness come back from the folder too
-        meta = sae_io.load_metadata(release.resolve(names[0], mirror))
+        meta = sae_io.load_metadata(sae_mirror.resolve(names[0], mirror))
         assert meta["site"] == sae_io.load_metadata(src[key])["site"] and meta["layer"] in (5, 9)
 
 
@@ -188,12 +189,12 @@ def test_public_api_load_sae_takes_a_release_name(mirror, workdir):
 
 def test_a_missing_name_lists_what_the_mirror_holds(mirror):
     with pytest.raises(SAEFileError) as e:
-        release.load_sae("gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_medium", root=mirror)
+        sae_io.load_params("gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_medium", root=mirror)
     msg = str(e.value)
     assert "It holds 8:" in msg and "gemma-scope-2-270m-pt/resid_post/layer_9_width_1k_l0_medium" in msg
     assert "closest: gemma-scope-2-270m-pt/resid_post/layer_9_width_1k_l0_medium" in msg
     with pytest.raises(SAEFileError, match="neither <repo>/<folder>/<name> nor a SAELens release id"):
-        release.load_sae("nonsense/layer_9", root=mirror)
+        sae_io.load_params("nonsense/layer_9", root=mirror)
 
 
 def test_buckets_and_release_names():
@@ -310,7 +311,7 @@ def test_sae_lens_gemma_3_loader_reads_the_local_tree(tmp_path):
     ]:
         sae = sae_lens.SAE.from_pretrained(rel, sae_id, converter=conv)
         assert sae.cfg.architecture() == arch
-        ours = release.load_sae(f"{rel}/{sae_id}", root=root)
+        ours = sae_io.load_params(f"{rel}/{sae_id}", root=root)
         x = x_for(ours)
         with torch.no_grad():
             f = sae.encode(torch.from_numpy(x)).numpy()

@@ -11,6 +11,7 @@ architectures in :mod:`gemmascope.sae`.
 - :mod:`gemmascope.sae.files.export`: writing a folder in another layout (``launch/export.py``
   and the end-of-training hook).
 - :mod:`gemmascope.sae.files.multilayer`: cross-layer transcoder folders (Gemma Scope 2's per-layer files).
-- :mod:`gemmascope.sae.files.release`: a whole workdir as Gemma Scope 2's release tree, and SAEs
-  loaded back from a local mirror by release name (``gemmascope.load_sae(name, root=...)``).
+- :mod:`gemmascope.sae.files.release`: a whole workdir as Gemma Scope 2's release tree;
+  :mod:`gemmascope.sae.files.mirror`: release names in a local mirror of such trees
+  (``gemmascope.load_sae(name, root=...)``).
 """

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from gemmascope.common import atomic_write
-from gemmascope.sae.files import formats
+from gemmascope.sae.files import formats, mirror, multilayer
 from gemmascope.sae.files.layouts import (  # noqa: F401  (re-exported: the names callers use)
     BASE_KEYS,
     FILE_KEYS,
@@ -67,7 +67,7 @@ def save_params(path: str, params: Mapping[str, Any], metadata: Mapping[str, Any
         _atomic_write(meta_path, lambda fh: fh.write(text))
 
 
-def load_params(path: str) -> dict[str, np.ndarray]:
+def load_params(path: str, root: str | None = None) -> dict[str, np.ndarray]:
     """Loads an SAE in raw units from any layout: our / released Gemma Scope ``params.npz`` (the
     file or its folder), a Gemma Scope 2 ``params.safetensors`` folder or a SAELens ``cfg.json``
     folder (:func:`gemmascope.sae.files.formats.load_any`; an error naming the folder when it holds none
@@ -75,7 +75,18 @@ def load_params(path: str) -> dict[str, np.ndarray]:
     without one). Raises :class:`SAEFileError` naming the problem (missing file, missing key,
     wrong shape, non-positive threshold, NaN, a file that does not match the ``params_sha256`` in
     its metadata, a zip CRC error). Encode the result with :func:`gemmascope.sae.files.model.encode`.
+
+    With ``root``, ``path`` is a Gemma Scope 2 release name in the local mirror ``root``
+    (``"gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_medium"`` or
+    ``"gemma-scope-2-270m-pt/resid_post/layer_9_width_16k_l0_medium"``;
+    :func:`gemmascope.sae.files.mirror.resolve`, whose error lists what the mirror holds). A
+    cross-layer transcoder folder (``params_layer_<i>.safetensors``) gives its stacked arrays
+    (:func:`gemmascope.sae.files.multilayer.load_gemma_scope_2_clt`: ``W_enc [L, d_in, d_sae]`` ...).
     """
+    if root is not None:
+        path = mirror.resolve(path, root)
+    if os.path.isfile(os.path.join(path, "params_layer_0.safetensors")):
+        return multilayer.load_gemma_scope_2_clt(path)
     if not path.endswith(".npz") and not os.path.exists(os.path.join(path, "params.npz")):
         return formats.load_any(path)
     return load_npz(os.path.join(path, "params.npz") if os.path.isdir(path) else path)

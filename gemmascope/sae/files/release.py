@@ -1,5 +1,6 @@
-r"""Gemma Scope 2's release tree: a whole workdir written out as one, and SAEs loaded back from a
-local mirror by release name.
+r"""Gemma Scope 2's release tree: a whole workdir written out as one (:func:`write_release`); SAEs
+come back from a local mirror by release name through :func:`gemmascope.sae.files.io.load_params`
+(``gemmascope.load_sae(name, root=MIRROR)``; the names: :mod:`gemmascope.sae.files.mirror`).
 
 Gemma Scope 2 publishes one Hugging Face repository per model, ``google/gemma-scope-2-<size>-<pt|it>``,
 whose folders we reproduce under ``<out>/<repo>/``::
@@ -49,7 +50,6 @@ Names for our runs (the rule, since our widths and L0s rarely equal the release'
 
 from __future__ import annotations
 
-import difflib
 import glob
 import json
 import math
@@ -59,15 +59,12 @@ import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
 from gemmascope.common import atomic_write
 from gemmascope.sae.files import formats, multilayer
 from gemmascope.sae.files import io as sae_io
-from gemmascope.sae.files.layouts import SAEFileError, file_layout, json_default, width_name
+from gemmascope.sae.files.layouts import file_layout, json_default, width_name
+from gemmascope.sae.files.mirror import CLT_FOLDER, INDEX, SAE_LENS_SUFFIXES
 
-INDEX = "index.json"
-CLT_FOLDER = "clt"
 #: our site -> (the plain folder, the every-layer folder)
 FOLDERS = {
     "res": ("resid_post", "resid_post_all"),
@@ -76,18 +73,6 @@ FOLDERS = {
     "transcoder": ("transcoder", "transcoder_all"),
     "transcoder_affine": ("transcoder", "transcoder_all"),
 }
-#: SAELens's release suffix -> folder (longest first: "-res-all" before "-res")
-SAE_LENS_SUFFIXES = (
-    ("transcoders-all", "transcoder_all"),
-    ("transcoders", "transcoder"),
-    ("res-all", "resid_post_all"),
-    ("mlp-all", "mlp_out_all"),
-    ("att-all", "attn_out_all"),
-    ("res", "resid_post"),
-    ("mlp", "mlp_out"),
-    ("att", "attn_out"),
-    ("clt", CLT_FOLDER),
-)
 #: the release's L0 targets at full depth: plain folders, then ``_all`` folders
 BUCKETS = {False: {"small": 20, "medium": 60, "big": 150}, True: {"small": 20, "big": 120}}
 #: the Hugging Face module outputs each folder's SAEs read (SAELens's ``_infer_gemma_3_raw_cfg_dict``)
@@ -323,83 +308,3 @@ def write_release(
     if log:
         log(f"[release] {len(index)} SAEs in {final} ({len(skipped)} skipped: see {INDEX})")
     return final
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading a local mirror
-
-
-def _is_sae_folder(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, "params.safetensors")) or os.path.isfile(
-        os.path.join(folder, "params_layer_0.safetensors")
-    )
-
-
-def mirror_ids(root: str) -> list[str]:
-    """Every SAE a mirror holds, as ``<repo>/<folder>/<name>``: from each repository's
-    ``index.json`` when it has one, else from the folders holding SAE files."""
-    out = []
-    if not os.path.isdir(root):
-        return out
-    for repo in sorted(os.listdir(root)):
-        top = os.path.join(root, repo)
-        if repo.startswith(".") or not os.path.isdir(top):
-            continue
-        index = os.path.join(top, INDEX)
-        if os.path.isfile(index):
-            with open(index, encoding="utf-8") as fh:
-                out += [f"{repo}/{row['id']}" for row in json.load(fh).get("saes", [])]
-            continue
-        known = {f for _, f in SAE_LENS_SUFFIXES}
-        for sub in sorted(os.listdir(top)):
-            if sub in known and os.path.isdir(os.path.join(top, sub)):
-                names = sorted(os.listdir(os.path.join(top, sub)))
-                out += [f"{repo}/{sub}/{n}" for n in names if _is_sae_folder(os.path.join(top, sub, n))]
-    return out
-
-
-def _missing(name: str, root: str, why: str) -> SAEFileError:
-    held = mirror_ids(root)
-    close = difflib.get_close_matches(name, held, n=3, cutoff=0.5)
-    shown = ", ".join(held[:40]) + (f", ... ({len(held) - 40} more)" if len(held) > 40 else "")
-    hint = f"; closest: {', '.join(close)}" if close else ""
-    return SAEFileError(f"{name!r}: {why} in the mirror {root}{hint}. It holds {len(held)}: {shown or 'nothing'}")
-
-
-def resolve(name: str, root: str) -> str:
-    """The folder under the mirror ``root`` that a release name gives. Accepted forms:
-    ``<repo>/<folder>/<name>`` (``gemma-scope-2-270m-pt/resid_post/layer_9_width_16k_l0_medium``,
-    also with a leading ``google/``) and SAELens's ``<repo>-<suffix>/<sae_id>``
-    (``gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_medium``; ``-transcoders`` ids may keep
-    their ``transcoder/`` prefix). SAEFileError listing what the mirror holds when it is missing."""
-    parts = [p for p in name.strip().strip("/").split("/") if p]
-    if parts[:1] == ["google"]:
-        parts = parts[1:]
-    if not parts:
-        raise _missing(name, root, "an empty name")
-    if len(parts) >= 3 and os.path.isdir(os.path.join(root, parts[0])):
-        folder = os.path.join(root, *parts)
-    else:
-        for suffix, sub in SAE_LENS_SUFFIXES:
-            if parts[0].endswith(f"-{suffix}") and len(parts) >= 2:
-                repo = parts[0][: -len(suffix) - 1]
-                rest = parts[2:] if parts[1] == sub else parts[1:]
-                folder = os.path.join(root, repo, sub, *rest)
-                break
-        else:
-            why = "neither <repo>/<folder>/<name> nor a SAELens release id <repo>-<res|mlp|...>/<id>"
-            raise _missing(name, root, why)
-    if not _is_sae_folder(folder):
-        raise _missing(name, root, f"no SAE at {folder}")
-    return folder
-
-
-def load_sae(name: str, root: str | None = None) -> dict[str, np.ndarray]:
-    """An SAE in raw units. With ``root``: ``name`` is a release name in the local mirror ``root``
-    (:func:`resolve`); without: a folder or file of any layout we read
-    (:func:`gemmascope.sae.files.io.load_params`). A CLT folder gives the stacked arrays of
-    :func:`gemmascope.sae.files.multilayer.load_gemma_scope_2_clt` (``W_enc [L, d_in, d_sae]`` ...)."""
-    path = resolve(name, root) if root is not None else name
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "params_layer_0.safetensors")):
-        return multilayer.load_gemma_scope_2_clt(path)
-    return sae_io.load_params(path)
