@@ -130,10 +130,11 @@ def small_store(folder):
 def test_subcommands_end_to_end(tmp_path):
     """train the toy, then export, plot-metrics and generate on its workdir; steer (the embedded
     LM and a random SAE: the toy has no LM) and verify-store beside them. Runs that do not depend
-    on each other go in parallel (each pays JAX's start-up), which keeps the test near 30 s."""
+    on each other go in parallel (each pays JAX's start-up and a compile)."""
     wd, store = str(tmp_path / "toy"), small_store(str(tmp_path / "store"))
     train = start("train", "--config=configs/toy.py", f"--workdir={wd}", *TINY)
-    steer = start("steer", f"--sae={random_lm_sae(str(tmp_path / 'sae'))}", "--latent=1", "--alphas=0,50")
+    sae = random_lm_sae(str(tmp_path / "sae"))
+    steer = start("steer", f"--sae={sae}", "--latent=1", "--alphas=0,50", "--max_new_tokens=2")
     verify = start("verify-store", f"--store={store}")
 
     # steer: alpha 0 is the plain greedy text, a large alpha on one latent changes it
