@@ -318,3 +318,25 @@ def test_sae_lens_gemma_3_loader_reads_the_local_tree(tmp_path):
         np.testing.assert_allclose(f, codes(ours, x), **TOL)
         np.testing.assert_allclose(f, codes(sae_io.load_params(src), x), **TOL)
         assert (f != 0).mean() > 0.05  # codes that fire, so the comparison means something
+
+
+def test_sae_lens_reads_every_single_layer_sae_of_the_sweep(mirror):
+    """Every SAE and transcoder of the module's sweep (widths 1k / 4k: not in SAELens's yaml) by
+    repository id and folder, as ``SAE.from_pretrained("google/gemma-scope-2-270m-pt", ...)`` takes
+    an unlisted repository, through the same Gemma 3 conversion."""
+    sae_lens = pytest.importorskip("sae_lens")
+    import torch
+
+    with open(os.path.join(mirror, "gemma-scope-2-270m-pt", "index.json")) as fh:
+        ids = [row["id"] for row in json.load(fh)["saes"] if row["kind"] == "sae"]
+    assert len(ids) == 7
+    conv = local_gemma_3_loader(mirror)
+    for sae_id in ids:
+        with pytest.warns(UserWarning, match="HuggingFace repo_id"):
+            sae = sae_lens.SAE.from_pretrained("google/gemma-scope-2-270m-pt", sae_id, converter=conv)
+        ours = sae_io.load_params(f"gemma-scope-2-270m-pt/{sae_id}", root=mirror)
+        x = x_for(ours)
+        with torch.no_grad():
+            f = sae.encode(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(f, codes(ours, x), **TOL, err_msg=sae_id)
+        assert (f != 0).mean() > 0.05, sae_id
