@@ -8,6 +8,7 @@ exactly, so anything above 0 would already be a bug in the layout, not rounding.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -340,3 +341,20 @@ def test_sae_lens_reads_every_single_layer_sae_of_the_sweep(mirror):
             f = sae.encode(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(f, codes(ours, x), **TOL, err_msg=sae_id)
         assert (f != 0).mean() > 0.05, sae_id
+
+
+def test_a_mirror_without_our_index_and_a_garbled_index(mirror, tmp_path):
+    """A downloaded release has no index.json: the mirror is listed from its folders. Ours, garbled,
+    fails naming the file and field. load_metadata takes release names too."""
+    root = str(tmp_path / "m")
+    shutil.copytree(os.path.join(mirror, "gemma-scope-2-270m-pt"), os.path.join(root, "gemma-scope-2-270m-pt"))
+    index = os.path.join(root, "gemma-scope-2-270m-pt", "index.json")
+    held = sae_mirror.mirror_ids(mirror)
+    os.remove(index)
+    assert sae_mirror.mirror_ids(root) == held
+    name = "gemma-scope-2-270m-pt-transcoders/transcoder/layer_9_width_1k_l0_small_affine"
+    assert sae_io.load_metadata(name, root=root)["site"] == "transcoder_affine"
+    with open(index, "w") as fh:
+        json.dump({"saes": [{"name": "x"}]}, fh)
+    with pytest.raises(SAEFileError, match="index.json: field 'saes' must be a list of objects with an 'id'"):
+        sae_mirror.mirror_ids(root)

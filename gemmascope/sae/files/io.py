@@ -92,9 +92,12 @@ def load_params(path: str, root: str | None = None) -> dict[str, np.ndarray]:
     return load_npz(os.path.join(path, "params.npz") if os.path.isdir(path) else path)
 
 
-def load_metadata(path: str) -> dict[str, Any]:
+def load_metadata(path: str, root: str | None = None) -> dict[str, Any]:
     """Reads the ``metadata.json`` beside a params.npz (or in a folder); for folders without one,
-    what a SAELens ``cfg.json`` or a Gemma Scope 2 folder name tells; {} for released files."""
+    what a SAELens ``cfg.json`` or a Gemma Scope 2 folder name tells; {} for released files.
+    With ``root``, ``path`` is a release name in a local mirror, as in :func:`load_params`."""
+    if root is not None:
+        path = mirror.resolve(path, root)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     meta = read_metadata_json(folder)
     return formats.foreign_metadata(folder) if meta is None else meta

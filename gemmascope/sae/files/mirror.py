@@ -12,10 +12,9 @@ The folder names and SAELens's release suffixes are documented, with their sourc
 from __future__ import annotations
 
 import difflib
-import json
 import os
 
-from gemmascope.sae.files.layouts import SAEFileError
+from gemmascope.sae.files.layouts import SAEFileError, read_json_object
 
 INDEX = "index.json"
 CLT_FOLDER = "clt"
@@ -49,10 +48,13 @@ def mirror_ids(root: str) -> list[str]:
         top = os.path.join(root, repo)
         if repo.startswith(".") or not os.path.isdir(top):
             continue
-        index = os.path.join(top, INDEX)
-        if os.path.isfile(index):
-            with open(index, encoding="utf-8") as fh:
-                out += [f"{repo}/{row['id']}" for row in json.load(fh).get("saes", [])]
+        index = read_json_object(os.path.join(top, INDEX))
+        if index is not None:
+            rows = index.get("saes")
+            good = isinstance(rows, list) and all(isinstance(r, dict) and isinstance(r.get("id"), str) for r in rows)
+            if not good:
+                raise SAEFileError(f"{os.path.join(top, INDEX)}: field 'saes' must be a list of objects with an 'id'")
+            out += [f"{repo}/{row['id']}" for row in rows]
             continue
         known = {f for _, f in SAE_LENS_SUFFIXES}
         for sub in sorted(os.listdir(top)):

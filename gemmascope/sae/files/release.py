@@ -72,6 +72,7 @@ FOLDERS = {
     "att": ("attn_out", "attn_out_all"),
     "transcoder": ("transcoder", "transcoder_all"),
     "transcoder_affine": ("transcoder", "transcoder_all"),
+    "mlp_in": ("transcoder", "transcoder_all"),  # older transcoders named their input site
 }
 #: the release's L0 targets at full depth: plain folders, then ``_all`` folders
 BUCKETS = {False: {"small": 20, "medium": 60, "big": 150}, True: {"small": 20, "big": 120}}
@@ -220,7 +221,7 @@ def _sae_lens_id(release: str, c: Mapping[str, Any]) -> dict[str, str]:
 def _release_config(release: str, c: Mapping[str, Any]) -> dict[str, Any]:
     """The release's ``config.json`` for one single-layer SAE or transcoder (module doc)."""
     site = c["meta"]["site"]
-    hook_in, hook_out = HF_HOOKS["transcoder" if site.startswith("transcoder") else site]
+    hook_in, hook_out = HF_HOOKS["transcoder" if c["folder"].startswith("transcoder") else site]
     cfg = {
         "architecture": "jump_relu",
         "model_name": _model_name(release, c["model"]),
