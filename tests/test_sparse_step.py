@@ -55,7 +55,7 @@ def _config(path, arch, **sae):
 
 
 CASES = {
-    # Gemma Scope 2's loss with every JumpReLU extra the sparse path implements, log thresholds
+    # Gemma Scope 2's loss with the JumpReLU extras (Matryoshka: BatchTopK's case), log thresholds
     # (pre-activations ~ N(0, 1): L0 ~ 17 at threshold 1.5; the L0 penalty is the same function
     # of the same per-row L0 on both paths)
     "jumprelu": dict(
@@ -65,7 +65,6 @@ CASES = {
         quadratic_form="per_example",
         frequency_penalty=0.1,
         frequency_max=0.04,
-        matryoshka_prefixes=(64, WIDTH),
         jumprelu_auxk=True,
     ),
     "topk": dict(arch="topk"),
@@ -82,13 +81,13 @@ def _batches(arch):
     return xs + [xs[-1] if arch == "jumprelu" else xs[-1].at[0].multiply(100.0)]
 
 
-def _run(c):
-    state = step_lib.init_state(jax.random.PRNGKey(0), c, D_IN, d_sae=WIDTH, n_saes=1, norm_scale=1.0)
-    fn = jax.jit(step_lib.make_train_step(c, dead_window_steps=10))
+def _run(c, arch=None, xs=None, norm_scale=1.0):
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, D_IN, d_sae=WIDTH, n_saes=1, norm_scale=norm_scale, arch=arch)
+    fn = jax.jit(step_lib.make_train_step(c, dead_window_steps=10, arch=arch))
     sweep = jnp.asarray(config_lib.sweep_values(c), jnp.float32)
     metrics = []
-    for i, x in enumerate(_batches(c.sae.arch)):
-        if i == 4:
+    for i, x in enumerate(_batches(c.sae.arch) if xs is None else xs):
+        if i == len(xs or _batches(c.sae.arch)) - 1:
             state["params"] = {**state["params"], "b_enc": state["params"]["b_enc"] + 50.0}
         state, m = fn(state, x, sweep)
         metrics.append(jax.device_get(m))
@@ -109,6 +108,27 @@ def test_sparse_step_equals_dense_step(case):
     assert fallback[0] == 0.0 and 0.0 in fallback[1:4], fallback  # the sparse path ran
     assert float(s_metrics[0]["l0"][0]) == 0.0 and float(d_metrics[4]["l0"][0]) == (WIDTH if arch == "jumprelu" else 12)
     assert fallback[4] == (0.0 if arch == "topk" else 1.0)
+    _assert_same(dense, d_metrics, sp, s_metrics)
+
+
+def test_sparse_transcoder_step_equals_dense_step():
+    """An affine transcoder (its own normalisation constants, the skip, the frequency penalty):
+    no latent firing, an ordinary batch, every latent firing (dense fallback) agree as above."""
+    over = dict(threshold_init=1.5, frequency_penalty=0.1, frequency_max=0.04)
+    rng = np.random.default_rng(1)
+    xs = [np.zeros((BATCH, D_IN + 6), np.float32)] + [rng.standard_normal((BATCH, D_IN + 6), np.float32)] * 2
+    runs = {}
+    for path in ("dense", "sparse"):
+        c = _config(path, "jumprelu", **over)
+        tc = archs.for_site(c, "transcoder_affine", 6)
+        runs[path] = _run(c, tc, [jnp.asarray(x) for x in xs], norm_scale=(2.0, 0.5))
+    fallback = [float(m["sparse_fallback"][0]) for m in runs["sparse"][1]]
+    assert fallback == [0.0, 0.0, 1.0], fallback
+    assert float(runs["dense"][1][1]["l0"][0]) > 0 and float(runs["dense"][1][2]["l0"][0]) == WIDTH
+    _assert_same(*runs["dense"], *runs["sparse"])
+
+
+def _assert_same(dense, d_metrics, sp, s_metrics):
     for i, (dm, sm) in enumerate(zip(d_metrics, s_metrics)):
         assert set(sm) == set(dm) | {"sparse_fallback"}
         for k in dm:

@@ -395,16 +395,28 @@ def sparse_loss(
     cfg = as_sae_config(cfg)
     p = layout_params(params)
     idx, d_sae = sel["idx"], p["b_enc"].shape[-1]
-    z = sparse.gather_pre(x, p["W_enc"], encoder_bias(p, cfg.pre_encoder_bias), idx, sel["pre"])
-    t = p["threshold"][idx]
-    f, l0_per_example = jumprelu_and_l0(z, t, cfg.bandwidth)
+    f, l0_per_example, sparsity_term = sparse_codes(p, x, encoder_bias(p, cfg.pre_encoder_bias), cfg, sparsity, sel)
     recon, x_hat = reconstruction_loss(p, f, x, cfg.matryoshka_prefixes, idx)
-    sparsity_term = sparsity_penalty(l0_per_example, cfg, sparsity)
-    if cfg.frequency_penalty:
-        fraction = sparse.per_latent_sum(idx, step(z, t, cfg.bandwidth), d_sae) / x.shape[0]
-        sparsity_term = sparsity_term + frequency_term(fraction, cfg)
     _, aux = recon_aux(x, x_hat, f, l0_per_example, sparsity_term, idx, d_sae)
     return with_auxk(recon + sparsity_term, aux, p, pre=None, x=x, x_hat=x_hat, dead=dead, cfg=cfg, sel=sel)
+
+
+def sparse_codes(
+    p: Mapping[str, jax.Array], x: jax.Array, b: jax.Array, cfg: SAEConfig, sparsity: Any, sel: Mapping[str, Any]
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(f [B, cap], l0_per_example [B], sparsity term)`` at the slots ``sel`` of the encoder
+    ``x [B, d_in] @ W_enc + b`` (``p`` in :func:`layout_params` form): the JumpReLU codes, their
+    L0 and :func:`sparsity_penalty` (plus the frequency penalty), with the same straight-through
+    gradients as the dense ones (shared by the SAE and the transcoder)."""
+    idx, d_sae = sel["idx"], p["b_enc"].shape[-1]
+    z = sparse.gather_pre(x, p["W_enc"], b, idx, sel["pre"])
+    t = p["threshold"][idx]
+    f, l0_per_example = jumprelu_and_l0(z, t, cfg.bandwidth)
+    term = sparsity_penalty(l0_per_example, cfg, sparsity)
+    if cfg.frequency_penalty:
+        fraction = sparse.per_latent_sum(idx, step(z, t, cfg.bandwidth), d_sae) / x.shape[0]
+        term = term + frequency_term(fraction, cfg)
+    return f, l0_per_example, term
 
 
 def quantile_thresholds(params: Mapping[str, jax.Array], x: jax.Array, target_l0: Any, cfg: SAEConfig) -> Params:

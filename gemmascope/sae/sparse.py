@@ -177,13 +177,14 @@ AUTO_MIN_WIDTH = 16384
 AUTO_MAX_DENSITY = 1 / 8
 
 
-def capacities(cfg, arch, d_sae: int, values) -> list[int] | None:
+def capacities(cfg, arch, d_sae: int, values, model_shards: int = 1) -> list[int] | None:
     """The sparse path's slots per row for each SAE of a stack (its sweep ``values``), or ``None``
     for the dense step: ``cfg.sae.sparse_path`` "dense"; an architecture without ``sparse_loss``
     (":func:`sparse`" there raises, naming the field); "auto" below :data:`AUTO_MIN_WIDTH` or with
-    more slots than :data:`AUTO_MAX_DENSITY` of ``d_sae``. The slots: ``cfg.sparse_capacity``, or
-    the architecture's ``sparse_capacity(cfg, value)`` when that is 0."""
-    if not available(cfg, arch):
+    more slots than :data:`AUTO_MAX_DENSITY` of ``d_sae``, or with the latents sharded over
+    ``model_shards > 1`` devices (gathers and scatters of a sharded decoder: not measured). The
+    slots: ``cfg.sparse_capacity``, or the architecture's ``sparse_capacity(cfg, value)`` when 0."""
+    if not available(cfg, arch) or (cfg.sparse_path == "auto" and model_shards > 1):
         return None
     caps = [int(cfg.sparse_capacity) or int(arch.sparse_capacity(cfg, v)) for v in values]
     if cfg.sparse_path == "auto" and (d_sae < AUTO_MIN_WIDTH or max(caps) > AUTO_MAX_DENSITY * d_sae):

@@ -44,6 +44,7 @@ from gemmascope.sae.common import (
     no_update,
     pre_activations,
     recon_aux,
+    sparse_decode,
 )
 
 SKIP_KEY = "W_skip"
@@ -162,9 +163,12 @@ class Transcoder(JumpReLUWriter):
         """``f @ W_dec + b_dec`` (without the skip, which needs ``x_in``: see :meth:`predict`)."""
         return decode_train(params, f)
 
-    def predict(self, params: Mapping[str, jax.Array], f: jax.Array, x_in: jax.Array) -> jax.Array:
-        """``y_hat [B, d_out] = f @ W_dec + b_dec (+ x_in @ W_skip)``."""
-        y_hat = decode_train(params, f)
+    def predict(
+        self, params: Mapping[str, jax.Array], f: jax.Array, x_in: jax.Array, idx: jax.Array | None = None
+    ) -> jax.Array:
+        """``y_hat [B, d_out] = f @ W_dec + b_dec (+ x_in @ W_skip)``; with ``idx [B, cap]`` (the
+        sparse path) ``f [B, cap]`` holds the codes at those latents."""
+        y_hat = decode_train(params, f) if idx is None else sparse_decode(params, f, idx)
         if SKIP_KEY in params:
             y_hat = y_hat + x_in @ params[SKIP_KEY]
         return y_hat
@@ -192,6 +196,37 @@ class Transcoder(JumpReLUWriter):
         if cfg.frequency_penalty:
             sparsity_term = sparsity_term + jumprelu.frequency_penalty(pre, p["threshold"], cfg)
         mse, aux = recon_aux(y, y_hat, f, l0_per_example, sparsity_term)
+        return mse + sparsity_term, aux
+
+    def sparse_capacity(self, cfg: SAEConfig, value: Any) -> int:
+        """The sparse path's default slots per row: JumpReLU's."""
+        return jumprelu.sparse_capacity(cfg, value)
+
+    def sparse_select(
+        self, params: Mapping[str, jax.Array], xy: jax.Array, cfg: SAEConfig, sparsity: Any, capacity: int
+    ) -> dict[str, Any]:
+        """JumpReLU's slots (:func:`gemmascope.sae.jumprelu.sparse_select`) of the input part."""
+        x_in, _ = split(xy, params["W_enc"].shape[0])
+        cfg = dataclasses.replace(as_sae_config(cfg), pre_encoder_bias=False)
+        return jumprelu.sparse_select(params, x_in, cfg, sparsity, capacity)
+
+    def sparse_loss(
+        self,
+        params: Mapping[str, jax.Array],
+        xy: jax.Array,
+        cfg: SAEConfig | Mapping[str, Any],
+        sparsity: Any,
+        dead: jax.Array | None = None,
+        sel: Mapping[str, Any] | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """:meth:`loss` over the slots ``sel`` of :meth:`sparse_select`: the same value and gradients."""
+        del dead
+        cfg = as_sae_config(cfg)
+        p = {**jumprelu.layout_params(params), **({SKIP_KEY: params[SKIP_KEY]} if SKIP_KEY in params else {})}
+        x_in, y = split(xy, p["W_enc"].shape[0])
+        f, l0_per_example, sparsity_term = jumprelu.sparse_codes(p, x_in, p["b_enc"], cfg, sparsity, sel)
+        y_hat = self.predict(p, f, x_in, sel["idx"])
+        mse, aux = recon_aux(y, y_hat, f, l0_per_example, sparsity_term, sel["idx"], p["b_enc"].shape[-1])
         return mse + sparsity_term, aux
 
     def export_layout(self, params: Mapping[str, jax.Array], cfg: SAEConfig, sparsity: Any = None) -> Params:

@@ -238,6 +238,7 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
     targets = axis.kind == "target_l0"
     sweep_values = config_lib.sweep_values(config)
     sparse.available(cfg, arch)  # "sparse" for an architecture without that path fails here, naming the field
+    model_shards = int(config.mesh.model)
     static_values = [int(v) for v in sweep_values] if axis.static else None
     auxk_steps = max(1, -(-int(config.sae.auxk_dead_tokens) // int(config.batch_size)))
     use_auxk = arch.uses_auxk(cfg)
@@ -260,7 +261,7 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
         dead = (step + 1 - last_fired) > auxk_steps if use_auxk else None
         value = static_values[i] if static_values is not None else lam
         sparsity, reported = arch.sparsity_argument(cfg, value, lam_sched(step), nu)
-        caps = sparse.capacities(cfg, arch, params["W_enc"].shape[-1], sweep_values)
+        caps = sparse.capacities(cfg, arch, params["W_enc"].shape[-1], sweep_values, model_shards)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         if caps is None:
             (loss, aux), grads = grad_fn(params, x, sparsity, dead, e2e)
