@@ -73,7 +73,8 @@ def add_clt(wd, n=16, layers=3, target=8.0):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A sweep of four res SAEs (targets 20 / 40 / 60 / 150) at layer 9, an mlp SAE, a plain and
-    an affine transcoder, a CLT, and two SAEs the release cannot hold (TopK, the toy site)."""
+    an affine transcoder, a CLT, a Gated and a BatchTopK SAE, and two SAEs the release cannot hold
+    (TopK, the toy site)."""
     wd = str(tmp_path_factory.mktemp("wd"))
     src = {}
     for i, (t, l0) in enumerate([(20, 19.2), (40, 41.4), (60, 57.9), (150, 160.3)]):
@@ -82,6 +83,9 @@ def workdir(tmp_path_factory):
     src["tc"] = add_sae(wd, "transcoder", 9, 1024, 20, 21.0, arch="transcoder", seed=6)
     src["tca"] = add_sae(wd, "transcoder_affine", 9, 1024, 20, 22.0, arch="transcoder", seed=7)
     src["clt"] = add_clt(wd)
+    # Gated and BatchTopK SAEs export as JumpReLU files (their file layout)
+    src["gated"] = add_sae(wd, "att", 3, 1024, 60, 61.0, arch="gated", variant="gated", seed=10)
+    src["batchtopk"] = add_sae(wd, "res", 4, 2048, 20, 20.5, arch="batchtopk", variant="batchtopk", seed=11)
     add_sae(wd, "res", 9, 1024, None, 30.0, arch="topk", variant="topk", seed=8)
     add_sae(wd, "toy", 0, 64, 4, 4.1, seed=9)
     return wd, src
@@ -96,6 +100,8 @@ EXPECTED = {
     "tc": "transcoder/layer_9_width_1k_l0_small",
     "tca": "transcoder/layer_9_width_1k_l0_small_affine",
     "clt": "clt/width_16_l0_small",
+    "gated": "attn_out/layer_3_width_1k_l0_medium",
+    "batchtopk": "resid_post/layer_4_width_2k_l0_small",
 }
 
 
@@ -176,7 +182,10 @@ def test_every_sae_loads_back_by_every_name_with_the_same_codes(workdir, mirror,
         np.testing.assert_allclose(codes(got, x), codes(want, x), **TOL)
     if key != "clt":  # site, layer and transcoder-ness come back from the folder too
         meta = sae_io.load_metadata(sae_mirror.resolve(names[0], mirror))
-        assert meta["site"] == sae_io.load_metadata(src[key])["site"] and meta["layer"] in (5, 9)
+        assert (
+            meta["site"] == sae_io.load_metadata(src[key])["site"]
+            and meta["layer"] == sae_io.load_metadata(src[key])["layer"]
+        )
 
 
 def test_public_api_load_sae_takes_a_release_name(mirror, workdir):
@@ -192,7 +201,7 @@ def test_a_missing_name_lists_what_the_mirror_holds(mirror):
     with pytest.raises(SAEFileError) as e:
         sae_io.load_params("gemma-scope-2-270m-pt-res/layer_9_width_16k_l0_medium", root=mirror)
     msg = str(e.value)
-    assert "It holds 8:" in msg and "gemma-scope-2-270m-pt/resid_post/layer_9_width_1k_l0_medium" in msg
+    assert "It holds 10:" in msg and "gemma-scope-2-270m-pt/resid_post/layer_9_width_1k_l0_medium" in msg
     assert "closest: gemma-scope-2-270m-pt/resid_post/layer_9_width_1k_l0_medium" in msg
     with pytest.raises(SAEFileError, match="neither <repo>/<folder>/<name> nor a SAELens release id"):
         sae_io.load_params("nonsense/layer_9", root=mirror)
@@ -254,7 +263,7 @@ def test_export_command_line(workdir, tmp_path):
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "8 SAEs in" in r.stdout and os.path.isfile(tmp_path / "gs2-test" / "index.json")
+    assert "10 SAEs in" in r.stdout and os.path.isfile(tmp_path / "gs2-test" / "index.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +339,7 @@ def test_sae_lens_reads_every_single_layer_sae_of_the_sweep(mirror):
 
     with open(os.path.join(mirror, "gemma-scope-2-270m-pt", "index.json")) as fh:
         ids = [row["id"] for row in json.load(fh)["saes"] if row["kind"] == "sae"]
-    assert len(ids) == 7
+    assert len(ids) == 9
     conv = local_gemma_3_loader(mirror)
     for sae_id in ids:
         with pytest.warns(UserWarning, match="HuggingFace repo_id"):
