@@ -24,9 +24,10 @@ Sources (read December 2026):
   (``gemma_3_sae_huggingface_loader``, ``get_gemma_3_config_from_hf``,
   ``_infer_gemma_3_raw_cfg_dict``: the ``config.json`` fields it reads and the HF hook names of
   each folder; CLT files as ``<clt folder>/params_layer_<i>.safetensors``).
-* circuit-tracer (decoderesearch/circuit-tracer ``tests/test_attributions_gemma3_nnsight.py``): a
-  CLT folder is named ``clt/width_262k_l0_medium_affine`` (no layer: it spans them all). SAELens
-  6.54.12 lists no Gemma Scope 2 CLT release; ``<repo>-clt`` is our name for that folder.
+* circuit-tracer (decoderesearch/circuit-tracer ``tests/test_attributions_gemma3_nnsight.py`` loads
+  ``mwhanna/gemma-scope-2-270m-pt/clt/width_262k_l0_medium_affine``, a repackaging of the 270M
+  release): a CLT folder is ``clt/width_<W>_l0_<bucket>[_affine]``, no layer (it spans them all).
+  SAELens 6.54.12 lists no Gemma Scope 2 CLT release; ``<repo>-clt`` is our name for that folder.
 * The release's ``config.json`` keys (``hf_hook_point_in``, ``model_name``, ``l0``, ``width``; for
   transcoders ``hf_hook_point_out`` and ``affine_connection``; ``architecture: "jump_relu"``, which
   SAELens requires) as SAELens's loader and its tests read them; we saw no released file itself.
