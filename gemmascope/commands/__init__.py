@@ -31,6 +31,7 @@ COMMANDS = {
     "export": ("export", "write an SAE in another layout, or a workdir as Gemma Scope 2's release tree"),
     "analyze": ("analyze", "write an offline HTML dashboard of an SAE's latents"),
     "steer": ("steer", "generate text while adding a latent's decoder row at its site"),
+    "attribute": ("attribute", "the attribution graph of a prompt through transcoders or a CLT (circuit tracing)"),
     "verify-store": ("verify_store", "check (and --repair) an activation store after copying it"),
     "compare": ("compare", "read several workdirs' eval tables together (seeds, budgets, peers)"),
     "plot-metrics": ("plot_metrics", "training curves as PNG from metrics.jsonl"),
