@@ -276,14 +276,15 @@ def local_gemma_3_loader(root):
     it has no local-path mode, so this is the narrowest way to run its conversion on our files."""
     from unittest import mock
 
+    from huggingface_hub.utils import EntryNotFoundError
     from sae_lens.loading import pretrained_sae_loaders as loaders
     from safetensors import safe_open
 
     def local(repo_id, filename, subfolder=None):
         parts = [root, repo_id.split("/")[-1]] + (subfolder.split("/") if subfolder else []) + filename.split("/")
         path = os.path.join(*parts)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(path)
+        if not os.path.isfile(path):  # what the Hub raises, and what the loader catches for config.json
+            raise EntryNotFoundError(path)
         return path
 
     def hf_hub_download(repo_id, filename, subfolder=None, force_download=False, **_):
@@ -367,3 +368,26 @@ def test_a_mirror_without_our_index_and_a_garbled_index(mirror, tmp_path):
         json.dump({"saes": [{"name": "x"}]}, fh)
     with pytest.raises(SAEFileError, match="index.json: field 'saes' must be a list of objects with an 'id'"):
         sae_mirror.mirror_ids(root)
+
+
+def test_sae_lens_reads_each_clt_layer_as_its_transcoder(mirror):
+    """SAELens's Gemma 3 loader has a CLT branch: ``clt/<name>/params_layer_<i>`` loads source layer
+    ``i`` as a single-layer transcoder (its decoder summed over target layers), for feature codes.
+    Its codes at each layer equal the CLT's at that layer."""
+    sae_lens = pytest.importorskip("sae_lens")
+    import torch
+
+    clt = sae_io.load_params("gemma-scope-2-270m-pt-clt/width_16_l0_small", root=mirror)
+    x = x_for(clt)
+    f = codes(clt, x)
+    conv = local_gemma_3_loader(mirror)
+    for layer in range(clt["W_enc"].shape[0]):
+        with pytest.warns(UserWarning, match="HuggingFace repo_id"):
+            sae = sae_lens.SAE.from_pretrained(
+                "google/gemma-scope-2-270m-pt", f"clt/width_16_l0_small/params_layer_{layer}", converter=conv
+            )
+        assert sae.cfg.architecture() == "jumprelu_transcoder"
+        with torch.no_grad():
+            got = sae.encode(torch.from_numpy(x[:, layer])).numpy()
+        np.testing.assert_allclose(got, f[:, layer], **TOL)
+        assert (got != 0).mean() > 0.05
