@@ -297,7 +297,7 @@ def write_release(
             {
                 "release": release,
                 "written_by": "gemmascope",
-                "workdir": os.path.abspath(workdir),
+                "workdir": os.path.basename(os.path.abspath(workdir)),  # a name, not this machine's path
                 "all_layers": bool(all_layers),
                 "l0_targets": BUCKETS[bool(all_layers)],
                 "saes": index,
