@@ -6,6 +6,7 @@ Tolerance: codes within 1e-5 (absolute and relative), fp32; the files themselves
 exactly, so anything above 0 would already be a bug in the layout, not rounding.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -364,6 +365,18 @@ def test_a_mirror_without_our_index_and_a_garbled_index(mirror, tmp_path):
     assert sae_mirror.mirror_ids(root) == held
     name = "gemma-scope-2-270m-pt-transcoders/transcoder/layer_9_width_1k_l0_small_affine"
     assert sae_io.load_metadata(name, root=root)["site"] == "transcoder_affine"
+    # as downloaded from the Hub: params.safetensors and config.json, none of our metadata.json
+    want = sae_io.load_params(name, root=root)
+    for folder in glob.glob(os.path.join(root, "*", "*", "*", "metadata.json")):
+        os.remove(folder)
+    meta = sae_io.load_metadata(name, root=root)
+    assert (meta["site"], meta["layer"], meta["affine_skip"]) == ("transcoder_affine", 9, True)
+    assert sae_io.load_metadata("gemma-scope-2-270m-pt-res/layer_9_width_1k_l0_big", root=root) == {
+        "site": "res",
+        "layer": 9,
+    }
+    got = sae_io.load_params(name, root=root)
+    assert all(np.array_equal(got[k], want[k]) for k in want) and sorted(got) == sorted(want)
     with open(index, "w") as fh:
         json.dump({"saes": [{"name": "x"}]}, fh)
     with pytest.raises(SAEFileError, match="index.json: field 'saes' must be a list of objects with an 'id'"):
