@@ -48,6 +48,8 @@ def main(argv):
 
     try:
         generate(config, _WORKDIR.value, prepared=True, force_unlock=_FORCE_UNLOCK.value)
+    except config_lib.ConfigError as e:  # e.g. the toy source, which has no store: one line, as train's
+        raise app.UsageError(str(e)) from None
     except LeaseHeldError as e:  # another run writes this store: its holder, not a traceback
         sys.exit(f"error: {e}")
 
