@@ -31,13 +31,15 @@ def test_active_slots_hold_every_active_latent_and_flag_overflow():
     active[39] = False
     active[39, :cap] = True  # a row whose active latents are all in one chunk
     fn = jax.jit(sparse.active_slots, static_argnums=1)
-    idx, overflow = (np.asarray(a) for a in fn(jnp.asarray(active), cap))
-    assert idx.shape == (40, cap) and not overflow
+    idx, used, overflow = (np.asarray(a) for a in fn(jnp.asarray(active), cap))
+    assert idx.shape == (40, cap) and used == cap and not overflow
     for r in range(40):
         assert len(set(idx[r])) == cap
-        assert set(np.flatnonzero(active[r])) <= set(idx[r]), r
+        n_active = int(active[r].sum())  # the active latents first: the loops stop at `used`
+        assert set(np.flatnonzero(active[r])) == set(idx[r, :n_active]), r
     active[5, : cap + 1] = True
-    assert bool(fn(jnp.asarray(active), cap)[1])
+    assert bool(fn(jnp.asarray(active), cap)[2])
+    assert int(fn(jnp.asarray(active[6:20]), cap)[1]) == 19  # rows 6..19: at most 19 active
 
 
 def _config(path, arch, **sae):
@@ -85,13 +87,14 @@ def _run(c, arch=None, xs=None, norm_scale=1.0):
     state = step_lib.init_state(jax.random.PRNGKey(0), c, D_IN, d_sae=WIDTH, n_saes=1, norm_scale=norm_scale, arch=arch)
     fn = jax.jit(step_lib.make_train_step(c, dead_window_steps=10, arch=arch))
     sweep = jnp.asarray(config_lib.sweep_values(c), jnp.float32)
-    metrics = []
+    metrics, states = [], []
     for i, x in enumerate(_batches(c.sae.arch) if xs is None else xs):
         if i == len(xs or _batches(c.sae.arch)) - 1:
             state["params"] = {**state["params"], "b_enc": state["params"]["b_enc"] + 50.0}
         state, m = fn(state, x, sweep)
         metrics.append(jax.device_get(m))
-    return jax.device_get(state), metrics
+        states.append(jax.device_get(state))
+    return states, metrics
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -128,19 +131,21 @@ def test_sparse_transcoder_step_equals_dense_step():
     _assert_same(*runs["dense"], *runs["sparse"])
 
 
-def _assert_same(dense, d_metrics, sp, s_metrics):
-    for i, (dm, sm) in enumerate(zip(d_metrics, s_metrics)):
+def _assert_same(d_states, d_metrics, s_states, s_metrics):
+    """Metrics and state after every step (the overflow step's large gradients would swamp the
+    earlier ones' share of Adam's second moments in the final state alone)."""
+    for i, (dm, sm, dense, sp) in enumerate(zip(d_metrics, s_metrics, d_states, s_states)):
         assert set(sm) == set(dm) | {"sparse_fallback"}
         for k in dm:
             np.testing.assert_allclose(sm[k], dm[k], rtol=1e-5, atol=1e-6, err_msg=f"step {i + 1} {k}")
-    np.testing.assert_array_equal(sp["last_fired"], dense["last_fired"])
-    for path, a in jax.tree_util.tree_leaves_with_path(dense["params"]):
-        b = _at(sp["params"], path)
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
-    for path, a in jax.tree_util.tree_leaves_with_path(dense["opt"]):
-        b = _at(sp["opt"], path)
-        atol = 1e-6 * float(np.max(np.abs(a))) if np.size(a) else 0.0
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=atol, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_array_equal(sp["last_fired"], dense["last_fired"])
+        for path, a in jax.tree_util.tree_leaves_with_path(dense["params"]):
+            b = _at(sp["params"], path)
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=f"step {i + 1} {jax.tree_util.keystr(path)}")
+        for path, a in jax.tree_util.tree_leaves_with_path(dense["opt"]):
+            b = _at(sp["opt"], path)
+            atol = 1e-6 * float(np.max(np.abs(a))) if np.size(a) else 0.0
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=atol, err_msg=f"step {i + 1} {jax.tree_util.keystr(path)}")
 
 
 def _at(tree, path):

@@ -112,17 +112,18 @@ def sparse_select(params, x, cfg, k: int, capacity: int) -> dict[str, Any]:
     keeps more than ``capacity``."""
     pre = pre_activations(jax.lax.stop_gradient(params), x, as_sae_config(cfg).pre_encoder_bias)
     keep, tau = batch_keep(jax.nn.relu(pre), k)
-    idx, overflow = sparse.active_slots(keep, capacity)
-    return {"pre": pre, "idx": idx, "overflow": overflow, "keep": jnp.take_along_axis(keep, idx, axis=1), "tau": tau}
+    idx, used, overflow = sparse.active_slots(keep, capacity)
+    keep = jnp.take_along_axis(keep, idx, axis=1)
+    return {"pre": pre, "idx": idx, "used": used, "overflow": overflow, "keep": keep, "tau": tau}
 
 
 def sparse_loss(params, x, cfg, sparsity, dead=None, sel=None):
     """:func:`loss` over the slots of :func:`sparse_select`: the same value and gradients."""
     cfg = as_sae_config(cfg)
     idx, d_sae = sel["idx"], params["b_enc"].shape[-1]
-    z = sparse.gather_pre(x, params["W_enc"], encoder_bias(params, cfg.pre_encoder_bias), idx, sel["pre"])
+    z = sparse.gather_pre(x, params["W_enc"], encoder_bias(params, cfg.pre_encoder_bias), idx, sel["pre"], sel["used"])
     f = jnp.where(sel["keep"], jax.nn.relu(z), 0.0)
-    recon, x_hat = reconstruction_loss(params, f, x, cfg.matryoshka_prefixes, idx)
+    recon, x_hat = reconstruction_loss(params, f, x, cfg.matryoshka_prefixes, (idx, sel["used"]))
     _, aux = recon_aux(x, x_hat, f, l0_per_example(f), jnp.zeros([], jnp.float32), idx, d_sae)
     aux["batch_tau"] = jax.lax.stop_gradient(sel["tau"])
     return with_auxk(recon, aux, params, pre=None, x=x, x_hat=x_hat, dead=dead, cfg=cfg, sel=sel)

@@ -324,10 +324,10 @@ def encoder_bias(params: Mapping[str, jax.Array], pre_encoder_bias: bool = True)
     return b
 
 
-def sparse_decode(params: Mapping[str, jax.Array], f: jax.Array, idx: jax.Array) -> jax.Array:
-    """``[batch, cap] -> [batch, d_in]``: :func:`decode_train` of the codes ``f`` held at latents
-    ``idx [batch, cap]`` (the sparse path's slots, :mod:`gemmascope.sae.sparse`)."""
-    return sparse.decode(f, idx, params["W_dec"]) + params["b_dec"]
+def sparse_decode(params: Mapping[str, jax.Array], f: jax.Array, slots: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """``[batch, cap] -> [batch, d_in]``: :func:`decode_train` of the codes ``f`` held at the sparse
+    path's ``slots = (idx [batch, cap], used)`` (:mod:`gemmascope.sae.sparse`)."""
+    return sparse.decode(f, slots[0], params["W_dec"], slots[1]) + params["b_dec"]
 
 
 def decode_train(params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
@@ -365,7 +365,7 @@ def reconstruction_loss(
     f: jax.Array,
     x: jax.Array,
     prefixes: tuple[int, ...] = (),
-    idx: jax.Array | None = None,
+    slots: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """``(loss, x_hat)``: the reconstruction term of the loss and the full reconstruction.
 
@@ -376,18 +376,19 @@ def reconstruction_loss(
     W_dec[m_{p-1}:m_p]`` added to a running sum): the decoder's matmul FLOPs are those of one
     full decode; the extra cost is P residuals of ``[batch, d_in]``.
 
-    ``idx [batch, cap]`` (the sparse path): ``f`` holds the codes at those latents, and each group
-    decodes the slots whose latent lies in it (P slot decodes, each ``batch * cap * d_in``).
+    ``slots = (idx [batch, cap], used)`` (the sparse path): ``f`` holds the codes at latents ``idx``,
+    and each group decodes the slots whose latent lies in it (P slot decodes).
     """
     if not prefixes:
-        x_hat = decode_train(params, f) if idx is None else sparse_decode(params, f, idx)
+        x_hat = decode_train(params, f) if slots is None else sparse_decode(params, f, slots)
         return jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1)), x_hat
     x_hat, total, start = params["b_dec"], 0.0, 0
     for end in prefixes:
-        if idx is None:
+        if slots is None:
             x_hat = x_hat + f[:, start:end] @ params["W_dec"][start:end]
         else:
-            x_hat = x_hat + sparse.decode(jnp.where((idx >= start) & (idx < end), f, 0.0), idx, params["W_dec"])
+            idx, used = slots
+            x_hat = x_hat + sparse.decode(jnp.where((idx >= start) & (idx < end), f, 0.0), idx, params["W_dec"], used)
         total = total + jnp.mean(jnp.sum((x - x_hat) ** 2, axis=-1))
         start = end
     return total, x_hat

@@ -378,8 +378,8 @@ def sparse_select(
     pre = pre_activations(p, x, cfg.pre_encoder_bias)
     t = p["threshold"]
     active = (pre > t) | (rectangle((pre - t) / cfg.bandwidth) > 0)
-    idx, overflow = sparse.active_slots(active, capacity)
-    return {"pre": pre, "idx": idx, "overflow": overflow}
+    idx, used, overflow = sparse.active_slots(active, capacity)
+    return {"pre": pre, "idx": idx, "used": used, "overflow": overflow}
 
 
 def sparse_loss(
@@ -396,7 +396,7 @@ def sparse_loss(
     p = layout_params(params)
     idx, d_sae = sel["idx"], p["b_enc"].shape[-1]
     f, l0_per_example, sparsity_term = sparse_codes(p, x, encoder_bias(p, cfg.pre_encoder_bias), cfg, sparsity, sel)
-    recon, x_hat = reconstruction_loss(p, f, x, cfg.matryoshka_prefixes, idx)
+    recon, x_hat = reconstruction_loss(p, f, x, cfg.matryoshka_prefixes, (idx, sel["used"]))
     _, aux = recon_aux(x, x_hat, f, l0_per_example, sparsity_term, idx, d_sae)
     return with_auxk(recon + sparsity_term, aux, p, pre=None, x=x, x_hat=x_hat, dead=dead, cfg=cfg, sel=sel)
 
@@ -409,7 +409,7 @@ def sparse_codes(
     L0 and :func:`sparsity_penalty` (plus the frequency penalty), with the same straight-through
     gradients as the dense ones (shared by the SAE and the transcoder)."""
     idx, d_sae = sel["idx"], p["b_enc"].shape[-1]
-    z = sparse.gather_pre(x, p["W_enc"], b, idx, sel["pre"])
+    z = sparse.gather_pre(x, p["W_enc"], b, idx, sel["pre"], sel["used"])
     t = p["threshold"][idx]
     f, l0_per_example = jumprelu_and_l0(z, t, cfg.bandwidth)
     term = sparsity_penalty(l0_per_example, cfg, sparsity)

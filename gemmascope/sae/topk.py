@@ -102,8 +102,10 @@ def sparse_auxk_loss(params, x: jax.Array, sel, residual: jax.Array, dead: jax.A
     (:func:`gemmascope.sae.sparse.auxk_slots`, ``k_aux`` per row), decoded and differentiated
     over those slots; ``sel["pre"]`` is the dense ``pre`` of :func:`sparse_select`."""
     idx, chosen = sparse.auxk_slots(sel["pre"], dead, cfg.auxk_k)
-    z = sparse.gather_pre(x, params["W_enc"], encoder_bias(params, cfg.pre_encoder_bias), idx, sel["pre"])
-    return _auxk_error(residual, sparse.decode(jnp.where(chosen, jax.nn.relu(z), 0.0), idx, params["W_dec"]))
+    used = jnp.int32(idx.shape[1])
+    z = sparse.gather_pre(x, params["W_enc"], encoder_bias(params, cfg.pre_encoder_bias), idx, sel["pre"], used)
+    f_aux = jnp.where(chosen, jax.nn.relu(z), 0.0)
+    return _auxk_error(residual, sparse.decode(f_aux, idx, params["W_dec"], used))
 
 
 def loss(params, x, cfg, sparsity, dead=None):
@@ -143,16 +145,17 @@ def sparse_select(params, x, cfg, k: int, capacity: int) -> dict[str, Any]:
     (stop-gradient) and ``idx [B, k]``, the top-k indices :func:`codes_and_pre`'s mask is built
     from (the same ``lax.top_k``). ``overflow`` is ``None``: never (``capacity`` is k)."""
     pre = pre_activations(jax.lax.stop_gradient(params), x, as_sae_config(cfg).pre_encoder_bias)
-    return {"pre": pre, "idx": jax.lax.top_k(pre, int(k))[1].astype(jnp.int32), "overflow": None}
+    idx = jax.lax.top_k(pre, int(k))[1].astype(jnp.int32)
+    return {"pre": pre, "idx": idx, "used": jnp.int32(k), "overflow": None}
 
 
 def sparse_loss(params, x, cfg, sparsity, dead=None, sel=None):
     """:func:`loss` over the top-k slots of :func:`sparse_select`: the same value and gradients."""
     cfg = as_sae_config(cfg)
     idx, d_sae = sel["idx"], params["b_enc"].shape[-1]
-    z = sparse.gather_pre(x, params["W_enc"], encoder_bias(params, cfg.pre_encoder_bias), idx, sel["pre"])
+    z = sparse.gather_pre(x, params["W_enc"], encoder_bias(params, cfg.pre_encoder_bias), idx, sel["pre"], sel["used"])
     f = jax.nn.relu(z)
-    x_hat = sparse_decode(params, f, idx)
+    x_hat = sparse_decode(params, f, (idx, sel["used"]))
     mse, aux = recon_aux(x, x_hat, f, l0_per_example(f), jnp.zeros([], jnp.float32), idx, d_sae)
     return with_auxk(mse, aux, params, pre=None, x=x, x_hat=x_hat, dead=dead, cfg=cfg, sel=sel)
 

@@ -164,11 +164,15 @@ class Transcoder(JumpReLUWriter):
         return decode_train(params, f)
 
     def predict(
-        self, params: Mapping[str, jax.Array], f: jax.Array, x_in: jax.Array, idx: jax.Array | None = None
+        self,
+        params: Mapping[str, jax.Array],
+        f: jax.Array,
+        x_in: jax.Array,
+        slots: tuple[jax.Array, jax.Array] | None = None,
     ) -> jax.Array:
-        """``y_hat [B, d_out] = f @ W_dec + b_dec (+ x_in @ W_skip)``; with ``idx [B, cap]`` (the
-        sparse path) ``f [B, cap]`` holds the codes at those latents."""
-        y_hat = decode_train(params, f) if idx is None else sparse_decode(params, f, idx)
+        """``y_hat [B, d_out] = f @ W_dec + b_dec (+ x_in @ W_skip)``; with the sparse path's
+        ``slots = (idx [B, cap], used)``, ``f [B, cap]`` holds the codes at latents ``idx``."""
+        y_hat = decode_train(params, f) if slots is None else sparse_decode(params, f, slots)
         if SKIP_KEY in params:
             y_hat = y_hat + x_in @ params[SKIP_KEY]
         return y_hat
@@ -225,7 +229,7 @@ class Transcoder(JumpReLUWriter):
         p = {**jumprelu.layout_params(params), **({SKIP_KEY: params[SKIP_KEY]} if SKIP_KEY in params else {})}
         x_in, y = split(xy, p["W_enc"].shape[0])
         f, l0_per_example, sparsity_term = jumprelu.sparse_codes(p, x_in, p["b_enc"], cfg, sparsity, sel)
-        y_hat = self.predict(p, f, x_in, sel["idx"])
+        y_hat = self.predict(p, f, x_in, (sel["idx"], sel["used"]))
         mse, aux = recon_aux(y, y_hat, f, l0_per_example, sparsity_term, sel["idx"], p["b_enc"].shape[-1])
         return mse + sparsity_term, aux
 
