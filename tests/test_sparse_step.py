@@ -173,3 +173,18 @@ def test_sparse_path_field_is_validated_and_auto_chooses_by_width():
     assert sparse.capacities(SAEConfig(sparse_path="dense"), jr, 65536, [1e-3]) is None
     assert sparse.capacities(SAEConfig(arch="topk"), archs.get("topk"), 16384, [4096]) is None  # too dense
     assert sparse.capacities(SAEConfig(sparse_path="sparse"), jr, 64, [1e-3]) == [256]
+
+
+def test_auto_at_the_demo_width_is_the_dense_step():
+    """At width 4,096 "auto" compiles the very program "dense" does (so it cannot be slower)."""
+    texts = {}
+    for path in ("auto", "dense", "sparse"):
+        c = config_lib.base_config()
+        c.sae.sparse_path, c.batch_size = path, 64
+        state = jax.eval_shape(
+            lambda c=c: step_lib.init_state(jax.random.PRNGKey(0), c, 8, d_sae=4096, n_saes=1, norm_scale=1.0)
+        )
+        x = jax.ShapeDtypeStruct((64, 8), jnp.float32)
+        lam = jax.ShapeDtypeStruct((1,), jnp.float32)
+        texts[path] = jax.jit(step_lib.make_train_step(c, dead_window_steps=10)).lower(state, x, lam).as_text()
+    assert texts["auto"] == texts["dense"] != texts["sparse"]
