@@ -151,10 +151,16 @@ def _prepare(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_po
         if sel.any():
             rows = stack.decoder_rows(l, feat[sel])  # [k, d] or [k, L, d]
             dec[l, pos[sel], slot_in_group[sel]] = acts[sel].reshape((-1,) + (1,) * (rows.ndim - 1)) * rows
+    d = cfg.d_model
+    if stack.cross_layer:  # [S, T, M, W, d] -> [T, W*d, S*M] (see _feature_edges)
+        dec = dec.transpose(1, 3, 4, 0, 2).reshape(T, L * d, L * M)
+    else:  # [L, T, M, d] -> [L*T, d, M]
+        dec = dec.reshape(L * T, M, d).transpose(0, 2, 1)
     enc_cols = p["W_enc"][layer, :, feat]  # [n_feat, d]: each feature's encoder column
     consts = {
         "tokens": np.asarray(tokens, np.int32),
-        "dec": dec,
+        "emb": np.asarray(embed(lm_params, jnp.asarray(tokens[None], jnp.int32), cfg)[0], np.float32),
+        "dec": np.ascontiguousarray(dec),
         "err": err,
         "replaced": replaced.astype(np.float32),
         "slot": slot.astype(np.int32),
@@ -166,15 +172,14 @@ def _prepare(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_po
     return consts, features, acts, enc_cols.astype(np.float32), logits, M
 
 
-def replacement_outputs(lm_params, consts, s_feat, s_err, s_emb, *, cfg, cross_layer: bool, read_site: str):
-    """The local replacement model as a function of the sources' scales (1 at the prompt):
-    ``s_feat [L, T, M]`` (padded features), ``s_err [L, T]``, ``s_emb [T]`` ->
-    ``[L + 1, T, d]``: every layer's read (``read_site``), then the frozen final norm's output.
-    Values are the LM's own; gradients are those of the frozen replacement model (module doc)."""
+def replacement_outputs(lm_params, consts, d_mlp, d_emb, *, cfg, read_site: str):
+    """The local replacement model as a function of additive inputs at the sources' write points,
+    zero at the prompt: ``d_mlp [L, T, d]`` at every MLP output, ``d_emb [T, d]`` at the embedding
+    -> ``[L + 1, T, d]``: every layer's read (``read_site``), then the frozen final norm's output.
+    Values are the LM's own; gradients are those of the frozen replacement model (module doc):
+    the gradient at a write point, dotted with what a source writes there, is the source's edge."""
     L = cfg.n_layers
-    h0 = s_emb[:, None] * embed(lm_params, consts["tokens"][None], cfg)[0].astype(jnp.float32)
-    eq = "stm,stmld->ltd" if cross_layer else "ltm,ltmd->ltd"
-    writes = jnp.einsum(eq, s_feat, consts["dec"]) + s_err[..., None] * consts["err"]
+    h0 = embed(lm_params, consts["tokens"][None], cfg)[0].astype(jnp.float32) + d_emb
     reads: dict[int, jax.Array] = {}
 
     def read_fn(l):
@@ -186,8 +191,8 @@ def replacement_outputs(lm_params, consts, s_feat, s_err, s_emb, *, cfg, cross_l
 
     def mlp_fn(l):
         def fn(m):
-            w = writes[l]
-            if "W_skip" in consts:
+            w = d_mlp[l]
+            if "W_skip" in consts:  # the affine skip is part of the linear replacement model
                 w = w + consts["replaced"][:, None] * (reads[l][0].astype(jnp.float32) @ consts["W_skip"][l])
             w = w[None].astype(m.dtype)
             return jax.lax.stop_gradient(m) + (w - jax.lax.stop_gradient(w))
@@ -211,26 +216,39 @@ def replacement_outputs(lm_params, consts, s_feat, s_err, s_emb, *, cfg, cross_l
     return jnp.concatenate([jnp.stack([reads[l][0] for l in range(L)]), final[None]]).astype(jnp.float32)
 
 
+def _feature_edges(g_mlp: jax.Array, dec: jax.Array, cross_layer: bool) -> jax.Array:
+    """``[nb, L, T, M]``: each padded source's edge, the gradient at the MLP outputs ``g_mlp [nb, L,
+    T, d]`` dotted with what the source writes. Per-layer ``dec [L*T, d, M]``: a batched matmul over
+    (layer, position); cross-layer ``dec [T, L*d, L*M]`` (write layer and width flattened against
+    source layer and slot): a batched matmul over positions."""
+    nb, L, T, d = g_mlp.shape
+    if cross_layer:
+        g = g_mlp.transpose(2, 0, 1, 3).reshape(T, nb, L * d)
+        e = jnp.matmul(g, dec)  # [T, nb, L*M]
+        return e.reshape(T, nb, L, -1).transpose(1, 2, 0, 3)
+    g = g_mlp.reshape(nb, L * T, d).transpose(1, 0, 2)
+    e = jnp.matmul(g, dec)  # [L*T, nb, M]
+    return e.transpose(1, 0, 2).reshape(nb, L, T, -1)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "cross_layer", "read_site"))
 def _rows(lm_params, consts, t_layer, t_pos, t_vec, *, cfg, cross_layer, read_site):
     """Adjacency rows ``[nb, n_feat + L*T + T]`` of targets read at ``(t_layer [nb], t_pos [nb])``
     with vector ``t_vec [nb, d]`` (a feature's encoder column, or a demeaned unembedding row at
     layer index ``L``, the final norm's output)."""
-    L, T = cfg.n_layers, consts["tokens"].shape[0]
-    M = consts["dec"].shape[2]
-    fn = functools.partial(
-        replacement_outputs, lm_params, consts, cfg=cfg, cross_layer=cross_layer, read_site=read_site
-    )
-    ones = (jnp.ones((L, T, M), jnp.float32), jnp.ones((L, T), jnp.float32), jnp.ones((T,), jnp.float32))
-    out, vjp = jax.vjp(fn, *ones)
+    L, (T, d) = cfg.n_layers, consts["emb"].shape
+    fn = functools.partial(replacement_outputs, lm_params, consts, cfg=cfg, read_site=read_site)
+    out, vjp = jax.vjp(fn, jnp.zeros((L, T, d), jnp.float32), jnp.zeros((T, d), jnp.float32))
 
     def one(l, p, v):
         return vjp(jnp.zeros_like(out).at[l, p].set(v))
 
-    g_feat, g_err, g_emb = jax.vmap(one)(t_layer, t_pos, t_vec)
+    g_mlp, g_emb = jax.vmap(one)(t_layer, t_pos, t_vec)  # [nb, L, T, d], [nb, T, d]
     nb = t_layer.shape[0]
-    feat_cols = g_feat.reshape(nb, -1)[:, consts["slot"]]
-    return jnp.concatenate([feat_cols, g_err.reshape(nb, -1), g_emb], axis=1)
+    feat_cols = _feature_edges(g_mlp, consts["dec"], cross_layer).reshape(nb, -1)[:, consts["slot"]]
+    err_cols = jnp.einsum("bltd,ltd->blt", g_mlp, consts["err"]).reshape(nb, -1)
+    tok_cols = jnp.einsum("btd,td->bt", g_emb, consts["emb"])
+    return jnp.concatenate([feat_cols, err_cols, tok_cols], axis=1)
 
 
 def attribute(
@@ -241,7 +259,7 @@ def attribute(
     *,
     max_n_logits: int = 10,
     desired_logit_prob: float = 0.95,
-    batch_size: int = 64,
+    batch_size: int = 256,
     zero_positions: int = 1,
     max_context: int | None = None,
     log=None,
