@@ -70,7 +70,8 @@ def take_batches(lm, n_tokens: int) -> list:
 def seed_eval(lm, batches, sae, layer: int, site: str) -> float:
     """The replaced evaluation: clean, spliced and zeroed runs of the whole LM per batch."""
     from gemmascope.eval.metrics import reconstruct
-    from gemmascope.lm.model import forward, next_token_loss
+    from gemmascope.lm.loss import next_token_loss
+    from gemmascope.lm.model import forward
 
     key = (layer, site)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gemmascope.eval import metrics
+from gemmascope.lm import loss as lm_loss
 from gemmascope.lm import model
 from gemmascope.lm.config import LMConfig
 from tests.tiny import tiny_batches, tiny_llama
@@ -165,7 +166,7 @@ def test_losses_match_full_forwards_with_the_splice(lm, layer, site):
         logp = {}
         for name, sp in splices.items():
             logits = model.forward(params, toks, CFG, splice=sp).logits
-            ce = model.next_token_loss(logits, toks)[1]
+            ce = lm_loss.next_token_loss(logits, toks)[1]
             sums[name] += float((np.asarray(ce, np.float64) * w).sum())
             logp[name] = _log_softmax(np.asarray(logits, np.float64)[:, :-1])
         kl = (np.exp(logp["clean"]) * (logp["clean"] - logp["sae"])).sum(-1)  # KL(clean || sae) per position
@@ -340,9 +341,9 @@ def test_chunked_cross_entropy_matches_the_full_logits(arch):
     params = model.init_params(jax.random.PRNGKey(1), cfg, std=0.5)
     toks = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, size=(3, 9)), jnp.int32)
     out = model.forward(params, toks, cfg, capture=[(cfg.n_layers - 1, "res")])
-    ref = model.next_token_loss(out.logits, toks)[1]
+    ref = lm_loss.next_token_loss(out.logits, toks)[1]
     for n, tb in ((1, 1024), (3, 5), (8, 1), (8, 24)):  # 24 = 3 x (9 - 1) positions: one block
-        got = model.next_token_ce_from_residual(
+        got = lm_loss.next_token_ce_from_residual(
             params, out.captures[(cfg.n_layers - 1, "res")], toks, cfg, n_chunks=n, token_block=tb
         )
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)

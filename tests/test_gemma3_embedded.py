@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from gemmascope.lm import loading, model
+from gemmascope.lm import loss as lm_loss
 
 PASSAGE = (
     "The history of science is the study of the development of science and scientific knowledge, "
@@ -88,7 +89,7 @@ def test_embedded_gemma3_matches_transformers_reading_the_same_gguf(ours):
     mask = np.ones_like(tokens, bool)
     mask[:, 0] = False
     out = model.jit_forward(params, tokens, cfg, capture=[(l, "res") for l in range(cfg.n_layers)])
-    loss, _ = model.next_token_loss(out.logits, tokens, mask)
+    loss, _ = lm_loss.next_token_loss(out.logits, tokens, mask)
 
     d, f = os.path.split(loading.embedded_gguf_path("gemma3-270m"))
     ref = transformers.AutoModelForCausalLM.from_pretrained(
@@ -108,7 +109,7 @@ def test_embedded_gemma3_matches_transformers_reading_the_same_gguf(ours):
     finally:
         for h in hooks:
             h.remove()
-    ref_loss, _ = model.next_token_loss(ref_logits, tokens, mask)
+    ref_loss, _ = lm_loss.next_token_loss(ref_logits, tokens, mask)
     dl = abs(float(loss) - float(ref_loss))
     rel = [
         float(np.abs(np.asarray(out.captures[(l, "res")]) - caps[l]).max() / np.abs(caps[l]).max())

@@ -18,6 +18,7 @@ import pytest
 from gemmascope.data import text
 from gemmascope.lm import embedded as embedded_lib
 from gemmascope.lm import loading, model
+from gemmascope.lm import loss as lm_loss
 
 PASSAGE = (
     "The history of science is the study of the development of science and scientific knowledge, "
@@ -79,7 +80,7 @@ def test_embedded_loss_matches_transformers_reading_the_same_gguf(embedded):
     mask = np.ones_like(tokens, bool)
     mask[:, 0] = False
     out = model.jit_forward(params, tokens, cfg)
-    ours, _ = model.next_token_loss(out.logits, tokens, mask)
+    ours, _ = lm_loss.next_token_loss(out.logits, tokens, mask)
 
     d, f = os.path.split(loading.embedded_gguf_path())
     ref = transformers.AutoModelForCausalLM.from_pretrained(
@@ -87,7 +88,7 @@ def test_embedded_loss_matches_transformers_reading_the_same_gguf(embedded):
     ).eval()
     with torch.no_grad():
         ref_logits = ref(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
-    theirs, _ = model.next_token_loss(ref_logits, tokens, mask)
+    theirs, _ = lm_loss.next_token_loss(ref_logits, tokens, mask)
     dl = abs(float(ours) - float(theirs))
     dlog = float(np.abs(np.asarray(out.logits) - ref_logits).max())
     print(

@@ -20,6 +20,7 @@ import transformers  # noqa: E402
 
 from gemmascope.lm import config as lmc
 from gemmascope.lm import loading, model
+from gemmascope.lm import loss as lm_loss
 
 ATOL = 1e-4
 B, T = 2, 12
@@ -271,11 +272,11 @@ def test_splice_identity_keeps_loss_and_zero_ablation_matches_hooked_reference(s
     arch, m, cfg, params, tokens, ref_logits, ref_caps = setup
     mask = np.ones((B, T), bool)
     mask[:, 0] = False
-    clean, ce, _ = model.lm_loss(params, tokens, mask, cfg)
-    ref_loss, _ = model.next_token_loss(ref_logits, tokens, mask)
+    clean, ce, _ = lm_loss.lm_loss(params, tokens, mask, cfg)
+    ref_loss, _ = lm_loss.next_token_loss(ref_logits, tokens, mask)
     assert abs(float(clean) - float(ref_loss)) < ATOL
     ident = {(l, s): (lambda a: a) for l in range(cfg.n_layers) for s in lmc.SITES}
-    spliced, _, _ = model.lm_loss(params, tokens, mask, cfg, splice=ident)
+    spliced, _, _ = lm_loss.lm_loss(params, tokens, mask, cfg, splice=ident)
     assert abs(float(spliced) - float(clean)) < 1e-6, (float(spliced), float(clean))
     # Zero-ablate the MLP output of layer 1 here and in transformers (forward hook): same logits.
     z_logits, _ = _reference(m, tokens, arch, zero_mlp_layer=1)
@@ -312,7 +313,7 @@ def test_next_token_loss_masks_targets():
     logits = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 5)), jnp.float32)
     tokens = jnp.array([[0, 1, 2, 3]])
     mask = jnp.array([[False, True, False, True]])
-    mean, ce = model.next_token_loss(logits, tokens, mask)
+    mean, ce = lm_loss.next_token_loss(logits, tokens, mask)
     lp = jax.nn.log_softmax(logits[0], -1)
     want = -(lp[0, 1] + lp[2, 3]) / 2  # targets at positions 1 and 3 only
     assert ce.shape == (1, 3)

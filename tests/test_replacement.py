@@ -10,6 +10,7 @@ import pytest
 
 from gemmascope.data.sites import keep_mask
 from gemmascope.eval.replacement import CLTReplacement, TranscoderSet, replacement_scores
+from gemmascope.lm import loss as lm_loss
 from gemmascope.lm import model as lm_model
 from gemmascope.lm.loading import LM
 from tests.tiny import tiny_batches, tiny_llama
@@ -69,7 +70,7 @@ def reference(lm, p, layers, tokens, mask, factor):
         h = lm_model.forward(
             lm.params, t, cfg, capture=[(layer, "res")], splice=splice, stop_after=layer, **start
         ).captures[(layer, "res")]
-    ce = lm_model.next_token_ce_from_residual(lm.params, h, t, cfg)
+    ce = lm_loss.next_token_ce_from_residual(lm.params, h, t, cfg)
     w = np.asarray(mask[:, 1:], np.float32)
     return float(np.sum(np.asarray(ce) * w) / w.sum()), n_codes, float(np.sum(np.asarray(sel)))
 

@@ -19,6 +19,7 @@ import pytest
 from gemmascope.analysis import dashboard as dash
 from gemmascope.analysis import steering
 from gemmascope.eval import evaluate, metrics
+from gemmascope.lm import loss as lm_loss
 from gemmascope.lm import model
 from gemmascope.sae.files import io as sae_io
 from gemmascope.sae.files import model as sae_model
@@ -113,7 +114,7 @@ def test_losses_l0_and_fvu_equal_a_whole_forward_with_the_mlp_output_replaced(lm
         logp = {}
         for name, sp in splices.items():
             logits = model.forward(params, toks, CFG, splice=sp).logits
-            ce[name] += float((np.asarray(model.next_token_loss(logits, toks)[1], np.float64) * w).sum())
+            ce[name] += float((np.asarray(lm_loss.next_token_loss(logits, toks)[1], np.float64) * w).sum())
             logp[name] = _log_softmax(np.asarray(logits, np.float64)[:, :-1])
         for i in range(len(tcs)):
             kl[i] += ((np.exp(logp["clean"]) * (logp["clean"] - logp[i])).sum(-1) * w).sum()

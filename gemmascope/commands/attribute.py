@@ -13,22 +13,29 @@ completeness scores. ``--intervene=layer:position:feature:value`` (repeatable) a
 features in the LM and in the replacement model and prints the top logits before and after.
 """
 
+import functools
+
 from absl import flags
 
 from gemmascope.commands import run_module
 
-_MODEL = flags.DEFINE_string("model", "embedded:gemma3-270m", "LM: 'embedded[:name]', a .gguf, a HF dir or hub id.")
-_TRANSCODERS = flags.DEFINE_string("transcoders", None, "CLT folder, or a folder of per-layer transcoders.")
-_PROMPT = flags.DEFINE_string("prompt", None, "Prompt text (BOS is prepended).")
-_OUT = flags.DEFINE_string("out", None, "Folder for the graph files.")
-_SLUG = flags.DEFINE_string("slug", None, "Graph name (default: from the prompt).")
-_NODE = flags.DEFINE_float("node_threshold", 0.8, "Keep the nodes holding this share of influence.")
-_EDGE = flags.DEFINE_float("edge_threshold", 0.98, "Keep the edges holding this share of influence.")
-_MAX_LOGITS = flags.DEFINE_integer("max_n_logits", 10, "At most this many logit targets.")
-_LOGIT_P = flags.DEFINE_float("desired_logit_prob", 0.95, "Logit targets until their probability reaches this.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Targets per vector-Jacobian batch.")
-_INTERVENE = flags.DEFINE_multi_string("intervene", [], "layer:position:feature:value (repeatable).")
-flags.mark_flags_as_required(["transcoders", "prompt", "out"])
+
+@functools.cache
+def define_flags() -> None:
+    """Declares this command's flags, once, when it runs (see :mod:`gemmascope.commands`)."""
+    global _MODEL, _TRANSCODERS, _PROMPT, _OUT, _SLUG, _NODE, _EDGE, _MAX_LOGITS, _LOGIT_P, _BATCH, _INTERVENE
+    _MODEL = flags.DEFINE_string("model", "embedded:gemma3-270m", "LM: 'embedded[:name]', a .gguf, a HF dir or hub id.")
+    _TRANSCODERS = flags.DEFINE_string("transcoders", None, "CLT folder, or a folder of per-layer transcoders.")
+    _PROMPT = flags.DEFINE_string("prompt", None, "Prompt text (BOS is prepended).")
+    _OUT = flags.DEFINE_string("out", None, "Folder for the graph files.")
+    _SLUG = flags.DEFINE_string("slug", None, "Graph name (default: from the prompt).")
+    _NODE = flags.DEFINE_float("node_threshold", 0.8, "Keep the nodes holding this share of influence.")
+    _EDGE = flags.DEFINE_float("edge_threshold", 0.98, "Keep the edges holding this share of influence.")
+    _MAX_LOGITS = flags.DEFINE_integer("max_n_logits", 10, "At most this many logit targets.")
+    _LOGIT_P = flags.DEFINE_float("desired_logit_prob", 0.95, "Logit targets until their probability reaches this.")
+    _BATCH = flags.DEFINE_integer("batch_size", 256, "Targets per vector-Jacobian batch.")
+    _INTERVENE = flags.DEFINE_multi_string("intervene", [], "layer:position:feature:value (repeatable).")
+    flags.mark_flags_as_required(["transcoders", "prompt", "out"])
 
 
 def _slug(prompt: str) -> str:
@@ -115,4 +122,5 @@ def main(argv):
 
 def run(argv: list[str] | None = None) -> None:
     """``gemmascope attribute ...`` and ``python launch/attribute.py ...``."""
+    define_flags()
     run_module(__name__, main, argv)

@@ -12,7 +12,7 @@ spliced logits ``b`` over the vocabulary (after the final norm, unembedding and 
 The vocabulary goes in ``n_chunks`` slices with running maxima (``lax.scan``); the sum
 ``sum_v exp(a_v - m_a) (a_v - b_v)`` is rescaled like the log-sum-exp's sum whenever the clean
 running maximum ``m_a`` grows. Positions go in blocks of ``token_block`` rows (``lax.map``), as
-:func:`gemmascope.lm.model.next_token_ce_from_residual` does, and the clean logits of each tile are
+:func:`gemmascope.lm.loss.next_token_ce_from_residual` does, and the clean logits of each tile are
 computed once for all spliced runs (one stacked matmul of ``K + 1`` residuals).
 """
 
@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from gemmascope.lm.config import LMConfig
-from gemmascope.lm.model import final_norm, softcap_logits, unembedding_chunks
+from gemmascope.lm.loss import unembedding_chunks
+from gemmascope.lm.model import final_norm, softcap_logits
 
 
 def next_token_ce_and_kl(

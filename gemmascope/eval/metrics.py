@@ -75,7 +75,8 @@ from gemmascope.common import fvu_from_sums
 from gemmascope.data import sites as sites_lib
 from gemmascope.eval.kl import next_token_ce_and_kl
 from gemmascope.lm.config import LMConfig, site_dim
-from gemmascope.lm.model import forward, next_token_ce_from_residual
+from gemmascope.lm.loss import next_token_ce_from_residual
+from gemmascope.lm.model import forward
 from gemmascope.sae.files import model as sae_model
 from gemmascope.sites import pair_of
 

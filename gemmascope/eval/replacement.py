@@ -36,7 +36,8 @@ import numpy as np
 from gemmascope.data.activations import LMActivations
 from gemmascope.data.sites import keep_mask
 from gemmascope.eval.kl import next_token_ce_and_kl
-from gemmascope.lm.model import forward, next_token_ce_from_residual
+from gemmascope.lm.loss import next_token_ce_from_residual
+from gemmascope.lm.model import forward
 from gemmascope.sae.files import io as sae_io
 from gemmascope.sae.files import model as sae_model
 from gemmascope.sae.files import multilayer

@@ -2,7 +2,9 @@
 
 - :mod:`gemmascope.lm.config`: :class:`LMConfig`, Gemma 2 and Gemma 3 presets, :func:`site_dim`.
 - :mod:`gemmascope.lm.ops`: RMSNorm, RoPE (one table per layer type), grouped-query attention.
-- :mod:`gemmascope.lm.model`: :func:`forward` (capture / stop_after / splice), :func:`next_token_loss`.
+- :mod:`gemmascope.lm.model`: :func:`forward` (capture / stop_after / splice; frozen norms and
+  attention for circuit tracing), :func:`attention_patterns`.
+- :mod:`gemmascope.lm.loss`: :func:`next_token_loss`, the chunked loss from the last residual, ``lm_loss``.
 - :mod:`gemmascope.lm.loading`: Hugging Face safetensors and GGUF loaders, ``load_checkpoint``, and
   ``load_lm``: the :class:`~gemmascope.lm.loading.LM` (config, params, tokenizer, name) in one call.
 - :mod:`gemmascope.lm.embedded`: the embedded models (``"embedded"`` = SmolLM2-135M,

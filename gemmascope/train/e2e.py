@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmascope.data.sites import keep_mask
-from gemmascope.lm.model import final_norm, forward, softcap_logits, unembedding_chunks
+from gemmascope.lm.loss import unembedding_chunks
+from gemmascope.lm.model import final_norm, forward, softcap_logits
 from gemmascope.sae.common import SAEConfig
 from gemmascope.train.step import normalise
 
