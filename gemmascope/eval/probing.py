@@ -101,8 +101,8 @@ class ProbingSettings:
     k_values: tuple[int | None, ...] = (1, 2, 5, 10, 20, 50, None)
     n_train: int = 300
     n_test: int = 100
-    min_train: int = 200
-    min_test: int = 60
+    min_train: int = 300
+    min_test: int = 100
     test_fraction: float = 0.25
     topics: tuple[str, ...] | None = None
     context_length: int = 128
