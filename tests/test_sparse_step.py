@@ -87,19 +87,33 @@ def _run(c, arch=None, xs=None, norm_scale=1.0):
     state = step_lib.init_state(jax.random.PRNGKey(0), c, D_IN, d_sae=WIDTH, n_saes=1, norm_scale=norm_scale, arch=arch)
     fn = jax.jit(step_lib.make_train_step(c, dead_window_steps=10, arch=arch))
     sweep = jnp.asarray(config_lib.sweep_values(c), jnp.float32)
+    xs = _batches(c.sae.arch) if xs is None else xs
     metrics, states = [], []
-    for i, x in enumerate(_batches(c.sae.arch) if xs is None else xs):
-        if i == len(xs or _batches(c.sae.arch)) - 1:
-            state["params"] = {**state["params"], "b_enc": state["params"]["b_enc"] + 50.0}
+    for i, x in enumerate(xs):
+        state = _last_step_hook(state, i, len(xs))
         state, m = fn(state, x, sweep)
         metrics.append(jax.device_get(m))
         states.append(jax.device_get(state))
+    # Resumed from the (host) state after step 2, as from a checkpoint: the same states bitwise.
+    state = jax.tree.map(jnp.asarray, states[1])
+    for i in range(2, len(xs)):
+        state, _ = fn(_last_step_hook(state, i, len(xs)), xs[i], sweep)
+        for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(states[i])):
+            np.testing.assert_array_equal(a, b, err_msg=f"resumed step {i + 1}")
     return states, metrics
+
+
+def _last_step_hook(state, i, n):
+    """Before the last step: ``b_enc += 50`` (see :func:`_batches`)."""
+    if i < n - 1:
+        return state
+    return {**state, "params": {**state["params"], "b_enc": state["params"]["b_enc"] + 50.0}}
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_sparse_step_equals_dense_step(case):
-    """Five steps of each path from the same state on the same batches: loss, every metric, the
+    """Five steps of each path from the same state on the same batches (each run also resumed from
+    its state after step 2, bitwise the same): loss, every metric, the
     parameters and the optimiser state agree to float32 rounding, on the batch where no latent
     fires, on ordinary batches (taken sparse) and on the last, where a row overflows its 40 slots
     (taken dense; TopK's slots are its k, which never overflow)."""

@@ -21,11 +21,17 @@ order of float32 sums. A row with more active latents than slots *overflows*
 (:func:`active_slots` says so); the trainer then takes the dense step for that batch
 (:mod:`gemmascope.train.step`), so a result never silently differs.
 
-The loops over slots are ``lax.scan`` s over ``cap`` (each iteration one ``[B, d_in]`` gather or
+The loops over slots are loops over slot columns (each iteration one ``[B, d_in]`` gather or
 scatter): on XLA:CPU that ran 2x (scatter) to 6x (gather) faster than one gather of
 ``[B, cap, d_in]`` followed by a reduction, which also materialises ``B * cap * d_in`` floats
 (measured at 1024 x 576 x 65,536, cap 128: decode 0.04 s against 0.25 s, scatter-add 0.16 s
-against 0.33 s; the dense decoder matmul 0.79 s).
+against 0.33 s; the dense decoder matmul 0.79 s). Each row's active latents come first in its
+slots, so the loops stop at ``used``, the largest row's count: the capacity costs the slot
+choice and ``[B, cap]`` arrays, not gathers and scatters.
+
+Not yet: the dense fallback lives in the same compiled step (``lax.cond``), so XLA's temporary
+memory of the step is the dense step's, not the sparse path's own (bench/bench_sae_step.py
+--sparse reports both); a sharded decoder (``config.mesh.model > 1``) trains dense under "auto".
 """
 
 from __future__ import annotations
