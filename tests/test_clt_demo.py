@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from gemmascope import config as config_lib
-from gemmascope.circuits import attribution, graph_file, prune
+from gemmascope.circuits import attribution, graph_file, page, prune
 from gemmascope.circuits.transcoders import load_stack
 from gemmascope.config.experiments import clt as clt_config
 from gemmascope.eval.replacement import evaluate_replacements
@@ -54,3 +54,5 @@ def test_clt_demo_runlocal_trains_exports_and_scores_the_replacement_model(tmp_p
     with open(path) as fh:
         data = json.load(fh)
     assert data["links"] and sum(n["feature_type"] == "logit" for n in data["nodes"]) == len(g.logit_tokens)
+    html = open(page.write_page(os.path.join(wd, "graphs"), data)).read()
+    assert html.count('"path"') == len(g.logit_tokens)

@@ -693,3 +693,53 @@ def test_scan_matches_a_numpy_oracle_over_several_batches(arch):
         max_tokens=int(valid_all[0].sum()) + 1,
     )
     assert part.tokens.shape[0] == 8 and part.n_tokens == valid_all[0].sum() + valid_all[1].sum()
+
+
+# ----------------------------------------------------------------------------------- attribution graph page
+
+
+def _hand_graph():
+    """A two-layer graph by hand: tokens t0..t2, features f(0,1,5) and f(1,2,7), two logits."""
+    from gemmascope.circuits.attribution import Graph
+
+    g = Graph(
+        tokens=np.array([1, 9, 4]),
+        active_features=np.array([[0, 1, 5], [1, 2, 7]]),
+        activations=np.array([2.0, 1.5], np.float32),
+        logit_tokens=np.array([11, 12]),
+        logit_probabilities=np.array([0.6, 0.3], np.float32),
+        adjacency=np.zeros((2 + 6 + 3 + 2,) * 2, np.float32),
+        n_layers=2,
+    )
+    a, tok, err, lg = g.adjacency, g.token_start, g.error_start, g.logit_start
+    a[0, tok + 1] = 4.0  # f05 <- t1
+    a[1, 0], a[1, tok + 1] = 2.0, 1.0  # f17 <- f05, t1
+    a[lg, 1], a[lg, err + 2], a[lg, tok + 2] = 3.0, -1.0, 0.5  # logit0 <- f17, error(0, 2), t2
+    a[lg + 1, 0] = 1.0  # logit1 <- f05
+    return g
+
+
+def test_graph_page_draws_every_node_and_link_and_highlights_the_top_path(browser, tmp_path):
+    from gemmascope.circuits import graph_file, page
+
+    g = _hand_graph()
+    rec = graph_file.graph_record(
+        g, slug="hand", scan="t", prompt_tokens=["<bos>", "<b>x</b>", " y"], logit_texts=["A", "B"],
+        node_threshold=1.0, edge_threshold=1.0,
+    )  # fmt: skip
+    assert page.top_path(rec, "3_11_2") == ["E_9_1", "0_5_1", "1_7_2", "3_11_2"]  # 1 * 2/3 * 3/4.5
+    assert page.top_path(rec, "3_12_2") == ["E_9_1", "0_5_1", "3_12_2"]
+    path = page.write_page(str(tmp_path), rec, feature_url="dash{layer}/latents/{feature}.html")
+    d = _open(browser, path)
+    assert len(_css(d, "svg circle")) == len(rec["nodes"]) and len(_css(d, "svg line.link")) == len(rec["links"])
+    on = lambda: sorted(c.get_attribute("data-id") for c in _css(d, "circle.onpath"))  # noqa: E731
+    assert on() == sorted(page.top_path(rec, "3_11_2"))
+    assert len(_css(d, "line.link.onpath")) == 3 and len(_css(d, "line.link.neg")) == 1
+    from selenium.webdriver.support.ui import Select
+
+    Select(_css(d, "#logit")[0]).select_by_value("3_12_2")
+    assert on() == sorted(page.top_path(rec, "3_12_2"))
+    hrefs = sorted(d.execute_script("return [...document.querySelectorAll('svg a')].map(a => a.getAttribute('href'))"))
+    assert hrefs == ["dash0/latents/5.html", "dash1/latents/7.html"]  # each to its own layer's dashboard
+    assert _css(d, "#prompt")[0].text == "<bos><b>x</b> y"  # text, not markup
+    assert d.execute_script("return performance.getEntriesByType('resource').length") == 0

@@ -7,7 +7,8 @@ r"""Build the attribution graph of one prompt through per-layer transcoders or a
 ``--transcoders``: a CLT folder (``config.json`` + ``params_layer_<i>.safetensors``) or a folder
 holding one exported transcoder per layer (``layer_<i>/.../params.npz``). Writes
 ``<out>/<slug>.json`` (circuit-tracer's graph format, pruned at ``--node_threshold`` /
-``--edge_threshold``), ``<out>/graph-metadata.json`` and ``<out>/<slug>.npz`` (the unpruned
+``--edge_threshold``), ``<out>/<slug>.html`` (an offline view, :mod:`gemmascope.circuits.page`),
+``<out>/graph-metadata.json`` and ``<out>/<slug>.npz`` (the unpruned
 adjacency matrix and node lists), and prints the top logits and the graph's replacement and
 completeness scores. ``--intervene=layer:position:feature:value`` (repeatable) also sets those
 features in the LM and in the replacement model and prints the top logits before and after.
@@ -23,7 +24,19 @@ from gemmascope.commands import run_module
 @functools.cache
 def define_flags() -> None:
     """Declares this command's flags, once, when it runs (see :mod:`gemmascope.commands`)."""
-    global _MODEL, _TRANSCODERS, _PROMPT, _OUT, _SLUG, _NODE, _EDGE, _MAX_LOGITS, _LOGIT_P, _BATCH, _INTERVENE
+    global \
+        _MODEL, \
+        _TRANSCODERS, \
+        _PROMPT, \
+        _OUT, \
+        _SLUG, \
+        _NODE, \
+        _EDGE, \
+        _MAX_LOGITS, \
+        _LOGIT_P, \
+        _BATCH, \
+        _INTERVENE, \
+        _FEATURE_URL
     _MODEL = flags.DEFINE_string("model", "embedded:gemma3-270m", "LM: 'embedded[:name]', a .gguf, a HF dir or hub id.")
     _TRANSCODERS = flags.DEFINE_string("transcoders", None, "CLT folder, or a folder of per-layer transcoders.")
     _PROMPT = flags.DEFINE_string("prompt", None, "Prompt text (BOS is prepended).")
@@ -35,6 +48,9 @@ def define_flags() -> None:
     _LOGIT_P = flags.DEFINE_float("desired_logit_prob", 0.95, "Logit targets until their probability reaches this.")
     _BATCH = flags.DEFINE_integer("batch_size", 256, "Targets per vector-Jacobian batch.")
     _INTERVENE = flags.DEFINE_multi_string("intervene", [], "layer:position:feature:value (repeatable).")
+    _FEATURE_URL = flags.DEFINE_string(
+        "feature_url", None, "Link feature nodes to dashboards: a format string with {layer} and {feature}."
+    )
     flags.mark_flags_as_required(["transcoders", "prompt", "out"])
 
 
@@ -60,7 +76,7 @@ def main(argv):
 
     import numpy as np
 
-    from gemmascope.circuits import attribution, graph_file, intervene, prune
+    from gemmascope.circuits import attribution, graph_file, intervene, page, prune
     from gemmascope.circuits.transcoders import check_against, load_stack
     from gemmascope.lm.loading import context_length, load_lm
 
@@ -98,6 +114,7 @@ def main(argv):
         edge_threshold=_EDGE.value,
     )
     path = graph_file.write_graph(_OUT.value, rec)
+    html = page.write_page(_OUT.value, rec, feature_url=_FEATURE_URL.value)
     np.savez_compressed(
         f"{_OUT.value}/{slug}.npz",
         tokens=graph.tokens,
@@ -112,7 +129,7 @@ def main(argv):
         "[attribute] top logits: " + ", ".join(f"{t!r} {p:.3f}" for t, p in zip(logit_texts, graph.logit_probabilities))
     )
     print(f"[attribute] replacement score {sc['replacement_score']:.3f}, completeness {sc['completeness_score']:.3f}")
-    print(f"[attribute] pruned graph: {len(rec['nodes'])} nodes, {len(rec['links'])} links -> {path}")
+    print(f"[attribute] pruned graph: {len(rec['nodes'])} nodes, {len(rec['links'])} links -> {path}, {html}")
     if interventions:
         res = intervene.intervene(lm.params, cfg, np.array(ids), stack, interventions)
         for name in ("clean", "lm", "replacement_clean", "replacement"):
