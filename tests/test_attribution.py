@@ -1,6 +1,7 @@
 """Attribution graphs on tiny random LMs: every edge against a finite difference in an independent
 frozen replacement model (float64 NumPy, built from the recorded norm denominators and attention
-patterns), for per-layer transcoders on a Llama and an affine CLT on a Gemma 3 with a window."""
+patterns), for per-layer transcoders on a Llama and on a Gemma 2 with both soft-caps, and an
+affine CLT on a Gemma 3 with a window."""
 
 import dataclasses
 import json
@@ -34,7 +35,8 @@ def _lm(cfg, seed):
         k = jax.random.split(jax.random.key(seed + 1), 6)
         lay = dict(params["layers"])
         for i, name in enumerate(("attn_norm", "post_attn_norm", "mlp_norm", "post_mlp_norm", "q_norm", "k_norm")):
-            lay[name] = 0.3 * jax.random.normal(k[i], lay[name].shape)
+            if name in lay:  # q/k norms: Gemma 3 only
+                lay[name] = 0.3 * jax.random.normal(k[i], lay[name].shape)
         params = {**params, "layers": lay}
     return params
 
@@ -148,6 +150,13 @@ def _frozen_reference(params, cfg, tokens, stack, graph, zero_positions=1):
 
 CASES = {
     "llama_transcoders": (tiny_llama(n_layers=3), False, False),
+    "gemma2_softcaps_transcoders": (
+        tiny_llama(n_layers=3).replace(
+            arch="gemma2", attn_softcap=5.0, final_softcap=3.0, sliding_window=3, query_pre_attn_scalar=8.0
+        ),
+        False,
+        False,
+    ),
     "gemma3_affine_clt": (_tiny_gemma3(), True, True),
 }
 
