@@ -165,12 +165,34 @@ def finish(args, settings, inp: str, out: str, meta) -> None:
     }
     with open(out) as fh:
         ref = json.load(fh)
+    ref["flips"] = threshold_flips(z)
     ks = [k for k in settings.k_values if k is not None]
     lines, ok = report(ours, ref, ks, names)
     print("\n".join(lines))
     if not args.no_write:
         with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as fh:
             fh.write(section(lines, ok, args, meta, len(z["ours_raw"]), ref))
+
+
+def threshold_flips(z, tol: float = 1e-3) -> dict[str, float]:
+    """Our pooled SAE codes against a float64 NumPy encode of the same token activations: how many
+    ``(text, latent)`` entries differ by more than ``tol``, and the largest such entry's closest
+    pre-activation to its threshold (a JumpReLU code jumps by the threshold there, so a token within
+    float32 rounding of it moves the text's mean by ``threshold / n_tokens``)."""
+    acts, w, b, th = z["acts"], z["W_enc"].astype(np.float64), z["b_enc"].astype(np.float64), z["threshold"]
+    worst, count, margin = 0.0, 0, float("nan")
+    for s in range(0, len(acts), 100):
+        a = acts[s : s + 100].astype(np.float64)
+        keep = np.abs(a).sum(-1) != 0
+        pre = a @ w + b
+        f = (pre * (pre > th) * keep[..., None]).sum(1) / keep.sum(1)[:, None]
+        d = np.abs(f - z["ours_sae"][s : s + 100])
+        count += int((d > tol).sum())
+        if d.max() > worst:
+            worst = float(d.max())
+            i, j = np.unravel_index(d.argmax(), d.shape)
+            margin = float(np.abs(pre[i, keep[i], j] - th[j]).min())
+    return {"over_tol": count, "entries": int(z["ours_sae"].size), "max_abs_diff": worst, "margin": margin, "tol": tol}
 
 
 def report(ours, ref, ks, tasks) -> tuple[list[str], bool]:
@@ -205,7 +227,7 @@ def report(ours, ref, ks, tasks) -> tuple[list[str], bool]:
 
 
 def section(lines, ok, args, meta, n_texts, ref) -> str:
-    pool = ref["pool_max_abs_diff"]
+    pool, fl = ref["pool_max_abs_diff"], ref["flips"]
     rel = {k: pool[k] / max(ref["pool_max_abs"][k], 1e-30) for k in pool}
     return (
         f"\n{SECTION}\n\n"
@@ -214,7 +236,10 @@ def section(lines, ok, args, meta, n_texts, ref) -> str:
         f"{args.n_train} train / {args.n_test} test positives per task and as many negatives, {n_texts} texts, "
         f"x86_64 CPU, {args.date}. Pooled features: sae-bench's pooling of the same token activations against "
         f"ours, max |diff| {pool['llm']:.1e} raw ({rel['llm']:.1e} of the largest), {pool['sae']:.1e} SAE "
-        f"({rel['sae']:.1e}). Same tasks: our texts and labels through sae-bench's top-k mask and sklearn probe on "
+        f"({rel['sae']:.1e}); against a float64 NumPy encode, {fl['over_tol']} of {fl['entries']:,} (text, latent) "
+        f"entries of our pooled codes differ by over {fl['tol']:g} (largest {fl['max_abs_diff']:.3f}, where a token's "
+        f"pre-activation is {fl['margin']:.1e} from its threshold: JumpReLU jumps by the threshold there, so float32 "
+        "rounding in either code moves that text's mean by threshold / n_tokens). Same tasks: our texts and labels through sae-bench's top-k mask and sklearn probe on "
         "its pooled features. Own sampling: sae-bench's `train_probe_on_activations` on the same classes, its own "
         "negatives (seeds 42-46: mean and standard deviation over seeds of the mean over tasks); `all` is its AdamW probe with early stopping on the test set against our z-scored "
         f"L-BFGS fit. Goal: same-task gap within {GOAL_PP:g} pp at every k: {'PASS' if ok else 'FAIL'}.\n\n"
