@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gemmascope.circuits import attribution, graph_file, intervene, prune
-from gemmascope.circuits.transcoders import TranscoderStack, load_stack
+from gemmascope.circuits.transcoders import TranscoderStack, load_stack, model_mismatch
 from gemmascope.lm import model
 from gemmascope.lm.config import LMConfig
 from gemmascope.sae.files import io as sae_io
@@ -293,22 +293,25 @@ def test_bad_inputs_name_the_problem(tmp_path):
     other = _stack(cfg.replace(d_model=24, head_dim=12), cross_layer=False, skip=False)
     with pytest.raises(ValueError, match="read width 24 .* d_model is 16: transcoders from another model"):
         attribution.attribute(params, cfg, np.arange(4) + 3, other)
+    named = dataclasses.replace(stack, model="SmolLM2-135M")
+    assert "trained on 'SmolLM2-135M', the LM loaded is 'Gemma 3 270M'" in model_mismatch(named, "Gemma 3 270M")
+    assert model_mismatch(named, "SmolLM2-135M") is None and model_mismatch(stack, "Gemma 3 270M") is None
     # A folder of per-layer transcoder files with a layer missing.
     for layer in (0, 2):
         d = tmp_path / f"layer_{layer}"
         sae_io.save_params(
             str(d / "params.npz"),
             {k: v[layer] for k, v in stack.params.items()},
-            {"architecture": "transcoder", "layer": layer},
+            {"architecture": "transcoder", "layer": layer, "model": "tiny"},
         )
     with pytest.raises(ValueError, match=r"no transcoder for layer\(s\) \[1\]"):
         load_stack(str(tmp_path))
     sae_io.save_params(
         str(tmp_path / "layer_1" / "params.npz"),
         {k: v[1] for k, v in stack.params.items()},
-        {"architecture": "transcoder", "layer": 1},
+        {"architecture": "transcoder", "layer": 1, "model": "tiny"},
     )
     loaded = load_stack(str(tmp_path))
-    assert not loaded.cross_layer and loaded.read_site == "mlp_in"
+    assert not loaded.cross_layer and loaded.read_site == "mlp_in" and loaded.model == "tiny"
     for k, v in stack.params.items():
         np.testing.assert_array_equal(loaded.params[k], v)

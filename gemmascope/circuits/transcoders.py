@@ -39,6 +39,7 @@ class TranscoderStack:
     cross_layer: bool
     read_site: str
     names: tuple[str, ...] = ()
+    model: str | None = None  # the LM the files say they were trained on, when they say
 
     @property
     def n_layers(self) -> int:
@@ -120,7 +121,8 @@ def load_stack(source: str | Sequence[str]) -> TranscoderStack:
     per-layer ``params.npz`` files in layer order."""
     if isinstance(source, str) and os.path.isdir(source) and multilayer.read_clt_config(source) is not None:
         params = multilayer.load_gemma_scope_2_clt(source)
-        return TranscoderStack(params, cross_layer=True, read_site="res_mid", names=(source,))
+        model = (multilayer.read_clt_config(source) or {}).get("model")
+        return TranscoderStack(params, cross_layer=True, read_site="res_mid", names=(source,), model=model)
     if isinstance(source, str):
         if not os.path.isdir(source):
             raise FileNotFoundError(f"{source}: no such transcoder folder")
@@ -134,7 +136,20 @@ def load_stack(source: str | Sequence[str]) -> TranscoderStack:
     else:
         paths = list(source)
     params = _stacked_transcoders(paths)
-    return TranscoderStack(params, cross_layer=False, read_site="mlp_in", names=tuple(paths))
+    models = {sae_io.load_metadata(p).get("model") for p in paths} - {None}
+    if len(models) > 1:
+        raise ValueError(f"{paths[0]}...: the transcoders were trained on different models: {sorted(models)}")
+    model = models.pop() if models else None
+    return TranscoderStack(params, cross_layer=False, read_site="mlp_in", names=tuple(paths), model=model)
+
+
+def model_mismatch(stack: TranscoderStack, model_name: str | None) -> str | None:
+    """A warning when the files name the LM they were trained on and it is not ``model_name``
+    (a warning, not an error: the same weights load under several names, a GGUF and a hub id)."""
+    if model_name is None or stack.model is None or stack.model == model_name:
+        return None
+    where = stack.names[0] if stack.names else "transcoders"
+    return f"{where}: the transcoders were trained on {stack.model!r}, the LM loaded is {model_name!r}"
 
 
 def check_against(stack: TranscoderStack, cfg) -> None:

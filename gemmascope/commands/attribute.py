@@ -77,13 +77,16 @@ def main(argv):
     import numpy as np
 
     from gemmascope.circuits import attribution, graph_file, intervene, page, prune
-    from gemmascope.circuits.transcoders import check_against, load_stack
+    from gemmascope.circuits.transcoders import check_against, load_stack, model_mismatch
     from gemmascope.lm.loading import context_length, load_lm
 
     interventions = [parse_intervention(t) for t in _INTERVENE.value]
     stack = load_stack(_TRANSCODERS.value)
     lm = load_lm(_MODEL.value, log=print)
     check_against(stack, lm.cfg)
+    warning = model_mismatch(stack, lm.name)
+    if warning:
+        print(f"[attribute] warning: {warning}")
     cfg, tok = lm.cfg, lm.tokenizer
     ids = [cfg.bos_id] + list(tok(_PROMPT.value, add_special_tokens=False)["input_ids"])
     t0 = time.time()
