@@ -31,7 +31,8 @@ choice and ``[B, cap]`` arrays, not gathers and scatters.
 
 Not yet: the dense fallback lives in the same compiled step (``lax.cond``), so XLA's temporary
 memory of the step is the dense step's, not the sparse path's own (bench/bench_sae_step.py
---sparse reports both); a sharded decoder (``config.mesh.model > 1``) trains dense under "auto".
+--sparse reports both); a sharded decoder (``config.mesh.model > 1``) and accelerators train
+dense under "auto" (not measured there).
 """
 
 from __future__ import annotations
@@ -196,10 +197,13 @@ def capacities(cfg, arch, d_sae: int, values, model_shards: int = 1) -> list[int
     """The sparse path's slots per row for each SAE of a stack (its sweep ``values``), or ``None``
     for the dense step: ``cfg.sae.sparse_path`` "dense"; an architecture without ``sparse_loss``
     (":func:`sparse`" there raises, naming the field); "auto" below :data:`AUTO_MIN_WIDTH` or with
-    more slots than :data:`AUTO_MAX_DENSITY` of ``d_sae``, or with the latents sharded over
-    ``model_shards > 1`` devices (gathers and scatters of a sharded decoder: not measured). The
-    slots: ``cfg.sparse_capacity``, or the architecture's ``sparse_capacity(cfg, value)`` when 0."""
-    if not available(cfg, arch) or (cfg.sparse_path == "auto" and model_shards > 1):
+    more slots than :data:`AUTO_MAX_DENSITY` of ``d_sae``, with the latents sharded over
+    ``model_shards > 1`` devices, or off XLA:CPU (the only backend where the path was measured;
+    gathers and scatters of a sharded decoder were not). The slots: ``cfg.sparse_capacity``, or
+    the architecture's ``sparse_capacity(cfg, value)`` when 0."""
+    if not available(cfg, arch):
+        return None
+    if cfg.sparse_path == "auto" and (model_shards > 1 or jax.default_backend() != "cpu"):
         return None
     caps = [int(cfg.sparse_capacity) or int(arch.sparse_capacity(cfg, v)) for v in values]
     if cfg.sparse_path == "auto" and (d_sae < AUTO_MIN_WIDTH or max(caps) > AUTO_MAX_DENSITY * d_sae):
