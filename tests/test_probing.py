@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
+from gemmascope.data import topics
 from gemmascope.eval import evaluate
 from gemmascope.eval import probing as P
 from gemmascope.lm import model
@@ -70,14 +71,14 @@ def test_top_k_by_mean_diff_orders_by_the_absolute_difference():
 
 
 def test_splits_never_share_a_document_and_tasks_are_balanced():
-    texts, labels, names = P.fortune_topics()
+    texts, labels, names = topics.fortune_topics()
     settings = P.ProbingSettings()
     is_test = P.split_of(texts, settings.test_fraction, settings.salt)
     tasks = P.make_tasks(labels, names, is_test, settings)
     assert len(tasks) >= 10
     for t in tasks:
-        train = {P.normalise(texts[i]) for i in t.train}
-        test = {P.normalise(texts[i]) for i in t.test}
+        train = {topics.normalise(texts[i]) for i in t.train}
+        test = {topics.normalise(texts[i]) for i in t.test}
         assert not train & test, t.name
         assert not is_test[t.train].any() and is_test[t.test].all()
         assert t.train_y.sum() * 2 == len(t.train) and t.test_y.sum() * 2 == len(t.test)
@@ -93,14 +94,14 @@ def test_fortune_topics_label_by_source_file_and_refuse_another_corpus():
     from gemmascope.data.text import embedded_corpus
 
     docs = embedded_corpus()
-    texts, labels, names = P.fortune_topics(docs)
+    texts, labels, names = topics.fortune_topics(docs)
     topic = {t: names[l] for t, l in zip(texts, labels)}
     assert topic[docs[11738]] == "tao" and docs[11738].startswith("The Way")
     assert topic[docs[464]] == "art" and topic[docs[465]] == "computers"
     assert topic[docs[13422]] == "zippy"
     assert len(set(map(P.normalise, texts))) == len(texts)  # duplicates resolved
     with pytest.raises(ValueError, match="topic 'computers' should start at document 465"):
-        P.fortune_topics(docs[:465] + docs[466:] + ["x"])
+        topics.fortune_topics(docs[:465] + docs[466:] + ["x"])
 
 
 class _WordIds:
