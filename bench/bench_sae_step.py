@@ -2,6 +2,7 @@ r"""Training-step throughput as a fraction of this machine's dense matmul FLOP/s
 
     python bench/bench_sae_step.py                  # (576, 4096) and (2304, 16384), batch 4096
     python bench/bench_sae_step.py --shapes=576x4096 --batch=1024 --lambdas=4
+    python bench/bench_sae_step.py --sparse --shapes=576x16384,576x65536 --batch=1024 --l0s=32,64,128
     python bench/bench_sae_step.py --archs=topk,batchtopk,matryoshka_jumprelu,matryoshka_batchtopk \
         --shapes=576x4096 --batch=1024 --k=64           # step time of each against JumpReLU's
 
@@ -15,6 +16,11 @@ d_sae``: encode, decode, and the three backward products; no gradient to x). The
 the step's FLOP/s (per SAE in the stack, times K) by the FLOP/s of one plain fp32 matmul
 ``[batch, d_in] @ [d_in, d_sae]`` measured in the same run, so machine load cancels as far as it
 can. Appends a row to BENCHMARKS.md.
+
+With ``--sparse`` the JumpReLU step on the sparse path (:mod:`gemmascope.sae.sparse`, slots per
+row ``--capacity-factor`` x L0) is timed against the dense step in the same run, interleaved
+rounds, best each, at the threshold that gives each L0, with the compiled step's temporary
+memory (XLA's ``memory_analysis``) of each.
 """
 
 from __future__ import annotations
@@ -140,6 +146,81 @@ def compare_archs(args) -> list[str]:
     return rows
 
 
+def sparse_runner(path: str, batch: int, d_in: int, d_sae: int, l0: int, capacity: int, arch: str = "jumprelu"):
+    """A compiled, warmed train step (K = 1) of ``arch`` on ``path`` ("dense" / "sparse") on a fixed
+    normalised Gaussian batch: JumpReLU with the threshold that gives L0 ``l0``, TopK with k =
+    ``l0``. Returns ``(run, temp_bytes)``; ``run()`` times one step (seconds, and the step's L0
+    and whether it fell back to the dense step)."""
+    c = config_lib.base_config()
+    c.batch_size, c.widths, c.sites = batch, (d_sae,), ("toy",)
+    c.lambdas = (1e-3,)
+    c.sae.arch, c.sae.topk_ks = arch, (l0,)
+    c.sae.sparse_path, c.sae.sparse_capacity = path, capacity
+    # Every pre-activation is x . w_j with unit w_j and x ~ N(0, I / d_in): N(0, 1 / d_in); one
+    # threshold at its 1 - l0 / d_sae quantile gives L0 = l0 on average (rows vary with |x|).
+    c.sae.threshold_init = float(jax.scipy.special.ndtri(1.0 - l0 / d_sae)) / d_in**0.5
+    config_lib.validate(c)
+    x = jax.random.normal(jax.random.PRNGKey(2), (batch, d_in), jnp.float32) / d_in**0.5
+    state = step_lib.init_state(jax.random.PRNGKey(0), c, d_in, d_sae=d_sae, n_saes=1, norm_scale=1.0)
+    lam = jnp.full((1,), 1e-3, jnp.float32)
+    fn = jax.jit(step_lib.make_train_step(c, dead_window_steps=1000), donate_argnums=(0,))
+    compiled = fn.lower(state, x, lam).compile()
+    mem = compiled.memory_analysis()
+    temp = int(getattr(mem, "temp_size_in_bytes", 0) or 0) if mem is not None else 0
+    holder = {"s": state}
+
+    def run():
+        t = time.perf_counter()
+        holder["s"], m = compiled(holder["s"], x, lam)
+        jax.block_until_ready(m["loss"])
+        return time.perf_counter() - t, float(m["l0"][0]), float(m.get("sparse_fallback", jnp.zeros(1))[0])
+
+    run()
+    return run, temp
+
+
+def compare_sparse(args) -> list[str]:
+    """Dense against sparse steps at each shape and L0, interleaved rounds, best each."""
+    rows = []
+    for shape in args.shapes.split(","):
+        d_in, d_sae = (int(v) for v in shape.split("x"))
+        for l0 in (int(v) for v in args.l0s.split(",")):
+            cap = args.capacity_factor * l0 if args.sparse_arch == "jumprelu" else l0
+            runners = {
+                p: sparse_runner(p, args.batch, d_in, d_sae, l0, cap, args.sparse_arch) for p in ("dense", "sparse")
+            }
+            times = {p: [] for p in runners}
+            stats = {}
+            for _ in range(args.repeats):
+                for p, (run, _) in runners.items():
+                    t, got_l0, fb = run()
+                    times[p].append(t)
+                    stats[p] = (got_l0, fb)
+            mm = matmul_flops(args.batch, d_in, d_sae, 2)
+            best = {p: min(v) for p, v in times.items()}
+            flop = 10 * args.batch * d_in * d_sae
+            speed = best["dense"] / best["sparse"]
+            mem = {p: runners[p][1] for p in runners}
+            mem_ratio = mem["sparse"] / mem["dense"] if mem["dense"] else float("nan")
+            print(
+                f"d_in={d_in} d_sae={d_sae} batch={args.batch} L0={l0} (measured {stats['sparse'][0]:.1f}) "
+                f"cap={cap}: dense {best['dense']:.3f} s, sparse {best['sparse']:.3f} s = {speed:.2f}x; "
+                f"fallback {stats['sparse'][1]:.0f}; temp {mem['dense'] / 2**20:.0f} / {mem['sparse'] / 2**20:.0f} MiB; "
+                f"dense FLOP/s / matmul {flop / best['dense'] / mm:.2f}",
+                flush=True,
+            )
+            rows.append(
+                f"| {args.sparse_arch}, d_in={d_in}, d_sae={d_sae}, batch={args.batch}, L0 {stats['sparse'][0]:.0f}, "
+                f"slots {cap}, fallback {stats['sparse'][1]:.0f} "
+                f"| {machine()}, load {os.getloadavg()[0]:.1f} "
+                f"| dense {args.batch / best['dense']:,.0f} tok/s ({flop / best['dense'] / mm:.2f} of matmul); "
+                f"sparse {args.batch / best['sparse']:,.0f} tok/s ({flop / best['sparse'] / mm:.2f} dense-equivalent) "
+                f"| **{speed:.2f}x** | temp {mem['dense'] / 2**20:,.0f} / {mem['sparse'] / 2**20:,.0f} MiB "
+                f"= **{mem_ratio:.2f}** |"
+            )
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="576x4096,2304x16384")
@@ -155,7 +236,21 @@ def main():
     )
     ap.add_argument("--k", type=int, default=64, help="k of TopK / BatchTopK with --archs")
     ap.add_argument("--dead-fraction", type=float, default=0.0, help="latents dead before each step (AuxK on)")
+    ap.add_argument("--sparse", action="store_true", help="dense against sparse JumpReLU steps (--l0s)")
+    ap.add_argument("--l0s", default="32,64,128", help="L0s of --sparse")
+    ap.add_argument("--capacity-factor", type=int, default=4, help="--sparse: JumpReLU's slots per row = this x L0")
+    ap.add_argument("--sparse-arch", default="jumprelu", help="--sparse: jumprelu, or topk (k = L0; no fallback)")
     args = ap.parse_args()
+    if args.sparse:
+        rows = compare_sparse(args)
+        if not args.no_write:
+            append_rows(
+                "Sparse against dense train step (bench/bench_sae_step.py --sparse)",
+                "| shape | machine | tokens/s (step FLOP/s over the matmul rate) | sparse speed-up, same run "
+                "| compiled temp memory dense / sparse |\n|---|---|---|---|---|",
+                rows,
+            )
+        return
     if args.archs:
         rows = compare_archs(args)
         if not args.no_write:
