@@ -311,22 +311,19 @@ def forward(
     def layer_params(i):
         return jax.tree_util.tree_map(lambda x: x[i], layers)
 
+    def unrolled_block(i, h, **hook_args):  # layer i with static window and RoPE table
+        r = int(rope_idx[i])
+        return _block(
+            layer_params(i), h, cfg, window=int(windows[i]), cos=cos[r], sin=sin[r], key_mask=key_mask,
+            freeze=freeze, **hook_args,
+        )  # fmt: skip
+
     def run_plain(h, start, stop):  # layers start..stop-1, no hooks
         if stop - start <= 0:
             return h
         if not scan_layers or stop - start == 1:
             for i in range(start, stop):
-                r = int(rope_idx[i])
-                h = _block(
-                    layer_params(i),
-                    h,
-                    cfg,
-                    window=int(windows[i]),
-                    cos=cos[r],
-                    sin=sin[r],
-                    key_mask=key_mask,
-                    freeze=freeze,
-                )
+                h = unrolled_block(i, h)
             return h
         win = jnp.asarray(windows)
         ridx = jnp.asarray(rope_idx)
@@ -344,20 +341,7 @@ def forward(
     i = start_layer
     for hl in sorted(hooks):
         h = run_plain(h, i, hl)
-        r = int(rope_idx[hl])
-        h = _block(
-            layer_params(hl),
-            h,
-            cfg,
-            window=int(windows[hl]),
-            cos=cos[r],
-            sin=sin[r],
-            key_mask=key_mask,
-            hooks=hooks[hl],
-            caps=caps,
-            layer=hl,
-            freeze=freeze,
-        )
+        h = unrolled_block(hl, h, hooks=hooks[hl], caps=caps, layer=hl)
         i = hl + 1
     h = run_plain(h, i, last + 1)
     if stop_after is not None:
