@@ -258,6 +258,14 @@ def test_graph_file_follows_circuit_tracer_schema(tmp_path):
     kinds = [n["feature_type"] for n in data["nodes"]]
     assert kinds.count("embedding") == 4 and kinds.count("logit") == len(g.logit_tokens)
     assert json.loads(open(tmp_path / "graph-metadata.json").read())["graphs"][0]["slug"] == "t"
+    # The unpruned graph round-trips through its .npz; a file of something else is named.
+    back = graph_file.load_npz(graph_file.save_npz(str(tmp_path / "g.npz"), g))
+    for k in graph_file.NPZ_FIELDS:
+        np.testing.assert_array_equal(getattr(back, k), getattr(g, k))
+    assert back.n_layers == g.n_layers and back.info == g.info
+    np.savez(tmp_path / "other.npz", tokens=g.tokens)
+    with pytest.raises(ValueError, match=r"other.npz: not an attribution graph file \(missing \['active_features'"):
+        graph_file.load_npz(str(tmp_path / "other.npz"))
 
 
 def test_interventions_agree_where_nothing_is_downstream():

@@ -149,6 +149,30 @@ def graph_record(
     return {"metadata": metadata, "qParams": q, "nodes": used, "links": links}
 
 
+NPZ_FIELDS = ("tokens", "active_features", "activations", "logit_tokens", "logit_probabilities", "adjacency")
+
+
+def save_npz(path: str, graph: Graph) -> str:
+    """The unpruned graph's arrays (:data:`NPZ_FIELDS`), ``n_layers`` and ``info`` (as JSON) in one
+    ``.npz``; :func:`load_npz` reads it back. Returns ``path``."""
+    arrays = {k: getattr(graph, k) for k in NPZ_FIELDS}
+    np.savez_compressed(path, n_layers=graph.n_layers, info=json.dumps(graph.info), **arrays)
+    return path
+
+
+def load_npz(path: str) -> Graph:
+    """A :class:`Graph` from :func:`save_npz`'s file; ValueError naming the file and the missing
+    or inconsistent field otherwise."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in (*NPZ_FIELDS, "n_layers", "info") if k not in z.files]
+        if missing:
+            raise ValueError(f"{path}: not an attribution graph file (missing {missing})")
+        g = Graph(**{k: z[k] for k in NPZ_FIELDS}, n_layers=int(z["n_layers"]), info=json.loads(str(z["info"])))
+    if g.adjacency.shape != (g.n_nodes, g.n_nodes):
+        raise ValueError(f"{path}: adjacency has shape {g.adjacency.shape}, the node lists make {g.n_nodes} nodes")
+    return g
+
+
 def write_graph(folder: str, record: dict[str, Any]) -> str:
     """Writes ``folder/<slug>.json`` and adds its metadata to ``folder/graph-metadata.json``
     (replacing an entry of the same slug); returns the graph file's path."""

@@ -118,15 +118,7 @@ def main(argv):
     )
     path = graph_file.write_graph(_OUT.value, rec)
     html = page.write_page(_OUT.value, rec, feature_url=_FEATURE_URL.value)
-    np.savez_compressed(
-        f"{_OUT.value}/{slug}.npz",
-        tokens=graph.tokens,
-        active_features=graph.active_features,
-        activations=graph.activations,
-        logit_tokens=graph.logit_tokens,
-        logit_probabilities=graph.logit_probabilities,
-        adjacency=graph.adjacency,
-    )
+    graph_file.save_npz(f"{_OUT.value}/{slug}.npz", graph)
     print(f"[attribute] {graph.n_features} active features, {graph.n_nodes} nodes, {seconds:.1f}s")
     print(
         "[attribute] top logits: " + ", ".join(f"{t!r} {p:.3f}" for t, p in zip(logit_texts, graph.logit_probabilities))
