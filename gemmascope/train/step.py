@@ -220,7 +220,9 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
     dead_fraction (no firing in the last ``dead_window_steps`` steps), threshold mean/min/max
     (0 without thresholds), sparsity_coefficient (the architecture's
     :meth:`~gemmascope.sae.common.Architecture.sparsity_argument`: the warmed-up lambda or
-    quadratic coefficient, k for TopK) and lr.
+    quadratic coefficient, k for TopK) and lr; on the sparse path (``config.sae.sparse_path``,
+    :func:`gemmascope.sae.sparse.capacities`) also sparse_fallback, 1 where a row of the batch had
+    more active latents than its slots and the SAE took the dense step (the same result, slower).
     """
     arch = archs.get(config.sae.arch) if arch is None else arch
     cfg = SAEConfig.from_config(config)
