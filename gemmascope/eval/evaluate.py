@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 from typing import Any
 
 import numpy as np
 
-from gemmascope.common import write_json_atomic
+from gemmascope.common import write_bytes_atomic, write_json_atomic
 from gemmascope.data.activations import LMActivations
 from gemmascope.eval.metrics import evaluate_saes, firing_histogram, read_write_sites
 from gemmascope.progress import Progress
@@ -152,7 +153,7 @@ def evaluate_workdir(config, workdir: str, max_tokens: int, log=print, saes_per_
             for (path, meta), r in zip(chunk, results):
                 row = _row(path, meta, r, lm.model_name)
                 # per-latent firing counts beside eval.json: SAELens exports' sparsity.safetensors
-                np.save(os.path.join(os.path.dirname(path), "fire_counts.npy"), r["fire_counts"])
+                _write_npy(os.path.join(os.path.dirname(path), "fire_counts.npy"), r["fire_counts"])
                 _write_json(os.path.join(os.path.dirname(path), "eval.json"), row)
                 log(
                     f"{label} {os.path.relpath(path, workdir)}: L0 {r['l0']:.1f} FVU {r['fvu']:.4f} "
@@ -218,6 +219,17 @@ def _read_json(path: str, default):
 _write_json = write_json_atomic  # gemmascope/common.py
 
 
+def _write_npy(path: str, array) -> None:
+    """``np.save`` to ``path`` atomically (a full disk: DiskFullError naming it and its size)."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _write_text(path: str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def series_of(row: dict[str, Any]) -> str:
     """A row's series in the frontier plots and matched-L0 tables: its architecture for an SAE, its
     site for a transcoder (``transcoder``, ``transcoder_affine``: plain and affine apart)."""
@@ -237,17 +249,18 @@ def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:
             r["l0"],
         ),
     )
-    with open(os.path.join(out_dir, "table.csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    # every file written whole (temp file + rename, gemmascope/common.py): a full disk leaves the
+    # previous file, never half of one, and raises DiskFullError naming it and its size
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    _write_text(os.path.join(out_dir, "table.csv"), buf.getvalue())
     lines = ["| " + " | ".join(COLUMNS[:-1]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS[:-1]) + " |")
-    with open(os.path.join(out_dir, "table.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    with open(os.path.join(out_dir, "matched_l0.md"), "w") as fh:
-        fh.write(matched_l0_report(rows))
+    _write_text(os.path.join(out_dir, "table.md"), "\n".join(lines) + "\n")
+    _write_text(os.path.join(out_dir, "matched_l0.md"), matched_l0_report(rows))
     for ykey, ylabel, name in (
         ("delta_loss", "delta LM loss (nats)", "l0_vs_delta_loss.png"),
         ("fvu", "FVU", "l0_vs_fvu.png"),
@@ -275,8 +288,7 @@ def write_table_and_plots(rows: list[dict[str, Any]], out_dir: str) -> None:
                 ],
                 os.path.join(out_dir, f"transcoders_vs_saes_layer_{layer}.png"),
             )
-        with open(os.path.join(out_dir, "transcoders_vs_saes.md"), "w") as fh:
-            fh.write("".join(parts))
+        _write_text(os.path.join(out_dir, "transcoders_vs_saes.md"), "".join(parts))
 
 
 def transcoder_comparisons(rows: list[dict[str, Any]]) -> dict[int, tuple[list[dict[str, Any]], Any, str]]:
@@ -334,8 +346,10 @@ def _frontier_plot(panels, path: str) -> None:
             ax.set_title(title)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def log_l0_axis(ax, ylabel: str) -> None:

@@ -10,6 +10,12 @@ uint32 sum of every state leaf's bits (computed on device, so any single flipped
 and a sha256 of the data state's JSON. Restore recomputes both; a checkpoint that fails to load or
 whose digest differs is moved aside to ``<directory>.corrupt/`` and the previous one is tried,
 saying which. Only when no checkpoint is usable does restore raise :class:`CheckpointError`.
+
+A full disk (ENOSPC, EDQUOT) during a save raises :class:`gemmascope.common.DiskFullError` naming the
+step's folder and its size (about: the arrays uncompressed plus the JSON items), from ``save``
+(orbax saves in the background, so a failed save surfaces at the next ``save``, ``wait`` or
+``close``). The partial step's temp folder is removed; every completed step is kept, and a rerun
+resumes from the newest one.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
+import threading
 import time
 from typing import Any
 
@@ -25,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from gemmascope.common import disk_full_error
 
 _ITEMS = ("state", "data", "digest")
 _ODD = np.uint32(2654435761)  # Knuth's multiplicative constant; weights are 2 * idx * K + 1 (odd)
@@ -62,17 +73,33 @@ def json_digest(obj: Any) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _settle(timeout: float = 20.0) -> None:
+    """Waits (at most ``timeout`` seconds in all) for the background threads of orbax's failed save:
+    orbax reports the first part of a save that fails while other parts (the arrays, written by
+    tensorstore from asyncio executor threads) may still be writing into, and creating folders in,
+    the step's temp folder, which must not be removed under them. A temp folder that survives
+    anyway is removed when the next run opens the checkpoints (``cleanup_tmp_directories``)."""
+    deadline = time.monotonic() + timeout
+    for t in threading.enumerate():
+        mine = type(t).__module__.startswith("orbax") or t.name == "async_save" or t.name.startswith("asyncio")
+        if mine and t is not threading.current_thread():
+            threading.Thread.join(t, max(0.0, deadline - time.monotonic()))  # orbax's join re-raises
+
+
 class Checkpoints:
     def __init__(self, directory: str, max_to_keep: int = 2, log=print):
         self.directory = os.path.abspath(directory)
         self.log = log
+        self._sizes: dict[int, int] = {}  # step -> bytes its save writes (about), for a full disk
         self.manager = self._manager(max_to_keep)
         self.max_to_keep = max_to_keep
 
     def _manager(self, max_to_keep: int) -> ocp.CheckpointManager:
+        # cleanup_tmp_directories: a save killed or stopped by a full disk leaves its temp folder
+        # (never a step); the next run removes it
         return ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True),
             item_names=_ITEMS,
         )
 
@@ -81,18 +108,61 @@ class Checkpoints:
 
     def save(self, step: int, state: Any, data_state: dict[str, Any], force: bool = False) -> None:
         digest = {"state": state_digest(state), "data": json_digest(data_state)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state),
-                digest=ocp.args.JsonSave(digest),
-            ),
-            force=force,
-        )
+        arrays = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+        self._sizes[int(step)] = arrays + len(json.dumps(data_state)) + len(json.dumps(digest))
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data_state),
+                    digest=ocp.args.JsonSave(digest),
+                ),
+                force=force,
+            )
+        except Exception as e:
+            raise self._disk_full(e, step) from e
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._disk_full(e, None) from e
+
+    def _disk_full(self, exc: Exception, step: int | None) -> Exception:
+        """``exc`` as a DiskFullError naming the step whose save failed, after removing the temp
+        folders of unfinished saves (never checkpoints, and they hold space); any other exception
+        unchanged. Which step: the one in orbax's error, else the one whose temp folder is left
+        (with async saves an earlier one than ``step``), else ``step``."""
+        if disk_full_error(exc, self.directory, None) is None:
+            return exc
+        _settle()
+        tmp = [n for n in os.listdir(self.directory) if ".orbax-checkpoint-tmp" in n]
+        m = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(exc))
+        partial = sorted(int(n.split(".")[0]) for n in tmp if n.split(".")[0].isdigit())
+        if m or partial:
+            step = int(m.group(1)) if m else partial[0]
+        elif step is None:
+            step = max(self._sizes, default=0)
+        if jax.process_index() == 0:
+            for name in tmp:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        done = sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+        kept = (
+            f"Completed checkpoints (step{'s' * (len(done) > 1)} {', '.join(map(str, done))}) are intact "
+            f"(orbax writes a step to a temp folder and renames it when complete); the partial step {step} "
+            f"was removed, and a rerun resumes from step {done[-1]}."
+            if done
+            else f"No checkpoint was complete yet; the partial step {step} was removed and a rerun starts over."
+        )
+        return disk_full_error(
+            exc,
+            os.path.join(self.directory, str(step)),
+            self._sizes.get(step),
+            what=f"checkpoint step {step} to",
+            kept=kept,
+            bound="about ",
+        )
 
     def _restore_step(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
         """One checkpoint, checked against its digest; raises (any exception) if unusable."""
@@ -174,5 +244,5 @@ class Checkpoints:
         self.manager.reload()  # re-reads the steps on disk
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()

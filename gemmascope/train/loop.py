@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 
 from gemmascope import config as config_lib
 from gemmascope import lease as lease_lib
+from gemmascope.common import write_bytes_atomic, write_json_atomic
 from gemmascope.data.activations import LMActivations
 from gemmascope.data.sources import make_source
 from gemmascope.eval.exported import evaluate_exported
@@ -305,9 +306,7 @@ def _export_and_mark(loc: _Location, state: Any, done_marker: str) -> list[dict[
 
     if distributed.is_main():
         records = export_to(loc.workdir)
-        os.makedirs(os.path.dirname(done_marker), exist_ok=True)
-        with open(done_marker, "w") as fh:
-            json.dump(records, fh, indent=2)
+        write_json_atomic(done_marker, records)  # a full disk leaves no truncated marker
     else:  # same collectives as process 0 (one SAE gathered at a time), files to a scratch dir
         with tempfile.TemporaryDirectory() as scratch:
             export_to(scratch)
@@ -442,8 +441,7 @@ def train_and_evaluate(
         raise lease_lib.LeaseHeldError(refusal)
     try:
         if distributed.is_main():
-            with open(os.path.join(workdir, "config.json"), "w") as fh:
-                fh.write(config.to_json_best_effort(indent=2))
+            write_bytes_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2).encode())
         records = []
         for site, layer, width in locations(config):
             records += train_location(config, workdir, site, layer=layer, width=width, log=log, mesh=mesh)

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from gemmascope import config as config_lib
+from gemmascope.common import disk_full_error
 
 IDENTITY = ("location", "arch", "site", "layer", "width", "sae", "sweep_kind", "sweep_value", "step", "tokens")
 
@@ -73,21 +74,37 @@ def iter_metrics(workdir: str) -> Iterator[dict[str, Any]]:
 
 
 class JsonlWriter:
-    """Rows as JSON lines appended to ``path`` (``<workdir>/metrics.jsonl``)."""
+    """Rows as JSON lines appended to ``path`` (``<workdir>/metrics.jsonl``).
+
+    A step's rows go out in unbuffered ``os.write`` calls; when the disk fills part way, the file
+    is cut back to its length before the step (it keeps whole lines only, so it stays readable by
+    :func:`iter_metrics`) and :class:`gemmascope.common.DiskFullError` names it and the step's bytes.
+    """
 
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
-        self._fh = open(path, "a")
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
-        for row in rows:
-            self._fh.write(json.dumps(row) + "\n")
-        self._fh.flush()
+        data = "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8")
+        start = os.fstat(self._fd).st_size
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as e:
+            os.ftruncate(self._fd, start)
+            kept = f"{self.path} keeps every whole row before step {step}; the part written of its rows was cut off."
+            err = disk_full_error(e, self.path, len(data), what=f"the metric rows of step {step} to", kept=kept)
+            if err is None:
+                raise
+            raise err from e
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class TensorBoardWriter:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from gemmascope.common import disk_full_as_error
+
 FORMAT = "gemmascope.activation_store"
 VERSION = 1
 STORE_JSON = "store.json"
@@ -103,6 +105,14 @@ class StoreError(ValueError):
 
 class StoreWarning(UserWarning):
     """A store that can be read but not fully checked (written before per-chunk checksums)."""
+
+
+# What a full disk leaves (gemmascope.common.disk_full_error's ``kept``): data is written before
+# progress.json records it, and tensorstore writes each file to a temp file renamed when complete.
+KEPT = (
+    "Every batch recorded in progress.json is intact (a shard or JSON file is written to a temp file "
+    "and renamed when complete, so none is left truncated); the batches after it are regenerated."
+)
 
 
 def repair_fix(root: str) -> str:
@@ -222,7 +232,9 @@ class Root:
         # a file. Object stores replace objects atomically.
         obj = dict(obj)
         obj[CHECKSUM_KEY] = json_checksum(obj)
-        self.kv.write(key, json.dumps(obj, indent=1, sort_keys=True).encode("utf-8")).result()
+        data = json.dumps(obj, indent=1, sort_keys=True).encode("utf-8")
+        with disk_full_as_error(join_path(self.root, key), len(data), what="store file", kept=KEPT):
+            self.kv.write(key, data).result()
 
     def exists(self, key: str) -> bool:
         return self.kv.read(key).result().state == "value"

@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from gemmascope.common import disk_full_as_error, disk_full_error
 from gemmascope.data.store.layout import (
     COMPLETE,
     CONTEXT,
     DEFAULT_CAPACITY_ROWS,
     DEFAULT_CHUNKS_PER_SHARD,
     FORMAT,
+    KEPT,
     PROGRESS_JSON,
     RESERVED_NAMES,
     SITE_JSON,
@@ -92,6 +94,10 @@ class ActivationWriter:
     file carries a checksum of its content; ``progress.json`` keeps one record per flush, so that a
     damaged store can be rolled back to its last durable point before the damage
     (:func:`gemmascope.data.store.rollback`) and the rerun rewrites only what follows.
+
+    A full disk (ENOSPC, EDQUOT) raises :class:`gemmascope.common.DiskFullError` naming the file
+    and the bytes of the write (a flush: about its data plus shard indices); what progress.json
+    records stays, and the rerun resumes as after a kill.
     """
 
     def __init__(
@@ -214,7 +220,8 @@ class ActivationWriter:
                 checksums=self._config.get("chunk_checksum") == "crc32c",
             )
             try:
-                return ts.open(spec, create=True, open=True, context=CONTEXT).result()
+                with disk_full_as_error(join_path(self.root, f"{name}/zarr.json"), None, what="store file", kept=KEPT):
+                    return ts.open(spec, create=True, open=True, context=CONTEXT).result()
             except ValueError as e:  # a zarr.json that exists but cannot be parsed
                 path = join_path(self.root, f"{name}/zarr.json")
                 raise StoreError(
@@ -239,7 +246,8 @@ class ActivationWriter:
                 f"store.json; delete the store and regenerate it"
             )
         if arr.shape[0] < capacity:  # killed inside finalize, after the resize: grow it back
-            arr = arr.resize(exclusive_max=[capacity, None], resize_metadata_only=True).result()
+            with disk_full_as_error(join_path(self.root, f"{name}/zarr.json"), None, what="store file", kept=KEPT):
+                arr = arr.resize(exclusive_max=[capacity, None], resize_metadata_only=True).result()
         return arr
 
     # -- writing ---------------------------------------------------------------------------------
@@ -332,9 +340,10 @@ class ActivationWriter:
                 pad = s.shard_rows - end % s.shard_rows
                 data = np.concatenate([data, np.zeros((pad, s.d_in), np.float32)])
             if data.shape[0]:
-                writes.append(s.array[s.buf_start : s.buf_start + data.shape[0]].write(data))
-        for w in writes:
-            w.result()  # resolves once committed (fsynced for files)
+                shards = -(-data.shape[0] // s.shard_rows)
+                nbytes = data.nbytes + shards * (s.shard_rows // s.chunk_rows) * (16 + 4) + 4  # + shard index, crc
+                writes.append((s.name, nbytes, s.array[s.buf_start : s.buf_start + data.shape[0]].write(data)))
+        self._wait(writes)
         for s in self._sites.values():
             s.durable_rows, s.durable_sum_sq = s.rows, s.sum_sq
         self._durable_batches = self._next_batch
@@ -354,6 +363,36 @@ class ActivationWriter:
                 tail = data[keep_from - s.buf_start :]
                 s.parts = [tail.copy()] if tail.shape[0] else []
                 s.buf_rows, s.buf_start = tail.shape[0], keep_from
+
+    def _wait(self, writes: list) -> None:
+        """Waits for every shard write of a flush (each resolves once committed: fsynced for files),
+        all of them also when one fails, so nothing is in flight when the error is raised. A full
+        disk raises DiskFullError naming the site's array (and the shard file tensorstore names) and
+        the bytes of the whole flush (about: chunk data plus shard indices)."""
+        failed = None
+        for name, _, w in writes:
+            try:
+                w.result()
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other writes
+                failed = failed or (name, e)
+        if failed is None:
+            return
+        name, e = failed
+        err = disk_full_error(
+            e,
+            join_path(self.root, name),
+            sum(n for _, n, _ in writes),
+            what=self._flush_name() + " (one flush, every site) to",
+            kept=KEPT,
+            bound="about ",
+        )
+        if err is None:
+            raise e
+        raise err from e
+
+    def _flush_name(self) -> str:
+        a, b = self._durable_batches, self._next_batch - 1
+        return f"batch {a}" if a == b else f"batches {a}..{b}" if b > a else "the last shards"
 
     def _progress(self) -> dict[str, Any]:
         # history: [batches_done, [rows], [sum_sq]] per flush, sites in sorted order (for rollback)
@@ -378,7 +417,8 @@ class ActivationWriter:
             self.flush(_final=True)
             for name, s in self._sites.items():
                 n = s.durable_rows
-                s.array = s.array.resize(exclusive_max=[n, None], resize_metadata_only=True).result()
+                with disk_full_as_error(join_path(self.root, f"{name}/zarr.json"), None, what="store file", kept=KEPT):
+                    s.array = s.array.resize(exclusive_max=[n, None], resize_metadata_only=True).result()
                 last_shard = -(-n // s.shard_rows)
                 for i in self._kv.shard_list(name):
                     if i >= last_shard:

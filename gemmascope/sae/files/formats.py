@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from gemmascope.common import atomic_write
+from gemmascope.common import write_bytes_atomic
 from gemmascope.config import EXPORT_LAYOUTS
 from gemmascope.sae import archs
 from gemmascope.sae.files import layouts as sae_io
@@ -143,12 +143,12 @@ def _write_safetensors(path: str, arrays: Mapping[str, np.ndarray], metadata: di
     from safetensors.numpy import save
 
     data = save({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()}, metadata=metadata)
-    atomic_write(path, lambda fh: fh.write(data))
+    write_bytes_atomic(path, data)
 
 
 def _write_json(path: str, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=sae_io.json_default).encode()
-    atomic_write(path, lambda fh: fh.write(text))
+    write_bytes_atomic(path, text)
 
 
 def _validate_gs2(params: dict[str, np.ndarray], source: str, transcoder: bool) -> None:

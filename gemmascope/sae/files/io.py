@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from gemmascope.common import atomic_write
+from gemmascope.common import atomic_write, write_bytes_atomic
 from gemmascope.sae.files import formats, mirror, multilayer
 from gemmascope.sae.files.layouts import (  # noqa: F401  (re-exported: the names callers use)
     BASE_KEYS,
@@ -59,12 +59,12 @@ def save_params(path: str, params: Mapping[str, Any], metadata: Mapping[str, Any
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     data = buf.getvalue()
-    _atomic_write(path, lambda fh: fh.write(data))
+    write_bytes_atomic(path, data)
     if metadata is not None:
         meta_path = os.path.join(os.path.dirname(path), "metadata.json")
         metadata = {**dict(metadata), "params_sha256": hashlib.sha256(data).hexdigest()}
         text = json.dumps(metadata, indent=2, sort_keys=True, default=_json_default).encode()
-        _atomic_write(meta_path, lambda fh: fh.write(text))
+        write_bytes_atomic(meta_path, text)
 
 
 def load_params(path: str, root: str | None = None) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from gemmascope.common import atomic_write
+from gemmascope.common import write_bytes_atomic
 from gemmascope.sae.files.layouts import SAEFileError, float32_arrays, json_default, read_json_object
 
 CONFIG = "config.json"
@@ -115,14 +115,14 @@ def clt_forward(params: Mapping[str, Any], x: Any) -> tuple[np.ndarray, np.ndarr
 
 def _write_json(path: str, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=json_default).encode()
-    atomic_write(path, lambda fh: fh.write(text))
+    write_bytes_atomic(path, text)
 
 
 def _write_safetensors(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     from safetensors.numpy import save
 
     data = save({k: np.ascontiguousarray(v, np.float32) for k, v in arrays.items()})
-    atomic_write(path, lambda fh: fh.write(data))
+    write_bytes_atomic(path, data)
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:

@@ -60,7 +60,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gemmascope.common import atomic_write
+from gemmascope.common import write_bytes_atomic
 from gemmascope.sae.files import formats, multilayer
 from gemmascope.sae.files import io as sae_io
 from gemmascope.sae.files.layouts import file_layout, json_default, width_name
@@ -117,7 +117,7 @@ def _model_name(release: str, model: str | None) -> str:
 
 def _write_json(path: str, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=json_default).encode()
-    atomic_write(path, lambda fh: fh.write(text))
+    write_bytes_atomic(path, text)
 
 
 def _candidate(workdir: str, folder: str, all_layers: bool) -> tuple[dict[str, Any] | None, str | None]:
