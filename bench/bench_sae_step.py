@@ -26,6 +26,7 @@ memory (XLA's ``memory_analysis``) of each.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -179,6 +180,27 @@ def sparse_runner(path: str, batch: int, d_in: int, d_sae: int, l0: int, capacit
     return run, temp
 
 
+def saelens_step_seconds(batch: int, d_in: int, d_sae: int, l0: int, steps: int = 2) -> float:
+    """Seconds per step of SAELens's JumpReLU training step (``jumprelu_step``, Gemma Scope units,
+    its ``SAETrainer`` on CPU torch with this machine's threads) on the same kind of batch, threshold
+    at L0 ``l0``: the difference of two ``fit`` s (1 and 1 + ``steps`` steps) over ``steps``, so the
+    trainer's setup cancels. Reuses ``experiments/frontier_peers.py``'s SAELens setup."""
+    import numpy as np
+    import scipy.special
+    import torch
+
+    from experiments.frontier_peers import sae_lens_config, train_one
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = sae_lens_config("jumprelu_step", "gemma_scope", 1e-3, d_in, d_sae, 1.0, 1e-3)
+    cfg.jumprelu_init_threshold = float(scipy.special.ndtri(1.0 - l0 / d_sae)) / d_in**0.5
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (batch, d_in), jnp.float32)) / d_in**0.5
+    batches = itertools.repeat(x)
+    t1 = train_one(cfg, "gemma_scope", 1.0, batches, 1, batch, 7e-5)[1]
+    tn = train_one(cfg, "gemma_scope", 1.0, batches, 1 + steps, batch, 7e-5)[1]
+    return (tn - t1) / steps
+
+
 def compare_sparse(args) -> list[str]:
     """Dense against sparse steps at each shape and L0, interleaved rounds, best each."""
     rows = []
@@ -200,13 +222,15 @@ def compare_sparse(args) -> list[str]:
             best = {p: min(v) for p, v in times.items()}
             flop = 10 * args.batch * d_in * d_sae
             speed = best["dense"] / best["sparse"]
+            peer = saelens_step_seconds(args.batch, d_in, d_sae, l0) if args.saelens else None
             mem = {p: runners[p][1] for p in runners}
             mem_ratio = mem["sparse"] / mem["dense"] if mem["dense"] else float("nan")
             print(
                 f"d_in={d_in} d_sae={d_sae} batch={args.batch} L0={l0} (measured {stats['sparse'][0]:.1f}) "
                 f"cap={cap}: dense {best['dense']:.3f} s, sparse {best['sparse']:.3f} s = {speed:.2f}x; "
                 f"fallback {stats['sparse'][1]:.0f}; temp {mem['dense'] / 2**20:.0f} / {mem['sparse'] / 2**20:.0f} MiB; "
-                f"dense FLOP/s / matmul {flop / best['dense'] / mm:.2f}",
+                f"dense FLOP/s / matmul {flop / best['dense'] / mm:.2f}"
+                + ("" if peer is None else f"; SAELens {peer:.3f} s/step"),
                 flush=True,
             )
             rows.append(
@@ -215,7 +239,14 @@ def compare_sparse(args) -> list[str]:
                 f"| {machine()}, load {os.getloadavg()[0]:.1f} "
                 f"| dense {args.batch / best['dense']:,.0f} tok/s ({flop / best['dense'] / mm:.2f} of matmul); "
                 f"sparse {args.batch / best['sparse']:,.0f} tok/s ({flop / best['sparse'] / mm:.2f} dense-equivalent) "
-                f"| **{speed:.2f}x** | temp {mem['dense'] / 2**20:,.0f} / {mem['sparse'] / 2**20:,.0f} MiB "
+                f"| **{speed:.2f}x**"
+                + (
+                    ""
+                    if peer is None
+                    else f"; SAELens 6.54.12 {args.batch / peer:,.0f} tok/s: sparse **{peer / best['sparse']:.2f}x**, "
+                    f"dense {peer / best['dense']:.2f}x SAELens's"
+                )
+                + f" | temp {mem['dense'] / 2**20:,.0f} / {mem['sparse'] / 2**20:,.0f} MiB "
                 f"= **{mem_ratio:.2f}** |"
             )
     return rows
@@ -239,6 +270,7 @@ def main():
     ap.add_argument("--sparse", action="store_true", help="dense against sparse JumpReLU steps (--l0s)")
     ap.add_argument("--l0s", default="32,64,128", help="L0s of --sparse")
     ap.add_argument("--capacity-factor", type=int, default=4, help="--sparse: JumpReLU's slots per row = this x L0")
+    ap.add_argument("--saelens", action="store_true", help="--sparse: also SAELens's JumpReLU step, same run")
     ap.add_argument("--sparse-arch", default="jumprelu", help="--sparse: jumprelu, or topk (k = L0; no fallback)")
     args = ap.parse_args()
     if args.sparse:
