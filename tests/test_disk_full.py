@@ -228,6 +228,88 @@ def test_eval_json_and_fire_counts_are_written_whole(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def fake_result(sae: dict) -> dict:
+    """What :func:`gemmascope.eval.metrics.evaluate_saes` returns for one SAE, made from its weights."""
+    v = float(np.abs(sae["W_enc"]).sum())
+    return {
+        **{k: v for k in ("l0", "fvu", "delta_loss", "ce_clean", "ce_sae", "ce_zero", "dead_fraction")},
+        **{k: v for k in ("ce_loss_score", "kl_div_with_sae", "explained_variance", "cossim", "l2_ratio")},
+        **{k: v for k in ("relative_reconstruction_bias", "frac_alive", "freq_over_1_percent")},
+        "freq_over_10_percent": v,
+        "n_tokens": 10,
+        "n_outliers_kept_clean": 0,
+        "tokens_per_second": 1.0,
+        "fire_counts": np.arange(10) * int(v),
+        "err_by_position": np.array([1.0, v]),
+    }
+
+
+def test_evaluate_workdir_disk_full_then_rerun_evaluates_the_rest(tmp_path, monkeypatch):
+    """``evaluate_workdir`` (the LM and the metrics stubbed: this is about its files) stopped by a
+    full disk at the second SAE's eval.json: the first SAE's files stay whole, the rerun evaluates
+    only the SAEs without eval.json, and every file ends equal to an uninterrupted evaluation's."""
+    from gemmascope import config as config_lib
+    from gemmascope.eval import evaluate
+    from gemmascope.sae.files import io as sae_io
+
+    wd, evaluated = str(tmp_path / "wd"), []
+    for i in range(3):
+        folder = os.path.join(wd, "saes", "res", "layer_1", "width_10", f"average_l0_{i}")
+        meta = {"architecture": "jumprelu", "site": "res", "layer": 1, "d_sae": 10}
+        sae_io.save_params(os.path.join(folder, "params.npz"), tiny_sae(i + 1.0), meta)
+
+    class LM:
+        model_name, params, lm_cfg = "toy", None, None
+
+        def __init__(self, *a, **k):
+            pass
+
+        def packed_batches(self, part):
+            return iter([])
+
+    def evaluate_saes(params, cfg, batches, *, saes, **kw):
+        evaluated.extend(float(s["W_enc"][0, 0]) for s in saes)
+        return [fake_result(s) for s in saes]
+
+    monkeypatch.setattr(evaluate, "LMActivations", LM)
+    monkeypatch.setattr(evaluate, "evaluate_saes", evaluate_saes)
+
+    def run():
+        return evaluate.evaluate_workdir(config_lib.base_config(), wd, 100, log=lambda *a: None, saes_per_pass=1)
+
+    run()
+    ref = {k: v for k, v in files_of(wd).items() if "params.npz" not in k and "metadata.json" not in k}
+    for name in ref:
+        os.remove(os.path.join(wd, name))
+    real_fdopen, n = os.fdopen, [0]
+
+    def fdopen(fd, *a, **k):
+        if fd_path(fd).endswith("eval.json"):
+            n[0] += 1
+            if n[0] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fdopen(fd, *a, **k)
+
+    evaluated.clear()
+    with monkeypatch.context() as m:
+        m.setattr(os, "fdopen", fdopen)
+        with pytest.raises(DiskFullError) as e:
+            run()
+    name = os.path.relpath(e.value.path, wd)
+    assert name.endswith("average_l0_1/eval.json") and e.value.needed == len(ref[name]), str(e.value)
+    now = files_of(wd)
+    kept = {k for k in now if "params.npz" not in k and "metadata.json" not in k}
+    assert {now[k] == ref[k] for k in kept} == {True}  # every file written is whole and final
+    assert not any(".tmp-" in k for k in now) and name not in now
+    w = [float(tiny_sae(i + 1.0)["W_enc"][0, 0]) for i in range(3)]
+    assert evaluated == w[:2]  # SAE 0 written, SAE 1 evaluated but its eval.json did not fit
+    evaluated.clear()
+    run()  # space freed: the same call
+    assert evaluated == w[1:]  # only the SAEs without eval.json
+    after = files_of(wd)
+    assert {k: v for k, v in after.items() if k in ref} == ref and set(after) - set(ref) == set(now) - kept
+
+
 # -- generation: the store writer's tensorstore writes fail ---------------------------------------
 
 
@@ -386,6 +468,45 @@ def test_training_disk_full_at_each_stage_resumes_bitwise(tmp_path, monkeypatch)
             np.testing.assert_array_equal(got[lam][k], ref[lam][k], err_msg=f"lambda={lam} {k}")
 
 
+def test_tensorboard_disk_full_is_raised_not_a_hang(tmp_path, monkeypatch):
+    """tensorboardX writes from a background thread; unguarded, a full disk ends that thread and
+    the trainer then blocks forever on the full event queue (seen on a full tmpfs). Guarded, a later
+    ``write`` raises DiskFullError naming the run's folder."""
+    import threading
+
+    from tensorboardX import record_writer
+
+    from gemmascope.train.writers import TensorBoardWriter
+
+    real, n = record_writer.RecordWriter.write, [0]
+
+    def write(self, data):  # the event file's record write: the disk is full from the 5th on
+        n[0] += 1
+        if n[0] >= 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write)
+    w = TensorBoardWriter(str(tmp_path / "tb"), ["sae0_lambda0.1"])
+    out = {}
+
+    def steps():
+        try:
+            for step in range(500):
+                w.write(step, [{"loss": float(step), "l0": 1.0, "fvu": 0.5}])
+                threading.Event().wait(0.005)
+        except Exception as e:  # noqa: BLE001 - checked below
+            out["error"] = e
+
+    t = threading.Thread(target=steps, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the trainer's metric writes blocked: a hang instead of an error"
+    err = out.get("error")
+    assert isinstance(err, DiskFullError) and err.path == str(tmp_path / "tb" / "sae0_lambda0.1"), err
+    w.close()
+
+
 # -- a real full filesystem: a 1 MiB tmpfs in a private mount namespace ---------------------------
 
 TMPFS_CHILD = textwrap.dedent("""
@@ -471,6 +592,19 @@ TMPFS_CHILD = textwrap.dedent("""
     free()
     sae_io.save_params(p, tiny_sae(2.0), {{"architecture": "jumprelu"}})
     out["export_ok"] = bool(np.array_equal(sae_io.load_params(p)["W_enc"], tiny_sae(2.0)["W_enc"]))
+
+    # TensorBoard events: written from a background thread; the trainer's next write raises
+    from gemmascope.train.writers import TensorBoardWriter
+    w = TensorBoardWriter(os.path.join(M, "tb"), ["sae0"])
+    fill()
+    try:
+        for step in range(200):
+            w.write(step, [{{"loss": 1.0, "l0": 2.0}}])
+            import time; time.sleep(0.01)
+    except DiskFullError as e:
+        out["tb_error"] = str(e)
+    w.close()
+    free()
     print("RESULT " + json.dumps(out))
 """)
 
@@ -501,3 +635,5 @@ def test_real_full_tmpfs_every_stage(tmp_path, clean):
     # export: the file and its size named; the old file whole, no temp file
     assert f"{mnt}/sae/params.npz" in out["export_error"] and out["export_needed"] > 0
     assert out["export_kept"] == ["metadata.json", "params.npz"] and out["export_ok"]
+    # TensorBoard: an error naming the run's folder, not a trainer blocked on tensorboardX's queue
+    assert f"TensorBoard events to {mnt}/tb/sae0" in out["tb_error"]

@@ -108,15 +108,52 @@ class JsonlWriter:
 
 
 class TensorBoardWriter:
-    """One ``tensorboardX.SummaryWriter`` per SAE under ``logdir/<run_name>``."""
+    """One ``tensorboardX.SummaryWriter`` per SAE under ``logdir/<run_name>``.
+
+    tensorboardX writes events from a background thread; an error there (a full disk) would end
+    that thread silently, and the trainer would then block forever on its full event queue. So the
+    thread's writes are guarded (:meth:`_guard`): the first error is kept, later events are dropped,
+    and the next :meth:`write` raises it (a full disk as :class:`gemmascope.common.DiskFullError`
+    naming the run's folder).
+    """
 
     def __init__(self, logdir: str, names: Sequence[str]):
         from tensorboardX import SummaryWriter
 
         self.logdir = logdir
+        self._errors: list[tuple[str, Exception]] = []
         self._writers = [SummaryWriter(logdir=os.path.join(logdir, n), flush_secs=30) for n in names]
+        for n, w in zip(names, self._writers):
+            self._guard(w, os.path.join(logdir, n))
+
+    def _guard(self, writer, path: str) -> None:
+        try:
+            events = writer._get_file_writer().event_writer._ev_writer  # what the thread calls
+        except AttributeError:  # another tensorboardX layout: unguarded
+            return
+        errors = self._errors
+        for method in ("write_event", "flush"):
+
+            def guarded(*a, _real=getattr(events, method), **k):
+                if errors:
+                    return None
+                try:
+                    return _real(*a, **k)
+                except Exception as e:  # noqa: BLE001 - kept, raised in the trainer's thread by write()
+                    errors.append((path, e))
+                    return None
+
+            setattr(events, method, guarded)
+
+    def _raise_kept(self) -> None:
+        if self._errors:
+            path, e = self._errors[0]
+            kept = "Events written before stay in the event file (its last record may be cut off)."
+            err = disk_full_error(e, path, None, what="TensorBoard events to", kept=kept)
+            raise (err or e) from e
 
     def write(self, step: int, rows: Sequence[dict[str, Any]]) -> None:
+        self._raise_kept()
         if len(rows) != len(self._writers):
             raise ValueError(f"{self.logdir}: {len(rows)} rows for {len(self._writers)} SAEs")
         for w, row in zip(self._writers, rows):
@@ -125,7 +162,11 @@ class TensorBoardWriter:
 
     def close(self) -> None:
         for w in self._writers:
-            w.close()
+            try:
+                w.close()
+            except OSError:
+                if not self._errors:  # after a kept error the files are already known to be cut off
+                    raise
         self._writers = []
 
 
