@@ -185,6 +185,29 @@ def test_export_disk_full_keeps_every_file_whole_and_rerun_completes(tmp_path, m
     assert files_of(out) == new  # the rerun: bitwise the export that never failed
 
 
+def test_release_tree_disk_full_leaves_nothing_and_rerun_completes(tmp_path, monkeypatch):
+    """``write_release`` builds the tree in a hidden folder renamed at the end: a full disk part way
+    raises DiskFullError naming the file, leaves no tree and no partial folder; the rerun writes the
+    tree an undisturbed run writes, bitwise."""
+    from gemmascope.sae.files import release
+    from tests.test_release import add_clt, add_sae
+
+    wd = str(tmp_path / "wd")
+    add_sae(wd, "res", 9, 1024, 20, 19.2, seed=0)
+    add_sae(wd, "transcoder", 9, 1024, 20, 21.0, arch="transcoder", seed=6)
+    add_clt(wd)
+    ref, out = str(tmp_path / "ref"), str(tmp_path / "out")
+    release.write_release(wd, ref, log=None)
+    disk = FullDisk(monkeypatch, sum(len(v) for v in files_of(ref).values()) // 2)  # full half way
+    with pytest.raises(DiskFullError) as e:
+        release.write_release(wd, out, log=None)
+    assert ".gemma-scope-2-270m-pt.partial" in e.value.path and e.value.needed > 0, str(e.value)
+    assert os.listdir(out) == []  # nothing half written stays
+    disk.free()
+    release.write_release(wd, out, log=None)
+    assert files_of(out) == files_of(ref)
+
+
 # -- evaluation's files: eval.json, fire_counts.npy, tables, plots --------------------------------
 
 
