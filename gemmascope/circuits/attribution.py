@@ -43,7 +43,6 @@ import numpy as np
 
 from gemmascope.circuits.transcoders import TranscoderStack, check_against
 from gemmascope.lm.model import embed, final_norm, forward, jit_forward, softcap_logits
-from gemmascope.sae.files import multilayer
 
 
 @dataclasses.dataclass
@@ -114,27 +113,31 @@ def select_logits(logits: np.ndarray, max_n_logits: int, desired_logit_prob: flo
     return order.astype(np.int64), p[order].astype(np.float32)
 
 
-def _prepare(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_positions: int):
-    """Phase 0, the clean pass: every layer's read and MLP output, the codes, the error nodes and
-    the padded per-(layer, position) source layout the replacement function takes."""
+def clean_pass(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_positions: int) -> dict:
+    """The prompt through the LM: ``reads`` and ``mlp`` [L, T, d] (every layer's read and MLP
+    output), ``codes`` [L, T, n] (zero at the first ``zero_positions``), ``recon`` [L, T, d] (what
+    the transcoders write), ``replaced`` [T] bool and the last position's ``logits`` [V]."""
     L, T = cfg.n_layers, len(tokens)
     site = stack.read_site
     capture = [(l, s) for l in range(L) for s in (site, "mlp")]
     out = jit_forward(lm_params, jnp.asarray(tokens[None], jnp.int32), cfg, capture=capture)
-    reads = np.stack([np.asarray(out.captures[(l, site)][0], np.float32) for l in range(L)])  # [L, T, d]
+    reads = np.stack([np.asarray(out.captures[(l, site)][0], np.float32) for l in range(L)])
     mlp = np.stack([np.asarray(out.captures[(l, "mlp")][0], np.float32) for l in range(L)])
     replaced = np.arange(T) >= zero_positions
     codes = np.stack([np.asarray(stack.encode(l, reads[l])) for l in range(L)]) * replaced[None, :, None]
+    recon = np.stack([np.asarray(stack.write(l, codes, reads[l]), np.float32) for l in range(L)])
+    logits = np.asarray(out.logits[0, -1], np.float32)
+    return {"reads": reads, "mlp": mlp, "codes": codes, "recon": recon, "replaced": replaced, "logits": logits}
 
+
+def _prepare(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_positions: int):
+    """Phase 0: the clean pass (:func:`clean_pass`), the error nodes and the padded
+    per-(layer, position) source layout the replacement function takes."""
+    L, T = cfg.n_layers, len(tokens)
+    c = clean_pass(lm_params, cfg, tokens, stack, zero_positions)
+    codes, replaced = c["codes"], c["replaced"]
     p = {k: np.asarray(v, np.float32) for k, v in stack.params.items()}
-    if stack.cross_layer:
-        recon = np.einsum("ltn,lnmd->mtd", codes, p["W_dec"] * multilayer.causal_mask(L))
-    else:
-        recon = np.einsum("ltn,lnd->ltd", codes, p["W_dec"])
-    recon = recon + p["b_dec"][:, None, :]
-    if stack.has_skip:
-        recon = recon + np.einsum("ltd,lde->lte", reads, p["W_skip"])
-    err = np.where(replaced[None, :, None], mlp - recon, 0.0).astype(np.float32)
+    err = np.where(replaced[None, :, None], c["mlp"] - c["recon"], 0.0).astype(np.float32)
 
     layer, pos, feat = np.nonzero(codes)  # sorted by (layer, position, feature)
     acts = codes[layer, pos, feat].astype(np.float32)
@@ -168,8 +171,7 @@ def _prepare(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_po
     if stack.has_skip:
         consts["W_skip"] = p["W_skip"]
     features = np.stack([layer, pos, feat], axis=1).astype(np.int64)
-    logits = np.asarray(out.logits[0, -1], np.float32)
-    return consts, features, acts, enc_cols.astype(np.float32), logits, M
+    return consts, features, acts, enc_cols.astype(np.float32), c["logits"], M
 
 
 def replacement_outputs(lm_params, consts, d_mlp, d_emb, *, cfg, read_site: str):

@@ -21,6 +21,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.circuits.attribution import clean_pass
 from gemmascope.circuits.transcoders import TranscoderStack, check_against
 from gemmascope.lm.model import forward, softcap_logits
 
@@ -37,38 +38,6 @@ def _check(interventions: Sequence[Intervention], stack: TranscoderStack, T: int
             )
         out.append((int(layer), int(pos), int(feat), float(value)))
     return out
-
-
-def _codes_and_errors(lm_params, cfg, tokens, stack, zero_positions):
-    """The clean run's codes ``[L, T, n]`` and error nodes ``[L, T, d]`` (BOS: the whole MLP output
-    is kept as a constant, as in the graph)."""
-    L, T = cfg.n_layers, len(tokens)
-    site = stack.read_site
-    caps = forward(
-        lm_params, jnp.asarray(tokens[None], jnp.int32), cfg, capture=[(l, s) for l in range(L) for s in (site, "mlp")]
-    ).captures
-    replaced = np.arange(T) >= zero_positions
-    reads = [np.asarray(caps[(l, site)][0], np.float32) for l in range(L)]
-    codes = [np.asarray(stack.encode(l, reads[l])) * replaced[:, None] for l in range(L)]
-    errs = []
-    for l in range(L):
-        rec = _write(stack, l, codes, reads[l])
-        mlp = np.asarray(caps[(l, "mlp")][0], np.float32)
-        errs.append(np.where(replaced[:, None], mlp - rec, mlp))  # BOS: the MLP output itself
-    return codes, errs, replaced
-
-
-def _write(stack: TranscoderStack, layer: int, codes, read):
-    """Layer ``layer``'s transcoder output ``[T, d]`` from the codes of layers ``0..layer``."""
-    p = stack.params
-    if stack.cross_layer:
-        y = sum(jnp.asarray(codes[s]) @ p["W_dec"][s, :, layer] for s in range(layer + 1))
-    else:
-        y = jnp.asarray(codes[layer]) @ p["W_dec"][layer]
-    y = y + p["b_dec"][layer]
-    if stack.has_skip:
-        y = y + jnp.asarray(read, jnp.float32) @ p["W_skip"][layer]
-    return y
 
 
 def _last_logits(lm_params, cfg, tokens, splice) -> np.ndarray:
@@ -93,7 +62,10 @@ def intervene(
     check_against(stack, cfg)
     ivs = _check(interventions, stack, len(tokens))
     L, T = cfg.n_layers, len(tokens)
-    codes, errs, replaced = _codes_and_errors(lm_params, cfg, tokens, stack, zero_positions)
+    c = clean_pass(lm_params, cfg, tokens, stack, zero_positions)
+    codes, replaced = c["codes"], c["replaced"]
+    # The error nodes; before zero_positions (BOS) the whole MLP output, a constant as in the graph.
+    errs = np.where(replaced[None, :, None], c["mlp"] - c["recon"], c["mlp"])
 
     # In the LM: add (new - old) times the decoder rows to the MLP outputs the feature writes.
     delta = np.zeros((L, T, cfg.d_model), np.float32)
@@ -125,7 +97,7 @@ def intervene(
 
         def mlp_fn(l):
             def fn(a):
-                y = jnp.where(jnp.asarray(replaced)[:, None], _write(stack, l, live, reads[l]), 0.0)
+                y = jnp.where(jnp.asarray(replaced)[:, None], stack.write(l, live, reads[l]), 0.0)
                 return (y + jnp.asarray(errs[l]))[None].astype(a.dtype)
 
             return fn

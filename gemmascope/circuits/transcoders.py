@@ -66,6 +66,20 @@ class TranscoderStack:
         """Codes ``[..., n]`` of layer ``layer``'s read ``x [..., d]``."""
         return sae_model.encode(self.layer_encoder(layer), jnp.asarray(x, jnp.float32))
 
+    def write(self, layer: int, codes, read) -> jnp.ndarray:
+        """Layer ``layer``'s MLP output as the transcoders predict it, ``[..., d]``: from ``codes``
+        (indexable by layer, each ``[..., n]``; a CLT reads layers ``0..layer``) and the layer's
+        read ``[..., d]`` (the affine skip)."""
+        p = self.params
+        if self.cross_layer:
+            y = sum(jnp.asarray(codes[s]) @ p["W_dec"][s, :, layer] for s in range(layer + 1))
+        else:
+            y = jnp.asarray(codes[layer]) @ p["W_dec"][layer]
+        y = y + p["b_dec"][layer]
+        if self.has_skip:
+            y = y + jnp.asarray(read, jnp.float32) @ p["W_skip"][layer]
+        return y
+
     def decoder_rows(self, layer: int, features: np.ndarray) -> np.ndarray:
         """What features ``features [k]`` of layer ``layer`` write per unit activation: ``[k, d]``
         (per-layer) or ``[k, L, d]`` (cross-layer: to each layer's MLP output, zero before ``layer``)."""
