@@ -13,6 +13,8 @@ from gemmascope.sae.common import SAEConfig
 
 #: SAE file layouts export can write (gemmascope/sae/files/formats.py implements each).
 EXPORT_LAYOUTS = ("gemma_scope", "gemma_scope_2", "sae_lens")
+#: Architectures config.init_from can start (gemmascope/train/init_from.py un-folds their files).
+INIT_FROM_ARCHS = ("jumprelu", "topk")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -65,6 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 4096
     c.num_tokens = 4_000_000_000  # training tokens per SAE; total_steps = ceil(num_tokens / batch)
     c.norm_sample_rows = 65_536  # rows used to estimate the normalisation constant C
+    # Fine-tuning (gemmascope/train/init_from.py): SAE folders in any layout we load, one per width
+    # of `widths` (matched by d_sae), each starting every SAE of its width from its weights, in
+    # this run's normalisation (C, s recomputed on these activations), with a fresh optimiser.
+    # () = Gemma Scope's initialisation. A checkpoint in the workdir wins over it (resume).
+    c.init_from = ()
     # Per-dimension input scaling (0 = off: one scalar C, as Gemma Scope). With p > 0 the SAE
     # trains on x / (C * s), s_d = std_d^p / rms_d(std^p) from the normalisation sample, and C on
     # the scaled rows; the reconstruction loss then weighs dimension d by 1 / s_d^2. Why: on Gemma 3

@@ -8,7 +8,7 @@ import math
 import ml_collections
 
 from gemmascope.config.checks import ConfigError, get_field, nonneg_number, positive_int, require
-from gemmascope.config.defaults import EXPORT_LAYOUTS, base_config
+from gemmascope.config.defaults import EXPORT_LAYOUTS, INIT_FROM_ARCHS, base_config
 from gemmascope.config.sparsity import validate_sparsity
 from gemmascope.config.sweep import sweep_values
 from gemmascope.sae import archs
@@ -229,6 +229,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"the gemma_scope_2 layout names LM sites (res, mlp, att), not {tuple(c.sites)} (or transcoders)",
     )
     _validate_pairs(c)
+    _validate_init_from(c)
     require(
         c.wandb.mode in ("offline", "online", "disabled"),
         "wandb.mode",
@@ -261,6 +262,33 @@ def _validate_pairs(c: ml_collections.ConfigDict) -> None:
         ("export.layouts", "sae_lens" in c.export.layouts, "the sae_lens layout has no transcoder export here"),
     ):
         require(not (pairs and bad), field, f"transcoder sites {pairs}: {what}")
+
+
+def _validate_init_from(c: ml_collections.ConfigDict) -> None:
+    """``init_from``: SAE folders, for architectures and sites that can start from one. The files
+    themselves (widths, layout, site, d_in) are checked by :func:`gemmascope.train.init_from.check`,
+    also before any compute (the config package does not read SAE files)."""
+    v = c.init_from
+    require(
+        isinstance(v, (tuple, list)) and all(isinstance(p, str) and p for p in v),
+        "init_from",
+        f"must be a list of SAE folders (() = a fresh start), got {v!r}",
+    )
+    if not v:
+        return
+    require(
+        c.sae.arch in INIT_FROM_ARCHS,
+        "init_from",
+        f"fine-tuning starts {' and '.join(INIT_FROM_ARCHS)} SAEs, not config.sae.arch={c.sae.arch!r}",
+    )
+    paired = [s for s in c.sites if pair_of(s) is not None or span_of(s) is not None]
+    require(not paired, "init_from", f"transcoder and cross-layer sites {paired} cannot start from a file")
+    require(
+        not (c.sae.arch == "topk" and c.unit_norm_decoder and (c.dim_scale_power or c.dim_std_cap)),
+        "init_from",
+        "a TopK SAE with per-dimension scales cannot keep both its file's choice of latents and unit-norm "
+        "decoder rows; set dim_scale_power = dim_std_cap = 0 or unit_norm_decoder=False",
+    )
 
 
 def _validate_spans(c: ml_collections.ConfigDict) -> None:

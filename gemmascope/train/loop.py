@@ -39,7 +39,7 @@ from gemmascope.sae.common import SAEConfig
 from gemmascope.sae.files import export as sae_export
 from gemmascope.sae.files import io as sae_io
 from gemmascope.sites import layers_name, pair_of, span_of
-from gemmascope.train import distributed, sharding, writers
+from gemmascope.train import distributed, init_from, sharding, writers
 from gemmascope.train import e2e as e2e_lib
 from gemmascope.train import step as step_lib
 from gemmascope.train.checkpoint import Checkpoints
@@ -192,21 +192,24 @@ def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:
         ins = [scale_of(rows[:, l * d_in : (l + 1) * d_in]) for l in range(n)]
         outs = [scale_of(rows[:, n * d_in + m * d_out : n * d_in + (m + 1) * d_out]) for m in range(n)]
         norm_scale = tuple(ins + outs)
-    sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in, dim_scale)  # None without a data init
-    state = loc.sweep.init(
-        lambda s: step_lib.init_state(
-            loc.key,
-            config,
-            loc.d_in,
-            d_sae=loc.width,
-            n_saes=k,
-            norm_scale=norm_scale,
-            init_sample=s,
-            arch=loc.arch,
-            dim_scale=dim_scale,
-        ),
-        sample_n,
-    )
+    if config.init_from:  # an exported SAE's weights, un-folded into this run's normalisation
+        state = init_from.start_state(loc, norm_scale, dim_scale)
+    else:
+        sample_n = step_lib.init_sample(config, sample, norm_scale, loc.d_in, dim_scale)  # None without a data init
+        state = loc.sweep.init(
+            lambda s: step_lib.init_state(
+                loc.key,
+                config,
+                loc.d_in,
+                d_sae=loc.width,
+                n_saes=k,
+                norm_scale=norm_scale,
+                init_sample=s,
+                arch=loc.arch,
+                dim_scale=dim_scale,
+            ),
+            sample_n,
+        )
     shape = f"d_in={loc.d_in}" + ("" if loc.d_out is None else f" d_out={loc.d_out}")
     loc.log(
         f"[{loc.name}] {k} {loc.arch.NAME} {shape} d_sae={loc.width}, {loc.total} steps of {config.batch_size}; "
@@ -380,6 +383,7 @@ def export_location(config, workdir, state, *, source, site, layer, width, lambd
             **({"dim_scale_power": float(config.dim_scale_power)} if config.dim_scale_power else {}),
             **({"dim_std_cap": float(config.dim_std_cap)} if config.dim_std_cap else {}),
             **e2e_lib.describe(config),
+            **({"init_from": init_from.path_for(config, width)} if config.init_from else {}),
             "tokens_trained": int(total * config.batch_size),
             "steps": int(total),
             "l0": ev["l0"],
@@ -427,6 +431,7 @@ def train_and_evaluate(
     checkpoints), trains every location, exports every SAE, and releases the lease, also on error.
     ``force_unlock`` removes a lease left by a run known to be dead."""
     config = config if prepared else config_lib.prepare(config)
+    init_from.check(config, workdir, log=log)  # the files of config.init_from, before any compute
     distributed.maybe_initialize(config)
     mesh = sharding.make_mesh(config)  # data * model must equal the devices: fails before compute
     os.makedirs(workdir, exist_ok=True)
