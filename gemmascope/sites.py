@@ -1,6 +1,7 @@
 """The sites an SAE can read, named in ``config.sites`` and in exported metadata: the LM's own
-(:data:`LM_SITES`, one activation each) and the paired sites of transcoders (:data:`PAIR_SITES`,
-an input site and the output site it predicts).
+(:data:`LM_SITES`, one activation each), the paired sites of transcoders (:data:`PAIR_SITES`,
+an input site and the output site it predicts) and the cross-layer sites of multi-layer models
+(:data:`SPAN_SITES`, registered by their architectures).
 
 A module of its own, below every other: the config, the trainer, the evaluator and the dashboard
 all ask it what a site is, so none of them imports another to learn it.
@@ -36,22 +37,38 @@ PAIR_SITES = {
 @dataclasses.dataclass(frozen=True)
 class LayerSpan:
     """A cross-layer model's location: it reads ``input_site`` at every layer of ``config.layers``
-    and writes ``output_site`` at each, trained as one model from one LM pass per batch."""
+    and writes ``output_site`` at each, trained as one model from one LM pass per batch, by the
+    architecture registered as ``arch`` (:func:`gemmascope.sae.archs.for_site`); ``affine`` adds
+    a per-layer skip, ``causal`` says whether a feature reads one layer and writes that layer and
+    the later ones (a CLT, a weakly causal crosscoder) or reads and writes them all (an acausal
+    crosscoder)."""
 
     input_site: str
     output_site: str
+    arch: str
     affine: bool = False
+    causal: bool = True
 
 
-#: Cross-layer sites: a cross-layer transcoder (Ameisen et al. 2025; Gemma Scope 2's CLTs) reads
-#: each layer's residual before the pre-MLP norm (``hook_resid_mid``) and writes every later
-#: layer's MLP output (after Gemma's post-MLP norm, ``hook_mlp_out``), plain or with an affine
-#: skip per layer.
-SPAN_SITES = {
-    "clt": LayerSpan("res_mid", "mlp", False),
-    "clt_affine": LayerSpan("res_mid", "mlp", True),
-}
-SITES = LM_SITES + tuple(PAIR_SITES) + tuple(SPAN_SITES) + ("toy",)
+#: Cross-layer sites, declared by the architectures that train them (their ``SPANS``: the CLT's
+#: ``clt``/``clt_affine``, the crosscoders' ``crosscoder``/``crosscoder_acausal``) and added here
+#: by the registry (:func:`gemmascope.sae.archs.register_multilayer`; every run's config
+#: validation imports it), so that a multi-layer architecture is its module and one registry line.
+SPAN_SITES: dict[str, LayerSpan] = {}
+
+
+def register_span(name: str, span: LayerSpan) -> None:
+    """Adds the cross-layer site ``name``; a name already taken by another site raises ValueError."""
+    taken = name in LM_SITES or name in PAIR_SITES or name == "toy"
+    if taken or (name in SPAN_SITES and SPAN_SITES[name] != span):
+        raise ValueError(f"site {name!r} is already defined")
+    SPAN_SITES[name] = span
+
+
+def known_sites() -> tuple[str, ...]:
+    """Every site a config may name: the LM's, the transcoders' pairs, the registered cross-layer
+    sites and ``toy``."""
+    return LM_SITES + tuple(PAIR_SITES) + tuple(SPAN_SITES) + ("toy",)
 
 
 def pair_of(site: str) -> SitePair | None:

@@ -134,8 +134,14 @@ def load_stack(source: str | Sequence[str]) -> TranscoderStack:
     + ``config.json``), a folder of per-layer transcoders (:func:`find_transcoders`), or a list of
     per-layer ``params.npz`` files in layer order."""
     if isinstance(source, str) and os.path.isdir(source) and multilayer.read_clt_config(source) is not None:
+        cfg = multilayer.read_clt_config(source) or {}
+        if cfg.get("architecture", "clt") != "clt":
+            raise ValueError(
+                f"{source}: config.json architecture {cfg['architecture']!r} is not a transcoder "
+                "(attribution graphs need a CLT or per-layer transcoders)"
+            )
         params = multilayer.load_gemma_scope_2_clt(source)
-        model = (multilayer.read_clt_config(source) or {}).get("model")
+        model = cfg.get("model")
         return TranscoderStack(params, cross_layer=True, read_site="res_mid", names=(source,), model=model)
     if isinstance(source, str):
         if not os.path.isdir(source):

@@ -14,7 +14,16 @@ from gemmascope.config.sweep import sweep_values
 from gemmascope.sae import archs
 from gemmascope.sae.common import SAEConfig
 from gemmascope.sae.transcoder import Transcoder
-from gemmascope.sites import LM_SITES, PAIR_SITES, SITES, SPAN_SITES, component_sites, pair_of, site_pairs, span_of
+from gemmascope.sites import (
+    LM_SITES,
+    PAIR_SITES,
+    SPAN_SITES,
+    component_sites,
+    known_sites,
+    pair_of,
+    site_pairs,
+    span_of,
+)
 
 
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -25,7 +34,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         isinstance(c.sites, (tuple, list)) and len(c.sites) > 0, "sites", f"must be a non-empty list, got {c.sites!r}"
     )
     for s in c.sites:
-        require(s in SITES, "sites", f"unknown site {s!r} (known: {list(SITES)})")
+        require(s in known_sites(), "sites", f"unknown site {s!r} (known: {list(known_sites())})")
     require(
         isinstance(c.layers, (tuple, list)) and len(c.layers) > 0,
         "layers",

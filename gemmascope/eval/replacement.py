@@ -182,6 +182,8 @@ def workdir_replacements(workdir: str) -> list[tuple[str, Replacement, dict[str,
         folder = os.path.dirname(cfg_path)
         with open(cfg_path) as fh:
             meta = json.load(fh)
+        if meta.get("architecture", "clt") != "clt":  # a crosscoder replaces no MLP
+            continue
         clt_layers = tuple(int(l) for l in meta["layers"])
         out.append(
             (

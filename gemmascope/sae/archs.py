@@ -15,13 +15,15 @@ from __future__ import annotations
 import typing
 from types import ModuleType
 
-from gemmascope.sae import batchtopk, gated, jumprelu, relu, topk
-from gemmascope.sae.clt import CrossLayerTranscoder
+from gemmascope.sae import batchtopk, clt, crosscoder, gated, jumprelu, relu, topk
 from gemmascope.sae.common import Architecture, SAEConfig, SweepAxis
 from gemmascope.sae.transcoder import Transcoder
-from gemmascope.sites import pair_of, span_of
+from gemmascope.sites import pair_of, register_span, span_of
 
 ARCHS: dict[str, Architecture] = {}
+#: Multi-layer architectures by name: classes with ``for_span(span, n_layers, d_out)`` whose
+#: modules declare the cross-layer sites they train at (``SPANS``).
+MULTILAYER: dict[str, type] = {}
 
 
 def register(module: ModuleType | Architecture) -> Architecture:
@@ -39,8 +41,21 @@ def register(module: ModuleType | Architecture) -> Architecture:
     return module
 
 
+def register_multilayer(module: ModuleType, *classes: type) -> None:
+    """Adds a multi-layer architecture module: its classes (each with ``NAME`` and
+    ``for_span``) and the cross-layer sites its ``SPANS`` declare, each naming one of them."""
+    for cls in classes:
+        MULTILAYER[cls.NAME] = cls
+    for name, span in module.SPANS.items():
+        if span.arch not in MULTILAYER:
+            raise TypeError(f"{module.__name__}: site {name!r} names architecture {span.arch!r}, not registered")
+        register_span(name, span)
+
+
 for _m in (jumprelu, relu, topk, gated, batchtopk):
     register(_m)
+register_multilayer(clt, clt.CrossLayerTranscoder)
+register_multilayer(crosscoder, crosscoder.WeaklyCausalCrosscoder, crosscoder.AcausalCrosscoder)
 
 
 def get(name: str) -> Architecture:
@@ -70,9 +85,10 @@ def matryoshka_archs() -> tuple[str, ...]:
 
 
 def file_layouts() -> dict[str, str]:
-    """``metadata.json`` ``architecture`` -> file layout, for every architecture and the
-    transcoder (a JumpReLU writing to another site)."""
-    return {**{n: m.FILE_LAYOUT for n, m in ARCHS.items()}, Transcoder.NAME: Transcoder.FILE_LAYOUT}
+    """``metadata.json`` ``architecture`` -> file layout, for every architecture, the
+    transcoder (a JumpReLU writing to another site) and the multi-layer ones."""
+    multi = {n: c.FILE_LAYOUT for n, c in MULTILAYER.items()}
+    return {**{n: m.FILE_LAYOUT for n, m in ARCHS.items()}, Transcoder.NAME: Transcoder.FILE_LAYOUT, **multi}
 
 
 def own_fields() -> dict[str, tuple[str, ...]]:
@@ -89,19 +105,20 @@ def for_site(config, site: str, d_out: int | None = None, *, n_layers: int = 1) 
     site (``config.sites`` entry of :data:`gemmascope.sites.PAIR_SITES`) a JumpReLU
     :class:`~gemmascope.sae.transcoder.Transcoder` writing ``d_out`` features (the paired
     source's ``d_out``), affine as the pair says; for a cross-layer site
-    (:data:`gemmascope.sites.SPAN_SITES`) a :class:`~gemmascope.sae.clt.CrossLayerTranscoder`
-    over the source's ``n_layers``. ``config.sae.arch`` must then be ``"jumprelu"``
-    (the config's validation says so first)."""
+    (:data:`gemmascope.sites.SPAN_SITES`) the multi-layer architecture its span names
+    (:data:`MULTILAYER`) over the source's ``n_layers``. ``config.sae.arch`` must then be
+    ``"jumprelu"`` (the config's validation says so first)."""
     pair, span = pair_of(site), span_of(site)
     if pair is None and span is None:
         return get(config.sae.arch)
     if config.sae.arch != Transcoder.BASE:
-        raise ValueError(f"config.sae.arch: site {site!r} trains a JumpReLU transcoder, not {config.sae.arch!r}")
+        raise ValueError(f"config.sae.arch: site {site!r} trains a JumpReLU model, not {config.sae.arch!r}")
     if d_out is None:
         raise ValueError(f"site {site!r}: a transcoder needs the output width d_out of its paired source")
-    arch = (
-        Transcoder(int(d_out), pair.affine) if span is None else CrossLayerTranscoder(n_layers, int(d_out), span.affine)
-    )
+    if span is None:
+        arch = Transcoder(int(d_out), pair.affine)
+    else:
+        arch = MULTILAYER[span.arch].for_span(span, int(n_layers), int(d_out))
     if not isinstance(arch, Architecture):
-        raise TypeError("sae.transcoder.Transcoder does not satisfy sae.common.Architecture")
+        raise TypeError(f"{type(arch).__name__} does not satisfy sae.common.Architecture")
     return arch

@@ -36,6 +36,7 @@ import numpy as np
 from gemmascope.sae import jumprelu
 from gemmascope.sae.common import Params, SAEConfig, as_sae_config, init_base, recon_aux
 from gemmascope.sae.transcoder import JumpReLUWriter, Transcoder
+from gemmascope.sites import LayerSpan
 
 SKIP_KEY = "W_skip"
 
@@ -58,6 +59,11 @@ class CrossLayerTranscoder(JumpReLUWriter):
     NAME = "clt"
     UNIT_NORM_DECODER = False
     FILE_LAYOUT = "clt"
+
+    @classmethod
+    def for_span(cls, span: LayerSpan, n_layers: int, d_out: int) -> CrossLayerTranscoder:
+        """The model a cross-layer site trains (:func:`gemmascope.sae.archs.for_site`)."""
+        return cls(n_layers, d_out, span.affine)
 
     def init(self, key: jax.Array, d_in: int, d_sae: int, cfg: SAEConfig | Mapping[str, Any]) -> Params:
         """Per source layer: the transcoder's start (He-uniform unit rows, encoder the decoder's
@@ -222,3 +228,12 @@ class CrossLayerTranscoder(JumpReLUWriter):
 
     def thresholds(self, params: Mapping[str, jax.Array]) -> jax.Array:
         return params["threshold"]
+
+
+#: The sites a CLT trains at (added to :data:`gemmascope.sites.SPAN_SITES` by the registry): each
+#: layer's residual before the pre-MLP norm (``hook_resid_mid``) -> every later layer's MLP output
+#: (after Gemma's post-MLP norm, ``hook_mlp_out``), plain or with an affine skip per layer.
+SPANS = {
+    "clt": LayerSpan("res_mid", "mlp", CrossLayerTranscoder.NAME),
+    "clt_affine": LayerSpan("res_mid", "mlp", CrossLayerTranscoder.NAME, affine=True),
+}

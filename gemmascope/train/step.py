@@ -300,7 +300,8 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
 
     def train_step(state, x_raw, lambdas, tokens=None, mask=None):
         step = state["step"]
-        d_in = state["params"]["W_enc"].shape[-2]
+        # one input block's width (an encoder reading several layers' blocks at once says how many)
+        d_in = state["params"]["W_enc"].shape[-2] // getattr(arch, "INPUT_BLOCKS", 1)
         x = normalise(x_raw, state["norm_scale"], d_in, state.get("dim_scale"))
         target = target_part(x, state["norm_scale"], d_in)  # the FVU's reference
         nus = state["l0_dual"] if controller else jnp.zeros(lambdas.shape, jnp.float32)

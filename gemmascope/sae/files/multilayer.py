@@ -36,6 +36,7 @@ from gemmascope.sae.files.layouts import SAEFileError, float32_arrays, json_defa
 CONFIG = "config.json"
 HOOK_IN = "hook_resid_mid"  # the MLP input each layer's encoder reads (TransformerLens's name)
 HOOK_OUT = "hook_mlp_out"  # the MLP output each layer's prediction targets
+HOOK_RES = "hook_resid_post"  # a weakly causal crosscoder's input and target (the block output)
 # our stacked key -> the per-layer file's key
 FILE_KEYS = {
     "W_enc": "w_enc",
@@ -135,12 +136,18 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     return float32_arrays(raw, path)
 
 
-def save_gemma_scope_2_clt(folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
+def save_gemma_scope_2_clt(
+    folder: str,
+    params: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    hooks: tuple[str, str] = (HOOK_IN, HOOK_OUT),
+) -> str:
     """Writes ``folder/params_layer_<i>.safetensors`` for every layer ``i`` and ``config.json``;
     returns ``folder``.
 
     ``params``: stacked raw-unit CLT arrays (module doc); ``metadata``: extra ``config.json``
-    fields (``model``, ``layers`` ...), which may not override the sizes. Shapes are checked and
+    fields (``model``, ``layers`` ...), which may not override the sizes; ``hooks``: the
+    TransformerLens names of what each layer reads and predicts. Shapes are checked and
     the decoder's entries before each layer zeroed (they mean nothing, and the file layout holds
     zeros there) before any file is written, so a bad call leaves no half folder.
     """
@@ -151,7 +158,7 @@ def save_gemma_scope_2_clt(folder: str, params: Mapping[str, Any], metadata: Map
             raise SAEFileError(f"{folder}: key {key!r} holds NaN or inf values")
     n, affine = dims["n_layers"], SKIP in arrays
     w_dec = arrays["W_dec"] * causal_mask(n)
-    config = {**dict(metadata or {}), **dims, "affine": affine, "hook_in": HOOK_IN, "hook_out": HOOK_OUT}
+    config = {**dict(metadata or {}), **dims, "affine": affine, "hook_in": hooks[0], "hook_out": hooks[1]}
     config.setdefault("architecture", "clt")
     for i in range(n):
         layer = {FILE_KEYS[k]: arrays[k][i] for k in arrays if k != "W_dec"}
@@ -159,6 +166,33 @@ def save_gemma_scope_2_clt(folder: str, params: Mapping[str, Any], metadata: Map
         _write_safetensors(layer_file(folder, i), layer)
     _write_json(os.path.join(folder, CONFIG), config)
     return folder
+
+
+def save_gemma_scope_2_crosscoder(
+    folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
+) -> str:
+    """A weakly causal crosscoder (:class:`gemmascope.sae.crosscoder.WeaklyCausalCrosscoder`):
+    the CLT's per-layer files (Gemma Scope 2 ships its crosscoders in the same
+    ``params_layer_<i>.safetensors`` keys), reading and predicting the block output."""
+    return save_gemma_scope_2_clt(
+        folder, params, {"architecture": "crosscoder", **dict(metadata or {})}, (HOOK_RES,) * 2
+    )
+
+
+def concat_forward(params: Mapping[str, Any], x: Any) -> tuple[np.ndarray, np.ndarray]:
+    """An acausal crosscoder (one JumpReLU dictionary over the concatenated layers, raw units,
+    NumPy float32): ``x [n, L, d]`` -> ``(f [n, d_sae], x_hat [n, L, d])`` with
+    ``f = JumpReLU(concat(x) @ W_enc + b_enc)`` and ``x_hat = f @ W_dec + b_dec`` per block."""
+    p = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    x = np.asarray(x, np.float32)
+    flat = x.reshape(len(x), -1)
+    if flat.shape[1] != p["W_enc"].shape[0]:
+        raise ValueError(
+            f"x has shape {x.shape}: its {flat.shape[1]} values per row do not match W_enc {p['W_enc'].shape}"
+        )
+    pre = flat @ p["W_enc"] + p["b_enc"]
+    f = np.where(pre > p["threshold"], pre, np.float32(0)).astype(np.float32)
+    return f, (f @ p["W_dec"] + p["b_dec"]).reshape(x.shape).astype(np.float32)
 
 
 def read_clt_config(folder: str) -> dict[str, Any] | None:
