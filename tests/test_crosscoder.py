@@ -26,7 +26,7 @@ from gemmascope.sae import archs, jumprelu
 from gemmascope.sae.common import SAEConfig
 from gemmascope.sae.crosscoder import AcausalCrosscoder, WeaklyCausalCrosscoder
 from gemmascope.sae.files import io as sae_io
-from gemmascope.sae.files import multilayer
+from gemmascope.sae.files import multilayer, release
 from gemmascope.train import step as step_lib
 from gemmascope.train.export_clt import evaluate_clt
 from gemmascope.train.loop import train_and_evaluate
@@ -229,6 +229,19 @@ def test_crosscoders_train_online_export_load_and_resume_bitwise(use_tiny_lm, tm
         assert ev["fvu"] == pytest.approx(r["fvu"], rel=1e-5) and ev["l0"] == pytest.approx(r["l0"], rel=1e-6)
         assert 0 < r["l0"] < 24 and 0 < r["fvu"] < 1.5
         before[r["path"]] = p
+    # Gemma Scope 2's release tree: the weakly causal ones in crosscoder/layer_0_1_2_width_<all
+    # layers' latents>_l0_<bucket>, read back by name bit for bit; the acausal ones have no form there.
+    root = os.path.join(wd, "mirror")
+    out = release.write_release(wd, root, "my-release", log=None)
+    with open(os.path.join(out, "index.json")) as fh:
+        index = json.load(fh)
+    ids = sorted(row["id"] for row in index["saes"])
+    assert len(ids) == 2 and all(i.startswith("crosscoder/layer_0_1_2_width_72_l0_") for i in ids), ids
+    assert len(index["skipped"]) == 2
+    for row in index["saes"]:
+        got = sae_io.load_params(f"my-release/{row['id']}", root=root)
+        for k, v in before[os.path.join(wd, row["source"])].items():
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
     # Killed after the step-6 checkpoints: the rerun resumes both and exports the same files.
     for run in glob.glob(os.path.join(wd, "runs", "crosscoder*")):
         shutil.rmtree(os.path.join(run, "checkpoints", "12"))

@@ -18,6 +18,7 @@ from gemmascope.sae.files.layouts import SAEFileError, read_json_object
 
 INDEX = "index.json"
 CLT_FOLDER = "clt"
+CROSSCODER_FOLDER = "crosscoder"
 #: SAELens's release suffix -> folder (longest first: "-res-all" before "-res")
 SAE_LENS_SUFFIXES = (
     ("transcoders-all", "transcoder_all"),
@@ -29,6 +30,7 @@ SAE_LENS_SUFFIXES = (
     ("mlp", "mlp_out"),
     ("att", "attn_out"),
     ("clt", CLT_FOLDER),
+    ("crosscoder", CROSSCODER_FOLDER),
 )
 
 

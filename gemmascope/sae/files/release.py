@@ -11,6 +11,7 @@ whose folders we reproduce under ``<out>/<repo>/``::
     transcoder/layer_9_width_16k_l0_small_affine/   transcoders (the affine ones end in _affine)
     transcoder_all/
     clt/width_16k_l0_medium[_affine]/               params_layer_<i>.safetensors + config.json
+    crosscoder/layer_5_9_12_15_width_65k_l0_medium/ weakly causal crosscoders, the same per-layer files
 
 The plain folders hold selected layers at three L0 targets (``small``, ``medium``, ``big``); the
 ``_all`` folders hold every layer at two (``small``, ``big``). SAELens names each folder a release:
@@ -28,6 +29,13 @@ Sources (read December 2026):
   ``mwhanna/gemma-scope-2-270m-pt/clt/width_262k_l0_medium_affine``, a repackaging of the 270M
   release): a CLT folder is ``clt/width_<W>_l0_<bucket>[_affine]``, no layer (it spans them all).
   SAELens 6.54.12 lists no Gemma Scope 2 CLT release; ``<repo>-clt`` is our name for that folder.
+* Crosscoders: public code loading ``google/gemma-scope-2-1b-it``'s
+  ``crosscoder/layer_7_13_17_22_width_262k_l0_medium/params_layer_<0-3>.safetensors`` and the
+  270M release's ``crosscoder/layer_5_9_12_15_width_1m_l0_big/config.json`` (``type:
+  "crosscoder"``, hooks ``model.layers.{5,9,12,15}.output``, ``width`` counting every layer's
+  latents: 1m = 4 x 262k). We write that folder name, the width as the sum over layers, and the
+  bucket of the per-layer target L0 (whether the release's ``l0`` is per layer or summed is not
+  stated where we looked); ``<repo>-crosscoder`` is our SAELens-style name for the folder.
 * The release's ``config.json`` keys (``hf_hook_point_in``, ``model_name``, ``l0``, ``width``; for
   transcoders ``hf_hook_point_out`` and ``affine_connection``; ``architecture: "jump_relu"``, which
   SAELens requires) as SAELens's loader and its tests read them; we saw no released file itself.
@@ -64,7 +72,7 @@ from gemmascope.common import write_bytes_atomic
 from gemmascope.sae.files import formats, multilayer
 from gemmascope.sae.files import io as sae_io
 from gemmascope.sae.files.layouts import file_layout, json_default, width_name
-from gemmascope.sae.files.mirror import CLT_FOLDER, INDEX, SAE_LENS_SUFFIXES
+from gemmascope.sae.files.mirror import CLT_FOLDER, CROSSCODER_FOLDER, INDEX, SAE_LENS_SUFFIXES
 
 #: our site -> (the plain folder, the every-layer folder)
 FOLDERS = {
@@ -126,6 +134,9 @@ def _candidate(workdir: str, folder: str, all_layers: bool) -> tuple[dict[str, A
         meta = multilayer.read_clt_config(folder) or {}
         kind, sub, layer, affine = "clt", CLT_FOLDER, None, bool(meta.get("affine", False))
         d_sae = meta.get("d_sae") or multilayer.load_gemma_scope_2_clt(folder)["W_enc"].shape[-1]
+        if meta.get("architecture") == "crosscoder":  # its layers name it; its width is all layers' latents
+            kind, sub, layer = "crosscoder", CROSSCODER_FOLDER, tuple(int(l) for l in meta["layers"])
+            d_sae = int(d_sae) * len(layer)
     else:
         meta = sae_io.load_metadata(folder)
         site = meta.get("site")
@@ -161,6 +172,8 @@ def _candidate(workdir: str, folder: str, all_layers: bool) -> tuple[dict[str, A
 
 def _name(c: Mapping[str, Any], label: str) -> str:
     base = f"width_{width_name(c['d_sae'])}_l0_{label}" + ("_affine" if c["affine"] else "")
+    if c["kind"] == "crosscoder":
+        return f"layer_{'_'.join(str(l) for l in c['layer'])}_{base}"
     return base if c["kind"] == "clt" else f"layer_{c['layer']}_{base}"
 
 
@@ -174,7 +187,10 @@ def plan(workdir: str, all_layers: bool = False, variant: str | None = None) -> 
     if not saes and not clts:
         raise FileNotFoundError(f"{os.path.join(workdir, 'saes')}: no SAEs to export (train first)")
     entries, skipped = [], []
-    for folder in sorted(os.path.dirname(p) for p in saes + clts):
+    # a multi-layer model written as one SAE (an acausal crosscoder) has no Gemma Scope 2 folder:
+    # listed as skipped with its reason, as other sites are
+    single = glob.glob(os.path.join(workdir, "saes", "**", "params.safetensors"), recursive=True)
+    for folder in sorted({os.path.dirname(p) for p in saes + clts + single}):
         c, why = _candidate(workdir, folder, all_layers)
         if c is None:
             skipped.append({"source": os.path.relpath(folder, workdir), "why": why})
@@ -278,10 +294,15 @@ def write_release(
             src, dst = os.path.join(workdir, c["source"]), os.path.join(tmp, c["folder"], c["name"])
             meta = {k: v for k, v in c["meta"].items() if k != "params_sha256"}
             meta.update(release=release, release_id=c["id"], source=c["source"])
-            if c["kind"] == "clt":
+            if c["kind"] in ("clt", "crosscoder"):
                 cfg = {**meta, "model_name": _model_name(release, c["model"]), "width": c["d_sae"]}
                 cfg["l0_target"] = int(round(c["bucket_l0"]))
-                multilayer.save_gemma_scope_2_clt(dst, multilayer.load_gemma_scope_2_clt(src), cfg)
+                save = (
+                    multilayer.save_gemma_scope_2_clt
+                    if c["kind"] == "clt"
+                    else multilayer.save_gemma_scope_2_crosscoder
+                )
+                save(dst, multilayer.load_gemma_scope_2_clt(src), cfg)
             else:
                 formats.save_gemma_scope_2(dst, sae_io.load_params(src), meta)
                 _write_json(os.path.join(dst, "config.json"), _release_config(release, c))
