@@ -15,7 +15,7 @@ from __future__ import annotations
 import typing
 from types import ModuleType
 
-from gemmascope.sae import batchtopk, clt, crosscoder, gated, jumprelu, relu, topk
+from gemmascope.sae import batchtopk, clt, crosscoder, gated, jumprelu, layer_saes, relu, topk
 from gemmascope.sae.common import Architecture, SAEConfig, SweepAxis
 from gemmascope.sae.transcoder import Transcoder
 from gemmascope.sites import pair_of, register_span, span_of
@@ -56,6 +56,7 @@ for _m in (jumprelu, relu, topk, gated, batchtopk):
     register(_m)
 register_multilayer(clt, clt.CrossLayerTranscoder)
 register_multilayer(crosscoder, crosscoder.WeaklyCausalCrosscoder, crosscoder.AcausalCrosscoder)
+register_multilayer(layer_saes, layer_saes.LayerSAEs)
 
 
 def get(name: str) -> Architecture:

@@ -70,11 +70,66 @@ def clt_dir(root: str, site: str, layers, *, width: int, l0: float) -> str:
     return os.path.join(root, site, layers_name(layers), f"width_{width_name(width)}", f"average_l0_{int(round(l0))}")
 
 
+class _LayerRows:
+    """One layer's view of a cross-layer source whose input and target are the same LM site: its
+    held-out rows are that layer's block ``[n, d]``, as a single-location source's are."""
+
+    def __init__(self, source, layer_index: int):
+        self.source, self.j = source, int(layer_index)
+        self.d_in = int(source.d_in)
+        self.model_name = getattr(source, "model_name", "toy")
+
+    def heldout(self, n_rows: int) -> np.ndarray:
+        rows = np.asarray(self.source.heldout(n_rows), np.float32)
+        return rows[:, self.j * self.d_in : (self.j + 1) * self.d_in]
+
+
+def export_layer_saes(
+    config, workdir: str, state, *, source, site: str, layers, width: int, lambdas, total: int, log, export_one
+) -> list[dict[str, Any]]:
+    """Per-layer SAEs trained side by side (:class:`gemmascope.sae.layer_saes.LayerSAEs`): each
+    layer exported by ``export_one`` (:func:`gemmascope.train.loop.export_location`) as the
+    JumpReLU SAE of its LM site and layer, from that layer's slice of the state and constant."""
+    scale = np.asarray(state["norm_scale"], np.float64).reshape(-1)
+    records = []
+    for j, layer in enumerate(layers):
+        view = {**state, "params": {k: v[:, j] for k, v in state["params"].items()}, "norm_scale": scale[j]}
+        records += export_one(
+            config,
+            workdir,
+            view,
+            source=_LayerRows(source, j),
+            site=span_of(site).input_site,
+            layer=int(layer),
+            width=width,
+            lambdas=lambdas,
+            total=total,
+            log=log,
+        )
+    return records
+
+
 def export_clt_location(
-    config, workdir: str, state, *, source, site: str, layers, width: int, lambdas, total: int, log=print, arch
+    config,
+    workdir: str,
+    state,
+    *,
+    source,
+    site: str,
+    layers,
+    width: int,
+    lambdas,
+    total: int,
+    log=print,
+    arch,
+    export_one=None,
 ) -> list[dict[str, Any]]:
     """Writes every SAE of the sweep (see the module docstring); returns the records (path and
-    metadata) as :func:`gemmascope.train.loop.export_location` does for one-layer SAEs."""
+    metadata) as :func:`gemmascope.train.loop.export_location` (``export_one``) does for
+    one-layer SAEs. Per-layer SAEs trained side by side go to :func:`export_layer_saes`."""
+    if arch.FILE_LAYOUT == "layer_saes":
+        kw = dict(source=source, site=site, layers=layers, width=width, lambdas=lambdas, total=total, log=log)
+        return export_layer_saes(config, workdir, state, export_one=export_one, **kw)
     heldout = np.asarray(source.heldout(config.eval_rows), np.float32)
     span = span_of(site)
     d_in = int(source.d_in)

@@ -305,6 +305,7 @@ def _export_and_mark(loc: _Location, state: Any, done_marker: str) -> list[dict[
             log=loc.log,
             arch=loc.arch,
             **kw,
+            **({"export_one": export_location} if span_of(loc.site) else {}),
         )
 
     if distributed.is_main():
