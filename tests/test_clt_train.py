@@ -166,3 +166,23 @@ def test_bad_clt_configs_fail_naming_the_field(over, field):
             c[k] = v
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         config_lib.prepare(c)
+
+
+def test_dry_run_of_gemma_scope_2s_1b_clt_fits_eight_devices():
+    """Gemma 3 1B's CLT at Gemma Scope 2's 262k (10,080 latents on each of 26 layers), two sweep
+    values, latents split over 8 fake devices: compiled, nothing allocated. The state per device
+    is the shapes' (params, Adam's two moments; latent-sized leaves split 8 ways) within 1%."""
+    from tests.test_sharding import _dry_run
+
+    rc, out = _dry_run("clt.py:model=1b,width=10080,tp=8")
+    assert rc == 0, out[-3000:]
+    assert "mesh data=1 x model=8 (8 fake cpu devices)" in out and "26 layers" in out, out[-2000:]
+    import re
+
+    m = re.search(r"per device state ([\d.]+) GB.*= peak ([\d.]+) GB -> fits 95 GB", out)
+    assert m, out[-2000:]
+    layers, d, n, k = 26, 1152, 10080, 2
+    latent_weights = layers * d * n + layers * n * layers * d + 2 * layers * n  # W_enc, W_dec, b_enc, threshold
+    per_sae = 3 * 4 * (latent_weights / 8 + layers * d)  # params + 2 moments, float32; b_dec whole
+    assert float(m.group(1)) == pytest.approx(k * per_sae / 1e9, rel=0.01)
+    assert float(m.group(1)) < float(m.group(2)) < 95

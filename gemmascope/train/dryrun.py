@@ -26,7 +26,7 @@ import numpy as np
 from gemmascope import config as config_lib
 from gemmascope.lm import config as lm_config
 from gemmascope.sae import archs
-from gemmascope.sites import pair_of
+from gemmascope.sites import pair_of, span_of
 from gemmascope.train import sharding
 from gemmascope.train import step as step_lib
 
@@ -85,23 +85,25 @@ def dry_run(config, device_memory_gb: float = 95.0, log=print, prepared: bool = 
         f"budget {device_memory_gb:g} GB/device"
     )
     reports = []
-    # Sites of equal shape share one compile; a transcoder's shape is (d_in, d_out, affine).
-    shapes_of: dict[tuple[int, int, int, int], list[str]] = {}
+    # Sites of equal shape share one compile; a transcoder's shape is (d_in, d_out, affine); a
+    # cross-layer site's also its layers (one model over all of config.layers).
+    shapes_of: dict[tuple[int, int, int, int, int], list[str]] = {}
     for s in config.sites:
-        pair = pair_of(s)
+        pair = pair_of(s) or span_of(s)
+        n_layers = len(config.layers) if span_of(s) else 1
         d_in = site_d_in(config, pair.input_site if pair else s)
         d_out = site_d_in(config, pair.output_site) if pair else 0
         for w in config.widths:
-            shapes_of.setdefault((d_in, int(w), d_out, int(bool(pair and pair.affine))), []).append(s)
-    for (d_in, width, d_out, _), sites in sorted(shapes_of.items()):
+            shapes_of.setdefault((d_in, int(w), d_out, int(bool(pair and pair.affine)), n_layers), []).append(s)
+    for (d_in, width, d_out, _, n_layers), sites in sorted(shapes_of.items()):
         site = "/".join(sites)
         key = jax.random.PRNGKey(0)
-        arch = archs.for_site(config, sites[0], d_out or None)
-        ones = (1.0, 1.0) if d_out else 1.0
+        arch = archs.for_site(config, sites[0], d_out or None, n_layers=n_layers)
+        ones = (1.0,) * (2 * n_layers) if d_out else 1.0
         shapes = jax.eval_shape(
             lambda: step_lib.init_state(key, config, d_in, d_sae=width, n_saes=k, norm_scale=ones, arch=arch)
         )
-        sweep = sharding.ShardedSweep(config, mesh, shapes, d_in + d_out, width)
+        sweep = sharding.ShardedSweep(config, mesh, shapes, n_layers * (d_in + d_out), width)
         t0 = time.time()
         fn = sweep.jit_step(step_lib.make_train_step(config, dead_window_steps, arch=arch))
         compiled = fn.lower(*sweep.abstract_args(with_shardings=True)).compile()
@@ -112,11 +114,16 @@ def dry_run(config, device_memory_gb: float = 95.0, log=print, prepared: bool = 
         )
         peak = arg + out - alias + temp
         state_bytes = _shard_bytes(sweep.abstract_state())
-        flops = 10.0 * b * d_in * width * k
+        if span_of(sites[0]) is None:
+            flops = 10.0 * b * d_in * width * k
+        else:  # forward 2 and backward 4 FLOPs per weight of the encoders and (whole, masked) decoders
+            weights = sum(int(np.prod(shapes["params"][n].shape)) for n in ("W_enc", "W_dec"))
+            flops = 6.0 * b * weights
         cost = _cost_flops(compiled)
         r = {
             "site": site,
             "width": width,
+            "layers": n_layers,
             "d_in": d_in,
             "k": k,
             "batch": b,
@@ -137,11 +144,13 @@ def dry_run(config, device_memory_gb: float = 95.0, log=print, prepared: bool = 
             "compile_s": seconds,
         }
         reports.append(r)
+        layers_text = f", {n_layers} layers" if n_layers > 1 else ""
+        formula = "10*B*d_in*d_sae*K" if n_layers == 1 else "6*B*weights"
         log(
-            f"  {site} width {width} (d_in {d_in}): per device state {r['state_gb']:.2f} GB, XLA arguments "
-            f"{r['argument_gb']:.2f} + outputs {r['output_gb']:.2f} - aliased {r['alias_gb']:.2f} + temporaries "
-            f"{r['temp_gb']:.2f} = peak {r['peak_gb']:.2f} GB -> {'fits' if r['fits'] else 'DOES NOT FIT'} "
-            f"{device_memory_gb:g} GB; step {flops / 1e12:.2f} TFLOP (10*B*d_in*d_sae*K), "
+            f"  {site} width {width} (d_in {d_in}{layers_text}): per device state {r['state_gb']:.2f} GB, XLA "
+            f"arguments {r['argument_gb']:.2f} + outputs {r['output_gb']:.2f} - aliased {r['alias_gb']:.2f} + "
+            f"temporaries {r['temp_gb']:.2f} = peak {r['peak_gb']:.2f} GB -> {'fits' if r['fits'] else 'DOES NOT FIT'} "
+            f"{device_memory_gb:g} GB; step {flops / 1e12:.2f} TFLOP ({formula}), "
             f"{flops / mesh.size / 1e12:.3f} per device, cost_analysis "
             f"{'n/a' if cost is None else f'{cost / 1e12:.3f}'} TFLOP/device; compiled in {seconds:.1f} s"
         )

@@ -7,7 +7,12 @@ output (``mlp``) of all 18 layers; features of layer l write to the MLP outputs 
 ``arg``: ``width=`` (features per layer, default 1024), ``affine`` (default False: Gemma Scope
 2's affine skip per layer when True), ``compare`` (default False: also 18 per-layer JumpReLU
 transcoders at the same target L0s, the peers the replacement model is compared with),
-``runlocal`` (width 64, 8 steps of 256 rows: the end-to-end check CI runs).
+``runlocal`` (width 64, 8 steps of 256 rows: the end-to-end check CI runs), ``model=270m|1b``
+(default 270m, the embedded one; 1b reads ``google/gemma-3-1b-pt`` from the hub, 26 layers) and
+``tp=`` (the mesh's model axis: latents split over that many devices). Gemma Scope 2's 1B CLT
+(262k latents over 26 layers: 10,080 per layer) as a dry run on 8 devices::
+
+    python launch/train.py --config=configs/clt.py:model=1b,width=10080,tp=8 --dry_run
 
 The recipe is the transcoder demo's (configs/transcoder.py): Gemma Scope 2's quadratic penalty
 around each target L0 (per layer, averaged over layers for the CLT), thresholds at the quantiles
@@ -20,17 +25,22 @@ from gemmascope.config.experiments import demo
 
 TARGET_L0S = (8.0, 16.0)
 N_LAYERS = 18  # Gemma 3 270M
+#: model -> (checkpoint, layers)
+MODELS = {"270m": ("embedded:gemma3-270m", N_LAYERS), "1b": ("google/gemma-3-1b-pt", 26)}
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, runlocal=False, width=1024, affine=False, compare=False)
+    a = config_lib.parse_arg(arg, runlocal=False, width=1024, affine=False, compare=False, model="270m", tp=1)
+    if a.model not in MODELS:
+        raise config_lib.ConfigError(f"configs/clt.py: model must be one of {sorted(MODELS)}, got {a.model!r}")
     c = demo.get_config(f"runlocal={a.runlocal},layer=0,width={a.width}")
     c.unlock()
-    c.lm.checkpoint = "embedded:gemma3-270m"
+    c.lm.checkpoint, n_layers = MODELS[a.model]
     c.source = "online"
     site = "clt_affine" if a.affine else "clt"
     c.sites = (site, "transcoder_affine" if a.affine else "transcoder") if a.compare else (site,)
-    c.layers = tuple(range(N_LAYERS))
+    c.layers = tuple(range(n_layers))
+    c.mesh.model = int(a.tp)
     c.target_l0s = TARGET_L0S
     c.sae.threshold_init_mode = "quantile"
     c.sae.b_dec_init = "zero"  # the regression start sets b_dec
