@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemmascope.circuits.influence import influence, normalise
 from gemmascope.circuits.transcoders import TranscoderStack, check_against
 from gemmascope.lm.model import embed, final_norm, forward, jit_forward, softcap_logits
 
@@ -253,51 +254,12 @@ def _rows(lm_params, consts, t_layer, t_pos, t_vec, *, cfg, cross_layer, read_si
     return jnp.concatenate([feat_cols, err_cols, tok_cols], axis=1)
 
 
-def attribute(
-    lm_params,
-    cfg,
-    tokens,
-    stack: TranscoderStack,
-    *,
-    max_n_logits: int = 10,
-    desired_logit_prob: float = 0.95,
-    batch_size: int = 256,
-    zero_positions: int = 1,
-    max_context: int | None = None,
-    log=None,
-) -> Graph:
-    """The unpruned attribution graph of ``tokens [T]`` (BOS first) through ``stack`` (module doc).
-
-    batch_size: targets per vector-Jacobian batch (one compile per prompt shape). max_context:
-    the model's context length, when known; a longer prompt is an error naming both.
-    """
-    tokens = np.asarray(tokens, np.int64).reshape(-1)
-    if tokens.size < 2:
-        raise ValueError(f"prompt has {tokens.size} token(s): attribution needs BOS and at least one more")
-    if max_context is not None and tokens.size > max_context:
-        raise ValueError(f"prompt has {tokens.size} tokens, longer than the model's context of {max_context}")
-    if not 0 <= zero_positions < tokens.size:
-        raise ValueError(f"zero_positions={zero_positions} must be in [0, {tokens.size})")
-    check_against(stack, cfg)
-    consts, features, acts, enc_cols, logits, M = _prepare(lm_params, cfg, tokens, stack, zero_positions)
-    logit_tokens, logit_probs = select_logits(
-        np.asarray(softcap_logits(jnp.asarray(logits), cfg)), max_n_logits, desired_logit_prob
-    )
-    u = np.asarray(unembedding(lm_params, cfg), np.float32)
-    # The mean over the vocabulary accumulated in float64: in float32 it is off by ~2e-4 relative
-    # over 262,144 rows, which moves every logit row by that much (bench/bench_attribution.py).
-    logit_vecs = (u[logit_tokens] - np.mean(u, axis=0, keepdims=True, dtype=np.float64)).astype(np.float32)
-
-    L, T = cfg.n_layers, tokens.size
-    n_feat = len(features)
-    t_layer = np.concatenate([features[:, 0], np.full(len(logit_tokens), L)]).astype(np.int32)
-    t_pos = np.concatenate([features[:, 1], np.full(len(logit_tokens), T - 1)]).astype(np.int32)
-    t_vec = np.concatenate([enc_cols.reshape(n_feat, cfg.d_model), logit_vecs]).astype(np.float32)
+def _target_rows(lm_params, jconsts, t_layer, t_pos, t_vec, *, cfg, stack, batch_size, log=None) -> np.ndarray:
+    """``[n_targets, n_sources]``: the edges into each target (:func:`_rows`), ``batch_size``
+    targets per compiled batch (the last one padded, so every batch has one shape)."""
     n_t = len(t_layer)
-    jconsts = jax.tree.map(jnp.asarray, consts)
-    n_src = n_feat + L * T + T
-    rows = np.zeros((n_t, n_src), np.float32)
-    nb = max(1, min(int(batch_size), n_t))
+    nb = max(1, int(batch_size))
+    out = []
     for i in range(0, n_t, nb):
         j = min(i + nb, n_t)
         pad = nb - (j - i)
@@ -312,17 +274,108 @@ def attribute(
             cross_layer=stack.cross_layer,
             read_site=stack.read_site,
         )
-        rows[i:j] = np.asarray(r)[: j - i]
+        out.append(np.asarray(r)[: j - i])
         if log is not None:
             log(f"[attribute] {j}/{n_t} targets")
-    n_nodes = n_src + len(logit_tokens)
-    adjacency = np.zeros((n_nodes, n_nodes), np.float32)
-    adjacency[:n_feat, :n_src] = rows[:n_feat]
-    adjacency[n_src:, :n_src] = rows[n_feat:]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def feature_influence(logit_rows: np.ndarray, feature_rows: dict[int, np.ndarray], n_feat: int, weights) -> np.ndarray:
+    """``[n_feat]``: each feature's influence on the logits (:mod:`gemmascope.circuits.influence`)
+    through the edges known so far: the logits' rows and the rows of the features already
+    attributed (the others' inputs unknown yet, so counted as none). Rows are normalised over all
+    their sources (errors and tokens too), as the pruning does on the whole graph."""
+    n_l = len(logit_rows)
+    a = np.zeros((n_feat + n_l, n_feat + n_l))
+    a[n_feat:, :n_feat] = normalise(logit_rows)[:, :n_feat]
+    if feature_rows:
+        idx = np.fromiter(feature_rows, int)
+        a[idx, :n_feat] = normalise(np.stack([feature_rows[i] for i in idx]))[:, :n_feat]
+    w = np.concatenate([np.zeros(n_feat), np.asarray(weights, np.float64)])
+    return influence(a, w)[:n_feat]
+
+
+def attribute(
+    lm_params,
+    cfg,
+    tokens,
+    stack: TranscoderStack,
+    *,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    batch_size: int = 256,
+    zero_positions: int = 1,
+    max_context: int | None = None,
+    max_feature_nodes: int | None = None,
+    log=None,
+) -> Graph:
+    """The unpruned attribution graph of ``tokens [T]`` (BOS first) through ``stack`` (module doc).
+
+    batch_size: targets per vector-Jacobian batch (one compile per prompt shape). max_context:
+    the model's context length, when known; a longer prompt is an error naming both.
+    max_feature_nodes: at most this many feature nodes (long prompts activate more features than
+    one wants rows for), chosen as circuit-tracer does: the logits' rows first, then, a batch at a
+    time, the not yet attributed features of largest influence on the logits through the edges
+    known so far (:func:`feature_influence`), until the cap. The graph then holds those features
+    only; the others' direct effects are dropped from every row (``info["active_features_total"]``
+    says how many there were).
+    """
+    tokens = np.asarray(tokens, np.int64).reshape(-1)
+    if tokens.size < 2:
+        raise ValueError(f"prompt has {tokens.size} token(s): attribution needs BOS and at least one more")
+    if max_context is not None and tokens.size > max_context:
+        raise ValueError(f"prompt has {tokens.size} tokens, longer than the model's context of {max_context}")
+    if not 0 <= zero_positions < tokens.size:
+        raise ValueError(f"zero_positions={zero_positions} must be in [0, {tokens.size})")
+    if max_feature_nodes is not None and int(max_feature_nodes) < 1:
+        raise ValueError(f"max_feature_nodes must be a positive number of features, got {max_feature_nodes!r}")
+    check_against(stack, cfg)
+    consts, features, acts, enc_cols, logits, M = _prepare(lm_params, cfg, tokens, stack, zero_positions)
+    logit_tokens, logit_probs = select_logits(
+        np.asarray(softcap_logits(jnp.asarray(logits), cfg)), max_n_logits, desired_logit_prob
+    )
+    u = np.asarray(unembedding(lm_params, cfg), np.float32)
+    # The mean over the vocabulary accumulated in float64: in float32 it is off by ~2e-4 relative
+    # over 262,144 rows, which moves every logit row by that much (bench/bench_attribution.py).
+    logit_vecs = (u[logit_tokens] - np.mean(u, axis=0, keepdims=True, dtype=np.float64)).astype(np.float32)
+
+    L, T = cfg.n_layers, tokens.size
+    n_feat = len(features)
+    f_layer, f_pos = features[:, 0].astype(np.int32), features[:, 1].astype(np.int32)
+    f_vec = enc_cols.reshape(n_feat, cfg.d_model).astype(np.float32)
+    n_l = len(logit_tokens)
+    jconsts = jax.tree.map(jnp.asarray, consts)
+    n_src = n_feat + L * T + T
+    nb = max(1, min(int(batch_size), n_feat + n_l))
+    rows_of = functools.partial(_target_rows, lm_params, jconsts, cfg=cfg, stack=stack, batch_size=nb, log=log)
+    l_layer, l_pos = np.full(n_l, L, np.int32), np.full(n_l, T - 1, np.int32)
+    if max_feature_nodes is None or int(max_feature_nodes) >= n_feat:
+        keep = np.arange(n_feat)
+        rows = rows_of(
+            np.concatenate([f_layer, l_layer]), np.concatenate([f_pos, l_pos]), np.concatenate([f_vec, logit_vecs])
+        )
+        feature_rows, logit_rows = rows[:n_feat], rows[n_feat:]
+    else:
+        logit_rows = rows_of(l_layer, l_pos, logit_vecs)
+        done: dict[int, np.ndarray] = {}
+        while len(done) < int(max_feature_nodes):
+            score = feature_influence(logit_rows, done, n_feat, logit_probs)
+            score[list(done)] = -np.inf
+            take = np.argsort(-score, kind="stable")[: min(nb, int(max_feature_nodes) - len(done))]
+            for i, r in zip(take, rows_of(f_layer[take], f_pos[take], f_vec[take]), strict=True):
+                done[int(i)] = r
+        keep = np.array(sorted(done))
+        feature_rows = np.stack([done[i] for i in keep]) if len(keep) else np.zeros((0, n_src), np.float32)
+    cols = np.concatenate([keep, np.arange(n_feat, n_src)])  # the kept features' columns, errors, tokens
+    n_keep = len(keep)
+    n_src_kept = n_keep + L * T + T
+    adjacency = np.zeros((n_src_kept + n_l, n_src_kept + n_l), np.float32)
+    adjacency[:n_keep, :n_src_kept] = feature_rows[:, cols]
+    adjacency[n_src_kept:, :n_src_kept] = logit_rows[:, cols]
     return Graph(
         tokens=tokens,
-        active_features=features,
-        activations=acts,
+        active_features=features[keep],
+        activations=acts[keep],
         logit_tokens=logit_tokens,
         logit_probabilities=logit_probs,
         adjacency=adjacency,
@@ -333,5 +386,7 @@ def attribute(
             "read_site": stack.read_site,
             "zero_positions": int(zero_positions),
             "max_features_per_token_layer": int(M),
+            "active_features_total": int(n_feat),
+            "max_feature_nodes": None if max_feature_nodes is None else int(max_feature_nodes),
         },
     )

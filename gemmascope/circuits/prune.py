@@ -24,25 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gemmascope.circuits.attribution import Graph
-
-
-def normalise(adjacency: np.ndarray) -> np.ndarray:
-    """``|A|`` with each row divided by its sum (rows summing to 0 stay 0)."""
-    a = np.abs(np.asarray(adjacency, np.float64))
-    return a / np.maximum(a.sum(axis=1, keepdims=True), 1e-10)
-
-
-def influence(normalised: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``weights^T (A + A^2 + ...)`` [n_nodes] by repeated products (module doc); RuntimeError if
-    the series does not end (the matrix is not a DAG's)."""
-    current = np.asarray(weights, np.float64) @ normalised
-    total = current.copy()
-    for _ in range(normalised.shape[0] + 1):
-        if not current.any():
-            return total
-        current = current @ normalised
-        total += current
-    raise RuntimeError("influence did not converge: the adjacency matrix has a cycle")
+from gemmascope.circuits.influence import influence, normalise
 
 
 def logit_weights(graph: Graph) -> np.ndarray:

@@ -35,6 +35,7 @@ def define_flags() -> None:
         _MAX_LOGITS, \
         _LOGIT_P, \
         _BATCH, \
+        _MAX_FEATURES, \
         _INTERVENE, \
         _FEATURE_URL
     _MODEL = flags.DEFINE_string("model", "embedded:gemma3-270m", "LM: 'embedded[:name]', a .gguf, a HF dir or hub id.")
@@ -47,6 +48,9 @@ def define_flags() -> None:
     _MAX_LOGITS = flags.DEFINE_integer("max_n_logits", 10, "At most this many logit targets.")
     _LOGIT_P = flags.DEFINE_float("desired_logit_prob", 0.95, "Logit targets until their probability reaches this.")
     _BATCH = flags.DEFINE_integer("batch_size", 256, "Targets per vector-Jacobian batch.")
+    _MAX_FEATURES = flags.DEFINE_integer(
+        "max_feature_nodes", None, "At most this many features, the most influential on the logits first."
+    )
     _INTERVENE = flags.DEFINE_multi_string("intervene", [], "layer:position:feature:value (repeatable).")
     _FEATURE_URL = flags.DEFINE_string(
         "feature_url", None, "Link feature nodes to dashboards: a format string with {layer} and {feature}."
@@ -99,6 +103,7 @@ def main(argv):
         desired_logit_prob=_LOGIT_P.value,
         batch_size=_BATCH.value,
         max_context=context_length(_MODEL.value),
+        max_feature_nodes=_MAX_FEATURES.value,
         log=print,
     )
     seconds = time.time() - t0
