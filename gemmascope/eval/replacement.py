@@ -1,16 +1,22 @@
 """The replacement model: the MLPs of a span of layers all replaced at once by what a cross-layer
 transcoder (or a set of per-layer transcoders) predicts, scored by the LM's next-token loss and
-its KL from the clean model (the comparison that motivates CLTs, Ameisen et al. 2025).
+its KL from the clean model (the comparison that motivates CLTs, Ameisen et al. 2025); likewise
+the residual stream at a weakly causal crosscoder's layers replaced by its reconstructions.
 
 Each replacement reads its input site in the *replacement* model's own forward (errors compound
-through the layers, as in circuit-tracer's replacement model) and writes the MLP output (``mlp``,
-after Gemma's post-MLP norm). Two implementations of :class:`Replacement`:
+through the layers, as in circuit-tracer's replacement model) and writes its output site (the MLP
+output ``mlp``, after Gemma's post-MLP norm; a crosscoder's ``res``, which it also reads: the
+reconstruction of layer ``m`` is what layer ``m + 1`` reads). Implementations of
+:class:`Replacement`:
 
 * :class:`CLTReplacement`: raw-unit stacked CLT arrays (:mod:`gemmascope.sae.files.multilayer`),
   reading ``res_mid``; layer ``m``'s MLP output is ``sum_{l <= m} f_l W_dec[l, :, m] + b_dec[m]
   (+ x_m W_skip[m])``, ``f_l`` the codes of layer ``l``'s read in this same forward.
 * :class:`TranscoderSet`: one raw-unit transcoder per layer (``params.npz`` layout), reading
   ``mlp_in``.
+* :class:`CrosscoderReplacement`: a weakly causal crosscoder (the CLT's arrays, reading and
+  writing ``res``). An acausal crosscoder has none: its reconstruction of an early layer needs
+  the later layers' residuals, which a causal forward has not computed yet.
 
 Positions replaced: real text kept by the outlier rule at every read and written location of
 the clean run (the rows training saw: the all-layer source's joint mask); BOS and the attention
@@ -49,6 +55,7 @@ class Replacement(Protocol):
     output from the codes and reads of layers ``0..i`` (lists, in layer order)."""
 
     read_site: str
+    write_site: str
     layers: tuple[int, ...]
 
     def encode(self, i: int, a: jax.Array) -> jax.Array: ...
@@ -63,6 +70,7 @@ class CLTReplacement:
     params: Mapping[str, Any]
     layers: tuple[int, ...]
     read_site: str = "res_mid"
+    write_site: str = "mlp"
 
     def encode(self, i, a):
         p = self.params
@@ -84,6 +92,7 @@ class TranscoderSet:
     params: Sequence[Mapping[str, Any]]
     layers: tuple[int, ...]
     read_site: str = "mlp_in"
+    write_site: str = "mlp"
 
     def encode(self, i, a):
         return sae_model.encode(self.params[i], a.astype(jnp.float32))
@@ -92,10 +101,18 @@ class TranscoderSet:
         return sae_model.transcode(self.params[i], reads[i].astype(jnp.float32))
 
 
+@dataclasses.dataclass(frozen=True)
+class CrosscoderReplacement(CLTReplacement):
+    """A raw-unit weakly causal crosscoder over ``layers``: the CLT's arrays on the residual."""
+
+    read_site: str = "res"
+    write_site: str = "res"
+
+
 def _batch(lm_params, tokens, mask, *, cfg, rep: Replacement, factor: float):
     """Sums over one batch: real targets, clean / replaced / zero-ablated CE, KL and codes."""
     last = (cfg.n_layers - 1, "res")
-    locs = [(l, s) for l in rep.layers for s in (rep.read_site, "mlp")]
+    locs = list(dict.fromkeys((l, s) for l in rep.layers for s in (rep.read_site, rep.write_site)))
     clean = forward(lm_params, tokens, cfg, capture=locs + [last], stop_after=cfg.n_layers - 1).captures
     sel = mask
     for loc in locs:
@@ -111,16 +128,32 @@ def _batch(lm_params, tokens, mask, *, cfg, rep: Replacement, factor: float):
 
         return fn
 
+    written = {}  # a splice's output at the last residual (captures hold what was computed before it)
+
     def write_fn(i):
-        return lambda a: jnp.where(sel[..., None], rep.write(i, codes, reads).astype(a.dtype), a)
+        def fn(a):
+            out = jnp.where(sel[..., None], rep.write(i, codes, reads).astype(a.dtype), a)
+            written[(rep.layers[i], rep.write_site)] = out
+            return out
+
+        return fn
+
+    def read_write_fn(i):  # one site read, then overwritten (a crosscoder on the residual)
+        return lambda a: write_fn(i)(read_fn(i)(a))
 
     splice = {}
     for i, l in enumerate(rep.layers):
-        splice[(l, rep.read_site)] = read_fn(i)
-        splice[(l, "mlp")] = write_fn(i)
+        if rep.read_site == rep.write_site:
+            splice[(l, rep.read_site)] = read_write_fn(i)
+        else:
+            splice[(l, rep.read_site)] = read_fn(i)
+            splice[(l, rep.write_site)] = write_fn(i)
     h_rep = forward(lm_params, tokens, cfg, capture=[last], splice=splice, stop_after=cfg.n_layers - 1).captures[last]
-    zero = {(l, "mlp"): (lambda a: jnp.where(sel[..., None], jnp.zeros_like(a), a)) for l in rep.layers}
+    h_rep = written.get(last, h_rep)
+    zero = {(l, rep.write_site): (lambda a: jnp.where(sel[..., None], jnp.zeros_like(a), a)) for l in rep.layers}
     h_zero = forward(lm_params, tokens, cfg, capture=[last], splice=zero, stop_after=cfg.n_layers - 1).captures[last]
+    if last in zero:
+        h_zero = zero[last](h_zero)
     ce_clean, ce_rep, kl = next_token_ce_and_kl(lm_params, clean[last], h_rep[None], tokens, cfg=cfg)
     w = mask[:, 1:].astype(jnp.float32)
     return {
@@ -135,12 +168,12 @@ def _batch(lm_params, tokens, mask, *, cfg, rep: Replacement, factor: float):
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(cfg, rep_type, layers: tuple[int, ...], read_site: str, factor: float):
+def _compiled(cfg, rep_type, layers: tuple[int, ...], sites: tuple[str, str], factor: float):
     """One jitted batch step per LM, kind of replacement and span: the replacements of a workdir
     (every sweep value) share it, their arrays traced arguments."""
 
     def run(lm_params, rep_params, tokens, mask):
-        rep = rep_type(rep_params, layers, read_site)
+        rep = rep_type(rep_params, layers, *sites)
         return _batch(lm_params, tokens, mask, cfg=cfg, rep=rep, factor=factor)
 
     return jax.jit(run)
@@ -152,7 +185,8 @@ def replacement_scores(
     """``{ce_clean, ce_replaced, delta_loss, kl, ce_zero, ce_loss_score, l0_total, n_tokens}`` of
     the replacement model over ``batches`` of ``(tokens [B, T], mask [B, T])`` (module doc);
     ``ce_loss_score`` is the fraction of the all-MLPs-zeroed loss gap recovered."""
-    step = _compiled(lm.cfg, type(rep), tuple(rep.layers), rep.read_site, float(outlier_norm_factor))
+    sites = (rep.read_site, rep.write_site)
+    step = _compiled(lm.cfg, type(rep), tuple(rep.layers), sites, float(outlier_norm_factor))
     rep_params = jax.tree.map(jnp.asarray, rep.params)
     acc: dict[str, float] = {}
     for tokens, mask in batches:
@@ -182,16 +216,13 @@ def workdir_replacements(workdir: str) -> list[tuple[str, Replacement, dict[str,
         folder = os.path.dirname(cfg_path)
         with open(cfg_path) as fh:
             meta = json.load(fh)
-        if meta.get("architecture", "clt") != "clt":  # a crosscoder replaces no MLP
+        arch, layers = meta.get("architecture", "clt"), tuple(int(l) for l in meta["layers"])
+        kind = {"clt": CLTReplacement, "crosscoder": CrosscoderReplacement}.get(arch)
+        if kind is None:
             continue
-        clt_layers = tuple(int(l) for l in meta["layers"])
-        out.append(
-            (
-                os.path.relpath(folder, workdir),
-                CLTReplacement(multilayer.load_gemma_scope_2_clt(folder), clt_layers),
-                meta,
-            )
-        )
+        if arch == "clt":
+            clt_layers = layers
+        out.append((os.path.relpath(folder, workdir), kind(multilayer.load_gemma_scope_2_clt(folder), layers), meta))
     if clt_layers is None:
         return out
     sets: dict[tuple[str, float], dict[int, str]] = {}
@@ -227,7 +258,8 @@ def evaluate_replacements(config, workdir: str, max_tokens: int, log=print) -> l
     with open(os.path.join(workdir, "eval", "replacement.json"), "w") as fh:
         json.dump(rows, fh, indent=2)
     lines = [
-        "| replacement (every MLP of the span) | L0 total | delta loss (nats) | KL | CE loss score |",
+        "| replacement (every MLP of the span; a crosscoder's residuals) | L0 total | delta loss (nats) | KL "
+        "| CE loss score |",
         "|---|---|---|---|---|",
     ]
     lines += [
