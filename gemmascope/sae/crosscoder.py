@@ -17,8 +17,8 @@ its own layer's constant):
       x_m^ = sum_{l <= m} f_l @ W_dec[l, :, m, :] + b_dec[m]      [d]
 
   That is the cross-layer transcoder's maths with the residual as both input and target, so it
-  is :class:`~gemmascope.sae.clt.CrossLayerTranscoder` (its loss, starts, fold and stacked
-  arrays, a target L0 meaning per layer) under its own name and file layout. Its files are
+  is :class:`~gemmascope.sae.clt.CrossLayerTranscoder` (its loss, starts, fold, stacked
+  arrays and files, a target L0 meaning per layer) under its own name. Its files are
   Gemma Scope 2's ``crosscoder/layer_<l1>_<l2>_..._width_<W>_l0_<bucket>/params_layer_<i>.safetensors``:
   the CLT's per-layer keys (``w_enc [d, d_sae]``, ``w_dec [d_sae, L, d]`` ...), the hooks
   ``model.layers.<l>.output``.
@@ -60,7 +60,7 @@ class WeaklyCausalCrosscoder(CrossLayerTranscoder):
     (the CLT's maths on the residual; module docstring)."""
 
     NAME = "crosscoder"
-    FILE_LAYOUT = "crosscoder"
+    FILE_LAYOUT = "clt"  # Gemma Scope 2's crosscoder files are its CLT files
 
     @classmethod
     def for_span(cls, span: LayerSpan, n_layers: int, d_out: int) -> WeaklyCausalCrosscoder:

@@ -32,7 +32,6 @@ from gemmascope.train import step as step_lib
 #: concatenated layers, written and read as any other.
 WRITERS = {
     "clt": (multilayer.clt_forward, multilayer.save_gemma_scope_2_clt),
-    "crosscoder": (multilayer.clt_forward, multilayer.save_gemma_scope_2_crosscoder),
     "jumprelu": (multilayer.concat_forward, formats.save_gemma_scope_2),
 }
 

@@ -36,7 +36,9 @@ from gemmascope.sae.files.layouts import SAEFileError, float32_arrays, json_defa
 CONFIG = "config.json"
 HOOK_IN = "hook_resid_mid"  # the MLP input each layer's encoder reads (TransformerLens's name)
 HOOK_OUT = "hook_mlp_out"  # the MLP output each layer's prediction targets
-HOOK_RES = "hook_resid_post"  # a weakly causal crosscoder's input and target (the block output)
+#: our site -> TransformerLens's hook name, for ``config.json``'s ``hook_in`` / ``hook_out`` (the
+#: metadata's ``input_site`` / ``output_site``; a weakly causal crosscoder reads and writes ``res``)
+TL_HOOKS = {"res_mid": HOOK_IN, "mlp": HOOK_OUT, "res": "hook_resid_post"}
 # our stacked key -> the per-layer file's key
 FILE_KEYS = {
     "W_enc": "w_enc",
@@ -136,18 +138,13 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     return float32_arrays(raw, path)
 
 
-def save_gemma_scope_2_clt(
-    folder: str,
-    params: Mapping[str, Any],
-    metadata: Mapping[str, Any] | None = None,
-    hooks: tuple[str, str] = (HOOK_IN, HOOK_OUT),
-) -> str:
+def save_gemma_scope_2_clt(folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> str:
     """Writes ``folder/params_layer_<i>.safetensors`` for every layer ``i`` and ``config.json``;
-    returns ``folder``.
+    returns ``folder``. Gemma Scope 2 ships its weakly causal crosscoders in the same files.
 
     ``params``: stacked raw-unit CLT arrays (module doc); ``metadata``: extra ``config.json``
-    fields (``model``, ``layers`` ...), which may not override the sizes; ``hooks``: the
-    TransformerLens names of what each layer reads and predicts. Shapes are checked and
+    fields (``model``, ``layers``, ``input_site``/``output_site``, whose TransformerLens names
+    become ``hook_in``/``hook_out``, :data:`TL_HOOKS`), which may not override the sizes. Shapes are checked and
     the decoder's entries before each layer zeroed (they mean nothing, and the file layout holds
     zeros there) before any file is written, so a bad call leaves no half folder.
     """
@@ -158,7 +155,9 @@ def save_gemma_scope_2_clt(
             raise SAEFileError(f"{folder}: key {key!r} holds NaN or inf values")
     n, affine = dims["n_layers"], SKIP in arrays
     w_dec = arrays["W_dec"] * causal_mask(n)
-    config = {**dict(metadata or {}), **dims, "affine": affine, "hook_in": hooks[0], "hook_out": hooks[1]}
+    meta = dict(metadata or {})
+    hooks = TL_HOOKS.get(meta.get("input_site"), HOOK_IN), TL_HOOKS.get(meta.get("output_site"), HOOK_OUT)
+    config = {**meta, **dims, "affine": affine, "hook_in": hooks[0], "hook_out": hooks[1]}
     config.setdefault("architecture", "clt")
     for i in range(n):
         layer = {FILE_KEYS[k]: arrays[k][i] for k in arrays if k != "W_dec"}
@@ -166,17 +165,6 @@ def save_gemma_scope_2_clt(
         _write_safetensors(layer_file(folder, i), layer)
     _write_json(os.path.join(folder, CONFIG), config)
     return folder
-
-
-def save_gemma_scope_2_crosscoder(
-    folder: str, params: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
-) -> str:
-    """A weakly causal crosscoder (:class:`gemmascope.sae.crosscoder.WeaklyCausalCrosscoder`):
-    the CLT's per-layer files (Gemma Scope 2 ships its crosscoders in the same
-    ``params_layer_<i>.safetensors`` keys), reading and predicting the block output."""
-    return save_gemma_scope_2_clt(
-        folder, params, {"architecture": "crosscoder", **dict(metadata or {})}, (HOOK_RES,) * 2
-    )
 
 
 def concat_forward(params: Mapping[str, Any], x: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -297,12 +297,7 @@ def write_release(
             if c["kind"] in ("clt", "crosscoder"):
                 cfg = {**meta, "model_name": _model_name(release, c["model"]), "width": c["d_sae"]}
                 cfg["l0_target"] = int(round(c["bucket_l0"]))
-                save = (
-                    multilayer.save_gemma_scope_2_clt
-                    if c["kind"] == "clt"
-                    else multilayer.save_gemma_scope_2_crosscoder
-                )
-                save(dst, multilayer.load_gemma_scope_2_clt(src), cfg)
+                multilayer.save_gemma_scope_2_clt(dst, multilayer.load_gemma_scope_2_clt(src), cfg)
             else:
                 formats.save_gemma_scope_2(dst, sae_io.load_params(src), meta)
                 _write_json(os.path.join(dst, "config.json"), _release_config(release, c))
