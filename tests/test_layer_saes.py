@@ -20,7 +20,7 @@ from gemmascope.sae.common import SAEConfig
 from gemmascope.sae.files import io as sae_io
 from gemmascope.sae.layer_saes import LayerSAEs
 from gemmascope.train.loop import train_and_evaluate
-from tests.test_clt_train import LAYERS, clt_cfg, tiny_lm, use_tiny_lm  # noqa: F401  (fixtures)
+from tests.test_clt_train import clt_cfg, tiny_lm, use_tiny_lm  # noqa: F401  (fixtures)
 
 TOL = 1e-5
 
@@ -50,7 +50,8 @@ def test_the_loss_and_gradients_are_the_per_layer_jumprelu_ones():
 
 
 def _cfg(**over):
-    return clt_cfg(**{"sites": ("res_all",), "widths": (24,), **over})
+    over = {"sites": ("res_all",), "layers": (0, 2), "widths": (24,), "num_tokens": 64 * 6, **over}
+    return clt_cfg(**over)
 
 
 def _exports(wd):
@@ -64,12 +65,12 @@ def _exports(wd):
 def test_a_whole_model_sweep_exports_what_single_location_runs_train(use_tiny_lm, tmp_path):  # noqa: F811
     together = str(tmp_path / "all")
     recs = train_and_evaluate(_cfg(), together, log=lambda *a: None)
-    assert len(recs) == len(LAYERS) * 2
+    assert len(recs) == 2 * 2
     assert len(glob.glob(os.path.join(together, "runs", "*"))) == 1  # one location, one LM pass per batch
     alone = str(tmp_path / "alone")
     train_and_evaluate(_cfg(sites=("res",)), alone, log=lambda *a: None)
     got, want = _exports(together), _exports(alone)
-    assert sorted(got) == sorted(want) and len(got) == 6
+    assert sorted(got) == sorted(want) and len(got) == 4
     for key, (p, meta) in got.items():
         q, meta_alone = want[key]
         assert (meta["site"], meta["architecture"]) == ("res", "jumprelu")
