@@ -157,7 +157,11 @@ def test_exported_clt_predicts_what_the_trained_one_predicts():
     ],
 )
 def test_bad_clt_configs_fail_naming_the_field(over, field):
-    c = clt_cfg()
+    assert_refused(clt_cfg(), over, field)
+
+
+def assert_refused(c, over, field):
+    """``c`` with ``over`` (a dict value sets fields of that section) fails validation naming ``field``."""
     for k, v in over.items():
         if isinstance(v, dict):
             for kk, vv in v.items():

@@ -18,9 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemmascope import config as config_lib
 from gemmascope import sites
-from gemmascope.config import ConfigError
 from gemmascope.data.sources import make_source
 from gemmascope.sae import archs, jumprelu
 from gemmascope.sae.common import SAEConfig
@@ -30,7 +28,7 @@ from gemmascope.sae.files import multilayer, release
 from gemmascope.train import step as step_lib
 from gemmascope.train.export_clt import evaluate_clt
 from gemmascope.train.loop import train_and_evaluate
-from tests.test_clt_train import LAYERS, clt_cfg, tiny_lm, use_tiny_lm  # noqa: F401  (fixtures)
+from tests.test_clt_train import LAYERS, assert_refused, clt_cfg, tiny_lm, use_tiny_lm  # noqa: F401  (fixtures)
 
 L, D, D_SAE, B = 3, 4, 6, 8
 EPS = 0.5  # a wide kernel window, so the threshold pseudo-gradients are non-zero on a tiny batch
@@ -267,12 +265,4 @@ def test_crosscoders_train_online_export_load_and_resume_bitwise(use_tiny_lm, tm
     ],
 )
 def test_bad_crosscoder_configs_fail_naming_the_field(over, field):
-    c = _cc_cfg()
-    for k, v in over.items():
-        if isinstance(v, dict):
-            for kk, vv in v.items():
-                c[k][kk] = vv
-        else:
-            c[k] = v
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        config_lib.prepare(c)
+    assert_refused(_cc_cfg(), over, field)

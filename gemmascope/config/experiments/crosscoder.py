@@ -18,7 +18,7 @@ one constant per layer, folded into the exported files (module doc of
 """
 
 from gemmascope import config as config_lib
-from gemmascope.config.experiments import demo
+from gemmascope.config.experiments import clt
 
 LAYERS = (5, 9, 12, 15)  # Gemma Scope 2's crosscoder layers for Gemma 3 270M
 TARGET_L0S = (10.0, 30.0)
@@ -26,31 +26,11 @@ TARGET_L0S = (10.0, 30.0)
 
 def get_config(arg=None):
     a = config_lib.parse_arg(arg, runlocal=False, width=1024, acausal=False)
-    c = demo.get_config(f"runlocal={a.runlocal},layer=0,width={a.width}")
+    n = len(LAYERS) if a.acausal else 1
+    c = clt.get_config(f"runlocal={a.runlocal},width={n * int(a.width)}")  # the CLT demo's recipe and budget
     c.unlock()
-    c.lm.checkpoint = "embedded:gemma3-270m"
-    c.source = "online"
     c.sites = ("crosscoder_acausal",) if a.acausal else ("crosscoder",)
     c.layers = LAYERS
-    n = len(LAYERS) if a.acausal else 1
-    c.widths = (n * int(a.width),)
     c.target_l0s = tuple(n * t for t in TARGET_L0S)
-    c.sae.threshold_init_mode = "quantile"
-    c.sae.b_dec_init = "zero"  # the regression start sets b_dec
-    c.export.layouts = ("gemma_scope",)
-    c.store.sites = ()
-    c.num_tokens = 300 * 1024
-    c.lambda_warmup_steps = 100
-    r = c.runlocal_overrides
-    r.widths = (n * 32,)
-    r.batch_size = 256
-    r.num_tokens = 8 * 256
-    r.norm_sample_rows = 1024
-    r.eval_rows = 512
-    r.lr_warmup_steps = 2
-    r.lambda_warmup_steps = 4
-    r.log_every = 4
-    r.checkpoint_every = 4
-    r.lm = dict(batch_sequences=8)
-    r.store = dict(max_tokens=0, heldout_rows=512)
+    c.runlocal_overrides.widths = (n * 32,)
     return config_lib.lock(c)
