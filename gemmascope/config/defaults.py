@@ -117,6 +117,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.coordinator_address = ""
     c.distributed.num_processes = 0
     c.distributed.process_id = -1
+    # A process whose heartbeat stops this long (s) is lost: the others exit (status 75) naming it,
+    # within peer_timeout_s + 2 s; 0 = only JAX's own detection (gemmascope/train/distributed.py).
+    c.distributed.peer_timeout_s = 60.0
 
     c.source = "toy"  # "toy" | "store" | "online"
     c.toy = ml_collections.ConfigDict()

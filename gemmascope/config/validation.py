@@ -371,6 +371,7 @@ def _validate_mesh(c: ml_collections.ConfigDict) -> None:
         require(isinstance(v, int) and not isinstance(v, bool) and v >= lo, f, f"must be an integer >= {lo}, got {v!r}")
     n, pid = int(c.distributed.num_processes), int(c.distributed.process_id)
     require(n == 0 or pid < n, "distributed.process_id", f"must be < num_processes={n}, got {pid}")
+    nonneg_number(c, "distributed.peer_timeout_s")
 
 
 def prepare(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -445,13 +445,16 @@ def train_and_evaluate(
     refusal = distributed.allgather_json(refusal)[0]  # every process stops, not only process 0
     if refusal is not None:
         raise lease_lib.LeaseHeldError(refusal)
+    forget = distributed.on_lost_exit(held.release if held is not None else lambda: None)  # a lost peer's exit
     try:
         if distributed.is_main():
             write_bytes_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2).encode())
         records = []
         for site, layer, width in locations(config):
             records += train_location(config, workdir, site, layer=layer, width=width, log=log, mesh=mesh)
+        distributed.stop_watchdog()  # finished: the other processes stop watching this one
         return records
     finally:
+        forget()
         if held is not None:
             held.release()
