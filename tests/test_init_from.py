@@ -206,6 +206,8 @@ def test_mismatched_site_and_refused_setups_fail_before_compute(released, tmp_pa
     sae_io.save_params(os.path.join(bent, "params.npz"), {**p, "W_dec": 2 * p["W_dec"]}, {"architecture": "topk"})
     with pytest.raises(config_lib.ConfigError, match=r"bent is a TopK SAE .* not unit norm \(norms 2 .. 2\)"):
         loop.train_and_evaluate(other_source(init_from=(bent,), sae__arch="topk"), wd, **QUIET)
+    with pytest.raises(config_lib.ConfigError, match="config.init_from: a TopK SAE with per-dimension scales"):
+        loop.train_and_evaluate(other_source(init_from=(bent,), sae__arch="topk", dim_std_cap=4.0), wd, **QUIET)
     assert not os.path.exists(os.path.join(wd, "runs"))
 
 
