@@ -97,20 +97,21 @@ def _step0(config, workdir, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "layout,arch,dim_scale",
+    "layout,arch,dim_scale,sae",
     [
-        ("gemma_scope", "jumprelu", 0.0),
-        ("gemma_scope_2", "jumprelu", 0.5),
-        ("sae_lens", "jumprelu", 0.0),
-        ("topk", "topk", 0.0),
-        ("topk_sae_lens", "topk", 0.0),
+        ("gemma_scope", "jumprelu", 0.0, {}),
+        ("gemma_scope_2", "jumprelu", 0.5, {}),
+        ("sae_lens", "jumprelu", 0.0, dict(sae__threshold_param="log", sae__pre_encoder_bias=False)),
+        ("topk", "topk", 0.0, {}),
+        ("topk_sae_lens", "topk", 0.0, {}),
     ],
 )
 def test_step0_model_on_normalised_rows_is_the_file_on_raw_rows(
-    released, layout, arch, dim_scale, tmp_path, monkeypatch
+    released, layout, arch, dim_scale, sae, tmp_path, monkeypatch
 ):
+    """``sae``: the log threshold parametrisation and no pre-encoder bias change the un-fold too."""
     folder = released[layout]
-    over = dict(init_from=(folder,), dim_scale_power=dim_scale, sae__arch=arch)
+    over = dict(init_from=(folder,), dim_scale_power=dim_scale, sae__arch=arch, **sae)
     if arch == "topk":
         over.update(sae__topk_ks=(8, 16))
     config = config_lib.prepare(other_source(**over))
