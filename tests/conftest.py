@@ -8,6 +8,12 @@ installs it once through the system package manager, as ``.ci/run`` does, if it 
 password (running as root, or passwordless ``sudo -n``), and says so on the terminal. Otherwise,
 or with ``GEMMASCOPE_NO_APT=1``, it installs nothing and the dashboard tests fail with the
 command to run. Nothing happens when the browser is present or no dashboard test is selected.
+
+``load_lm_once``: a test that runs the pipeline in-process several times on the same embedded LM
+(generation, the online source, evaluation) loads it once per test module instead of once per
+call. Only the loading is shared (the LM object is read-only); what the pipeline computes from
+it is unchanged, and the loading itself is tested on its own (tests/test_lm_gguf.py,
+tests/test_gemma3_embedded.py).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+
+import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -81,3 +89,27 @@ def pytest_collection_finish(session):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     ensure_browser(write=(lambda s: reporter.write_line(s)) if reporter else print)
+
+
+@pytest.fixture(scope="module")
+def lm_memo() -> dict:
+    """``{(checkpoint, dtype): LM}`` loaded by :func:`load_lm_once` in this test module."""
+    return {}
+
+
+@pytest.fixture
+def load_lm_once(lm_memo, monkeypatch):
+    """``gemmascope.lm.loading.load_lm`` (which every in-process LM user calls through
+    ``LMActivations``) returns the module's already-loaded LM for the same checkpoint and dtype."""
+    from gemmascope.lm import loading
+
+    real = loading.load_lm
+
+    def load_lm(checkpoint: str = "embedded", dtype: str = "float32", log=None):
+        key = (checkpoint or "embedded", dtype)
+        if key not in lm_memo:
+            lm_memo[key] = real(checkpoint, dtype, log=log)
+        return lm_memo[key]
+
+    monkeypatch.setattr(loading, "load_lm", load_lm)
+    return load_lm

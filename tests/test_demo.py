@@ -90,15 +90,15 @@ def test_train_without_store_says_how_to_create_it(tmp_path):
         train_and_evaluate(c, str(tmp_path / "empty"), log=lambda *a: None)
 
 
-def test_generation_resumes_after_a_crash_with_every_row_once(tmp_path, monkeypatch):
+def test_generation_resumes_after_a_crash_with_every_row_once(tmp_path, monkeypatch, load_lm_once):
     from gemmascope.data import activations, generate
 
-    def small():
+    def small():  # 1 held-out batch and 7 train batches of 4 sequences (~495 rows each)
         c = demo.get_config()
         with c.unlocked():
-            c.store.max_tokens, c.store.heldout_rows = 12_000, 1000
-            c.lm.batch_sequences = 16
-            c.store.rows_per_flush = 1024  # durable after every batch
+            c.store.max_tokens, c.store.heldout_rows = 3_000, 250
+            c.lm.batch_sequences = 4
+            c.store.rows_per_flush = 256  # durable after every batch
         return c
 
     ref = str(tmp_path / "ref")
@@ -131,7 +131,7 @@ def test_generation_resumes_after_a_crash_with_every_row_once(tmp_path, monkeypa
         np.testing.assert_array_equal(a._array.read().result(), b._array.read().result())
 
 
-def test_online_mode_trains_straight_from_the_lm(tmp_path):
+def test_online_mode_trains_straight_from_the_lm(tmp_path, load_lm_once):
     from gemmascope.train.loop import train_and_evaluate
 
     c = demo.get_config("recipe=gemma_scope")  # the lambda sweep
@@ -149,7 +149,10 @@ def test_online_mode_trains_straight_from_the_lm(tmp_path):
 
 def test_evaluate_writes_eval_json_table_plots_and_resumes(demo_workdir):
     wd, _, _ = demo_workdir
-    out = _run("evaluate.py", f"--workdir={wd}", "--config.runlocal=True", "--max_tokens=1000")
+    # Held-out batches of 10 sequences (~1,240 text tokens): one batch reaches --max_tokens=1000
+    # (runlocal's 32-sequence batch would evaluate four times the tokens asked for).
+    small = ("--config.runlocal=True", "--config.lm.batch_sequences=10", "--max_tokens=1000")
+    out = _run("evaluate.py", f"--workdir={wd}", *small)
     evals = [json.load(open(p)) for p in glob.glob(os.path.join(wd, "saes", "**", "eval.json"), recursive=True)]
     assert len(evals) == 4
     for e in evals:
@@ -160,12 +163,12 @@ def test_evaluate_writes_eval_json_table_plots_and_resumes(demo_workdir):
     assert table.count("| jumprelu_quadratic_batch_centred |") == 4
     for png in ("l0_vs_delta_loss.png", "l0_vs_fvu.png"):
         assert open(os.path.join(wd, "eval", png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    again = _run("evaluate.py", f"--workdir={wd}", "--config.runlocal=True", "--max_tokens=1000")
+    again = _run("evaluate.py", f"--workdir={wd}", *small)
     assert "4 already evaluated, 0 to go" in again and "delta loss" not in again
     assert "delta loss" in out
 
 
-def test_evaluator_and_dashboard_see_exactly_the_stored_rows(demo_workdir):
+def test_evaluator_and_dashboard_see_exactly_the_stored_rows(demo_workdir, load_lm_once):
     """One site-activation path: the held-out store's rows are, in order, the site's activations at
     the positions the dashboard encodes, and the evaluator splices exactly those positions (same
     real-text mask, same norm outliers dropped)."""
