@@ -51,7 +51,8 @@ class LayerSpan:
 
 
 #: Cross-layer sites, declared by the architectures that train them (their ``SPANS``: the CLT's
-#: ``clt``/``clt_affine``, the crosscoders' ``crosscoder``/``crosscoder_acausal``) and added here
+#: ``clt``/``clt_affine``, the crosscoders' ``crosscoder``/``crosscoder_acausal``, the per-layer
+#: SAEs' ``res_all``/``mlp_all``/``att_all``) and added here
 #: by the registry (:func:`gemmascope.sae.archs.register_multilayer`; every run's config
 #: validation imports it), so that a multi-layer architecture is its module and one registry line.
 SPAN_SITES: dict[str, LayerSpan] = {}
