@@ -16,7 +16,7 @@ from gemmascope.train.loop import train_and_evaluate
 from tests.test_colabs import _run as run_notebook
 
 
-def test_clt_demo_runlocal_trains_exports_and_scores_the_replacement_model(tmp_path, monkeypatch):
+def test_clt_demo_runlocal_trains_exports_and_scores_the_replacement_model(tmp_path, monkeypatch, load_lm_once):
     wd = str(tmp_path)
     config = config_lib.prepare(clt_config.get_config("runlocal=True"))
     assert tuple(config.layers) == tuple(range(18)) and tuple(config.sites) == ("clt",)
@@ -27,7 +27,11 @@ def test_clt_demo_runlocal_trains_exports_and_scores_the_replacement_model(tmp_p
         assert p["W_enc"].shape == (18, 640, 64) and p["W_dec"].shape == (18, 64, 18, 640)
         assert len(r["fvu_per_layer"]) == 18 and all(np.isfinite(r["fvu_per_layer"]))
         assert r["l0"] > 0 and r["model"].startswith("Gemma 3 270M")
-    rows = evaluate_replacements(config, wd, max_tokens=200, log=lambda *a: None)
+    # Scored on one held-out batch of 2 sequences (~250 text tokens, 237 kept: enough for max_tokens=200;
+    # runlocal's 8-sequence batch would score four times the tokens asked for).
+    scoring = config_lib.prepare(clt_config.get_config("runlocal=True"))
+    scoring.lm.batch_sequences = 2
+    rows = evaluate_replacements(scoring, wd, max_tokens=200, log=lambda *a: None)
     assert len(rows) == 2
     for row in rows:
         assert np.isfinite(row["delta_loss"]) and row["kl"] > 0 and row["l0_total"] > 0
