@@ -14,6 +14,7 @@ leaf name and shape so that every architecture's params follow it without a tabl
 * the last axis of any other leaf of rank >= 2 whose last axis has size ``d_sae``
   (``W_enc [K, d_in, d_sae]``, ``b_enc``, ``threshold``/``log_threshold``, gated ``r_mag``,
   ``b_gate``, ``b_mag``, ``last_fired [K, d_sae]``) goes over "model";
+* per-layer SAEs trained side by side (``W_dec [K, L, d_sae, d]``) likewise on axis 2;
 * a cross-layer transcoder's ``W_dec [K, L, d_sae, L, d_out]``: its latent axis 2 goes over "model"
   (``W_enc [K, L, d_in, d_sae]``, ``b_enc``, ``threshold [K, L, d_sae]`` by the rule below);
 * a transcoder's ``W_skip [K, d_in, d_out]`` (no latent axis) is replicated but for its K axis,
@@ -110,6 +111,8 @@ def leaf_spec(path, shape: Sequence[int], d_sae: int, k_axis: str | None) -> P:
     if name == "W_dec" and ndim == 3:
         axes[1] = "model"
     elif name == "W_dec" and ndim == 5:  # a cross-layer transcoder's [K, L, d_sae, L, d_out]
+        axes[2] = "model"
+    elif name == "W_dec" and ndim == 4:  # per-layer SAEs side by side: [K, L, d_sae, d]
         axes[2] = "model"
     elif name == "W_skip":
         pass
