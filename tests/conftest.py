@@ -9,6 +9,14 @@ password (running as root, or passwordless ``sudo -n``), and says so on the term
 or with ``GEMMASCOPE_NO_APT=1``, it installs nothing and the dashboard tests fail with the
 command to run. Nothing happens when the browser is present or no dashboard test is selected.
 
+Compiled programs: every process of the session (this one, the subprocesses the tests start, the
+notebooks' kernels) shares one JAX persistent compilation cache in a temporary folder made for the
+session and removed at its end (``JAX_COMPILATION_CACHE_DIR``, unless it is already set). The
+toy trainer compiles the same programs in many runs, in this process and in killed-and-rerun
+subprocesses; a later compilation of the same program loads the executable the first one wrote.
+The executables are the ones XLA compiles anyway, so results, bitwise ones included, are the same;
+the toy-training test files take a tenth less CPU time (measured: 511 -> 458 s for 11 files).
+
 ``load_lm_once``: a test that runs the pipeline in-process several times on the same embedded LM
 (generation, the online source, evaluation) loads it once per test module instead of once per
 call. Only the loading is shared (the LM object is read-only); what the pipeline computes from
@@ -21,6 +29,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 
 import pytest
 
@@ -29,6 +39,28 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 APT_PACKAGES = ("chromium", "chromium-driver")
 NO_APT_ENV = "GEMMASCOPE_NO_APT"
 HINT = f"apt-get install -y {' '.join(APT_PACKAGES)}"
+JAX_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_JAX_CACHE: str | None = None  # the session's cache folder when this conftest made it
+
+
+def pytest_configure(config):
+    """The session's JAX compilation cache (module doc), set before JAX is imported."""
+    global _JAX_CACHE
+    if os.environ.get(JAX_CACHE_ENV):
+        return
+    _JAX_CACHE = tempfile.mkdtemp(prefix="gemmascope-tests-jax-cache-")
+    os.environ[JAX_CACHE_ENV] = _JAX_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the toy's programs compile in < 1 s
+    if "jax" in sys.modules:  # imported before this hook (a plugin): set its config directly
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_unconfigure(config):
+    if _JAX_CACHE is not None:
+        shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 
 def browser_plan(
