@@ -349,10 +349,26 @@ def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
         state, metrics = step(state, xr, jnp.asarray(c.target_l0s), t, m)
         kls.append(float(metrics["kl"][0]))
     assert kls[-1] < 0.7 * kls[0], kls
+    # e2e.lr_scale scales the stage's updates: the encoder (neither renormalised nor clamped)
+    # moves by half the step at 0.5, from the same state and batch, to the float32 rounding of
+    # forming (W + u) - W: a few ulps of the largest weight
+    moved = {}
+    for scale in (1.0, 0.5):
+        c.e2e.lr_scale = scale
+        s2, _ = step_lib.make_train_step(c, 10, kl_term=kl_term)(state, xr, jnp.asarray(c.target_l0s), t, m)
+        moved[scale] = np.asarray(s2["params"]["W_enc"] - state["params"]["W_enc"])
+    assert np.abs(moved[1.0]).max() > 1e-5
+    ulps = 4 * np.finfo(np.float32).eps * float(jnp.abs(state["params"]["W_enc"]).max())
+    np.testing.assert_allclose(moved[0.5], 0.5 * moved[1.0], rtol=1e-4, atol=ulps)
     c.e2e.fraction = 0.25
     assert e2e.start_step(c, 100) == 75 and e2e.start_step(c, 3) == 2
     assert config_lib.variant_name(c).endswith("_e2e")
-    assert e2e.describe(c) == {"e2e_fraction": 0.25, "e2e_kl_coefficient": 100.0, "e2e_sequences": 4}
+    assert e2e.describe(c) == {
+        "e2e_fraction": 0.25,
+        "e2e_kl_coefficient": 100.0,
+        "e2e_sequences": 4,
+        "e2e_lr_scale": 0.5,
+    }
     c.sites, c.source = ("res",), "toy"
     with pytest.raises(config_lib.ConfigError, match="config.e2e.fraction: the end-to-end stage splices"):
         config_lib.validate(c)
@@ -360,4 +376,7 @@ def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
     with pytest.raises(
         config_lib.ConfigError, match=r"config.e2e.fraction: must be a fraction of the steps in \[0, 1\)"
     ):
+        config_lib.validate(c)
+    c.e2e.fraction, c.e2e.lr_scale = 0.25, 0.0
+    with pytest.raises(config_lib.ConfigError, match=r"config.e2e.lr_scale: must be a number > 0, got 0.0"):
         config_lib.validate(c)

@@ -116,6 +116,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
     nonneg_number(c, "e2e.kl_coefficient")
     require(
+        isinstance(c.e2e.lr_scale, (int, float)) and c.e2e.lr_scale > 0,
+        "e2e.lr_scale",
+        f"must be a number > 0, got {c.e2e.lr_scale!r}",
+    )
+    require(
         isinstance(c.e2e.sequences, int) and c.e2e.sequences >= 1,
         "e2e.sequences",
         f"must be an integer >= 1, got {c.e2e.sequences!r}",

@@ -146,4 +146,5 @@ def describe(config) -> dict[str, Any]:
         "e2e_fraction": float(config.e2e.fraction),
         "e2e_kl_coefficient": float(config.e2e.kl_coefficient),
         "e2e_sequences": int(config.e2e.sequences),
+        "e2e_lr_scale": float(config.e2e.lr_scale),
     }

@@ -209,7 +209,8 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
     ``kl_term`` (the end-to-end stage, :class:`gemmascope.train.e2e.KLTerm`): the step is then
     ``train_step(state, x_raw, sweep, tokens [n, T], mask [n, T])``; the LM's SAE-independent part
     runs once (``kl_term.prepare``) and each SAE's loss adds ``config.e2e.kl_coefficient *
-    kl_term(params, C, s, prepared)`` (metric ``kl``).
+    kl_term(params, C, s, prepared)`` (metric ``kl``); its updates are scaled by
+    ``config.e2e.lr_scale``.
 
     ``arch``: the location's architecture (default ``config.sae.arch``); for a transcoder
     ``x_raw`` is the paired row ``[B, d_in + d_out]``.
@@ -248,6 +249,8 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
     controller = bool(cfg.l0_controller_rate) and targets
 
     kl_coef = float(config.e2e.kl_coefficient) if kl_term is not None else 0.0
+    # the stage's step size: the schedule's learning rate times e2e.lr_scale (Adam's moments carry on)
+    stage_lr_scale = float(config.e2e.get("lr_scale", 1.0)) if kl_term is not None else 1.0
 
     def loss_fn(params, x, sparsity, dead, e2e, sel=None):
         if sel is None:
@@ -278,6 +281,8 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
                 (loss, aux), grads = jax.lax.cond(sel["overflow"], dense_step, sparse_step)
                 aux = {**aux, "sparse_fallback": sel["overflow"].astype(jnp.float32)}
         updates, opt_state = tx.update(grads, opt_state, params)
+        if stage_lr_scale != 1.0:
+            updates = jax.tree.map(lambda u: stage_lr_scale * u, updates)
         params = optax.apply_updates(params, updates)
         if renormalise:
             params = optim.renormalise_decoder(params)
