@@ -314,6 +314,15 @@ def test_the_end_to_end_kl_equals_kl_from_two_separate_forward_passes():
     np.testing.assert_allclose(float(got), want, rtol=2e-3, atol=1e-6)
     g = jax.grad(lambda q: kl_term(q, state["norm_scale"], state["dim_scale"], prepared))(p)
     assert np.all(np.isfinite(np.asarray(g["W_dec"]))) and float(jnp.abs(g["W_dec"]).sum()) > 0
+    # kl_reaches="decoder": the same KL; its gradient is the decoder's alone (the codes constant)
+    c.e2e.kl_reaches = "decoder"
+    dec_term = e2e.KLTerm(c, lm_params, lm_cfg, layer, arch)
+    assert float(dec_term(p, state["norm_scale"], state["dim_scale"], prepared)) == float(got)
+    gd = jax.grad(lambda q: dec_term(q, state["norm_scale"], state["dim_scale"], prepared))(p)
+    np.testing.assert_allclose(np.asarray(gd["W_dec"]), np.asarray(g["W_dec"]), rtol=1e-5, atol=1e-8)
+    for name in ("W_enc", "b_enc", "threshold"):
+        assert float(jnp.abs(g[name]).sum()) > 0 and not np.any(np.asarray(gd[name])), name
+    assert float(jnp.abs(gd["b_dec"]).sum()) > 0
 
 
 def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
@@ -368,6 +377,7 @@ def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
         "e2e_kl_coefficient": 100.0,
         "e2e_sequences": 4,
         "e2e_lr_scale": 0.5,
+        "e2e_kl_reaches": "all",
     }
     c.sites, c.source = ("res",), "toy"
     with pytest.raises(config_lib.ConfigError, match="config.e2e.fraction: the end-to-end stage splices"):
@@ -379,4 +389,7 @@ def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
         config_lib.validate(c)
     c.e2e.fraction, c.e2e.lr_scale = 0.25, 0.0
     with pytest.raises(config_lib.ConfigError, match=r"config.e2e.lr_scale: must be a number > 0, got 0.0"):
+        config_lib.validate(c)
+    c.e2e.lr_scale, c.e2e.kl_reaches = 1.0, "encoder"
+    with pytest.raises(config_lib.ConfigError, match=r"config.e2e.kl_reaches: must be 'all' or 'decoder'"):
         config_lib.validate(c)

@@ -121,6 +121,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"must be a number > 0, got {c.e2e.lr_scale!r}",
     )
     require(
+        c.e2e.kl_reaches in ("all", "decoder"),
+        "e2e.kl_reaches",
+        f"must be 'all' or 'decoder', got {c.e2e.kl_reaches!r}",
+    )
+    require(
         isinstance(c.e2e.sequences, int) and c.e2e.sequences >= 1,
         "e2e.sequences",
         f"must be an integer >= 1, got {c.e2e.sequences!r}",
