@@ -46,6 +46,9 @@ def test_gemma_demo_variants_and_errors():
     assert small.widths == (1024,) and small.store.max_tokens == 40_000 and small.num_tokens == 120 * small.batch_size
     late = config_lib.prepare(gemma_demo.get_config("layer=13"))
     assert late.layers == (13,) and late.target_l0s == _shim().target_l0s
+    assert late.e2e.fraction == 0  # the stage is off unless asked for
+    e2e = config_lib.prepare(gemma_demo.get_config("e2e=True"))  # the setting of docs/gemma3.md
+    assert (e2e.e2e.fraction, e2e.e2e.kl_coefficient, e2e.e2e.lr_scale, e2e.e2e.kl_reaches) == (0.1, 0.3, 0.3, "all")
     with pytest.raises(config_lib.ConfigError, match="target_l0s"):  # a target above the width fails before compute
         config_lib.prepare(gemma_demo.get_config("width=32"))
     with pytest.raises(config_lib.ConfigError, match="'site'"):
