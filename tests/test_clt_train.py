@@ -134,16 +134,60 @@ def test_exported_clt_predicts_what_the_trained_one_predicts():
     p = {k: v + 0.05 * rng.standard_normal(v.shape).astype(np.float32) for k, v in p.items()}
     p["W_dec"] = p["W_dec"] * np.asarray(jnp.triu(jnp.ones((n, n))))[:, None, :, None]
     scale = np.array([2.0, 5.0, 0.5, 3.0, 0.25, 7.0], np.float32)  # C_in per layer, C_out per layer
-    raw = rng.standard_normal((50, 2 * n * d)).astype(np.float32) * np.repeat(scale, d)
-    xy = step_lib.normalise(raw, scale, d)
-    xs, _ = clt.split(xy, d)
-    f = clt.encode_train(p, xy, cfg)
-    y_train = np.asarray(clt.predict(p, f, xs))  # [50, L, d] in training units
-    folded = clt.fold_scales(jax.device_get(clt.export_layout(p, cfg)), scale)
-    f_raw, y_raw = multilayer.clt_forward(folded, raw[:, : n * d].reshape(50, n, d))
-    assert 0 < (np.asarray(f) > 0).mean() < 1
-    np.testing.assert_allclose(f_raw, np.asarray(f), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(y_raw, y_train * scale[n:][None, :, None], rtol=1e-5, atol=1e-5)
+    # per-dimension scales too (config.dim_scale_power): one per column of the paired rows
+    dims = np.exp(rng.uniform(-2, 2, 2 * n * d)).astype(np.float32)
+    for s in (None, dims):
+        raw = rng.standard_normal((50, 2 * n * d)).astype(np.float32) * np.repeat(scale, d)
+        raw = raw if s is None else raw * s
+        xy = step_lib.normalise(raw, scale, d, s)
+        xs, _ = clt.split(xy, d)
+        f = clt.encode_train(p, xy, cfg)
+        y_train = np.asarray(clt.predict(p, f, xs))  # [50, L, d] in training units
+        folded = clt.fold_scales(jax.device_get(clt.export_layout(p, cfg)), scale, s)
+        f_raw, y_raw = multilayer.clt_forward(folded, raw[:, : n * d].reshape(50, n, d))
+        k_out = scale[n:][:, None] * (1.0 if s is None else s[n * d :].reshape(n, d))  # C_out[m] s_out[m]
+        assert 0 < (np.asarray(f) > 0).mean() < 1
+        np.testing.assert_allclose(f_raw, np.asarray(f), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(y_raw, y_train * k_out[None], rtol=1e-5, atol=1e-5 * np.abs(k_out).max())
+    with pytest.raises(ValueError, match=r"a 3-layer CLT needs 3 \* \(8 \+ 8\) per-dimension scales, got shape \(8,\)"):
+        clt.fold_scales(jax.device_get(clt.export_layout(p, cfg)), scale, dims[:d])
+
+
+def test_export_params_folds_a_clts_per_dimension_scales():
+    """A CLT trained with ``dim_scale_power=1`` (one ``s`` per column of its paired rows, then the
+    per-layer constants): ``export_params`` hands the scales to the CLT's own fold, and the file's
+    NumPy forward on raw rows gives the trained model's codes and MLP-output predictions in raw
+    units (1e-4 relative, float32)."""
+    n, d, d_sae = len(LAYERS), 8, 32
+    c = config_lib.prepare(clt_cfg(dim_scale_power=1.0, widths=(d_sae,)))
+    clt = CrossLayerTranscoder(n, d, affine=True)
+    rng = np.random.default_rng(1)
+    raw = rng.standard_normal((256, 2 * n * d)) * np.exp(rng.uniform(-3, 3, 2 * n * d))
+    raw = raw.astype(np.float32)
+    s = step_lib.dim_scales(raw, 1.0)
+    u = raw / s
+    norm = tuple(float(np.sqrt(np.mean(np.sum(u[:, i * d : (i + 1) * d] ** 2, -1)))) for i in range(2 * n))
+    state = step_lib.init_state(
+        jax.random.PRNGKey(0),
+        c,
+        d,
+        d_sae=d_sae,
+        n_saes=1,
+        norm_scale=norm,
+        init_sample=step_lib.init_sample(c, raw, norm, d, s),
+        arch=clt,
+        dim_scale=s,
+    )
+    folded = step_lib.export_params(state, 0, c, arch=clt)
+    p = jax.tree.map(lambda a: a[0], state["params"])
+    xy = step_lib.normalise(raw, state["norm_scale"], d, state["dim_scale"])
+    f = np.asarray(clt.encode_train(p, xy, SAEConfig.from_config(c)))
+    y_train = np.asarray(clt.predict(p, jnp.asarray(f), clt.split(xy, d)[0]))
+    f_raw, y_raw = multilayer.clt_forward(folded, raw[:, : n * d].reshape(-1, n, d))
+    k_out = np.asarray(norm[n:])[:, None] * s[n * d :].reshape(n, d)
+    assert 0 < (f > 0).mean() < 1
+    np.testing.assert_allclose(f_raw, f, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(y_raw, y_train * k_out[None], rtol=1e-4, atol=1e-4 * np.abs(k_out).max())
 
 
 @pytest.mark.parametrize(
@@ -151,7 +195,6 @@ def test_exported_clt_predicts_what_the_trained_one_predicts():
     [
         ({"source": "store"}, "source"),
         ({"layers": (2, 0, 1)}, "layers"),
-        ({"dim_scale_power": 1.0}, "dim_scale_power"),
         ({"sae": {"frequency_penalty": 0.1}}, "sae.frequency_penalty"),
         ({"export": {"layouts": ("sae_lens",)}}, "export.layouts"),
     ],

@@ -157,27 +157,33 @@ def test_weak_causality_a_feature_reads_one_layer_and_writes_it_and_later_ones()
 @pytest.mark.parametrize("form", ["weakly_causal", "acausal"])
 def test_the_exported_raw_unit_model_is_the_trained_one_on_raw_rows(form):
     """fold_scales with six different per-layer constants (C_in, then C_out = C_in since input
-    and target are the same activations): the file's NumPy forward on raw rows gives the trained
-    model's codes and C-scaled reconstruction (1e-5 relative, float32)."""
+    and target are the same activations), without and with per-dimension scales: the file's NumPy
+    forward on raw rows gives the trained model's codes and reconstruction scaled back (1e-5
+    relative, float32)."""
     scale = np.array([2.0, 5.0, 0.5, 2.0, 5.0, 0.5], np.float32)
     rng = np.random.default_rng(3)
-    raw_x = rng.standard_normal((40, L * D)).astype(np.float32) * np.repeat(scale[:L], D)
-    raw = np.concatenate([raw_x, raw_x], axis=1)
-    xy = step_lib.normalise(raw, scale, D)
     if form == "weakly_causal":
         arch, p = WeaklyCausalCrosscoder(L, D), _weak_params()
         forward = multilayer.clt_forward
     else:
         arch, p = AcausalCrosscoder(L * D, False, L, D), _acausal_params()
         forward = multilayer.concat_forward
-    f = np.asarray(arch.encode_train(p, jnp.asarray(xy), CFG))
-    x_in = xy[:, : L * D] if form == "acausal" else xy[:, : L * D].reshape(-1, L, D)
-    x_hat = np.asarray(arch.predict(p, jnp.asarray(f), jnp.asarray(x_in))).reshape(-1, L, D)
-    folded = arch.fold_scales(jax.device_get(arch.export_layout(p, CFG)), scale)
-    f_raw, x_raw = forward(folded, raw_x.reshape(-1, L, D))
-    assert 0 < (f > 0).mean() < 1
-    np.testing.assert_allclose(f_raw, f, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(x_raw, x_hat * scale[L:][None, :, None], rtol=1e-5, atol=1e-4)
+    # and with per-dimension scales (config.dim_scale_power), the same for input and target
+    dims = np.exp(rng.uniform(-2, 2, L * D)).astype(np.float32)
+    for s in (None, np.concatenate([dims, dims])):
+        raw_x = rng.standard_normal((40, L * D)).astype(np.float32) * np.repeat(scale[:L], D)
+        raw_x = raw_x if s is None else raw_x * dims
+        raw = np.concatenate([raw_x, raw_x], axis=1)
+        xy = step_lib.normalise(raw, scale, D, s)
+        f = np.asarray(arch.encode_train(p, jnp.asarray(xy), CFG))
+        x_in = xy[:, : L * D] if form == "acausal" else xy[:, : L * D].reshape(-1, L, D)
+        x_hat = np.asarray(arch.predict(p, jnp.asarray(f), jnp.asarray(x_in))).reshape(-1, L, D)
+        folded = arch.fold_scales(jax.device_get(arch.export_layout(p, CFG)), scale, s)
+        f_raw, x_raw = forward(folded, raw_x.reshape(-1, L, D))
+        k_out = scale[L:][:, None] * (1.0 if s is None else dims.reshape(L, D))  # C_out[m] s_out[m]
+        assert 0 < (f > 0).mean() < 1
+        np.testing.assert_allclose(f_raw, f, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(x_raw, x_hat * k_out[None], rtol=1e-5, atol=1e-4 * np.abs(k_out).max())
 
 
 def test_the_registry_declares_the_crosscoder_sites_and_builds_their_models():
@@ -261,7 +267,6 @@ def test_crosscoders_train_online_export_load_and_resume_bitwise(use_tiny_lm, tm
         ({"layers": (2, 0, 1)}, "layers"),
         ({"source": "store"}, "source"),
         ({"e2e": {"fraction": 0.1}}, "e2e.fraction"),
-        ({"dim_scale_power": 1.0}, "dim_scale_power"),
     ],
 )
 def test_bad_crosscoder_configs_fail_naming_the_field(over, field):

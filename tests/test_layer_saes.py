@@ -78,3 +78,12 @@ def test_a_whole_model_sweep_exports_what_single_location_runs_train(use_tiny_lm
         for k in p:
             scale = max(1.0, float(np.max(np.abs(q[k]))))
             np.testing.assert_allclose(p[k], q[k], rtol=0, atol=TOL * scale, err_msg=f"{key} {k}")
+
+
+def test_per_layer_saes_refuse_per_dimension_scales():
+    """The whole-model sweep exports each layer as a plain SAE with one C per layer; per-dimension
+    scales (which CLTs and crosscoders fold into their files) are refused naming the field."""
+    from tests.test_clt_train import assert_refused
+
+    assert_refused(_cfg(), {"dim_scale_power": 1.0}, "dim_scale_power")
+    assert_refused(_cfg(), {"dim_std_cap": 10.0}, "dim_std_cap")

@@ -313,8 +313,8 @@ def _validate_init_from(c: ml_collections.ConfigDict) -> None:
 def _validate_spans(c: ml_collections.ConfigDict) -> None:
     """Cross-layer sites train JumpReLU CLTs online over ``config.layers`` (ascending: a layer
     writes only to the layers after it), with the plain JumpReLU recipe: none of the options the
-    CLT's loss does not implement, no per-dimension scales (a CLT has per-layer constants), and
-    its own file layout."""
+    CLT's loss does not implement, per-dimension scales only where the architecture folds them
+    into its files, and its own file layout."""
     spans = [s for s in c.sites if span_of(s) is not None]
     if not spans:
         return
@@ -327,8 +327,6 @@ def _validate_spans(c: ml_collections.ConfigDict) -> None:
         ("source", c.source != "online", f"they train online from one LM pass, not from {c.source!r}"),
         ("sae.threshold_param", c.sae.threshold_param != "direct", "a CLT keeps its thresholds direct"),
         ("sae.frequency_penalty", bool(c.sae.frequency_penalty), "the CLT's loss has no frequency penalty"),
-        ("dim_scale_power", bool(c.dim_scale_power), "a CLT has per-layer constants, not per-dimension scales"),
-        ("dim_std_cap", bool(c.dim_std_cap), "a CLT has per-layer constants, not per-dimension scales"),
         ("e2e.fraction", bool(c.e2e.fraction), "no end-to-end stage for CLTs"),
         (
             "export.layouts",
@@ -337,6 +335,14 @@ def _validate_spans(c: ml_collections.ConfigDict) -> None:
         ),
     ):
         require(not bad, field, f"cross-layer sites {spans}: {what}")
+    # per-dimension scales: for the architectures that fold them into their files (fold_scales)
+    unscaled = [s for s in spans if not hasattr(archs.MULTILAYER[span_of(s).arch], "fold_scales")]
+    for field in ("dim_scale_power", "dim_std_cap"):
+        require(
+            not (unscaled and c[field]),
+            field,
+            f"cross-layer sites {unscaled} take one scalar C per layer, not per-dimension scales",
+        )
 
 
 def _validate_mesh(c: ml_collections.ConfigDict) -> None:

@@ -136,31 +136,40 @@ class CrossLayerTranscoder(JumpReLUWriter):
         ]
         return {**params, "threshold": jnp.stack(thr)}
 
-    def fold_scales(self, layout: Mapping[str, Any], norm_scale: Any) -> dict[str, np.ndarray]:
-        """Training-unit arrays (:meth:`export_layout`) trained on ``x_l / C_in[l]`` and
-        ``y_m / C_out[m]`` (``norm_scale [2L]``) -> raw units, the features left in training units
-        (a feature writes to several layers, each with its own ``C_out``, so no one factor could
-        move into them)::
+    def fold_scales(self, layout: Mapping[str, Any], norm_scale: Any, dim_scale: Any = None) -> dict[str, np.ndarray]:
+        """Training-unit arrays (:meth:`export_layout`) trained on ``x_l / (C_in[l] s_in[l])`` and
+        ``y_m / (C_out[m] s_out[m])`` (``norm_scale [2L]``; ``dim_scale [L * d_in + L * d_out]``,
+        one per column of the paired rows, or ``None``: all 1) -> raw units, the features left in
+        training units (a feature writes to several layers, each with its own ``C_out``, so no one
+        factor could move into them). With ``k_in[l] = C_in[l] s_in[l]`` and ``k_out[m] = C_out[m]
+        s_out[m]`` (vectors over the dimensions)::
 
-            W_enc'[l] = W_enc[l] / C_in[l]      b_enc', threshold' unchanged
-            W_dec'[l, :, m] = W_dec[l, :, m] * C_out[m]   b_dec'[m] = b_dec[m] * C_out[m]
-            W_skip'[m] = W_skip[m] * C_out[m] / C_in[m]
+            W_enc'[l] = W_enc[l] / k_in[l][:, None]      b_enc', threshold' unchanged
+            W_dec'[l, :, m] = W_dec[l, :, m] * k_out[m]   b_dec'[m] = b_dec[m] * k_out[m]
+            W_skip'[m] = W_skip[m] * k_out[m][None, :] / k_in[m][:, None]
         """
         c = np.asarray(norm_scale, np.float64).reshape(-1)
         n = self.n_layers
         if c.shape != (2 * n,):
             raise ValueError(f"a {n}-layer CLT needs 2 * {n} normalisation constants, got shape {c.shape}")
-        c_in, c_out = c[:n], c[n:]
         p = {k: np.asarray(v, np.float64) for k, v in layout.items()}
+        d_in = p["W_enc"].shape[1]
+        s = np.ones(n * (d_in + self.d_out)) if dim_scale is None else np.asarray(dim_scale, np.float64)
+        if s.shape != (n * (d_in + self.d_out),):
+            raise ValueError(
+                f"a {n}-layer CLT needs {n} * ({d_in} + {self.d_out}) per-dimension scales, got shape {s.shape}"
+            )
+        k_in = c[:n, None] * s[: n * d_in].reshape(n, d_in)
+        k_out = c[n:, None] * s[n * d_in :].reshape(n, self.d_out)
         out = {
-            "W_enc": p["W_enc"] / c_in[:, None, None],
+            "W_enc": p["W_enc"] / k_in[:, :, None],
             "b_enc": p["b_enc"],
             "threshold": p["threshold"],
-            "W_dec": p["W_dec"] * c_out[None, None, :, None],
-            "b_dec": p["b_dec"] * c_out[:, None],
+            "W_dec": p["W_dec"] * k_out[None, None, :, :],
+            "b_dec": p["b_dec"] * k_out,
         }
         if SKIP_KEY in p:
-            out[SKIP_KEY] = p[SKIP_KEY] * (c_out / c_in)[:, None, None]
+            out[SKIP_KEY] = p[SKIP_KEY] * k_out[:, None, :] / k_in[:, :, None]
         return {k: v.astype(np.float32) for k, v in out.items()}
 
     def split(self, xy: jax.Array, d_in: int) -> tuple[jax.Array, jax.Array]:

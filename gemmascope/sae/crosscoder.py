@@ -100,25 +100,29 @@ class AcausalCrosscoder(Transcoder):
             raise ValueError(f"crosscoder over layers of width {self.d_block}, got d_in={d_in}")
         return super().init(key, self.n_blocks * self.d_block, d_sae, cfg)
 
-    def fold_scales(self, layout: Mapping[str, Any], norm_scale: Any) -> dict[str, np.ndarray]:
-        """Training-unit arrays trained on blocks ``x_l / C_in[l]`` (input) and ``x_m / C_out[m]``
-        (target) -> raw units, the features left in training units::
+    def fold_scales(self, layout: Mapping[str, Any], norm_scale: Any, dim_scale: Any = None) -> dict[str, np.ndarray]:
+        """Training-unit arrays trained on blocks ``x_l / (C_in[l] s_in[l])`` (input) and ``x_m /
+        (C_out[m] s_out[m])`` (target) -> raw units, the features left in training units; with
+        ``k_in``, ``k_out`` the per-column products (``dim_scale [2 L d]`` or ``None``: all 1)::
 
-            W_enc'[l-th block rows] = W_enc[...] / C_in[l]      b_enc', threshold' unchanged
-            W_dec'[:, m-th block] = W_dec[...] * C_out[m]       b_dec'[m-th block] = b_dec[...] * C_out[m]
+            W_enc' = W_enc / k_in[:, None]      b_enc', threshold' unchanged
+            W_dec' = W_dec * k_out[None, :]     b_dec' = b_dec * k_out
         """
         c = np.asarray(norm_scale, np.float64).reshape(-1)
         n, d = self.n_blocks, self.d_block
         if c.shape != (2 * n,):
             raise ValueError(f"a {n}-layer crosscoder needs 2 * {n} normalisation constants, got shape {c.shape}")
-        c_in, c_out = np.repeat(c[:n], d), np.repeat(c[n:], d)
+        s = np.ones(2 * n * d) if dim_scale is None else np.asarray(dim_scale, np.float64)
+        if s.shape != (2 * n * d,):
+            raise ValueError(f"a {n}-layer crosscoder needs 2 * {n} * {d} per-dimension scales, got shape {s.shape}")
+        k_in, k_out = np.repeat(c[:n], d) * s[: n * d], np.repeat(c[n:], d) * s[n * d :]
         p = {k: np.asarray(v, np.float64) for k, v in layout.items()}
         out = {
-            "W_enc": p["W_enc"] / c_in[:, None],
+            "W_enc": p["W_enc"] / k_in[:, None],
             "b_enc": p["b_enc"],
             "threshold": p["threshold"],
-            "W_dec": p["W_dec"] * c_out[None, :],
-            "b_dec": p["b_dec"] * c_out,
+            "W_dec": p["W_dec"] * k_out[None, :],
+            "b_dec": p["b_dec"] * k_out,
         }
         return {k: v.astype(np.float32) for k, v in out.items()}
 

@@ -394,11 +394,13 @@ def export_params(state: Mapping[str, Any], index: int, config, arch=None) -> di
     layout = arch.export_layout(p, SAEConfig.from_config(config), config_lib.sweep_values(config)[index])
     scale = np.asarray(jax.device_get(state["norm_scale"]), np.float64)
     layout = jax.device_get(layout)
-    if state.get("dim_scale") is not None:  # per-dimension scales first, then the scalar C(s)
-        layout = fold_dim_scale(layout, np.asarray(jax.device_get(state["dim_scale"])))
+    dim_scale = state.get("dim_scale")
+    dim_scale = None if dim_scale is None else np.asarray(jax.device_get(dim_scale))
     own = getattr(arch, "fold_scales", None)  # an architecture with its own normalisation (a CLT's per layer)
     if own is not None:
-        return own(layout, scale)
+        return own(layout, scale, dim_scale)
+    if dim_scale is not None:  # per-dimension scales first, then the scalar C(s)
+        layout = fold_dim_scale(layout, dim_scale)
     if scale.ndim == 1:
         return fold_transcoder(layout, float(scale[0]), float(scale[1]))
     return fold_normalisation(layout, float(scale), bool(config.sae.pre_encoder_bias))
