@@ -21,6 +21,7 @@ run() {  # name, then the stage's overrides
 }
 for s in "$@"; do
   case $s in
+    off_seed1)     run $s --config.seed=1 ;;  # the stage-off run's second seed
     # name: kl coefficient, lr scale, fraction of the steps, sequences a step
     kl1_lr01)      run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=1.0 --config.e2e.lr_scale=0.1 --config.e2e.sequences=4 ;;
     kl03_lr01)     run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=0.3 --config.e2e.lr_scale=0.1 --config.e2e.sequences=4 ;;
