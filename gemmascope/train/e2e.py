@@ -74,7 +74,7 @@ class KLTerm:
     def __init__(self, config, lm_params, lm_cfg, layer: int, arch):
         self.cfg = SAEConfig.from_config(config)
         self.factor = float(config.lm.outlier_norm_factor)
-        self.decoder_only = str(config.e2e.get("kl_reaches", "all")) == "decoder"
+        self.decoder_only = config.e2e.kl_reaches == "decoder"
         self.lm_params, self.lm_cfg, self.layer, self.arch = lm_params, lm_cfg, int(layer), arch
 
     def _suffix(self, h, tokens):

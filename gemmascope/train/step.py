@@ -250,7 +250,7 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
 
     kl_coef = float(config.e2e.kl_coefficient) if kl_term is not None else 0.0
     # the stage's step size: the schedule's learning rate times e2e.lr_scale (Adam's moments carry on)
-    stage_lr_scale = float(config.e2e.get("lr_scale", 1.0)) if kl_term is not None else 1.0
+    stage_lr_scale = float(config.e2e.lr_scale) if kl_term is not None else 1.0
 
     def loss_fn(params, x, sparsity, dead, e2e, sel=None):
         if sel is None:
