@@ -369,6 +369,21 @@ def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
     assert np.abs(moved[1.0]).max() > 1e-5
     ulps = 4 * np.finfo(np.float32).eps * float(jnp.abs(state["params"]["W_enc"]).max())
     np.testing.assert_allclose(moved[0.5], 0.5 * moved[1.0], rtol=1e-4, atol=ulps)
+    # e2e.controller_gain multiplies the L0 controller's rate in the stage: from the same state the
+    # multiplier moves by gain * rate * clip((L0 - T) / T, -1, 1) (no warm-up: lambda_warmup_steps 0)
+    c.e2e.lr_scale, c.sae.l0_controller_rate = 1.0, 1e-2
+    nu0 = jnp.full((1,), 0.01, jnp.float32)
+    nu_moved = {}
+    for gain in (1.0, 5.0):
+        c.e2e.controller_gain = gain
+        s2, m2 = step_lib.make_train_step(c, 10, kl_term=kl_term)(
+            {**state, "l0_dual": nu0}, xr, jnp.asarray(c.target_l0s), t, m
+        )
+        nu_moved[gain] = float(s2["l0_dual"][0] - nu0[0])
+        miss = np.clip((float(m2["l0"][0]) - c.target_l0s[0]) / c.target_l0s[0], -1, 1)
+        assert abs(miss) > 0.01  # a real miss to answer
+        np.testing.assert_allclose(nu_moved[gain], gain * 1e-2 * miss, rtol=1e-5)
+    c.e2e.controller_gain, c.sae.l0_controller_rate = 1.0, 0.0
     c.e2e.fraction = 0.25
     assert e2e.start_step(c, 100) == 75 and e2e.start_step(c, 3) == 2
     assert config_lib.variant_name(c).endswith("_e2e")
@@ -376,8 +391,9 @@ def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
         "e2e_fraction": 0.25,
         "e2e_kl_coefficient": 100.0,
         "e2e_sequences": 4,
-        "e2e_lr_scale": 0.5,
+        "e2e_lr_scale": 1.0,
         "e2e_kl_reaches": "all",
+        "e2e_controller_gain": 1.0,
     }
     c.sites, c.source = ("res",), "toy"
     with pytest.raises(config_lib.ConfigError, match="config.e2e.fraction: the end-to-end stage splices"):
@@ -392,4 +408,7 @@ def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
         config_lib.validate(c)
     c.e2e.lr_scale, c.e2e.kl_reaches = 1.0, "encoder"
     with pytest.raises(config_lib.ConfigError, match=r"config.e2e.kl_reaches: must be 'all' or 'decoder'"):
+        config_lib.validate(c)
+    c.e2e.kl_reaches, c.e2e.controller_gain = "all", -2.0
+    with pytest.raises(config_lib.ConfigError, match=r"config.e2e.controller_gain: must be a number > 0"):
         config_lib.validate(c)

@@ -121,6 +121,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"must be a number > 0, got {c.e2e.lr_scale!r}",
     )
     require(
+        isinstance(c.e2e.controller_gain, (int, float)) and c.e2e.controller_gain > 0,
+        "e2e.controller_gain",
+        f"must be a number > 0 (sae.l0_controller_rate's factor in the stage), got {c.e2e.controller_gain!r}",
+    )
+    require(
         c.e2e.kl_reaches in ("all", "decoder"),
         "e2e.kl_reaches",
         f"must be 'all' or 'decoder', got {c.e2e.kl_reaches!r}",

@@ -157,4 +157,5 @@ def describe(config) -> dict[str, Any]:
         "e2e_sequences": int(config.e2e.sequences),
         "e2e_lr_scale": float(config.e2e.lr_scale),
         "e2e_kl_reaches": str(config.e2e.kl_reaches),
+        "e2e_controller_gain": float(config.e2e.controller_gain),
     }

@@ -210,7 +210,7 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
     ``train_step(state, x_raw, sweep, tokens [n, T], mask [n, T])``; the LM's SAE-independent part
     runs once (``kl_term.prepare``) and each SAE's loss adds ``config.e2e.kl_coefficient *
     kl_term(params, C, s, prepared)`` (metric ``kl``); its updates are scaled by
-    ``config.e2e.lr_scale``.
+    ``config.e2e.lr_scale`` and the L0 controller's rate by ``config.e2e.controller_gain``.
 
     ``arch``: the location's architecture (default ``config.sae.arch``); for a transcoder
     ``x_raw`` is the paired row ``[B, d_in + d_out]``.
@@ -247,6 +247,9 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
     use_auxk = arch.uses_auxk(cfg)
     revive_every = int(cfg.revive_dead_every)  # JumpReLU's own field (the config's validation)
     controller = bool(cfg.l0_controller_rate) and targets
+    # the controller's rate; in the stage times e2e.controller_gain (the KL pulls L0 off its target
+    # within a few steps, and the stage's lr_scale slows the thresholds' answer to nu as well)
+    controller_rate = cfg.l0_controller_rate * (float(config.e2e.controller_gain) if kl_term is not None else 1.0)
 
     kl_coef = float(config.e2e.kl_coefficient) if kl_term is not None else 0.0
     # the stage's step size: the schedule's learning rate times e2e.lr_scale (Adam's moments carry on)
@@ -298,7 +301,7 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
             )
         params = arch.after_update(params, aux, step, cfg)
         if controller:  # dual ascent on E[L0] = T (gemmascope.sae.jumprelu.controller_update)
-            nu = jumprelu.controller_update(nu, aux["l0"], lam, cfg.l0_controller_rate, lam_sched(step))
+            nu = jumprelu.controller_update(nu, aux["l0"], lam, controller_rate, lam_sched(step))
         thr = arch.thresholds(params)
         thr_stats = jnp.zeros((3,), jnp.float32) if thr is None else jnp.stack([thr.mean(), thr.min(), thr.max()])
         return params, opt_state, loss, aux, reported, thr_stats, nu
