@@ -167,9 +167,18 @@ def test_edges_equal_finite_differences_in_frozen_model(case):
     params = _lm(cfg, seed=1)
     stack = _stack(cfg, cross_layer=cross, skip=skip)
     tokens = np.array([cfg.bos_id, 5, 9, 17, 5, 30, 11], np.int64)
-    g = attribution.attribute(params, cfg, tokens, stack, max_n_logits=3, desired_logit_prob=0.99, batch_size=16)
+    # The backward pass in pieces of 2 layers (layers 0-1, then 2 and the final norm), batches
+    # of 16 targets sorted by layer: most batches stop below the top piece.
+    kw = dict(max_n_logits=3, desired_logit_prob=0.99, batch_size=16)
+    g = attribution.attribute(params, cfg, tokens, stack, layers_per_piece=2, **kw)
     n_feat, L, T = g.n_features, cfg.n_layers, len(tokens)
     assert 10 <= n_feat <= 200, n_feat  # the random stack fires a few features per token
+    # The graph does not depend on the pieces: one layer each, or the whole model in one piece
+    # (float32 rounding of the same sums, 1e-5 of each row's largest edge)
+    for size in (1, L):
+        other = attribution.attribute(params, cfg, tokens, stack, layers_per_piece=size, **kw)
+        row_max = np.abs(g.adjacency).max(axis=1, keepdims=True) + 1e-30
+        np.testing.assert_array_less(np.abs(other.adjacency - g.adjacency) / row_max, 1e-5)
     F = _frozen_reference(params, cfg, tokens, stack, g)
     ones = (np.ones(n_feat), np.ones((L, T)), np.ones(T))
     base = F(*ones)
@@ -301,6 +310,8 @@ def test_bad_inputs_name_the_problem(tmp_path):
     other = _stack(cfg.replace(d_model=24, head_dim=12), cross_layer=False, skip=False)
     with pytest.raises(ValueError, match="read width 24 .* d_model is 16: transcoders from another model"):
         attribution.attribute(params, cfg, np.arange(4) + 3, other)
+    with pytest.raises(ValueError, match="layers_per_piece must be a positive number of layers, got 0"):
+        attribution.attribute(params, cfg, np.arange(4) + 3, stack, layers_per_piece=0)
     named = dataclasses.replace(stack, model="SmolLM2-135M")
     assert "trained on 'SmolLM2-135M', the LM loaded is 'Gemma 3 270M'" in model_mismatch(named, "Gemma 3 270M")
     assert model_mismatch(named, "SmolLM2-135M") is None and model_mismatch(stack, "Gemma 3 270M") is None

@@ -17,7 +17,9 @@ Implementation: one forward of our own LM (:func:`gemmascope.lm.model.forward` w
 of layer ``l`` is ``stop_gradient(m) + (w - stop_gradient(w))`` with ``w`` the sources' writes as a
 function of their scales: the value stays the LM's own (so the model output is exact), the
 gradient is the replacement model's. Rows of the adjacency matrix are vector-Jacobian products
-of this one function, batched over targets with ``vmap`` under one ``jit``.
+of this function, batched over targets with ``vmap``; the function is cut into pieces of a few
+layers (:func:`piece_outputs`), each compiled once, so a batch of targets is differentiated only
+through the layers below its highest target.
 
 Nodes, in the order circuit-tracer uses (so its pruning and files read the same matrix)::
 
@@ -115,25 +117,36 @@ def select_logits(logits: np.ndarray, max_n_logits: int, desired_logit_prob: flo
 
 
 def clean_pass(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_positions: int) -> dict:
-    """The prompt through the LM: ``reads`` and ``mlp`` [L, T, d] (every layer's read and MLP
-    output), ``codes`` [L, T, n] (zero at the first ``zero_positions``), ``recon`` [L, T, d] (what
-    the transcoders write), ``replaced`` [T] bool and the last position's ``logits`` [V]."""
+    """The prompt through the LM: ``reads``, ``mlp`` and ``res`` [L, T, d] (every layer's read, MLP
+    output and the residual leaving it), ``codes`` [L, T, n] (zero at the first ``zero_positions``),
+    ``recon`` [L, T, d] (what the transcoders write), ``replaced`` [T] bool and the last position's
+    ``logits`` [V]."""
     L, T = cfg.n_layers, len(tokens)
     site = stack.read_site
-    capture = [(l, s) for l in range(L) for s in (site, "mlp")]
+    capture = [(l, s) for l in range(L) for s in (site, "mlp", "res")]
     out = jit_forward(lm_params, jnp.asarray(tokens[None], jnp.int32), cfg, capture=capture)
     reads = np.stack([np.asarray(out.captures[(l, site)][0], np.float32) for l in range(L)])
     mlp = np.stack([np.asarray(out.captures[(l, "mlp")][0], np.float32) for l in range(L)])
+    res = np.stack([np.asarray(out.captures[(l, "res")][0], np.float32) for l in range(L)])
     replaced = np.arange(T) >= zero_positions
     codes = np.stack([np.asarray(stack.encode(l, reads[l])) for l in range(L)]) * replaced[None, :, None]
     recon = np.stack([np.asarray(stack.write(l, codes, reads[l]), np.float32) for l in range(L)])
     logits = np.asarray(out.logits[0, -1], np.float32)
-    return {"reads": reads, "mlp": mlp, "codes": codes, "recon": recon, "replaced": replaced, "logits": logits}
+    return {
+        "reads": reads,
+        "mlp": mlp,
+        "res": res,
+        "codes": codes,
+        "recon": recon,
+        "replaced": replaced,
+        "logits": logits,
+    }
 
 
-def _prepare(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_positions: int):
-    """Phase 0: the clean pass (:func:`clean_pass`), the error nodes and the padded
-    per-(layer, position) source layout the replacement function takes."""
+def _prepare(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_positions: int, layers_per_piece: int):
+    """Phase 0: the clean pass (:func:`clean_pass`), the error nodes, the padded per-(layer,
+    position) source layout the replacement function takes, and the residual entering each piece
+    of the backward pass (:func:`pieces`; the first piece's is the embedding)."""
     L, T = cfg.n_layers, len(tokens)
     c = clean_pass(lm_params, cfg, tokens, stack, zero_positions)
     codes, replaced = c["codes"], c["replaced"]
@@ -161,9 +174,11 @@ def _prepare(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_po
     else:  # [L, T, M, d] -> [L*T, d, M]
         dec = dec.reshape(L * T, M, d).transpose(0, 2, 1)
     enc_cols = p["W_enc"][layer, :, feat]  # [n_feat, d]: each feature's encoder column
+    emb = np.asarray(embed(lm_params, jnp.asarray(tokens[None], jnp.int32), cfg)[0], np.float32)
     consts = {
         "tokens": np.asarray(tokens, np.int32),
-        "emb": np.asarray(embed(lm_params, jnp.asarray(tokens[None], jnp.int32), cfg)[0], np.float32),
+        "emb": emb,
+        "h_in": np.stack([emb if a == 0 else c["res"][a - 1] for a, _ in pieces(L, layers_per_piece)]),
         "dec": np.ascontiguousarray(dec),
         "err": err,
         "replaced": replaced.astype(np.float32),
@@ -175,14 +190,25 @@ def _prepare(lm_params, cfg, tokens: np.ndarray, stack: TranscoderStack, zero_po
     return consts, features, acts, enc_cols.astype(np.float32), c["logits"], M
 
 
-def replacement_outputs(lm_params, consts, d_mlp, d_emb, *, cfg, read_site: str):
-    """The local replacement model as a function of additive inputs at the sources' write points,
-    zero at the prompt: ``d_mlp [L, T, d]`` at every MLP output, ``d_emb [T, d]`` at the embedding
-    -> ``[L + 1, T, d]``: every layer's read (``read_site``), then the frozen final norm's output.
-    Values are the LM's own; gradients are those of the frozen replacement model (module doc):
-    the gradient at a write point, dotted with what a source writes there, is the source's edge."""
-    L = cfg.n_layers
-    h0 = embed(lm_params, consts["tokens"][None], cfg)[0].astype(jnp.float32) + d_emb
+#: Layers per compiled piece of the batched backward pass (:func:`_target_rows`).
+LAYERS_PER_PIECE = 3
+
+
+def pieces(n_layers: int, size: int) -> tuple[tuple[int, int], ...]:
+    """``((first, last), ...)``: layers ``0..n_layers-1`` in consecutive pieces of ``size``."""
+    size = max(1, int(size))
+    return tuple((a, min(a + size, n_layers) - 1) for a in range(0, n_layers, size))
+
+
+def piece_outputs(lm_params, consts, h_in, d_mlp, *, cfg, read_site: str, first: int, last: int):
+    """Layers ``first..last`` of the local replacement model, from the residual ``h_in [T, d]``
+    entering layer ``first``, with additive inputs ``d_mlp [last - first + 1, T, d]`` at their MLP
+    outputs -> ``(reads, h_out)``: ``reads [n, T, d]``, each layer's read (``read_site``), plus the
+    frozen final norm's output when ``last`` is the LM's last layer; ``h_out [T, d]`` the residual
+    leaving layer ``last``. Values are the LM's own; gradients are those of the frozen replacement
+    model (module doc): the gradient at a write point, dotted with what a source writes there, is
+    the source's edge. Chained from ``h_in`` = the embedding (plus ``d_emb``) at layer 0, the
+    pieces are the whole replacement model."""
     reads: dict[int, jax.Array] = {}
 
     def read_fn(l):
@@ -194,7 +220,7 @@ def replacement_outputs(lm_params, consts, d_mlp, d_emb, *, cfg, read_site: str)
 
     def mlp_fn(l):
         def fn(m):
-            w = d_mlp[l]
+            w = d_mlp[l - first]
             if "W_skip" in consts:  # the affine skip is part of the linear replacement model
                 w = w + consts["replaced"][:, None] * (reads[l][0].astype(jnp.float32) @ consts["W_skip"][l])
             w = w[None].astype(m.dtype)
@@ -202,21 +228,26 @@ def replacement_outputs(lm_params, consts, d_mlp, d_emb, *, cfg, read_site: str)
 
         return fn
 
-    splice = {(l, read_site): read_fn(l) for l in range(L)}
-    splice.update({(l, "mlp"): mlp_fn(l) for l in range(L)})
-    last = (L - 1, "res")
+    layers = range(first, last + 1)
+    splice = {(l, read_site): read_fn(l) for l in layers}
+    splice.update({(l, "mlp"): mlp_fn(l) for l in layers})
+    end = (last, "res")
     out = forward(
         lm_params,
         consts["tokens"][None],
         cfg,
-        capture=[last],
+        capture=[end],
         splice=splice,
-        h_in=h0[None].astype(jnp.dtype(cfg.dtype)),
-        stop_after=L - 1,
+        h_in=h_in[None].astype(jnp.dtype(cfg.dtype)),
+        start_layer=first,
+        stop_after=last,
         freeze=True,
     )
-    final = final_norm(lm_params, out.captures[last][0], cfg, freeze=True)
-    return jnp.concatenate([jnp.stack([reads[l][0] for l in range(L)]), final[None]]).astype(jnp.float32)
+    h_out = out.captures[end][0]
+    rs = [reads[l][0] for l in layers]
+    if last == cfg.n_layers - 1:
+        rs.append(final_norm(lm_params, h_out, cfg, freeze=True))
+    return jnp.stack(rs).astype(jnp.float32), h_out.astype(jnp.float32)
 
 
 def _feature_edges(g_mlp: jax.Array, dec: jax.Array, cross_layer: bool) -> jax.Array:
@@ -234,31 +265,73 @@ def _feature_edges(g_mlp: jax.Array, dec: jax.Array, cross_layer: bool) -> jax.A
     return e.transpose(1, 0, 2).reshape(nb, L, T, -1)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "cross_layer", "read_site"))
-def _rows(lm_params, consts, t_layer, t_pos, t_vec, *, cfg, cross_layer, read_site):
-    """Adjacency rows ``[nb, n_feat + L*T + T]`` of targets read at ``(t_layer [nb], t_pos [nb])``
-    with vector ``t_vec [nb, d]`` (a feature's encoder column, or a demeaned unembedding row at
-    layer index ``L``, the final norm's output)."""
-    L, (T, d) = cfg.n_layers, consts["emb"].shape
-    fn = functools.partial(replacement_outputs, lm_params, consts, cfg=cfg, read_site=read_site)
-    out, vjp = jax.vjp(fn, jnp.zeros((L, T, d), jnp.float32), jnp.zeros((T, d), jnp.float32))
+@functools.partial(jax.jit, static_argnames=("cfg", "read_site", "first", "last"))
+def _piece_vjp(lm_params, consts, h_in, g_out, t_layer, t_pos, t_vec, *, cfg, read_site, first, last):
+    """One piece of the batched backward pass (:func:`piece_outputs`): ``g_out [nb, T, d]``, the
+    cotangent at the residual leaving the piece, plus each target's own (``t_vec [nb, d]`` at read
+    ``(t_layer, t_pos)`` when that read is in the piece; layer ``L``: the final norm's output) ->
+    ``(g_in [nb, T, d], g_mlp [nb, n, T, d])``, the cotangents at the residual entering the piece and
+    at its MLP outputs."""
+    T, d = consts["emb"].shape
+    fn = functools.partial(piece_outputs, lm_params, consts, cfg=cfg, read_site=read_site, first=first, last=last)
+    (reads, _), vjp = jax.vjp(fn, h_in, jnp.zeros((last - first + 1, T, d), jnp.float32))
+    n_reads = reads.shape[0]
 
-    def one(l, p, v):
-        return vjp(jnp.zeros_like(out).at[l, p].set(v))
+    def one(g, l, p, v):
+        r = l - first
+        inside = (r >= 0) & (r < n_reads)
+        cot = jnp.zeros_like(reads).at[jnp.clip(r, 0, n_reads - 1), p].set(jnp.where(inside, v, 0.0))
+        return vjp((cot, g))
 
-    g_mlp, g_emb = jax.vmap(one)(t_layer, t_pos, t_vec)  # [nb, L, T, d], [nb, T, d]
-    nb = t_layer.shape[0]
+    return jax.vmap(one)(g_out, t_layer, t_pos, t_vec)
+
+
+@functools.partial(jax.jit, static_argnames=("cross_layer",))
+def _edges(consts, g_mlp, g_emb, *, cross_layer):
+    """Adjacency rows ``[nb, n_feat + L*T + T]`` from the cotangents at every MLP output ``g_mlp
+    [nb, L, T, d]`` and at the embedding ``g_emb [nb, T, d]``."""
+    nb = g_mlp.shape[0]
     feat_cols = _feature_edges(g_mlp, consts["dec"], cross_layer).reshape(nb, -1)[:, consts["slot"]]
     err_cols = jnp.einsum("bltd,ltd->blt", g_mlp, consts["err"]).reshape(nb, -1)
     tok_cols = jnp.einsum("btd,td->bt", g_emb, consts["emb"])
     return jnp.concatenate([feat_cols, err_cols, tok_cols], axis=1)
 
 
-def _target_rows(lm_params, jconsts, t_layer, t_pos, t_vec, *, cfg, stack, batch_size, log=None) -> np.ndarray:
+def _rows(lm_params, consts, t_layer, t_pos, t_vec, *, cfg, cross_layer, read_site, layers_per_piece):
+    """Adjacency rows ``[nb, n_feat + L*T + T]`` of targets read at ``(t_layer [nb], t_pos [nb])``
+    with vector ``t_vec [nb, d]`` (a feature's encoder column, or a demeaned unembedding row at
+    layer index ``L``, the final norm's output): vector-Jacobian products of the replacement model,
+    run piece by piece from the piece of the batch's highest target down to layer 0. A target
+    reads nothing written above it, so the layers above the batch's highest target are never
+    differentiated: with the targets sorted by layer (:func:`_target_rows`), a feature's row costs
+    the backward pass of the layers below it, not of the whole model, and the compiled programs
+    are the pieces (each compiled once), not one per depth."""
+    L, (T, d) = cfg.n_layers, consts["emb"].shape
+    nb = t_layer.shape[0]
+    parts = pieces(L, layers_per_piece)
+    top_layer = min(int(np.max(np.asarray(t_layer))), L - 1)
+    top = next(k for k, (a, b) in enumerate(parts) if a <= top_layer <= b)
+    g = jnp.zeros((nb, T, d), jnp.float32)
+    g_mlp = [jnp.zeros((nb, b - a + 1, T, d), jnp.float32) for a, b in parts]
+    for k in range(top, -1, -1):
+        a, b = parts[k]
+        targets = (t_layer, t_pos, t_vec)
+        g, g_mlp[k] = _piece_vjp(
+            lm_params, consts, consts["h_in"][k], g, *targets, cfg=cfg, read_site=read_site, first=a, last=b
+        )
+    return _edges(consts, jnp.concatenate(g_mlp, axis=1), g, cross_layer=cross_layer)
+
+
+def _target_rows(
+    lm_params, jconsts, t_layer, t_pos, t_vec, *, cfg, stack, batch_size, layers_per_piece, log=None
+) -> np.ndarray:
     """``[n_targets, n_sources]``: the edges into each target (:func:`_rows`), ``batch_size``
-    targets per compiled batch (the last one padded, so every batch has one shape)."""
+    targets per compiled batch (the last one padded, so every batch has one shape), taken in
+    order of their layer so that each batch's backward pass stops as low as it can."""
     n_t = len(t_layer)
     nb = max(1, int(batch_size))
+    order = np.argsort(t_layer, kind="stable")
+    t_layer, t_pos, t_vec = t_layer[order], t_pos[order], t_vec[order]
     out = []
     for i in range(0, n_t, nb):
         j = min(i + nb, n_t)
@@ -273,11 +346,17 @@ def _target_rows(lm_params, jconsts, t_layer, t_pos, t_vec, *, cfg, stack, batch
             cfg=cfg,
             cross_layer=stack.cross_layer,
             read_site=stack.read_site,
+            layers_per_piece=layers_per_piece,
         )
         out.append(np.asarray(r)[: j - i])
         if log is not None:
             log(f"[attribute] {j}/{n_t} targets")
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    rows = np.concatenate(out)
+    back = np.empty_like(rows)
+    back[order] = rows
+    return back
 
 
 def feature_influence(logit_rows: np.ndarray, feature_rows: dict[int, np.ndarray], n_feat: int, weights) -> np.ndarray:
@@ -307,6 +386,7 @@ def attribute(
     zero_positions: int = 1,
     max_context: int | None = None,
     max_feature_nodes: int | None = None,
+    layers_per_piece: int = LAYERS_PER_PIECE,
     log=None,
 ) -> Graph:
     """The unpruned attribution graph of ``tokens [T]`` (BOS first) through ``stack`` (module doc).
@@ -319,6 +399,9 @@ def attribute(
     known so far (:func:`feature_influence`), until the cap. The graph then holds those features
     only; the others' direct effects are dropped from every row (``info["active_features_total"]``
     says how many there were).
+    layers_per_piece: layers per compiled piece of the backward pass (:func:`_rows`; the graph
+    does not depend on it): smaller pieces stop each batch's backward pass closer to its highest
+    target, at the cost of more, smaller compiled programs.
     """
     tokens = np.asarray(tokens, np.int64).reshape(-1)
     if tokens.size < 2:
@@ -330,7 +413,11 @@ def attribute(
     if max_feature_nodes is not None and int(max_feature_nodes) < 1:
         raise ValueError(f"max_feature_nodes must be a positive number of features, got {max_feature_nodes!r}")
     check_against(stack, cfg)
-    consts, features, acts, enc_cols, logits, M = _prepare(lm_params, cfg, tokens, stack, zero_positions)
+    if int(layers_per_piece) < 1:
+        raise ValueError(f"layers_per_piece must be a positive number of layers, got {layers_per_piece!r}")
+    consts, features, acts, enc_cols, logits, M = _prepare(
+        lm_params, cfg, tokens, stack, zero_positions, int(layers_per_piece)
+    )
     logit_tokens, logit_probs = select_logits(
         np.asarray(softcap_logits(jnp.asarray(logits), cfg)), max_n_logits, desired_logit_prob
     )
@@ -347,7 +434,16 @@ def attribute(
     jconsts = jax.tree.map(jnp.asarray, consts)
     n_src = n_feat + L * T + T
     nb = max(1, min(int(batch_size), n_feat + n_l))
-    rows_of = functools.partial(_target_rows, lm_params, jconsts, cfg=cfg, stack=stack, batch_size=nb, log=log)
+    rows_of = functools.partial(
+        _target_rows,
+        lm_params,
+        jconsts,
+        cfg=cfg,
+        stack=stack,
+        batch_size=nb,
+        layers_per_piece=int(layers_per_piece),
+        log=log,
+    )
     l_layer, l_pos = np.full(n_l, L, np.int32), np.full(n_l, T - 1, np.int32)
     if max_feature_nodes is None or int(max_feature_nodes) >= n_feat:
         keep = np.arange(n_feat)
