@@ -45,6 +45,7 @@ setup(
         # config.wandb.project is set).
         "test": [
             "pytest",
+            "pytest-xdist",  # pytest.ini: two worker processes
             "torch==2.13.0",
             "sae-lens==6.54.12",
             "accelerate",
