@@ -38,7 +38,7 @@ magnitude (the issue's goal: <= 1e-3), over every edge with ``|theirs| >= 1e-3 *
 so a difference confined to one node type shows where it is.
 
 **Speed.** Same machine, same run, one after the other: ours (``attribute``, its default batch
-of 64 targets) twice, the first call including jit compilation, the second not; circuit-tracer's
+of 256 targets) twice, the first call including jit compilation, the second not; circuit-tracer's
 ``attribute`` (its default batch of 512) ``--ct_runs`` times (``--ct_first``: theirs first). Both
 whole calls (clean pass, every row, packaging), neither counting model loading. Ratio: ours / theirs.
 
@@ -428,7 +428,7 @@ def format_section(results: list[dict], date: str, jax_version: str, cpu: str) -
         + "\n".join(rows)
         + "\n\nSpeed, same machine and run, one after the other "
         f"({cpu}; a 2-core CPU shared with other jobs, so absolute seconds swing ~2x between sessions: read the "
-        "ratios). Ours: the whole `attribute` call at its default 64 targets per batch, first call (jit compile "
+        "ratios). Ours: the whole `attribute` call at its default targets per batch, first call (jit compile "
         "included) and second; theirs: the whole `attribute` call at its default batch of 512, torch threads "
         f"{results[0]['torch_threads'] if results else '?'}; model loading excluded from both.\n\n"
         "| setting | tokens | features | ours, compile incl. (s) | ours, compiled (s) | circuit-tracer (s) | "
