@@ -10,13 +10,14 @@ the prediction of layer ``m``'s MLP output sums the writes of every source layer
     y_m^  = sum_{l <= m} f_l @ W_dec[l, :, m, :] + b_dec[m]  (+ x_m @ W_skip[m])  [d_out]
     loss  = mean_batch sum_m ||y_m - y_m^||^2 + sparsity(mean_l L0_l)
 
-``W_dec [L, d_sae, L, d_out]`` is stored whole and multiplied by the causal mask ``l <= m`` in
-the forward, so the entries that write to earlier layers stay at zero with zero gradient (Gemma
-Scope 2's files hold them as zeros too). The sparsity term is JumpReLU's
-(:func:`gemmascope.sae.jumprelu.sparsity_penalty`, the quadratic target-L0 form or lambda * L0)
-on the per-layer L0 averaged over layers, so a target L0 means "per layer", as it does for the
-18 per-layer transcoders a CLT is compared with. Decoder rows are not kept unit norm: a feature's
-norm is spread over the layers it writes to, and the threshold is what gates it.
+``W_dec [L, d_sae, L, d_out]`` is stored whole, but the forward reads only its causal blocks ``l <=
+m`` (:meth:`CrossLayerTranscoder.decode_train`), so the entries that write to earlier layers stay
+at zero with zero gradient (Gemma Scope 2's files hold them as zeros too) and cost no FLOPs. The
+sparsity term is JumpReLU's (:func:`gemmascope.sae.jumprelu.sparsity_penalty`, the quadratic
+target-L0 form or lambda * L0) on the per-layer L0 averaged over layers, so a target L0 means "per
+layer", as it does for the 18 per-layer transcoders a CLT is compared with. Decoder rows are not
+kept unit norm: a feature's norm is spread over the layers it writes to, and the threshold is what
+gates it.
 
 Rows: ``[B, L * d_in + L * d_out]``, every layer's input then every layer's target, each block in
 layer order (:meth:`CrossLayerTranscoder.split`). A one-layer CLT is exactly the JumpReLU
@@ -45,6 +46,38 @@ def causal_mask(n_layers: int) -> jax.Array:
     """``[L, 1, L, 1]`` float: 1 where source layer ``l`` may write to target layer ``m >= l``."""
     m = jnp.triu(jnp.ones((n_layers, n_layers), jnp.float32))
     return m[:, None, :, None]
+
+
+@jax.custom_vjp
+def causal_decode(f: jax.Array, w: jax.Array) -> jax.Array:
+    """``f [B, L, n], W_dec [L, n, L, o] -> [B, L, o]``: target layer ``m`` sums the writes of
+    source layers ``0..m``, one contraction per target over its sources only, so the blocks below
+    the causal diagonal cost nothing and get no gradient.
+
+    The gradient is written by hand: ``W_dec``'s is built in one buffer, a target layer's column
+    ``W_dec[:m+1, :, m]`` at a time (``dynamic_update_slice``), where autodiff of the sliced forward
+    would materialise a zero-padded full-size ``W_dec`` per target layer and add them up (measured
+    by the dry run of Gemma 3 1B's CLT: 235 GB of temporaries per device against 58 GB)."""
+    return jnp.stack([jnp.einsum("bls,lso->bo", f[:, : m + 1], w[: m + 1, :, m]) for m in range(w.shape[0])], axis=1)
+
+
+def _causal_decode_fwd(f, w):
+    return causal_decode(f, w), (f, w)
+
+
+def _causal_decode_bwd(res, g):
+    f, w = res
+    n = w.shape[0]
+    g_w = jnp.zeros_like(w)
+    for m in range(n):  # column m: sources 0..m
+        col = jnp.einsum("bls,bo->lso", f[:, : m + 1], g[:, m])[:, :, None, :]
+        g_w = jax.lax.dynamic_update_slice(g_w, col.astype(w.dtype), (0, 0, m, 0))
+    # source layer l's codes feed targets l..L-1
+    g_f = jnp.stack([jnp.einsum("bmo,smo->bs", g[:, l:], w[l, :, l:]) for l in range(n)], axis=1)
+    return g_f.astype(f.dtype), g_w
+
+
+causal_decode.defvjp(_causal_decode_fwd, _causal_decode_bwd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,9 +227,15 @@ class CrossLayerTranscoder(JumpReLUWriter):
 
     def decode_train(self, params: Mapping[str, jax.Array], f: jax.Array) -> jax.Array:
         """``f [B, L, d_sae] -> [B, L, d_out]``: every target layer's sum of the writes of the
-        layers at or before it, plus its bias (without the skip, which needs ``x``: :meth:`predict`)."""
-        w = params["W_dec"] * causal_mask(self.n_layers)
-        return jnp.einsum("bls,lsmo->bmo", f, w) + params["b_dec"]
+        layers at or before it, plus its bias (without the skip, which needs ``x``: :meth:`predict`).
+
+        One matmul per target layer ``m`` over the sources ``0..m`` only: ``f[:, :m+1]`` flattened to
+        ``[B, (m+1) d_sae]`` against ``W_dec[:m+1, :, m]``. The masked full product (``einsum`` with
+        ``W_dec`` times :func:`causal_mask`) spends half its FLOPs, forward and backward, on blocks
+        that are zero; this skips them (measured 2.2x for the decoder's forward and backward at
+        L = 18, d_sae = 512, d_out = 640, batch 512, on XLA:CPU) and gives the entries below the
+        diagonal no gradient, as the mask did."""
+        return causal_decode(f, params["W_dec"]) + params["b_dec"]
 
     def predict(self, params: Mapping[str, jax.Array], f: jax.Array, x: jax.Array) -> jax.Array:
         """``y^ [B, L, d_out]`` from the codes and the inputs ``x [B, L, d_in]`` (for the skip)."""
