@@ -29,6 +29,7 @@ for s in "$@"; do
     kl1_lr003_f3)  run $s --config.e2e.fraction=0.3 --config.e2e.kl_coefficient=1.0 --config.e2e.lr_scale=0.03 --config.e2e.sequences=4 ;;
     kl1_lr1)       run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=1.0 --config.e2e.lr_scale=1.0 --config.e2e.sequences=4 ;;
     # the L0 controller's rate times e2e.controller_gain in the stage (it holds L0 on target)
+    kl03_lr03_g3)  run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=0.3 --config.e2e.lr_scale=0.3 --config.e2e.sequences=4 --config.e2e.controller_gain=3 ;;
     kl03_lr03_g10) run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=0.3 --config.e2e.lr_scale=0.3 --config.e2e.sequences=4 --config.e2e.controller_gain=10 ;;
     kl03_lr03_g30) run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=0.3 --config.e2e.lr_scale=0.3 --config.e2e.sequences=4 --config.e2e.controller_gain=30 ;;
     # the KL trains the decoder only (e2e.kl_reaches=decoder): L0 stays where the recipe holds it

@@ -484,6 +484,7 @@ def test_demo_defaults_to_the_target_l0_recipe_with_gemma_scope_one_arg_away():
         "mean",
     )
     assert (d.sae.quadratic_coefficient, d.adam_b1, config_lib.sweep_field(d)) == (1e-2, 0.9, "target_l0s")
+    assert d.sae.l0_controller_rate == 1e-3  # held-out L0 on the target (docs/gemma3.md, "L0 targets")
     assert config_lib.sweep_values(d) == [20.0, 40.0, 80.0, 160.0]
     assert config_lib.variant_name(d) == "jumprelu_quadratic_batch_centred"
     g = config_lib.prepare(demo.get_config("recipe=gemma_scope"))
@@ -501,7 +502,7 @@ def test_demo_defaults_to_the_target_l0_recipe_with_gemma_scope_one_arg_away():
     assert frontier.get_config("arch=jumprelu").adam_b1 == 0.0 and frontier.get_config("arch=jumprelu").lambdas
     assert frontier.get_config("arch=topk").sae.b_dec_init == "zero"
     assert transcoder.get_config().adam_b1 == 0.0
-    # The Gemma demo: the demo's recipe plus the two fields for massive activations (docs/gemma3.md).
+    # The Gemma demo: the demo's recipe (its L0 controller included) plus per-dimension scaling (docs/gemma3.md).
     gd = config_lib.prepare(gemma_demo.get_config())
     for f in ("adam_b1", "lr", "batch_size"):
         assert gd[f] == d[f], f

@@ -43,6 +43,7 @@ def get_config(arg=None):
     c.mesh.model = int(a.tp)
     c.target_l0s = TARGET_L0S
     c.sae.threshold_init_mode = "quantile"
+    c.sae.l0_controller_rate = 0.0  # the demo's L0 controller is not measured on CLTs yet
     c.sae.b_dec_init = "zero"  # the regression start sets b_dec
     c.export.layouts = ("gemma_scope",)
     c.store.sites = ()

@@ -19,14 +19,13 @@ same learning rate and warm-ups.
 
 The recipe is the SmolLM2 demo's target-L0 recipe (Gemma Scope 2's quadratic penalty around each
 target, batch form, coefficient 1e-2, thresholds initialised at the quantiles giving each target,
-``b_dec`` at the sample mean, Adam b1 0.9) plus two fields for Gemma's massive activations
-(docs/gemma3.md):
+``b_dec`` at the sample mean, Adam b1 0.9, and the L0 controller, ``sae.l0_controller_rate =
+1e-3``: dual ascent on each target, so held-out L0 lands on it) plus one field for Gemma's massive
+activations (docs/gemma3.md):
 
 * ``dim_scale_power = 1``: the SAE trains on per-dimension standardised rows, so its loss weighs
   the 638 ordinary dimensions the next layers read instead of dimension 163, which carries about
   75% of the raw variance; the scales are folded into the exported weights (plain raw-unit files).
-* ``sae.l0_controller_rate = 1e-3``: dual ascent on each target, so held-out L0 lands on it
-  (the scaling alone moves where the quadratic penalty balances the reconstruction).
 
 The targets are Gemma Scope 2's 270M "small" and "big" (10 and 60) and two log-spaced between.
 """
@@ -44,7 +43,6 @@ def get_config(arg=None):
     c = demo.get_config(f"runlocal={a.runlocal},layer={a.layer},width={a.width}")
     c.unlock()
     c.dim_scale_power = 1.0
-    c.sae.l0_controller_rate = 1e-3
     c.target_l0s = TARGET_L0S
     c.lm.checkpoint = "embedded:gemma3-270m"
     c.store.sites = ("res", "att", "mlp_in", "mlp")
