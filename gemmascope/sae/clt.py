@@ -229,12 +229,12 @@ class CrossLayerTranscoder(JumpReLUWriter):
         """``f [B, L, d_sae] -> [B, L, d_out]``: every target layer's sum of the writes of the
         layers at or before it, plus its bias (without the skip, which needs ``x``: :meth:`predict`).
 
-        One matmul per target layer ``m`` over the sources ``0..m`` only: ``f[:, :m+1]`` flattened to
-        ``[B, (m+1) d_sae]`` against ``W_dec[:m+1, :, m]``. The masked full product (``einsum`` with
+        :func:`causal_decode`: one contraction per target layer ``m``, of ``f[:, :m+1]`` with
+        ``W_dec[:m+1, :, m]`` over (source layer, latent). The masked full product (``einsum`` with
         ``W_dec`` times :func:`causal_mask`) spends half its FLOPs, forward and backward, on blocks
-        that are zero; this skips them (measured 2.2x for the decoder's forward and backward at
-        L = 18, d_sae = 512, d_out = 640, batch 512, on XLA:CPU) and gives the entries below the
-        diagonal no gradient, as the mask did."""
+        that are zero; this skips them (bench/bench_clt_decoder.py: 2.2x for the decoder's forward
+        and backward at L = 18, d_sae = 512, d_out = 640, batch 512, on XLA:CPU) and gives the
+        entries below the diagonal no gradient, as the mask did."""
         return causal_decode(f, params["W_dec"]) + params["b_dec"]
 
     def predict(self, params: Mapping[str, jax.Array], f: jax.Array, x: jax.Array) -> jax.Array:
