@@ -9,20 +9,13 @@ password (running as root, or passwordless ``sudo -n``), and says so on the term
 or with ``GEMMASCOPE_NO_APT=1``, it installs nothing and the dashboard tests fail with the
 command to run. Nothing happens when the browser is present or no dashboard test is selected.
 
-Workers: ``pytest.ini`` runs the suite on two pytest-xdist worker processes, each taking a whole
-test file at a time (module fixtures stay in one process), the slowest files first
-(:data:`SLOW_FIRST`). Both workers collect every file, so the browser install below is taken under
-a file lock: one installs, the other then finds it present.
-
-Compiled programs: every process of the session (the workers, the subprocesses the tests start, the
+Compiled programs: every process of the session (this one, the subprocesses the tests start, the
 notebooks' kernels) shares one JAX persistent compilation cache in a temporary folder made for the
 session and removed at its end (``JAX_COMPILATION_CACHE_DIR``, unless it is already set). The
 toy trainer compiles the same programs in many runs, in this process and in killed-and-rerun
 subprocesses; a later compilation of the same program loads the executable the first one wrote.
 The executables are the ones XLA compiles anyway, so results, bitwise ones included, are the same;
-the toy-training test files take a tenth less CPU time (measured: 511 -> 458 s for 11 files). A
-size limit on the cache turns on JAX's file lock around each read and write, so no process reads
-an executable another is still writing.
+the toy-training test files take a tenth less CPU time (measured: 511 -> 458 s for 11 files).
 
 ``load_lm_once``: a test that runs the pipeline in-process several times on the same embedded LM
 (generation, the online source, evaluation) loads it once per test module instead of once per
