@@ -45,7 +45,6 @@ setup(
         # config.wandb.project is set).
         "test": [
             "pytest",
-            "pytest-xdist",  # pytest.ini: two worker processes
             "torch==2.13.0",
             "sae-lens==6.54.12",
             "accelerate",

@@ -41,19 +41,6 @@ NO_APT_ENV = "GEMMASCOPE_NO_APT"
 HINT = f"apt-get install -y {' '.join(APT_PACKAGES)}"
 JAX_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _JAX_CACHE: str | None = None  # the session's cache folder when this conftest made it
-# Test files by their time in a single-process run, slowest first (the order the workers take
-# them in: pytest_collection_modifyitems); files not named run after them in collection order.
-SLOW_FIRST = (
-    "test_demo.py",
-    "test_gemma_recipe.py",
-    "test_recipe.py",
-    "test_clt_demo.py",
-    "test_lm_parity.py",
-    "test_optim.py",
-    "test_lm_gguf.py",
-    "test_eval.py",
-    "test_colabs.py",
-)
 
 
 def pytest_configure(config):
@@ -64,15 +51,11 @@ def pytest_configure(config):
     _JAX_CACHE = tempfile.mkdtemp(prefix="gemmascope-tests-jax-cache-")
     os.environ[JAX_CACHE_ENV] = _JAX_CACHE
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the toy's programs compile in < 1 s
-    # a size limit turns on JAX's file lock around every cache read and write: the two workers
-    # (pytest.ini) and their subprocesses share the cache, and a read must not see half a write
-    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(1 << 40)
     if "jax" in sys.modules:  # imported before this hook (a plugin): set its config directly
         import jax
 
         jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_compilation_cache_max_size", 1 << 40)
 
 
 def pytest_unconfigure(config):
@@ -133,23 +116,11 @@ def ensure_browser(write=print, run=subprocess.run, **kw) -> bool:
     return ok
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """The slowest files first (:data:`SLOW_FIRST`), the rest in their usual order: with two
-    workers taking a file at a time (pytest.ini), the long files start early and the short ones
-    fill the gaps, instead of one long file running alone at the end."""
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(SLOW_FIRST)))
-
-
 def pytest_collection_finish(session):
     if not any(os.path.basename(str(item.fspath)) == "test_dashboard.py" for item in session.items):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    import filelock
-
-    # each worker collects every file; one installs, the other waits and then finds it present
-    with filelock.FileLock(os.path.join(tempfile.gettempdir(), "gemmascope-tests-browser.lock")):
-        ensure_browser(write=(lambda s: reporter.write_line(s)) if reporter else print)
+    ensure_browser(write=(lambda s: reporter.write_line(s)) if reporter else print)
 
 
 @pytest.fixture(scope="module")
