@@ -311,14 +311,16 @@ def _rows(lm_params, consts, t_layer, t_pos, t_vec, *, cfg, cross_layer, read_si
     parts = pieces(L, layers_per_piece)
     top_layer = min(int(np.max(np.asarray(t_layer))), L - 1)
     top = next(k for k, (a, b) in enumerate(parts) if a <= top_layer <= b)
+    # the pieces above the batch's highest target are never differentiated: their cotangents are 0
+    g_mlp = [jnp.zeros((nb, b - a + 1, T, d), jnp.float32) for a, b in parts[top + 1 :]]
     g = jnp.zeros((nb, T, d), jnp.float32)
-    g_mlp = [jnp.zeros((nb, b - a + 1, T, d), jnp.float32) for a, b in parts]
+    targets = (t_layer, t_pos, t_vec)
     for k in range(top, -1, -1):
         a, b = parts[k]
-        targets = (t_layer, t_pos, t_vec)
-        g, g_mlp[k] = _piece_vjp(
+        g, g_k = _piece_vjp(
             lm_params, consts, consts["h_in"][k], g, *targets, cfg=cfg, read_site=read_site, first=a, last=b
         )
+        g_mlp.insert(0, g_k)
     return _edges(consts, jnp.concatenate(g_mlp, axis=1), g, cross_layer=cross_layer)
 
 
