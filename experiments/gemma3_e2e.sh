@@ -32,6 +32,9 @@ for s in "$@"; do
     kl03_lr03_g3)  run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=0.3 --config.e2e.lr_scale=0.3 --config.e2e.sequences=4 --config.e2e.controller_gain=3 ;;
     kl03_lr03_g10) run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=0.3 --config.e2e.lr_scale=0.3 --config.e2e.sequences=4 --config.e2e.controller_gain=10 ;;
     kl03_lr03_g30) run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=0.3 --config.e2e.lr_scale=0.3 --config.e2e.sequences=4 --config.e2e.controller_gain=30 ;;
+    # after the stage, each SAE's thresholds times one factor that puts L0 on its target on 16,384
+    # further training rows (e2e.calibrate_rows)
+    kl03_lr03_cal) run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=0.3 --config.e2e.lr_scale=0.3 --config.e2e.sequences=4 --config.e2e.calibrate_rows=16384 ;;
     # the KL trains the decoder only (e2e.kl_reaches=decoder): L0 stays where the recipe holds it
     dec_kl1_lr1)   run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=1.0 --config.e2e.lr_scale=1.0 --config.e2e.sequences=4 --config.e2e.kl_reaches=decoder ;;
     dec_kl1_lr03)  run $s --config.e2e.fraction=0.1 --config.e2e.kl_coefficient=1.0 --config.e2e.lr_scale=0.3 --config.e2e.sequences=4 --config.e2e.kl_reaches=decoder ;;

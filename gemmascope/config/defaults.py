@@ -62,7 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
     # a few hundred tokens and is far noisier than the reconstruction's); kl_reaches "all" or
     # "decoder" (the KL trains W_dec and b_dec only: it cannot move which latents fire);
     # controller_gain multiplies the L0 controller's rate (sae.l0_controller_rate) during the
-    # stage, so it can hold L0 against the KL's pull within the stage's few steps. 0 = off.
+    # stage, so it can hold L0 against the KL's pull within the stage's few steps; calibrate_rows:
+    # after the stage, each SAE's thresholds are multiplied by the one factor that puts its mean L0
+    # on that many further training rows at its target (target-L0 sweeps; 0 = off).
+    # fraction 0 = no stage.
     c.e2e = ml_collections.ConfigDict()
     c.e2e.fraction = 0.0
     c.e2e.kl_coefficient = 1.0
@@ -70,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.e2e.lr_scale = 1.0
     c.e2e.kl_reaches = "all"
     c.e2e.controller_gain = 1.0
+    c.e2e.calibrate_rows = 0
 
     c.batch_size = 4096
     c.num_tokens = 4_000_000_000  # training tokens per SAE; total_steps = ceil(num_tokens / batch)

@@ -49,10 +49,10 @@ def validate_sparsity(c: ml_collections.ConfigDict) -> None:
     nonneg_number(c, "sae.quadratic_coefficient")
     nonneg_number(c, "sae.l0_controller_rate")
     require(
-        not sae.l0_controller_rate or archs.sweep_axis(c).kind == "target_l0",
+        sae.l0_controller_rate in (0, defaults.l0_controller_rate) or archs.sweep_axis(c).kind == "target_l0",
         "sae.l0_controller_rate",
         f"the L0 controller steers JumpReLU's quadratic loss to its target; arch {sae.arch!r} with "
-        f"sparsity_loss {sae.sparsity_loss!r} has no target L0",
+        f"sparsity_loss {sae.sparsity_loss!r} has no target L0 (its default is inert there; leave it or set 0)",
     )
     v = sae.revive_dead_every
     require(isinstance(v, int) and v >= 0, "sae.revive_dead_every", f"must be an integer >= 0 (steps), got {v!r}")

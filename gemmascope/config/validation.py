@@ -135,6 +135,19 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         "e2e.sequences",
         f"must be an integer >= 1, got {c.e2e.sequences!r}",
     )
+    n = c.e2e.calibrate_rows
+    require(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0,
+        "e2e.calibrate_rows",
+        f"must be an integer >= 0 (training rows), got {n!r}",
+    )
+    require(
+        not n or (c.e2e.fraction and archs.sweep_axis(c).kind == "target_l0"),
+        "e2e.calibrate_rows",
+        f"calibrates each SAE's L0 to its target after the end-to-end stage; needs e2e.fraction > 0 "
+        f"and a target-L0 sweep (got fraction {c.e2e.fraction!r}, arch {c.sae.arch!r}, sparsity_loss "
+        f"{c.sae.sparsity_loss!r})",
+    )
     if c.e2e.fraction:
         require(
             set(c.sites) == {"res"} and c.source in ("store", "online"),

@@ -96,8 +96,10 @@ class SAEConfig:
     # on the target instead of where the quadratic term balances the reconstruction's pull. Each SAE
     # carries a multiplier nu (state "l0_dual", starting at 0) that adds nu * mean_i L0_i to its loss
     # (an L0 coefficient, trains the thresholds through the step STE, like Gemma Scope's lambda) and
-    # is updated after every step by dual ascent: nu += rate * (mean L0 - T) / T. 0 = off.
-    l0_controller_rate: float = 0.0
+    # is updated after every step by dual ascent: nu += rate * (mean L0 - T) / T. 0 = off. On by
+    # default: it runs only where there is a target (inert on lambda sweeps, where another non-zero
+    # value is refused); 1e-3 held every measured target within 5% (docs/gemma3.md, "L0 targets").
+    l0_controller_rate: float = 1e-3
     # The training step's sparse path (gemmascope.sae.sparse): decoder and weight gradients over the
     # latents that fire, the encoder's forward dense. "dense", "sparse", or "auto": sparse on XLA:CPU
     # from width gemmascope.sae.sparse.AUTO_MIN_WIDTH on, where the slots are at most 1/8 of the

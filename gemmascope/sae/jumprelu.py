@@ -435,6 +435,38 @@ def target_quantile(p: Params, x: jax.Array, target_l0: Any, cfg: SAEConfig) -> 
     return jnp.maximum(jnp.quantile(pre, q, axis=0), cfg.threshold_min).astype(jnp.float32)
 
 
+def calibrated_thresholds(
+    params: Mapping[str, jax.Array], x: jax.Array, target_l0: Any, cfg: SAEConfig, iters: int = 40
+) -> tuple[Params, jax.Array]:
+    """``(params, a)``: every threshold times one factor ``a`` (bisection on ``log a`` in [-3, 3],
+    ``iters`` halvings) so that the mean L0 on the normalised rows ``x [n, d_in]`` is the target
+    ``T`` (as near as whole counts allow). The latents' relative thresholds are kept, so the
+    dictionary is unchanged but for how many latents clear their thresholds.
+
+    Why: the end-to-end stage's KL moves the thresholds faster than the L0 controller answers
+    within the stage's few steps (docs/gemma3.md); the mean L0 is non-increasing in ``a``.
+    """
+    p = layout_params(params)
+    pre = pre_activations(p, x, cfg.pre_encoder_bias)  # [n, d_sae]
+    t = p["threshold"]
+    target = jnp.asarray(target_l0, jnp.float32)
+
+    def mean_l0(log_a):
+        return jnp.mean(jnp.sum(pre > t * jnp.exp(log_a), axis=-1))
+
+    def halve(_, lo_hi):
+        lo, hi = lo_hi
+        mid = 0.5 * (lo + hi)
+        above = mean_l0(mid) > target  # still too many: raise the thresholds
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, iters, halve, (jnp.float32(-3.0), jnp.float32(3.0)))
+    # the end whose L0 is nearer the target
+    log_a = jnp.where(jnp.abs(mean_l0(lo) - target) <= jnp.abs(mean_l0(hi) - target), lo, hi)
+    a = jnp.exp(log_a)
+    return with_threshold(params, jnp.maximum(t * a, cfg.threshold_min).astype(jnp.float32), cfg), a
+
+
 def revive_thresholds(
     params: Mapping[str, jax.Array], x: jax.Array, dead: jax.Array, target_l0: Any, cfg: SAEConfig
 ) -> Params:

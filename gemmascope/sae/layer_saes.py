@@ -12,8 +12,9 @@ SAE of layer ``l`` sees only ``x_l``::
 Parameters are JumpReLU's stacked over a layer axis (``W_enc [L, d, d_sae]`` ...), so every
 layer's gradient, Adam state and unit-norm decoder rows are those of a JumpReLU SAE trained alone
 on the same batches, and each layer's sparsity term is its own (a target L0 is every layer's).
-The L0 controller's multiplier (``sae.l0_controller_rate``) is shared by the layers of one sweep
-value and steers their mean L0. When training ends each layer is exported as an ordinary JumpReLU
+The L0 controller (``sae.l0_controller_rate``) keeps one multiplier per layer
+(:attr:`LayerSAEs.controller_shape`), each steering its own layer's L0, as in single-location
+runs. When training ends each layer is exported as an ordinary JumpReLU
 SAE of its LM site and layer (``saes/<site>/layer_<l>/...``, :mod:`gemmascope.train.export_clt`),
 so evaluation, dashboards and every file layout take them as they take single-location SAEs.
 """
@@ -43,6 +44,12 @@ class LayerSAEs(JumpReLUWriter):
     NAME = "layer_saes"
     FILE_LAYOUT = "layer_saes"  # exported layer by layer as JumpReLU SAEs
     UNIT_NORM_DECODER = jumprelu.UNIT_NORM_DECODER
+
+    @property
+    def controller_shape(self) -> tuple[int, ...]:
+        """The L0 controller's multipliers per sweep value: one per layer (``aux["controller_l0"]``
+        is the matching per-layer batch L0)."""
+        return (self.n_layers,)
 
     @classmethod
     def for_span(cls, span: LayerSpan, n_layers: int, d_out: int) -> LayerSAEs:
@@ -89,12 +96,19 @@ class LayerSAEs(JumpReLUWriter):
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The sum over layers of JumpReLU's loss, each layer on its own block. aux: ``mse``,
         ``sq_err_sum``, ``sparsity_loss`` summed over layers (so the trainer's FVU is every
-        layer's together), ``l0`` the mean over layers, ``fired [L * d_sae]``."""
+        layer's together), ``l0`` the mean over layers, ``controller_l0 [L]`` each layer's,
+        ``fired [L * d_sae]``. With the L0 controller ``sparsity`` is ``(T, coef, nu [L])``: each
+        layer's term gets its own multiplier."""
         del dead
         cfg = as_sae_config(cfg)
-        losses, aux = jax.vmap(lambda p, x: jumprelu.loss(p, x, cfg, sparsity), in_axes=(0, 1))(params, self._x(xy))
+        per_layer = isinstance(sparsity, tuple) and len(sparsity) > 2
+        s_axes = (None, None, 0) if per_layer else None
+        losses, aux = jax.vmap(lambda p, x, s: jumprelu.loss(p, x, cfg, s), in_axes=(0, 1, s_axes))(
+            params, self._x(xy), sparsity
+        )
         out = {k: jnp.sum(aux[k]) for k in ("mse", "sq_err_sum", "sparsity_loss")}
         out["l0"] = jnp.mean(aux["l0"])
+        out["controller_l0"] = aux["l0"]
         out["fired"] = aux["fired"].reshape(-1)
         return jnp.sum(losses), out
 

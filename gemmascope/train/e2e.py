@@ -26,6 +26,7 @@ stage is kept short and its token batches small.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +38,7 @@ import numpy as np
 from gemmascope.data.sites import keep_mask
 from gemmascope.lm.loss import unembedding_chunks
 from gemmascope.lm.model import final_norm, forward, softcap_logits
+from gemmascope.sae import jumprelu
 from gemmascope.sae.common import SAEConfig
 from gemmascope.train.step import normalise
 
@@ -147,6 +149,24 @@ class TokenBatches:
         return next(self._it)
 
 
+@functools.partial(jax.jit, static_argnames="cfg")
+def _calibrate_stack(params, u, targets, cfg: SAEConfig):
+    return jax.lax.map(lambda pt: jumprelu.calibrated_thresholds(pt[0], u, pt[1], cfg), (params, targets))
+
+
+def calibrate_l0(
+    state: dict[str, Any], x_raw: jax.Array, targets: jax.Array, config
+) -> tuple[dict[str, Any], jax.Array]:
+    """``(state, factors [K])``: each of the ``K`` stacked SAEs' thresholds times the one factor
+    that puts its mean L0 on the raw training rows ``x_raw [n, d_in]`` at its target
+    (:func:`gemmascope.sae.jumprelu.calibrated_thresholds`), one SAE at a time (``[n, width]``
+    pre-activations each). The rest of the state is unchanged."""
+    u = normalise(x_raw, state["norm_scale"], x_raw.shape[-1], state.get("dim_scale"))
+    cfg = SAEConfig.from_config(config)
+    params, factors = _calibrate_stack(state["params"], u, targets, cfg=cfg)
+    return {**state, "params": params}, factors
+
+
 def describe(config) -> dict[str, Any]:
     """The ``metadata.json`` fields of the stage (``{}`` when off)."""
     if float(config.e2e.fraction) <= 0:
@@ -158,4 +178,5 @@ def describe(config) -> dict[str, Any]:
         "e2e_lr_scale": float(config.e2e.lr_scale),
         "e2e_kl_reaches": str(config.e2e.kl_reaches),
         "e2e_controller_gain": float(config.e2e.controller_gain),
+        "e2e_calibrate_rows": int(config.e2e.calibrate_rows),
     }

@@ -161,7 +161,25 @@ def train_location(
     )
     start, state = _init_or_restore(loc, mesh)
     state = _run(loc, start, state)
+    state = _calibrate(loc, state)
     return _export_and_mark(loc, state, done_marker)
+
+
+def _calibrate(loc: _Location, state: Any) -> Any:
+    """After the end-to-end stage, with ``e2e.calibrate_rows``: each SAE's thresholds times one
+    factor so its mean L0 on the next ``calibrate_rows`` training rows is its target
+    (:func:`gemmascope.train.e2e.calibrate_l0`). The rows come from the source after the last
+    step's, restored with the final checkpoint, so a resumed run calibrates on the same rows."""
+    config = loc.config
+    n = int(config.e2e.calibrate_rows)
+    if n <= 0 or e2e_lib.start_step(config, loc.total) >= loc.total:
+        return state
+    batches = [loc.sweep.put_batch(next(loc.source)) for _ in range(-(-n // int(config.batch_size)))]
+    x = jnp.concatenate(batches)[:n]
+    state, factors = e2e_lib.calibrate_l0(state, x, jnp.asarray(loc.values, jnp.float32), config)
+    factors = np.asarray(jax.device_get(factors))
+    loc.log(f"[{loc.name}] L0 calibration on {len(x)} training rows: thresholds x {np.round(factors, 4).tolist()}")
+    return state
 
 
 def _init_or_restore(loc: _Location, mesh) -> tuple[int, Any]:

@@ -7,7 +7,8 @@ State is a plain dict (big_vision style), every SAE-specific leaf stacked on a l
                    [2L] (C_in of every layer, then C_out of every layer) for a cross-layer one,
      "dim_scale": float32 [d_in] ([d_in + d_out] for a transcoder; only with dim_scale_power or
                   dim_std_cap > 0: training sees x / (C s)),
-     "l0_dual": float32 [K] (only with sae.l0_controller_rate > 0: the L0 controller's multipliers),
+     "l0_dual": float32 [K] or [K, *arch.controller_shape] (only with sae.l0_controller_rate > 0
+                on a target-L0 sweep: the L0 controller's multipliers),
      "last_fired": int32 [K, d_sae],
      "bad_step": int32 [K] (first step, counted from 1, whose loss was NaN/inf; -1 if none)}
 
@@ -199,7 +200,8 @@ def init_state(
     if dim_scale is not None:
         state["dim_scale"] = jnp.asarray(dim_scale, jnp.float32)
     if cfg.l0_controller_rate and arch.sweep_axis(cfg).kind == "target_l0":
-        state["l0_dual"] = jnp.zeros((n_saes,), jnp.float32)  # the L0 controller's multipliers nu
+        # the L0 controller's multipliers nu (per layer for an architecture with controller_shape)
+        state["l0_dual"] = jnp.zeros((n_saes, *getattr(arch, "controller_shape", ())), jnp.float32)
     return state
 
 
@@ -301,7 +303,9 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
             )
         params = arch.after_update(params, aux, step, cfg)
         if controller:  # dual ascent on E[L0] = T (gemmascope.sae.jumprelu.controller_update)
-            nu = jumprelu.controller_update(nu, aux["l0"], lam, controller_rate, lam_sched(step))
+            nu = jumprelu.controller_update(
+                nu, aux.get("controller_l0", aux["l0"]), lam, controller_rate, lam_sched(step)
+            )
         thr = arch.thresholds(params)
         thr_stats = jnp.zeros((3,), jnp.float32) if thr is None else jnp.stack([thr.mean(), thr.min(), thr.max()])
         return params, opt_state, loss, aux, reported, thr_stats, nu
@@ -341,8 +345,8 @@ def make_train_step(config, dead_window_steps: int, arch=None, kl_term=None) -> 
             "sparsity_coefficient": lam_t,
             "lr": jnp.broadcast_to(lr_sched(step), loss.shape),
         }
-        if controller:
-            metrics["l0_dual"] = nus
+        if controller:  # per SAE (the mean of a per-layer architecture's multipliers)
+            metrics["l0_dual"] = jnp.mean(nus.reshape(nus.shape[0], -1), axis=-1)
         if "sparse_fallback" in aux:  # the sparse path: 1 where a row overflowed its slots (dense step)
             metrics["sparse_fallback"] = aux["sparse_fallback"]
         if kl_term is not None:

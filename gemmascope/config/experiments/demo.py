@@ -20,8 +20,8 @@ The recipe (``recipe=``):
   1e-2, thresholds started at the quantiles giving each target, ``b_dec`` at the data's mean and
   Adam b1 = 0.9; targets 20, 40, 80 and 160 (``--config.target_l0s``). Measured at this budget
   (one seed): 0.99x / 0.89x TopK's delta LM loss at matched L0 40 / 80, where Gemma Scope's
-  lambda sweep is at 2.7x / 2.5x. The L0 controller (``sae.l0_controller_rate = 1e-3``, dual
-  ascent on each target) holds held-out L0 within 1.1% of every target (19.9 / 40.0 / 79.1 /
+  lambda sweep is at 2.7x / 2.5x. The L0 controller (``sae.l0_controller_rate``, the library's
+  default 1e-3: dual ascent on each target) holds held-out L0 within 1.1% of every target (19.9 / 40.0 / 79.1 /
   160.9; without it +7% / +4% / +2% / +5%: docs/gemma3.md, "L0 targets").
 * ``gemma_scope`` (``--config=configs/demo.py:recipe=gemma_scope``): Gemma Scope's recipe, scaled
   to a CPU budget: the same loss (``lambda * L0``), STE, normalisation, Adam (b1 = 0) and decoder
@@ -55,7 +55,6 @@ def get_config(arg=None):
         c.sae.threshold_init_mode = "quantile"
         c.sae.b_dec_init = "mean"
         c.adam_b1 = 0.9  # SAELens's; Gemma Scope's b1 = 0 had 1.4x the delta loss at L0 80 (docs/frontier.md)
-        c.sae.l0_controller_rate = 1e-3
         c.target_l0s = TARGET_L0S
     c.lm.checkpoint = "embedded"
     c.lm.context_length = 128

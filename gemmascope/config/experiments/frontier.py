@@ -57,7 +57,9 @@ SWEEPS = {
 # measures it against BatchTopK).
 # Revival every 50 was neutral at 1x. Matryoshka JumpReLU: its reconstruction term counts once per
 # prefix (three here), so the same coefficient weighs less against it and the targets overshoot
-# at 1e-2); use --config.sae.quadratic_coefficient=3e-2 (docs/frontier.md).
+# at 1e-2); use --config.sae.quadratic_coefficient=3e-2 (docs/frontier.md). The target-L0 series
+# of docs/frontier.md were measured without the L0 controller (sae.l0_controller_rate, on by
+# default since): add --config.sae.l0_controller_rate=0 to reproduce them.
 
 
 def get_config(arg=None):

@@ -19,9 +19,9 @@ same learning rate and warm-ups.
 
 The recipe is the SmolLM2 demo's target-L0 recipe (Gemma Scope 2's quadratic penalty around each
 target, batch form, coefficient 1e-2, thresholds initialised at the quantiles giving each target,
-``b_dec`` at the sample mean, Adam b1 0.9, and the L0 controller, ``sae.l0_controller_rate =
-1e-3``: dual ascent on each target, so held-out L0 lands on it) plus one field for Gemma's massive
-activations (docs/gemma3.md):
+``b_dec`` at the sample mean, Adam b1 0.9, and the L0 controller, the library's default
+``sae.l0_controller_rate = 1e-3``: dual ascent on each target, so held-out L0 lands on it) plus
+one field for Gemma's massive activations (docs/gemma3.md):
 
 * ``dim_scale_power = 1``: the SAE trains on per-dimension standardised rows, so its loss weighs
   the 638 ordinary dimensions the next layers read instead of dimension 163, which carries about
