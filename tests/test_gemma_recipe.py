@@ -407,7 +407,7 @@ def test_end_to_end_steps_lower_the_kl_and_the_stage_is_validated():
         "e2e_lr_scale": 1.0,
         "e2e_kl_reaches": "all",
         "e2e_controller_gain": 1.0,
-        "e2e_calibrate_rows": 0,
+        "e2e_calibrate_rows": 16_384,  # the default, on: a target-L0 sweep with a stage
     }
     c.sites, c.source = ("res",), "toy"
     with pytest.raises(config_lib.ConfigError, match="config.e2e.fraction: the end-to-end stage splices"):
@@ -529,3 +529,9 @@ def test_the_stage_then_calibration_lands_the_exported_saes_on_their_targets_and
         cfg(**{"sae.sparsity_loss": "l0", "sae.threshold_init_l0": 3.0})
     with pytest.raises(config_lib.ConfigError, match="config.e2e.calibrate_rows: must be an integer >= 0"):
         cfg(**{"e2e.calibrate_rows": -5})
+    # the default is inert (and accepted) without a target, and reported as 0 there
+    from gemmascope.config.defaults import E2E_CALIBRATE_ROWS
+    from gemmascope.train import e2e
+
+    lam = cfg(**{"sae.sparsity_loss": "l0", "sae.threshold_init_l0": 3.0, "e2e.calibrate_rows": E2E_CALIBRATE_ROWS})
+    assert e2e.calibration_rows(lam) == 0 and e2e.describe(lam)["e2e_calibrate_rows"] == 0

@@ -15,6 +15,8 @@ from gemmascope.sae.common import SAEConfig
 EXPORT_LAYOUTS = ("gemma_scope", "gemma_scope_2", "sae_lens")
 #: Architectures config.init_from can start (gemmascope/train/init_from.py un-folds their files).
 INIT_FROM_ARCHS = ("jumprelu", "topk")
+#: e2e.calibrate_rows's default: 16 batches of the demos' 1,024 rows (docs/gemma3.md, "L0 targets").
+E2E_CALIBRATE_ROWS = 16_384
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -64,8 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     # controller_gain multiplies the L0 controller's rate (sae.l0_controller_rate) during the
     # stage, so it can hold L0 against the KL's pull within the stage's few steps; calibrate_rows:
     # after the stage, each SAE's thresholds are multiplied by the one factor that puts its mean L0
-    # on that many further training rows at its target (target-L0 sweeps; 0 = off).
-    # fraction 0 = no stage.
+    # on that many further training rows at its target (on target-L0 sweeps; inert elsewhere, where
+    # another non-zero value is refused; 0 = off). fraction 0 = no stage.
     c.e2e = ml_collections.ConfigDict()
     c.e2e.fraction = 0.0
     c.e2e.kl_coefficient = 1.0
@@ -73,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.e2e.lr_scale = 1.0
     c.e2e.kl_reaches = "all"
     c.e2e.controller_gain = 1.0
-    c.e2e.calibrate_rows = 0
+    c.e2e.calibrate_rows = E2E_CALIBRATE_ROWS
 
     c.batch_size = 4096
     c.num_tokens = 4_000_000_000  # training tokens per SAE; total_steps = ceil(num_tokens / batch)

@@ -8,7 +8,7 @@ import math
 import ml_collections
 
 from gemmascope.config.checks import ConfigError, get_field, nonneg_number, positive_int, require
-from gemmascope.config.defaults import EXPORT_LAYOUTS, INIT_FROM_ARCHS, base_config
+from gemmascope.config.defaults import E2E_CALIBRATE_ROWS, EXPORT_LAYOUTS, INIT_FROM_ARCHS, base_config
 from gemmascope.config.sparsity import validate_sparsity
 from gemmascope.config.sweep import sweep_values
 from gemmascope.sae import archs
@@ -142,11 +142,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"must be an integer >= 0 (training rows), got {n!r}",
     )
     require(
-        not n or (c.e2e.fraction and archs.sweep_axis(c).kind == "target_l0"),
+        n in (0, E2E_CALIBRATE_ROWS) or (c.e2e.fraction and archs.sweep_axis(c).kind == "target_l0"),
         "e2e.calibrate_rows",
         f"calibrates each SAE's L0 to its target after the end-to-end stage; needs e2e.fraction > 0 "
         f"and a target-L0 sweep (got fraction {c.e2e.fraction!r}, arch {c.sae.arch!r}, sparsity_loss "
-        f"{c.sae.sparsity_loss!r})",
+        f"{c.sae.sparsity_loss!r}; the default, {E2E_CALIBRATE_ROWS}, is inert there: leave it or set 0)",
     )
     if c.e2e.fraction:
         require(

@@ -38,7 +38,7 @@ import numpy as np
 from gemmascope.data.sites import keep_mask
 from gemmascope.lm.loss import unembedding_chunks
 from gemmascope.lm.model import final_norm, forward, softcap_logits
-from gemmascope.sae import jumprelu
+from gemmascope.sae import archs, jumprelu
 from gemmascope.sae.common import SAEConfig
 from gemmascope.train.step import normalise
 
@@ -167,6 +167,14 @@ def calibrate_l0(
     return {**state, "params": params}, factors
 
 
+def calibration_rows(config) -> int:
+    """The training rows of the L0 calibration after the stage (``e2e.calibrate_rows`` where a
+    stage runs on a target-L0 sweep, else 0)."""
+    if float(config.e2e.fraction) <= 0 or archs.sweep_axis(config).kind != "target_l0":
+        return 0
+    return int(config.e2e.calibrate_rows)
+
+
 def describe(config) -> dict[str, Any]:
     """The ``metadata.json`` fields of the stage (``{}`` when off)."""
     if float(config.e2e.fraction) <= 0:
@@ -178,5 +186,5 @@ def describe(config) -> dict[str, Any]:
         "e2e_lr_scale": float(config.e2e.lr_scale),
         "e2e_kl_reaches": str(config.e2e.kl_reaches),
         "e2e_controller_gain": float(config.e2e.controller_gain),
-        "e2e_calibrate_rows": int(config.e2e.calibrate_rows),
+        "e2e_calibrate_rows": calibration_rows(config),
     }

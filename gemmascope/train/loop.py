@@ -166,13 +166,14 @@ def train_location(
 
 
 def _calibrate(loc: _Location, state: Any) -> Any:
-    """After the end-to-end stage, with ``e2e.calibrate_rows``: each SAE's thresholds times one
-    factor so its mean L0 on the next ``calibrate_rows`` training rows is its target
+    """After the end-to-end stage of a target-L0 sweep (``e2e.calibrate_rows``,
+    :func:`gemmascope.train.e2e.calibration_rows`): each SAE's thresholds times one factor so its
+    mean L0 on the next ``calibrate_rows`` training rows is its target
     (:func:`gemmascope.train.e2e.calibrate_l0`). The rows come from the source after the last
     step's, restored with the final checkpoint, so a resumed run calibrates on the same rows."""
     config = loc.config
-    n = int(config.e2e.calibrate_rows)
-    if n <= 0 or e2e_lib.start_step(config, loc.total) >= loc.total:
+    n = e2e_lib.calibration_rows(config)
+    if n <= 0:
         return state
     batches = [loc.sweep.put_batch(next(loc.source)) for _ in range(-(-n // int(config.batch_size)))]
     x = jnp.concatenate(batches)[:n]

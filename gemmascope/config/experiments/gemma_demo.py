@@ -9,8 +9,9 @@ Generate the activation store once (res, att, mlp_in and mlp of layer 9 in one L
 ``arg``: ``layer=N`` (default 9; 13 is three quarters of the depth), ``width=`` (default 4096),
 ``runlocal`` (40k stored tokens, width 1024, 120 steps: a run of a few minutes), ``e2e`` (the
 end-to-end stage for the last 10% of the steps with the setting measured in docs/gemma3.md: KL
-weight 0.3, a third of the learning rate; about a fifth less delta loss at matched L0, but each
-of its steps costs about 50 reconstruction steps on a CPU, so it is off by default).
+weight 0.3, a third of the learning rate, then the default L0 calibration on 16,384 training
+rows; about a fifth less delta loss at matched L0, but each of its steps costs about 50
+reconstruction steps on a CPU, so it is off by default).
 
 Everything but the model and the sparsity recipe is ``configs/demo.py``'s: the embedded corpus
 (13k fortunes) packed into 128-token sequences with BOS first (BOS, EOS and padding never stored),
