@@ -6,8 +6,9 @@ r"""Diagnosis of spliced SAEs on a residual site: where the LM loss comes from (
 For each SAE: the delta LM loss and KL of the variants of :func:`gemmascope.eval.probe.variant_library`
 (the SAE's error kept only in the massive dimensions, only outside them, the reconstruction
 rescaled to the input's norm, random noise of the same size outside them), where the error sits,
-and how much each later layer's attention, MLP and residual change. Writes ``<out>/probe.json``,
-``<out>/probe.md`` and two plots.
+how much each later layer's attention, MLP and residual change, and which later attention heads
+the splice moves (total-variation distance of their patterns, and their attention on the BOS
+sink, clean against spliced). Writes ``<out>/probe.json``, ``<out>/probe.md`` and three plots.
 """
 
 from __future__ import annotations
@@ -147,6 +148,25 @@ def _write_md(results, path, facts):
             f"| {r['variant']} | {r['l0']:.1f} | {d['massive_dims_fvu']} | {d['median_dim_fvu']:.3f} | "
             f"{d['dims_fvu_over_half']} |"
         )
+    lines.append(
+        "\nLater attention heads, variant `sae` (mean over query rows): total-variation distance between "
+        "the spliced and clean patterns; attention on the BOS sink clean -> spliced.\n"
+    )
+    layers = sorted(results[0]["variants"]["sae"]["attention"], key=int)
+    lines.append("| SAE | L0 | " + " | ".join(f"layer {l}" for l in layers) + " |")
+    lines.append("|---|---" + "|---" * len(layers) + "|")
+    for r in results:
+        att = r["variants"]["sae"]["attention"]
+        cells = []
+        for l in layers:
+            a = att[l]
+            cells.append(
+                "<br>".join(
+                    f"h{h}: TV {tv:.2f}, sink {c:.2f}->{sp:.2f}"
+                    for h, (tv, c, sp) in enumerate(zip(a["tv"], a["sink_clean"], a["sink_spliced"]))
+                )
+            )
+        lines.append(f"| {r['variant']} | {r['l0']:.1f} | " + " | ".join(cells) + " |")
     lines.append(f"\nRows of the first held-out batch: {facts}")
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -184,6 +204,29 @@ def _plots(results, out, layer):
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "later_layers.png"), dpi=120)
+    # which later heads move: TV distance per (layer, head), and the sink's share clean -> spliced
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for r in results:
+        att = r["variants"]["sae"]["attention"]
+        ls = sorted(att, key=int)
+        n_heads = len(att[ls[0]]["tv"])
+        xs = [int(l) + h / (n_heads + 1) for l in ls for h in range(n_heads)]
+        label = f"{r['variant']} L0 {r['l0']:.0f}"
+        axes[0].plot(xs, [att[l]["tv"][h] for l in ls for h in range(n_heads)], marker="o", ls="", label=label)
+        axes[1].scatter(
+            [att[l]["sink_clean"][h] for l in ls for h in range(n_heads)],
+            [att[l]["sink_spliced"][h] for l in ls for h in range(n_heads)],
+            label=label,
+            s=14,
+        )
+    axes[0].set_xlabel(f"layer (heads side by side; SAE at {layer})")
+    axes[0].set_ylabel("pattern TV distance, spliced vs clean")
+    axes[1].plot([0, 1], [0, 1], color="grey", lw=0.8)
+    axes[1].set_xlabel("attention on the BOS sink, clean")
+    axes[1].set_ylabel("spliced")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "attention_heads.png"), dpi=120)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import numpy as np
 
 from gemmascope.eval import metrics
 from gemmascope.eval import probe as probe_lib
+from gemmascope.lm import model
 from gemmascope.lm.model import init_params
 from tests.tiny import tiny_batches, tiny_llama
 
@@ -59,6 +60,18 @@ def test_the_sae_variant_is_the_evaluators_splice_and_the_variants_split_the_err
     # The later-layer report covers every site of the one later layer, and the splice changes it.
     assert set(v["sae"]["later"]) == {f"2_{s}" for s in probe_lib.LATER_SITES}
     assert v["sae"]["later"]["2_res"] > 0 and v["sae"]["scale"][2] > 0
+    # Attention of the later layer, per head: the clean sink mass is the model's own pattern's
+    # (attention_patterns on the same tokens) over the probed query rows, and the splice moves it.
+    att = v["sae"]["attention"][2]
+    assert len(att["tv"]) == CFG.n_heads and all(0 < x <= 1 for x in att["tv"])
+    want_sink = np.zeros(CFG.n_heads)
+    n_rows = 0
+    for tokens, mask in batches:
+        pat = np.asarray(model.attention_patterns(params, tokens, CFG))[2]  # [B, H, T, T]
+        want_sink += np.einsum("bht,bt->h", pat[..., 0], mask.astype(np.float64))
+        n_rows += int(mask.sum())
+    np.testing.assert_allclose(att["sink_clean"], want_sink / n_rows, rtol=1e-4)
+    assert att["sink_spliced"] != att["sink_clean"]
 
 
 def test_an_exact_reconstruction_costs_nothing_and_massive_dims_are_found():
@@ -84,6 +97,9 @@ def test_an_exact_reconstruction_costs_nothing_and_massive_dims_are_found():
         max_tokens=100,
     )
     assert abs(got["variants"]["sae"]["delta_loss"]) < 1e-5 and got["variants"]["sae"]["kl"] < 1e-6
+    att = got["variants"]["sae"]["attention"][2]  # the same residual stream: the same patterns
+    np.testing.assert_allclose(att["tv"], 0.0, atol=1e-5)
+    np.testing.assert_allclose(att["sink_spliced"], att["sink_clean"], atol=1e-5)
     rows = np.random.default_rng(0).standard_normal((500, 8))
     rows[:, 3] += 100.0
     rows[:, 6] *= 30.0

@@ -16,7 +16,12 @@ dimensions (``error_in(dims)``), rescale it, or replace it by random noise of th
   the MLP's output after its norm, ``res``: the block output), the relative squared change
   ``E||a_spliced - a_clean||^2 / E||a_clean||^2`` over the selected positions, and ``scale``: the
   mean relative change of the RMS of the residual entering layer ``l`` (what its input norm
-  divides by).
+  divides by);
+* ``attention``: for every later layer ``l`` and head, over the selected query positions, the
+  mean total-variation distance between the spliced and the clean attention rows (``0.5 * sum_s
+  |p_s - p'_s|``, 0 = the same pattern, 1 = disjoint), and the mean attention on position 0 (the
+  BOS sink of a packed sequence) in the clean and the spliced run (``sink_clean``,
+  ``sink_spliced``): which heads the splice moves, and whether it moves them off the sink.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 from gemmascope.data.sites import keep_mask
 from gemmascope.eval.kl import next_token_ce_and_kl
 from gemmascope.lm.config import LMConfig
-from gemmascope.lm.model import forward
+from gemmascope.lm.model import forward, layer_patterns
 from gemmascope.sae.files import model as sae_model
 
 Variant = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -109,6 +114,15 @@ def _batch(lm_params, sae, tokens, mask, key, *, cfg, layer, factor, variants, d
         return forward(lm_params, tokens, cfg, capture=later, start_layer=layer + 1, h_in=h, stop_after=L - 1).captures
 
     clean = run(x)
+    att_layers = list(range(layer + 1, L))
+
+    def entering(h, caps):  # the residual entering each later layer
+        return [h if l == layer + 1 else caps[(l - 1, "res")] for l in att_layers]
+
+    def row_sum(a):  # [B, H, T] -> [H]: summed over the selected query positions
+        return jnp.sum(a * s[:, None, :], axis=(0, 2))
+
+    pat_c = layer_patterns(lm_params, cfg, entering(x, clean), att_layers)
     outs, finals = {}, []
     keys = jax.random.split(key, len(variants))
     norms = jnp.linalg.norm(x, axis=-1)
@@ -134,6 +148,10 @@ def _batch(lm_params, sae, tokens, mask, key, *, cfg, layer, factor, variants, d
             rms_s = jnp.sqrt(jnp.mean(h_in_s.astype(jnp.float32) ** 2, -1))
             rms_c = jnp.sqrt(jnp.mean(h_in_c.astype(jnp.float32) ** 2, -1))
             o[f"scale_{l}"] = jnp.sum(jnp.abs(rms_s / rms_c - 1.0) * s)
+        for l, pc, ps in zip(att_layers, pat_c, layer_patterns(lm_params, cfg, entering(rep, caps), att_layers)):
+            o[f"tv_{l}"] = row_sum(0.5 * jnp.sum(jnp.abs(ps - pc), axis=-1))
+            o[f"sink_c_{l}"] = row_sum(pc[..., 0])
+            o[f"sink_s_{l}"] = row_sum(ps[..., 0])
         outs[name] = o
     ce_clean, ce, kl = next_token_ce_and_kl(lm_params, clean[(L - 1, "res")], jnp.stack(finals), tokens, cfg=cfg)
     w = mask[:, 1:].astype(jnp.float32)
@@ -199,9 +217,14 @@ def probe(
             "err_share_big_rows": float(t["err_sq_big_rows"] / t["err_sq"]) if t["err_sq"] else 0.0,
             "later": {},
             "scale": {},
+            "attention": {},
         }
         for l in range(layer + 1, cfg.n_layers):
             r["scale"][l] = float(t[f"scale_{l}"] / n_r)
+            r["attention"][l] = {
+                k: [float(v) for v in t[f"{key}_{l}"] / n_r]
+                for k, key in (("tv", "tv"), ("sink_clean", "sink_c"), ("sink_spliced", "sink_s"))
+            }
             for site in LATER_SITES:
                 r["later"][f"{l}_{site}"] = float(t[f"d_{l}_{site}"] / t[f"n_{l}_{site}"])
         res[name] = r

@@ -35,7 +35,7 @@ documents, as in packed pre-training), optionally with a key mask for padding; p
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -140,15 +140,23 @@ def attention_patterns(params: Params, tokens: jax.Array, cfg: LMConfig) -> jax.
     L = cfg.n_layers
     caps = forward(params, tokens, cfg, capture=[(l, "res") for l in range(L - 1)], stop_after=max(L - 2, 0)).captures
     entering = [embed(params, tokens, cfg)] + [caps[(l, "res")] for l in range(L - 1)]
-    cos, sin, rope_idx = layer_rope_tables(cfg, tokens.shape[1])
+    return jnp.stack(layer_patterns(params, cfg, entering, range(L)))
+
+
+def layer_patterns(params: Params, cfg: LMConfig, entering: Sequence[jax.Array], layers: Iterable[int]) -> list:
+    """``[B, H, T, T]`` float32 attention patterns of ``layers``, each computed from the residual
+    entering it (``entering[i] [B, T, d]`` for the i-th layer named), so a spliced residual stream
+    gives the patterns the spliced run attends with."""
+    T = int(entering[0].shape[1])
+    cos, sin, rope_idx = layer_rope_tables(cfg, T)
     windows = _windows(cfg)
     out = []
-    for l in range(L):
+    for h, l in zip(entering, layers):
         lp = jax.tree_util.tree_map(lambda x: x[l], params["layers"])
         r = int(rope_idx[l])
-        _, q, k = _queries_keys(lp, entering[l], cfg, cos=cos[r], sin=sin[r])
+        _, q, k = _queries_keys(lp, h, cfg, cos=cos[r], sin=sin[r])
         out.append(attention_weights(q, k, cfg, window=int(windows[l])))
-    return jnp.stack(out)
+    return out
 
 
 def _block(
