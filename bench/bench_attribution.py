@@ -65,6 +65,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import report  # noqa: E402
 from bench.bench_circuit_tracer import ensure_venv  # noqa: E402
 
 CT_SCRIPT = os.path.join(ROOT, "bench", "circuit_tracer_attribution.py")
@@ -391,7 +392,8 @@ def run_case(name, args, python, work, cfg, params, tok, log) -> dict:
     return res
 
 
-def format_section(results: list[dict], date: str, jax_version: str, cpu: str) -> str:
+def table_rows(results: list[dict], date: str) -> tuple[list[str], list[str]]:
+    """``(parity rows, speed rows)`` of the section's two tables."""
     rows, speed = [], []
     for r in results:
         if r["problems"]:
@@ -413,6 +415,12 @@ def format_section(results: list[dict], date: str, jax_version: str, cpu: str) -
             f"| {r['case']}: {r['what']} | {r['n_tokens']} | {r['n_features'][0]} | {ours_cold:.1f} | {ours_warm:.1f} | "
             f"{theirs:.1f} | {ours_cold / theirs:.2f} | {ours_warm / theirs:.2f} | {date} |"
         )
+    return rows, speed
+
+
+def format_section(results: list[dict], date: str, jax_version: str, cpu: str) -> str:
+    """The whole section (written when BENCHMARKS.md does not have it yet)."""
+    rows, speed = table_rows(results, date)
     v = results[0]["versions"] if results else []
     return (
         f"\n{SECTION}\n\n"
@@ -510,8 +518,13 @@ def main() -> None:
     section = format_section(results, args.date, jax.__version__, cpu)
     print(section)
     if not args.no_write:
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as fh:
-            fh.write(section)
+        # rows into the section's two tables when it exists; else the whole section at the end
+        parity, speed = table_rows(results, args.date)
+        if not (
+            report.add_to_table(SECTION, "| case |", parity) and report.add_to_table(SECTION, "| setting |", speed)
+        ):
+            with open(os.path.join(ROOT, "BENCHMARKS.md"), "a") as fh:
+                fh.write(section)
 
 
 if __name__ == "__main__":

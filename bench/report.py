@@ -36,3 +36,29 @@ def append_rows(section: str, table_header: str, rows: list[str]) -> None:
         text = text[:start] + block + text[end:]
     with open(PATH, "w") as fh:
         fh.write(text)
+
+
+def add_to_table(section_heading: str, header_start: str, rows: list[str]) -> bool:
+    """Appends ``rows`` after the last row of the table whose header line starts with
+    ``header_start`` inside the section headed ``section_heading`` (a whole ``## ...`` line), for a
+    section that holds several tables. False (nothing written) where the section or the table is
+    absent, so the caller writes the whole section instead."""
+    if not rows or not os.path.exists(PATH):
+        return False
+    text = open(PATH).read()
+    start = text.find(section_heading + "\n")
+    if start < 0:
+        return False
+    nxt = text.find("\n## ", start + 1)
+    end = len(text) if nxt < 0 else nxt
+    lines = text[start:end].split("\n")
+    head = next((i for i, line in enumerate(lines) if line.startswith(header_start)), None)
+    if head is None:
+        return False
+    last = head + 1  # the separator line; then the rows while they last
+    while last + 1 < len(lines) and lines[last + 1].startswith("|"):
+        last += 1
+    lines[last + 1 : last + 1] = rows
+    with open(PATH, "w") as fh:
+        fh.write(text[:start] + "\n".join(lines) + text[end:])
+    return True
